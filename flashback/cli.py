@@ -1,0 +1,122 @@
+"""The ``flashback`` command: argparse -> config -> trio.run, exit codes 0/1/2.
+
+0 success, 1 runtime failure, 2 usage error or bad configuration. Usage and
+configuration errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from flashback import __version__
+from flashback.errors import ConfigError, FlashbackError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a directory (peer server alone, no tracker)")
+    p.add_argument("--root", required=True, help="directory to share")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", default=None, help="port to bind (default 0: the OS picks)")
+    p.add_argument("--show-hidden", action="store_true", help="serve dot files too")
+    p.set_defaults(run=_run_serve)
+
+
+def _add_tracker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tracker", help="run the relay tracker")
+    p.add_argument("--host", default=None, help="address to bind (RELAY_BIND_ADDRESS, 0.0.0.0)")
+    p.add_argument("--port", default=None, help="port to bind (RELAY_PORT, 3000)")
+    p.add_argument("--database-url", default=None, help="DATABASE_URL: sqlite path, memory://")
+    p.set_defaults(run=_run_tracker)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from flashback.config import serve_from_sources
+    from flashback.peer.serve import run_serve
+
+    return run_serve(serve_from_sources(vars(args)))
+
+
+def _run_tracker(args: argparse.Namespace) -> int:
+    from flashback.config import tracker_from_sources
+    from flashback.tracker.serve import run_tracker
+
+    return run_tracker(tracker_from_sources(vars(args), os.environ))
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_tracker]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flashback", description="Decentralized file sharing.")
+    parser.add_argument("--version", action="version", version=f"flashback {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    """Human logs on stderr; under journald no timestamp (it adds its own)."""
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt = "<%(syslog_level)s>%(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(_add_syslog_level)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+_SYSLOG_LEVELS = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def _add_syslog_level(record: logging.LogRecord) -> bool:
+    """sd-daemon(3) prefixes: journald maps ``<N>`` to the priority of the line."""
+    record.syslog_level = _SYSLOG_LEVELS.get(record.levelno, 6)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"flashback: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except FlashbackError as exc:
+        print(f"flashback: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Settings for every role, resolved once: flag > environment > config file > default.
+
+Each role gets a frozen dataclass; the ``*_from_sources`` functions are pure
+(they take the parsed flags, an environment mapping and the config file's
+table) so precedence is tested without touching the real environment.
+Anything wrong raises :class:`~flashback.errors.ConfigError`, which the CLI
+prints as one line before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import platformdirs
+
+from flashback.errors import ConfigError
+
+APP_NAME: Final = "flashback"
+DEFAULT_PEER_HOST: Final = "127.0.0.1"
+DEFAULT_TRACKER_HOST: Final = "0.0.0.0"
+DEFAULT_TRACKER_PORT: Final = 3000
+DEFAULT_PEER_TTL_S: Final = 30
+DEFAULT_HEARTBEAT_INTERVAL_S: Final = 10
+DEFAULT_REGISTER_RATE_PER_S: Final = 20.0
+DEFAULT_REGISTER_BURST: Final = 100
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    root: Path
+    host: str = DEFAULT_PEER_HOST
+    port: int = 0
+    show_hidden: bool = False
+    name: str = ""
+    peer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    host: str = DEFAULT_TRACKER_HOST
+    port: int = DEFAULT_TRACKER_PORT
+    database_url: str = ""
+    auth_token: str | None = None
+    peer_ttl_s: float = DEFAULT_PEER_TTL_S
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    register_rate_per_s: float = DEFAULT_REGISTER_RATE_PER_S
+    register_burst: int = DEFAULT_REGISTER_BURST
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    root: Path
+    tracker_url: str | None
+    name: str
+    host: str = DEFAULT_PEER_HOST
+    port: int = 0
+    show_hidden: bool = False
+    state_dir: Path = Path()
+    data_dir: Path = Path()
+
+
+# -- where things live ---------------------------------------------------------
+
+
+def config_file_path(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / APP_NAME / "config.toml"
+
+
+def state_dir(env: Mapping[str, str]) -> Path:
+    """The per-user directory through which local commands reach the daemon."""
+    if env.get("FLASHBACK_STATE_DIR"):
+        return Path(env["FLASHBACK_STATE_DIR"])
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / APP_NAME
+    return Path(tempfile.gettempdir()) / f"{APP_NAME}-{os.getuid()}"
+
+
+def data_dir(env: Mapping[str, str]) -> Path:
+    """Persistent per-user data (daemon identity, tracker database)."""
+    if env.get("FLASHBACK_DATA_DIR"):
+        return Path(env["FLASHBACK_DATA_DIR"])
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"]) / APP_NAME
+    return platformdirs.user_data_path(APP_NAME)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create *path* (mode 0700) if needed and refuse one another user could use."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot create directory {path}: {exc.strerror}") from exc
+    if info.st_uid != os.getuid():
+        raise ConfigError(f"{path} belongs to another user")
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read the TOML config file; a missing file is an empty table."""
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid config file {path}: {exc}") from exc
+
+
+# -- validation helpers ----------------------------------------------------------
+
+
+def parse_port(value: Any, *, what: str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a port number, not {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what} must be between 0 and 65535, not {port}")
+    return port
+
+
+def parse_positive(value: Any, *, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, not {value!r}") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise ConfigError(f"{what} must be a positive number, not {value!r}")
+    return number
+
+
+def existing_dir(value: Any, *, what: str) -> Path:
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise ConfigError(f"{what} must be a directory path")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is not a directory")
+    return path.resolve()
+
+
+def _first(*values: Any) -> Any:
+    for value in values:
+        if value is not None and value != "":
+            return value
+    return None
+
+
+# -- per role ------------------------------------------------------------------
+
+
+def serve_from_sources(flags: Mapping[str, Any]) -> ServeConfig:
+    if flags.get("root") is None:
+        raise ConfigError("--root is required")
+    return ServeConfig(
+        root=existing_dir(flags["root"], what="--root"),
+        host=flags.get("host") or DEFAULT_PEER_HOST,
+        port=parse_port(_first(flags.get("port"), 0), what="--port"),
+        show_hidden=bool(flags.get("show_hidden")),
+        name=socket.gethostname(),
+    )
+
+
+def tracker_from_sources(flags: Mapping[str, Any], env: Mapping[str, str]) -> TrackerConfig:
+    database_url = _first(flags.get("database_url"), env.get("DATABASE_URL"))
+    if database_url is None:
+        database_url = "sqlite:///" + str(data_dir(env) / "tracker.sqlite3")
+    burst = parse_positive(
+        _first(env.get("RELAY_REGISTER_BURST"), DEFAULT_REGISTER_BURST),
+        what="RELAY_REGISTER_BURST",
+    )
+    return TrackerConfig(
+        host=_first(flags.get("host"), env.get("RELAY_BIND_ADDRESS"), DEFAULT_TRACKER_HOST),
+        port=parse_port(
+            _first(flags.get("port"), env.get("RELAY_PORT"), DEFAULT_TRACKER_PORT),
+            what="the tracker port",
+        ),
+        database_url=database_url,
+        auth_token=env.get("RELAY_AUTH_TOKEN") or None,
+        peer_ttl_s=parse_positive(
+            _first(env.get("RELAY_PEER_TTL"), DEFAULT_PEER_TTL_S), what="RELAY_PEER_TTL"
+        ),
+        heartbeat_interval_s=parse_positive(
+            _first(env.get("RELAY_HEARTBEAT_INTERVAL"), DEFAULT_HEARTBEAT_INTERVAL_S),
+            what="RELAY_HEARTBEAT_INTERVAL",
+        ),
+        register_rate_per_s=parse_positive(
+            _first(env.get("RELAY_REGISTER_RATE"), DEFAULT_REGISTER_RATE_PER_S),
+            what="RELAY_REGISTER_RATE",
+        ),
+        register_burst=max(1, int(burst)),
+    )
+
+
+def daemon_from_sources(
+    flags: Mapping[str, Any], env: Mapping[str, str], file: Mapping[str, Any]
+) -> DaemonConfig:
+    root = _first(flags.get("root"), env.get("FLASHBACK_ROOT"), file.get("fileRootDirectory"))
+    if root is None:
+        raise ConfigError(
+            "no root directory: pass --root, set FLASHBACK_ROOT or fileRootDirectory"
+        )
+    tracker = _first(flags.get("tracker"), env.get("FLASHBACK_TRACKER_URL"), file.get("tracker"))
+    if tracker is not None and (
+        not isinstance(tracker, str) or not tracker.startswith(("http://", "https://"))
+    ):
+        raise ConfigError(f"tracker URL must start with http:// or https://, not {tracker!r}")
+    name = _first(flags.get("name"), env.get("FLASHBACK_NAME"), file.get("name"))
+    if name is None:
+        name = socket.gethostname()
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable():
+        raise ConfigError("name must be 1-64 printable characters")
+    return DaemonConfig(
+        root=existing_dir(root, what="root directory"),
+        tracker_url=tracker.rstrip("/") if tracker else None,
+        name=name,
+        host=_first(flags.get("host"), DEFAULT_PEER_HOST),
+        port=parse_port(_first(flags.get("port"), 0), what="--port"),
+        show_hidden=bool(flags.get("show_hidden")),
+        state_dir=state_dir(env),
+        data_dir=data_dir(env),
+    )

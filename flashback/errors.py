@@ -1,0 +1,116 @@
+"""One error hierarchy for everything a user or a client can get wrong.
+
+Every error a server answers with, and every usage error the CLI reports,
+is a :class:`FlashbackError` carrying a snake_case ``code`` and an HTTP
+``status``; it is rendered to JSON in exactly one place (:meth:`to_json`)::
+
+    FlashbackError
+    ├── BadRequest          400  (bad_request, invalid_json, bad_cursor, ...)
+    ├── Unauthorized        401
+    ├── Forbidden           403
+    ├── NotFound            404  (not_found, unknown_peer)
+    ├── MethodNotAllowed    405
+    ├── PayloadTooLarge     413
+    ├── RangeNotSatisfiable 416
+    ├── InvalidField        422
+    ├── RateLimited         429  (carries retry_after_s)
+    ├── BackendUnavailable  503
+    └── ConfigError         exit 2 on the command line
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class FlashbackError(Exception):
+    """Base error: a code, a human message and the HTTP status that fits."""
+
+    status: ClassVar[int] = 400
+    default_code: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error needs (Retry-After, Content-Range...)."""
+        return {}
+
+
+class BadRequest(FlashbackError):
+    status = 400
+    default_code = "bad_request"
+
+
+class Unauthorized(FlashbackError):
+    status = 401
+    default_code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(FlashbackError):
+    status = 403
+    default_code = "forbidden"
+
+
+class NotFound(FlashbackError):
+    status = 404
+    default_code = "not_found"
+
+
+class MethodNotAllowed(FlashbackError):
+    status = 405
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(FlashbackError):
+    status = 413
+    default_code = "payload_too_large"
+
+
+class RangeNotSatisfiable(FlashbackError):
+    status = 416
+    default_code = "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"no requested range lies within the {size}-byte file")
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}", "Accept-Ranges": "bytes"}
+
+
+class InvalidField(FlashbackError):
+    status = 422
+    default_code = "invalid_field"
+
+
+class RateLimited(FlashbackError):
+    status = 429
+    default_code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class BackendUnavailable(FlashbackError):
+    status = 503
+    default_code = "backend_unavailable"
+
+
+class ConfigError(FlashbackError):
+    """Bad configuration or usage: the CLI prints one line and exits 2."""
+
+    status = 400
+    default_code = "bad_configuration"

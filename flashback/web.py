@@ -1,0 +1,131 @@
+"""What both HTTP servers share: JSON errors and serving a Quart app on Hypercorn.
+
+The peer server and the tracker are Quart apps (quart-trio) served by
+Hypercorn's trio worker inside a nursery the caller owns. Every error leaves
+as the contract's JSON body, whatever raised it: our own
+:class:`~flashback.errors.FlashbackError`, a werkzeug HTTP exception from
+routing (404, 405, 413), or a bug (500, logged, no traceback sent).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from flashback.errors import FlashbackError
+
+log = logging.getLogger(__name__)
+
+JSON_MIMETYPE: Final = "application/json"
+
+
+def error_response(error: FlashbackError) -> Response:
+    response = json_response(error.to_json(), status=error.status)
+    response.headers.update(error.headers())
+    return response
+
+
+def json_response(payload: Any, *, status: int = 200) -> Response:
+    import json
+
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return Response(body, status=status, mimetype=JSON_MIMETYPE)
+
+
+def _code_from_http_exception(exc: HTTPException) -> str:
+    name = exc.name or "error"
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "error"
+
+
+def install_json_errors(app: Quart) -> None:
+    """Make every error the app can produce a JSON body with the contract's shape."""
+
+    @app.errorhandler(FlashbackError)
+    async def _flashback_error(error: FlashbackError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        message = error.description or error.name or "error"
+        payload = {"error": {"code": _code_from_http_exception(error), "message": message}}
+        response = json_response(payload, status=status)
+        if status == 405 and error.response is None:
+            valid = getattr(error, "valid_methods", None)
+            if valid:
+                response.headers["Allow"] = ", ".join(sorted(valid))
+        return response
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error while answering a request")
+        payload = {"error": {"code": "internal_error", "message": "internal server error"}}
+        return json_response(payload, status=500)
+
+
+@dataclass(frozen=True)
+class BoundAddress:
+    """Where a server really listens (the port is the OS's choice for port 0)."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def parse_bind(bind: str) -> BoundAddress:
+    """Turn Hypercorn's ``http://HOST:PORT`` bind string into a :class:`BoundAddress`."""
+    rest = bind.split("://", 1)[-1]
+    host, _, port = rest.rpartition(":")
+    return BoundAddress(host.strip("[]"), int(port))
+
+
+def hypercorn_config(host: str, port: int, *, backlog: int = 100) -> HypercornConfig:
+    config = HypercornConfig()
+    bind_host = f"[{host}]" if ":" in host else host
+    config.bind = [f"{bind_host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.backlog = backlog
+    # Long downloads must never be cut: Hypercorn itself has no response
+    # timeout, but keep-alive and read timeouts stay at their defaults.
+    config.graceful_timeout = 2.0
+    return config
+
+
+async def serve_quart(
+    app: Quart,
+    config: HypercornConfig,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *app* until cancelled or *shutdown_trigger* returns.
+
+    Reports the first bound address through ``task_status`` once the socket
+    really listens, so callers can announce the port the OS picked.
+    """
+
+    async def _serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        await hypercorn_serve(
+            app,  # type: ignore[arg-type]
+            config,
+            shutdown_trigger=shutdown_trigger,  # type: ignore[arg-type]
+            task_status=task_status,
+        )
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(_serve)
+        task_status.started(parse_bind(binds[0]))
