@@ -209,9 +209,7 @@ def daemon_from_sources(
 ) -> DaemonConfig:
     root = _first(flags.get("root"), env.get("FLASHBACK_ROOT"), file.get("fileRootDirectory"))
     if root is None:
-        raise ConfigError(
-            "no root directory: pass --root, set FLASHBACK_ROOT or fileRootDirectory"
-        )
+        raise ConfigError("no root directory: pass --root, set FLASHBACK_ROOT or fileRootDirectory")
     tracker = _first(flags.get("tracker"), env.get("FLASHBACK_TRACKER_URL"), file.get("tracker"))
     if tracker is not None and (
         not isinstance(tracker, str) or not tracker.startswith(("http://", "https://"))

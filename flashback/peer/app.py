@@ -1,0 +1,116 @@
+"""The peer server's Quart app: listings, file content, downloads, info.
+
+Routes (CONTRACT §3): ``GET /api/files[/<dir>]``, ``GET|HEAD /content/<path>``,
+``GET|HEAD /download/<path>``, ``GET /api/info``. Every refusal -- missing,
+outside the root, hidden, not a regular file -- is the same JSON 404.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from flashback import __version__
+from flashback.errors import NotFound
+from flashback.peer.files import file_response
+from flashback.peer.listing import decode_cursor, list_directory, parse_limit
+from flashback.protocol.paths import UnsafePath, real_root, resolve_under_root, split_request_path
+from flashback.web import install_json_errors, json_response
+
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class PeerInfo:
+    """What ``/api/info`` tells; the daemon fills in ``peer_id`` once registered."""
+
+    name: str
+    peer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ShareSettings:
+    root: Path
+    show_hidden: bool = False
+    info: PeerInfo = field(default_factory=lambda: PeerInfo(name=""))
+
+
+def _resolve(settings: ShareSettings, raw: str) -> tuple[tuple[str, ...], Path]:
+    try:
+        parts = split_request_path(raw, show_hidden=settings.show_hidden)
+        return parts, resolve_under_root(settings.root, parts, show_hidden=settings.show_hidden)
+    except UnsafePath:
+        raise NotFound(f"no such file or directory: {raw}") from None
+
+
+def _request_headers() -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+def create_peer_app(settings: ShareSettings) -> QuartTrio:
+    settings = ShareSettings(real_root(settings.root), settings.show_hidden, settings.info)
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY_BYTES
+    # A file download ends when the client has it, however slow: no response timeout.
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    install_json_errors(app)
+
+    def _list_blocking(raw: str, limit: int, after: str | None) -> dict[str, object]:
+        parts, directory = _resolve(settings, raw)
+        if not directory.is_dir():
+            raise NotFound(f"not a directory: {raw}")
+        page = list_directory(
+            settings.root,
+            parts,
+            directory,
+            limit=limit,
+            after=after,
+            show_hidden=settings.show_hidden,
+        )
+        return page.to_json()
+
+    @app.get("/api/files")
+    @app.get("/api/files/<path:subpath>")
+    async def list_files(subpath: str = "") -> Response:
+        limit = parse_limit(request.args.get("limit"))
+        cursor = request.args.get("cursor")
+        after = decode_cursor(cursor) if cursor is not None else None
+        payload = await trio.to_thread.run_sync(_list_blocking, subpath, limit, after)
+        return json_response(payload)
+
+    async def _serve_file(subpath: str, *, attachment: bool) -> Response:
+        def blocking() -> Response:
+            _, path = _resolve(settings, subpath)
+            return file_response(
+                path, method=request_method, headers=headers, attachment=attachment
+            )
+
+        request_method = request.method
+        headers = _request_headers()
+        return await trio.to_thread.run_sync(blocking)
+
+    @app.get("/content/<path:subpath>")
+    async def content(subpath: str) -> Response:
+        return await _serve_file(subpath, attachment=False)
+
+    @app.get("/download/<path:subpath>")
+    async def download(subpath: str) -> Response:
+        return await _serve_file(subpath, attachment=True)
+
+    @app.get("/api/info")
+    async def info() -> Response:
+        return json_response(
+            {"name": settings.info.name, "peer_id": settings.info.peer_id, "version": __version__}
+        )
+
+    return app

@@ -1,0 +1,130 @@
+"""Directory listings with stable, opaque cursors.
+
+A page costs one ``os.scandir`` (names and d_type only) plus a sort, then a
+``stat`` for each entry *on that page*: a 100,000-entry directory is paged
+without stat-ing the other 99,000. Entries that a request would refuse
+(hidden names, symlinks leaving the root, sockets, FIFOs, names that are not
+UTF-8) are never listed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+from flashback.errors import BadRequest
+from flashback.protocol.conditional import mime_for_listing, rfc3339
+from flashback.protocol.paths import UnsafePath, is_hidden_name, resolve_under_root
+
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 10_000
+_CURSOR_PREFIX: Final = b"after:"
+
+
+def encode_cursor(name: str) -> str:
+    raw = _CURSOR_PREFIX + name.encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The name a page ended with; anything we did not issue is a 400."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.urlsafe_b64decode(padded.encode("ascii"))
+        if not raw.startswith(_CURSOR_PREFIX):
+            raise ValueError("not a cursor")
+        return raw[len(_CURSOR_PREFIX) :].decode("utf-8")
+    except (ValueError, binascii.Error, UnicodeError):
+        raise BadRequest("cursor is not one this server issued", code="bad_cursor") from None
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", code="bad_limit")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class ListingPage:
+    path: str
+    entries: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "entries": self.entries, "next_cursor": self.next_cursor}
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate-escaped bytes from a non-UTF-8 name
+        return False
+    return True
+
+
+def _entry(
+    root: Path, rel_parts: tuple[str, ...], dirent: os.DirEntry[str], show_hidden: bool
+) -> dict[str, Any] | None:
+    """The listing entry, or None when a request for it would be refused."""
+    try:
+        if dirent.is_symlink():
+            target = resolve_under_root(root, (*rel_parts, dirent.name), show_hidden=show_hidden)
+            info = target.stat()
+        else:
+            info = dirent.stat(follow_symlinks=False)
+    except (OSError, UnsafePath):
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        kind, size, mime = "dir", 0, None
+    elif stat.S_ISREG(info.st_mode):
+        kind, size, mime = "file", info.st_size, mime_for_listing(dirent.name)
+    else:
+        return None
+    return {
+        "name": dirent.name,
+        "path": str(PurePosixPath(*rel_parts, dirent.name)),
+        "type": kind,
+        "size": size,
+        "mtime": rfc3339(info.st_mtime),
+        "mime": mime,
+    }
+
+
+def list_directory(
+    root: Path,
+    rel_parts: tuple[str, ...],
+    directory: Path,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    after: str | None = None,
+    show_hidden: bool = False,
+) -> ListingPage:
+    """One page of *directory* (already resolved safely under *root*). Blocking."""
+    with os.scandir(directory) as scan:
+        candidates = [
+            d for d in scan if (show_hidden or not is_hidden_name(d.name)) and _is_utf8(d.name)
+        ]
+    candidates.sort(key=lambda d: d.name)
+    start = 0
+    if after is not None:
+        start = bisect.bisect_right(candidates, after, key=lambda d: d.name)
+    entries: list[dict[str, Any]] = []
+    next_cursor = None
+    for index in range(start, len(candidates)):
+        entry = _entry(root, rel_parts, candidates[index], show_hidden)
+        if entry is None:
+            continue
+        entries.append(entry)
+        if len(entries) == limit:
+            if index + 1 < len(candidates):
+                next_cursor = encode_cursor(entry["name"])
+            break
+    return ListingPage(str(PurePosixPath(*rel_parts)) if rel_parts else "", entries, next_cursor)

@@ -1,0 +1,61 @@
+"""``serve_peer``: the peer server as a trio service, and ``flashback serve``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from flashback.config import ServeConfig
+from flashback.events import emit
+from flashback.peer.app import PeerInfo, ShareSettings, create_peer_app
+from flashback.peer.index_md import ensure_index_md
+from flashback.runner import run_service
+from flashback.web import BoundAddress, hypercorn_config, serve_quart
+
+
+async def serve_peer(
+    settings: ShareSettings,
+    host: str,
+    port: int,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *settings.root* until cancelled or *shutdown_trigger* returns.
+
+    Reports the bound address (the OS's port when *port* is 0) once listening.
+    """
+    await trio.to_thread.run_sync(
+        lambda: ensure_index_md(settings.root, show_hidden=settings.show_hidden)
+    )
+    app = create_peer_app(settings)
+    await serve_quart(
+        app,
+        hypercorn_config(host, port),
+        shutdown_trigger=shutdown_trigger,
+        task_status=task_status,
+    )
+
+
+def announce_peer_server(address: BoundAddress) -> None:
+    emit("peer-server-ready", host=address.host, port=address.port, url=address.url)
+
+
+def run_serve(config: ServeConfig) -> int:
+    settings = ShareSettings(config.root, config.show_hidden, PeerInfo(name=config.name))
+
+    async def main(shutdown: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(
+                lambda task_status: serve_peer(
+                    settings,
+                    config.host,
+                    config.port,
+                    shutdown_trigger=shutdown.wait,
+                    task_status=task_status,
+                )
+            )
+            announce_peer_server(address)
+
+    return run_service(main)
