@@ -1,0 +1,439 @@
+"""The tracker's websocket messages, both directions, as frozen dataclasses.
+
+One class per ``"type"`` of CONTRACT.md §2; :func:`parse` turns a decoded
+(or raw text) frame into one of them and :meth:`Message.dump` turns one back
+into a JSON-ready dict. Anything malformed raises :class:`ProtocolError`,
+which carries the ``{"type": "error", "code", "message"}`` reply to send, so
+the server answers bad input without a ``try`` around every field (the
+wsproto ``event_hint`` idea). The peer daemon uses this same module as a
+client. Pure: imports neither trio nor quart.
+
+Wire summary (tracker = T, peer/watcher = P)::
+
+    P->T hello             {peer_id?, token?, last_seq}
+    T->P snapshot          {seq, peers}
+    T->P peer-joined       {seq, peer}        peer-updated {seq, peer}
+    T->P peer-left         {seq, peer_id, reason: left|expired}
+    P->T stream-request    {request_id, to, path}     T->P the same with "from"
+    P->T file-stream-ready {request_id, to, host, port, token, path, size, expires_in}
+    P->T stream-error      {request_id, to, code, message}   (T->P: "from", or
+                           neither when the tracker itself answers unknown_peer)
+    T->P error             {code, message}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Literal
+
+MAX_ID_CHARS: Final = 128
+MAX_TOKEN_CHARS: Final = 512
+MAX_PATH_CHARS: Final = 4096
+MAX_HOST_CHARS: Final = 253
+MAX_NAME_CHARS: Final = 64
+MAX_CODE_CHARS: Final = 64
+MAX_MESSAGE_CHARS: Final = 1024
+
+LeaveReason = Literal["left", "expired"]
+
+
+class ProtocolError(Exception):
+    """A frame we cannot accept; :attr:`reply` is what to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def reply(self) -> ErrorMessage:
+        return ErrorMessage(code=self.code, message=self.message)
+
+
+# -- field readers: each raises ProtocolError with a message naming the field ---
+
+
+def _invalid(key: str, what: str) -> ProtocolError:
+    return ProtocolError("invalid_field", f"{key!r} must be {what}")
+
+
+def _str(data: Mapping[str, Any], key: str, *, max_chars: int, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
+        raise _invalid(key, f"a string of 1-{max_chars} characters")
+    return value
+
+
+def _int(
+    data: Mapping[str, Any],
+    key: str,
+    *,
+    low: int = 0,
+    high: int | None = None,
+    optional: bool = False,
+) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    # bool is an int subclass; True is not a port number.
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise _invalid(key, f"an integer >= {low}")
+    if high is not None and value > high:
+        raise _invalid(key, f"an integer between {low} and {high}")
+    return value
+
+
+def _number(data: Mapping[str, Any], key: str) -> float | int:
+    value = data.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+        raise _invalid(key, "a number >= 0")
+    return value
+
+
+def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise _invalid(key, "an object")
+    return value
+
+
+def _one_direction(data: Mapping[str, Any], *, required: bool) -> tuple[str | None, str | None]:
+    to = _str(data, "to", max_chars=MAX_ID_CHARS, optional=True)
+    from_ = _str(data, "from", max_chars=MAX_ID_CHARS, optional=True)
+    if to is not None and from_ is not None:
+        raise ProtocolError("invalid_field", "give either 'to' or 'from', not both")
+    if required and to is None and from_ is None:
+        raise ProtocolError("invalid_field", "'to' is required")
+    return to, from_
+
+
+def _direction(to: str | None, from_: str | None) -> dict[str, str]:
+    if to is not None:
+        return {"to": to}
+    if from_ is not None:
+        return {"from": from_}
+    return {}
+
+
+# -- the peer record shared by snapshot, list and feed --------------------------
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """One online peer as everybody sees it (never with its token)."""
+
+    peer_id: str
+    name: str
+    host: str
+    port: int
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    registered_at: str = ""
+    last_seen: str = ""
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "name": self.name,
+            "peer_server": {"host": self.host, "port": self.port},
+            "capabilities": self.capabilities,
+            "registered_at": self.registered_at,
+            "last_seen": self.last_seen,
+        }
+
+    @classmethod
+    def parse(cls, data: Any) -> PeerInfo:
+        if not isinstance(data, dict):
+            raise _invalid("peer", "an object")
+        server = _object(data, "peer_server")
+        return cls(
+            peer_id=_str(data, "peer_id", max_chars=MAX_ID_CHARS),
+            name=_str(data, "name", max_chars=MAX_NAME_CHARS),
+            host=_str(server, "host", max_chars=MAX_HOST_CHARS),
+            port=_int(server, "port", low=1, high=65535),
+            capabilities=_object(data, "capabilities"),
+            registered_at=_str(data, "registered_at", max_chars=64),
+            last_seen=_str(data, "last_seen", max_chars=64),
+        )
+
+
+# -- messages ---------------------------------------------------------------------
+
+
+class Message:
+    """Base of every frame; subclasses set ``TYPE`` and implement dump/_from."""
+
+    TYPE: ClassVar[str]
+
+    def dump(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode(self) -> str:
+        """Compact JSON text, the form that goes on the wire."""
+        return json.dumps(self.dump(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> Message:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """First client frame: an identified peer (peer_id + token) or a watcher."""
+
+    TYPE: ClassVar[str] = "hello"
+    last_seq: int | None = None
+    peer_id: str | None = None
+    token: str | None = None
+
+    def dump(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.TYPE}
+        if self.peer_id is not None:
+            out["peer_id"] = self.peer_id
+            out["token"] = self.token
+        out["last_seq"] = self.last_seq
+        return out
+
+    def __repr__(self) -> str:  # never print a token into a log
+        return f"Hello(peer_id={self.peer_id!r}, last_seq={self.last_seq!r})"
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> Hello:
+        peer_id = _str(data, "peer_id", max_chars=MAX_ID_CHARS, optional=True)
+        token = _str(data, "token", max_chars=MAX_TOKEN_CHARS, optional=True)
+        if (peer_id is None) != (token is None):
+            raise ProtocolError("invalid_field", "'peer_id' and 'token' go together")
+        return cls(last_seq=_int(data, "last_seq", optional=True), peer_id=peer_id, token=token)
+
+
+@dataclass(frozen=True)
+class Snapshot(Message):
+    TYPE: ClassVar[str] = "snapshot"
+    seq: int
+    peers: tuple[PeerInfo, ...] = ()
+
+    def dump(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "seq": self.seq, "peers": [p.dump() for p in self.peers]}
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> Snapshot:
+        peers = data.get("peers")
+        if not isinstance(peers, list):
+            raise _invalid("peers", "a list")
+        return cls(seq=_int(data, "seq"), peers=tuple(PeerInfo.parse(p) for p in peers))
+
+
+@dataclass(frozen=True)
+class PeerJoined(Message):
+    TYPE: ClassVar[str] = "peer-joined"
+    seq: int
+    peer: PeerInfo
+
+    def dump(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "seq": self.seq, "peer": self.peer.dump()}
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> PeerJoined:
+        return cls(seq=_int(data, "seq"), peer=PeerInfo.parse(data.get("peer")))
+
+
+@dataclass(frozen=True)
+class PeerUpdated(Message):
+    TYPE: ClassVar[str] = "peer-updated"
+    seq: int
+    peer: PeerInfo
+
+    def dump(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "seq": self.seq, "peer": self.peer.dump()}
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> PeerUpdated:
+        return cls(seq=_int(data, "seq"), peer=PeerInfo.parse(data.get("peer")))
+
+
+@dataclass(frozen=True)
+class PeerLeft(Message):
+    TYPE: ClassVar[str] = "peer-left"
+    seq: int
+    peer_id: str
+    reason: LeaveReason
+
+    def dump(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "seq": self.seq, "peer_id": self.peer_id, "reason": self.reason}
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> PeerLeft:
+        reason = data.get("reason")
+        if reason not in ("left", "expired"):
+            raise _invalid("reason", "'left' or 'expired'")
+        return cls(
+            seq=_int(data, "seq"),
+            peer_id=_str(data, "peer_id", max_chars=MAX_ID_CHARS),
+            reason=reason,
+        )
+
+
+@dataclass(frozen=True)
+class StreamRequest(Message):
+    """``to`` when a requester sends it, ``from`` when the tracker forwards it."""
+
+    TYPE: ClassVar[str] = "stream-request"
+    request_id: str
+    path: str
+    to: str | None = None
+    from_: str | None = None
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "request_id": self.request_id,
+            **_direction(self.to, self.from_),
+            "path": self.path,
+        }
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> StreamRequest:
+        to, from_ = _one_direction(data, required=True)
+        return cls(
+            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            path=_str(data, "path", max_chars=MAX_PATH_CHARS),
+            to=to,
+            from_=from_,
+        )
+
+
+@dataclass(frozen=True)
+class FileStreamReady(Message):
+    """The owner's answer: where and with which token to fetch the file."""
+
+    TYPE: ClassVar[str] = "file-stream-ready"
+    request_id: str
+    host: str
+    port: int
+    token: str
+    path: str
+    size: int
+    expires_in: float | int
+    to: str | None = None
+    from_: str | None = None
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "request_id": self.request_id,
+            **_direction(self.to, self.from_),
+            "host": self.host,
+            "port": self.port,
+            "token": self.token,
+            "path": self.path,
+            "size": self.size,
+            "expires_in": self.expires_in,
+        }
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> FileStreamReady:
+        to, from_ = _one_direction(data, required=True)
+        return cls(
+            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            host=_str(data, "host", max_chars=MAX_HOST_CHARS),
+            port=_int(data, "port", low=1, high=65535),
+            token=_str(data, "token", max_chars=MAX_TOKEN_CHARS),
+            path=_str(data, "path", max_chars=MAX_PATH_CHARS),
+            size=_int(data, "size"),
+            expires_in=_number(data, "expires_in"),
+            to=to,
+            from_=from_,
+        )
+
+
+@dataclass(frozen=True)
+class StreamError(Message):
+    """A refused stream; neither ``to`` nor ``from`` when the tracker answers itself."""
+
+    TYPE: ClassVar[str] = "stream-error"
+    request_id: str
+    code: str
+    message: str
+    to: str | None = None
+    from_: str | None = None
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "request_id": self.request_id,
+            **_direction(self.to, self.from_),
+            "code": self.code,
+            "message": self.message,
+        }
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> StreamError:
+        to, from_ = _one_direction(data, required=False)
+        message = data.get("message", "")
+        if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+            raise _invalid("message", f"a string of at most {MAX_MESSAGE_CHARS} characters")
+        return cls(
+            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            code=_str(data, "code", max_chars=MAX_CODE_CHARS),
+            message=message,
+            to=to,
+            from_=from_,
+        )
+
+
+@dataclass(frozen=True)
+class ErrorMessage(Message):
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    def dump(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "code": self.code, "message": self.message}
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> ErrorMessage:
+        message = data.get("message", "")
+        if not isinstance(message, str):
+            raise _invalid("message", "a string")
+        return cls(code=_str(data, "code", max_chars=MAX_CODE_CHARS), message=message)
+
+
+Change = PeerJoined | PeerUpdated | PeerLeft
+"""A change of the peer list: what the feed carries, each with its ``seq``."""
+
+RelayMessage = StreamRequest | FileStreamReady | StreamError
+"""What the tracker forwards between identified peers."""
+
+MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Snapshot,
+        PeerJoined,
+        PeerUpdated,
+        PeerLeft,
+        StreamRequest,
+        FileStreamReady,
+        StreamError,
+        ErrorMessage,
+    )
+}
+
+
+def parse(data: Mapping[str, Any] | str | bytes) -> Message:
+    """Decode one frame (text or an already-decoded dict) into its message."""
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except (ValueError, RecursionError):
+            raise ProtocolError("invalid_json", "the message is not valid JSON") from None
+    if not isinstance(data, Mapping):
+        raise ProtocolError("invalid_message", "a message must be a JSON object")
+    kind = data.get("type")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}"[:MAX_MESSAGE_CHARS])
+    return cls._from(data)

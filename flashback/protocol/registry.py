@@ -1,0 +1,217 @@
+"""Who is online, as a pure state machine: every call takes ``now``.
+
+The tracker feeds it requests and the reaper's ticks; it answers with the
+changes it made (:data:`~flashback.protocol.messages.Change`), each already
+numbered with the next ``seq``, and keeps the most recent ones in a bounded
+backlog so a client that reconnects with ``last_seq`` gets exactly what it
+missed, or ``None`` (send a snapshot) when that is no longer held.
+
+``now`` is a monotonic clock in seconds (trio's, in the tracker; plain
+numbers in tests). Wall-clock times for ``registered_at`` / ``last_seen`` are
+``now + wall_offset_s``, so a single clock drives both TTL and display.
+
+``seq`` starts wherever the caller says; the tracker starts it from the wall
+clock in microseconds, so it never goes backwards across a restart (a peer
+list would need more than a million changes a second to catch up with it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from flashback.protocol.messages import (
+    Change,
+    LeaveReason,
+    PeerInfo,
+    PeerJoined,
+    PeerLeft,
+    PeerUpdated,
+    Snapshot,
+)
+
+MIN_BACKLOG_CHANGES: Final = 10_000
+DEFAULT_BACKLOG_CHANGES: Final = 16_384
+
+
+def clock_seq() -> int:
+    """A starting ``seq`` above any earlier run's: wall clock in microseconds."""
+    return time.time_ns() // 1000
+
+
+def rfc3339(wall_time_s: float) -> str:
+    """UTC, millisecond precision, ``Z`` suffix: what the contract's PEER carries."""
+    moment = datetime.fromtimestamp(wall_time_s, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Presence:
+    peer_id: str
+    name: str
+    host: str
+    port: int
+    capabilities: dict[str, Any]
+    registered_at: float
+    last_seen: float
+
+
+class Registry:
+    """Presence, the ``seq`` counter and the change backlog; no I/O, no clock."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        *,
+        start_seq: int = 0,
+        backlog_changes: int = DEFAULT_BACKLOG_CHANGES,
+        wall_offset_s: float = 0.0,
+    ) -> None:
+        if backlog_changes < 1:
+            raise ValueError("backlog_changes must be positive")
+        self.ttl_s = ttl_s
+        self.wall_offset_s = wall_offset_s
+        self._seq = start_seq
+        self._peers: dict[str, _Presence] = {}
+        # Open identified links per peer id: a linked peer never expires.
+        self._links: dict[str, int] = {}
+        self._backlog: deque[Change] = deque(maxlen=backlog_changes)
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._peers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._peers)
+
+    def is_linked(self, peer_id: str) -> bool:
+        return self._links.get(peer_id, 0) > 0
+
+    def get(self, peer_id: str, now: float) -> PeerInfo | None:
+        presence = self._peers.get(peer_id)
+        return None if presence is None else self._info(presence, now)
+
+    def peers(self, now: float) -> list[PeerInfo]:
+        return [self._info(p, now) for p in self._peers.values()]
+
+    def snapshot(self, now: float) -> Snapshot:
+        return Snapshot(seq=self._seq, peers=tuple(self.peers(now)))
+
+    def changes_since(self, last_seq: int | None) -> list[Change] | None:
+        """Every change after *last_seq* in order, or ``None``: send a snapshot.
+
+        ``None`` also answers a ``last_seq`` from the future (an earlier run
+        whose counter we cannot vouch for) or one older than the backlog.
+        """
+        if last_seq is None or last_seq > self._seq:
+            return None
+        if last_seq == self._seq:
+            return []
+        if not self._backlog or self._backlog[0].seq > last_seq + 1:
+            return None
+        # The backlog is contiguous: index of last_seq + 1 is a subtraction.
+        start = last_seq + 1 - self._backlog[0].seq
+        return [self._backlog[i] for i in range(start, len(self._backlog))]
+
+    # -- changing ------------------------------------------------------------------
+
+    def register(
+        self,
+        peer_id: str,
+        *,
+        name: str,
+        host: str,
+        port: int,
+        capabilities: Mapping[str, Any],
+        now: float,
+    ) -> list[Change]:
+        """Join, or refresh and maybe update (a re-registration is a heartbeat too)."""
+        presence = self._peers.get(peer_id)
+        if presence is None:
+            presence = _Presence(peer_id, name, host, port, dict(capabilities), now, now)
+            self._peers[peer_id] = presence
+            return [self._record(PeerJoined(self._next_seq(), self._info(presence, now)))]
+        presence.last_seen = now
+        if (presence.name, presence.host, presence.port, presence.capabilities) == (
+            name,
+            host,
+            port,
+            capabilities,
+        ):
+            return []
+        presence.name, presence.host, presence.port = name, host, port
+        presence.capabilities = dict(capabilities)
+        return [self._record(PeerUpdated(self._next_seq(), self._info(presence, now)))]
+
+    def heartbeat(self, peer_id: str, now: float) -> bool:
+        """Move ``last_seen``; not a change. False: unknown or expired peer."""
+        presence = self._peers.get(peer_id)
+        if presence is None:
+            return False
+        presence.last_seen = max(presence.last_seen, now)
+        return True
+
+    def leave(self, peer_id: str, now: float, reason: LeaveReason = "left") -> list[Change]:
+        if self._peers.pop(peer_id, None) is None:
+            return []
+        return [self._record(PeerLeft(self._next_seq(), peer_id, reason))]
+
+    def expire(self, now: float) -> list[Change]:
+        """Drop every unlinked peer not seen for ``ttl_s``; linked ones stay fresh."""
+        gone: list[str] = []
+        for presence in self._peers.values():
+            if self.is_linked(presence.peer_id):
+                presence.last_seen = max(presence.last_seen, now)
+            elif now - presence.last_seen >= self.ttl_s:
+                gone.append(presence.peer_id)
+        changes: list[Change] = []
+        for peer_id in gone:
+            changes.extend(self.leave(peer_id, now, "expired"))
+        return changes
+
+    def attach(self, peer_id: str) -> None:
+        """An identified websocket link opened: the peer counts as alive."""
+        self._links[peer_id] = self._links.get(peer_id, 0) + 1
+
+    def detach(self, peer_id: str, now: float) -> None:
+        """A link closed: its TTL starts now, as if it had just sent a heartbeat."""
+        count = self._links.get(peer_id, 0) - 1
+        if count > 0:
+            self._links[peer_id] = count
+        else:
+            self._links.pop(peer_id, None)
+        self.heartbeat(peer_id, now)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _record(self, change: Change) -> Change:
+        self._backlog.append(change)
+        return change
+
+    def _info(self, presence: _Presence, now: float) -> PeerInfo:
+        last_seen = now if self.is_linked(presence.peer_id) else presence.last_seen
+        return PeerInfo(
+            peer_id=presence.peer_id,
+            name=presence.name,
+            host=presence.host,
+            port=presence.port,
+            capabilities=presence.capabilities,
+            registered_at=rfc3339(presence.registered_at + self.wall_offset_s),
+            last_seen=rfc3339(last_seen + self.wall_offset_s),
+        )

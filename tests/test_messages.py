@@ -1,0 +1,152 @@
+"""The websocket message types: round trips both ways, and every rejection."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from flashback.protocol import messages as m
+
+PEER = m.PeerInfo(
+    peer_id="p1",
+    name="laptop",
+    host="10.0.0.2",
+    port=8080,
+    capabilities={"stream": True},
+    registered_at="2024-01-01T00:00:00.000Z",
+    last_seen="2024-01-01T00:00:01.000Z",
+)
+
+ROUND_TRIPS: list[m.Message] = [
+    m.Hello(last_seq=None),
+    m.Hello(last_seq=42, peer_id="p1", token="secret"),
+    m.Snapshot(seq=7, peers=(PEER,)),
+    m.Snapshot(seq=0),
+    m.PeerJoined(seq=8, peer=PEER),
+    m.PeerUpdated(seq=9, peer=PEER),
+    m.PeerLeft(seq=10, peer_id="p1", reason="expired"),
+    m.StreamRequest(request_id="r1", path="a/b.mkv", to="p2"),
+    m.StreamRequest(request_id="r1", path="a/b.mkv", from_="p1"),
+    m.FileStreamReady(
+        request_id="r1",
+        host="10.0.0.2",
+        port=4000,
+        token="t",
+        path="a",
+        size=3,
+        expires_in=60,
+        to="p1",
+    ),
+    m.FileStreamReady(
+        request_id="r1",
+        host="h",
+        port=1,
+        token="t",
+        path="a",
+        size=0,
+        expires_in=1.5,
+        from_="p2",
+    ),
+    m.StreamError(request_id="r1", code="not_found", message="gone", to="p1"),
+    m.StreamError(request_id="r1", code="unknown_peer", message="offline"),
+    m.ErrorMessage(code="invalid_json", message="bad"),
+]
+
+
+@pytest.mark.parametrize("message", ROUND_TRIPS, ids=lambda msg: type(msg).__name__)
+def test_round_trip_through_dict_and_text(message: m.Message) -> None:
+    assert m.parse(message.dump()) == message
+    assert m.parse(message.encode()) == message
+    assert m.parse(message.encode().encode()) == message
+
+
+def test_wire_shapes_match_the_contract() -> None:
+    assert m.StreamRequest(request_id="r", path="x", from_="p1").dump() == {
+        "type": "stream-request",
+        "request_id": "r",
+        "from": "p1",
+        "path": "x",
+    }
+    assert m.PeerJoined(seq=1, peer=PEER).dump()["peer"] == {
+        "peer_id": "p1",
+        "name": "laptop",
+        "peer_server": {"host": "10.0.0.2", "port": 8080},
+        "capabilities": {"stream": True},
+        "registered_at": "2024-01-01T00:00:00.000Z",
+        "last_seen": "2024-01-01T00:00:01.000Z",
+    }
+    assert m.Hello(last_seq=None).dump() == {"type": "hello", "last_seq": None}
+    assert m.parse({"type": "hello"}) == m.Hello(last_seq=None)
+
+
+def test_hello_repr_hides_the_token() -> None:
+    assert "secret" not in repr(m.Hello(last_seq=1, peer_id="p", token="secret"))
+
+
+BAD: list[tuple[Any, str]] = [
+    ("{nope", "invalid_json"),
+    (b"\xff\xfe", "invalid_json"),
+    ("[1, 2]", "invalid_message"),
+    ("null", "invalid_message"),
+    ({"no": "type"}, "unknown_type"),
+    ({"type": "bogus"}, "unknown_type"),
+    ({"type": 3}, "unknown_type"),
+    ({"type": "hello", "last_seq": "1"}, "invalid_field"),
+    ({"type": "hello", "last_seq": True}, "invalid_field"),
+    ({"type": "hello", "last_seq": -1}, "invalid_field"),
+    ({"type": "hello", "peer_id": "p"}, "invalid_field"),
+    ({"type": "hello", "token": "t"}, "invalid_field"),
+    ({"type": "hello", "peer_id": "", "token": "t"}, "invalid_field"),
+    ({"type": "stream-request", "request_id": "r", "path": "x"}, "invalid_field"),
+    (
+        {"type": "stream-request", "request_id": "r", "to": "a", "from": "b", "path": "x"},
+        "invalid_field",
+    ),
+    ({"type": "stream-request", "request_id": 5, "to": "a", "path": "x"}, "invalid_field"),
+    ({"type": "stream-request", "request_id": "r", "to": "a", "path": "x" * 5000}, "invalid_field"),
+    (
+        {
+            "type": "file-stream-ready",
+            "request_id": "r",
+            "to": "a",
+            "host": "h",
+            "port": 0,
+            "token": "t",
+            "path": "p",
+            "size": 1,
+            "expires_in": 1,
+        },
+        "invalid_field",
+    ),
+    (
+        {
+            "type": "file-stream-ready",
+            "request_id": "r",
+            "to": "a",
+            "host": "h",
+            "port": 1,
+            "token": "t",
+            "path": "p",
+            "size": 1,
+            "expires_in": "soon",
+        },
+        "invalid_field",
+    ),
+    ({"type": "stream-error", "request_id": "r", "code": "x", "message": 3}, "invalid_field"),
+    ({"type": "peer-left", "seq": 1, "peer_id": "p", "reason": "bored"}, "invalid_field"),
+    ({"type": "peer-joined", "seq": 1, "peer": "p"}, "invalid_field"),
+    ({"type": "snapshot", "seq": 1, "peers": {}}, "invalid_field"),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), BAD)
+def test_bad_frames_carry_their_error_reply(frame: Any, code: str) -> None:
+    with pytest.raises(m.ProtocolError) as caught:
+        m.parse(frame)
+    reply = caught.value.reply.dump()
+    assert reply["type"] == "error"
+    assert reply["code"] == code
+    assert isinstance(reply["message"], str) and reply["message"]
+    json.dumps(reply)

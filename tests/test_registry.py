@@ -1,0 +1,117 @@
+"""The sans-IO registry, with plain numbers for time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flashback.protocol.messages import PeerJoined, PeerLeft, PeerUpdated
+from flashback.protocol.registry import MIN_BACKLOG_CHANGES, Registry, clock_seq, rfc3339
+
+
+def join(registry: Registry, peer_id: str, now: float, **overrides: Any) -> list[Any]:
+    fields: dict[str, Any] = {
+        "name": peer_id,
+        "host": "127.0.0.1",
+        "port": 8000,
+        "capabilities": {},
+    }
+    fields.update(overrides)
+    return registry.register(peer_id, now=now, **fields)
+
+
+def test_join_update_leave_number_changes_in_order() -> None:
+    registry = Registry(30, start_seq=100)
+    [joined] = join(registry, "a", 0)
+    assert isinstance(joined, PeerJoined) and joined.seq == 101
+    assert join(registry, "a", 1) == []  # same fields: a refresh, not a change
+    [updated] = join(registry, "a", 2, port=9000)
+    assert isinstance(updated, PeerUpdated) and updated.seq == 102
+    assert updated.peer.port == 9000
+    [left] = registry.leave("a", 3)
+    assert left == PeerLeft(103, "a", "left")
+    assert registry.leave("a", 4) == []
+    assert registry.seq == 103
+
+
+def test_heartbeat_is_not_a_change_but_defers_expiry() -> None:
+    registry = Registry(30)
+    join(registry, "a", 0)
+    assert registry.heartbeat("a", 20)
+    assert not registry.heartbeat("ghost", 20)
+    assert registry.seq == 1
+    assert registry.expire(49.9) == []
+    [left] = registry.expire(50)
+    assert left == PeerLeft(2, "a", "expired")
+    assert "a" not in registry
+    assert not registry.heartbeat("a", 51)
+
+
+def test_a_linked_peer_never_expires_and_its_ttl_restarts_at_detach() -> None:
+    registry = Registry(10)
+    join(registry, "a", 0)
+    registry.attach("a")
+    registry.attach("a")
+    assert registry.expire(100) == []
+    info = registry.get("a", 100)
+    assert info is not None and info.last_seen == rfc3339(100)
+    registry.detach("a", 100)
+    assert registry.expire(200) == []  # one link still open
+    registry.detach("a", 200)
+    assert registry.expire(209) == []
+    assert [c.peer_id for c in registry.expire(210)] == ["a"]
+
+
+def test_changes_since_returns_exactly_what_was_missed() -> None:
+    registry = Registry(30, start_seq=1000)
+    for i in range(5):
+        join(registry, f"p{i}", i)
+    assert [c.seq for c in registry.changes_since(1002) or []] == [1003, 1004, 1005]
+    assert registry.changes_since(1005) == []
+    assert registry.changes_since(1000) is not None
+    assert len(registry.changes_since(1000) or []) == 5
+
+
+def test_changes_since_asks_for_a_snapshot_when_it_cannot_vouch() -> None:
+    registry = Registry(30, start_seq=1000, backlog_changes=3)
+    for i in range(5):
+        join(registry, f"p{i}", i)
+    assert registry.changes_since(None) is None
+    assert registry.changes_since(1001) is None  # 1002 fell out of the backlog
+    assert [c.seq for c in registry.changes_since(1002) or []] == [1003, 1004, 1005]
+    assert registry.changes_since(999_999) is None  # from the future
+    assert registry.changes_since(0) is None
+
+
+def test_a_fresh_registry_snapshots_any_older_seq() -> None:
+    registry = Registry(30, start_seq=clock_seq())
+    assert registry.changes_since(registry.seq - 1) is None
+    assert registry.changes_since(registry.seq) == []
+
+
+def test_backlog_holds_at_least_ten_thousand_changes() -> None:
+    registry = Registry(30, start_seq=0)
+    for i in range(MIN_BACKLOG_CHANGES + 500):
+        join(registry, "a", i, port=1 + i % 2)
+    last = registry.seq
+    missed = registry.changes_since(last - MIN_BACKLOG_CHANGES)
+    assert missed is not None and len(missed) == MIN_BACKLOG_CHANGES
+    assert [c.seq for c in missed[:2]] == [
+        last - MIN_BACKLOG_CHANGES + 1,
+        last - MIN_BACKLOG_CHANGES + 2,
+    ]
+
+
+def test_snapshot_and_times() -> None:
+    registry = Registry(30, start_seq=5, wall_offset_s=1_700_000_000)
+    join(registry, "a", 0.25, capabilities={"x": 1})
+    snap = registry.snapshot(1)
+    assert snap.seq == 6
+    [peer] = snap.peers
+    assert peer.registered_at == "2023-11-14T22:13:20.250Z"
+    assert peer.capabilities == {"x": 1}
+    assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_clock_seq_is_monotone_enough() -> None:
+    assert clock_seq() > 1_600_000_000 * 10**6
+    assert clock_seq() < 2**53  # exact in a JSON double
