@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -56,6 +56,9 @@ class FileBody(ResponseBody):
         self._fd: int | None = fd
         self._segments = segments
         self._chunk_size = chunk_size
+        self._index = 0
+        first = segments[0] if segments else None
+        self._offset = first.first if isinstance(first, ByteRange) else 0
 
     async def __aenter__(self) -> FileBody:
         return self
@@ -73,27 +76,37 @@ class FileBody(ResponseBody):
             os.close(self._fd)
             self._fd = None
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
+    def __aiter__(self) -> FileBody:
+        return self
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        for segment in self._segments:
+    async def __anext__(self) -> bytes:
+        # A plain iterator rather than an async generator: a client that goes
+        # away mid-download leaves no suspended generator for the GC to finalize.
+        while self._index < len(self._segments):
+            segment = self._segments[self._index]
             if isinstance(segment, bytes):
-                yield segment
+                self._advance()
+                return segment
+            remaining = segment.last + 1 - self._offset
+            if remaining <= 0 or self._fd is None:
+                self._advance()
                 continue
-            offset, remaining = segment.first, segment.length
-            while remaining > 0:
-                fd = self._fd
-                if fd is None:
-                    return
-                data = await trio.to_thread.run_sync(
-                    os.pread, fd, min(self._chunk_size, remaining), offset
-                )
-                if not data:  # the file shrank under us: stop rather than spin
-                    return
-                offset += len(data)
-                remaining -= len(data)
-                yield data
+            data = await trio.to_thread.run_sync(
+                os.pread, self._fd, min(self._chunk_size, remaining), self._offset
+            )
+            if not data:  # the file shrank under us: end this part rather than spin
+                self._advance()
+                continue
+            self._offset += len(data)
+            return data
+        raise StopAsyncIteration
+
+    def _advance(self) -> None:
+        self._index += 1
+        if self._index < len(self._segments):
+            segment = self._segments[self._index]
+            if isinstance(segment, ByteRange):
+                self._offset = segment.first
 
     async def make_conditional(self, begin: int, end: int | None) -> int:  # pragma: no cover
         raise NotImplementedError("ranges are planned before the body is built")

@@ -1,0 +1,54 @@
+"""Shared fixtures: a real peer server on a loopback port chosen by the OS."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.serve import serve_peer
+
+BIG_FILE_BYTES = 5 * 1024 * 1024 + 123  # more than a few 1 MiB chunks, odd tail
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Path:
+    """A shared root with text, binary, nested, hidden, unicode and symlinked entries."""
+    root = tmp_path / "share"
+    (root / "docs" / "deep").mkdir(parents=True)
+    (root / "hello.txt").write_text("hello, world\n")
+    (root / "docs" / "readme.md").write_text("# Docs\n")
+    (root / "docs" / "deep" / "x.bin").write_bytes(b"\x00\x01\x02")
+    (root / ".secret").write_text("top secret\n")
+    (root / ".hiddendir").mkdir()
+    (root / ".hiddendir" / "inner.txt").write_text("inner\n")
+    (root / "résumé.txt").write_text("unicode name\n")
+    (root / "page.html").write_text("<script>alert(1)</script>\n")
+    (root / "big.bin").write_bytes(os.urandom(BIG_FILE_BYTES))
+    (root / "empty.txt").write_bytes(b"")
+    outside = tmp_path / "share_evil"
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0\n")
+    (root / "escape").symlink_to(outside / "passwd")
+    (root / "escape-dir").symlink_to(outside)
+    (root / "alias.txt").symlink_to(root / "hello.txt")
+    return root
+
+
+@pytest.fixture
+async def peer_url(nursery: trio.Nursery, share: Path) -> str:
+    settings = ShareSettings(share, show_hidden=False, info=PeerInfo(name="test-peer"))
+    address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
+    return address.url
+
+
+@pytest.fixture
+async def client(peer_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=peer_url, timeout=10) as http:
+        yield http
