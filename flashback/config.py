@@ -30,6 +30,10 @@ DEFAULT_PEER_TTL_S: Final = 30
 DEFAULT_HEARTBEAT_INTERVAL_S: Final = 10
 DEFAULT_REGISTER_RATE_PER_S: Final = 20.0
 DEFAULT_REGISTER_BURST: Final = 100
+# A watcher this many messages behind is dropped (it resumes by last_seq).
+DEFAULT_WATCHER_QUEUE_MESSAGES: Final = 1024
+# Changes kept for resuming watchers; the contract asks for at least 10,000.
+DEFAULT_BACKLOG_CHANGES: Final = 16_384
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class TrackerConfig:
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     register_rate_per_s: float = DEFAULT_REGISTER_RATE_PER_S
     register_burst: int = DEFAULT_REGISTER_BURST
+    # Not settable from outside: tuned here, overridden by tests and benchmarks.
+    watcher_queue_messages: int = DEFAULT_WATCHER_QUEUE_MESSAGES
+    backlog_changes: int = DEFAULT_BACKLOG_CHANGES
 
 
 @dataclass(frozen=True)

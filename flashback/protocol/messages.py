@@ -432,6 +432,11 @@ def parse(data: Mapping[str, Any] | str | bytes) -> Message:
             raise ProtocolError("invalid_json", "the message is not valid JSON") from None
     if not isinstance(data, Mapping):
         raise ProtocolError("invalid_message", "a message must be a JSON object")
+    try:
+        # Lone surrogates (from "\\ud800" escapes) cannot be sent on as UTF-8.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("invalid_json", "the message has a lone surrogate escape") from None
     kind = data.get("type")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one tracker, in its own CollectorRegistry.
+
+Not the global registry: a test run builds many trackers in one process,
+and each must count only its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PREFIX = "flashback_tracker_"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class TrackerMetrics:
+    def __init__(
+        self,
+        *,
+        peers_online: Callable[[], float],
+        connections: Callable[[], float],
+        seq: Callable[[], float],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Gauge(PREFIX + "peers_online", "Peers registered and not expired", registry=r).set_function(
+            peers_online
+        )
+        Gauge(PREFIX + "websocket_connections", "Open websocket links", registry=r).set_function(
+            connections
+        )
+        Gauge(PREFIX + "seq", "The current change counter", registry=r).set_function(seq)
+        self.registrations = Counter(
+            PREFIX + "registrations", "Successful registrations (new or returning)", registry=r
+        )
+        self.heartbeats = Counter(PREFIX + "heartbeats", "Accepted heartbeats", registry=r)
+        self.departures = Counter(PREFIX + "departures", "Peers that left (DELETE)", registry=r)
+        self.expiries = Counter(PREFIX + "expiries", "Peers dropped by the TTL", registry=r)
+        self.relayed = Counter(
+            PREFIX + "messages_relayed", "Stream messages forwarded between peers", registry=r
+        )
+        self.evictions = Counter(
+            PREFIX + "watchers_evicted", "Websockets closed for falling behind", registry=r
+        )
+        self.rejected = Counter(
+            PREFIX + "auth_failures", "Requests refused for a missing or wrong token", registry=r
+        )
+        self.rate_limited = Counter(
+            PREFIX + "rate_limited", "Registrations refused by the rate limit", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

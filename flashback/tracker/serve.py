@@ -1,0 +1,159 @@
+"""Running the tracker: the root nursery, signals, the ready line, exit codes.
+
+``serve_tracker`` is the trio-style service (reports its bound address once
+it listens); ``run_tracker`` is what ``flashback tracker`` calls: it opens
+the store, serves until SIGINT/SIGTERM, and returns the exit code.
+
+Shutdown order matters: every websocket is closed with 1001 first (otherwise
+Hypercorn's graceful shutdown waits its full timeout for links that never
+end on their own, then aborts them), then Hypercorn stops listening and
+finishes in-flight requests, then the reaper is cancelled and ``seq`` saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+from typing import Final
+
+import trio
+
+from flashback.config import TrackerConfig
+from flashback.events import emit
+from flashback.protocol.registry import clock_seq
+from flashback.tracker.app import create_app
+from flashback.tracker.service import Tracker
+from flashback.tracker.store import IdentityStore, check_database_url, open_store
+from flashback.tracker.validate import MAX_BODY_BYTES
+from flashback.web import BoundAddress, hypercorn_config, serve_quart
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG: Final = 4096  # reconnect storms: thousands of daemons at once
+WEBSOCKET_CLOSE_TIMEOUT_S: Final = 2.0
+STORE_CLOSE_TIMEOUT_S: Final = 3.0
+WANTED_OPEN_FILES: Final = 1_048_576
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+
+
+def raise_open_file_limit() -> None:
+    """Each websocket is a file descriptor; 1024 (a common soft limit) is too few."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+        target = min(target, WANTED_OPEN_FILES)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("could not raise the open-file limit: %s", exc)
+
+
+async def serve_tracker_instance(
+    tracker: Tracker,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an already built :class:`Tracker` until cancelled or *shutdown* is set."""
+    config = tracker.config
+    hc = hypercorn_config(config.host, config.port, backlog=LISTEN_BACKLOG)
+    hc.websocket_max_message_size = MAX_BODY_BYTES
+    stop_listening = trio.Event()
+    app = create_app(tracker)
+
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on(event: trio.Event) -> None:
+            await event.wait()
+            log.info("shutting down: closing %d websocket(s)", len(tracker.hub))
+            await tracker.hub.close_all(timeout_s=WEBSOCKET_CLOSE_TIMEOUT_S)
+            stop_listening.set()
+
+        async def serve(*, task_status: trio.TaskStatus[BoundAddress]) -> None:
+            await serve_quart(
+                app, hc, shutdown_trigger=stop_listening.wait, task_status=task_status
+            )
+            nursery.cancel_scope.cancel()  # the reaper and the stopper go with it
+
+        nursery.start_soon(tracker.reap_forever)
+        if shutdown is not None:
+            nursery.start_soon(stop_on, shutdown)
+        address: BoundAddress = await nursery.start(serve)
+        task_status.started(address)
+
+
+async def serve_tracker(
+    config: TrackerConfig,
+    *,
+    store: IdentityStore | None = None,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Open the store (unless given), serve, and close the store on the way out."""
+    raise_open_file_limit()
+    if store is None:
+        store = await open_store(config.database_url)
+    tracker: Tracker | None = None
+    try:
+        start_seq = max(clock_seq(), await store.load_seq() + 1)
+        tracker = Tracker(config, store, start_seq=start_seq)
+        await serve_tracker_instance(tracker, shutdown=shutdown, task_status=task_status)
+    finally:
+        # Shielded and bounded: the seq must be saved even when we were cancelled.
+        with trio.CancelScope(shield=True), trio.move_on_after(STORE_CLOSE_TIMEOUT_S):
+            try:
+                if tracker is not None:
+                    await store.save_seq(tracker.registry.seq)
+            finally:
+                await store.aclose()
+
+
+def run_tracker(config: TrackerConfig) -> int:
+    """``flashback tracker``: serve in the foreground; SIGINT/SIGTERM -> exit 0."""
+    check_database_url(config.database_url)
+
+    async def main() -> None:
+        # Opened outside any nursery so a bad database is a plain ConfigError.
+        store = await open_store(config.database_url)
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def on_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        if shutdown.is_set():
+                            log.warning("second signal: stopping now")
+                            nursery.cancel_scope.cancel()
+                            return
+                        log.info("received %s", signal.Signals(signum).name)
+                        shutdown.set()
+
+            async def serve(*, task_status: trio.TaskStatus[BoundAddress]) -> None:
+                await serve_tracker(config, store=store, shutdown=shutdown, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signals)
+            address: BoundAddress = await nursery.start(serve)
+            log.info("tracker listening on %s", address.url)
+            emit("tracker-ready", host=address.host, port=address.port, url=address.url)
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        log.error("tracker failed: %s", exc)
+        return EXIT_FAILURE
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(OSError)
+        if matched is None or rest is not None:
+            raise
+        log.error("tracker failed: %s", _first_leaf(matched))
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _first_leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
