@@ -76,17 +76,29 @@ class DaemonConfig:
 # -- where things live ---------------------------------------------------------
 
 
+def _xdg_dir(env: Mapping[str, str], name: str) -> Path | None:
+    """An XDG base directory from *env*; relative ones are invalid and ignored (per the spec).
+
+    Otherwise the daemon and a client started elsewhere would disagree on it.
+    """
+    value = env.get(name)
+    if value and Path(value).is_absolute():
+        return Path(value)
+    return None
+
+
 def config_file_path(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / APP_NAME / "config.toml"
+    base = _xdg_dir(env, "XDG_CONFIG_HOME") or Path.home() / ".config"
+    return base / APP_NAME / "config.toml"
 
 
 def state_dir(env: Mapping[str, str]) -> Path:
     """The per-user directory through which local commands reach the daemon."""
     if env.get("FLASHBACK_STATE_DIR"):
         return Path(env["FLASHBACK_STATE_DIR"])
-    if env.get("XDG_RUNTIME_DIR"):
-        return Path(env["XDG_RUNTIME_DIR"]) / APP_NAME
+    runtime = _xdg_dir(env, "XDG_RUNTIME_DIR")
+    if runtime is not None:
+        return runtime / APP_NAME
     return Path(tempfile.gettempdir()) / f"{APP_NAME}-{os.getuid()}"
 
 
@@ -94,8 +106,9 @@ def data_dir(env: Mapping[str, str]) -> Path:
     """Persistent per-user data (daemon identity, tracker database)."""
     if env.get("FLASHBACK_DATA_DIR"):
         return Path(env["FLASHBACK_DATA_DIR"])
-    if env.get("XDG_DATA_HOME"):
-        return Path(env["XDG_DATA_HOME"]) / APP_NAME
+    data_home = _xdg_dir(env, "XDG_DATA_HOME")
+    if data_home is not None:
+        return data_home / APP_NAME
     return platformdirs.user_data_path(APP_NAME)
 
 
@@ -124,6 +137,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid config file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # tomllib decodes before parsing
+        raise ConfigError(f"invalid config file {path}: not UTF-8 ({exc.reason})") from exc
 
 
 # -- validation helpers ----------------------------------------------------------
