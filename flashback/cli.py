@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from flashback import __version__
 from flashback.errors import ConfigError, FlashbackError
@@ -45,6 +45,94 @@ def _add_tracker(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_tracker)
 
 
+def _add_daemon(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("daemon", help="run the peer daemon (peer server + tracker link)")
+    p.add_argument("--root", default=None, help="directory to share (FLASHBACK_ROOT)")
+    p.add_argument("--tracker", default=None, help="tracker URL (FLASHBACK_TRACKER_URL)")
+    p.add_argument("--name", default=None, help="peer name (FLASHBACK_NAME, host name)")
+    p.add_argument("--host", default=None, help="peer server address (default 127.0.0.1)")
+    p.add_argument("--port", default=None, help="peer server port (default 0: the OS picks)")
+    p.add_argument("--show-hidden", action="store_true", help="serve dot files too")
+    p.set_defaults(run=_run_daemon)
+
+
+def _add_local_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="ask the local daemon how it is")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_run_status)
+    p = sub.add_parser("peers", help="the live peer list")
+    p.add_argument("--watch", action="store_true", help="print each change as it arrives")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_run_peers)
+    p = sub.add_parser("ls", help="list a peer's directory")
+    p.add_argument("peer", metavar="PEER", help="peer id or name")
+    p.add_argument("path", metavar="PATH", nargs="?", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_run_ls)
+    p = sub.add_parser("get", help="download a file from a peer (resumes a partial OUT)")
+    p.add_argument("peer", metavar="PEER", help="peer id or name")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("-o", "--output", metavar="OUT", default=None)
+    p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
+    p.set_defaults(run=_run_get)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    from flashback.config import config_file_path, daemon_from_sources, load_config_file
+    from flashback.daemon.main import run_daemon
+
+    file = load_config_file(config_file_path(os.environ))
+    return run_daemon(daemon_from_sources(vars(args), os.environ, file))
+
+
+def _run_local(main: Callable[[], Any]) -> int:
+    import trio
+
+    return int(trio.run(main) or 0)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from flashback.daemon import client
+
+    async def main() -> int:
+        client.print_status(await client.fetch_status(os.environ), as_json=args.json)
+        return 0
+
+    return _run_local(main)
+
+
+def _run_peers(args: argparse.Namespace) -> int:
+    from flashback.daemon import client
+
+    async def main() -> int:
+        if args.watch:
+            return await client.watch_peers(os.environ, as_json=args.json)
+        client.print_peers(await client.fetch_peers(os.environ), as_json=args.json)
+        return 0
+
+    return _run_local(main)
+
+
+def _run_ls(args: argparse.Namespace) -> int:
+    from flashback.daemon import client
+
+    async def main() -> int:
+        listing = await client.list_peer_dir(os.environ, args.peer, args.path)
+        client.print_listing(listing, as_json=args.json)
+        return 0
+
+    return _run_local(main)
+
+
+def _run_get(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flashback.daemon import client
+
+    out = Path(args.output) if args.output else None
+    return _run_local(lambda: client.get_file(os.environ, args.peer, args.path, out))
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from flashback.config import serve_from_sources
     from flashback.peer.serve import run_serve
@@ -59,7 +147,12 @@ def _run_tracker(args: argparse.Namespace) -> int:
     return run_tracker(tracker_from_sources(vars(args), os.environ))
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_tracker]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_tracker,
+    _add_daemon,
+    _add_serve,
+    _add_local_commands,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +178,8 @@ def setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # One line per HTTP request would drown what matters.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 _SYSLOG_LEVELS = {
@@ -115,7 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flashback: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return 130
+    except Exception as exc:  # a local command met something unexpected: one line, no traceback
+        import httpx
+
+        if not isinstance(exc, httpx.HTTPError | OSError | ValueError):
+            raise
+        print(f"flashback: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ routing (404, 405, 413), or a bug (500, logged, no traceback sent).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -35,8 +36,6 @@ def error_response(error: FlashbackError) -> Response:
 
 
 def json_response(payload: Any, *, status: int = 200) -> Response:
-    import json
-
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n"
     return Response(body, status=status, mimetype=JSON_MIMETYPE)
 
@@ -88,14 +87,21 @@ class BoundAddress:
 def parse_bind(bind: str) -> BoundAddress:
     """Turn Hypercorn's ``http://HOST:PORT`` bind string into a :class:`BoundAddress`."""
     rest = bind.split("://", 1)[-1]
+    if rest.startswith("unix:"):
+        return BoundAddress(rest[len("unix:") :], 0)
     host, _, port = rest.rpartition(":")
     return BoundAddress(host.strip("[]"), int(port))
 
 
 def hypercorn_config(host: str, port: int, *, backlog: int = 100) -> HypercornConfig:
+    """A Hypercorn config for one bind; ``host="unix:/path"`` binds a Unix socket (0600)."""
     config = HypercornConfig()
-    bind_host = f"[{host}]" if ":" in host else host
-    config.bind = [f"{bind_host}:{port}"]
+    if host.startswith("unix:"):
+        config.bind = [host]
+        config.umask = 0o177
+    else:
+        bind_host = f"[{host}]" if ":" in host else host
+        config.bind = [f"{bind_host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.backlog = backlog

@@ -1,0 +1,213 @@
+"""Local commands (``status``, ``peers``, ``ls``, ``get``): the daemon's clients.
+
+They reach the running daemon through the Unix socket in the state
+directory, then talk to other peers' servers directly over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from flashback.config import state_dir
+from flashback.daemon.control import control_socket_path
+from flashback.errors import ConfigError, FlashbackError
+from flashback.events import emit
+from flashback.protocol.messages import PeerInfo
+from flashback.transfer import download
+
+TIMEOUT_S = 10.0
+
+
+class DaemonUnavailable(FlashbackError):
+    """No daemon answers on the control socket (exit status 1)."""
+
+
+@asynccontextmanager
+async def control_client(env: Mapping[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    path = control_socket_path(state_dir(env))
+    if not path.exists():
+        raise DaemonUnavailable(f"no flashback daemon is running (no socket at {path})")
+    transport = httpx.AsyncHTTPTransport(uds=str(path))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://flashback", timeout=TIMEOUT_S
+    ) as client:
+        yield client
+
+
+async def _get_json(client: httpx.AsyncClient, url: str) -> Any:
+    try:
+        response = await client.get(url)
+    except httpx.HTTPError as exc:
+        raise DaemonUnavailable(f"the daemon does not answer: {exc.__class__.__name__}") from exc
+    response.raise_for_status()
+    return response.json()
+
+
+async def fetch_status(env: Mapping[str, str]) -> dict[str, Any]:
+    async with control_client(env) as client:
+        return await _get_json(client, "/status")
+
+
+async def fetch_peers(env: Mapping[str, str]) -> dict[str, Any]:
+    async with control_client(env) as client:
+        return await _get_json(client, "/peers")
+
+
+def resolve_peer(listing: dict[str, Any], key: str) -> PeerInfo:
+    peers = [PeerInfo.parse(p) for p in listing.get("peers", [])]
+    for peer in peers:
+        if peer.peer_id == key:
+            return peer
+    named = [p for p in peers if p.name == key]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        ids = ", ".join(p.peer_id for p in named)
+        raise ConfigError(f"several peers are named {key!r}; use a peer id ({ids})")
+    raise FlashbackError(f"no peer {key!r} is online", code="unknown_peer")
+
+
+def peer_url(peer: PeerInfo) -> str:
+    host = f"[{peer.host}]" if ":" in peer.host else peer.host
+    return f"http://{host}:{peer.port}"
+
+
+def print_status(status: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status))
+        return
+    tracker = status["tracker"]
+    link = "connected" if tracker["connected"] else "not connected"
+    print(f"name:     {status['name']}")
+    print(f"peer id:  {status['peer_id'] or '(not registered)'}")
+    print(f"serving:  {status.get('root', '')} on {status['url']}")
+    print(f"tracker:  {tracker['url'] or '(none)'} ({link})")
+
+
+def format_peer(peer: dict[str, Any]) -> str:
+    server = peer["peer_server"]
+    return f"{peer['name']:<24} {peer['peer_id']:<20} http://{server['host']}:{server['port']}"
+
+
+def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(listing))
+        return
+    if not listing["peers"]:
+        print("no peers online")
+    for peer in listing["peers"]:
+        print(format_peer(peer))
+
+
+def format_event(event: dict[str, Any]) -> str | None:
+    kind = event.get("event")
+    if kind == "peer-joined":
+        return "+ " + format_peer(event["peer"])
+    if kind == "peer-updated":
+        return "~ " + format_peer(event["peer"])
+    if kind == "peer-left":
+        return f"- {event['peer_id']} ({event['reason']})"
+    if kind in ("tracker-connected", "tracker-disconnected"):
+        return f"* {kind} {event.get('url') or ''}".rstrip()
+    return None
+
+
+WATCHED_EVENTS = frozenset(
+    {"peer-joined", "peer-updated", "peer-left", "tracker-connected", "tracker-disconnected"}
+)
+
+
+async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
+    async with control_client(env) as client:
+        try:
+            async with client.stream(
+                "GET",
+                "/events",
+                params={"snapshot": "1"},
+                timeout=httpx.Timeout(TIMEOUT_S, read=None),
+            ) as response:
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("event") == "peers-snapshot":
+                        if not as_json:
+                            print_peers(event, as_json=False)
+                    elif event.get("event") in WATCHED_EVENTS:
+                        text = json.dumps(event) if as_json else format_event(event)
+                        if text:
+                            print(text, flush=True)
+        except httpx.HTTPError as exc:
+            raise DaemonUnavailable(f"lost the daemon: {exc.__class__.__name__}") from exc
+    print("flashback: the daemon stopped", file=sys.stderr)
+    return 1
+
+
+async def list_peer_dir(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
+    peer = resolve_peer(await fetch_peers(env), key)
+    url = f"{peer_url(peer)}/api/files/{quote(path.strip('/'), safe='/')}"
+    entries: list[dict[str, Any]] = []
+    listing: dict[str, Any] = {}
+    cursor = None
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+        while True:
+            params = {"limit": "10000"} | ({"cursor": cursor} if cursor else {})
+            try:
+                response = await http.get(url, params=params)
+            except httpx.HTTPError as exc:
+                raise FlashbackError(
+                    f"peer {key!r} does not answer: {exc.__class__.__name__}"
+                ) from exc
+            if response.status_code == 404:
+                raise FlashbackError(f"no directory {path!r} on peer {key!r}", code="not_found")
+            response.raise_for_status()
+            listing = response.json()
+            entries += listing["entries"]
+            cursor = listing.get("next_cursor")
+            if not cursor:
+                break
+    return {"path": listing.get("path", ""), "entries": entries, "next_cursor": None}
+
+
+def print_listing(listing: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(listing))
+        return
+    for entry in listing["entries"]:
+        name = entry["name"] + ("/" if entry["type"] == "dir" else "")
+        size = "" if entry["type"] == "dir" else str(entry["size"])
+        print(f"{size:>12}  {entry['mtime']}  {name}")
+
+
+def default_output(path: str) -> Path:
+    name = PurePosixPath(path).name
+    if not name or name in (".", ".."):
+        raise ConfigError(f"cannot name an output file after {path!r}; pass -o OUT")
+    return Path(name)
+
+
+def _print_event(event: str, fields: dict[str, Any]) -> None:
+    emit(event, **fields)
+
+
+async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
+    peer = resolve_peer(await fetch_peers(env), key)
+    out = out or default_output(path)
+    url = f"{peer_url(peer)}/download/{quote(path.strip('/'), safe='/')}"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+        result = await download(http, url, out, label=out.name, on_event=_print_event)
+    emit(
+        "download-complete",
+        path=str(result.path),
+        bytes=result.bytes,
+        sha256=result.sha256,
+    )
+    return 0

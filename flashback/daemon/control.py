@@ -1,0 +1,114 @@
+"""The daemon's local control API, on a Unix socket in the state directory.
+
+Only the same user can reach it: the state directory is 0700 and the socket
+0600. Nothing on the peer server's TCP port controls the daemon.
+
+Routes (HTTP/1.1 over the socket):
+``GET /status``, ``GET /peers`` (the tracker list shape), ``GET /events``
+(newline-delimited JSON, one event per line, for ``peers --watch``; with
+``?snapshot=1`` the first line is ``{"event": "peers-snapshot", ...}``), and
+``POST /stream`` (ask a peer for a dedicated streaming port).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import trio
+from quart import Response, request
+from quart.wrappers.response import ResponseBody
+from quart_trio import QuartTrio
+
+from flashback.daemon.context import DaemonContext
+from flashback.errors import ConfigError
+from flashback.web import install_json_errors, json_response
+
+CONTROL_SOCKET: Final = "control.sock"
+
+
+def control_socket_path(state_dir: Path) -> Path:
+    return state_dir / CONTROL_SOCKET
+
+
+def refuse_if_running(path: Path) -> None:
+    """Hypercorn replaces an existing socket file: make sure no daemon owns it."""
+    if not path.exists():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return  # stale socket from a daemon that died: safe to replace
+    raise ConfigError(f"a flashback daemon is already running (socket {path})")
+
+
+class EventStream(ResponseBody):
+    """NDJSON lines from a hub subscription; unsubscribes when the client leaves."""
+
+    def __init__(self, ctx: DaemonContext, *, snapshot: bool) -> None:
+        self._ctx = ctx
+        self._receive = ctx.hub.subscribe()
+        self._pending: list[bytes] = []
+        if snapshot:
+            first = {"event": "peers-snapshot", **ctx.table.snapshot()}
+            self._pending.append(_line(first))
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._receive.aclose()
+        self._ctx.hub.unsubscribe_closed()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._pending:
+            return self._pending.pop(0)
+        try:
+            event = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        return _line(event)
+
+    async def make_conditional(self, begin: int, end: int | None) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return (json.dumps(payload, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def create_control_app(ctx: DaemonContext) -> QuartTrio:
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["RESPONSE_TIMEOUT"] = None
+    install_json_errors(app)
+
+    @app.get("/status")
+    async def status() -> Response:
+        return json_response(ctx.status())
+
+    @app.get("/peers")
+    async def peers() -> Response:
+        return json_response(ctx.table.snapshot())
+
+    @app.get("/events")
+    async def events() -> Response:
+        body = EventStream(ctx, snapshot=request.args.get("snapshot") == "1")
+        response = Response(body, mimetype="application/x-ndjson")
+        response.timeout = None
+        return response
+
+    return app

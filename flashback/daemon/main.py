@@ -1,0 +1,109 @@
+"""``flashback daemon``: one root nursery for the whole peer.
+
+Start order: bind the peer server (its port comes from ``task_status``),
+announce ``peer-server-ready``, open the local control socket, tell systemd
+we are ready, then -- only if a tracker is configured -- keep registered,
+heartbeat and hold the live link. None of the tracker tasks can delay or take
+down the peer server: they retry on their own. SIGTERM/SIGINT: unregister
+(shielded, at most 2 s), stop the servers, exit 0. Any task that crashes takes
+the whole daemon down (exit 1) -- never a half-alive process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+
+import httpx
+import trio
+
+from flashback.config import DaemonConfig, ensure_private_dir
+from flashback.daemon.context import DaemonContext
+from flashback.daemon.control import control_socket_path, create_control_app, refuse_if_running
+from flashback.daemon.hub import EventHub
+from flashback.daemon.identity import IdentityStore
+from flashback.daemon.link import run_link
+from flashback.daemon.session import maintain_registration, unregister
+from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
+from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.serve import serve_peer
+from flashback.runner import run_service
+from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
+from flashback.web import hypercorn_config, serve_quart
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 3.0
+
+
+async def run_tracker_tasks(ctx: DaemonContext, api: TrackerAPI, store: IdentityStore) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(maintain_registration, ctx, api, store)
+        nursery.start_soon(run_link, ctx)
+
+
+async def daemon_main(
+    config: DaemonConfig,
+    shutdown: trio.Event,
+    *,
+    hub: EventHub | None = None,
+    task_status: trio.TaskStatus[DaemonContext] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    state_dir = ensure_private_dir(config.state_dir)
+    socket_path = control_socket_path(state_dir)
+    refuse_if_running(socket_path)
+    notifier = Notifier.from_env(os.environ)
+    local = PeerInfo(name=config.name)
+    ctx = DaemonContext(config=config, hub=hub or EventHub(), local=local)
+    settings = ShareSettings(config.root, config.show_hidden, local)
+
+    async with trio.open_nursery() as nursery:
+        ctx.address = await nursery.start(
+            partial(serve_peer, settings, config.host, config.port, shutdown_trigger=shutdown.wait)
+        )
+        ctx.hub.emit(
+            "peer-server-ready", host=ctx.address.host, port=ctx.address.port, url=ctx.address.url
+        )
+        await nursery.start(
+            partial(
+                serve_quart,
+                create_control_app(ctx),
+                hypercorn_config(f"unix:{socket_path}", 0),
+                shutdown_trigger=shutdown.wait,
+            )
+        )
+        await notifier.notify({"READY": 1, "STATUS": f"peer server on {ctx.address.url}"})
+        interval = watchdog_interval_s(os.environ)
+        if interval is not None:
+            nursery.start_soon(run_watchdog, notifier, interval)
+
+        tracker_scope = trio.CancelScope()
+        api: TrackerAPI | None = None
+        async with httpx.AsyncClient(
+            base_url=config.tracker_url or "http://tracker.invalid", timeout=REQUEST_TIMEOUT_S
+        ) as http:
+            if config.tracker_url:
+                api = TrackerAPI(http, auth_token=os.environ.get("FLASHBACK_TRACKER_TOKEN"))
+                store = IdentityStore(ensure_private_dir(config.data_dir), config.tracker_url)
+
+                async def tracker_tasks() -> None:
+                    with tracker_scope:
+                        await run_tracker_tasks(ctx, api, store)
+
+                nursery.start_soon(tracker_tasks)
+            task_status.started(ctx)
+            await shutdown.wait()
+            log.info("shutting down")
+            await notifier.notify({"STOPPING": 1})
+            tracker_scope.cancel()
+            if api is not None:
+                await unregister(ctx, api)
+        # The servers got the same shutdown trigger and are draining now; give
+        # them a bounded grace, then cut whatever is left.
+        nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+        ctx.set_connected(False)
+
+
+def run_daemon(config: DaemonConfig) -> int:
+    return run_service(lambda shutdown: daemon_main(config, shutdown))

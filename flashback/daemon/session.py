@@ -1,0 +1,109 @@
+"""Staying registered: register (with backoff), heartbeat, register again.
+
+A tracker that is down or unreachable delays nothing else in the daemon:
+this task retries on its own schedule and only ever logs failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import NoReturn
+
+import trio
+
+from flashback.daemon.context import DaemonContext
+from flashback.daemon.identity import Identity, IdentityStore
+from flashback.daemon.tracker_api import (
+    IdentityRejected,
+    RegistrationRefused,
+    RetryLater,
+    TrackerAPI,
+    UnknownPeer,
+)
+from flashback.protocol.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_JITTER_FRACTION = 0.1
+
+
+async def heartbeat_loop(
+    api: TrackerAPI,
+    identity: Identity,
+    interval_s: float,
+    *,
+    rng: random.Random,
+) -> NoReturn:
+    """Beat every *interval_s* on an absolute schedule (``sleep_until``: no drift).
+
+    Each beat comes up to 10% early, never late. Network failures are logged
+    and the schedule goes on; :class:`UnknownPeer` / :class:`IdentityRejected`
+    end the loop so the caller registers again.
+    """
+    next_at = trio.current_time() + interval_s
+    while True:
+        await trio.sleep_until(next_at - rng.random() * HEARTBEAT_JITTER_FRACTION * interval_s)
+        try:
+            interval_s = await api.heartbeat(identity)
+        except RetryLater as exc:
+            log.warning("heartbeat failed (will retry): %s", exc)
+        next_at += interval_s
+
+
+async def maintain_registration(
+    ctx: DaemonContext,
+    api: TrackerAPI,
+    store: IdentityStore,
+    *,
+    rng: random.Random | None = None,
+) -> NoReturn:
+    rng = rng or random.Random()
+    backoff = Backoff(rng=rng)
+    identity = store.load()
+    assert ctx.address is not None, "the peer server binds before registration"
+    while True:
+        try:
+            registration = await api.register(
+                ctx.config.name, ctx.address.host, ctx.address.port, identity=identity
+            )
+        except IdentityRejected:
+            log.warning("the tracker refused our identity; registering as a new peer")
+            store.forget()
+            identity = None
+            ctx.set_identity(None)
+            continue
+        except (RetryLater, RegistrationRefused) as exc:
+            delay = backoff.next_delay_s()
+            if isinstance(exc, RetryLater) and exc.retry_after_s is not None:
+                delay = max(delay, exc.retry_after_s)
+            log.warning("registration failed: %s; retrying in %.1f s", exc, delay)
+            await trio.sleep(delay)
+            continue
+        backoff.reset()
+        identity = registration.identity
+        store.save(identity)
+        ctx.set_identity(identity)
+        log.info("registered with %s as %s", ctx.config.tracker_url, identity.peer_id)
+        try:
+            await heartbeat_loop(api, identity, registration.heartbeat_interval_s, rng=rng)
+        except UnknownPeer:
+            log.info("the tracker no longer knows us; registering again")
+        except IdentityRejected:
+            log.warning("the tracker refused our token; registering as a new peer")
+            store.forget()
+            identity = None
+            ctx.set_identity(None)
+
+
+async def unregister(ctx: DaemonContext, api: TrackerAPI, *, timeout_s: float = 2.0) -> None:
+    """Say goodbye (peer-left reason ``left``), shielded and time-boxed."""
+    identity = ctx.identity
+    if identity is None:
+        return
+    with trio.move_on_after(timeout_s, shield=True):
+        try:
+            await api.leave(identity)
+            log.info("unregistered from the tracker")
+        except Exception as exc:  # shutdown goes on whatever the tracker says
+            log.warning("could not unregister: %s", exc)

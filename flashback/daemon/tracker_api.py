@@ -1,0 +1,147 @@
+"""The tracker's HTTP API as the daemon uses it (register, heartbeat, leave).
+
+Errors are sorted into what the caller does next: :class:`UnknownPeer`
+(register again under the same identity), :class:`IdentityRejected` (our
+token is not accepted: start a new identity), :class:`RetryLater` (network
+trouble, 5xx, 429: back off and retry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from flashback.daemon.identity import Identity
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+class TrackerError(Exception):
+    pass
+
+
+class UnknownPeer(TrackerError):
+    """The tracker does not know (or no longer knows) our peer id."""
+
+
+class IdentityRejected(TrackerError):
+    """The tracker refused our token."""
+
+
+class RetryLater(TrackerError):
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RegistrationRefused(TrackerError):
+    """A 4xx we cannot fix by retrying (bad name, auth token required...)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    identity: Identity
+    heartbeat_interval_s: float
+    ttl_s: float
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+class TrackerAPI:
+    """Thin wrapper over an :class:`httpx.AsyncClient` pointed at the tracker."""
+
+    def __init__(self, client: httpx.AsyncClient, *, auth_token: str | None = None) -> None:
+        self.client = client
+        self.auth_token = auth_token
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.client.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"tracker unreachable: {exc.__class__.__name__}: {exc}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise RetryLater(
+                f"tracker answered {response.status_code}: {_error_text(response)}",
+                retry_after_s=_retry_after(response),
+            )
+        return response
+
+    async def register(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        identity: Identity | None,
+        capabilities: dict[str, Any] | None = None,
+    ) -> Registration:
+        body: dict[str, Any] = {
+            "name": name,
+            "peer_server": {"host": host, "port": port},
+            "capabilities": capabilities or {},
+        }
+        headers = {}
+        if identity is not None:
+            body["peer_id"] = identity.peer_id
+            headers["Authorization"] = f"Bearer {identity.token}"
+        elif self.auth_token:
+            headers["Authorization"] = f"Bearer {self.auth_token}"
+        response = await self._send("POST", "/api/peers/register", json=body, headers=headers)
+        if response.status_code == 401 and identity is not None:
+            raise IdentityRejected(_error_text(response))
+        if response.status_code not in (200, 201):
+            raise RegistrationRefused(
+                f"registration refused ({response.status_code}): {_error_text(response)}"
+            )
+        data = response.json()
+        return Registration(
+            identity=Identity(data["peer_id"], data["token"]),
+            heartbeat_interval_s=float(data["heartbeat_interval"]),
+            ttl_s=float(data["ttl"]),
+        )
+
+    async def heartbeat(self, identity: Identity) -> float:
+        """Returns the heartbeat interval the tracker wants now."""
+        response = await self._send(
+            "POST",
+            "/api/peers/heartbeat",
+            json={"peer_id": identity.peer_id},
+            headers={"Authorization": f"Bearer {identity.token}"},
+        )
+        if response.status_code == 404:
+            raise UnknownPeer(_error_text(response))
+        if response.status_code == 401:
+            raise IdentityRejected(_error_text(response))
+        if response.status_code != 200:
+            raise RetryLater(f"heartbeat answered {response.status_code}")
+        return float(response.json()["heartbeat_interval"])
+
+    async def leave(self, identity: Identity) -> None:
+        response = await self._send(
+            "DELETE",
+            f"/api/peers/{identity.peer_id}",
+            headers={"Authorization": f"Bearer {identity.token}"},
+        )
+        if response.status_code not in (204, 404):
+            raise TrackerError(f"unregister answered {response.status_code}")
