@@ -47,7 +47,7 @@ def create_app(tracker: Tracker) -> QuartTrio:
     @app.delete("/api/peers/<peer_id>")
     async def leave(peer_id: str) -> Response:
         await tracker.leave(peer_id, request.headers)
-        return Response(status=204)
+        return Response(b"", status=204)
 
     @app.get("/api/peers/list")
     async def peer_list() -> Response:
