@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -291,7 +292,7 @@ async def test_bad_requests_get_json_errors_never_500(
             assert (await client.get("/api/peers/list")).json()["peers"] == []
 
 
-async def test_authenticated_requests_for_unknown_peers_are_404() -> None:
+async def test_authenticated_requests_for_unknown_peers() -> None:
     with trio.fail_after(TEST_TIMEOUT_S):
         async with open_tracker() as running, open_client(running) as client:
             auth = bearer("some-token")
@@ -301,10 +302,11 @@ async def test_authenticated_requests_for_unknown_peers_are_404() -> None:
             assert_json_error(unknown_beat, 404, "unknown_peer")
             assert_json_error(await client.delete("/api/peers/nope", headers=auth), 404)
             back = registration(peer_id="never-seen")
+            # Coming back under an id the tracker never issued: no proof, 401.
             assert_json_error(
                 await client.post("/api/peers/register", json=back, headers=auth),
-                404,
-                "unknown_peer",
+                401,
+                "unauthorized",
             )
             assert_json_error(
                 await client.post("/api/peers/heartbeat", json={"peer_id": "x"},
@@ -349,3 +351,14 @@ async def test_a_failing_store_is_a_json_503_and_nothing_changes() -> None:
             response = await client.post("/api/peers/register", json=registration())
             assert_json_error(response, 503, "backend_unavailable")
             assert (await client.get("/api/peers/list")).json()["peers"] == []
+
+
+async def test_a_chunked_body_over_the_limit_is_413() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(80):
+            yield b"x" * 1024
+
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_tracker() as running, open_client(running) as client:
+            response = await client.post("/api/peers/register", content=chunks())
+            assert_json_error(response, 413, "payload_too_large")

@@ -290,3 +290,31 @@ async def test_shutdown_closes_links_with_1001() -> None:
                     assert closed.reason.code == 1001
                 else:
                     raise AssertionError("the link stayed open")
+
+
+async def test_a_link_without_hello_is_closed() -> None:
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_tracker() as running:
+            running.tracker.hello_timeout_s = 0.2
+            async with open_link(running.ws_url) as ws:
+                try:
+                    await receive(ws)
+                except ConnectionClosed as closed:
+                    assert closed.reason.code == 1008
+                else:
+                    raise AssertionError("the link stayed open")
+
+
+async def test_lone_surrogates_are_refused_not_relayed() -> None:
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_tracker() as running, open_client(running) as client:
+            peer = await register(client)
+            async with open_link(running.ws_url) as ws:
+                await hello(ws, peer=peer)
+                assert (await receive(ws))["type"] == "snapshot"
+                to = peer["peer_id"]
+                frame = (
+                    '{"type": "stream-request", "request_id": "r", "to": "TO", "path": "\\ud800"}'
+                )
+                await ws.send_message(frame.replace("TO", to))
+                assert (await receive(ws))["code"] == "invalid_json"

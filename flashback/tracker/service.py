@@ -104,6 +104,7 @@ class Tracker:
         # Token hashes of online peers, so heartbeats never touch the store.
         self._token_hashes: dict[str, bytes] = {}
         self.started_at = clock()
+        self.hello_timeout_s = HELLO_TIMEOUT_S
 
     def now(self) -> float:
         return self.clock()
@@ -128,12 +129,12 @@ class Tracker:
             peer_id = registration.peer_id
             token = self._require_token(headers)
             known = await self._token_hash(peer_id)
-            if known is None:
-                raise NotFound(f"unknown peer {peer_id!r}; register anew", code="unknown_peer")
-            token_hash, first_seen = known
+            # An id we never issued is refused like a wrong token (401): either
+            # way the client cannot prove it, and registers anew without one.
+            token_hash, first_seen = known if known is not None else (None, 0.0)
             if not token_matches(token, token_hash):
                 self.metrics.rejected.inc()
-                raise Unauthorized("wrong token for this peer_id")
+                raise Unauthorized("unknown peer_id or wrong token; register without peer_id")
         identity = Identity(
             peer_id=peer_id,
             token_hash=hash_token(token),
@@ -216,7 +217,7 @@ class Tracker:
             return
         await ws.accept()
         hello: Hello | None = None
-        with trio.move_on_after(HELLO_TIMEOUT_S):
+        with trio.move_on_after(self.hello_timeout_s):
             hello = await self._receive_hello(ws)
         if hello is None:
             await ws.close(CLOSE_POLICY, "expected a hello")
