@@ -7,13 +7,17 @@ kind leave as the contract's JSON body through :func:`install_json_errors`.
 
 from __future__ import annotations
 
+import json
+from typing import Any, Final
+
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from flashback.errors import PayloadTooLarge
+from flashback.errors import FlashbackError, PayloadTooLarge
 from flashback.tracker import validate
 from flashback.tracker.metrics import CONTENT_TYPE
+from flashback.tracker.security import bearer_token
 from flashback.tracker.service import Tracker
 from flashback.web import install_json_errors, json_response
 
@@ -25,6 +29,77 @@ async def _body() -> bytes:
         raise PayloadTooLarge(
             f"the request body must be at most {validate.MAX_BODY_BYTES} bytes"
         ) from None
+
+
+HEARTBEAT_PATH: Final = "/api/peers/heartbeat"
+
+
+class HeartbeatFastPath:
+    """ASGI wrapper answering ``POST /api/peers/heartbeat`` without Quart.
+
+    Heartbeats are most of the tracker's HTTP traffic (every peer, every
+    interval) and Quart's request machinery costs more than the heartbeat
+    itself; the answers, errors included, are the same bytes Quart would send.
+    Everything else goes to the Quart app.
+    """
+
+    def __init__(self, app: QuartTrio, tracker: Tracker) -> None:
+        self.app = app
+        self.tracker = tracker
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)  # type: ignore[arg-type]
+            return
+        status, payload, headers = await self._answer(scope, receive)
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(
+        self, scope: dict[str, Any], receive: Any
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        try:
+            body = await _read_body(receive)
+            headers = {"Authorization": ""}
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    headers["Authorization"] = value.decode("latin-1")
+            if bearer_token(headers) is None:
+                del headers["Authorization"]
+            peer_id = validate.peer_id_field(validate.json_object(body))
+            return 200, self.tracker.heartbeat(peer_id, headers), {}
+        except FlashbackError as error:
+            return error.status, error.to_json(), error.headers()
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > validate.MAX_BODY_BYTES:
+            raise PayloadTooLarge(
+                f"the request body must be at most {validate.MAX_BODY_BYTES} bytes"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def create_asgi_app(tracker: Tracker) -> HeartbeatFastPath:
+    """The app Hypercorn serves: the heartbeat fast path in front of Quart."""
+    return HeartbeatFastPath(create_app(tracker), tracker)
 
 
 def create_app(tracker: Tracker) -> QuartTrio:

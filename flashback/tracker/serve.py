@@ -22,7 +22,7 @@ import trio
 from flashback.config import TrackerConfig
 from flashback.events import emit
 from flashback.protocol.registry import clock_seq
-from flashback.tracker.app import create_app
+from flashback.tracker.app import create_asgi_app
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import IdentityStore, check_database_url, open_store
 from flashback.tracker.validate import MAX_BODY_BYTES
@@ -61,7 +61,7 @@ async def serve_tracker_instance(
     hc = hypercorn_config(config.host, config.port, backlog=LISTEN_BACKLOG)
     hc.websocket_max_message_size = MAX_BODY_BYTES
     stop_listening = trio.Event()
-    app = create_app(tracker)
+    app = create_asgi_app(tracker)
 
     async with trio.open_nursery() as nursery:
 
@@ -73,7 +73,10 @@ async def serve_tracker_instance(
 
         async def serve(*, task_status: trio.TaskStatus[BoundAddress]) -> None:
             await serve_quart(
-                app, hc, shutdown_trigger=stop_listening.wait, task_status=task_status
+                app,  # type: ignore[arg-type]
+                hc,
+                shutdown_trigger=stop_listening.wait,
+                task_status=task_status,
             )
             nursery.cancel_scope.cancel()  # the reaper and the stopper go with it
 
