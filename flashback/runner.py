@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from flashback.errors import FlashbackError
+
 log = logging.getLogger(__name__)
 
 ServiceMain = Callable[[trio.Event], Awaitable[None]]
@@ -40,26 +42,36 @@ async def _run(main: ServiceMain) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _find_oserror(exc: BaseException) -> OSError | None:
-    if isinstance(exc, OSError):
-        return exc
+def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find_oserror(inner)
-            if found is not None:
-                return found
-    return None
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def run_service(main: ServiceMain) -> int:
+    """Run *main* to completion; map what ends it to an exit status.
+
+    A :class:`FlashbackError` (bad configuration found at start, say) is
+    re-raised bare so the CLI prints its one line; an ``OSError`` (port in
+    use) is one line and 1; anything else is a crash: logged with its
+    traceback for the journal, then exit status 1 -- never a half-alive process.
+    """
     try:
         trio.run(_run, main)
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
-        oserror = _find_oserror(exc)
-        if oserror is None or not isinstance(exc, OSError | BaseExceptionGroup):
-            raise
-        print(f"flashback: {oserror.strerror or oserror}", file=sys.stderr)
+        leaves = [e for e in _leaves(exc) if not isinstance(e, KeyboardInterrupt)]
+        if not leaves:
+            return 0
+        for leaf in leaves:
+            if isinstance(leaf, FlashbackError):
+                raise leaf from None
+        for leaf in leaves:
+            if isinstance(leaf, OSError):
+                print(f"flashback: {leaf.strerror or leaf}", file=sys.stderr)
+                return 1
+        log.critical("crashed: %r", leaves[0], exc_info=exc)
+        print(f"flashback: crashed: {leaves[0]!r}", file=sys.stderr)
         return 1
     return 0

@@ -140,7 +140,7 @@ async def download(
             progress = Progress(total, offset, label)
             try:
                 with part.open(mode) as file:
-                    async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                    async for chunk in response.aiter_bytes():  # as received: a break loses nothing
                         file.write(chunk)
                         progress.update(len(chunk))
             finally:

@@ -1,0 +1,131 @@
+"""Real ``flashback`` processes for system tests: start, read their JSON event
+lines as they come, signal them, and always reap them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+FLASHBACK = [sys.executable, "-m", "flashback"]
+EventPredicate = Callable[[dict[str, Any]], bool]
+
+
+class Proc:
+    """A running flashback command whose stdout lines are parsed as events."""
+
+    def __init__(self, process: trio.Process, name: str) -> None:
+        self.process = process
+        self.name = name
+        self.events: list[dict[str, Any]] = []
+        self.stderr = bytearray()
+        self._changed = trio.Event()
+
+    async def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        async for chunk in self.process.stdout:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    try:
+                        self.events.append(json.loads(line))
+                    except ValueError:
+                        self.events.append({"event": "<text>", "text": line.decode()})
+            self._changed.set()
+            self._changed = trio.Event()
+        self._changed.set()
+
+    async def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for chunk in self.process.stderr:
+            self.stderr += chunk
+
+    async def wait_event(
+        self, predicate: EventPredicate, *, timeout_s: float = 15, after: int = 0
+    ) -> dict[str, Any]:
+        """The first matching event from index *after* on (already seen or still to come)."""
+        seen = after
+        with trio.fail_after(timeout_s):
+            while True:
+                for event in self.events[seen:]:
+                    if predicate(event):
+                        return event
+                seen = len(self.events)
+                if self.process.returncode is not None and seen == len(self.events):
+                    await trio.sleep(0.05)
+                    if seen == len(self.events):
+                        raise AssertionError(
+                            f"{self.name} exited ({self.process.returncode}) without the event; "
+                            f"stderr: {self.stderr.decode(errors='replace')[-2000:]}"
+                        )
+                await self._changed.wait()
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+
+    async def wait_exit(self, *, timeout_s: float = 10) -> int:
+        with trio.fail_after(timeout_s):
+            return await self.process.wait()
+
+
+def event_is(name: str, **fields: Any) -> EventPredicate:
+    return lambda e: e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+
+
+@asynccontextmanager
+async def start(
+    nursery: trio.Nursery, args: list[str], *, env: dict[str, str], name: str
+) -> AsyncIterator[Proc]:
+    process = await trio.lowlevel.open_process(
+        [*FLASHBACK, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    proc = Proc(process, name)
+    async with trio.open_nursery() as readers:
+        readers.start_soon(proc._read_stdout)
+        readers.start_soon(proc._read_stderr)
+        try:
+            yield proc
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.wait()
+            readers.cancel_scope.cancel()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            await stream.aclose()
+
+
+def daemon_env(base: Path, name: str) -> dict[str, str]:
+    return {
+        "FLASHBACK_STATE_DIR": str(base / name / "state"),
+        "FLASHBACK_DATA_DIR": str(base / name / "data"),
+        "XDG_CONFIG_HOME": str(base / name / "config"),
+    }
+
+
+async def run_cli(
+    args: list[str], *, env: dict[str, str], timeout_s: float = 30
+) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(timeout_s):
+        return await trio.run_process(
+            [*FLASHBACK, *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**os.environ, **env},
+        )
