@@ -36,11 +36,13 @@ class IdentityStore:
         """The identity for this tracker, or None (missing, unreadable, other tracker)."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            entry = data["trackers"][self.tracker_url]
+            entry = data["trackers"].get(self.tracker_url)
+            if entry is None:
+                return None  # never registered with this tracker
             return Identity(str(entry["peer_id"]), str(entry["token"]))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable identity file %s: %s", self.path, exc)
             return None
 
