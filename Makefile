@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# curl is a real client in the integration tests; install it when we can.
+# Real tools the tests use: curl (a real HTTP client) and systemd-analyze
+# (unit verification). Installed with apt when missing and we are root.
 system-deps:
-	@command -v curl >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; \
-	  else echo "warning: curl not found; its tests will fail" >&2; fi; }
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: missing$$missing; the tests that need them will fail or skip" >&2; fi; \
+	fi
 
 run: $(STAMP)
 	$(BIN)/python -m flashback.demo

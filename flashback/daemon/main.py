@@ -43,6 +43,24 @@ async def run_tracker_tasks(ctx: DaemonContext, api: TrackerAPI, store: Identity
         nursery.start_soon(run_link, ctx)
 
 
+def _status_line(ctx: DaemonContext) -> str:
+    assert ctx.address is not None
+    if not ctx.config.tracker_url:
+        tracker = "no tracker"
+    else:
+        state = "connected" if ctx.tracker_connected else "not connected"
+        tracker = f"tracker {ctx.config.tracker_url} {state}"
+    return f"peer server on port {ctx.address.port}; {tracker}"
+
+
+async def report_status(ctx: DaemonContext, notifier: Notifier) -> None:
+    """Keep systemd's STATUS= current as the tracker link comes and goes."""
+    with ctx.hub.subscribe() as events:
+        async for event in events:
+            if event["event"] in ("tracker-connected", "tracker-disconnected"):
+                await notifier.notify({"STATUS": _status_line(ctx)})
+
+
 async def daemon_main(
     config: DaemonConfig,
     shutdown: trio.Event,
@@ -73,7 +91,9 @@ async def daemon_main(
                 shutdown_trigger=shutdown.wait,
             )
         )
-        await notifier.notify({"READY": 1, "STATUS": f"peer server on {ctx.address.url}"})
+        await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
+        if notifier.enabled:
+            nursery.start_soon(report_status, ctx, notifier)
         interval = watchdog_interval_s(os.environ)
         if interval is not None:
             nursery.start_soon(run_watchdog, notifier, interval)
