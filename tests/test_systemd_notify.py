@@ -121,3 +121,40 @@ async def test_no_notify_socket_means_no_notifications(
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait_exit(timeout_s=5) == 0
             assert b"Traceback" not in daemon.stderr
+
+
+async def test_tracker_notifies_systemd(tmp_path: Path, nursery: trio.Nursery) -> None:
+    listener = NotifyListener(tmp_path / "notify.sock")
+    await listener.bind()
+    collector = trio.CancelScope()
+
+    async def collect() -> None:
+        try:
+            with collector:
+                await listener.collect()
+        finally:
+            listener.sock.close()
+
+    nursery.start_soon(collect)
+    env = {
+        "DATABASE_URL": "memory://",
+        "NOTIFY_SOCKET": str(listener.path),
+        "WATCHDOG_USEC": "400000",
+    }
+    with trio.fail_after(30), _cancel_on_exit(collector):
+        async with AsyncExitStack() as stack:
+            tracker = await stack.enter_async_context(
+                start(
+                    nursery,
+                    ["tracker", "--host", "127.0.0.1", "--port", "0"],
+                    env=env,
+                    name="tracker",
+                )
+            )
+            ready = await tracker.wait_event(event_is("tracker-ready"))
+            await listener.wait_for("READY", "1")
+            assert f"port {ready['port']}" in await listener.wait_for("STATUS")
+            await listener.wait_count("WATCHDOG=1", 3)
+            tracker.signal(signal.SIGTERM)
+            assert await tracker.wait_exit(timeout_s=5) == 0
+            await listener.wait_for("STOPPING", "1", timeout_s=1)

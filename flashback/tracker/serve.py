@@ -13,8 +13,9 @@ finishes in-flight requests, then the reaper is cancelled and ``seq`` saved.
 from __future__ import annotations
 
 import logging
+import os
 import resource
-import signal
+from functools import partial
 from typing import Final
 
 import trio
@@ -22,6 +23,8 @@ import trio
 from flashback.config import TrackerConfig
 from flashback.events import emit
 from flashback.protocol.registry import clock_seq
+from flashback.runner import run_service
+from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
 from flashback.tracker.app import create_asgi_app
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import IdentityStore, check_database_url, open_store
@@ -34,8 +37,6 @@ LISTEN_BACKLOG: Final = 4096  # reconnect storms: thousands of daemons at once
 WEBSOCKET_CLOSE_TIMEOUT_S: Final = 2.0
 STORE_CLOSE_TIMEOUT_S: Final = 3.0
 WANTED_OPEN_FILES: Final = 1_048_576
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
 
 
 def raise_open_file_limit() -> None:
@@ -114,49 +115,35 @@ async def serve_tracker(
 
 
 def run_tracker(config: TrackerConfig) -> int:
-    """``flashback tracker``: serve in the foreground; SIGINT/SIGTERM -> exit 0."""
+    """``flashback tracker``: serve in the foreground; SIGINT/SIGTERM -> exit 0.
+
+    Under systemd (``NOTIFY_SOCKET``) it reports ``READY=1`` once listening,
+    ``STATUS=``, ``WATCHDOG=1`` from the event loop and ``STOPPING=1``.
+    """
     check_database_url(config.database_url)
 
-    async def main() -> None:
-        # Opened outside any nursery so a bad database is a plain ConfigError.
+    async def main(shutdown: trio.Event) -> None:
+        # Opened before serving so a bad database is a plain ConfigError (exit 2).
         store = await open_store(config.database_url)
-        shutdown = trio.Event()
+        notifier = Notifier.from_env(os.environ)
+        watchdog_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-
-            async def on_signals() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        if shutdown.is_set():
-                            log.warning("second signal: stopping now")
-                            nursery.cancel_scope.cancel()
-                            return
-                        log.info("received %s", signal.Signals(signum).name)
-                        shutdown.set()
-
-            async def serve(*, task_status: trio.TaskStatus[BoundAddress]) -> None:
-                await serve_tracker(config, store=store, shutdown=shutdown, task_status=task_status)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(on_signals)
-            address: BoundAddress = await nursery.start(serve)
+            address: BoundAddress = await nursery.start(
+                partial(serve_tracker, config, store=store, shutdown=shutdown)
+            )
             log.info("tracker listening on %s", address.url)
             emit("tracker-ready", host=address.host, port=address.port, url=address.url)
+            await notifier.notify({"READY": 1, "STATUS": f"tracker on port {address.port}"})
+            interval = watchdog_interval_s(os.environ)
+            if interval is not None:
 
-    try:
-        trio.run(main)
-    except OSError as exc:
-        log.error("tracker failed: %s", exc)
-        return EXIT_FAILURE
-    except BaseExceptionGroup as group:
-        matched, rest = group.split(OSError)
-        if matched is None or rest is not None:
-            raise
-        log.error("tracker failed: %s", _first_leaf(matched))
-        return EXIT_FAILURE
-    return EXIT_OK
+                async def watchdog() -> None:
+                    with watchdog_scope:
+                        await run_watchdog(notifier, interval)
 
+                nursery.start_soon(watchdog)
+            await shutdown.wait()
+            await notifier.notify({"STOPPING": 1})
+            watchdog_scope.cancel()
 
-def _first_leaf(group: BaseException) -> BaseException:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
+    return run_service(main)
