@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from tests.procs import daemon_env, event_is, start
 from tests.test_daemon_system import make_share, start_tracker
-
-
-@contextmanager
-def _cancel_on_exit(scope: trio.CancelScope) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        scope.cancel()
 
 
 class NotifyListener:
@@ -62,22 +54,27 @@ class NotifyListener:
                 await self._changed.wait()
 
 
+@asynccontextmanager
+async def open_notify_listener(path: Path) -> AsyncIterator[NotifyListener]:
+    """A bound listener collecting in the background until the block ends."""
+    listener = NotifyListener(path)
+    try:
+        await listener.bind()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listener.collect)
+            yield listener
+            nursery.cancel_scope.cancel()
+    finally:
+        listener.sock.close()
+
+
 async def test_daemon_notifies_systemd(tmp_path: Path, nursery: trio.Nursery) -> None:
-    listener = NotifyListener(tmp_path / "notify.sock")
-    await listener.bind()
-    collector = trio.CancelScope()
-
-    async def collect() -> None:
-        try:
-            with collector:
-                await listener.collect()
-        finally:
-            listener.sock.close()
-
-    nursery.start_soon(collect)
     root = make_share(tmp_path, "svc", {"a.txt": b"a"})
-    with trio.fail_after(60), _cancel_on_exit(collector):
-        async with AsyncExitStack() as stack:
+    with trio.fail_after(60):
+        async with (
+            open_notify_listener(tmp_path / "notify.sock") as listener,
+            AsyncExitStack() as stack,
+        ):
             _, tracker_url = await start_tracker(stack, nursery, tmp_path)
             env = {
                 **daemon_env(tmp_path, "svc"),
@@ -124,25 +121,16 @@ async def test_no_notify_socket_means_no_notifications(
 
 
 async def test_tracker_notifies_systemd(tmp_path: Path, nursery: trio.Nursery) -> None:
-    listener = NotifyListener(tmp_path / "notify.sock")
-    await listener.bind()
-    collector = trio.CancelScope()
-
-    async def collect() -> None:
-        try:
-            with collector:
-                await listener.collect()
-        finally:
-            listener.sock.close()
-
-    nursery.start_soon(collect)
     env = {
         "DATABASE_URL": "memory://",
-        "NOTIFY_SOCKET": str(listener.path),
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
         "WATCHDOG_USEC": "400000",
     }
-    with trio.fail_after(30), _cancel_on_exit(collector):
-        async with AsyncExitStack() as stack:
+    with trio.fail_after(30):
+        async with (
+            open_notify_listener(tmp_path / "notify.sock") as listener,
+            AsyncExitStack() as stack,
+        ):
             tracker = await stack.enter_async_context(
                 start(
                     nursery,

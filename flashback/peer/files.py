@@ -4,7 +4,7 @@ Quart's own ``send_file`` is not used: it ignores Range unless asked, reads
 8 KiB at a time through two thread hops, and werkzeug's range handling is
 wrong on suffix ranges, ends past EOF and multiple ranges. Here the HTTP
 decisions are the pure functions of :mod:`flashback.protocol`, and the body
-is :class:`FileBody`, which ``os.pread``s 1 MiB per worker-thread hop so a
+is :class:`FileBody`, which ``os.pread``s 2 MiB per worker-thread hop so a
 download of any size streams in constant memory at disk speed.
 """
 
@@ -34,7 +34,7 @@ from flashback.protocol.conditional import (
 )
 from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
 
-CHUNK_SIZE_BYTES: Final = 1024 * 1024
+CHUNK_SIZE_BYTES: Final = 2 * 1024 * 1024
 
 
 class PreconditionFailed(FlashbackError):
