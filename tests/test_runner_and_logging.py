@@ -1,0 +1,99 @@
+"""Process plumbing: crash -> exit 1 with a log line, journald-friendly logs, watch formatting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+import trio.lowlevel
+
+from flashback.daemon.client import format_event
+from flashback.errors import ConfigError
+from flashback.runner import run_service
+
+
+def test_crashing_service_exits_1_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    async def main(shutdown: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            raise RuntimeError("boom")
+
+    with caplog.at_level(logging.CRITICAL):
+        assert run_service(main) == 1
+    assert any("RuntimeError('boom')" in r.getMessage() for r in caplog.records)
+
+
+def test_config_error_inside_the_service_is_raised_bare() -> None:
+    async def main(shutdown: trio.Event) -> None:
+        async with trio.open_nursery():
+            raise ConfigError("bad root")
+
+    with pytest.raises(ConfigError, match="bad root"):
+        run_service(main)
+
+
+def test_service_returning_is_exit_0() -> None:
+    async def main(shutdown: trio.Event) -> None:
+        await trio.lowlevel.checkpoint()
+
+    assert run_service(main) == 0
+
+
+def test_journald_lines_carry_priority_and_no_timestamp(tmp_path: Path) -> None:
+    env = dict(os.environ, JOURNAL_STREAM="8:1234")
+    result = subprocess.run(
+        [sys.executable, "-m", "flashback", "serve", "--root", str(tmp_path), "--port", "99999"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2  # bad port: one line, no logging involved
+    crash = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import logging; from flashback.cli import setup_logging; setup_logging(False);"
+            "logging.getLogger('x').warning('careful'); logging.getLogger('y').info('fyi')",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert crash.stderr.splitlines() == ["<4>x: careful", "<6>y: fyi"]
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import logging; from flashback.cli import setup_logging; setup_logging(False);"
+            "logging.getLogger('x').warning('careful')",
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in env.items() if k != "JOURNAL_STREAM"},
+        timeout=30,
+        check=False,
+    )
+    line = plain.stderr.strip()
+    assert line.endswith("WARNING x: careful") and line[:4].isdigit()  # timestamped
+
+
+def test_watch_lines_for_humans() -> None:
+    peer = {"peer_id": "p1", "name": "alice", "peer_server": {"host": "127.0.0.1", "port": 5}}
+    assert format_event({"event": "peer-joined", "seq": 1, "peer": peer}).startswith("+ alice")
+    assert "http://127.0.0.1:5" in format_event({"event": "peer-updated", "seq": 2, "peer": peer})
+    assert format_event({"event": "peer-left", "seq": 3, "peer_id": "p1", "reason": "expired"}) == (
+        "- p1 (expired)"
+    )
+    assert format_event({"event": "tracker-connected", "url": "http://t"}) == (
+        "* tracker-connected http://t"
+    )
+    assert format_event({"event": "something-else"}) is None
