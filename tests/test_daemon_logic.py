@@ -248,3 +248,23 @@ async def test_unknown_peer_registers_again_under_the_same_identity(
         await maintain_registration(ctx, api, store, rng=random.Random(0))  # type: ignore[arg-type]
     assert api.registered_with == [Identity("kept-id", "kept-token")] * 2
     assert ctx.identity == Identity("kept-id", "kept-token")
+
+
+async def test_link_reporting_unknown_peer_registers_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    api = FakeAPI()
+    ctx = make_context(tmp_path)
+    store = IdentityStore(tmp_path / "data", "http://t:1")
+
+    async def lose_registration_at_3s() -> None:
+        await trio.sleep(3)
+        ctx.registration_lost()
+
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lose_registration_at_3s)
+            await maintain_registration(ctx, api, store, rng=random.Random(0))  # type: ignore[arg-type]
+    start = api.register_times[0]
+    assert [t - start for t in api.register_times] == [0, 3]
+    assert api.heartbeat_times == []  # re-registered without waiting for a heartbeat's 404

@@ -31,6 +31,10 @@ class DaemonContext:
     identity: Identity | None = None
     tracker_connected: bool = False
     _identity_changed: trio.Event = field(default_factory=trio.Event)
+    # set by the link when the tracker answers hello with unknown_peer (it
+    # restarted, say), so the session registers at once instead of waiting
+    # for the next heartbeat's 404
+    reregister: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         # Frames for the tracker (stream requests and answers) queue here and
@@ -55,6 +59,10 @@ class DaemonContext:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True
+
+    def registration_lost(self) -> None:
+        """The link heard the tracker does not know us: register again now."""
+        self.reregister.set()
 
     def set_identity(self, identity: Identity | None) -> None:
         if identity != self.identity:

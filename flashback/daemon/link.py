@@ -106,6 +106,9 @@ async def _session(ctx: DaemonContext, identity: Identity, backoff: Backoff) -> 
                 if isinstance(message, ErrorMessage):
                     if message.code == "unauthorized":
                         raise LinkRejected(message.message)
+                    if message.code == "unknown_peer":
+                        ctx.registration_lost()
+                        raise LinkRejected(message.message)
                     log.warning("tracker error: %s: %s", message.code, message.message)
                     continue
                 if first:

@@ -34,16 +34,21 @@ async def heartbeat_loop(
     interval_s: float,
     *,
     rng: random.Random,
+    lost: trio.Event | None = None,
 ) -> NoReturn:
     """Beat every *interval_s* on an absolute schedule (``sleep_until``: no drift).
 
     Each beat comes up to 10% early, never late. Network failures are logged
     and the schedule goes on; :class:`UnknownPeer` / :class:`IdentityRejected`
-    end the loop so the caller registers again.
+    end the loop so the caller registers again, as does *lost* being set.
     """
+    if lost is None:
+        lost = trio.Event()
     next_at = trio.current_time() + interval_s
     while True:
-        await trio.sleep_until(next_at - rng.random() * HEARTBEAT_JITTER_FRACTION * interval_s)
+        with trio.move_on_at(next_at - rng.random() * HEARTBEAT_JITTER_FRACTION * interval_s):
+            await lost.wait()
+            raise UnknownPeer("the tracker link reported us unknown")
         try:
             interval_s = await api.heartbeat(identity)
         except RetryLater as exc:
@@ -85,8 +90,11 @@ async def maintain_registration(
         store.save(identity)
         ctx.set_identity(identity)
         log.info("registered with %s as %s", ctx.config.tracker_url, identity.peer_id)
+        ctx.reregister = trio.Event()
         try:
-            await heartbeat_loop(api, identity, registration.heartbeat_interval_s, rng=rng)
+            await heartbeat_loop(
+                api, identity, registration.heartbeat_interval_s, rng=rng, lost=ctx.reregister
+            )
         except UnknownPeer:
             log.info("the tracker no longer knows us; registering again")
         except IdentityRejected:
