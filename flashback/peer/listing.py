@@ -1,7 +1,7 @@
 """Directory listings with stable, opaque cursors.
 
-A page costs one ``os.scandir`` (names and d_type only) plus a sort, then a
-``stat`` for each entry *on that page*: a 100,000-entry directory is paged
+A page costs one ``os.listdir`` (names only) plus a sort, then an
+``lstat`` for each entry *on that page*: a 100,000-entry directory is paged
 without stat-ing the other 99,000. Entries that a request would refuse
 (hidden names, symlinks leaving the root, sockets, FIFOs, names that are not
 UTF-8) are never listed.
@@ -71,26 +71,25 @@ def _is_utf8(name: str) -> bool:
 
 
 def _entry(
-    root: Path, rel_parts: tuple[str, ...], dirent: os.DirEntry[str], show_hidden: bool
+    root: Path, rel_parts: tuple[str, ...], directory: Path, name: str, show_hidden: bool
 ) -> dict[str, Any] | None:
     """The listing entry, or None when a request for it would be refused."""
     try:
-        if dirent.is_symlink():
-            target = resolve_under_root(root, (*rel_parts, dirent.name), show_hidden=show_hidden)
+        info = os.lstat(directory / name)
+        if stat.S_ISLNK(info.st_mode):
+            target = resolve_under_root(root, (*rel_parts, name), show_hidden=show_hidden)
             info = target.stat()
-        else:
-            info = dirent.stat(follow_symlinks=False)
     except (OSError, UnsafePath):
         return None
     if stat.S_ISDIR(info.st_mode):
         kind, size, mime = "dir", 0, None
     elif stat.S_ISREG(info.st_mode):
-        kind, size, mime = "file", info.st_size, mime_for_listing(dirent.name)
+        kind, size, mime = "file", info.st_size, mime_for_listing(name)
     else:
         return None
     return {
-        "name": dirent.name,
-        "path": str(PurePosixPath(*rel_parts, dirent.name)),
+        "name": name,
+        "path": str(PurePosixPath(*rel_parts, name)),
         "type": kind,
         "size": size,
         "mtime": rfc3339(info.st_mtime),
@@ -108,23 +107,23 @@ def list_directory(
     show_hidden: bool = False,
 ) -> ListingPage:
     """One page of *directory* (already resolved safely under *root*). Blocking."""
-    with os.scandir(directory) as scan:
-        candidates = [
-            d for d in scan if (show_hidden or not is_hidden_name(d.name)) and _is_utf8(d.name)
-        ]
-    candidates.sort(key=lambda d: d.name)
-    start = 0
-    if after is not None:
-        start = bisect.bisect_right(candidates, after, key=lambda d: d.name)
+    # Names only (no DirEntry objects), sorted as plain strings: the cheapest
+    # way to order 100,000 entries; only the page's entries are stat-ed.
+    names = sorted(
+        name
+        for name in os.listdir(directory)
+        if (show_hidden or not is_hidden_name(name)) and (name.isascii() or _is_utf8(name))
+    )
+    start = 0 if after is None else bisect.bisect_right(names, after)
     entries: list[dict[str, Any]] = []
     next_cursor = None
-    for index in range(start, len(candidates)):
-        entry = _entry(root, rel_parts, candidates[index], show_hidden)
+    for index in range(start, len(names)):
+        entry = _entry(root, rel_parts, directory, names[index], show_hidden)
         if entry is None:
             continue
         entries.append(entry)
         if len(entries) == limit:
-            if index + 1 < len(candidates):
+            if index + 1 < len(names):
                 next_cursor = encode_cursor(entry["name"])
             break
     return ListingPage(str(PurePosixPath(*rel_parts)) if rel_parts else "", entries, next_cursor)
