@@ -1,0 +1,269 @@
+"""One dedicated streaming port: a listener, h11 connections, sendfile bodies.
+
+Plain HTTP/1.1 on a trio socket, not Quart: the port serves one file to one
+requester, and the body goes out with ``os.sendfile`` straight from the page
+cache, which no ASGI server can do. h11 keeps the protocol honest (framing,
+keep-alive, HEAD, malformed requests); :func:`send_with_data_passthrough`
+lets it frame a body whose bytes it never sees.
+
+:meth:`StreamPort.serve` returns why the port closed, ``"completed"`` or
+``"expired"`` (rules in :mod:`flashback.streaming`); cancelling it is a
+shutdown. Either way the listener is closed before ``serve`` returns, so a
+client that comes afterwards is refused by the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Final
+
+import h11
+import trio
+
+from flashback.streaming.lifetime import PortLifetime
+from flashback.streaming.responses import Plan, plan_response
+from flashback.streaming.source import StreamSource
+from flashback.streaming.zerocopy import FileShrunk, SendProgress, sendfile_range
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG: Final = 16
+#: concurrent connections per port (a segmented downloader uses a few)
+MAX_CONNECTIONS: Final = 8
+#: request head size limit (h11 answers 431 above it)
+MAX_HEAD_BYTES: Final = 16 * 1024
+#: a connection with no complete request for this long is closed
+IDLE_TIMEOUT_S: Final = 10.0
+RECEIVE_BYTES: Final = 16 * 1024
+#: accept() errors that mean "out of resources now", not "listener broken"
+_ACCEPT_CAPACITY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_RETRY_S: Final = 0.1
+_CLIENT_GONE = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    h11.LocalProtocolError,
+)
+
+
+class _Length:
+    """Stands in for a body in h11's Data event: only its length is framed."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+async def open_listener(host: str) -> trio.socket.SocketType:
+    """A listening socket on *host*, port 0 (the OS picks)."""
+    infos = await trio.socket.getaddrinfo(
+        host, 0, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    family, type_, proto, _, address = infos[0]
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        await sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class StreamPort:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        source: StreamSource,
+        token: str,
+        *,
+        expires_in_s: float,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self._sock = sock
+        self._source = source
+        self._token = token
+        self._idle_timeout_s = idle_timeout_s
+        self.port: int = sock.getsockname()[1]
+        self.lifetime = PortLifetime(source.size, expires_in_s, trio.current_time())
+        self._changed = trio.Event()
+        self._connections = 0
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.lifetime.bytes_sent
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def serve(self) -> str:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._accept_loop, nursery)
+                reason = await self._wait_done()
+                nursery.cancel_scope.cancel()
+            return reason
+        finally:
+            # Only once the accept task is gone (closing under a waiting
+            # accept is an error in trio); from here on connects are refused.
+            self._sock.close()
+
+    async def _wait_done(self) -> str:
+        while True:
+            if self.lifetime.completed:
+                return "completed"
+            if self.lifetime.expired(trio.current_time()):
+                return "expired"
+            changed = self._changed
+            with trio.move_on_at(self.lifetime.wake_at()):
+                await changed.wait()
+
+    async def _accept_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                conn, _ = await self._sock.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                    log.warning("stream port %d: accept: %s; retrying", self.port, exc)
+                    await trio.sleep(_ACCEPT_RETRY_S)
+                    continue
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                raise
+            if self._connections >= MAX_CONNECTIONS:
+                conn.close()
+                continue
+            self._connections += 1
+            nursery.start_soon(self._handle, trio.SocketStream(conn))
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        try:
+            async with stream:
+                while True:
+                    with trio.move_on_after(self._idle_timeout_s):
+                        request = await self._next_request(stream, conn)
+                    if request is None:
+                        return
+                    await self._respond(stream, conn, request)
+                    if self.lifetime.completed:
+                        return
+                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        return  # h11 says close, or an unread request body
+                    conn.start_next_cycle()
+        except _CLIENT_GONE as exc:
+            log.debug("stream port %d: connection ended: %r", self.port, exc)
+        finally:
+            self._connections -= 1
+
+    async def _next_request(
+        self, stream: trio.SocketStream, conn: h11.Connection
+    ) -> h11.Request | None:
+        """The next request head, or None when the client is done (or must be)."""
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._reject_malformed(stream, conn, exc)
+                return None
+            if isinstance(event, h11.Request):
+                return event
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(RECEIVE_BYTES)
+                try:
+                    conn.receive_data(data)
+                except h11.RemoteProtocolError as exc:
+                    await self._reject_malformed(stream, conn, exc)
+                    return None
+                continue
+            return None  # ConnectionClosed, PAUSED, or a stray body event
+
+    async def _reject_malformed(
+        self, stream: trio.SocketStream, conn: h11.Connection, exc: h11.RemoteProtocolError
+    ) -> None:
+        if conn.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
+            return  # a response is already under way: just close
+        status = exc.error_status_hint
+        code = "request_header_fields_too_large" if status == 431 else "bad_request"
+        body = (f'{{"error":{{"code":"{code}","message":"malformed HTTP request"}}}}\n').encode()
+        response = h11.Response(
+            status_code=status,
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        )
+        await stream.send_all(conn.send(response) + conn.send(h11.Data(data=body)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+
+    async def _respond(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request
+    ) -> None:
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in request.headers
+        }
+        plan = plan_response(
+            request.method.decode("ascii", "replace"),
+            request.target.decode("ascii", "replace"),
+            headers,
+            token=self._token,
+            facts=self._source.facts,
+        )
+        if not plan.authorized:
+            await self._send(stream, conn, plan, SendProgress())
+            return
+        self.lifetime.begin()
+        self._notify()
+        progress = SendProgress()
+        finished = False
+        try:
+            await self._send(stream, conn, plan, progress)
+            finished = True
+        finally:
+            first = plan.file_range.first if plan.file_range else 0
+            self.lifetime.end(
+                trio.current_time(),
+                first=first,
+                sent=progress.sent,
+                body=plan.carries_file and (finished or progress.sent > 0),
+            )
+            self._notify()
+
+    async def _send(
+        self, stream: trio.SocketStream, conn: h11.Connection, plan: Plan, progress: SendProgress
+    ) -> None:
+        response = h11.Response(
+            status_code=plan.status,
+            headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in plan.headers],
+            reason=plan.reason,
+        )
+        head = conn.send(response)
+        if plan.body:
+            head += conn.send(h11.Data(data=plan.body))
+        await stream.send_all(head)
+        byte_range = plan.file_range
+        if byte_range is not None:
+            # h11 counts the length against Content-Length and hands the
+            # placeholder back untouched; the bytes themselves go by sendfile.
+            placeholder = _Length(byte_range.length)
+            framed = conn.send_with_data_passthrough(h11.Data(data=placeholder))  # type: ignore[arg-type]
+            assert framed == [placeholder], "Content-Length framing passes the body through"
+            try:
+                await sendfile_range(
+                    stream.socket, self._source.fd, byte_range.first, byte_range.length, progress
+                )
+            except FileShrunk:
+                log.warning("stream port %d: %s changed size", self.port, self._source.path)
+                raise
+        tail = conn.send(h11.EndOfMessage())
+        if tail:
+            await stream.send_all(tail)
