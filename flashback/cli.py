@@ -75,6 +75,12 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUT", default=None)
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_get)
+    p = sub.add_parser("stream", help="ask a peer for a dedicated streaming port, then download")
+    p.add_argument("peer", metavar="PEER", help="peer id or name")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("-o", "--output", metavar="OUT", default=None)
+    p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
+    p.set_defaults(run=_run_stream)
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
@@ -131,6 +137,15 @@ def _run_get(args: argparse.Namespace) -> int:
 
     out = Path(args.output) if args.output else None
     return _run_local(lambda: client.get_file(os.environ, args.peer, args.path, out))
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flashback.daemon import client
+
+    out = Path(args.output) if args.output else None
+    return _run_local(lambda: client.stream_file(os.environ, args.peer, args.path, out))
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -99,12 +99,16 @@ async def download(
     *,
     label: str = "",
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    resume_key: str | None = None,
 ) -> DownloadResult:
+    """*resume_key* names the resource across runs when its URL changes each
+    time (a stream port's token); If-Range still guards against splicing."""
     part, meta = part_paths(out)
+    key = resume_key or url
     headers: dict[str, str] = {}
     offset = 0
     saved = _read_meta(meta)
-    if part.exists() and saved.get("url") == url and saved.get("etag"):
+    if part.exists() and saved.get("url") == key and saved.get("etag"):
         offset = part.stat().st_size
         if offset:
             headers = {"Range": f"bytes={offset}-", "If-Range": str(saved["etag"])}
@@ -116,7 +120,9 @@ async def download(
                     return _finish(out, part, meta, offset, offset)
                 offset = 0  # the part is longer than the file now: start over
                 part.unlink(missing_ok=True)
-                return await download(client, url, out, label=label, on_event=on_event)
+                return await download(
+                    client, url, out, label=label, on_event=on_event, resume_key=resume_key
+                )
             if response.status_code == 404:
                 raise TransferFailed(f"not found on the peer: {url}")
             if response.status_code == 206:
@@ -133,7 +139,7 @@ async def download(
                 raise TransferFailed(f"the peer answered HTTP {response.status_code} for {url}")
             out.parent.mkdir(parents=True, exist_ok=True)
             meta.write_text(
-                json.dumps({"url": url, "etag": response.headers.get("etag")}), encoding="utf-8"
+                json.dumps({"url": key, "etag": response.headers.get("etag")}), encoding="utf-8"
             )
             if on_event is not None:
                 on_event("download-started", {"url": url, "offset": offset, "size": total})

@@ -1,4 +1,4 @@
-"""Local commands (``status``, ``peers``, ``ls``, ``get``): the daemon's clients.
+"""Local commands (``status``, ``peers``, ``ls``, ``get``, ``stream``): the daemon's clients.
 
 They reach the running daemon through the Unix socket in the state
 directory, then talk to other peers' servers directly over HTTP.
@@ -210,4 +210,60 @@ async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None
         bytes=result.bytes,
         sha256=result.sha256,
     )
+    return 0
+
+
+#: the daemon waits up to 15 s for the owner; leave room for that
+STREAM_REQUEST_TIMEOUT_S = 25.0
+
+
+async def request_stream_port(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
+    """Ask the local daemon for a dedicated port on *key*: the ready notice."""
+    async with control_client(env) as client:
+        try:
+            response = await client.post(
+                "/stream", json={"peer": key, "path": path}, timeout=STREAM_REQUEST_TIMEOUT_S
+            )
+        except httpx.HTTPError as exc:
+            name = exc.__class__.__name__
+            raise DaemonUnavailable(f"the daemon does not answer: {name}") from exc
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    if response.status_code != 200:
+        error = payload.get("error", {}) if isinstance(payload, dict) else {}
+        message = error.get("message") or f"the daemon answered HTTP {response.status_code}"
+        if error.get("code") == "ambiguous_peer":
+            raise ConfigError(message)
+        raise FlashbackError(message, code=error.get("code"))
+    return payload
+
+
+async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
+    out = out or default_output(path)
+    ready = await request_stream_port(env, key, path)
+    emit(
+        "file-stream-ready",
+        request_id=ready["request_id"],
+        peer_id=ready.get("from"),
+        host=ready["host"],
+        port=ready["port"],
+        token=ready["token"],
+        path=ready["path"],
+        size=ready["size"],
+        expires_in=ready["expires_in"],
+    )
+    host = f"[{ready['host']}]" if ":" in ready["host"] else ready["host"]
+    url = f"http://{host}:{ready['port']}/{ready['token']}"
+    # The token changes with every request; what a partial OUT belongs to is
+    # the owner's file, and If-Range (the port's strong ETag) checks it still is.
+    resume_key = f"flashback-stream:{ready.get('from') or key}/{ready['path']}"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+        result = await download(
+            http, url, out, label=out.name, on_event=_print_event, resume_key=resume_key
+        )
+    if result.bytes != ready["size"]:
+        raise FlashbackError(f"got {result.bytes} bytes, the peer announced {ready['size']}")
+    emit("download-complete", path=str(result.path), bytes=result.bytes, sha256=result.sha256)
     return 0

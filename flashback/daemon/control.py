@@ -25,6 +25,7 @@ from quart_trio import QuartTrio
 
 from flashback.daemon.context import DaemonContext
 from flashback.errors import ConfigError
+from flashback.streaming.request import parse_stream_body, request_stream
 from flashback.web import install_json_errors, json_response
 
 CONTROL_SOCKET: Final = "control.sock"
@@ -110,5 +111,10 @@ def create_control_app(ctx: DaemonContext) -> QuartTrio:
         response = Response(body, mimetype="application/x-ndjson")
         response.timeout = None
         return response
+
+    @app.post("/stream")
+    async def stream() -> Response:
+        peer, path = parse_stream_body(await request.get_json(force=True, silent=True))
+        return json_response(await request_stream(ctx, peer, path))
 
     return app

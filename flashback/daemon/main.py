@@ -30,6 +30,7 @@ from flashback.peer.app import PeerInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
+from flashback.streaming.service import run_stream_ports
 from flashback.web import hypercorn_config, serve_quart
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ async def daemon_main(
                 shutdown_trigger=shutdown.wait,
             )
         )
+        # Stream ports close as soon as shutdown is set (CONTRACT §5).
+        nursery.start_soon(run_stream_ports, ctx, shutdown)
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
         if notifier.enabled:
             nursery.start_soon(report_status, ctx, notifier)
