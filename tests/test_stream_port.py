@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import h11
 import httpx
 import pytest
 import trio
@@ -317,11 +318,31 @@ async def test_keep_alive_serves_several_requests_on_one_connection(
     with trio.fail_after(TIMEOUT_S):
         manager, events = await start_manager(nursery, share)
         answer = await ready(manager, "hello.txt")
-        transport = httpx.AsyncHTTPTransport(retries=0)
-        async with httpx.AsyncClient(transport=transport, timeout=5) as http:
-            assert (await http.get(url_of(answer, "x"))).status_code == 403
-            assert (await http.head(url_of(answer))).status_code == 200
-            assert (await http.get(url_of(answer))).text == "hello, world\n"
+        client = h11.Connection(h11.CLIENT)
+        stream = await trio.open_tcp_stream("127.0.0.1", answer.port)
+        async with stream:
+            for method, target, status, body in [
+                ("GET", "/wrong", 403, None),
+                ("HEAD", f"/{answer.token}", 200, b""),
+                ("GET", f"/{answer.token}", 200, b"hello, world\n"),
+            ]:
+                request = h11.Request(method=method, target=target, headers=[("Host", "x")])
+                await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
+                response, got = None, b""
+                while True:
+                    event = client.next_event()
+                    if event is h11.NEED_DATA:
+                        client.receive_data(await stream.receive_some())
+                    elif isinstance(event, h11.Response):
+                        response = event
+                    elif isinstance(event, h11.Data):
+                        got += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                assert response is not None and response.status_code == status
+                if body is not None:
+                    assert got == body
+                client.start_next_cycle()  # the server kept the connection
         await events.wait_closed()
 
 

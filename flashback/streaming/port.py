@@ -35,6 +35,8 @@ MAX_CONNECTIONS: Final = 8
 MAX_HEAD_BYTES: Final = 16 * 1024
 #: a connection with no complete request for this long is closed
 IDLE_TIMEOUT_S: Final = 10.0
+#: request body we read and drop (GET and HEAD need none); more closes the connection
+MAX_BODY_BYTES: Final = 64 * 1024
 RECEIVE_BYTES: Final = 16 * 1024
 #: accept() errors that mean "out of resources now", not "listener broken"
 _ACCEPT_CAPACITY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -166,7 +168,15 @@ class StreamPort:
     async def _next_request(
         self, stream: trio.SocketStream, conn: h11.Connection
     ) -> h11.Request | None:
-        """The next request head, or None when the client is done (or must be)."""
+        """The next complete request, or None when the client is done (or must be).
+
+        The request is read through its EndOfMessage (a GET's is at once)
+        before we answer: otherwise h11 still sees the client mid-request
+        after our response and the connection could not be kept alive.
+        A body, which no GET needs, is read and dropped up to a small limit.
+        """
+        request: h11.Request | None = None
+        body_bytes = 0
         while True:
             try:
                 event = conn.next_event()
@@ -174,16 +184,22 @@ class StreamPort:
                 await self._reject_malformed(stream, conn, exc)
                 return None
             if isinstance(event, h11.Request):
-                return event
-            if event is h11.NEED_DATA:
+                request = event
+            elif isinstance(event, h11.Data):
+                body_bytes += len(event.data)
+                if body_bytes > MAX_BODY_BYTES:
+                    return None
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            elif event is h11.NEED_DATA:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 try:
                     conn.receive_data(data)
                 except h11.RemoteProtocolError as exc:
                     await self._reject_malformed(stream, conn, exc)
                     return None
-                continue
-            return None  # ConnectionClosed, PAUSED, or a stray body event
+            else:
+                return None  # ConnectionClosed (or PAUSED, which cannot happen here)
 
     async def _reject_malformed(
         self, stream: trio.SocketStream, conn: h11.Connection, exc: h11.RemoteProtocolError
