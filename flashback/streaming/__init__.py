@@ -15,7 +15,7 @@ to resume. Modules, from the wire inward::
     source     safe path resolution + opening the one regular file
     request    the requester side used by the control API's ``POST /stream``
 
-Rules a user can rely on (also in the README's streaming section):
+Rules a user can rely on (for the README, which the lead owns):
 
 * **Completed** means the GET responses of this port, counted by the bytes
   really handed to the kernel, have covered every byte of the file at least
