@@ -73,7 +73,7 @@ class HeartbeatFastPath:
             if bearer_token(headers) is None:
                 del headers["Authorization"]
             peer_id = validate.peer_id_field(validate.json_object(body))
-            return 200, self.tracker.heartbeat(peer_id, headers), {}
+            return 200, await self.tracker.heartbeat(peer_id, headers), {}
         except FlashbackError as error:
             return error.status, error.to_json(), error.headers()
 
@@ -117,7 +117,7 @@ def create_app(tracker: Tracker) -> QuartTrio:
     @app.post("/api/peers/heartbeat")
     async def heartbeat() -> Response:
         peer_id = validate.peer_id_field(validate.json_object(await _body()))
-        return json_response(tracker.heartbeat(peer_id, request.headers))
+        return json_response(await tracker.heartbeat(peer_id, request.headers))
 
     @app.delete("/api/peers/<peer_id>")
     async def leave(peer_id: str) -> Response:
@@ -126,7 +126,7 @@ def create_app(tracker: Tracker) -> QuartTrio:
 
     @app.get("/api/peers/list")
     async def peer_list() -> Response:
-        return json_response(tracker.peer_list())
+        return json_response(await tracker.peer_list())
 
     @app.get("/api/relay/status")
     async def status() -> Response:

@@ -81,6 +81,7 @@ async def serve_tracker_instance(
             )
             nursery.cancel_scope.cancel()  # the reaper and the stopper go with it
 
+        await nursery.start(tracker.presence.run)
         nursery.start_soon(tracker.reap_forever)
         if shutdown is not None:
             nursery.start_soon(stop_on, shutdown)
@@ -109,7 +110,7 @@ async def serve_tracker(
         with trio.CancelScope(shield=True), trio.move_on_after(STORE_CLOSE_TIMEOUT_S):
             try:
                 if tracker is not None:
-                    await store.save_seq(tracker.registry.seq)
+                    await store.save_seq(tracker.presence.seq)
             finally:
                 await store.aclose()
 

@@ -1,6 +1,7 @@
-"""The tracker's behaviour, between the HTTP/websocket glue and the registry.
+"""The tracker's behaviour, between the HTTP/websocket glue and the presence.
 
-:class:`Tracker` owns the registry (presence and ``seq``), the identity
+:class:`Tracker` owns the presence (who is online, ``seq`` and the feed: in
+this process, or shared through Redis; see :mod:`.presence`), the identity
 store, the hub, the rate limiter and the metrics. The Quart app only turns
 requests into calls here and results into JSON; the reaper and every
 websocket link run as tasks of the nursery that serves the app.
@@ -20,29 +21,35 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
 from flashback import __version__
 from flashback.config import TrackerConfig
-from flashback.errors import BackendUnavailable, NotFound, RateLimited, Unauthorized
+from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
 from flashback.protocol.messages import (
-    Change,
     ErrorMessage,
     FileStreamReady,
     Hello,
     Message,
-    PeerLeft,
     ProtocolError,
     StreamError,
     StreamRequest,
     parse,
 )
 from flashback.protocol.registry import Registry
-from flashback.tracker.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, Connection, Hub
+from flashback.tracker.hub import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN_LATER,
+    Connection,
+    Hub,
+)
 from flashback.tracker.metrics import TrackerMetrics
+from flashback.tracker.presence import LocalPresence, Presence
 from flashback.tracker.security import (
     RateLimiter,
     hash_token,
@@ -53,6 +60,9 @@ from flashback.tracker.security import (
 )
 from flashback.tracker.store import Identity, IdentityStore
 from flashback.tracker.validate import Registration
+
+if TYPE_CHECKING:
+    from flashback.tracker.cluster import RedisCluster
 
 log = logging.getLogger(__name__)
 
@@ -82,35 +92,50 @@ class Tracker:
         config: TrackerConfig,
         store: IdentityStore,
         *,
-        start_seq: int,
+        start_seq: int = 0,
         clock: Callable[[], float] = trio.current_time,
+        cluster: RedisCluster | None = None,
     ) -> None:
+        """*cluster* shares presence with other trackers through Redis;
+        without it, presence lives in this process, counting from *start_seq*."""
         self.config = config
         self.store = store
         self.clock = clock
-        self.registry = Registry(
-            config.peer_ttl_s,
-            start_seq=start_seq,
-            backlog_changes=config.backlog_changes,
-            wall_offset_s=time.time() - clock(),
-        )
+        self.wall_offset_s = time.time() - clock()
         self.metrics = TrackerMetrics(
-            peers_online=lambda: len(self.registry),
+            peers_online=lambda: self.presence.online_count(),
             connections=lambda: len(self.hub),
-            seq=lambda: self.registry.seq,
+            seq=lambda: self.presence.seq,
         )
         self.hub = Hub(on_evict=self.metrics.evictions.inc)
+        self.presence: Presence
+        if cluster is None:
+            registry = Registry(
+                config.peer_ttl_s,
+                start_seq=start_seq,
+                backlog_changes=config.backlog_changes,
+                wall_offset_s=self.wall_offset_s,
+            )
+            self.presence = LocalPresence(registry, self.hub)
+        else:
+            from flashback.tracker.cluster import RedisPresence  # coredis is optional
+
+            self.presence = RedisPresence(cluster, self.hub, config)
         self.limiter = RateLimiter(config.register_rate_per_s, config.register_burst)
-        # Token hashes of online peers, so heartbeats never touch the store.
-        self._token_hashes: dict[str, bytes] = {}
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
+
+    @property
+    def registry(self) -> Registry:
+        """The in-process registry (single-process trackers only; tests use it)."""
+        assert isinstance(self.presence, LocalPresence)
+        return self.presence.registry
 
     def now(self) -> float:
         return self.clock()
 
     def wall_now(self) -> float:
-        return self.now() + self.registry.wall_offset_s
+        return self.now() + self.wall_offset_s
 
     # -- HTTP --------------------------------------------------------------------
 
@@ -145,16 +170,14 @@ class Tracker:
         )
         # Persist first: if the store is down we answer 503 and nothing changed.
         await self.store.put(identity)
-        self._token_hashes[peer_id] = identity.token_hash
-        self._publish(
-            self.registry.register(
-                peer_id,
-                name=registration.name,
-                host=registration.host,
-                port=registration.port,
-                capabilities=registration.capabilities,
-                now=self.now(),
-            )
+        await self.presence.register(
+            peer_id,
+            token_hash=identity.token_hash,
+            name=registration.name,
+            host=registration.host,
+            port=registration.port,
+            capabilities=registration.capabilities,
+            now=self.now(),
         )
         self.metrics.registrations.inc()
         return {
@@ -164,9 +187,10 @@ class Tracker:
             "ttl": _seconds(self.config.peer_ttl_s),
         }
 
-    def heartbeat(self, peer_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
-        self._authorize_online(peer_id, self._require_token(headers))
-        self.registry.heartbeat(peer_id, self.now())
+    async def heartbeat(self, peer_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        token = self._require_token(headers)
+        with self._counting_rejections():
+            await self.presence.heartbeat(peer_id, token, self.now())
         self.metrics.heartbeats.inc()
         return {
             "ttl": _seconds(self.config.peer_ttl_s),
@@ -174,39 +198,49 @@ class Tracker:
         }
 
     async def leave(self, peer_id: str, headers: Mapping[str, str]) -> None:
-        self._authorize_online(peer_id, self._require_token(headers))
-        self._publish(self.registry.leave(peer_id, self.now(), "left"))
+        token = self._require_token(headers)
+        with self._counting_rejections():
+            await self.presence.leave(peer_id, token, self.now())
         self.metrics.departures.inc()
         await self._touch(peer_id)
 
-    def peer_list(self) -> dict[str, Any]:
-        now = self.now()
-        return {"seq": self.registry.seq, "peers": [p.dump() for p in self.registry.peers(now)]}
+    async def peer_list(self) -> dict[str, Any]:
+        return await self.presence.peer_list(self.now())
 
     def status(self) -> dict[str, Any]:
         return {
             "status": "ok",
             "version": __version__,
             "uptime_s": round(self.now() - self.started_at, 3),
-            "peers_online": len(self.registry),
+            "peers_online": self.presence.online_count(),
             "connections": len(self.hub),
         }
 
     # -- liveness ----------------------------------------------------------------
 
     async def reap(self) -> None:
-        changes = self.registry.expire(self.now())
-        self._publish(changes)
-        for change in changes:
+        for peer_id in await self.presence.expire(self.now()):
             self.metrics.expiries.inc()
-            await self._touch(change.peer_id)  # type: ignore[union-attr]
+            await self._touch(peer_id)
 
     async def reap_forever(self) -> None:
-        """The TTL's enforcer, ticking on trio's clock a few times per TTL."""
+        """The TTL's enforcer, ticking on trio's clock a few times per TTL.
+
+        A shared store out of reach skips a tick (the tracker keeps serving
+        what it can); it is logged once per outage, not once per tick.
+        """
         interval_s = max(MIN_REAP_INTERVAL_S, min(MAX_REAP_INTERVAL_S, self.config.peer_ttl_s / 4))
+        failing = False
         while True:
             await trio.sleep(interval_s)
-            await self.reap()
+            try:
+                await self.reap()
+            except BackendUnavailable as exc:
+                if not failing:
+                    log.warning("cannot expire peers: %s", exc.message)
+                failing = True
+            else:
+                failing = False
 
     # -- the websocket link --------------------------------------------------------
 
@@ -222,23 +256,29 @@ class Tracker:
         if hello is None:
             await ws.close(CLOSE_POLICY, "expected a hello")
             return
-        if hello.peer_id is not None:
-            refusal = self._check_link(hello.peer_id, hello.token)
-            if refusal is not None:
-                await ws.send(refusal.encode())
-                await ws.close(CLOSE_POLICY, refusal.code)
-                return
-        connection = Connection(hello.peer_id, self.config.watcher_queue_messages)
-        # No checkpoint from here to hub.add: the replay and the live feed meet
-        # exactly at the current seq, with nothing lost or repeated.
-        missed = self.registry.changes_since(hello.last_seq)
-        first: list[Message] = (
-            [self.registry.snapshot(self.now())] if missed is None else list(missed)
-        )
-        self.hub.add(connection)
-        if connection.peer_id is not None:
-            self.registry.attach(connection.peer_id)
         try:
+            if hello.peer_id is not None:
+                refusal = await self.presence.check_link(hello.peer_id, hello.token)
+                if refusal is not None:
+                    if refusal.code == "unauthorized":
+                        self.metrics.rejected.inc()
+                    await ws.send(refusal.encode())
+                    await ws.close(CLOSE_POLICY, refusal.code)
+                    return
+            await self.presence.catch_up(hello.last_seq)
+            connection = Connection(hello.peer_id, self.config.watcher_queue_messages)
+            # No checkpoint from here to hub.add: the replay and the live feed
+            # meet exactly at the current seq, with nothing lost or repeated.
+            first = self.presence.first_messages(hello.last_seq, self.now())
+        except BackendUnavailable as exc:
+            # The client's reconnect backoff is the retry; a 1013 says "later".
+            await ws.send(ErrorMessage(exc.code, exc.message).encode())
+            await ws.close(CLOSE_TRY_AGAIN_LATER, exc.code)
+            return
+        self.hub.add(connection)
+        try:
+            if connection.peer_id is not None:
+                await self.presence.attach(connection.peer_id)
             with connection.cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_loop, ws, connection, first)
@@ -246,7 +286,7 @@ class Tracker:
         finally:
             self.hub.remove(connection)
             if connection.peer_id is not None:
-                self.registry.detach(connection.peer_id, self.now())
+                self.presence.detach(connection.peer_id, self.now())
         if connection.close_code is not None:
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await ws.close(connection.close_code, connection.close_reason)
@@ -263,14 +303,6 @@ class Tracker:
                 return message
             reply = ErrorMessage("hello_required", "the first message must be a hello")
             await ws.send(reply.encode())
-
-    def _check_link(self, peer_id: str, token: str | None) -> ErrorMessage | None:
-        if peer_id not in self.registry:
-            return ErrorMessage("unknown_peer", "this peer is not registered; register first")
-        if not token_matches(token, self._token_hashes.get(peer_id)):
-            self.metrics.rejected.inc()
-            return ErrorMessage("unauthorized", "wrong token for this peer_id")
-        return None
 
     async def _send_loop(
         self, ws: WebsocketLike, connection: Connection, first: list[Message]
@@ -289,14 +321,14 @@ class Tracker:
                 self.hub.send(connection, exc.reply)
                 continue
             if isinstance(message, StreamRequest | FileStreamReady | StreamError):
-                self._relay(connection, message)
+                await self._relay(connection, message)
             else:
                 reply = ErrorMessage(
                     "unexpected_message", f"a client may not send {message.TYPE!r} here"
                 )
                 self.hub.send(connection, reply)
 
-    def _relay(
+    async def _relay(
         self, sender: Connection, message: StreamRequest | FileStreamReady | StreamError
     ) -> None:
         """Forward with ``from`` in place of ``to``; the tracker never looks inside."""
@@ -307,11 +339,18 @@ class Tracker:
         if message.to is None:
             self.hub.send(sender, ErrorMessage("invalid_field", "'to' is required"))
             return
-        target = self.hub.link_for(message.to) if message.to in self.registry else None
+        target = self.hub.link_for(message.to) if self.presence.is_online(message.to) else None
         forwarded = dataclasses.replace(message, to=None, from_=sender.peer_id)
         if target is not None and self.hub.send(target, forwarded):
             self.metrics.relayed.inc()
             return
+        if target is None:
+            try:
+                if await self.presence.relay(message.to, forwarded):
+                    self.metrics.relayed.inc()
+                    return
+            except BackendUnavailable as exc:
+                log.info("cannot relay to %s: %s", message.to, exc.message)
         if not isinstance(message, StreamError):  # an error about an error helps no one
             reply = StreamError(
                 request_id=message.request_id,
@@ -322,11 +361,13 @@ class Tracker:
 
     # -- internals -----------------------------------------------------------------
 
-    def _publish(self, changes: list[Change]) -> None:
-        for change in changes:
-            if isinstance(change, PeerLeft):
-                self._token_hashes.pop(change.peer_id, None)
-        self.hub.publish(changes)
+    @contextmanager
+    def _counting_rejections(self) -> Iterator[None]:
+        try:
+            yield
+        except Unauthorized:
+            self.metrics.rejected.inc()
+            raise
 
     def _check_admission(self, headers: Mapping[str, str]) -> None:
         expected = self.config.auth_token
@@ -343,14 +384,6 @@ class Tracker:
         except Unauthorized:
             self.metrics.rejected.inc()
             raise
-
-    def _authorize_online(self, peer_id: str, token: str) -> None:
-        token_hash = self._token_hashes.get(peer_id)
-        if peer_id not in self.registry or token_hash is None:
-            raise NotFound(f"peer {peer_id!r} is not online; register again", code="unknown_peer")
-        if not token_matches(token, token_hash):
-            self.metrics.rejected.inc()
-            raise Unauthorized("wrong token for this peer_id")
 
     async def _token_hash(self, peer_id: str) -> tuple[bytes, float] | None:
         identity = await self.store.get(peer_id)
