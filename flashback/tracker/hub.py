@@ -84,6 +84,15 @@ class Hub:
         links = self._by_peer.get(peer_id)
         return links[-1] if links else None
 
+    def links_of(self, peer_id: str) -> list[Connection]:
+        return list(self._by_peer.get(peer_id, ()))
+
+    def drop_all(self, code: int, reason: str) -> None:
+        """End every link now (their state can no longer be continued)."""
+        for connection in list(self._connections):
+            connection.end(code, reason)
+            self.remove(connection)
+
     def publish(self, messages: Iterable[Message]) -> None:
         """Encode each message once and offer it to every connection, in order."""
         for message in messages:

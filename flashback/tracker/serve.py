@@ -27,7 +27,12 @@ from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
 from flashback.tracker.app import create_asgi_app
 from flashback.tracker.service import Tracker
-from flashback.tracker.store import IdentityStore, check_database_url, open_store
+from flashback.tracker.store import (
+    IdentityStore,
+    check_database_url,
+    is_redis_url,
+    open_store,
+)
 from flashback.tracker.validate import MAX_BODY_BYTES
 from flashback.web import BoundAddress, hypercorn_config, serve_quart
 
@@ -98,6 +103,13 @@ async def serve_tracker(
 ) -> None:
     """Open the store (unless given), serve, and close the store on the way out."""
     raise_open_file_limit()
+    if store is None and is_redis_url(config.database_url):
+        from flashback.tracker.cluster import open_cluster  # coredis is optional
+
+        async with open_cluster(config.database_url) as cluster:
+            tracker = Tracker(config, cluster.identities, cluster=cluster)
+            await serve_tracker_instance(tracker, shutdown=shutdown, task_status=task_status)
+        return
     if store is None:
         store = await open_store(config.database_url)
     tracker: Tracker | None = None
@@ -125,7 +137,7 @@ def run_tracker(config: TrackerConfig) -> int:
 
     async def main(shutdown: trio.Event) -> None:
         # Opened before serving so a bad database is a plain ConfigError (exit 2).
-        store = await open_store(config.database_url)
+        store = None if is_redis_url(config.database_url) else await open_store(config.database_url)
         notifier = Notifier.from_env(os.environ)
         watchdog_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:

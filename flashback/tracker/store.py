@@ -4,7 +4,8 @@ Presence (who is online right now) lives in memory, in the registry. What
 must survive a restart is small: each known peer's id, the SHA-256 of its
 token, its name and capabilities, when it was first and last seen, and the
 last ``seq`` handed out. That is the whole :class:`IdentityStore` interface,
-kept small on purpose so a Redis backend can implement it too.
+kept small on purpose so a Redis backend implements it too
+(:class:`~flashback.tracker.cluster.RedisIdentityStore`).
 
 SQLite is blocking, so every call runs in ``trio.to_thread`` with a deadline:
 a stuck or broken database answers :class:`BackendUnavailable` (a JSON 503)
@@ -198,19 +199,32 @@ class SQLiteStore:
         await self._run(lambda db: db.close())
 
 
+def is_redis_url(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
 def check_database_url(url: str) -> str:
     """Refuse a URL we cannot serve before anything starts (exit 2, one line)."""
     if url == "memory://" or url.startswith("sqlite:///"):
         return url
     if url.startswith("sqlite://"):
         raise ConfigError(f"sqlite URLs need an absolute path (sqlite:///PATH), not {url!r}")
-    if url.startswith(("redis://", "rediss://")):
-        raise ConfigError("redis:// is not supported by this version of the tracker yet")
+    if is_redis_url(url):
+        try:
+            import coredis  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "redis:// needs the coredis client: pip install 'flashback[redis]'"
+            ) from None
+        return url
     raise ConfigError(f"unsupported DATABASE_URL {url!r}: use sqlite:///PATH or memory://")
 
 
 async def open_store(url: str) -> IdentityStore:
+    """A single-process store (``redis://`` stores come with their cluster)."""
     check_database_url(url)
+    if is_redis_url(url):
+        raise ConfigError("a redis:// store is opened with its cluster (serve_tracker)")
     if url == "memory://":
         return MemoryStore()
     return await SQLiteStore.open(Path(url.removeprefix("sqlite://")))
