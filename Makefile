@@ -14,12 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Real tools the tests use: curl (a real HTTP client) and systemd-analyze
-# (unit verification). Installed with apt when missing and we are root.
+# Real tools the tests use: curl (a real HTTP client), systemd-analyze
+# (unit verification) and redis-server (the tracker cluster tests start their own). Installed with apt when missing and we are root.
 system-deps:
 	@missing=""; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
