@@ -231,6 +231,13 @@ async def heartbeat_rate(port: int, *, duration_s: float, register: bool) -> flo
             requests.append(http_request("POST", "/api/peers/heartbeat", beat, peer["token"]))
         else:
             requests.append(http_request("POST", "/api/peers/heartbeat", b'{"peer_id": "x"}', "t"))
+    return await hammer_rate(connections, requests, duration_s=duration_s)
+
+
+async def hammer_rate(
+    connections: list[HTTPConnection], requests: list[bytes], *, duration_s: float
+) -> float:
+    """Requests/s with each connection sending its request back to back; closes them."""
     done = 0
 
     async def hammer(connection: HTTPConnection, raw: bytes) -> None:

@@ -42,6 +42,7 @@ from tracker_bench import (
     HTTPConnection,
     Server,
     Watcher,
+    hammer_rate,
     http_request,
     percentile,
     registration_body,
@@ -109,24 +110,7 @@ async def heartbeat_rate(ports: list[int], *, duration_s: float) -> float:
         peer = json.loads(body)
         beat = json.dumps({"peer_id": peer["peer_id"]}).encode()
         requests.append(http_request("POST", "/api/peers/heartbeat", beat, peer["token"]))
-    done = 0
-
-    async def hammer(connection: HTTPConnection, raw: bytes) -> None:
-        nonlocal done
-        while True:
-            status, _ = await connection.request(raw)
-            assert status == 200, status
-            done += 1
-
-    start = trio.current_time()
-    with trio.move_on_after(duration_s):
-        async with trio.open_nursery() as nursery:
-            for connection, raw in zip(connections, requests, strict=True):
-                nursery.start_soon(hammer, connection, raw)
-    elapsed = trio.current_time() - start
-    for connection in connections:
-        await connection.stream.aclose()
-    return done / elapsed
+    return await hammer_rate(connections, requests, duration_s=duration_s)
 
 
 async def fan_out(ports: list[int], *, watchers: int, rounds: int) -> list[float]:
