@@ -268,3 +268,14 @@ async def test_link_reporting_unknown_peer_registers_at_once(
     start = api.register_times[0]
     assert [t - start for t in api.register_times] == [0, 3]
     assert api.heartbeat_times == []  # re-registered without waiting for a heartbeat's 404
+
+
+def test_announce_host() -> None:
+    from flashback.daemon.announce import announce_host
+
+    assert announce_host("192.0.2.7", "http://tracker:3000") == "192.0.2.7"
+    assert announce_host("127.0.0.1", None) == "127.0.0.1"
+    # a wildcard is no address to dial: the route towards the tracker is
+    assert announce_host("0.0.0.0", "http://127.0.0.1:3000") == "127.0.0.1"
+    assert announce_host("0.0.0.0", None) == "127.0.0.1"
+    assert announce_host("0.0.0.0", "http://unresolvable.invalid:3000") == "127.0.0.1"

@@ -329,3 +329,24 @@ async def test_daemon_without_tracker_serves_and_second_instance_is_refused(
             assert status["tracker"] == {"url": None, "connected": False}
             solo.signal(signal.SIGTERM)
             assert await solo.wait_exit(timeout_s=5) == 0
+
+
+async def test_wildcard_bind_announces_a_dialable_address(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    root = make_share(tmp_path, "wide", {"a.txt": b"a"})
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            _, url = await start_tracker(stack, nursery, tmp_path)
+            wide = await stack.enter_async_context(
+                start(
+                    nursery,
+                    ["daemon", "--root", str(root), "--tracker", url, "--host", "0.0.0.0"],
+                    env=daemon_env(tmp_path, "wide"),
+                    name="wide",
+                )
+            )
+            joined_event = await wide.wait_event(lambda e: e.get("event") == "peer-joined")
+            assert joined_event["peer"]["peer_server"]["host"] == "127.0.0.1"
+            wide.signal(signal.SIGTERM)
+            assert await wide.wait_exit(timeout_s=5) == 0

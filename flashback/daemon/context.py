@@ -28,6 +28,8 @@ class DaemonContext:
     local: LocalInfo
     table: PeerTable = field(default_factory=PeerTable)
     address: BoundAddress | None = None
+    # what other peers are told to dial (the bound host, unless a wildcard)
+    announce_host: str | None = None
     identity: Identity | None = None
     tracker_connected: bool = False
     _identity_changed: trio.Event = field(default_factory=trio.Event)

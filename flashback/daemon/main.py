@@ -19,6 +19,7 @@ import httpx
 import trio
 
 from flashback.config import DaemonConfig, ensure_private_dir
+from flashback.daemon.announce import announce_host
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.control import control_socket_path, create_control_app, refuse_if_running
 from flashback.daemon.hub import EventHub
@@ -80,6 +81,9 @@ async def daemon_main(
     async with trio.open_nursery() as nursery:
         ctx.address = await nursery.start(
             partial(serve_peer, settings, config.host, config.port, shutdown_trigger=shutdown.wait)
+        )
+        ctx.announce_host = await trio.to_thread.run_sync(
+            announce_host, ctx.address.host, config.tracker_url
         )
         ctx.hub.emit(
             "peer-server-ready", host=ctx.address.host, port=ctx.address.port, url=ctx.address.url

@@ -70,7 +70,10 @@ async def maintain_registration(
     while True:
         try:
             registration = await api.register(
-                ctx.config.name, ctx.address.host, ctx.address.port, identity=identity
+                ctx.config.name,
+                ctx.announce_host or ctx.address.host,
+                ctx.address.port,
+                identity=identity,
             )
         except IdentityRejected:
             log.warning("the tracker refused our identity; registering as a new peer")

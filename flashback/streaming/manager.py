@@ -44,10 +44,15 @@ Emit = Callable[..., None]
 @dataclass(frozen=True)
 class StreamSettings:
     root: Path
-    host: str  # where the ports listen and what file-stream-ready announces
+    host: str  # where the ports listen
     show_hidden: bool = False
     max_ports: int = MAX_PORTS
     expires_in_s: float = EXPIRES_IN_S
+    announce_host: str | None = None  # what file-stream-ready tells (default: host)
+
+    @property
+    def public_host(self) -> str:
+        return self.announce_host or self.host
 
 
 def _number(value: float) -> float | int:
@@ -117,7 +122,7 @@ class StreamManager:
         fields: dict[str, Any] = {
             "request_id": request.request_id,
             "peer_id": requester,
-            "host": self.settings.host,
+            "host": self.settings.public_host,
             "port": port.port,
             "path": source.path,
             "size": source.size,
@@ -126,7 +131,7 @@ class StreamManager:
         self._emit("file-stream-ready", **fields)
         return FileStreamReady(
             request.request_id,
-            host=self.settings.host,
+            host=self.settings.public_host,
             port=port.port,
             token=token,
             path=source.path,

@@ -27,7 +27,12 @@ LOCAL_REQUESTER: Final = "(local)"
 
 def settings_for(ctx: DaemonContext) -> StreamSettings:
     host = ctx.address.host if ctx.address is not None else ctx.config.host
-    return StreamSettings(root=ctx.config.root, host=host, show_hidden=ctx.config.show_hidden)
+    return StreamSettings(
+        root=ctx.config.root,
+        host=host,
+        show_hidden=ctx.config.show_hidden,
+        announce_host=ctx.announce_host,
+    )
 
 
 def route_answer(ctx: DaemonContext, answer: Answer) -> None:
