@@ -62,6 +62,17 @@ def test_lifetime_tail_probe_does_not_complete() -> None:
     assert life.completed and life.bytes_sent == 105
 
 
+def test_lifetime_resume_from_an_earlier_port_completes_at_the_end() -> None:
+    """A copy begun on an older port (If-Range matched) finishes here."""
+    life = PortLifetime(100, 60, now=0)
+    life.begin()
+    life.end(1, first=40, sent=59, body=True, resume=True)
+    assert not life.completed  # one byte short
+    life.begin()
+    life.end(2, first=99, sent=1, body=True, resume=True)
+    assert life.completed
+
+
 def test_lifetime_head_and_416_only_restart_the_clock() -> None:
     life = PortLifetime(100, 10, now=0)
     life.begin()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from flashback.protocol.conditional import make_etag
 from tests.procs import daemon_env, event_is, run_cli
 from tests.test_daemon_system import joined, start_daemon, start_tracker
 
@@ -47,6 +48,37 @@ async def test_stream_between_two_daemons(tmp_path: Path, nursery: trio.Nursery)
             assert closed["reason"] == "completed" and closed["bytes_sent"] == len(data)
             assert not any(notice["token"] in json.dumps(e) for e in alice.events)
             await bob.wait_event(event_is("file-stream-ready", port=notice["port"]))
+
+            # a partial copy from an earlier run resumes on a new port (new token)
+            # and that port completes when the rest has gone out
+            source = tmp_path / "alice" / "share" / "v" / "film.bin"
+            info = source.stat()
+            resumed = tmp_path / "resumed.bin"
+            part = tmp_path / "resumed.bin.part"
+            part.write_bytes(data[:700_000])
+            (tmp_path / "resumed.bin.part.json").write_text(
+                json.dumps(
+                    {
+                        "url": f"flashback-stream:{notice['peer_id']}/v/film.bin",
+                        "etag": make_etag(info.st_ino, info.st_size, info.st_mtime_ns),
+                    }
+                )
+            )
+            again = await run_cli(
+                ["stream", "alice", "v/film.bin", "-o", str(resumed)], env=bob_env
+            )
+            assert again.returncode == 0, again.stderr
+            port = json.loads(again.stdout.splitlines()[0])["port"]
+            started = next(
+                json.loads(line)
+                for line in again.stdout.splitlines()
+                if b"download-started" in line
+            )
+            assert started["offset"] == 700_000
+            assert resumed.read_bytes() == data
+            closed = await alice.wait_event(event_is("stream-closed", port=port))
+            assert closed["reason"] == "completed"
+            assert closed["bytes_sent"] == len(data) - 700_000
 
             missing = await run_cli(["stream", "alice", ".hidden", "-o", "x"], env=bob_env)
             assert missing.returncode == 1 and b"no such file" in missing.stderr

@@ -20,7 +20,10 @@ Rules a user can rely on (for the README, which the lead owns):
 * **Completed** means the GET responses of this port, counted by the bytes
   really handed to the kernel, have covered every byte of the file at least
   once -- one full download, or a broken one plus the ranged resume of the
-  rest. A player that only probes the last few KiB does not close the port.
+  rest -- or a resumed copy (a ranged GET whose ``If-Range`` matched, as
+  ``flashback stream`` sends when it finishes a partial file begun on an
+  earlier port) has reached the last byte. A player that only probes the
+  last few KiB (no If-Range) does not close the port.
   When a port completes it stops accepting at once (connection refused) and
   cuts any other, redundant, transfer still running.
 * **Expiry**: the port closes after ``expires_in`` seconds (60) in which no

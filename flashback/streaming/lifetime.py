@@ -31,15 +31,28 @@ class PortLifetime:
         self.bytes_sent = 0
         self._covered: list[tuple[int, int]] = []  # merged half-open [start, end)
         self._bodies_finished = 0
+        self._resume_reached_end = False
 
     def begin(self) -> None:
         self.active += 1
 
-    def end(self, now: float, *, first: int = 0, sent: int = 0, body: bool = False) -> None:
+    def end(
+        self,
+        now: float,
+        *,
+        first: int = 0,
+        sent: int = 0,
+        body: bool = False,
+        resume: bool = False,
+    ) -> None:
         """One response is over: count its bytes and restart the idle clock.
 
         *body* is True for a GET whose response (200/206) was meant to carry
         file bytes; HEAD and 416 pass False and only restart the clock.
+        *resume* marks a ranged GET whose ``If-Range`` matched: a client
+        finishing a copy it began earlier (on this port or an older one), so
+        reaching the last byte completes the port even though this port never
+        sent the beginning. A player probing the tail sends no If-Range.
         """
         if self.active <= 0:
             raise RuntimeError("end() without begin()")
@@ -51,6 +64,8 @@ class PortLifetime:
         self.bytes_sent += sent
         if sent > 0:
             self._cover(first, first + sent)
+        if resume and first + sent >= self.size:
+            self._resume_reached_end = True
 
     def _cover(self, start: int, stop: int) -> None:
         merged: list[tuple[int, int]] = []
@@ -67,7 +82,10 @@ class PortLifetime:
 
     @property
     def completed(self) -> bool:
-        """Every byte went out at least once (an empty file: one GET went out)."""
+        """Every byte went out at least once (an empty file: one GET went out),
+        or a resumed download (If-Range) reached the end of the file."""
+        if self._resume_reached_end:
+            return True
         return self._bodies_finished > 0 and self.covered_bytes >= self.size
 
     def expired(self, now: float) -> bool:

@@ -251,6 +251,7 @@ class StreamPort:
                 first=first,
                 sent=progress.sent,
                 body=plan.carries_file and (finished or progress.sent > 0),
+                resume=plan.status == 206 and "if-range" in headers,
             )
             self._notify()
 
