@@ -9,10 +9,13 @@ import pytest
 
 from flashback.protocol.paths import (
     UnsafePath,
+    is_servable_name,
+    open_under_root,
     real_root,
     resolve_under_root,
     safe_resolve,
     split_request_path,
+    verify_opened,
 )
 
 
@@ -137,3 +140,56 @@ def test_root_traversal_via_symlinked_parent(tmp_path: Path) -> None:
         resolve_under_root(real_root(root), ("up", "root", "..", "x"))
     with pytest.raises(UnsafePath):
         resolve_under_root(real_root(root), ("up",))
+
+
+@pytest.mark.parametrize(
+    ("name", "servable"),
+    [
+        ("a.txt", True),
+        ("ab:c", True),
+        ("a:b", False),
+        (".env", False),
+        ("..", False),
+        ("back\\slash", False),
+        ("c:evil.txt", False),
+        ("", False),
+    ],
+)
+def test_servable_names(name: str, servable: bool) -> None:
+    assert is_servable_name(name) is servable
+    if servable:
+        assert split_request_path(f"dir/{name}") == ("dir", name)
+    elif name:
+        with pytest.raises(UnsafePath):
+            split_request_path(f"dir/{name}")
+
+
+def test_verify_opened_catches_a_descriptor_outside_the_root(tree: tuple[Path, Path]) -> None:
+    """What a swapped symlink would have made us open is refused from the fd itself."""
+    root, evil = tree
+    fd = os.open(evil / "secret.txt", os.O_RDONLY)
+    try:
+        with pytest.raises(UnsafePath):
+            verify_opened(root, fd)
+    finally:
+        os.close(fd)
+    hidden = os.open(root / ".hidden" / "h.txt", os.O_RDONLY)
+    try:
+        with pytest.raises(UnsafePath):
+            verify_opened(root, hidden)
+        verify_opened(root, hidden, show_hidden=True)
+    finally:
+        os.close(hidden)
+
+
+def test_open_under_root(tree: tuple[Path, Path]) -> None:
+    root, _ = tree
+    relative, fd, info = open_under_root(root, "inside-link")
+    os.close(fd)
+    assert relative == "inside-link" and info.st_size == 1
+    for raw in ("docs", "outside-link", "missing", "docs/../docs/a.txt"):
+        with pytest.raises(UnsafePath):
+            open_under_root(root, raw)
+    relative, fd, _ = open_under_root(root, "docs", directory=True)
+    os.close(fd)
+    assert relative == "docs"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flashback.errors import NotFound
 from flashback.peer.files import FileBody, file_response
-from flashback.peer.listing import decode_cursor, encode_cursor, list_directory
+from flashback.peer.listing import ListingPage, decode_cursor, encode_cursor, list_directory
 from flashback.protocol.paths import real_root
 from flashback.protocol.ranges import ByteRange
 
@@ -46,7 +47,7 @@ def test_file_response_has_no_response_timeout(tmp_path: Path) -> None:
     """Quart's RESPONSE_TIMEOUT (60 s) would cut a slow multi-GB download."""
     path = tmp_path / "f"
     path.write_bytes(b"abc")
-    response = file_response(path, method="GET", headers={}, attachment=True)
+    response = file_response(real_root(tmp_path), "f", method="GET", headers={}, attachment=True)
     assert response.timeout is None
     assert isinstance(response.response, FileBody)
     response.response.close()
@@ -56,7 +57,7 @@ def test_file_response_refuses_fifo(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     with pytest.raises(NotFound):
-        file_response(fifo, method="GET", headers={}, attachment=False)
+        file_response(real_root(tmp_path), "pipe", method="GET", headers={}, attachment=False)
 
 
 def test_listing_skips_what_would_be_refused(tmp_path: Path) -> None:
@@ -66,7 +67,9 @@ def test_listing_skips_what_would_be_refused(tmp_path: Path) -> None:
     (root / ".hidden").write_text("h")
     (root / "dangling").symlink_to(root / "nowhere")
     os.close(os.open(os.fsencode(root) + b"/bad-\xff", os.O_CREAT | os.O_WRONLY, 0o600))
-    page = list_directory(root, (), root)
+    (root / "back\\slash.txt").write_text("b")
+    (root / "c:evil.txt").write_text("c")
+    page = _list(root)
     assert [e["name"] for e in page.entries] == ["ok.txt"]
 
 
@@ -75,12 +78,20 @@ def test_listing_pages_skip_refused_entries(tmp_path: Path) -> None:
     for name in ("a", "b", "c", "d"):
         (root / name).write_text(name)
     (root / "bb").symlink_to("/etc/passwd")
-    first = list_directory(root, (), root, limit=2)
+    first = _list(root, limit=2)
     assert [e["name"] for e in first.entries] == ["a", "b"]
     assert first.next_cursor is not None
-    second = list_directory(root, (), root, limit=2, after=decode_cursor(first.next_cursor))
+    second = _list(root, limit=2, after=decode_cursor(first.next_cursor))
     assert [e["name"] for e in second.entries] == ["c", "d"]
     assert second.next_cursor is None
+
+
+def _list(root: Path, **kwargs: Any) -> ListingPage:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return list_directory(root, (), fd, **kwargs)
+    finally:
+        os.close(fd)
 
 
 def test_cursor_round_trip() -> None:

@@ -7,8 +7,9 @@ outside the root, hidden, not a regular file -- is the same JSON 404.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import trio
 from quart import Response, request
@@ -18,7 +19,7 @@ from flashback import __version__
 from flashback.errors import NotFound
 from flashback.peer.files import file_response
 from flashback.peer.listing import decode_cursor, list_directory, parse_limit
-from flashback.protocol.paths import UnsafePath, real_root, resolve_under_root, split_request_path
+from flashback.protocol.paths import UnsafePath, open_under_root, real_root
 from flashback.web import install_json_errors, json_response
 
 MAX_REQUEST_BODY_BYTES = 64 * 1024
@@ -37,14 +38,6 @@ class ShareSettings:
     root: Path
     show_hidden: bool = False
     info: PeerInfo = field(default_factory=lambda: PeerInfo(name=""))
-
-
-def _resolve(settings: ShareSettings, raw: str) -> tuple[tuple[str, ...], Path]:
-    try:
-        parts = split_request_path(raw, show_hidden=settings.show_hidden)
-        return parts, resolve_under_root(settings.root, parts, show_hidden=settings.show_hidden)
-    except UnsafePath:
-        raise NotFound(f"no such file or directory: {raw}") from None
 
 
 def _request_headers() -> dict[str, str]:
@@ -66,17 +59,23 @@ def create_peer_app(settings: ShareSettings) -> QuartTrio:
     install_json_errors(app)
 
     def _list_blocking(raw: str, limit: int, after: str | None) -> dict[str, object]:
-        parts, directory = _resolve(settings, raw)
-        if not directory.is_dir():
-            raise NotFound(f"not a directory: {raw}")
-        page = list_directory(
-            settings.root,
-            parts,
-            directory,
-            limit=limit,
-            after=after,
-            show_hidden=settings.show_hidden,
-        )
+        try:
+            relative, dir_fd, _ = open_under_root(
+                settings.root, raw, show_hidden=settings.show_hidden, directory=True
+            )
+        except UnsafePath:
+            raise NotFound(f"no such directory: {raw}") from None
+        try:
+            page = list_directory(
+                settings.root,
+                PurePosixPath(relative).parts,
+                dir_fd,
+                limit=limit,
+                after=after,
+                show_hidden=settings.show_hidden,
+            )
+        finally:
+            os.close(dir_fd)
         return page.to_json()
 
     @app.get("/api/files")
@@ -90,9 +89,13 @@ def create_peer_app(settings: ShareSettings) -> QuartTrio:
 
     async def _serve_file(subpath: str, *, attachment: bool) -> Response:
         def blocking() -> Response:
-            _, path = _resolve(settings, subpath)
             return file_response(
-                path, method=request_method, headers=headers, attachment=attachment
+                settings.root,
+                subpath,
+                method=request_method,
+                headers=headers,
+                attachment=attachment,
+                show_hidden=settings.show_hidden,
             )
 
         request_method = request.method

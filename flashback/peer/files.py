@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Final
 
@@ -32,6 +31,7 @@ from flashback.protocol.conditional import (
     if_range_allows,
     make_etag,
 )
+from flashback.protocol.paths import UnsafePath, open_under_root
 from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
 
 CHUNK_SIZE_BYTES: Final = 2 * 1024 * 1024
@@ -112,35 +112,29 @@ class FileBody(ResponseBody):
         raise NotImplementedError("ranges are planned before the body is built")
 
 
-def open_regular_file(path: Path) -> tuple[int, os.stat_result]:
-    """Open *path* for reading; anything but a regular file is "not found"."""
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise NotFound("no such file") from exc
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise NotFound("no such file")
-    return fd, info
-
-
 def file_response(
-    path: Path,
+    root: Path,
+    raw_path: str,
     *,
     method: str,
     headers: dict[str, str],
     attachment: bool,
+    show_hidden: bool = False,
     inline_csp: bool = True,
 ) -> Response:
-    """The whole HTTP answer for a file request (GET or HEAD).
+    """The whole HTTP answer for a file request (GET or HEAD). Blocking.
 
+    *raw_path* is the decoded request path under the real *root*; anything
+    that is not a regular file safely inside it is :class:`NotFound`.
     *headers* are the request headers with lower-case names.
     """
-    fd, info = open_regular_file(path)
     try:
-        return _build_response(fd, info, path.name, method, headers, attachment, inline_csp)
+        relative, fd, info = open_under_root(root, raw_path, show_hidden=show_hidden)
+    except UnsafePath:
+        raise NotFound(f"no such file: {raw_path}") from None
+    try:
+        name = PurePosixPath(relative).name
+        return _build_response(fd, info, name, method, headers, attachment, inline_csp)
     except BaseException:
         os.close(fd)
         raise

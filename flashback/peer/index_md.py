@@ -8,6 +8,7 @@ its entries. An existing file is never touched.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from urllib.parse import quote
 
@@ -39,7 +40,11 @@ def ensure_index_md(root: Path, *, show_hidden: bool = False) -> bool:
     target = root / INDEX_NAME
     if target.exists() or target.is_symlink():
         return False
-    page = list_directory(root, (), root, limit=10_000, show_hidden=show_hidden)
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        page = list_directory(root, (), dir_fd, limit=10_000, show_hidden=show_hidden)
+    finally:
+        os.close(dir_fd)
     text = render_index(root.name or str(root), page.entries)
     try:
         with target.open("x", encoding="utf-8") as file:  # "x": never clobber a racing writer

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from flashback.errors import BadRequest
 from flashback.protocol.conditional import mime_for_listing, rfc3339
-from flashback.protocol.paths import UnsafePath, is_hidden_name, resolve_under_root
+from flashback.protocol.paths import UnsafePath, is_servable_name, resolve_under_root
 
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 10_000
@@ -71,14 +71,16 @@ def _is_utf8(name: str) -> bool:
 
 
 def _entry(
-    root: Path, rel_parts: tuple[str, ...], directory: Path, name: str, show_hidden: bool
+    root: Path, rel_parts: tuple[str, ...], dir_fd: int, name: str, show_hidden: bool
 ) -> dict[str, Any] | None:
     """The listing entry, or None when a request for it would be refused."""
     try:
-        info = os.lstat(directory / name)
+        info = os.lstat(name, dir_fd=dir_fd)
         if stat.S_ISLNK(info.st_mode):
             target = resolve_under_root(root, (*rel_parts, name), show_hidden=show_hidden)
             info = target.stat()
+        if not os.access(name, os.R_OK, dir_fd=dir_fd):
+            return None  # listed but unreadable would be a 404 on request
     except (OSError, UnsafePath):
         return None
     if stat.S_ISDIR(info.st_mode):
@@ -100,25 +102,29 @@ def _entry(
 def list_directory(
     root: Path,
     rel_parts: tuple[str, ...],
-    directory: Path,
+    dir_fd: int,
     *,
     limit: int = DEFAULT_LIMIT,
     after: str | None = None,
     show_hidden: bool = False,
 ) -> ListingPage:
-    """One page of *directory* (already resolved safely under *root*). Blocking."""
+    """One page of the directory open as *dir_fd* (opened safely under *root*). Blocking.
+
+    Working from the descriptor, not a path, means a directory swapped for a
+    symlink after it was checked cannot make us list somewhere else.
+    """
     # Names only (no DirEntry objects), sorted as plain strings: the cheapest
     # way to order 100,000 entries; only the page's entries are stat-ed.
     names = sorted(
         name
-        for name in os.listdir(directory)
-        if (show_hidden or not is_hidden_name(name)) and (name.isascii() or _is_utf8(name))
+        for name in os.listdir(dir_fd)
+        if is_servable_name(name, show_hidden=show_hidden) and (name.isascii() or _is_utf8(name))
     )
     start = 0 if after is None else bisect.bisect_right(names, after)
     entries: list[dict[str, Any]] = []
     next_cursor = None
     for index in range(start, len(names)):
-        entry = _entry(root, rel_parts, directory, names[index], show_hidden)
+        entry = _entry(root, rel_parts, dir_fd, names[index], show_hidden)
         if entry is None:
             continue
         entries.append(entry)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Final
 
@@ -26,6 +27,15 @@ class UnsafePath(ValueError):
 
 def is_hidden_name(name: str) -> bool:
     return name.startswith(".")
+
+
+def is_servable_name(name: str, *, show_hidden: bool = False) -> bool:
+    """Could a request name this one path component? (Listings use the same rule.)"""
+    if not name or name in (".", "..") or "\\" in name or "\x00" in name:
+        return False
+    if name[1:2] == ":" and name[:1].isascii() and name[:1].isalpha():
+        return False  # "C:..." -- a drive letter on Windows, refused everywhere
+    return show_hidden or not is_hidden_name(name)
 
 
 def split_request_path(raw: str, *, show_hidden: bool = False) -> tuple[str, ...]:
@@ -44,10 +54,8 @@ def split_request_path(raw: str, *, show_hidden: bool = False) -> tuple[str, ...
         raise UnsafePath("drive-letter path")
     parts = tuple(part for part in raw.split("/") if part)
     for part in parts:
-        if part in (".", ".."):
-            raise UnsafePath("dot segment in path")
-        if not show_hidden and is_hidden_name(part):
-            raise UnsafePath("hidden path")
+        if not is_servable_name(part, show_hidden=show_hidden):
+            raise UnsafePath("dot segment, hidden or drive-letter component")
     return parts
 
 
@@ -74,6 +82,63 @@ def resolve_under_root(root: Path, parts: tuple[str, ...], *, show_hidden: bool 
     if not show_hidden and any(is_hidden_name(part) for part in resolved.relative_to(root).parts):
         raise UnsafePath("resolves to a hidden entry")
     return resolved
+
+
+def _opened_path(fd: int) -> Path | None:
+    """Where the kernel says an open descriptor lives (Linux ``/proc``), if it can tell."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+
+
+def verify_opened(root: Path, fd: int, *, show_hidden: bool = False) -> None:
+    """Re-check containment on what was *actually* opened.
+
+    Checking a path and then opening it by name leaves a window in which
+    someone who can write inside the root swaps a directory for a symlink
+    leading out. The descriptor cannot lie: we ask the kernel where it
+    points and refuse it unless it is inside the root (and not hidden).
+    """
+    opened = _opened_path(fd)
+    if opened is None:
+        return  # no /proc: the path checks above are all we have
+    if not opened.is_relative_to(root):
+        raise UnsafePath("opened outside the root (the tree changed under us)")
+    if not show_hidden and any(is_hidden_name(p) for p in opened.relative_to(root).parts):
+        raise UnsafePath("opened a hidden entry (the tree changed under us)")
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+
+
+def open_under_root(
+    root: Path, raw: str, *, show_hidden: bool = False, directory: bool = False
+) -> tuple[str, int, os.stat_result]:
+    """Resolve *raw*, open it without following a final symlink, verify the descriptor.
+
+    Returns the normalised relative path, the open descriptor (the caller
+    closes it) and its ``fstat``. Only a regular file is accepted, or a
+    directory when *directory* is true; anything else -- missing, outside,
+    hidden, a FIFO (``O_NONBLOCK`` keeps its open from hanging) -- raises
+    :class:`UnsafePath`.
+    """
+    relative, real = safe_resolve(root, raw, show_hidden=show_hidden)
+    flags = _OPEN_FLAGS | (os.O_DIRECTORY if directory else 0)
+    try:
+        fd = os.open(real, flags)
+    except OSError as exc:
+        raise UnsafePath("cannot open") from exc
+    try:
+        info = os.fstat(fd)
+        wanted = stat.S_ISDIR if directory else stat.S_ISREG
+        if not wanted(info.st_mode):
+            raise UnsafePath("not a regular file" if not directory else "not a directory")
+        verify_opened(root, fd, show_hidden=show_hidden)
+    except BaseException:
+        os.close(fd)
+        raise
+    return relative, fd, info
 
 
 def safe_resolve(root: Path, raw: str, *, show_hidden: bool = False) -> tuple[str, Path]:

@@ -13,13 +13,12 @@ replaced meanwhile. Directories, FIFOs, devices and sockets are refused
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from flashback.errors import NotFound
 from flashback.protocol.conditional import make_etag
-from flashback.protocol.paths import UnsafePath, safe_resolve
+from flashback.protocol.paths import UnsafePath, open_under_root
 from flashback.streaming.responses import FileFacts
 
 NOT_FOUND_MESSAGE = "no such file"
@@ -48,22 +47,11 @@ def open_source(root: Path, raw_path: str, *, show_hidden: bool = False) -> Stre
     URLs do, relative to the root.
     """
     try:
-        relative, real = safe_resolve(root, raw_path.lstrip("/"), show_hidden=show_hidden)
+        relative, fd, info = open_under_root(root, raw_path.lstrip("/"), show_hidden=show_hidden)
     except UnsafePath as exc:
         raise NotFound(f"{NOT_FOUND_MESSAGE}: {raw_path}") from exc
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise NotFound(f"{NOT_FOUND_MESSAGE}: {raw_path}") from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotFound(f"not a regular file: {raw_path}")
-    except BaseException:
-        os.close(fd)
-        raise
     facts = FileFacts(
-        name=real.name,
+        name=PurePosixPath(relative).name,
         size=info.st_size,
         etag=make_etag(info.st_ino, info.st_size, info.st_mtime_ns),
         mtime_s=int(info.st_mtime),
