@@ -201,7 +201,7 @@ def test_tracker_url_loses_its_trailing_slash(roots: dict[str, Path]) -> None:
     [
         ({}, {}, {}, "no root directory"),
         ({}, {"FLASHBACK_ROOT": ""}, {}, "no root directory"),
-        ({"root": "/nonexistent/dir"}, {}, {}, "is not a directory"),
+        ({"root": "MISSING"}, {}, {}, "is not a directory"),
         ({}, {}, {"fileRootDirectory": 5}, "must be a directory path"),
         ({}, {}, {"fileRootDirectory": ["a"]}, "must be a directory path"),
         ({"root": "ROOT", "tracker": "ftp://t"}, {}, {}, "tracker URL must start with http"),
@@ -224,6 +224,8 @@ def test_daemon_config_errors(
 ) -> None:
     if flags.get("root") == "ROOT":
         flags = {**flags, "root": str(tmp_path)}
+    if flags.get("root") == "MISSING":
+        flags = {**flags, "root": str(tmp_path / "missing" / "dir")}
     with pytest.raises(ConfigError, match=match):
         daemon_from_sources(flags, env, file)
 
