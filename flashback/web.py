@@ -36,7 +36,7 @@ def error_response(error: FlashbackError) -> Response:
 
 
 def json_response(payload: Any, *, status: int = 200) -> Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n"
+    body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
     return Response(body, status=status, mimetype=JSON_MIMETYPE)
 
 

@@ -109,6 +109,7 @@ async def test_listing_pagination(client: httpx.AsyncClient, share: Path) -> Non
         ({"limit": "10001"}, "bad_limit"),
         ({"limit": "-1"}, "bad_limit"),
         ({"limit": "abc"}, "bad_limit"),
+        ({"limit": "9" * 5000}, "bad_limit"),
         ({"cursor": "!!!"}, "bad_cursor"),
         ({"cursor": "aGVsbG8"}, "bad_cursor"),  # valid base64, not ours
     ],
@@ -253,6 +254,13 @@ async def test_unsatisfiable_range(client: httpx.AsyncClient) -> None:
     response = await client.get("/content/hello.txt", headers={"Range": "bytes=100-200"})
     assert_json_error(response, 416, "range_not_satisfiable")
     assert response.headers["content-range"] == "bytes */13"
+
+
+async def test_overlong_range_number_is_ignored_not_a_500(client: httpx.AsyncClient) -> None:
+    for header in ("bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000):
+        response = await client.get("/content/hello.txt", headers={"Range": header})
+        assert response.status_code == 200
+        assert response.content == b"hello, world\n"
 
 
 async def test_invalid_range_ignored(client: httpx.AsyncClient) -> None:

@@ -176,6 +176,28 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str | None]] = [
     ("POST", "/api/peers/register", b'{"name": "\\ud800", "peer_server": {}}', 400, None),
     ("POST", "/api/peers/register", b"[" * 100_000, 413, "payload_too_large"),
     ("POST", "/api/peers/register", b"[" * 50_000, 400, "invalid_json"),
+    # not JSON per RFC 8259, though Python's json module would take them
+    (
+        "POST",
+        "/api/peers/register",
+        b'{"name":"n","peer_server":{"host":"h","port":1},"capabilities":{"a":NaN}}',
+        400,
+        "invalid_json",
+    ),
+    (
+        "POST",
+        "/api/peers/register",
+        b'{"name":"n","peer_server":{"host":"h","port":1},"capabilities":{"a":1e999}}',
+        400,
+        "invalid_json",
+    ),
+    (
+        "POST",
+        "/api/peers/register",
+        b'{"name":"n","peer_server":{"host":"h","port":1},"capabilities":{"a":-Infinity}}',
+        400,
+        "invalid_json",
+    ),
     ("POST", "/api/peers/register", BIG.encode(), 413, "payload_too_large"),
     ("POST", "/api/peers/register", [], 422, "invalid_field"),
     ("POST", "/api/peers/register", "text", 422, "invalid_field"),

@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
 
+from flashback.protocol.strict_json import loads_strict
+
 MAX_ID_CHARS: Final = 128
 MAX_TOKEN_CHARS: Final = 512
 MAX_PATH_CHARS: Final = 4096
@@ -427,7 +429,7 @@ def parse(data: Mapping[str, Any] | str | bytes) -> Message:
     """Decode one frame (text or an already-decoded dict) into its message."""
     if isinstance(data, str | bytes):
         try:
-            data = json.loads(data)
+            data = loads_strict(data)
         except (ValueError, RecursionError):
             raise ProtocolError("invalid_json", "the message is not valid JSON") from None
     if not isinstance(data, Mapping):

@@ -47,9 +47,14 @@ class Unsatisfiable:
         return f"bytes */{self.size}"
 
 
+MAX_POSITION_DIGITS: Final = 18  # 10**18 bytes is an exabyte: no file is longer
+
+
 def _digits(text: str) -> int | None:
+    """A byte position, or None: not digits, or absurdly long (``int()`` of
+    thousands of digits raises in Python 3.11+ and would cost CPU before)."""
     text = text.strip(" \t")
-    if not text or not text.isascii() or not text.isdigit():
+    if not text or len(text) > MAX_POSITION_DIGITS or not text.isascii() or not text.isdigit():
         return None
     return int(text)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from flashback.errors import BadRequest, InvalidField
+from flashback.protocol.strict_json import loads_strict
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_CAPABILITIES_BYTES: Final = 4 * 1024
@@ -31,7 +32,7 @@ class Registration:
 
 def json_object(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = loads_strict(body)
     except (ValueError, RecursionError):
         raise BadRequest("the request body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):
