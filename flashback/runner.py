@@ -10,15 +10,20 @@ is reported as one line and exit status 1.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import trio
 
 from flashback.errors import FlashbackError
 
 log = logging.getLogger(__name__)
+
+#: from the first SIGTERM/SIGINT to a forced exit (the contract says 5 s)
+SHUTDOWN_LIMIT_S: Final = 4.5
 
 ServiceMain = Callable[[trio.Event], Awaitable[None]]
 
@@ -34,10 +39,28 @@ async def _watch_signals(shutdown: trio.Event, cancel_scope: trio.CancelScope) -
             shutdown.set()
 
 
+async def _exit_if_stuck(shutdown: trio.Event, limit_s: float) -> None:
+    """The promise is "exit within 5 s of SIGTERM", whatever clients do.
+
+    Hypercorn writes response bodies inside a shielded cancel scope, so a
+    client that stops reading holds its connection -- and our shutdown --
+    open however we cancel. Past *limit_s* we say so and leave the hard way.
+    """
+    await shutdown.wait()
+    await trio.sleep(limit_s)
+    log.error(
+        "still busy %.1f s after the shutdown signal (a client not reading?); exiting now", limit_s
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 async def _run(main: ServiceMain) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+        nursery.start_soon(_exit_if_stuck, shutdown, SHUTDOWN_LIMIT_S)
         await main(shutdown)
         nursery.cancel_scope.cancel()
 

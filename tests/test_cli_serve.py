@@ -110,3 +110,42 @@ def test_unused_env_does_not_leak_into_serve() -> None:
     )
     assert result.returncode == 0
     assert "--show-hidden" in result.stdout
+
+
+async def test_sigterm_exits_in_time_even_with_a_client_that_stopped_reading(
+    tmp_path: Path,
+) -> None:
+    """Hypercorn's body sends are shielded: a stalled reader must not hold us past 5 s."""
+    big = tmp_path / "big.bin"
+    with big.open("wb") as file:
+        file.truncate(256 * 1024 * 1024)
+    with trio.fail_after(30):
+        proc = await trio.lowlevel.open_process(
+            [*FLASHBACK, "serve", "--root", str(tmp_path), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        stalled = None
+        try:
+            assert proc.stdout is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await proc.stdout.receive_some(1)
+            port = json.loads(line)["port"]
+            stalled = await trio.open_tcp_stream("127.0.0.1", port)
+            await stalled.send_all(b"GET /download/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            await trio.sleep(1)  # let the server fill the socket buffers and block
+            proc.send_signal(signal.SIGTERM)
+            started = trio.current_time()
+            with trio.fail_after(10):
+                code = await proc.wait()
+            assert code == 0
+            assert trio.current_time() - started < 5.5
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            if stalled is not None:
+                await stalled.aclose()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
