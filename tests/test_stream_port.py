@@ -392,3 +392,26 @@ async def test_sendfile_handles_partial_sends_and_a_shrunk_file(tmp_path: Path) 
         left.close()
         right.close()
         os.close(fd)
+
+
+async def test_idle_strangers_cannot_lock_out_the_token_holder(
+    nursery: trio.Nursery, share: Path
+) -> None:
+    """Found in review: 8 idle connections used to fill the per-port cap."""
+    from flashback.streaming.port import MAX_PENDING_CONNECTIONS
+
+    with trio.fail_after(TIMEOUT_S):
+        manager, _ = await start_manager(nursery, share)
+        answer = await ready(manager, "hello.txt")
+        idle = [
+            await trio.open_tcp_stream("127.0.0.1", answer.port)
+            for _ in range(MAX_PENDING_CONNECTIONS + 8)
+        ]
+        try:
+            async with httpx.AsyncClient() as http:
+                response = await http.get(url_of(answer))
+            assert response.status_code == 200
+            assert response.content == b"hello, world\n"
+        finally:
+            for stream in idle:
+                await stream.aclose()

@@ -22,15 +22,21 @@ import h11
 import trio
 
 from flashback.streaming.lifetime import PortLifetime
-from flashback.streaming.responses import Plan, plan_response
+from flashback.streaming.responses import Plan, plan_response, target_has_token
 from flashback.streaming.source import StreamSource
 from flashback.streaming.zerocopy import FileShrunk, SendProgress, sendfile_range
 
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG: Final = 16
-#: concurrent connections per port (a segmented downloader uses a few)
+#: concurrent connections per port that presented the token (a segmented
+#: downloader uses a few)
 MAX_CONNECTIONS: Final = 8
+#: connections that have not yet shown the token; past this the oldest is
+#: dropped, so idle strangers cannot lock the token holder out
+MAX_PENDING_CONNECTIONS: Final = 32
+#: a new connection must send its first request within this time
+FIRST_REQUEST_TIMEOUT_S: Final = 2.0
 #: request head size limit (h11 answers 431 above it)
 MAX_HEAD_BYTES: Final = 16 * 1024
 #: a connection with no complete request for this long is closed
@@ -96,6 +102,7 @@ class StreamPort:
         self.lifetime = PortLifetime(source.size, expires_in_s, trio.current_time())
         self._changed = trio.Event()
         self._connections = 0
+        self._pending: dict[trio.CancelScope, trio.CancelScope] = {}
 
     @property
     def bytes_sent(self) -> int:
@@ -139,31 +146,49 @@ class StreamPort:
                 if exc.errno == errno.ECONNABORTED:
                     continue
                 raise
-            if self._connections >= MAX_CONNECTIONS:
-                conn.close()
-                continue
-            self._connections += 1
-            nursery.start_soon(self._handle, trio.SocketStream(conn))
+            if len(self._pending) >= MAX_PENDING_CONNECTIONS:
+                oldest = next(iter(self._pending))
+                self._pending.pop(oldest).cancel()
+            scope = trio.CancelScope()
+            self._pending[scope] = scope
+            nursery.start_soon(self._handle, trio.SocketStream(conn), scope)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        """One connection. It counts against MAX_CONNECTIONS only once it has
+        shown the token; before that it is pending, must speak within
+        FIRST_REQUEST_TIMEOUT_S, and may be evicted by newer strangers."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        admitted = False
+        timeout_s = min(FIRST_REQUEST_TIMEOUT_S, self._idle_timeout_s)
         try:
-            async with stream:
-                while True:
-                    with trio.move_on_after(self._idle_timeout_s):
-                        request = await self._next_request(stream, conn)
-                    if request is None:
-                        return
-                    await self._respond(stream, conn, request)
-                    if self.lifetime.completed:
-                        return
-                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                        return  # h11 says close, or an unread request body
-                    conn.start_next_cycle()
+            with scope:
+                async with stream:
+                    while True:
+                        with trio.move_on_after(timeout_s):
+                            request = await self._next_request(stream, conn)
+                        if request is None:
+                            return
+                        if not admitted and target_has_token(
+                            request.target.decode("ascii", "replace"), self._token
+                        ):
+                            if self._connections >= MAX_CONNECTIONS:
+                                return  # too many downloads of this one file at once
+                            admitted = True
+                            self._connections += 1
+                            self._pending.pop(scope, None)
+                        await self._respond(stream, conn, request)
+                        timeout_s = self._idle_timeout_s
+                        if self.lifetime.completed:
+                            return
+                        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                            return  # h11 says close, or an unread request body
+                        conn.start_next_cycle()
         except _CLIENT_GONE as exc:
             log.debug("stream port %d: connection ended: %r", self.port, exc)
         finally:
-            self._connections -= 1
+            self._pending.pop(scope, None)
+            if admitted:
+                self._connections -= 1
 
     async def _next_request(
         self, stream: trio.SocketStream, conn: h11.Connection

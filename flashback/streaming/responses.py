@@ -86,6 +86,12 @@ def token_matches(candidate: str, token: str) -> bool:
     return hmac.compare_digest(candidate.encode("utf-8", "replace"), token.encode("utf-8"))
 
 
+def target_has_token(target: str, token: str) -> bool:
+    """Does a request target name this port's file (``/<token>``, query ignored)?"""
+    path = target.split("?", 1)[0]
+    return path.startswith("/") and token_matches(path[1:], token)
+
+
 def plan_response(
     method: str, target: str, headers: Mapping[str, str], *, token: str, facts: FileFacts
 ) -> Plan:
