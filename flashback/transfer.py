@@ -22,11 +22,12 @@ from typing import Any, Final
 
 import httpx
 
-from flashback.errors import FlashbackError
+from flashback.errors import ConfigError, FlashbackError
 
 CHUNK_BYTES: Final = 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _UNSATISFIED = re.compile(r"^bytes \*/(\d+)$")
+_ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
 
 
 class TransferFailed(FlashbackError):
@@ -74,11 +75,27 @@ def part_paths(out: Path) -> tuple[Path, Path]:
 
 
 def _read_meta(meta: Path) -> dict[str, Any]:
+    """What a previous run saved; anything odd (a validator that is not a
+    printable ASCII entity-tag, say) means no resume rather than a failure."""
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    etag = data.get("etag")
+    if not isinstance(etag, str) or not _ETAG.fullmatch(etag):
+        return {}
+    return data
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output we cannot write before fetching a byte (like curl)."""
+    if out.is_dir():
+        raise ConfigError(f"{out} is a directory; give a file name with -o")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ConfigError(f"directory {parent} does not exist")
 
 
 def _hash_file(path: Path, digest: Any, limit: int) -> None:
@@ -103,6 +120,7 @@ async def download(
 ) -> DownloadResult:
     """*resume_key* names the resource across runs when its URL changes each
     time (a stream port's token); If-Range still guards against splicing."""
+    check_output(out)
     part, meta = part_paths(out)
     key = resume_key or url
     headers: dict[str, str] = {}
@@ -137,7 +155,6 @@ async def download(
                 mode = "wb"
             else:
                 raise TransferFailed(f"the peer answered HTTP {response.status_code} for {url}")
-            out.parent.mkdir(parents=True, exist_ok=True)
             meta.write_text(
                 json.dumps({"url": key, "etag": response.headers.get("etag")}), encoding="utf-8"
             )

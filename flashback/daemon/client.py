@@ -21,7 +21,7 @@ from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.events import emit
 from flashback.protocol.messages import PeerInfo
-from flashback.transfer import download
+from flashback.transfer import check_output, download
 
 TIMEOUT_S = 10.0
 
@@ -145,6 +145,8 @@ async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
                         text = json.dumps(event) if as_json else format_event(event)
                         if text:
                             print(text, flush=True)
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            pass  # the daemon went away mid-stream: that is how a watch ends
         except httpx.HTTPError as exc:
             raise DaemonUnavailable(f"lost the daemon: {exc.__class__.__name__}") from exc
     print("flashback: the daemon stopped", file=sys.stderr)
@@ -199,8 +201,9 @@ def _print_event(event: str, fields: dict[str, Any]) -> None:
 
 
 async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
-    peer = resolve_peer(await fetch_peers(env), key)
     out = out or default_output(path)
+    check_output(out)
+    peer = resolve_peer(await fetch_peers(env), key)
     url = f"{peer_url(peer)}/download/{quote(path.strip('/'), safe='/')}"
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         result = await download(http, url, out, label=out.name, on_event=_print_event)
@@ -242,6 +245,7 @@ async def request_stream_port(env: Mapping[str, str], key: str, path: str) -> di
 
 async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
     out = out or default_output(path)
+    check_output(out)  # before a port is opened for nothing
     ready = await request_stream_port(env, key, path)
     emit(
         "file-stream-ready",

@@ -1,0 +1,97 @@
+"""Resumable downloads (``get``/``stream``) against a real peer server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flashback.errors import ConfigError
+from flashback.transfer import TransferFailed, check_output, download, part_paths
+
+
+def events_into(log: list[tuple[str, dict[str, Any]]]) -> Any:
+    return lambda event, fields: log.append((event, fields))
+
+
+async def test_fresh_download(peer_url: str, share: Path, tmp_path: Path) -> None:
+    out = tmp_path / "big.bin"
+    async with httpx.AsyncClient() as http:
+        result = await download(http, f"{peer_url}/download/big.bin", out)
+    data = (share / "big.bin").read_bytes()
+    assert out.read_bytes() == data
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and result.resumed_from == 0
+    assert not any(p.exists() for p in part_paths(out))
+
+
+async def test_resume_asks_only_for_the_rest(peer_url: str, share: Path, tmp_path: Path) -> None:
+    url = f"{peer_url}/download/big.bin"
+    data = (share / "big.bin").read_bytes()
+    async with httpx.AsyncClient() as http:
+        etag = (await http.head(url)).headers["etag"]
+        out = tmp_path / "big.bin"
+        part, meta = part_paths(out)
+        part.write_bytes(data[:1000])
+        meta.write_text(json.dumps({"url": url, "etag": etag}))
+        log: list[tuple[str, dict[str, Any]]] = []
+        result = await download(http, url, out, on_event=events_into(log))
+    assert log[0] == ("download-started", {"url": url, "offset": 1000, "size": len(data)})
+    assert result.resumed_from == 1000 and out.read_bytes() == data
+
+
+async def test_changed_file_is_fetched_whole(peer_url: str, share: Path, tmp_path: Path) -> None:
+    url = f"{peer_url}/download/hello.txt"
+    out = tmp_path / "hello.txt"
+    part, meta = part_paths(out)
+    part.write_bytes(b"HELLO")  # from an older version of the file
+    meta.write_text(json.dumps({"url": url, "etag": '"an-old-version"'}))
+    async with httpx.AsyncClient() as http:
+        result = await download(http, url, out)
+    assert result.resumed_from == 0 and out.read_bytes() == b"hello, world\n"
+
+
+async def test_part_longer_than_the_file_starts_over(
+    peer_url: str, share: Path, tmp_path: Path
+) -> None:
+    url = f"{peer_url}/download/hello.txt"
+    async with httpx.AsyncClient() as http:
+        etag = (await http.head(url)).headers["etag"]
+        out = tmp_path / "hello.txt"
+        part, meta = part_paths(out)
+        part.write_bytes(b"x" * 100)
+        meta.write_text(json.dumps({"url": url, "etag": etag}))
+        await download(http, url, out)
+    assert out.read_bytes() == b"hello, world\n"
+
+
+@pytest.mark.parametrize("etag", ['"\u00e9"', "no-quotes", 5, None])
+async def test_odd_saved_validator_means_no_resume(
+    peer_url: str, tmp_path: Path, etag: Any
+) -> None:
+    url = f"{peer_url}/download/hello.txt"
+    out = tmp_path / "hello.txt"
+    part, meta = part_paths(out)
+    part.write_bytes(b"hel")
+    meta.write_text(json.dumps({"url": url, "etag": etag}))
+    async with httpx.AsyncClient() as http:
+        result = await download(http, url, out)
+    assert result.resumed_from == 0 and out.read_bytes() == b"hello, world\n"
+
+
+async def test_missing_file_is_a_transfer_failure(peer_url: str, tmp_path: Path) -> None:
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(TransferFailed, match="not found"):
+            await download(http, f"{peer_url}/download/nope", tmp_path / "nope")
+
+
+def test_output_checks(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        check_output(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_output(tmp_path / "missing" / "x")
+    check_output(tmp_path / "fine.bin")
+    assert not (tmp_path / "missing").exists()
