@@ -95,3 +95,47 @@ def test_output_checks(tmp_path: Path) -> None:
         check_output(tmp_path / "missing" / "x")
     check_output(tmp_path / "fine.bin")
     assert not (tmp_path / "missing").exists()
+
+
+DOWNLOAD_SCRIPT = """
+import sys, httpx, trio
+from pathlib import Path
+from flashback.transfer import download
+async def main():
+    async with httpx.AsyncClient() as http:
+        await download(http, sys.argv[1], Path(sys.argv[2]), label="fetch")
+trio.run(main)
+"""
+
+
+async def test_progress_bar_only_on_a_terminal(peer_url: str, tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
+
+    import trio
+
+    url = f"{peer_url}/download/hello.txt"
+    master, slave = pty.openpty()
+    # a real terminal has a size; tqdm draws nothing on a 0-column one
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        await trio.run_process(
+            [sys.executable, "-c", DOWNLOAD_SCRIPT, url, str(tmp_path / "a")], stderr=slave
+        )
+        readable, _, _ = select.select([master], [], [], 5)  # never block the test
+        drawn = os.read(master, 65536).decode(errors="replace") if readable else ""
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert "fetch:" in drawn and "B/s" in drawn  # tqdm's bar: label, rate
+
+    plain = await trio.run_process(
+        [sys.executable, "-c", DOWNLOAD_SCRIPT, url, str(tmp_path / "b")], capture_stderr=True
+    )
+    assert plain.stderr == b""
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == b"hello, world\n"
