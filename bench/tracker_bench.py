@@ -321,19 +321,28 @@ def _masked_text_frame(payload: bytes) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + masked
 
 
+async def _nothing() -> None:
+    pass
+
+
 async def fan_out(
-    server: Server, *, watchers: int, rounds: int, on_connected: Callable[[], Awaitable[None]]
+    ports: list[int],
+    *,
+    watchers: int,
+    rounds: int,
+    on_connected: Callable[[], Awaitable[None]] = _nothing,
 ) -> list[float]:
-    """Seconds from each registration to its last watcher's ``peer-joined``."""
+    """Seconds from each registration (sent to ports[0]) to its last watcher's
+    ``peer-joined``; the watchers are spread over *ports* round-robin."""
     connected: list[Watcher] = []
 
-    async def connect_one() -> None:
-        connected.append(await Watcher.connect(server.port))
+    async def connect_one(port: int) -> None:
+        connected.append(await Watcher.connect(port))
 
     for start in range(0, watchers, CONNECT_BATCH):
         async with trio.open_nursery() as nursery:
-            for _ in range(min(CONNECT_BATCH, watchers - start)):
-                nursery.start_soon(connect_one)
+            for i in range(start, min(start + CONNECT_BATCH, watchers)):
+                nursery.start_soon(connect_one, ports[i % len(ports)])
     await on_connected()
 
     latencies: list[float] = []
@@ -349,7 +358,7 @@ async def fan_out(
             if pending == 0:
                 all_arrived.set()
 
-    poster = await HTTPConnection.open(server.port)
+    poster = await HTTPConnection.open(ports[0])
     async with trio.open_nursery() as nursery:
         for watcher in connected:
             nursery.start_soon(watcher.watch, arrived)
@@ -403,7 +412,7 @@ async def run(duration_s: float, watcher_counts: list[int], rounds: int) -> dict
                     results[f"rss_mib_{kind}_{count}"] = round(server.rss_mib(), 1)
 
                 latencies = await fan_out(
-                    server, watchers=count, rounds=rounds, on_connected=note_rss
+                    [server.port], watchers=count, rounds=rounds, on_connected=note_rss
                 )
                 results[f"fanout_{kind}_{count}_p50_ms"] = round(
                     percentile(latencies, 0.5) * 1e3, 1

@@ -34,14 +34,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tracker_bench import (
-    CONNECT_BATCH,
     CONNECTIONS,
     HOST,
-    ROUND_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
     HTTPConnection,
     Server,
-    Watcher,
+    fan_out,
     hammer_rate,
     http_request,
     percentile,
@@ -111,53 +109,6 @@ async def heartbeat_rate(ports: list[int], *, duration_s: float) -> float:
         beat = json.dumps({"peer_id": peer["peer_id"]}).encode()
         requests.append(http_request("POST", "/api/peers/heartbeat", beat, peer["token"]))
     return await hammer_rate(connections, requests, duration_s=duration_s)
-
-
-async def fan_out(ports: list[int], *, watchers: int, rounds: int) -> list[float]:
-    """Seconds from each registration (to ports[0]) to its last watcher's ``peer-joined``."""
-    connected: list[Watcher] = []
-
-    async def connect_one(port: int) -> None:
-        connected.append(await Watcher.connect(port))
-
-    for start in range(0, watchers, CONNECT_BATCH):
-        async with trio.open_nursery() as nursery:
-            for i in range(start, min(start + CONNECT_BATCH, watchers)):
-                nursery.start_soon(connect_one, ports[i % len(ports)])
-
-    latencies: list[float] = []
-    pending = 0
-    last_arrival = 0.0
-    all_arrived = trio.Event()
-
-    def arrived(frame: bytes, when: float) -> None:
-        nonlocal pending, last_arrival
-        if b'"peer-joined"' in frame:
-            pending -= 1
-            last_arrival = max(last_arrival, when)
-            if pending == 0:
-                all_arrived.set()
-
-    poster = await HTTPConnection.open(ports[0])
-    async with trio.open_nursery() as nursery:
-        for watcher in connected:
-            nursery.start_soon(watcher.watch, arrived)
-        for r in range(-1, rounds):  # round -1 warms up, not counted
-            pending, all_arrived = watchers, trio.Event()
-            raw = http_request("POST", "/api/peers/register", registration_body(f"fan{r}"))
-            sent = trio.current_time()
-            with trio.fail_after(ROUND_TIMEOUT_S):
-                status, _ = await poster.request(raw)
-                assert status == 201, status
-                await all_arrived.wait()
-            if r >= 0:
-                latencies.append(last_arrival - sent)
-            await trio.sleep(0.05)
-        nursery.cancel_scope.cancel()
-    await poster.stream.aclose()
-    for watcher in connected:
-        await watcher.stream.aclose()
-    return latencies
 
 
 async def run(duration_s: float, watchers: int, rounds: int) -> dict[str, Any]:
