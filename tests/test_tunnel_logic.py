@@ -212,3 +212,69 @@ def test_direct_probe_must_name_the_peer():
     assert not direct_probe_accepts({"peer_id": "p2"}, "p1")
     assert not direct_probe_accepts(["p1"], "p1")
     assert not direct_probe_accepts(None, "p1")
+
+
+# -- the websocket messages of §6.2 -------------------------------------------------
+
+
+def test_tunnel_messages_round_trip():
+    from flashback.protocol.messages import (
+        TunnelErrorMessage,
+        TunnelInvite,
+        TunnelRequest,
+        parse,
+    )
+
+    key = new_key()
+    invite = TunnelInvite(
+        request_id="r1",
+        from_="peer-b",
+        fingerprint="sha256:" + "ab" * 32,
+        role="client",
+        host="tracker.example",
+        port=3001,
+        key=key,
+    )
+    wire = invite.encode()
+    assert '"from":"peer-b"' in wire and '"role":"client"' in wire
+    assert parse(wire) == invite
+    assert key not in repr(invite)
+    assert parse(TunnelRequest("r1", "peer-a").encode()) == TunnelRequest("r1", "peer-a")
+    decline = TunnelErrorMessage("r1", "refused", "no", to="peer-b")
+    assert parse(decline.encode()) == decline
+    assert parse({"type": "tunnel-error", "request_id": "r", "code": "busy"}).to is None
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "tunnel-request", "request_id": "r"},
+        {"type": "tunnel-request", "request_id": "", "to": "p"},
+        {
+            "type": "tunnel-invite",
+            "request_id": "r",
+            "from": "p",
+            "fingerprint": "x" * 72,
+            "role": "client",
+            "host": "h",
+            "port": 1,
+            "key": "k",
+        },
+        {
+            "type": "tunnel-invite",
+            "request_id": "r",
+            "from": "p",
+            "fingerprint": "f",
+            "role": "boss",
+            "host": "h",
+            "port": 1,
+            "key": "k",
+        },
+        {"type": "tunnel-error", "request_id": "r", "code": "c", "to": "a", "from": "b"},
+    ],
+)
+def test_bad_tunnel_messages_are_protocol_errors(frame):
+    from flashback.protocol.messages import ProtocolError, parse
+
+    with pytest.raises(ProtocolError):
+        parse(frame)
