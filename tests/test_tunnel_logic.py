@@ -173,6 +173,16 @@ def test_table_is_bounded_and_busy_when_full():
     assert len(table) == 1
 
 
+def test_a_declined_session_tells_late_joiners_why():
+    table = SessionTable()
+    s = table.open(request_id="r", client_peer="bob", server_peer="alice", now=0.0)
+    assert table.find("r", "bob") is s and table.find("r", "eve") is None
+    table.close(s, code="refused")
+    with pytest.raises(TunnelError) as info:
+        table.join(s.keys["client"], now=1.0)
+    assert info.value.line == b"ERR refused\n"
+
+
 def test_closing_a_session_kills_its_unused_key():
     table = SessionTable()
     s = table.open(request_id="r", client_peer="b", server_peer="a", now=0.0)

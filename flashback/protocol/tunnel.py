@@ -199,7 +199,8 @@ class SessionTable:
         self._make_key = make_key
         self._sessions: dict[int, Session] = {}
         self._by_key: dict[str, tuple[Session, Role]] = {}
-        self._used: dict[str, float] = {}  # key -> when it would have expired
+        # dead keys -> (when they would have expired, the code a late joiner gets)
+        self._dead: dict[str, tuple[float, str]] = {}
         self._next_id = 1
 
     def __len__(self) -> int:
@@ -222,32 +223,41 @@ class SessionTable:
         return session
 
     def join(self, key: str, *, now: float) -> Joined:
-        if key in self._used:
-            raise TunnelError("used", "this key has been used")
+        dead = self._dead.get(key)
+        if dead is not None:
+            raise TunnelError(dead[1], f"this key is no longer valid ({dead[1]})")
         entry = self._by_key.get(key)
         if entry is None:
             raise TunnelError("unknown", "no tunnel has this key")
         session, role = entry
         if now >= session.expires_at:
-            self.close(session)
+            self.close(session, code="expired")
             raise TunnelError("expired", "this key has expired")
         del self._by_key[key]
-        self._used[key] = session.expires_at
+        self._dead[key] = (session.expires_at, "used")
         session.joined.add(role)
         return Joined(session, role, session.paired)
 
-    def close(self, session: Session) -> None:
-        """Forget *session*; its keys that were never used stop working now."""
+    def close(self, session: Session, *, code: str = "used") -> None:
+        """Forget *session*; its keys that were never used stop working now, and
+        a late joiner is told *code* (``refused`` after an owner declined, say)."""
         if self._sessions.pop(session.session_id, None) is None:
             return
         for role, key in session.keys.items():
             if self._by_key.pop(key, None) is not None and role not in session.joined:
-                self._used[key] = session.expires_at
+                self._dead[key] = (session.expires_at, code)
+
+    def find(self, request_id: str, client_peer: str) -> Session | None:
+        """The open session a requester asked for under *request_id*."""
+        for session in self._sessions.values():
+            if session.request_id == request_id and session.client_peer == client_peer:
+                return session
+        return None
 
     def expire(self, now: float) -> list[Session]:
         """Close the unpaired sessions whose keys have expired; return them."""
-        for key in [k for k, t in self._used.items() if t <= now]:
-            del self._used[key]
+        for key in [k for k, (t, _code) in self._dead.items() if t <= now]:
+            del self._dead[key]
         gone = [s for s in self._sessions.values() if not s.paired and now >= s.expires_at]
         for session in gone:
             self.close(session)

@@ -70,6 +70,8 @@ class _Waiter:
     sock: trio.socket.SocketType
     leftover: bytes
     partner_arrived: trio.Event = field(default_factory=trio.Event)
+    #: set (with partner_arrived) when the session was called off instead
+    refusal: str | None = None
     finished: trio.Event = field(default_factory=trio.Event)
 
 
@@ -114,6 +116,18 @@ class TunnelRelay:
         except TunnelError:
             self.counters.count("busy")
             raise
+
+    def decline(self, *, request_id: str, client_peer: str, server_peer: str) -> bool:
+        """The owner said no: end the session; a side already waiting hears ``ERR refused``."""
+        session = self.table.find(request_id, client_peer)
+        if session is None or session.server_peer != server_peer or session.paired:
+            return False
+        self.table.close(session, code="refused")
+        waiter = self._waiting.get(session.session_id)
+        if waiter is not None:
+            waiter.refusal = "refused"
+            waiter.partner_arrived.set()
+        return True
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection to the end, and close it."""
@@ -164,6 +178,10 @@ class TunnelRelay:
                 self.table.close(session)
                 self.counters.count("expired")
                 await _refuse(sock, err_line("expired"))
+                return
+            if waiter.refusal is not None:
+                self.counters.count("refused")
+                await _refuse(sock, err_line(waiter.refusal))
                 return
             # the partner's task pumps our socket; it stays ours to close afterwards
             await waiter.finished.wait()
