@@ -42,6 +42,11 @@ def _add_tracker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="address to bind (RELAY_BIND_ADDRESS, 0.0.0.0)")
     p.add_argument("--port", default=None, help="port to bind (RELAY_PORT, 3000)")
     p.add_argument("--database-url", default=None, help="DATABASE_URL: sqlite path, memory://")
+    p.add_argument(
+        "--tunnel-port",
+        default=None,
+        help="port for tunnels between peers (RELAY_TUNNEL_PORT, 3001; 0: the OS picks; off)",
+    )
     p.set_defaults(run=_run_tracker)
 
 

@@ -76,6 +76,7 @@ def test_wire_shapes_match_the_contract() -> None:
         "capabilities": {"stream": True},
         "registered_at": "2024-01-01T00:00:00.000Z",
         "last_seen": "2024-01-01T00:00:01.000Z",
+        "fingerprint": None,
     }
     assert m.Hello(last_seq=None).dump() == {"type": "hello", "last_seq": None}
     assert m.parse({"type": "hello"}) == m.Hello(last_seq=None)

@@ -41,7 +41,9 @@ async def test_register_list_heartbeat_delete() -> None:
             assert entry["registered_at"].endswith("Z")
             assert set(entry) == {
                 "peer_id", "name", "peer_server", "capabilities", "registered_at", "last_seen",
+                "fingerprint",
             }  # fmt: skip
+            assert entry["fingerprint"] is None  # it sent none
 
             beat = await client.post(
                 "/api/peers/heartbeat", json={"peer_id": peer["peer_id"]},

@@ -193,6 +193,26 @@ def test_closing_a_session_kills_its_unused_key():
     assert info.value.code == "used"
 
 
+@pytest.mark.parametrize(
+    ("header", "configured", "expected"),
+    [
+        ("tracker.example:3000", None, "tracker.example"),
+        ("192.0.2.1:3000", None, "192.0.2.1"),
+        ("[2001:db8::1]:3000", None, "2001:db8::1"),
+        ("tracker.example", None, "tracker.example"),
+        ("anything:1", "relay.example", "relay.example"),
+        (None, None, None),
+        ("evil/path:3000", None, None),
+        ("a b:1", None, None),
+        ("[]:1", None, None),
+    ],
+)
+def test_advertise_host(header, configured, expected):
+    from flashback.protocol.tunnel import advertise_host
+
+    assert advertise_host(header, configured) == expected
+
+
 # -- rate bucket and routes --------------------------------------------------------
 
 

@@ -141,6 +141,7 @@ class PeerInfo:
     capabilities: dict[str, Any] = field(default_factory=dict)
     registered_at: str = ""
     last_seen: str = ""
+    fingerprint: str | None = None
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -150,6 +151,7 @@ class PeerInfo:
             "capabilities": self.capabilities,
             "registered_at": self.registered_at,
             "last_seen": self.last_seen,
+            "fingerprint": self.fingerprint,
         }
 
     @classmethod
@@ -165,6 +167,7 @@ class PeerInfo:
             capabilities=_object(data, "capabilities"),
             registered_at=_str(data, "registered_at", max_chars=64),
             last_seen=_str(data, "last_seen", max_chars=64),
+            fingerprint=_str(data, "fingerprint", max_chars=MAX_FINGERPRINT_CHARS, optional=True),
         )
 
 

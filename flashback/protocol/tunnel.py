@@ -264,6 +264,32 @@ class SessionTable:
         return gone
 
 
+# -- where peers dial ------------------------------------------------------------
+
+_HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
+
+
+def advertise_host(host_header: str | None, configured: str | None) -> str | None:
+    """The host a peer dials for its tunnels: *configured* (``RELAY_TUNNEL_ADVERTISE``),
+    else the host part of the ``Host`` its own websocket request named -- the
+    address by which that peer already reaches us. None when neither is usable."""
+    if configured:
+        return configured
+    if not host_header or len(host_header) > 255:
+        return None
+    value = host_header.strip()
+    if value.startswith("["):  # [v6]:port
+        end = value.find("]")
+        host = value[1:end] if end > 0 else ""
+    elif value.count(":") == 1:
+        host = value.split(":", 1)[0]
+    else:
+        host = value
+    if not host or not set(host) <= _HOST_CHARS:
+        return None
+    return host
+
+
 # -- rate limiting -------------------------------------------------------------
 
 

@@ -58,9 +58,12 @@ class TunnelCounters:
     sessions_by_outcome: dict[str, int] = field(default_factory=dict)
     bytes_copied: int = 0
     active: int = 0
+    on_outcome: Callable[[str], None] | None = None
 
     def count(self, outcome: Outcome) -> None:
         self.sessions_by_outcome[outcome] = self.sessions_by_outcome.get(outcome, 0) + 1
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
 
 @dataclass(eq=False)
