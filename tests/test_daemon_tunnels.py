@@ -186,3 +186,23 @@ async def test_forward_closes_when_idle(pair, autojump_clock):
     assert trio.current_time() - start == pytest.approx(60.0)
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_start_forward_reuses_and_a_hold_keeps_it_open(pair, autojump_clock):
+    switch, _events, _pins = pair
+    bob = switch.services["bob"]
+    closed: list[tuple[str, OpenTarget]] = []
+    bob._on_forward_closed = lambda peer_id, target: closed.append((peer_id, target))
+    target = OpenTarget("peer-server")
+    port = await bob.start_forward("alice", target)
+    assert await bob.start_forward("alice", target) == port
+    with bob.hold("alice", target):
+        await trio.sleep(3600)  # far past the idle timeout: held, so still open
+        assert bob.status()["forwards"] == 1 and closed == []
+    start = trio.current_time()
+    while not closed:  # noqa: ASYNC110 - the forward's own task closes it
+        await trio.sleep(1)
+    assert trio.current_time() - start == pytest.approx(300.0, abs=1.0)
+    assert closed == [("alice", target)] and bob.status()["forwards"] == 0
+    with pytest.raises(TunnelFailed), bob.hold("alice", target):
+        pass

@@ -19,7 +19,7 @@ import itertools
 import logging
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import trio
@@ -46,6 +46,26 @@ Send = Callable[[Message], bool]
 Emit = Callable[..., None]
 
 
+class _Forward:
+    """One local forward's listening port and what keeps it alive."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.active = 0  # connections being carried
+        self.holds = 0  # `flashback connect` commands holding it open
+        self.idle_since = trio.current_time()
+        self.changed = trio.Event()
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and self.holds == 0
+
+    def touch(self) -> None:
+        self.idle_since = trio.current_time()
+        self.changed.set()
+        self.changed = trio.Event()
+
+
 class TunnelService:
     def __init__(
         self,
@@ -56,6 +76,7 @@ class TunnelService:
         resolve_target: Callable[[OpenTarget], int | None],
         check_pin: Callable[[str, str], None],
         max_owner_tunnels: int = MAX_OWNER_TUNNELS,
+        on_forward_closed: Callable[[str, OpenTarget], None] | None = None,
     ) -> None:
         """*check_pin(peer_id, fingerprint)* raises TunnelFailed to refuse an owner."""
         self._send = send
@@ -68,6 +89,8 @@ class TunnelService:
         self._pending: dict[str, trio.MemorySendChannel[TunnelInvite | TunnelErrorMessage]] = {}
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
+        self._forwards: dict[tuple[str, OpenTarget], _Forward] = {}
+        self._on_forward_closed = on_forward_closed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the owner ends and forwards until cancelled."""
@@ -171,6 +194,31 @@ class TunnelService:
             target=target,
         )
 
+    async def start_forward(self, peer_id: str, target: OpenTarget) -> int:
+        """A local forward to *peer_id*'s *target* (an existing one is reused); its port."""
+        key = (peer_id, target)
+        existing = self._forwards.get(key)
+        if existing is not None:
+            return existing.port
+        if self._nursery is None:
+            raise TunnelFailed("stopped", "the daemon is shutting down")
+        port: int = await self._nursery.start(self.forward, peer_id, target)
+        return port
+
+    @contextlib.contextmanager
+    def hold(self, peer_id: str, target: OpenTarget) -> Iterator[None]:
+        """Keep that forward open while the block runs (``flashback connect``)."""
+        forward = self._forwards.get((peer_id, target))
+        if forward is None:
+            raise TunnelFailed("no_forward", "no forward is open to that peer")
+        forward.holds += 1
+        forward.touch()
+        try:
+            yield
+        finally:
+            forward.holds -= 1
+            forward.touch()
+
     async def forward(
         self,
         peer_id: str,
@@ -182,58 +230,74 @@ class TunnelService:
         """Listen on 127.0.0.1 and carry every accepted connection on its own tunnel.
 
         Reports the port through *task_status*; ends after *idle_timeout_s*
-        with no connection open, or when cancelled.
+        with no connection open and no hold, or when cancelled.
         """
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         listener = listeners[0]
-        port = listener.socket.getsockname()[1]
-        active = 0
-        idle_since = trio.current_time()
-        async with listener, trio.open_nursery() as nursery:
-            task_status.started(port)
+        state = _Forward(listener.socket.getsockname()[1])
+        key = (peer_id, target)
+        self._forwards[key] = state
+        try:
+            async with listener, trio.open_nursery() as nursery:
+                task_status.started(state.port)
 
-            async def carry(local: trio.SocketStream) -> None:
-                nonlocal active, idle_since
-                active += 1
-                start = trio.current_time()
-                counts = (0, 0)
-                try:
-                    async with local:
-                        try:
-                            tunnel, leftover = await self.open(peer_id, target)
-                        except TunnelFailed as exc:
-                            log.info("forward to %s: %s", peer_id, exc)
-                            return
-                        self._emit("tunnel-opened", peer_id=peer_id, route="relay")
-                        async with tunnel:
-                            counts = await bridge(tunnel, local, leftover_to_local=leftover)
-                finally:
-                    active -= 1
-                    idle_since = trio.current_time()
-                    if counts != (0, 0):
-                        self._emit(
-                            "tunnel-closed",
-                            peer_id=peer_id,
-                            route="relay",
-                            bytes_in=counts[0],
-                            bytes_out=counts[1],
-                            duration_s=round(trio.current_time() - start, 3),
-                        )
+                async def accept_loop() -> None:
+                    while True:
+                        local = await listener.accept()
+                        nursery.start_soon(self._carry, peer_id, target, local, state)
 
-            async def accept_loop() -> None:
-                while True:
-                    local = await listener.accept()
-                    nursery.start_soon(carry, local)
-
-            async def close_when_idle() -> None:
-                while True:
-                    await trio.sleep_until(idle_since + idle_timeout_s)
-                    if active == 0 and trio.current_time() >= idle_since + idle_timeout_s:
+                async def close_when_idle() -> None:
+                    while True:
+                        if not state.idle:  # in use: wait until that changes
+                            await state.changed.wait()
+                            continue
+                        with trio.move_on_at(state.idle_since + idle_timeout_s):
+                            await state.changed.wait()
+                            continue
                         nursery.cancel_scope.cancel()
                         return
 
-            nursery.start_soon(accept_loop)
-            nursery.start_soon(close_when_idle)
+                nursery.start_soon(accept_loop)
+                nursery.start_soon(close_when_idle)
+        finally:
+            if self._forwards.get(key) is state:
+                del self._forwards[key]
+            if self._on_forward_closed is not None:
+                self._on_forward_closed(peer_id, target)
+
+    async def _carry(
+        self, peer_id: str, target: OpenTarget, local: trio.SocketStream, state: _Forward
+    ) -> None:
+        state.active += 1
+        state.touch()
+        start = trio.current_time()
+        counts = (0, 0)
+        try:
+            async with local:
+                try:
+                    tunnel, leftover = await self.open(peer_id, target)
+                except TunnelFailed as exc:
+                    log.info("forward to %s: %s", peer_id, exc)
+                    return
+                self._emit("tunnel-opened", peer_id=peer_id, route="relay")
+                async with tunnel:
+                    counts = await bridge(tunnel, local, leftover_to_local=leftover)
+        finally:
+            state.active -= 1
+            state.touch()
+            if counts != (0, 0):
+                self._emit(
+                    "tunnel-closed",
+                    peer_id=peer_id,
+                    route="relay",
+                    bytes_in=counts[0],
+                    bytes_out=counts[1],
+                    duration_s=round(trio.current_time() - start, 3),
+                )
 
     def status(self) -> dict[str, Any]:
-        return {"owner_tunnels": self._owner_count, "pending_requests": len(self._pending)}
+        return {
+            "owner_tunnels": self._owner_count,
+            "pending_requests": len(self._pending),
+            "forwards": len(self._forwards),
+        }
