@@ -11,6 +11,8 @@ import trio
 from flashback.config import DaemonConfig
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
+from flashback.daemon.routes import Router
+from flashback.daemon.tunnels import TunnelService
 from flashback.peer.app import PeerInfo as LocalInfo
 from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
 from flashback.protocol.peer_table import PeerTable
@@ -32,6 +34,9 @@ class DaemonContext:
     announce_host: str | None = None
     identity: Identity | None = None
     tracker_connected: bool = False
+    # tunnels through the tracker (§6.2) and the routes that use them (§6.3)
+    tunnels: TunnelService | None = None
+    router: Router | None = None
     _identity_changed: trio.Event = field(default_factory=trio.Event)
     # set by the link when the tracker answers hello with unknown_peer (it
     # restarted, say), so the session registers at once instead of waiting
@@ -59,6 +64,16 @@ class DaemonContext:
         try:
             waiter.send_nowait(answer)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def send_to_tracker(self, message: Message) -> bool:
+        """Queue a frame for the link's writer; False when the link cannot take it now."""
+        if not self.tracker_connected:
+            return False
+        try:
+            self.outgoing_send.send_nowait(message)
+        except trio.WouldBlock:
             return False
         return True
 

@@ -37,6 +37,8 @@ from flashback.protocol.messages import (
     Snapshot,
     StreamError,
     StreamRequest,
+    TunnelErrorMessage,
+    TunnelInvite,
     parse,
 )
 from flashback.protocol.peer_table import ResyncNeeded
@@ -148,6 +150,9 @@ def _dispatch(ctx: DaemonContext, message: object) -> None:
             )
         if not ctx.deliver_stream_answer(message):
             log.info("no one is waiting for stream answer %s", message.request_id)
+    elif isinstance(message, TunnelInvite | TunnelErrorMessage):
+        if ctx.tunnels is not None:
+            ctx.tunnels.on_message(message)
     else:
         log.debug("ignoring %s from the tracker", type(message).__name__)
 
