@@ -25,7 +25,7 @@ from quart_trio import QuartTrio
 
 from flashback.daemon.context import DaemonContext
 from flashback.errors import BadRequest, Forbidden, NotFound, RateLimited
-from flashback.protocol.messages import PeerInfo
+from flashback.protocol.messages import PeerInfo, ProtocolError
 from flashback.protocol.paths import UnsafePath, split_request_path
 from flashback.ui.auth import COOKIE_NAME, check_access
 from flashback.ui.kinds import view_kind
@@ -81,8 +81,8 @@ def browser_event(event: dict[str, Any], ctx: DaemonContext) -> dict[str, Any] |
     if kind in ("peer-joined", "peer-updated"):
         try:
             peer = PeerInfo.parse(event.get("peer"))
-        except ValueError:
-            return None
+        except (ProtocolError, ValueError):
+            return None  # the hub only relays parsed peers; never let one end the stream
         return {"event": kind, "peer": peer_row(peer, ctx)}
     if kind == "peer-left":
         return {"event": kind, "peer_id": event.get("peer_id")}
@@ -210,7 +210,7 @@ def create_ui_app(ctx: DaemonContext, token: str, http: httpx.AsyncClient) -> Qu
     @app.get("/events")
     async def events() -> Response:
         if streams.open >= MAX_EVENT_STREAMS:
-            raise RateLimited("too many live views are open")
+            raise RateLimited("too many live views are open", retry_after_s=5)
         streams.open += 1
         response = Response(UiEventStream(ctx, streams), mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-store"

@@ -153,7 +153,9 @@ class StreamLimiter:
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
-            raise RateLimited("too many files are streaming through the UI at once") from None
+            raise RateLimited(
+                "too many files are streaming through the UI at once", retry_after_s=1
+            ) from None
 
     def release(self) -> None:
         self._slots.release()
@@ -184,6 +186,7 @@ class ProxiedBody(ResponseBody):
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
+            await self._chunks.aclose()
             await self._upstream.aclose()
         if self._limiter is not None:
             self._limiter.release()
