@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -191,14 +192,12 @@ class SSEClient:
         self.status = 0
 
     @classmethod
-    async def open(cls, base: str, *, rcvbuf: int | None = None) -> SSEClient:
+    async def open(cls, base: str, *, token: str = TOKEN) -> SSEClient:
         url = httpx.URL(base)
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         await sock.connect((url.host, url.port))
         client = cls(sock)
-        headers = [("host", "ui"), ("cookie", f"{COOKIE_NAME}={TOKEN}")]
+        headers = [("host", "ui"), ("cookie", f"{COOKIE_NAME}={token}")]
         await sock.send(
             client.http.send(h11.Request(method="GET", target="/events", headers=headers))
         )
@@ -294,7 +293,7 @@ async def test_a_ui_client_that_stops_reading_is_dropped_not_waited_for(
     await stalled.send(request.encode())
     head = b""
     with trio.fail_after(10):
-        while b"\r\n\r\n" not in head:  # the response has begun: it is subscribed
+        while b"\n\n" not in head.partition(b"data: ")[2]:  # its snapshot: it is subscribed
             head += await stalled.recv(1)
     assert head.startswith(b"HTTP/1.1 200")
     assert ctx.hub.subscriber_count == 1
@@ -336,9 +335,18 @@ async def test_flashback_ui_prints_the_daemons_url(tmp_path: Path, nursery: trio
         printed = await run_cli(["ui"], env=env)
         assert printed.returncode == 0
         assert printed.stdout.decode() == ready["url"] + "\n"
+        base, _, token = ready["url"].partition("/?token=")
         async with httpx.AsyncClient() as http:
-            assert (await http.get(ready["url"].split("?")[0])).status_code == 403
+            assert (await http.get(base + "/")).status_code == 403
             assert (await http.get(ready["url"], follow_redirects=True)).status_code == 200
+        # A live view left open does not hold the daemon up: SIGTERM still exits 0.
+        view = await SSEClient.open(base, token=token)
+        try:
+            assert (await view.next_event())["event"] == "snapshot"
+            proc.signal(signal.SIGTERM)
+            assert await proc.wait_exit() == 0
+        finally:
+            view.close()
 
 
 async def test_proxied_streams_are_capped_and_freed(authed: httpx.AsyncClient) -> None:

@@ -95,15 +95,25 @@ class EventCounter:
 
 
 class UiEventStream(ResponseBody):
-    """Server-sent events from a hub subscription (bounded; the hub drops a laggard)."""
+    """Server-sent events from a hub subscription (bounded; the hub drops a laggard).
+
+    The subscription and the count of open views belong to the body's
+    context, which Quart enters only once the response really starts: a
+    client gone before that leaves nothing behind.
+    """
 
     def __init__(self, ctx: DaemonContext, counter: EventCounter) -> None:
         self._ctx = ctx
         self._counter = counter
-        self._receive = ctx.hub.subscribe()
-        self._pending = [_sse(snapshot(ctx))]
+        self._receive: trio.MemoryReceiveChannel[dict[str, Any]] | None = None
+        self._pending: list[bytes] = []
 
     async def __aenter__(self) -> UiEventStream:
+        # checked again here: several requests may have passed the route's check at once
+        if self._counter.open < MAX_EVENT_STREAMS:
+            self._counter.open += 1
+            self._receive = self._ctx.hub.subscribe()
+            self._pending.append(_sse(snapshot(self._ctx)))
         return self
 
     async def __aexit__(
@@ -112,15 +122,19 @@ class UiEventStream(ResponseBody):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._counter.open -= 1
-        await self._receive.aclose()
-        self._ctx.hub.unsubscribe_closed()
+        if self._receive is not None:
+            self._counter.open -= 1
+            await self._receive.aclose()
+            self._receive = None
+            self._ctx.hub.unsubscribe_closed()
 
     def __aiter__(self) -> UiEventStream:
         return self
 
     async def __anext__(self) -> bytes:
         while not self._pending:
+            if self._receive is None:
+                raise StopAsyncIteration  # over the cap: an empty stream
             try:
                 event = await self._receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
@@ -211,7 +225,6 @@ def create_ui_app(ctx: DaemonContext, token: str, http: httpx.AsyncClient) -> Qu
     async def events() -> Response:
         if streams.open >= MAX_EVENT_STREAMS:
             raise RateLimited("too many live views are open", retry_after_s=5)
-        streams.open += 1
         response = Response(UiEventStream(ctx, streams), mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-store"
         response.timeout = None
