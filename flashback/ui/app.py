@@ -13,6 +13,7 @@ peer id or ``self``. Pages carry a strict CSP: scripts and styles only from
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -270,7 +271,10 @@ def create_ui_app(ctx: DaemonContext, token: str, http: httpx.AsyncClient) -> Qu
         if kind in ("markdown", "text"):
             text, cut = await fetch_text(http, route, parts)
             if kind == "markdown":
-                html = render_markdown(text, parts, lambda action, p: ui_url(route.key, action, p))
+                # up to 1 MiB of hostile markdown is CPU work: off the event loop
+                html = await trio.to_thread.run_sync(
+                    render_markdown, text, parts, partial(ui_url, route.key)
+                )
         return await render_template(
             "view.html",
             route=route,

@@ -47,4 +47,8 @@ def peer_route(ctx: DaemonContext, key: str) -> PeerRoute:
     peer = ctx.table.peers.get(key)
     if peer is None:
         raise NotFound(f"no peer {key!r} is online", code="unknown_peer")
-    return PeerRoute(peer.peer_id, peer.name, _origin(peer.host, peer.port), route_label(peer))
+    try:
+        base = _origin(peer.host, peer.port)
+    except httpx.InvalidURL:  # the tracker relayed a host no URL can carry
+        raise NotFound(f"peer {key!r} announced an unusable address", code="unknown_peer") from None
+    return PeerRoute(peer.peer_id, peer.name, base, route_label(peer))
