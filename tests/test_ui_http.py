@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import signal
@@ -367,3 +368,86 @@ async def test_proxied_streams_are_capped_and_freed(authed: httpx.AsyncClient) -
             assert refused.headers["retry-after"] == "1"
         # the held ones closed: their slots are free again
         assert (await http.get("/p/self/content/hello.txt")).content == b"hello, world\n"
+
+
+HOSTILE_LISTING = {
+    "path": "",
+    "entries": [
+        {"name": "../../etc", "type": "dir", "size": 0},
+        {"name": ".hidden", "type": "file", "size": 1},
+        {"name": "<img src=x onerror=alert(1)>.md", "type": "file", "size": 1},
+        {"name": "ok.txt", "type": "file", "size": "huge"},
+        {"name": "a/b", "type": "file", "size": 1},
+        {"name": "x\x1b[2J", "type": "file", "size": 1},
+        "not an entry",
+    ],
+    "next_cursor": None,
+}
+
+
+async def serve_hostile_peer(
+    responses: dict[str, bytes], *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A 'peer server' that answers each path prefix with fixed raw bytes."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            head += data
+        target = head.split(b" ", 2)[1].decode()
+        for prefix, raw in responses.items():
+            if target.startswith(prefix):
+                with contextlib.suppress(trio.BrokenResourceError):  # the UI hung up on us
+                    await stream.send_all(raw)
+                break
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+def _http(headers: dict[str, str], body: bytes) -> bytes:
+    lines = [f"{k}: {v}" for k, v in {**headers, "Content-Length": str(len(body))}.items()]
+    return ("HTTP/1.1 200 OK\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_a_hostile_peer_cannot_reach_the_ui_origin(
+    nursery: trio.Nursery, ui: tuple[str, DaemonContext], authed: httpx.AsyncClient
+) -> None:
+    from flashback.protocol.messages import PeerInfo as Peer
+
+    _, ctx = ui
+    port = await nursery.start(
+        serve_hostile_peer,
+        {
+            "/api/files/big": _http({"Content-Type": "application/json"}, b" " * (5 << 20)),
+            "/api/files": _http(
+                {"Content-Type": "application/json"}, json.dumps(HOSTILE_LISTING).encode()
+            ),
+            "/content/": _http(
+                {
+                    "Content-Type": "text/html",
+                    "Content-Security-Policy": "script-src *",
+                    "Set-Cookie": f"{COOKIE_NAME}=stolen",
+                },
+                b"<script>document.title='pwned'</script>",
+            ),
+        },
+    )
+    ctx.table.peers["evil"] = Peer("evil", "mallory", "127.0.0.1", port)
+    page = await authed.get("/p/evil/browse/")
+    assert page.status_code == 200
+    assert "ok.txt" in page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;.md" in page.text
+    for refused in ("../../etc", ".hidden", "a/b", "\x1b", "<img src=x"):
+        assert refused not in page.text
+    content = await authed.get("/p/evil/content/page")
+    assert content.headers["content-security-policy"] == "sandbox"
+    assert "set-cookie" not in content.headers
+    too_big = await authed.get("/p/evil/browse/big")
+    assert too_big.status_code == 502
+    assert too_big.json()["error"]["code"] == "peer_unreachable"
