@@ -103,6 +103,9 @@ async def test_token_becomes_a_strict_httponly_cookie_and_leaves_the_url(
         cookie = response.headers["set-cookie"]
         assert cookie.startswith(f"{COOKIE_NAME}={TOKEN};")
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        odd = await http.get("/p/self/view/a%3Fb%23c.md", params={"token": TOKEN})
+        assert odd.status_code == 303
+        assert odd.headers["location"] == "/p/self/view/a%3Fb%23c.md"
         page = await http.get("/")  # the client kept the cookie
         assert page.status_code == 200
         csp = page.headers["content-security-policy"]

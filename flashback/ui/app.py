@@ -198,7 +198,9 @@ def create_ui_app(ctx: DaemonContext, token: str, http: httpx.AsyncClient) -> Qu
             raise Forbidden("this page needs the URL that `flashback ui` prints")
         if decision.set_cookie:
             rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
-            location = str(httpx.URL(path=request.path, params=rest or None))
+            # the still-encoded path: a decoded "?" or "#" in a file name must stay a name
+            raw_path = request.scope.get("raw_path") or request.path.encode()
+            location = str(httpx.URL(path=raw_path.decode("ascii", "replace"), params=rest or None))
             response = redirect(location, 303)
             response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="Strict", path="/")
             return response
