@@ -77,6 +77,7 @@ def alice_files() -> dict[str, bytes]:
         "notes.txt": b"<b>not bold</b> & plain\n",
         "pic.png": png(120, 80),
         "clip.webm": (FIXTURES / "clip.webm").read_bytes(),
+        "tone.ogg": (FIXTURES / "tone.ogg").read_bytes(),
         "page.html": b"<script>document.title = 'pwned'</script><p>html</p>",
     }
     files |= {f"many/f{i:03}.txt": b"x" for i in range(230)}
@@ -209,6 +210,20 @@ def scenario(
     )
     assert driver.execute_script("return arguments[0].error", video) is None
     shot("video")
+
+    # Audio plays and seeks the same way.
+    driver.get(f"{base}/p/{alice_id}/view/tone.ogg")
+    audio = driver.find_element(By.ID, "audio")
+    driver.execute_script("arguments[0].muted = true; arguments[0].play()", audio)
+    wait(lambda d: d.execute_script("return arguments[0].readyState", audio) >= 3)
+    driver.execute_script("arguments[0].pause(); arguments[0].currentTime = 1", audio)
+    wait(
+        lambda d: d.execute_script(
+            "const a = arguments[0]; return !a.seeking && Math.abs(a.currentTime - 1) < 0.2",
+            audio,
+        )
+    )
+    assert driver.execute_script("return arguments[0].error", audio) is None
 
     # Opened directly from the peer server, the video plays too (no sandbox on media) ...
     driver.get(f"{alice_server}/content/clip.webm")
