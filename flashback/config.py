@@ -69,6 +69,7 @@ class DaemonConfig:
     host: str = DEFAULT_PEER_HOST
     port: int = 0
     show_hidden: bool = False
+    ui_port: int = 0
     state_dir: Path = Path()
     data_dir: Path = Path()
 
@@ -249,6 +250,7 @@ def daemon_from_sources(
         host=_first(flags.get("host"), DEFAULT_PEER_HOST),
         port=parse_port(_first(flags.get("port"), 0), what="--port"),
         show_hidden=bool(flags.get("show_hidden")),
+        ui_port=parse_port(_first(flags.get("ui_port"), 0), what="--ui-port"),
         state_dir=state_dir(env),
         data_dir=data_dir(env),
     )

@@ -61,6 +61,16 @@ async def fetch_peers(env: Mapping[str, str]) -> dict[str, Any]:
         return await _get_json(client, "/peers")
 
 
+async def fetch_ui_url(env: Mapping[str, str]) -> str:
+    """The running daemon's UI URL, token included (the control socket is ours alone)."""
+    async with control_client(env) as client:
+        payload = await _get_json(client, "/ui")
+    url = payload.get("url") if isinstance(payload, dict) else None
+    if not isinstance(url, str) or not url.isprintable():
+        raise FlashbackError("the daemon has no web UI running", code="no_ui")
+    return url
+
+
 def resolve_peer(listing: dict[str, Any], key: str) -> PeerInfo:
     peers = [PeerInfo.parse(p) for p in listing.get("peers", [])]
     for peer in peers:

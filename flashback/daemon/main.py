@@ -1,7 +1,8 @@
 """``flashback daemon``: one root nursery for the whole peer.
 
 Start order: bind the peer server (its port comes from ``task_status``),
-announce ``peer-server-ready``, open the local control socket, tell systemd
+announce ``peer-server-ready``, open the local control socket, start the web
+UI on 127.0.0.1 (announce ``ui-ready`` with its tokened URL), tell systemd
 we are ready, then -- only if a tracker is configured -- keep registered,
 heartbeat and hold the live link. None of the tracker tasks can delay or take
 down the peer server: they retry on their own. SIGTERM/SIGINT: unregister
@@ -32,6 +33,7 @@ from flashback.peer.serve import serve_peer
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
 from flashback.streaming.service import run_stream_ports
+from flashback.ui.serve import serve_ui
 from flashback.web import hypercorn_config, serve_quart
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,10 @@ async def daemon_main(
                 shutdown_trigger=shutdown.wait,
             )
         )
+        ctx.ui_url = await nursery.start(
+            partial(serve_ui, ctx, config.ui_port, shutdown_trigger=shutdown.wait)
+        )
+        ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (CONTRACT §5).
         nursery.start_soon(run_stream_ports, ctx, shutdown)
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})

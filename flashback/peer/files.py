@@ -30,6 +30,7 @@ from flashback.protocol.conditional import (
     http_date,
     if_range_allows,
     make_etag,
+    sandbox_policy,
 )
 from flashback.protocol.paths import UnsafePath, open_under_root
 from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
@@ -161,9 +162,9 @@ def _build_response(
     }
     if attachment:
         common["Content-Disposition"] = content_disposition("attachment", name)
-    elif inline_csp:
+    elif inline_csp and (policy := sandbox_policy(content_type)) is not None:
         # Files from other peers are untrusted: an HTML file must not run script.
-        common["Content-Security-Policy"] = "sandbox"
+        common["Content-Security-Policy"] = policy
 
     outcome = evaluate_preconditions(
         method,
