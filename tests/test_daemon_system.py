@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -141,6 +142,8 @@ async def test_get_downloads_and_checks(tmp_path: Path, nursery: trio.Nursery) -
                 "path": str(out),
                 "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
+                "verified": True,
+                "repaired_blocks": 0,
             }
             assert out.read_bytes() == data
             assert not (tmp_path / "out.bin.part").exists()
@@ -176,9 +179,11 @@ class FlakyPeer:
         headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
         self.requests.append(headers)
         size = len(self.data)
+        digest = base64.b64encode(hashlib.sha256(self.data).digest()).decode()
         if "range" not in headers:
             await stream.send_all(
                 f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: {self.ETAG}\r\n"
+                f"Repr-Digest: sha-256=:{digest}:\r\n"
                 f"Accept-Ranges: bytes\r\nConnection: close\r\n\r\n".encode()
             )
             await stream.send_all(self.data[: size // 3])  # then vanish
@@ -190,7 +195,7 @@ class FlakyPeer:
         await stream.send_all(
             f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n"
             f"Content-Range: bytes {first}-{size - 1}/{size}\r\nETag: {self.ETAG}\r\n"
-            f"Connection: close\r\n\r\n".encode()
+            f"Repr-Digest: sha-256=:{digest}:\r\nConnection: close\r\n\r\n".encode()
             + body
         )
         await stream.aclose()
