@@ -44,6 +44,7 @@ HASH_THREADS: Final = 2
 #: rows kept in the cache; past this the least recently stored go
 MAX_CACHE_ROWS: Final = 100_000
 DIGEST_BYTES: Final = 32
+MAX_UNSAVED: Final = 1024
 
 Key = tuple[int, int, int, int]
 
@@ -58,16 +59,28 @@ class DigestCache:
     def __init__(self, path: Path | None = None, *, max_rows: int = MAX_CACHE_ROWS) -> None:
         self._lock = threading.Lock()
         self._max_rows = max_rows
-        self._db = sqlite3.connect(
-            ":memory:" if path is None else str(path), check_same_thread=False
-        )
-        with self._lock, self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS digests ("
-                " dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,"
-                " sha256 BLOB NOT NULL, block_size INTEGER NOT NULL, blocks BLOB NOT NULL,"
-                " PRIMARY KEY (dev, ino, size, mtime_ns))"
-            )
+        try:
+            self._db = self._open(path)
+        except sqlite3.Error as exc:
+            # A damaged cache is only lost speed: hash again, in memory.
+            log.warning("digest cache %s unusable (%s); keeping digests in memory", path, exc)
+            self._db = self._open(None)
+
+    @staticmethod
+    def _open(path: Path | None) -> sqlite3.Connection:
+        db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False)
+        try:
+            with db:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS digests ("
+                    " dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,"
+                    " sha256 BLOB NOT NULL, block_size INTEGER NOT NULL, blocks BLOB NOT NULL,"
+                    " PRIMARY KEY (dev, ino, size, mtime_ns))"
+                )
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def get(self, key: Key) -> Manifest | None:
         with self._lock:
@@ -124,6 +137,8 @@ class DigestService:
         self.read_bytes = read_bytes
         self._limiter = trio.CapacityLimiter(threads)
         self._inflight: dict[Key, trio.Event] = {}
+        #: digests the cache could not store (disk full, say), bounded
+        self._unsaved: dict[Key, Manifest] = {}
         self._nursery: trio.Nursery | None = None
         #: hash passes started (tests: concurrent first requests hash once)
         self.passes = 0
@@ -142,7 +157,13 @@ class DigestService:
             self.cache.close()
 
     async def _lookup(self, key: Key) -> Manifest | None:
-        manifest = await trio.to_thread.run_sync(self.cache.get, key)
+        if key in self._unsaved:
+            return self._unsaved[key]
+        try:
+            manifest = await trio.to_thread.run_sync(self.cache.get, key)
+        except sqlite3.Error as exc:
+            log.warning("digest cache read failed: %s", exc)
+            return None
         if manifest is not None and manifest.block_size != block_size_for(
             key[2], min_block=self.min_block
         ):
@@ -171,7 +192,14 @@ class DigestService:
                 pass
             if key_of(os.fstat(fd)) != key:
                 raise OSError("the file changed while it was hashed")
-            await trio.to_thread.run_sync(self.cache.put, key, job.manifest())
+            manifest = job.manifest()
+            try:
+                await trio.to_thread.run_sync(self.cache.put, key, manifest)
+            except sqlite3.Error as exc:  # disk full, say: serve this one from memory
+                log.warning("digest cache write failed: %s", exc)
+                if len(self._unsaved) >= MAX_UNSAVED:
+                    self._unsaved.clear()
+                self._unsaved[key] = manifest
         except OSError as exc:
             log.info("no digest for inode %d: %s", key[1], exc)
         finally:

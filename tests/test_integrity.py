@@ -20,6 +20,7 @@ import h11
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from flashback.digests import DigestCache, DigestService
 from flashback.peer.app import PeerInfo, ShareSettings
@@ -439,3 +440,53 @@ async def test_resume_survives_the_owner_moving_to_another_port(
             manifest_url=f"{second_url}/api/digest/big.bin",
         )
     assert result.resumed_from == kept and out.read_bytes() == data
+
+
+async def test_shutdown_stops_a_hash_and_releases_waiters(tmp_path: Path) -> None:
+    (tmp_path / "f.bin").write_bytes(os.urandom(64 * BLOCK))
+    outcome: list[str] = []
+    fd = os.open(tmp_path / "f.bin", os.O_RDONLY)
+    try:
+        info = os.fstat(fd)
+        with trio.fail_after(30):  # a hang guard, not a timing assertion
+            async with trio.open_nursery() as nursery:
+                # One 1-byte read per thread hop: the hash is far from done when we cancel.
+                service = DigestService(min_block=BLOCK, read_bytes=1)
+                service_scope = trio.CancelScope()
+
+                async def run_service(task_status: trio.TaskStatus[None]) -> None:
+                    with service_scope:
+                        await service.run(task_status=task_status)
+
+                await nursery.start(run_service)
+
+                async def waiter() -> None:
+                    try:
+                        await service.wait(fd, info)
+                        outcome.append("digest")
+                    except Exception as exc:
+                        outcome.append(type(exc).__name__)
+
+                nursery.start_soon(waiter)
+                await trio.testing.wait_all_tasks_blocked()
+                assert service.passes == 1
+                service_scope.cancel()
+        # After shutdown nothing new starts, and nothing hangs.
+        assert await service.for_response(fd, info) is None
+    finally:
+        os.close(fd)
+    assert outcome == ["DigestUnavailable"]
+
+
+async def test_a_damaged_cache_file_is_only_lost_speed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    db = tmp_path / "digests.sqlite3"
+    db.write_bytes(b"this is not a database" * 100)
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "f").write_bytes(b"data")
+    digests = await nursery.start(DigestService(DigestCache(db), min_block=BLOCK).run)
+    url, _ = await start_server(nursery, root, digests)
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/content/f")).headers["repr-digest"] == sf_digest(b"data")
