@@ -140,6 +140,7 @@ class DigestService:
         #: digests the cache could not store (disk full, say), bounded
         self._unsaved: dict[Key, Manifest] = {}
         self._nursery: trio.Nursery | None = None
+        self._closed = False
         #: hash passes started (tests: concurrent first requests hash once)
         self.passes = 0
 
@@ -154,11 +155,14 @@ class DigestService:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            self._closed = True
             self.cache.close()
 
     async def _lookup(self, key: Key) -> Manifest | None:
         if key in self._unsaved:
             return self._unsaved[key]
+        if self._closed:
+            return None
         try:
             manifest = await trio.to_thread.run_sync(self.cache.get, key)
         except sqlite3.Error as exc:
