@@ -40,6 +40,7 @@ from flashback.protocol.digest import (
     parse_manifest,
     parse_repr_digest,
 )
+from flashback.protocol.strict_json import loads_strict
 
 CHUNK_BYTES: Final = 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
@@ -287,6 +288,8 @@ async def _write_body(
 
 
 MANIFEST_TIMEOUT_S: Final = 300.0  # the owner may be hashing a big file first
+#: 4096 blocks of 64 hex digits plus JSON and the path: far below this
+MAX_MANIFEST_BYTES: Final = 1024 * 1024
 
 
 async def _fetch_manifest(
@@ -295,13 +298,21 @@ async def _fetch_manifest(
     if manifest_url is None:
         raise TransferFailed("the peer sent no digest, so the download cannot be verified")
     try:
-        response = await client.get(manifest_url, timeout=MANIFEST_TIMEOUT_S)
-        if response.status_code != 200:
-            raise TransferFailed(f"the peer answered HTTP {response.status_code} for its digest")
-        return parse_manifest(response.json(), size=size)
+        async with client.stream("GET", manifest_url, timeout=MANIFEST_TIMEOUT_S) as response:
+            if response.status_code != 200:
+                raise TransferFailed(
+                    f"the peer answered HTTP {response.status_code} for its digest"
+                )
+            body = bytearray()
+            async with aclosing(response.aiter_bytes()) as chunks:
+                async for chunk in chunks:
+                    body += chunk
+                    if len(body) > MAX_MANIFEST_BYTES:
+                        raise TransferFailed("the peer's digest manifest is too large")
+        return parse_manifest(loads_strict(bytes(body)), size=size)
+    except BadManifest as exc:
+        raise TransferFailed(f"the peer's digest manifest is unusable: {exc}") from exc
     except (httpx.HTTPError, ValueError) as exc:
-        if isinstance(exc, BadManifest):
-            raise TransferFailed(f"the peer's digest manifest is unusable: {exc}") from exc
         raise TransferFailed(
             f"could not fetch the peer's digest ({exc.__class__.__name__})"
         ) from exc

@@ -489,3 +489,28 @@ async def test_a_damaged_cache_file_is_only_lost_speed(
     url, _ = await start_server(nursery, root, digests)
     async with httpx.AsyncClient(base_url=url) as http:
         assert (await http.get("/content/f")).headers["repr-digest"] == sf_digest(b"data")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+async def test_an_endless_manifest_is_refused(nursery: trio.Nursery, tmp_path: Path) -> None:
+    async def endless() -> Any:
+        yield b'{"blocks": ["'
+        while True:
+            yield b"0" * 65536
+
+    async def handler(request: h11.Request) -> tuple[int, list[tuple[str, str]], Any]:
+        if request.target.startswith(b"/api/digest/"):
+            return 200, [], endless()
+        return 200, [("Content-Length", "5")], b"hello"  # no Repr-Digest: the manifest decides
+
+    port = await nursery.start(evil_server, handler)
+    out = tmp_path / "out"
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(TransferFailed, match="too large"):
+            await download(
+                http,
+                f"http://127.0.0.1:{port}/download/f",
+                out,
+                manifest_url=f"http://127.0.0.1:{port}/api/digest/f",
+            )
+    assert not out.exists()
