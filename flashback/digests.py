@@ -45,6 +45,8 @@ HASH_THREADS: Final = 2
 MAX_CACHE_ROWS: Final = 100_000
 DIGEST_BYTES: Final = 32
 MAX_UNSAVED: Final = 1024
+#: files hashing (or queued to) at once; more are not started until one ends
+MAX_INFLIGHT: Final = 64
 
 Key = tuple[int, int, int, int]
 
@@ -130,7 +132,9 @@ class DigestService:
         wait_limit_bytes: int = WAIT_LIMIT_BYTES,
         read_bytes: int = READ_BYTES,
         threads: int = HASH_THREADS,
+        max_inflight: int = MAX_INFLIGHT,
     ) -> None:
+        self.max_inflight = max_inflight
         self.cache = cache or DigestCache()
         self.min_block = min_block
         self.wait_limit_bytes = wait_limit_bytes
@@ -177,7 +181,9 @@ class DigestService:
     def _start(self, key: Key, fd: int) -> trio.Event:
         event = self._inflight.get(key)
         if event is None:
-            if self._nursery is None:  # shutting down: no new hashing
+            if self._nursery is None or len(self._inflight) >= self.max_inflight:
+                # Shutting down, or too many files hashing at once (each holds
+                # a descriptor): no new hashing now; the next request may.
                 event = trio.Event()
                 event.set()
                 return event
@@ -231,5 +237,8 @@ class DigestService:
             await self._start(key, fd).wait()
             manifest = await self._lookup(key)
         if manifest is None:
-            raise DigestUnavailable("the file changed while it was hashed; ask again")
+            raise DigestUnavailable(
+                "no digest now (the file changed while it was hashed, or the server"
+                " is busy hashing others); ask again"
+            )
         return manifest

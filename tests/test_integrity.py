@@ -514,3 +514,22 @@ async def test_an_endless_manifest_is_refused(nursery: trio.Nursery, tmp_path: P
                 manifest_url=f"http://127.0.0.1:{port}/api/digest/f",
             )
     assert not out.exists()
+
+
+async def test_hashing_many_files_at_once_is_bounded(nursery: trio.Nursery, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(os.urandom(64 * BLOCK))
+    # One file in flight at most, hashed 1 byte per thread hop: "a" is still
+    # hashing while "b" is asked for.
+    digests = await nursery.start(
+        DigestService(min_block=BLOCK, wait_limit_bytes=BLOCK, read_bytes=1, max_inflight=1).run
+    )
+    url, _ = await start_server(nursery, tmp_path, digests)
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert "repr-digest" not in (await http.head("/download/a")).headers
+        assert digests.passes == 1
+        assert "repr-digest" not in (await http.head("/download/b")).headers
+        busy = await http.get("/api/digest/b")
+        assert digests.passes == 1  # "b" was not started
+    assert busy.status_code == 503
+    assert busy.json()["error"]["code"] == "digest_unavailable"
