@@ -180,16 +180,24 @@ class DigestService:
 
     def _start(self, key: Key, fd: int) -> trio.Event:
         event = self._inflight.get(key)
-        if event is None:
-            if self._nursery is None or len(self._inflight) >= self.max_inflight:
-                # Shutting down, or too many files hashing at once (each holds
-                # a descriptor): no new hashing now; the next request may.
-                event = trio.Event()
-                event.set()
-                return event
-            event = self._inflight[key] = trio.Event()
-            self.passes += 1
-            self._nursery.start_soon(self._hash, key, os.dup(fd), event)
+        if event is not None:
+            return event
+        event = trio.Event()
+        own_fd = -1
+        nursery = self._nursery
+        if nursery is not None and len(self._inflight) < self.max_inflight:
+            try:
+                own_fd = os.dup(fd)
+            except OSError as exc:  # out of descriptors: serve without a digest
+                log.warning("cannot hash now: %s", exc)
+        if nursery is None or own_fd < 0:
+            # Shutting down, too many files hashing at once (each holds a
+            # descriptor), or none to spare: no hashing now; a later request may.
+            event.set()
+            return event
+        self._inflight[key] = event
+        self.passes += 1
+        nursery.start_soon(self._hash, key, own_fd, event)
         return event
 
     async def _hash(self, key: Key, fd: int, event: trio.Event) -> None:
