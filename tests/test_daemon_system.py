@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -159,6 +160,33 @@ async def test_get_downloads_and_checks(tmp_path: Path, nursery: trio.Nursery) -
             assert b"nobody" in unknown.stderr
 
 
+async def register_fake_peer(
+    tracker_url: str, name: str, port: int, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Register a test server as a peer and heartbeat for it like a daemon
+    would, so it stays online however slowly the CLI runs start (TTL 5 s)."""
+    async with httpx.AsyncClient(base_url=tracker_url) as http:
+        registered = await http.post(
+            "/api/peers/register",
+            json={
+                "name": name,
+                "peer_server": {"host": "127.0.0.1", "port": port},
+                "capabilities": {},
+            },
+        )
+        assert registered.status_code == 201
+        identity = registered.json()
+        task_status.started()
+        while True:
+            await trio.sleep(1)
+            with contextlib.suppress(httpx.HTTPError):  # the tracker stops with the test
+                await http.post(
+                    "/api/peers/heartbeat",
+                    json={"peer_id": identity["peer_id"]},
+                    headers={"Authorization": f"Bearer {identity['token']}"},
+                )
+
+
 class FlakyPeer:
     """A peer server that breaks the first download halfway, then serves the rest."""
 
@@ -212,16 +240,7 @@ async def test_get_keeps_the_partial_file_and_resumes(
         async with AsyncExitStack() as stack:
             _, url = await start_tracker(stack, nursery, tmp_path)
             bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
-            async with httpx.AsyncClient(base_url=url) as http:
-                registered = await http.post(
-                    "/api/peers/register",
-                    json={
-                        "name": "flaky",
-                        "peer_server": {"host": "127.0.0.1", "port": port},
-                        "capabilities": {},
-                    },
-                )
-                assert registered.status_code == 201
+            await nursery.start(register_fake_peer, url, "flaky", port)
             await bob.wait_event(joined("flaky"))
             out = tmp_path / "file.bin"
             first = await run_cli(
@@ -417,16 +436,7 @@ async def test_get_from_an_owner_whose_bytes_never_match_fails_without_out(
         async with AsyncExitStack() as stack:
             _, url = await start_tracker(stack, nursery, tmp_path)
             bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
-            async with httpx.AsyncClient(base_url=url) as http:
-                registered = await http.post(
-                    "/api/peers/register",
-                    json={
-                        "name": "liar",
-                        "peer_server": {"host": "127.0.0.1", "port": port},
-                        "capabilities": {},
-                    },
-                )
-                assert registered.status_code == 201
+            await nursery.start(register_fake_peer, url, "liar", port)
             await bob.wait_event(joined("liar"))
             out = tmp_path / "file.bin"
             result = await run_cli(
