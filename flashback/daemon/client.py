@@ -21,7 +21,7 @@ from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.events import emit
 from flashback.protocol.messages import PeerInfo
-from flashback.transfer import check_output, download
+from flashback.transfer import DownloadResult, check_output, download
 
 TIMEOUT_S = 10.0
 
@@ -210,20 +210,59 @@ def _print_event(event: str, fields: dict[str, Any]) -> None:
     emit(event, **fields)
 
 
-async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
-    out = out or default_output(path)
-    check_output(out)
-    peer = resolve_peer(await fetch_peers(env), key)
-    url = f"{peer_url(peer)}/download/{quote(path.strip('/'), safe='/')}"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        result = await download(http, url, out, label=out.name, on_event=_print_event)
+def peer_file_url(host: str, port: int, route: str, path: str) -> httpx.URL:
+    """``http://HOST:PORT/<route>/<path>`` from parts, never by pasting strings."""
+    quoted = quote(path.strip("/"), safe="/")
+    return httpx.URL(scheme="http", host=host, port=port, path=f"/{route}/{quoted}")
+
+
+def resume_key(peer_id: str, path: str) -> str:
+    """What a partial OUT belongs to: the owner and its file, whatever its address
+    today (the validator is checked by If-Range on resume)."""
+    return json.dumps(["flashback-file", peer_id, path.strip("/")])
+
+
+def _complete(result: DownloadResult) -> None:
     emit(
         "download-complete",
         path=str(result.path),
         bytes=result.bytes,
         sha256=result.sha256,
+        verified=True,
+        repaired_blocks=result.repaired_blocks,
     )
+
+
+async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
+    out = out or default_output(path)
+    check_output(out)
+    peer = resolve_peer(await fetch_peers(env), key)
+    url = peer_file_url(peer.host, peer.port, "download", path)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+        result = await download(
+            http,
+            url,
+            out,
+            label=out.name,
+            on_event=_print_event,
+            resume_key=resume_key(peer.peer_id, path),
+            manifest_url=peer_file_url(peer.host, peer.port, "api/digest", path),
+        )
+    _complete(result)
     return 0
+
+
+async def _owner_server(env: Mapping[str, str], key: str) -> tuple[str, int] | None:
+    """The owner's peer server (for its digest and repairs), if we can find it."""
+    try:
+        peer = resolve_peer(await fetch_peers(env), key)
+        return peer.host, peer.port
+    except FlashbackError:
+        pass
+    status = await fetch_status(env)  # a stream from this daemon itself, no tracker
+    if key in (status.get("name"), status.get("peer_id")):
+        return str(status["host"]), int(status["port"])
+    return None
 
 
 #: the daemon waits up to 15 s for the owner; leave room for that
@@ -268,16 +307,26 @@ async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | N
         size=ready["size"],
         expires_in=ready["expires_in"],
     )
-    host = f"[{ready['host']}]" if ":" in ready["host"] else ready["host"]
-    url = f"http://{host}:{ready['port']}/{ready['token']}"
-    # The token changes with every request; what a partial OUT belongs to is
-    # the owner's file, and If-Range (the port's strong ETag) checks it still is.
-    resume_key = f"flashback-stream:{ready.get('from') or key}/{ready['path']}"
+    url = httpx.URL(
+        scheme="http", host=ready["host"], port=ready["port"], path=f"/{ready['token']}"
+    )
+    owner = await _owner_server(env, key)
+    manifest_url = repair_url = None
+    if owner is not None:
+        manifest_url = peer_file_url(*owner, "api/digest", ready["path"])
+        # The stream port closes once the file is sent: repairs go to the peer server.
+        repair_url = peer_file_url(*owner, "download", ready["path"])
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         result = await download(
-            http, url, out, label=out.name, on_event=_print_event, resume_key=resume_key
+            http,
+            url,
+            out,
+            label=out.name,
+            on_event=_print_event,
+            resume_key=resume_key(ready.get("from") or key, ready["path"]),
+            manifest_url=manifest_url,
+            repair_url=repair_url,
+            expected_size=ready["size"],
         )
-    if result.bytes != ready["size"]:
-        raise FlashbackError(f"got {result.bytes} bytes, the peer announced {ready['size']}")
-    emit("download-complete", path=str(result.path), bytes=result.bytes, sha256=result.sha256)
+    _complete(result)
     return 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 from functools import partial
+from pathlib import Path
+from typing import Final
 
 import httpx
 import trio
@@ -28,6 +30,7 @@ from flashback.daemon.identity import IdentityStore
 from flashback.daemon.link import run_link
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
+from flashback.digests import DigestCache, DigestService
 from flashback.peer.app import PeerInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.runner import run_service
@@ -39,6 +42,8 @@ from flashback.web import hypercorn_config, serve_quart
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 3.0
+#: the digest cache file in the data directory (CONTRACT §7)
+DIGEST_CACHE_NAME: Final = "digests.sqlite3"
 
 
 async def run_tracker_tasks(ctx: DaemonContext, api: TrackerAPI, store: IdentityStore) -> None:
@@ -65,6 +70,22 @@ async def report_status(ctx: DaemonContext, notifier: Notifier) -> None:
                 await notifier.notify({"STATUS": _status_line(ctx)})
 
 
+async def run_digests(
+    data_dir: Path,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[DigestService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The digest service with its cache in the data directory (kept across
+    restarts), until shutdown; hashing then stops between two reads."""
+    path = ensure_private_dir(data_dir) / DIGEST_CACHE_NAME
+    cache = await trio.to_thread.run_sync(DigestCache, path)
+    async with trio.open_nursery() as nursery:
+        task_status.started(await nursery.start(DigestService(cache).run))
+        await shutdown.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def daemon_main(
     config: DaemonConfig,
     shutdown: trio.Event,
@@ -81,8 +102,16 @@ async def daemon_main(
     settings = ShareSettings(config.root, config.show_hidden, local)
 
     async with trio.open_nursery() as nursery:
+        digests = await nursery.start(run_digests, config.data_dir, shutdown)
         ctx.address = await nursery.start(
-            partial(serve_peer, settings, config.host, config.port, shutdown_trigger=shutdown.wait)
+            partial(
+                serve_peer,
+                settings,
+                config.host,
+                config.port,
+                shutdown_trigger=shutdown.wait,
+                digests=digests,
+            )
         )
         ctx.announce_host = await trio.to_thread.run_sync(
             announce_host, ctx.address.host, config.tracker_url
@@ -103,7 +132,7 @@ async def daemon_main(
         )
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (CONTRACT §5).
-        nursery.start_soon(run_stream_ports, ctx, shutdown)
+        nursery.start_soon(partial(run_stream_ports, ctx, shutdown, digests=digests))
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
         if notifier.enabled:
             nursery.start_soon(report_status, ctx, notifier)

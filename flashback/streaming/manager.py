@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import trio
 
+from flashback.digests import DigestService
 from flashback.errors import NotFound
 from flashback.protocol.messages import FileStreamReady, StreamError, StreamRequest
 from flashback.protocol.paths import real_root
@@ -62,7 +63,10 @@ def _number(value: float) -> float | int:
 class StreamManager:
     """Opens, tracks and closes the ports; :meth:`run` is the owning task."""
 
-    def __init__(self, settings: StreamSettings, emit: Emit) -> None:
+    def __init__(
+        self, settings: StreamSettings, emit: Emit, digests: DigestService | None = None
+    ) -> None:
+        self._digests = digests
         self.settings = settings
         self._root = real_root(settings.root)
         self._emit = emit
@@ -115,7 +119,9 @@ class StreamManager:
                 request.request_id, "unavailable", "cannot open a streaming port", to=requester
             )
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        port = StreamPort(sock, source, token, expires_in_s=self.settings.expires_in_s)
+        port = StreamPort(
+            sock, source, token, expires_in_s=self.settings.expires_in_s, digests=self._digests
+        )
         self.open_ports.add(port)
         self._nursery.start_soon(self._run_port, request, port, source)
         expires_in = _number(self.settings.expires_in_s)
