@@ -111,7 +111,7 @@ def _hash_file(path: Path, digest: Any, limit: int) -> None:
 
 async def download(
     client: httpx.AsyncClient,
-    url: str,
+    url: str | httpx.URL,
     out: Path,
     *,
     label: str = "",
@@ -122,7 +122,7 @@ async def download(
     time (a stream port's token); If-Range still guards against splicing."""
     check_output(out)
     part, meta = part_paths(out)
-    key = resume_key or url
+    key = resume_key or str(url)
     headers: dict[str, str] = {}
     offset = 0
     saved = _read_meta(meta)
@@ -159,7 +159,7 @@ async def download(
                 json.dumps({"url": key, "etag": response.headers.get("etag")}), encoding="utf-8"
             )
             if on_event is not None:
-                on_event("download-started", {"url": url, "offset": offset, "size": total})
+                on_event("download-started", {"url": str(url), "offset": offset, "size": total})
             progress = Progress(total, offset, label)
             try:
                 with part.open(mode) as file:

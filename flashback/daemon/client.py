@@ -20,6 +20,7 @@ from flashback.config import state_dir
 from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.events import emit
+from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
 from flashback.transfer import check_output, download
 
@@ -75,9 +76,28 @@ def resolve_peer(listing: dict[str, Any], key: str) -> PeerInfo:
     raise FlashbackError(f"no peer {key!r} is online", code="unknown_peer")
 
 
-def peer_url(peer: PeerInfo) -> str:
-    host = f"[{peer.host}]" if ":" in peer.host else peer.host
-    return f"http://{host}:{peer.port}"
+def http_url(host: str, port: int, path: str = "/") -> httpx.URL:
+    """A URL from parts, never pasted: *host* must be a host name or an IP literal.
+
+    *path* is percent-encoded here (``/`` kept), so a peer's file name or
+    token cannot add a query, a fragment or another host.
+    """
+    if not is_valid_host(host):
+        raise FlashbackError(
+            f"peer host {host!r} is not a host name or IP address", code="invalid_peer"
+        )
+    return httpx.URL(scheme="http", host=host, port=port, path=quote(path, safe="/"))
+
+
+def peer_url(peer: PeerInfo, path: str = "/") -> httpx.URL:
+    return http_url(peer.host, peer.port, path)
+
+
+def _display_url(server: Mapping[str, Any]) -> str:
+    try:
+        return str(http_url(str(server["host"]), int(server["port"])))
+    except (FlashbackError, httpx.InvalidURL, ValueError, TypeError):
+        return "(invalid address)"
 
 
 def print_status(status: dict[str, Any], *, as_json: bool) -> None:
@@ -94,7 +114,7 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
 
 def format_peer(peer: dict[str, Any]) -> str:
     server = peer["peer_server"]
-    return f"{peer['name']:<24} {peer['peer_id']:<20} http://{server['host']}:{server['port']}"
+    return f"{peer['name']:<24} {peer['peer_id']:<20} {_display_url(server)}"
 
 
 def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
@@ -155,7 +175,7 @@ async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
 
 async def list_peer_dir(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
     peer = resolve_peer(await fetch_peers(env), key)
-    url = f"{peer_url(peer)}/api/files/{quote(path.strip('/'), safe='/')}"
+    url = peer_url(peer, "/api/files/" + path.strip("/"))
     entries: list[dict[str, Any]] = []
     listing: dict[str, Any] = {}
     cursor = None
@@ -204,7 +224,7 @@ async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None
     out = out or default_output(path)
     check_output(out)
     peer = resolve_peer(await fetch_peers(env), key)
-    url = f"{peer_url(peer)}/download/{quote(path.strip('/'), safe='/')}"
+    url = peer_url(peer, "/download/" + path.strip("/"))
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         result = await download(http, url, out, label=out.name, on_event=_print_event)
     emit(
@@ -258,8 +278,7 @@ async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | N
         size=ready["size"],
         expires_in=ready["expires_in"],
     )
-    host = f"[{ready['host']}]" if ":" in ready["host"] else ready["host"]
-    url = f"http://{host}:{ready['port']}/{ready['token']}"
+    url = http_url(ready["host"], ready["port"], "/" + ready["token"])
     # The token changes with every request; what a partial OUT belongs to is
     # the owner's file, and If-Range (the port's strong ETag) checks it still is.
     resume_key = f"flashback-stream:{ready.get('from') or key}/{ready['path']}"
