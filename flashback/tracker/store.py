@@ -127,7 +127,8 @@ class SQLiteStore:
             problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
             if problems != ["ok"]:
                 connection.close()
-                raise sqlite3.DatabaseError(f"integrity check failed: {problems[0]}")
+                first = " ".join(str(problems[0]).split())  # one line, whatever SQLite says
+                raise sqlite3.DatabaseError(f"integrity check failed: {first}")
             connection.executescript(_SCHEMA)
             return connection
 
