@@ -39,8 +39,9 @@ async def start_tracker_proc(
 ) -> tuple[Proc, str]:
     full_env = {"DATABASE_URL": "memory://", "RELAY_REGISTER_BURST": "10000", **env}
     proc = await stack.enter_async_context(
-        start(nursery, ["tracker", "--host", "127.0.0.1", "--port", "0"], env=full_env,
-              name="tracker")
+        start(
+            nursery, ["tracker", "--host", "127.0.0.1", "--port", "0"], env=full_env, name="tracker"
+        )
     )
     ready = await proc.wait_event(event_is("tracker-ready"))
     return proc, ready["url"]
