@@ -20,6 +20,7 @@ from flashback.config import state_dir
 from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.events import emit
+from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
 from flashback.transfer import DownloadResult, check_output, download
 
@@ -85,9 +86,28 @@ def resolve_peer(listing: dict[str, Any], key: str) -> PeerInfo:
     raise FlashbackError(f"no peer {key!r} is online", code="unknown_peer")
 
 
-def peer_url(peer: PeerInfo) -> str:
-    host = f"[{peer.host}]" if ":" in peer.host else peer.host
-    return f"http://{host}:{peer.port}"
+def http_url(host: str, port: int, path: str = "/") -> httpx.URL:
+    """A URL from parts, never pasted: *host* must be a host name or an IP literal.
+
+    *path* is percent-encoded here (``/`` kept), so a peer's file name or
+    token cannot add a query, a fragment or another host.
+    """
+    if not is_valid_host(host):
+        raise FlashbackError(
+            f"peer host {host!r} is not a host name or IP address", code="invalid_peer"
+        )
+    return httpx.URL(scheme="http", host=host, port=port, path=quote(path, safe="/"))
+
+
+def peer_url(peer: PeerInfo, path: str = "/") -> httpx.URL:
+    return http_url(peer.host, peer.port, path)
+
+
+def _display_url(server: Mapping[str, Any]) -> str:
+    try:
+        return str(http_url(str(server["host"]), int(server["port"])))
+    except (FlashbackError, httpx.InvalidURL, ValueError, TypeError):
+        return "(invalid address)"
 
 
 def print_status(status: dict[str, Any], *, as_json: bool) -> None:
@@ -104,7 +124,7 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
 
 def format_peer(peer: dict[str, Any]) -> str:
     server = peer["peer_server"]
-    return f"{peer['name']:<24} {peer['peer_id']:<20} http://{server['host']}:{server['port']}"
+    return f"{peer['name']:<24} {peer['peer_id']:<20} {_display_url(server)}"
 
 
 def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
@@ -165,7 +185,7 @@ async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
 
 async def list_peer_dir(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
     peer = resolve_peer(await fetch_peers(env), key)
-    url = f"{peer_url(peer)}/api/files/{quote(path.strip('/'), safe='/')}"
+    url = peer_url(peer, "/api/files/" + path.strip("/"))
     entries: list[dict[str, Any]] = []
     listing: dict[str, Any] = {}
     cursor = None
@@ -212,8 +232,7 @@ def _print_event(event: str, fields: dict[str, Any]) -> None:
 
 def peer_file_url(host: str, port: int, route: str, path: str) -> httpx.URL:
     """``http://HOST:PORT/<route>/<path>`` from parts, never by pasting strings."""
-    quoted = quote(path.strip("/"), safe="/")
-    return httpx.URL(scheme="http", host=host, port=port, path=f"/{route}/{quoted}")
+    return http_url(host, port, f"/{route}/{path.strip('/')}")
 
 
 def resume_key(peer_id: str, path: str) -> str:
@@ -307,9 +326,7 @@ async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | N
         size=ready["size"],
         expires_in=ready["expires_in"],
     )
-    url = httpx.URL(
-        scheme="http", host=ready["host"], port=ready["port"], path=f"/{ready['token']}"
-    )
+    url = http_url(ready["host"], ready["port"], "/" + ready["token"])
     owner = await _owner_server(env, key)
     manifest_url = repair_url = None
     if owner is not None:

@@ -35,6 +35,9 @@ from flashback.streaming.source import StreamSource, open_source
 log = logging.getLogger(__name__)
 
 MAX_PORTS: Final = 16
+# One requester may hold this many ports at once, so no single peer can take
+# all MAX_PORTS and lock everyone else out (renewing them every minute).
+MAX_PORTS_PER_PEER: Final = 4
 EXPIRES_IN_S: Final = 60.0
 TOKEN_BYTES: Final = 32
 
@@ -48,6 +51,7 @@ class StreamSettings:
     host: str  # where the ports listen
     show_hidden: bool = False
     max_ports: int = MAX_PORTS
+    max_ports_per_peer: int = MAX_PORTS_PER_PEER
     expires_in_s: float = EXPIRES_IN_S
     announce_host: str | None = None  # what file-stream-ready tells (default: host)
 
@@ -72,6 +76,7 @@ class StreamManager:
         self._emit = emit
         self._nursery: trio.Nursery | None = None
         self.open_ports: set[StreamPort] = set()
+        self._ports_of: dict[str | None, int] = {}  # requester -> open ports
 
     async def run(
         self,
@@ -103,6 +108,17 @@ class StreamManager:
                 f"{self.settings.max_ports} streaming ports are open; try again later",
                 to=requester,
             )
+        if (
+            requester is not None
+            and self._ports_of.get(requester, 0) >= self.settings.max_ports_per_peer
+        ):
+            return StreamError(
+                request.request_id,
+                "busy",
+                f"you already hold {self.settings.max_ports_per_peer} streaming ports here;"
+                " finish or let one expire first",
+                to=requester,
+            )
         try:
             # In the event loop, not a thread: realpath + open + fstat of a
             # local file take microseconds, and O_NONBLOCK keeps a FIFO from
@@ -123,6 +139,7 @@ class StreamManager:
             sock, source, token, expires_in_s=self.settings.expires_in_s, digests=self._digests
         )
         self.open_ports.add(port)
+        self._ports_of[requester] = self._ports_of.get(requester, 0) + 1
         self._nursery.start_soon(self._run_port, request, port, source)
         expires_in = _number(self.settings.expires_in_s)
         fields: dict[str, Any] = {
@@ -156,6 +173,11 @@ class StreamManager:
         finally:
             source.close()
             self.open_ports.discard(port)
+            left = self._ports_of.get(request.from_, 0) - 1
+            if left > 0:
+                self._ports_of[request.from_] = left
+            else:
+                self._ports_of.pop(request.from_, None)
             self._emit(
                 "stream-closed",
                 request_id=request.request_id,
