@@ -37,6 +37,8 @@ class DaemonContext:
     # tunnels through the tracker (§6.2) and the routes that use them (§6.3)
     tunnels: TunnelService | None = None
     router: Router | None = None
+    # the web UI's URL, access token included (told only over the control socket)
+    ui_url: str | None = None
     _identity_changed: trio.Event = field(default_factory=trio.Event)
     # set by the link when the tracker answers hello with unknown_peer (it
     # restarted, say), so the session registers at once instead of waiting
