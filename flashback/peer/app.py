@@ -18,6 +18,7 @@ from quart_trio import QuartTrio
 from flashback import __version__
 from flashback.errors import NotFound
 from flashback.peer.files import file_response
+from flashback.peer.index_md import INDEX_NAME, refresh_index_md
 from flashback.peer.listing import decode_cursor, list_directory, parse_limit
 from flashback.protocol.paths import UnsafePath, open_under_root, real_root
 from flashback.web import install_json_errors, json_response
@@ -89,6 +90,8 @@ def create_peer_app(settings: ShareSettings) -> QuartTrio:
 
     async def _serve_file(subpath: str, *, attachment: bool) -> Response:
         def blocking() -> Response:
+            if subpath.strip("/") == INDEX_NAME:  # generated: list what is there now
+                refresh_index_md(settings.root, show_hidden=settings.show_hidden)
             return file_response(
                 settings.root,
                 subpath,
