@@ -207,13 +207,24 @@ def setup_logging(verbose: bool) -> None:
     else:
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(_EscapingFormatter(fmt))
     handler.addFilter(_add_syslog_level)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # One line per HTTP request would drown what matters.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log messages quote peers (names, paths, errors): no control character reaches stderr.
+
+    Only the message is escaped; a traceback appended after it keeps its lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 _SYSLOG_LEVELS = {

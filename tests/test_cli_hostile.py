@@ -360,3 +360,21 @@ async def test_an_evil_peer_cannot_reach_the_terminal_or_loop_ls(
             ]
             alice.signal()
             assert await alice.wait_exit() == 0
+
+
+def test_log_messages_are_escaped_but_tracebacks_keep_their_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from flashback.cli import setup_logging
+
+    setup_logging(verbose=False)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("t").exception("peer %s said %s", EVIL_NAME, "\x1b[2J")
+    err = capsys.readouterr().err
+    assert not any(c in err for c in RAW_CONTROLS), err
+    assert "peer ev\\x1b[2Jil\\x07\\x0d\\u202e said \\x1b[2J" in err
+    assert "\nTraceback (most recent call last):\n" in err
