@@ -378,3 +378,18 @@ def test_log_messages_are_escaped_but_tracebacks_keep_their_lines(
     assert not any(c in err for c in RAW_CONTROLS), err
     assert "peer ev\\x1b[2Jil\\x07\\x0d\\u202e said \\x1b[2J" in err
     assert "\nTraceback (most recent call last):\n" in err
+
+
+def test_every_argument_has_help_and_the_epilog_names_the_state_dir() -> None:
+    import argparse
+
+    from flashback.cli import build_parser
+
+    parser = build_parser()
+    assert "FLASHBACK_STATE_DIR" in parser.format_help()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+        if name not in ("tracker", "serve"):  # the two that never touch the state directory
+            assert "FLASHBACK_STATE_DIR" in sub.format_help(), name
