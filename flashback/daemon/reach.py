@@ -1,0 +1,69 @@
+"""The daemon's routes to other peers, as one task of its root nursery.
+
+Builds the :class:`~flashback.daemon.tunnels.TunnelService` (owner ends,
+forwards) and the :class:`~flashback.daemon.routes.Router` (direct first,
+else a tunnel), publishes both on the context for the link and the control
+socket, and takes them down again when cancelled -- which closes every
+forward and tunnel with it.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+
+import httpx
+import trio
+
+from flashback.daemon.context import DaemonContext
+from flashback.daemon.routes import PROBE_TIMEOUT_S, Router
+from flashback.daemon.tunnels import TunnelService
+from flashback.protocol.tunnel import OpenTarget
+from flashback.streaming.manager import StreamManager
+
+CheckPin = Callable[[str, str], None]
+
+
+def local_target_port(
+    ctx: DaemonContext, streams: StreamManager | None, target: OpenTarget
+) -> int | None:
+    """Which of our own 127.0.0.1 ports an ``OPEN`` may reach: the peer server, or a
+    stream port we opened (and still hold open). Nothing else, ever."""
+    if target.kind == "peer-server":
+        return ctx.address.port if ctx.address is not None else None
+    if streams is not None and any(port.port == target.port for port in streams.open_ports):
+        return target.port
+    return None
+
+
+async def run_routes(
+    ctx: DaemonContext,
+    *,
+    owner_context: Callable[[], ssl.SSLContext],
+    check_pin: CheckPin,
+    streams: StreamManager | None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    router: Router | None = None
+
+    def forward_closed(peer_id: str, target: OpenTarget) -> None:
+        if router is not None:
+            router.forward_closed(peer_id, target)
+
+    service = TunnelService(
+        send=ctx.send_to_tracker,
+        emit=ctx.hub.emit,
+        owner_context=owner_context,
+        resolve_target=lambda target: local_target_port(ctx, streams, target),
+        check_pin=check_pin,
+        on_forward_closed=forward_closed,
+    )
+    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http, trio.open_nursery() as nursery:
+        router = Router(http, service.start_forward)
+        await nursery.start(service.run)
+        ctx.tunnels, ctx.router = service, router
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            ctx.tunnels = ctx.router = None
