@@ -221,7 +221,8 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
 def format_peer(peer: dict[str, Any]) -> str:
     server = peer["peer_server"]
     name, peer_id = printable(peer["name"]), printable(peer["peer_id"])
-    return printable(f"{name:<24} {peer_id:<20} {_display_url(server)}")
+    route = peer.get("route") if isinstance(peer.get("route"), str) else "-"
+    return printable(f"{name:<24} {peer_id:<20} {route:<6} {_display_url(server)}")
 
 
 def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:

@@ -107,7 +107,10 @@ def create_control_app(ctx: DaemonContext) -> QuartTrio:
 
     @app.get("/peers")
     async def peers() -> Response:
-        return json_response(ctx.table.snapshot())
+        listing = ctx.table.snapshot()
+        for peer in listing["peers"]:  # the route this daemon last used (§6.3), or null
+            peer["route"] = ctx.router.last_route(peer["peer_id"]) if ctx.router else None
+        return json_response(listing)
 
     @app.get("/ui")
     async def ui() -> Response:
