@@ -18,11 +18,11 @@ from typing import Any, Final
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from flashback.errors import FlashbackError
+from flashback.httpserver import serve_bounded
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ async def serve_quart(
     """
 
     async def _serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await hypercorn_serve(
+        await serve_bounded(
             app,  # type: ignore[arg-type]
             config,
             shutdown_trigger=shutdown_trigger,  # type: ignore[arg-type]
