@@ -205,3 +205,30 @@ async def test_address_in_use_names_host_and_port(tmp_path: Path) -> None:
     assert not any(
         json.loads(x).get("event") == "peer-server-ready" for x in result.stdout.splitlines()
     )
+
+
+async def test_verbose_access_log_one_escaped_line_per_request_without_the_query(
+    tmp_path: Path,
+) -> None:
+    root = share_with_big_file(tmp_path)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        proc = await stack.enter_async_context(
+            start(nursery, ["-v", "serve", "--root", str(root)], env={}, name="serve")
+        )
+        port = int((await proc.wait_event(event_is("peer-server-ready")))["port"])
+        async with httpx.AsyncClient() as client:
+            url = httpx.URL(scheme="http", host="127.0.0.1", port=port, path="/%1b[31mx")
+            response = await client.get(url.copy_with(query=b"token=SECRET"))
+            assert response.status_code == 404
+            await client.get(
+                httpx.URL(scheme="http", host="127.0.0.1", port=port, path="/api/info")
+            )
+        with trio.fail_after(5):
+            while b"/api/info" not in proc.stderr:  # noqa: ASYNC110 -- stderr has no event
+                await trio.sleep(0.05)
+        lines = [x for x in proc.stderr.decode().splitlines() if "flashback.access" in x]
+        assert len(lines) == 2
+        assert '"GET /\\x1b[31mx" 404 ' in lines[0]
+        assert '"GET /api/info" 200 ' in lines[1]
+        assert "SECRET" not in proc.stderr.decode() and "\x1b" not in proc.stderr.decode()
+        nursery.cancel_scope.cancel()
