@@ -197,6 +197,13 @@ class _BoundedConnection(TCPServer):
         finally:
             await self._close()
 
+    async def _close(self) -> None:
+        """Hypercorn's ``send_eof`` checkpoints first: cancelled there, the socket leaked."""
+        try:
+            await super()._close()
+        finally:
+            await self.stream.aclose()
+
     def _awaiting_body(self) -> bool:
         inner = getattr(self.protocol, "protocol", None)
         return isinstance(inner, H11Protocol) and inner.connection.their_state is h11.SEND_BODY
