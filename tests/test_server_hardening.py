@@ -97,6 +97,7 @@ async def test_websocket_upgrade_plus_one_byte_ends_only_that_connection(tmp_pat
         for proc, port, path in targets:  # ...and only this one
             assert (await probe(port, path)).status_code == 200
             assert proc.process.returncode is None, proc.stderr.decode(errors="replace")[-2000:]
+            assert b"Traceback" not in proc.stderr  # one short line per hostile packet, not 50
         nursery.cancel_scope.cancel()
 
 
