@@ -368,6 +368,8 @@ async def serve_bounded(
                 where = ", ".join(config.bind)
                 reason = (exc.strerror or str(exc)).lower()
                 raise OSError(exc.errno, f"{where}: {reason}") from None
+            if sockets.secure_sockets or sockets.quic_sockets:  # never silently unserved
+                raise ValueError("serve_bounded serves plain TCP and Unix binds only")
             listeners = []
             binds = []
             for sock in sockets.insecure_sockets:
