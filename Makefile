@@ -6,21 +6,35 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps clean venv-locked
 
+LOCK := .venv.lock
+
+# `make run` and `make test` started together both want the venv: the second
+# waits on the lock (flock, util-linux) and then finds the stamp fresh.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	flock $(LOCK) $(MAKE) --no-print-directory venv-locked
+
+venv-locked:
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then exit 0; fi; \
+	set -e; \
+	$(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -m pip install -q --upgrade pip; \
+	$(BIN)/python -m pip install -q -e '.[test]'; \
 	touch $(STAMP)
 
 # Real tools the tests use: curl (a real HTTP client), systemd-analyze
-# (unit verification) and redis-server (the tracker cluster tests start their own). Installed with apt when missing and we are root.
+# (unit verification), redis-server (the tracker cluster tests start their own)
+# and chromium + chromium-driver (the web UI's browser tests; selenium is
+# pointed at /usr/bin/chromedriver and never downloads a browser).
+# Installed with apt when missing and we are root.
 system-deps:
 	@missing=""; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
@@ -40,4 +54,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LOCK) .pytest_cache
