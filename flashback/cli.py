@@ -227,6 +227,7 @@ def setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # One line per HTTP request would drown what matters.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("flashback.access").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 class _EscapingFormatter(logging.Formatter):

@@ -85,13 +85,19 @@ def event_is(name: str, **fields: Any) -> EventPredicate:
 
 @asynccontextmanager
 async def start(
-    nursery: trio.Nursery, args: list[str], *, env: dict[str, str], name: str
+    nursery: trio.Nursery,
+    args: list[str],
+    *,
+    env: dict[str, str],
+    name: str,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> AsyncIterator[Proc]:
     process = await trio.lowlevel.open_process(
         [*FLASHBACK, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **env},
+        preexec_fn=preexec_fn,
     )
     proc = Proc(process, name)
     async with trio.open_nursery() as readers:
