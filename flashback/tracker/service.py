@@ -178,6 +178,7 @@ class Tracker:
             port=registration.port,
             capabilities=registration.capabilities,
             now=self.now(),
+            fingerprint=registration.fingerprint,
         )
         self.metrics.registrations.inc()
         return {
