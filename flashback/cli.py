@@ -53,6 +53,13 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="peer server address (default 127.0.0.1)")
     p.add_argument("--port", default=None, help="peer server port (default 0: the OS picks)")
     p.add_argument("--show-hidden", action="store_true", help="serve dot files too")
+    p.add_argument(
+        "--identity",
+        default=None,
+        metavar="NAME",
+        help="identity instance to use, refused if in use (FLASHBACK_IDENTITY; "
+        "default: the first free one of the peer name)",
+    )
     p.set_defaults(run=_run_daemon)
 
 
@@ -81,6 +88,9 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUT", default=None)
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_stream)
+    p = sub.add_parser("forget", help="remove the pinned fingerprint of a peer (trust anew)")
+    p.add_argument("peer", metavar="PEER", help="peer id or name")
+    p.set_defaults(run=_run_forget)
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
@@ -146,6 +156,27 @@ def _run_stream(args: argparse.Namespace) -> int:
 
     out = Path(args.output) if args.output else None
     return _run_local(lambda: client.stream_file(os.environ, args.peer, args.path, out))
+
+
+def _run_forget(args: argparse.Namespace) -> int:
+    from flashback.config import data_dir
+    from flashback.daemon.pins import PinStore
+
+    removed = PinStore.in_data_dir(data_dir(os.environ)).forget(args.peer)
+    if not removed:
+        print(f"flashback: no pinned fingerprint for {_shown(args.peer)}", file=sys.stderr)
+        return EXIT_FAILURE
+    shown = [
+        _shown(pin.peer_id) + (f" ({_shown(pin.name)})" if pin.name else "") + f" {pin.fingerprint}"
+        for pin in removed
+    ]
+    print("forgot the pin of " + "; ".join(shown))
+    return EXIT_OK
+
+
+def _shown(text: str) -> str:
+    """*text* with control characters replaced, fit for a terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -71,6 +71,8 @@ class DaemonConfig:
     show_hidden: bool = False
     state_dir: Path = Path()
     data_dir: Path = Path()
+    # an identity instance to use (else the first free one of the name)
+    identity: str | None = None
 
 
 # -- where things live ---------------------------------------------------------
@@ -251,4 +253,5 @@ def daemon_from_sources(
         show_hidden=bool(flags.get("show_hidden")),
         state_dir=state_dir(env),
         data_dir=data_dir(env),
+        identity=_first(flags.get("identity"), env.get("FLASHBACK_IDENTITY")),
     )

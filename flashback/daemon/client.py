@@ -90,6 +90,8 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
     print(f"peer id:  {status['peer_id'] or '(not registered)'}")
     print(f"serving:  {status.get('root', '')} on {status['url']}")
     print(f"tracker:  {tracker['url'] or '(none)'} ({link})")
+    print(f"identity: {status.get('identity') or '(none)'}")
+    print(f"fingerprint: {status.get('fingerprint') or '(none)'}")
 
 
 def format_peer(peer: dict[str, Any]) -> str:

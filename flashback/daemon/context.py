@@ -31,6 +31,9 @@ class DaemonContext:
     # what other peers are told to dial (the bound host, unless a wildcard)
     announce_host: str | None = None
     identity: Identity | None = None
+    # the certificate's fingerprint (CONTRACT §6.1), and the instance it belongs to
+    fingerprint: str | None = None
+    instance_name: str | None = None
     tracker_connected: bool = False
     _identity_changed: trio.Event = field(default_factory=trio.Event)
     # set by the link when the tracker answers hello with unknown_peer (it
@@ -97,5 +100,7 @@ class DaemonContext:
             "port": address.port if address else None,
             "url": address.url if address else None,
             "root": str(self.config.root),
+            "fingerprint": self.fingerprint,
+            "identity": self.instance_name,
             "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
         }
