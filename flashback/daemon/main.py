@@ -75,7 +75,11 @@ async def daemon_main(
     socket_path = control_socket_path(state_dir)
     refuse_if_running(socket_path)
     # Held (locked) until the daemon exits: no other daemon can be us meanwhile.
-    with claim_instance(config.data_dir, config.name, config.identity) as instance:
+    # In a thread: the first start generates a key.
+    instance = await trio.to_thread.run_sync(
+        claim_instance, config.data_dir, config.name, config.identity
+    )
+    with instance:
         log.info("identity %r, fingerprint %s", instance.name, instance.fingerprint)
         await _run_daemon_tasks(config, shutdown, socket_path, hub, instance, task_status)
 
