@@ -17,6 +17,7 @@ from flashback.config import DaemonConfig
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity, IdentityStore
+from flashback.daemon.keys import KeyPair
 from flashback.daemon.link import websocket_target
 from flashback.daemon.session import heartbeat_loop, maintain_registration
 from flashback.daemon.tracker_api import Registration, RetryLater, UnknownPeer
@@ -215,7 +216,7 @@ def make_context(tmp_path: Path) -> DaemonContext:
         config=config,
         hub=EventHub(stdout=io.StringIO()),
         local=LocalInfo(name="me"),
-        fingerprint="sha256:" + "5e" * 32,
+        keys=KeyPair(tmp_path / "identity.pem", b"not really DER"),
     )
     ctx.address = BoundAddress("127.0.0.1", 4242)
     return ctx

@@ -98,7 +98,7 @@ async def _run_daemon_tasks(
         config=config,
         hub=hub or EventHub(),
         local=local,
-        fingerprint=instance.fingerprint,
+        keys=instance.keys,
         instance_name=instance.name,
     )
     settings = ShareSettings(config.root, config.show_hidden, local)
