@@ -44,6 +44,7 @@ def test_first_start_makes_a_private_key_and_a_restart_keeps_it(tmp_path: Path) 
         assert first.directory == tmp_path / IDENTITIES_DIR / "alice"
         pem = first.directory / KEY_FILE
         assert mode(pem) == 0o600 and mode(first.directory) == 0o700
+        assert mode(first.directory.parent) == 0o700
         certificate = x509.load_pem_x509_certificate(pem.read_bytes())
         der = certificate.public_bytes(serialization.Encoding.DER)
         assert fingerprint == "sha256:" + hashlib.sha256(der).hexdigest()

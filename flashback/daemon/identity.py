@@ -180,6 +180,7 @@ def _migrate_legacy(data_dir: Path, directory: Path, name: str) -> None:
 
 
 def _open_instance(data_dir: Path, name: str) -> Instance | None:
+    ensure_private_dir(data_dir / IDENTITIES_DIR)  # mkdir(parents=True) would not make it 0700
     directory = ensure_private_dir(data_dir / IDENTITIES_DIR / name)
     fd = _try_lock(directory)
     if fd is None:
