@@ -232,3 +232,20 @@ def test_a_non_fingerprint_is_never_pinned(tmp_path: Path) -> None:
         pins.check("p1", "SHA256:nope")
     assert caught.value.code == "no_fingerprint"
     assert pins.get("p1") is None
+
+
+def test_instances_of_one_name_are_bounded(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from flashback.daemon.identity import MAX_INSTANCES_PER_NAME
+
+    with ExitStack() as held:
+        names = [
+            held.enter_context(claim_instance(tmp_path, "many")).name
+            for _ in range(MAX_INSTANCES_PER_NAME)
+        ]
+        assert names == ["many"] + [f"many-{n}" for n in range(2, MAX_INSTANCES_PER_NAME + 1)]
+        with pytest.raises(ConfigError, match="are in use"):
+            claim_instance(tmp_path, "many")
+    with claim_instance(tmp_path, "many") as again:  # all released
+        assert again.name == "many"
