@@ -15,12 +15,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Real tools the tests use: curl (a real HTTP client), systemd-analyze
-# (unit verification) and redis-server (the tracker cluster tests start their own). Installed with apt when missing and we are root.
+# (unit verification), redis-server (the tracker cluster tests start their own)
+# and chromium + chromium-driver (the web UI's browser tests; selenium is
+# pointed at /usr/bin/chromedriver and never downloads a browser).
+# Installed with apt when missing and we are root.
 system-deps:
 	@missing=""; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

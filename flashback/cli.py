@@ -53,6 +53,7 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="peer server address (default 127.0.0.1)")
     p.add_argument("--port", default=None, help="peer server port (default 0: the OS picks)")
     p.add_argument("--show-hidden", action="store_true", help="serve dot files too")
+    p.add_argument("--ui-port", default=None, help="web UI port on 127.0.0.1 (default 0: any)")
     p.add_argument(
         "--identity",
         default=None,
@@ -67,6 +68,8 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="ask the local daemon how it is")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_run_status)
+    p = sub.add_parser("ui", help="print the local web UI's URL (with its access token)")
+    p.set_defaults(run=_run_ui)
     p = sub.add_parser("peers", help="the live peer list")
     p.add_argument("--watch", action="store_true", help="print each change as it arrives")
     p.add_argument("--json", action="store_true")
@@ -112,6 +115,16 @@ def _run_status(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         client.print_status(await client.fetch_status(os.environ), as_json=args.json)
+        return 0
+
+    return _run_local(main)
+
+
+def _run_ui(args: argparse.Namespace) -> int:
+    from flashback.daemon import client
+
+    async def main() -> int:
+        print(await client.fetch_ui_url(os.environ))
         return 0
 
     return _run_local(main)

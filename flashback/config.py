@@ -21,6 +21,7 @@ from typing import Any, Final
 import platformdirs
 
 from flashback.errors import ConfigError
+from flashback.protocol.messages import MAX_PEER_LIST_BYTES
 
 APP_NAME: Final = "flashback"
 DEFAULT_PEER_HOST: Final = "127.0.0.1"
@@ -34,6 +35,14 @@ DEFAULT_REGISTER_BURST: Final = 100
 DEFAULT_WATCHER_QUEUE_MESSAGES: Final = 1024
 # Changes kept for resuming watchers; the contract asks for at least 10,000.
 DEFAULT_BACKLOG_CHANGES: Final = 16_384
+# Abuse bounds (issue 10): peers online, their records' bytes (at most what a
+# daemon takes in one frame), relayed messages per link, and how long and how
+# much a link that does not read may hold back.
+DEFAULT_MAX_PEERS: Final = 10_000
+DEFAULT_RELAY_RATE_PER_S: Final = 20.0
+DEFAULT_RELAY_BURST: Final = 100
+DEFAULT_SEND_TIMEOUT_S: Final = 10.0
+DEFAULT_MAX_SEND_BYTES: Final = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,12 @@ class TrackerConfig:
     # Not settable from outside: tuned here, overridden by tests and benchmarks.
     watcher_queue_messages: int = DEFAULT_WATCHER_QUEUE_MESSAGES
     backlog_changes: int = DEFAULT_BACKLOG_CHANGES
+    max_peers: int = DEFAULT_MAX_PEERS
+    max_peer_list_bytes: int = MAX_PEER_LIST_BYTES
+    relay_rate_per_s: float = DEFAULT_RELAY_RATE_PER_S
+    relay_burst: int = DEFAULT_RELAY_BURST
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
+    max_send_bytes: int = DEFAULT_MAX_SEND_BYTES
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class DaemonConfig:
     host: str = DEFAULT_PEER_HOST
     port: int = 0
     show_hidden: bool = False
+    ui_port: int = 0
     state_dir: Path = Path()
     data_dir: Path = Path()
     # an identity instance to use (else the first free one of the name)
@@ -225,7 +241,37 @@ def tracker_from_sources(flags: Mapping[str, Any], env: Mapping[str, str]) -> Tr
             what="RELAY_REGISTER_RATE",
         ),
         register_burst=max(1, int(burst)),
+        max_peers=_count(env, "RELAY_MAX_PEERS", DEFAULT_MAX_PEERS),
+        max_peer_list_bytes=_count(
+            env, "RELAY_MAX_PEER_LIST_BYTES", MAX_PEER_LIST_BYTES, high=MAX_PEER_LIST_BYTES
+        ),
+        relay_rate_per_s=parse_positive(
+            _first(env.get("RELAY_MESSAGE_RATE"), DEFAULT_RELAY_RATE_PER_S),
+            what="RELAY_MESSAGE_RATE",
+        ),
+        relay_burst=_count(env, "RELAY_MESSAGE_BURST", DEFAULT_RELAY_BURST),
+        send_timeout_s=parse_positive(
+            _first(env.get("RELAY_SEND_TIMEOUT"), DEFAULT_SEND_TIMEOUT_S),
+            what="RELAY_SEND_TIMEOUT",
+        ),
+        max_send_bytes=_count(env, "RELAY_MAX_SEND_BYTES", DEFAULT_MAX_SEND_BYTES),
     )
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, high: int | None = None) -> int:
+    """A whole number >= 1 from *env*; above *high* is refused, naming the ceiling."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, not {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be at most {high} (what a daemon accepts), not {value}")
+    return value
 
 
 def daemon_from_sources(
@@ -251,6 +297,7 @@ def daemon_from_sources(
         host=_first(flags.get("host"), DEFAULT_PEER_HOST),
         port=parse_port(_first(flags.get("port"), 0), what="--port"),
         show_hidden=bool(flags.get("show_hidden")),
+        ui_port=parse_port(_first(flags.get("ui_port"), 0), what="--ui-port"),
         state_dir=state_dir(env),
         data_dir=data_dir(env),
         identity=_first(flags.get("identity"), env.get("FLASHBACK_IDENTITY")),

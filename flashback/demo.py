@@ -84,6 +84,8 @@ async def run_demo(base: Path) -> int:
             say(f"tracker:     {found['tracker']}  (try: curl {found['tracker']}/api/peers/list)")
             say(f"local CLI:   FLASHBACK_STATE_DIR={work / 'state'} .venv/bin/flashback peers")
             say("Ctrl-C stops both.\n")
+        elif event.get("event") == "ui-ready":
+            say(f"web UI:      open {event['url']} in a browser\n")
 
     processes: list[trio.Process] = []
     try:

@@ -1,11 +1,19 @@
-"""Downloading one file to disk, resumably: used by ``get`` and ``stream``.
+"""Downloading one file to disk, resumably and verified: used by ``get`` and ``stream``.
 
-The bytes go to ``OUT.part`` and the validator (ETag) that names them to
-``OUT.part.json``; a later run with the same URL asks only for the rest with
-``Range`` + ``If-Range``, so a file that changed in between is fetched whole
-again instead of being spliced. The part is renamed to ``OUT`` only once its
-size matches what the server announced. A transfer that breaks keeps the
-part for the next run.
+The bytes go to ``OUT.part``; ``OUT.part.json`` records what they are: a
+resume key (the owner's peer id and the file's path, not the URL, so an
+owner that comes back on another port keeps the part) and the validator
+(ETag). A later run with the same key asks only for the rest with ``Range``
++ ``If-Range``, so a file that changed in between is fetched whole again
+instead of being spliced. Nothing past the announced size is ever written.
+
+Before the part is renamed to ``OUT`` its SHA-256 must equal the owner's
+``Repr-Digest`` (or, when no response carried one, the ``sha256`` of its
+``/api/digest`` manifest). On a mismatch the manifest's per-block digests
+name the bad blocks, only those are fetched again (ranges with ``If-Match``,
+so they come from the same version), and the whole is checked again; a part
+that still does not match is deleted and the download fails (CONTRACT §7).
+A transfer that breaks keeps the part for the next run.
 """
 
 from __future__ import annotations
@@ -16,13 +24,23 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
+import trio
 
 from flashback.errors import ConfigError, FlashbackError
+from flashback.protocol.digest import (
+    BadManifest,
+    Manifest,
+    hash_fd,
+    parse_manifest,
+    parse_repr_digest,
+)
+from flashback.protocol.strict_json import loads_strict
 
 CHUNK_BYTES: Final = 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
@@ -40,6 +58,9 @@ class DownloadResult:
     bytes: int
     sha256: str
     resumed_from: int
+    repaired_blocks: int = 0
+    #: body bytes fetched to repair blocks (0 when the first pass was right)
+    repair_bytes: int = 0
 
 
 class Progress:
@@ -98,49 +119,108 @@ def check_output(out: Path) -> None:
         raise ConfigError(f"directory {parent} does not exist")
 
 
-def _hash_file(path: Path, digest: Any, limit: int) -> None:
-    with path.open("rb") as file:
-        remaining = limit
-        while remaining > 0:
-            chunk = file.read(min(CHUNK_BYTES, remaining))
-            if not chunk:
-                break
-            digest.update(chunk)
-            remaining -= len(chunk)
+def _hash_path(path: Path, size: int, block_size: int) -> Manifest:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return hash_fd(fd, size, min_block=block_size)
+    finally:
+        os.close(fd)
+
+
+async def _sha256_of(path: Path) -> str:
+    def whole() -> str:
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            while chunk := file.read(4 * CHUNK_BYTES):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    return await trio.to_thread.run_sync(whole)
 
 
 async def download(
     client: httpx.AsyncClient,
-    url: str,
+    url: httpx.URL | str,
     out: Path,
     *,
     label: str = "",
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     resume_key: str | None = None,
+    manifest_url: httpx.URL | str | None = None,
+    repair_url: httpx.URL | str | None = None,
+    expected_size: int | None = None,
 ) -> DownloadResult:
-    """*resume_key* names the resource across runs when its URL changes each
-    time (a stream port's token); If-Range still guards against splicing."""
+    """Fetch *url* into *out*, verified.
+
+    *resume_key* names the file across runs (peer id + path; default the
+    URL); *manifest_url* is the owner's ``/api/digest/<path>``; *repair_url*
+    answers ranges with ``If-Match`` (default *url*); *expected_size* is a
+    size announced beforehand (a stream port's ``size``): never more is written.
+    """
     check_output(out)
     part, meta = part_paths(out)
-    key = resume_key or url
+    key = resume_key or str(url)
+    received = await _receive(client, url, out, key, label, on_event, expected_size)
+    size, expected_sha, etag, offset = received
+    repaired, repair_bytes = 0, 0
+    actual = await _sha256_of(part)
+    manifest: Manifest | None = None
+    if expected_sha is None:
+        manifest = await _fetch_manifest(client, manifest_url, size)
+        expected_sha = manifest.sha256
+    if actual != expected_sha:
+        if manifest is None:
+            manifest = await _fetch_manifest(client, manifest_url, size)
+        if manifest.sha256 != expected_sha:
+            _discard(part, meta)
+            raise TransferFailed("the file changed on the peer during the download; run again")
+        repaired, repair_bytes = await _repair(client, repair_url or url, part, manifest, etag)
+        actual = await _sha256_of(part)
+        if actual != expected_sha:
+            _discard(part, meta)
+            raise TransferFailed(
+                f"the peer's bytes do not match its own digest (sha256 {expected_sha}); "
+                f"{out} was not written"
+            )
+    os.replace(part, out)
+    meta.unlink(missing_ok=True)
+    return DownloadResult(out, size, actual, offset, repaired, repair_bytes)
+
+
+def _discard(part: Path, meta: Path) -> None:
+    part.unlink(missing_ok=True)
+    meta.unlink(missing_ok=True)
+
+
+async def _receive(
+    client: httpx.AsyncClient,
+    url: httpx.URL | str,
+    out: Path,
+    key: str,
+    label: str,
+    on_event: Callable[[str, dict[str, Any]], None] | None,
+    expected_size: int | None,
+) -> tuple[int, str | None, str | None, int]:
+    """The body into the part: (size, digest from Repr-Digest, ETag, resumed from)."""
+    part, meta = part_paths(out)
     headers: dict[str, str] = {}
     offset = 0
     saved = _read_meta(meta)
-    if part.exists() and saved.get("url") == key and saved.get("etag"):
+    if part.exists() and saved.get("key") == key:
         offset = part.stat().st_size
         if offset:
             headers = {"Range": f"bytes={offset}-", "If-Range": str(saved["etag"])}
     try:
         async with client.stream("GET", url, headers=headers) as response:
+            etag = response.headers.get("etag")
+            digest = parse_repr_digest(response.headers.get("repr-digest"))
             if response.status_code == 416 and offset:
                 match = _UNSATISFIED.match(response.headers.get("content-range", ""))
                 if match and int(match.group(1)) == offset:
-                    return _finish(out, part, meta, offset, offset)
-                offset = 0  # the part is longer than the file now: start over
-                part.unlink(missing_ok=True)
-                return await download(
-                    client, url, out, label=label, on_event=on_event, resume_key=resume_key
-                )
+                    # Complete already; verification below decides if it is right.
+                    return offset, digest, str(saved["etag"]), offset
+                part.unlink(missing_ok=True)  # longer than the file now: start over
+                return await _receive(client, url, out, key, label, on_event, expected_size)
             if response.status_code == 404:
                 raise TransferFailed(f"not found on the peer: {url}")
             if response.status_code == 206:
@@ -150,43 +230,158 @@ async def download(
                 total = int(match.group(3))
                 mode = "ab"
             elif response.status_code == 200:
-                total = int(response.headers.get("content-length", "-1"))
+                length = response.headers.get("content-length")
+                total = int(length) if length and length.isdigit() else -1
                 offset = 0
                 mode = "wb"
             else:
                 raise TransferFailed(f"the peer answered HTTP {response.status_code} for {url}")
-            meta.write_text(
-                json.dumps({"url": key, "etag": response.headers.get("etag")}), encoding="utf-8"
-            )
+            if expected_size is not None:
+                if total >= 0 and total != expected_size:
+                    raise TransferFailed(
+                        f"the peer announced {expected_size} bytes but sends {total}"
+                    )
+                total = expected_size
+            if total < 0:
+                raise TransferFailed("the peer did not say how big the file is (no Content-Length)")
+            if etag is None or not _ETAG.fullmatch(etag):
+                etag = None
+            meta.write_text(json.dumps({"key": key, "etag": etag}), encoding="utf-8")
             if on_event is not None:
-                on_event("download-started", {"url": url, "offset": offset, "size": total})
-            progress = Progress(total, offset, label)
-            try:
-                with part.open(mode) as file:
-                    async for chunk in response.aiter_bytes():  # as received: a break loses nothing
-                        file.write(chunk)
-                        progress.update(len(chunk))
-            finally:
-                progress.close()
+                on_event("download-started", {"url": str(url), "offset": offset, "size": total})
+            await _write_body(response, part, mode, offset, total, label)
     except httpx.HTTPError as exc:
         got = part.stat().st_size if part.exists() else 0
         raise TransferFailed(
             f"transfer failed after {got} bytes ({exc.__class__.__name__}); "
             f"the partial file {part} is kept: run the same command again to resume"
         ) from exc
-    return _finish(out, part, meta, part.stat().st_size, total, resumed_from=offset)
-
-
-def _finish(
-    out: Path, part: Path, meta: Path, size: int, total: int, *, resumed_from: int = 0
-) -> DownloadResult:
-    if total >= 0 and size != total:
+    size = part.stat().st_size
+    if size != total:
         raise TransferFailed(
             f"size mismatch: got {size} bytes, the peer announced {total}; "
             f"the partial file {part} is kept"
         )
-    digest = hashlib.sha256()
-    _hash_file(part, digest, size)
-    os.replace(part, out)
-    meta.unlink(missing_ok=True)
-    return DownloadResult(out, size, digest.hexdigest(), resumed_from)
+    return size, digest, etag, offset
+
+
+async def _write_body(
+    response: httpx.Response, part: Path, mode: str, offset: int, total: int, label: str
+) -> None:
+    """Append the body as received (a break loses nothing), never past *total*."""
+    progress = Progress(total, offset, label)
+    room = total - offset
+    try:
+        with part.open(mode) as file:
+            async with aclosing(response.aiter_bytes()) as chunks:
+                async for chunk in chunks:
+                    if len(chunk) > room:
+                        # More than announced: keep what was, drop the connection.
+                        file.write(chunk[:room])
+                        progress.update(room)
+                        break
+                    file.write(chunk)
+                    room -= len(chunk)
+                    progress.update(len(chunk))
+    finally:
+        progress.close()
+
+
+MANIFEST_TIMEOUT_S: Final = 300.0  # the owner may be hashing a big file first
+#: 4096 blocks of 64 hex digits plus JSON and the path: far below this
+MAX_MANIFEST_BYTES: Final = 1024 * 1024
+
+
+async def _fetch_manifest(
+    client: httpx.AsyncClient, manifest_url: httpx.URL | str | None, size: int
+) -> Manifest:
+    if manifest_url is None:
+        raise TransferFailed("the peer sent no digest, so the download cannot be verified")
+    try:
+        async with client.stream("GET", manifest_url, timeout=MANIFEST_TIMEOUT_S) as response:
+            if response.status_code != 200:
+                raise TransferFailed(
+                    f"the peer answered HTTP {response.status_code} for its digest"
+                )
+            body = bytearray()
+            async with aclosing(response.aiter_bytes()) as chunks:
+                async for chunk in chunks:
+                    body += chunk
+                    if len(body) > MAX_MANIFEST_BYTES:
+                        raise TransferFailed("the peer's digest manifest is too large")
+        return parse_manifest(loads_strict(bytes(body)), size=size)
+    except BadManifest as exc:
+        raise TransferFailed(f"the peer's digest manifest is unusable: {exc}") from exc
+    except (httpx.HTTPError, ValueError) as exc:
+        raise TransferFailed(
+            f"could not fetch the peer's digest ({exc.__class__.__name__})"
+        ) from exc
+
+
+def _bad_runs(local: Manifest, remote: Manifest) -> list[tuple[int, int]]:
+    """Runs of consecutive differing blocks, as (first block, block count)."""
+    runs: list[tuple[int, int]] = []
+    for index, (mine, theirs) in enumerate(zip(local.blocks, remote.blocks, strict=True)):
+        if mine == theirs:
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
+
+
+async def _repair(
+    client: httpx.AsyncClient,
+    url: httpx.URL | str,
+    part: Path,
+    manifest: Manifest,
+    etag: str | None,
+) -> tuple[int, int]:
+    """Fetch again only the blocks whose digest differs: (blocks, bytes fetched)."""
+    local = await trio.to_thread.run_sync(_hash_path, part, manifest.size, manifest.block_size)
+    runs = _bad_runs(local, manifest)
+    fetched = 0
+    headers = {"If-Match": etag} if etag else {}
+    fd = os.open(part, os.O_WRONLY)
+    try:
+        for first_block, count in runs:
+            first = first_block * manifest.block_size
+            last = min((first_block + count) * manifest.block_size, manifest.size) - 1
+            fetched += await _fetch_range(client, url, fd, first, last, manifest.size, headers)
+    except httpx.HTTPError as exc:
+        raise TransferFailed(f"repairing blocks failed ({exc.__class__.__name__})") from exc
+    finally:
+        os.close(fd)
+    return sum(count for _, count in runs), fetched
+
+
+async def _fetch_range(
+    client: httpx.AsyncClient,
+    url: httpx.URL | str,
+    fd: int,
+    first: int,
+    last: int,
+    size: int,
+    headers: dict[str, str],
+) -> int:
+    want = f"bytes {first}-{last}/{size}"
+    async with client.stream(
+        "GET", url, headers={**headers, "Range": f"bytes={first}-{last}"}
+    ) as response:
+        if response.status_code != 206 or response.headers.get("content-range") != want:
+            raise TransferFailed(
+                f"the peer did not send the range {first}-{last} to repair "
+                f"(HTTP {response.status_code}); the file may have changed: run again"
+            )
+        offset = first
+        async with aclosing(response.aiter_bytes()) as chunks:
+            async for chunk in chunks:
+                piece = chunk[: last + 1 - offset]
+                os.pwrite(fd, piece, offset)
+                offset += len(piece)
+                if len(piece) < len(chunk):
+                    break  # more than the range: not ours to keep
+    if offset != last + 1:
+        raise TransferFailed(f"the peer cut the range {first}-{last} short")
+    return offset - first

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
@@ -80,8 +81,8 @@ class BoundAddress:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        # From parts (brackets for IPv6 come from httpx), as every URL here is.
+        return str(httpx.URL(scheme="http", host=self.host, port=self.port)).rstrip("/")
 
 
 def parse_bind(bind: str) -> BoundAddress:

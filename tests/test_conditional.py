@@ -15,6 +15,7 @@ from flashback.protocol.conditional import (
     make_etag,
     parse_http_date,
     rfc3339,
+    sandbox_policy,
 )
 
 ETAG = make_etag(1, 2, 3)
@@ -107,3 +108,24 @@ def test_content_disposition() -> None:
     header = content_disposition("attachment", 'a"b\\c.txt')
     assert header.startswith('attachment; filename="a_b_c.txt"')
     assert "filename*=UTF-8''a%22b%5Cc.txt" in header
+
+
+@pytest.mark.parametrize(
+    ("content_type", "policy"),
+    [
+        ("video/webm", None),
+        ("audio/mpeg", None),
+        ("image/png", None),
+        ("IMAGE/JPEG", None),
+        ("image/svg+xml", "sandbox"),
+        ("text/html; charset=utf-8", "sandbox"),
+        ("application/xhtml+xml", "sandbox"),
+        ("application/pdf", "sandbox"),
+        ("application/octet-stream", "sandbox"),
+        ("", "sandbox"),
+    ],
+)
+def test_sandbox_policy_spares_only_media_that_cannot_run_script(
+    content_type: str, policy: str | None
+) -> None:
+    assert sandbox_policy(content_type) == policy

@@ -171,6 +171,7 @@ def test_daemon_defaults(
     assert cfg.host == "127.0.0.1"
     assert cfg.port == 0
     assert cfg.show_hidden is False
+    assert cfg.ui_port == 0
     assert cfg.state_dir == tmp_path / "run" / "flashback"
 
 
@@ -181,6 +182,13 @@ def test_daemon_flags_for_host_port_hidden(roots: dict[str, Path]) -> None:
         {},
     )
     assert (cfg.host, cfg.port, cfg.show_hidden) == ("0.0.0.0", 8080, True)
+
+
+def test_daemon_ui_port(roots: dict[str, Path]) -> None:
+    flags = {"root": str(roots["flag"]), "ui_port": "8731"}
+    assert daemon_from_sources(flags, {}, {}).ui_port == 8731
+    with pytest.raises(ConfigError, match="--ui-port"):
+        daemon_from_sources({**flags, "ui_port": "web"}, {}, {})
 
 
 def test_root_expands_user_and_resolves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -141,6 +143,8 @@ async def test_get_downloads_and_checks(tmp_path: Path, nursery: trio.Nursery) -
                 "path": str(out),
                 "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
+                "verified": True,
+                "repaired_blocks": 0,
             }
             assert out.read_bytes() == data
             assert not (tmp_path / "out.bin.part").exists()
@@ -154,6 +158,33 @@ async def test_get_downloads_and_checks(tmp_path: Path, nursery: trio.Nursery) -
             unknown = await run_cli(["get", "nobody", "x"], env=daemon_env(tmp_path, "bob"))
             assert unknown.returncode == 1
             assert b"nobody" in unknown.stderr
+
+
+async def register_fake_peer(
+    tracker_url: str, name: str, port: int, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Register a test server as a peer and heartbeat for it like a daemon
+    would, so it stays online however slowly the CLI runs start (TTL 5 s)."""
+    async with httpx.AsyncClient(base_url=tracker_url) as http:
+        registered = await http.post(
+            "/api/peers/register",
+            json={
+                "name": name,
+                "peer_server": {"host": "127.0.0.1", "port": port},
+                "capabilities": {},
+            },
+        )
+        assert registered.status_code == 201
+        identity = registered.json()
+        task_status.started()
+        while True:
+            await trio.sleep(1)
+            with contextlib.suppress(httpx.HTTPError):  # the tracker stops with the test
+                await http.post(
+                    "/api/peers/heartbeat",
+                    json={"peer_id": identity["peer_id"]},
+                    headers={"Authorization": f"Bearer {identity['token']}"},
+                )
 
 
 class FlakyPeer:
@@ -176,9 +207,11 @@ class FlakyPeer:
         headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
         self.requests.append(headers)
         size = len(self.data)
+        digest = base64.b64encode(hashlib.sha256(self.data).digest()).decode()
         if "range" not in headers:
             await stream.send_all(
                 f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: {self.ETAG}\r\n"
+                f"Repr-Digest: sha-256=:{digest}:\r\n"
                 f"Accept-Ranges: bytes\r\nConnection: close\r\n\r\n".encode()
             )
             await stream.send_all(self.data[: size // 3])  # then vanish
@@ -190,7 +223,7 @@ class FlakyPeer:
         await stream.send_all(
             f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n"
             f"Content-Range: bytes {first}-{size - 1}/{size}\r\nETag: {self.ETAG}\r\n"
-            f"Connection: close\r\n\r\n".encode()
+            f"Repr-Digest: sha-256=:{digest}:\r\nConnection: close\r\n\r\n".encode()
             + body
         )
         await stream.aclose()
@@ -207,16 +240,7 @@ async def test_get_keeps_the_partial_file_and_resumes(
         async with AsyncExitStack() as stack:
             _, url = await start_tracker(stack, nursery, tmp_path)
             bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
-            async with httpx.AsyncClient(base_url=url) as http:
-                registered = await http.post(
-                    "/api/peers/register",
-                    json={
-                        "name": "flaky",
-                        "peer_server": {"host": "127.0.0.1", "port": port},
-                        "capabilities": {},
-                    },
-                )
-                assert registered.status_code == 201
+            await nursery.start(register_fake_peer, url, "flaky", port)
             await bob.wait_event(joined("flaky"))
             out = tmp_path / "file.bin"
             first = await run_cli(
@@ -350,3 +374,80 @@ async def test_wildcard_bind_announces_a_dialable_address(
             assert joined_event["peer"]["peer_server"]["host"] == "127.0.0.1"
             wide.signal(signal.SIGTERM)
             assert await wide.wait_exit(timeout_s=5) == 0
+
+
+class LyingPeer:
+    """A peer server whose bytes never match the digest it announces."""
+
+    ETAG = '"lying-v1"'
+
+    def __init__(self, right: bytes) -> None:
+        self.right = right
+        self.targets: list[str] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            chunk = await stream.receive_some()
+            if not chunk:
+                return
+            raw += chunk
+        head = raw.split(b"\r\n\r\n")[0].decode().split("\r\n")
+        target = head[0].split(" ")[1]
+        self.targets.append(target)
+        headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+        size = len(self.right)
+        if target.startswith("/api/digest/"):
+            body = json.dumps(
+                {
+                    "path": "file.bin",
+                    "size": size,
+                    "sha256": hashlib.sha256(self.right).hexdigest(),
+                    "block_size": 1024 * 1024,
+                    "blocks": [
+                        hashlib.sha256(self.right[i : i + 1024 * 1024]).hexdigest()
+                        for i in range(0, size, 1024 * 1024)
+                    ],
+                }
+            ).encode()
+            status, extra = "200 OK", ""
+        elif "range" in headers:
+            first, last = (int(x) for x in headers["range"].removeprefix("bytes=").split("-"))
+            body = b"\0" * (last + 1 - first)
+            status, extra = "206 Partial Content", f"Content-Range: bytes {first}-{last}/{size}\r\n"
+        else:
+            body, status, extra = b"\0" * size, "200 OK", ""
+        digest = base64.b64encode(hashlib.sha256(self.right).digest()).decode()
+        await stream.send_all(
+            f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nETag: {self.ETAG}\r\n"
+            f"Repr-Digest: sha-256=:{digest}:\r\n{extra}Connection: close\r\n\r\n".encode()
+            + body
+        )
+        await stream.aclose()
+
+
+async def test_get_from_an_owner_whose_bytes_never_match_fails_without_out(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    lying = LyingPeer(os.urandom(2 * 1024 * 1024 + 3))
+    listeners = await nursery.start(partial(trio.serve_tcp, lying.handle, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            _, url = await start_tracker(stack, nursery, tmp_path)
+            bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
+            await nursery.start(register_fake_peer, url, "liar", port)
+            await bob.wait_event(joined("liar"))
+            out = tmp_path / "file.bin"
+            result = await run_cli(
+                ["get", "liar", "file.bin", "-o", str(out)], env=daemon_env(tmp_path, "bob")
+            )
+    assert result.returncode == 1
+    message = result.stderr.decode().strip()
+    assert len(message.splitlines()) == 1 and "do not match" in message, message
+    assert not out.exists() and not (tmp_path / "file.bin.part").exists()
+    # the body, the manifest, then one ranged repair of all three blocks
+    assert lying.targets == ["/download/file.bin", "/api/digest/file.bin", "/download/file.bin"]
+    assert not any(
+        e.get("event") == "download-complete" for e in map(json.loads, result.stdout.splitlines())
+    )

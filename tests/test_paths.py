@@ -12,6 +12,7 @@ from flashback.protocol.paths import (
     is_servable_name,
     open_under_root,
     real_root,
+    resolve_relative,
     resolve_under_root,
     safe_resolve,
     split_request_path,
@@ -193,3 +194,39 @@ def test_open_under_root(tree: tuple[Path, Path]) -> None:
     relative, fd, _ = open_under_root(root, "docs", directory=True)
     os.close(fd)
     assert relative == "docs"
+
+
+@pytest.mark.parametrize(
+    ("base", "target", "expected"),
+    [
+        ((), "b.md", ("b.md",)),
+        (("docs",), "b.md", ("docs", "b.md")),
+        (("docs", "deep"), "../b.md", ("docs", "b.md")),
+        (("docs",), "./x/./y.txt", ("docs", "x", "y.txt")),
+        (("docs",), "/top.md", ("top.md",)),
+        (("docs",), "sub/", ("docs", "sub")),
+        (("docs",), "..", ()),
+    ],
+)
+def test_resolve_relative_link(
+    base: tuple[str, ...], target: str, expected: tuple[str, ...]
+) -> None:
+    assert resolve_relative(base, target) == expected
+
+
+@pytest.mark.parametrize(
+    ("base", "target"),
+    [
+        ((), "../x"),
+        (("docs",), "../../etc/passwd"),
+        (("docs",), "/../x"),
+        ((), ".secret"),
+        ((), "a/.git/config"),
+        ((), "a\\b"),
+        ((), "a\x00b"),
+        ((), "C:x"),
+    ],
+)
+def test_resolve_relative_link_refuses(base: tuple[str, ...], target: str) -> None:
+    with pytest.raises(UnsafePath):
+        resolve_relative(base, target)

@@ -165,6 +165,20 @@ async def test_html_content_is_sandboxed(client: httpx.AsyncClient) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
+async def test_media_content_is_not_sandboxed_but_svg_is(
+    client: httpx.AsyncClient, share: Path
+) -> None:
+    """A sandboxed media document has a null origin and Chromium will not play it."""
+    (share / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3")
+    (share / "pic.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'><script/></svg>")
+    video = await client.get("/content/clip.webm")
+    assert video.headers["content-type"] == "video/webm"
+    assert "content-security-policy" not in video.headers
+    assert video.headers["x-content-type-options"] == "nosniff"
+    svg = await client.get("/content/pic.svg")
+    assert svg.headers["content-security-policy"] == "sandbox"
+
+
 async def test_symlink_inside_root_served(client: httpx.AsyncClient) -> None:
     assert (await client.get("/content/alias.txt")).content == b"hello, world\n"
 

@@ -204,7 +204,7 @@ async def test_expiry_with_real_time(nursery: trio.Nursery, share: Path) -> None
             assert (await http.get(url_of(answer, "nope"))).status_code == 403
         (closed,) = await events.wait_closed()
         assert closed["reason"] == "expired" and closed["bytes_sent"] == 0
-        assert 0.4 <= closed["duration_s"] < 3
+        # how long it lived is the mock-clock test's job: wall time under load varies
         assert refused(answer.port) and not manager.open_ports
 
 
@@ -248,14 +248,29 @@ async def test_the_17th_port_is_busy(nursery: trio.Nursery, share: Path) -> None
     with trio.fail_after(TIMEOUT_S):
         manager, _ = await start_manager(nursery, share)
         answers = [
-            await manager.handle(StreamRequest(f"r{i}", "hello.txt", from_="bob"))
+            await manager.handle(StreamRequest(f"r{i}", "hello.txt", from_=f"peer{i}"))
             for i in range(17)
         ]
         assert all(isinstance(a, FileStreamReady) for a in answers[:16])
         busy = answers[16]
-        assert isinstance(busy, StreamError) and busy.code == "busy" and busy.to == "bob"
+        assert isinstance(busy, StreamError) and busy.code == "busy" and busy.to == "peer16"
         assert len(manager.open_ports) == 16
         assert len({a.port for a in answers[:16] if isinstance(a, FileStreamReady)}) == 16
+
+
+async def test_one_requester_holds_at_most_its_quota_of_ports(
+    nursery: trio.Nursery, share: Path
+) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        manager, _ = await start_manager(nursery, share, max_ports_per_peer=2)
+        mine = [
+            await manager.handle(StreamRequest(f"m{i}", "hello.txt", from_="mallory"))
+            for i in range(3)
+        ]
+        assert [type(a).__name__ for a in mine] == ["FileStreamReady"] * 2 + ["StreamError"]
+        assert isinstance(mine[2], StreamError) and mine[2].code == "busy"
+        await ready(manager, "hello.txt", requester="bob")  # others still get a port
+        assert len(manager.open_ports) == 3
 
 
 async def test_two_parallel_requests_get_two_ports(nursery: trio.Nursery, share: Path) -> None:

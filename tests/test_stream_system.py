@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from flashback.daemon.client import resume_key
 from flashback.protocol.conditional import make_etag
 from tests.procs import daemon_env, event_is, run_cli
 from tests.test_daemon_system import joined, start_daemon, start_tracker
@@ -39,6 +40,8 @@ async def test_stream_between_two_daemons(tmp_path: Path, nursery: trio.Nursery)
                 "path": str(out),
                 "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
+                "verified": True,
+                "repaired_blocks": 0,
             }
             assert out.read_bytes() == data
 
@@ -59,7 +62,7 @@ async def test_stream_between_two_daemons(tmp_path: Path, nursery: trio.Nursery)
             (tmp_path / "resumed.bin.part.json").write_text(
                 json.dumps(
                     {
-                        "url": f"flashback-stream:{notice['peer_id']}/v/film.bin",
+                        "key": resume_key(notice["peer_id"], "v/film.bin"),
                         "etag": make_etag(info.st_ino, info.st_size, info.st_mtime_ns),
                     }
                 )

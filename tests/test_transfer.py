@@ -36,7 +36,7 @@ async def test_resume_asks_only_for_the_rest(peer_url: str, share: Path, tmp_pat
         out = tmp_path / "big.bin"
         part, meta = part_paths(out)
         part.write_bytes(data[:1000])
-        meta.write_text(json.dumps({"url": url, "etag": etag}))
+        meta.write_text(json.dumps({"key": url, "etag": etag}))
         log: list[tuple[str, dict[str, Any]]] = []
         result = await download(http, url, out, on_event=events_into(log))
     assert log[0] == ("download-started", {"url": url, "offset": 1000, "size": len(data)})
@@ -48,7 +48,7 @@ async def test_changed_file_is_fetched_whole(peer_url: str, share: Path, tmp_pat
     out = tmp_path / "hello.txt"
     part, meta = part_paths(out)
     part.write_bytes(b"HELLO")  # from an older version of the file
-    meta.write_text(json.dumps({"url": url, "etag": '"an-old-version"'}))
+    meta.write_text(json.dumps({"key": url, "etag": '"an-old-version"'}))
     async with httpx.AsyncClient() as http:
         result = await download(http, url, out)
     assert result.resumed_from == 0 and out.read_bytes() == b"hello, world\n"
@@ -63,7 +63,7 @@ async def test_part_longer_than_the_file_starts_over(
         out = tmp_path / "hello.txt"
         part, meta = part_paths(out)
         part.write_bytes(b"x" * 100)
-        meta.write_text(json.dumps({"url": url, "etag": etag}))
+        meta.write_text(json.dumps({"key": url, "etag": etag}))
         await download(http, url, out)
     assert out.read_bytes() == b"hello, world\n"
 
@@ -76,7 +76,7 @@ async def test_odd_saved_validator_means_no_resume(
     out = tmp_path / "hello.txt"
     part, meta = part_paths(out)
     part.write_bytes(b"hel")
-    meta.write_text(json.dumps({"url": url, "etag": etag}))
+    meta.write_text(json.dumps({"key": url, "etag": etag}))
     async with httpx.AsyncClient() as http:
         result = await download(http, url, out)
     assert result.resumed_from == 0 and out.read_bytes() == b"hello, world\n"

@@ -20,8 +20,9 @@ from flashback.config import state_dir
 from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.events import emit
+from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
-from flashback.transfer import check_output, download
+from flashback.transfer import DownloadResult, check_output, download
 
 TIMEOUT_S = 10.0
 
@@ -61,6 +62,16 @@ async def fetch_peers(env: Mapping[str, str]) -> dict[str, Any]:
         return await _get_json(client, "/peers")
 
 
+async def fetch_ui_url(env: Mapping[str, str]) -> str:
+    """The running daemon's UI URL, token included (the control socket is ours alone)."""
+    async with control_client(env) as client:
+        payload = await _get_json(client, "/ui")
+    url = payload.get("url") if isinstance(payload, dict) else None
+    if not isinstance(url, str) or not url.isprintable():
+        raise FlashbackError("the daemon has no web UI running", code="no_ui")
+    return url
+
+
 def resolve_peer(listing: dict[str, Any], key: str) -> PeerInfo:
     peers = [PeerInfo.parse(p) for p in listing.get("peers", [])]
     for peer in peers:
@@ -75,9 +86,28 @@ def resolve_peer(listing: dict[str, Any], key: str) -> PeerInfo:
     raise FlashbackError(f"no peer {key!r} is online", code="unknown_peer")
 
 
-def peer_url(peer: PeerInfo) -> str:
-    host = f"[{peer.host}]" if ":" in peer.host else peer.host
-    return f"http://{host}:{peer.port}"
+def http_url(host: str, port: int, path: str = "/") -> httpx.URL:
+    """A URL from parts, never pasted: *host* must be a host name or an IP literal.
+
+    *path* is percent-encoded here (``/`` kept), so a peer's file name or
+    token cannot add a query, a fragment or another host.
+    """
+    if not is_valid_host(host):
+        raise FlashbackError(
+            f"peer host {host!r} is not a host name or IP address", code="invalid_peer"
+        )
+    return httpx.URL(scheme="http", host=host, port=port, path=quote(path, safe="/"))
+
+
+def peer_url(peer: PeerInfo, path: str = "/") -> httpx.URL:
+    return http_url(peer.host, peer.port, path)
+
+
+def _display_url(server: Mapping[str, Any]) -> str:
+    try:
+        return str(http_url(str(server["host"]), int(server["port"])))
+    except (FlashbackError, httpx.InvalidURL, ValueError, TypeError):
+        return "(invalid address)"
 
 
 def print_status(status: dict[str, Any], *, as_json: bool) -> None:
@@ -96,7 +126,7 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
 
 def format_peer(peer: dict[str, Any]) -> str:
     server = peer["peer_server"]
-    return f"{peer['name']:<24} {peer['peer_id']:<20} http://{server['host']}:{server['port']}"
+    return f"{peer['name']:<24} {peer['peer_id']:<20} {_display_url(server)}"
 
 
 def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
@@ -157,7 +187,7 @@ async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
 
 async def list_peer_dir(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
     peer = resolve_peer(await fetch_peers(env), key)
-    url = f"{peer_url(peer)}/api/files/{quote(path.strip('/'), safe='/')}"
+    url = peer_url(peer, "/api/files/" + path.strip("/"))
     entries: list[dict[str, Any]] = []
     listing: dict[str, Any] = {}
     cursor = None
@@ -202,20 +232,58 @@ def _print_event(event: str, fields: dict[str, Any]) -> None:
     emit(event, **fields)
 
 
-async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
-    out = out or default_output(path)
-    check_output(out)
-    peer = resolve_peer(await fetch_peers(env), key)
-    url = f"{peer_url(peer)}/download/{quote(path.strip('/'), safe='/')}"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        result = await download(http, url, out, label=out.name, on_event=_print_event)
+def peer_file_url(host: str, port: int, route: str, path: str) -> httpx.URL:
+    """``http://HOST:PORT/<route>/<path>`` from parts, never by pasting strings."""
+    return http_url(host, port, f"/{route}/{path.strip('/')}")
+
+
+def resume_key(peer_id: str, path: str) -> str:
+    """What a partial OUT belongs to: the owner and its file, whatever its address
+    today (the validator is checked by If-Range on resume)."""
+    return json.dumps(["flashback-file", peer_id, path.strip("/")])
+
+
+def _complete(result: DownloadResult) -> None:
     emit(
         "download-complete",
         path=str(result.path),
         bytes=result.bytes,
         sha256=result.sha256,
+        verified=True,
+        repaired_blocks=result.repaired_blocks,
     )
+
+
+async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
+    out = out or default_output(path)
+    check_output(out)
+    peer = resolve_peer(await fetch_peers(env), key)
+    url = peer_file_url(peer.host, peer.port, "download", path)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+        result = await download(
+            http,
+            url,
+            out,
+            label=out.name,
+            on_event=_print_event,
+            resume_key=resume_key(peer.peer_id, path),
+            manifest_url=peer_file_url(peer.host, peer.port, "api/digest", path),
+        )
+    _complete(result)
     return 0
+
+
+async def _owner_server(env: Mapping[str, str], key: str) -> tuple[str, int] | None:
+    """The owner's peer server (for its digest and repairs), if we can find it."""
+    try:
+        peer = resolve_peer(await fetch_peers(env), key)
+        return peer.host, peer.port
+    except FlashbackError:
+        pass
+    status = await fetch_status(env)  # a stream from this daemon itself, no tracker
+    if key in (status.get("name"), status.get("peer_id")):
+        return str(status["host"]), int(status["port"])
+    return None
 
 
 #: the daemon waits up to 15 s for the owner; leave room for that
@@ -260,16 +328,24 @@ async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | N
         size=ready["size"],
         expires_in=ready["expires_in"],
     )
-    host = f"[{ready['host']}]" if ":" in ready["host"] else ready["host"]
-    url = f"http://{host}:{ready['port']}/{ready['token']}"
-    # The token changes with every request; what a partial OUT belongs to is
-    # the owner's file, and If-Range (the port's strong ETag) checks it still is.
-    resume_key = f"flashback-stream:{ready.get('from') or key}/{ready['path']}"
+    url = http_url(ready["host"], ready["port"], "/" + ready["token"])
+    owner = await _owner_server(env, key)
+    manifest_url = repair_url = None
+    if owner is not None:
+        manifest_url = peer_file_url(*owner, "api/digest", ready["path"])
+        # The stream port closes once the file is sent: repairs go to the peer server.
+        repair_url = peer_file_url(*owner, "download", ready["path"])
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         result = await download(
-            http, url, out, label=out.name, on_event=_print_event, resume_key=resume_key
+            http,
+            url,
+            out,
+            label=out.name,
+            on_event=_print_event,
+            resume_key=resume_key(ready.get("from") or key, ready["path"]),
+            manifest_url=manifest_url,
+            repair_url=repair_url,
+            expected_size=ready["size"],
         )
-    if result.bytes != ready["size"]:
-        raise FlashbackError(f"got {result.bytes} bytes, the peer announced {ready['size']}")
-    emit("download-complete", path=str(result.path), bytes=result.bytes, sha256=result.sha256)
+    _complete(result)
     return 0

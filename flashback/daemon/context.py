@@ -37,6 +37,8 @@ class DaemonContext:
     keys: KeyPair | None = None
     instance_name: str | None = None
     tracker_connected: bool = False
+    # the web UI's URL, access token included (told only over the control socket)
+    ui_url: str | None = None
     _identity_changed: trio.Event = field(default_factory=trio.Event)
     # set by the link when the tracker answers hello with unknown_peer (it
     # restarted, say), so the session registers at once instead of waiting

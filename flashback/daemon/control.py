@@ -4,7 +4,8 @@ Only the same user can reach it: the state directory is 0700 and the socket
 0600. Nothing on the peer server's TCP port controls the daemon.
 
 Routes (HTTP/1.1 over the socket):
-``GET /status``, ``GET /peers`` (the tracker list shape), ``GET /events``
+``GET /status``, ``GET /peers`` (the tracker list shape), ``GET /ui`` (the
+web UI's URL with its token), ``GET /events``
 (newline-delimited JSON, one event per line, for ``peers --watch``; with
 ``?snapshot=1`` the first line is ``{"event": "peers-snapshot", ...}``), and
 ``POST /stream`` (ask a peer for a dedicated streaming port).
@@ -104,6 +105,10 @@ def create_control_app(ctx: DaemonContext) -> QuartTrio:
     @app.get("/peers")
     async def peers() -> Response:
         return json_response(ctx.table.snapshot())
+
+    @app.get("/ui")
+    async def ui() -> Response:
+        return json_response({"url": ctx.ui_url})
 
     @app.get("/events")
     async def events() -> Response:

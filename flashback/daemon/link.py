@@ -27,6 +27,7 @@ from flashback.daemon.context import DaemonContext
 from flashback.daemon.identity import Identity
 from flashback.protocol.backoff import Backoff
 from flashback.protocol.messages import (
+    MAX_SNAPSHOT_BYTES,
     ErrorMessage,
     FileStreamReady,
     Hello,
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 
 WS_PATH: Final = "/api/peers/ws"
 CONNECT_TIMEOUT_S: Final = 10.0
-MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+# What the tracker's peer-list budget is derived from (capacity.py): they agree.
+MAX_FRAME_BYTES: Final = MAX_SNAPSHOT_BYTES
 
 
 class LinkRejected(Exception):
@@ -135,7 +137,11 @@ def _dispatch(ctx: DaemonContext, message: object) -> None:
                 ctx, StreamError(message.request_id, "busy", "too many requests", to=message.from_)
             )
     elif isinstance(message, FileStreamReady | StreamError):
-        if isinstance(message, FileStreamReady):
+        # Only an answer to a request we made counts (request ids are random):
+        # anything else is a stranger's noise and must not reach stdout.
+        if not ctx.deliver_stream_answer(message):
+            log.debug("ignoring an unsolicited %s", message.TYPE)
+        elif isinstance(message, FileStreamReady):
             ctx.hub.emit(
                 "file-stream-ready",
                 request_id=message.request_id,
@@ -146,8 +152,6 @@ def _dispatch(ctx: DaemonContext, message: object) -> None:
                 size=message.size,
                 expires_in=message.expires_in,
             )
-        if not ctx.deliver_stream_answer(message):
-            log.info("no one is waiting for stream answer %s", message.request_id)
     else:
         log.debug("ignoring %s from the tracker", type(message).__name__)
 

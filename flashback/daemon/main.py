@@ -1,7 +1,8 @@
 """``flashback daemon``: one root nursery for the whole peer.
 
 Start order: bind the peer server (its port comes from ``task_status``),
-announce ``peer-server-ready``, open the local control socket, tell systemd
+announce ``peer-server-ready``, open the local control socket, start the web
+UI on 127.0.0.1 (announce ``ui-ready`` with its tokened URL), tell systemd
 we are ready, then -- only if a tracker is configured -- keep registered,
 heartbeat and hold the live link. None of the tracker tasks can delay or take
 down the peer server: they retry on their own. SIGTERM/SIGINT: unregister
@@ -15,6 +16,7 @@ import logging
 import os
 from functools import partial
 from pathlib import Path
+from typing import Final
 
 import httpx
 import trio
@@ -28,16 +30,20 @@ from flashback.daemon.identity import IdentityStore, Instance, claim_instance
 from flashback.daemon.link import run_link
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
+from flashback.digests import DigestCache, DigestService
 from flashback.peer.app import PeerInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
 from flashback.streaming.service import run_stream_ports
+from flashback.ui.serve import serve_ui
 from flashback.web import hypercorn_config, serve_quart
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 3.0
+#: the digest cache file in the data directory (CONTRACT §7)
+DIGEST_CACHE_NAME: Final = "digests.sqlite3"
 
 
 async def run_tracker_tasks(ctx: DaemonContext, api: TrackerAPI, store: IdentityStore) -> None:
@@ -62,6 +68,22 @@ async def report_status(ctx: DaemonContext, notifier: Notifier) -> None:
         async for event in events:
             if event["event"] in ("tracker-connected", "tracker-disconnected"):
                 await notifier.notify({"STATUS": _status_line(ctx)})
+
+
+async def run_digests(
+    data_dir: Path,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[DigestService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The digest service with its cache in the data directory (kept across
+    restarts), until shutdown; hashing then stops between two reads."""
+    path = ensure_private_dir(data_dir) / DIGEST_CACHE_NAME
+    cache = await trio.to_thread.run_sync(DigestCache, path)
+    async with trio.open_nursery() as nursery:
+        task_status.started(await nursery.start(DigestService(cache).run))
+        await shutdown.wait()
+        nursery.cancel_scope.cancel()
 
 
 async def daemon_main(
@@ -104,8 +126,16 @@ async def _run_daemon_tasks(
     settings = ShareSettings(config.root, config.show_hidden, local)
 
     async with trio.open_nursery() as nursery:
+        digests = await nursery.start(run_digests, config.data_dir, shutdown)
         ctx.address = await nursery.start(
-            partial(serve_peer, settings, config.host, config.port, shutdown_trigger=shutdown.wait)
+            partial(
+                serve_peer,
+                settings,
+                config.host,
+                config.port,
+                shutdown_trigger=shutdown.wait,
+                digests=digests,
+            )
         )
         ctx.announce_host = await trio.to_thread.run_sync(
             announce_host, ctx.address.host, config.tracker_url
@@ -121,8 +151,12 @@ async def _run_daemon_tasks(
                 shutdown_trigger=shutdown.wait,
             )
         )
+        ctx.ui_url = await nursery.start(
+            partial(serve_ui, ctx, config.ui_port, shutdown_trigger=shutdown.wait)
+        )
+        ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (CONTRACT §5).
-        nursery.start_soon(run_stream_ports, ctx, shutdown)
+        nursery.start_soon(partial(run_stream_ports, ctx, shutdown, digests=digests))
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
         if notifier.enabled:
             nursery.start_soon(report_status, ctx, notifier)

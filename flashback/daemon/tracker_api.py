@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -143,7 +144,8 @@ class TrackerAPI:
     async def leave(self, identity: Identity) -> None:
         response = await self._send(
             "DELETE",
-            f"/api/peers/{identity.peer_id}",
+            # the id is the tracker's word, but still one path segment, quoted
+            "/api/peers/" + quote(identity.peer_id, safe=""),
             headers={"Authorization": f"Bearer {identity.token}"},
         )
         if response.status_code not in (204, 404):

@@ -1,8 +1,9 @@
 """The peer server's Quart app: listings, file content, downloads, info.
 
 Routes (CONTRACT §3): ``GET /api/files[/<dir>]``, ``GET|HEAD /content/<path>``,
-``GET|HEAD /download/<path>``, ``GET /api/info``. Every refusal -- missing,
-outside the root, hidden, not a regular file -- is the same JSON 404.
+``GET|HEAD /download/<path>``, ``GET /api/info``, ``GET /api/digest/<path>`` (§7).
+Every refusal -- missing, outside the root, hidden, not a regular file -- is
+the same JSON 404.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from flashback import __version__
-from flashback.errors import NotFound
-from flashback.peer.files import file_response
+from flashback.digests import DigestService, DigestUnavailable
+from flashback.errors import FlashbackError, NotFound
+from flashback.peer.files import build_file_response, open_file
 from flashback.peer.listing import decode_cursor, list_directory, parse_limit
+from flashback.protocol.digest import repr_digest_header
 from flashback.protocol.paths import UnsafePath, open_under_root, real_root
 from flashback.web import install_json_errors, json_response
 
 MAX_REQUEST_BODY_BYTES = 64 * 1024
+
+
+class ServiceUnavailable(FlashbackError):
+    status = 503
+    default_code = "digest_unavailable"
 
 
 @dataclass
@@ -48,7 +56,8 @@ def _request_headers() -> dict[str, str]:
     return headers
 
 
-def create_peer_app(settings: ShareSettings) -> QuartTrio:
+def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTrio:
+    """*digests* must be running (its ``run`` in a nursery) while the app serves."""
     settings = ShareSettings(real_root(settings.root), settings.show_hidden, settings.info)
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY_BYTES
@@ -88,19 +97,36 @@ def create_peer_app(settings: ShareSettings) -> QuartTrio:
         return json_response(payload)
 
     async def _serve_file(subpath: str, *, attachment: bool) -> Response:
-        def blocking() -> Response:
-            return file_response(
-                settings.root,
-                subpath,
-                method=request_method,
-                headers=headers,
-                attachment=attachment,
-                show_hidden=settings.show_hidden,
-            )
-
         request_method = request.method
         headers = _request_headers()
-        return await trio.to_thread.run_sync(blocking)
+        opened = await trio.to_thread.run_sync(
+            lambda: open_file(settings.root, subpath, show_hidden=settings.show_hidden)
+        )
+        try:
+            manifest = await digests.for_response(opened.fd, opened.info)
+        except BaseException:
+            os.close(opened.fd)
+            raise
+        return build_file_response(
+            opened,
+            method=request_method,
+            headers=headers,
+            attachment=attachment,
+            repr_digest=repr_digest_header(manifest.sha256) if manifest else None,
+        )
+
+    @app.get("/api/digest/<path:subpath>")
+    async def digest(subpath: str) -> Response:
+        opened = await trio.to_thread.run_sync(
+            lambda: open_file(settings.root, subpath, show_hidden=settings.show_hidden)
+        )
+        try:
+            manifest = await digests.wait(opened.fd, opened.info)
+        except DigestUnavailable as exc:
+            raise ServiceUnavailable(str(exc)) from None
+        finally:
+            os.close(opened.fd)
+        return json_response(manifest.to_json(opened.relative))
 
     @app.get("/content/<path:subpath>")
     async def content(subpath: str) -> Response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Final
@@ -30,6 +31,7 @@ from flashback.protocol.conditional import (
     http_date,
     if_range_allows,
     make_etag,
+    sandbox_policy,
 )
 from flashback.protocol.paths import UnsafePath, open_under_root
 from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
@@ -112,6 +114,50 @@ class FileBody(ResponseBody):
         raise NotImplementedError("ranges are planned before the body is built")
 
 
+def open_file(root: Path, raw_path: str, *, show_hidden: bool = False) -> OpenedFile:
+    """Open *raw_path* under the real *root*. Blocking.
+
+    Anything that is not a regular file safely inside it is :class:`NotFound`.
+    The caller owns the descriptor (``build_file_response`` hands it to the body).
+    """
+    try:
+        relative, fd, info = open_under_root(root, raw_path, show_hidden=show_hidden)
+    except UnsafePath:
+        raise NotFound(f"no such file: {raw_path}") from None
+    return OpenedFile(relative, fd, info)
+
+
+@dataclass(frozen=True)
+class OpenedFile:
+    relative: str
+    fd: int
+    info: os.stat_result
+
+
+def build_file_response(
+    opened: OpenedFile,
+    *,
+    method: str,
+    headers: dict[str, str],
+    attachment: bool,
+    inline_csp: bool = True,
+    repr_digest: str | None = None,
+) -> Response:
+    """The whole HTTP answer for a file request (GET or HEAD); takes over the descriptor.
+
+    *headers* are the request headers with lower-case names; *repr_digest*
+    the ``Repr-Digest`` value when the digest is known.
+    """
+    try:
+        name = PurePosixPath(opened.relative).name
+        return _build_response(
+            opened.fd, opened.info, name, method, headers, attachment, inline_csp, repr_digest
+        )
+    except BaseException:
+        os.close(opened.fd)
+        raise
+
+
 def file_response(
     root: Path,
     raw_path: str,
@@ -122,22 +168,11 @@ def file_response(
     show_hidden: bool = False,
     inline_csp: bool = True,
 ) -> Response:
-    """The whole HTTP answer for a file request (GET or HEAD). Blocking.
-
-    *raw_path* is the decoded request path under the real *root*; anything
-    that is not a regular file safely inside it is :class:`NotFound`.
-    *headers* are the request headers with lower-case names.
-    """
-    try:
-        relative, fd, info = open_under_root(root, raw_path, show_hidden=show_hidden)
-    except UnsafePath:
-        raise NotFound(f"no such file: {raw_path}") from None
-    try:
-        name = PurePosixPath(relative).name
-        return _build_response(fd, info, name, method, headers, attachment, inline_csp)
-    except BaseException:
-        os.close(fd)
-        raise
+    """:func:`open_file` then :func:`build_file_response`, without a digest. Blocking."""
+    opened = open_file(root, raw_path, show_hidden=show_hidden)
+    return build_file_response(
+        opened, method=method, headers=headers, attachment=attachment, inline_csp=inline_csp
+    )
 
 
 def _build_response(
@@ -148,6 +183,7 @@ def _build_response(
     headers: dict[str, str],
     attachment: bool,
     inline_csp: bool,
+    repr_digest: str | None = None,
 ) -> Response:
     size = info.st_size
     etag = make_etag(info.st_ino, size, info.st_mtime_ns)
@@ -161,9 +197,9 @@ def _build_response(
     }
     if attachment:
         common["Content-Disposition"] = content_disposition("attachment", name)
-    elif inline_csp:
+    elif inline_csp and (policy := sandbox_policy(content_type)) is not None:
         # Files from other peers are untrusted: an HTML file must not run script.
-        common["Content-Security-Policy"] = "sandbox"
+        common["Content-Security-Policy"] = policy
 
     outcome = evaluate_preconditions(
         method,
@@ -213,6 +249,9 @@ def _build_response(
         # Quart would otherwise cut a slow multi-GB download after 60 s.
         response.timeout = None
     response.headers.update(common)
+    if repr_digest is not None:
+        # RFC 9530: the digest of the whole representation, on 206 too.
+        response.headers["Repr-Digest"] = repr_digest
     response.headers["Content-Type"] = media_type
     response.headers["Content-Length"] = str(length)
     return response

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from flashback.config import ServeConfig
+from flashback.digests import DigestService
 from flashback.events import emit
 from flashback.peer.app import PeerInfo, ShareSettings, create_peer_app
 from flashback.peer.index_md import ensure_index_md
@@ -20,22 +21,28 @@ async def serve_peer(
     port: int,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    digests: DigestService | None = None,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *settings.root* until cancelled or *shutdown_trigger* returns.
 
     Reports the bound address (the OS's port when *port* is 0) once listening.
+    Without a running *digests* service (the daemon shares one with its
+    stream ports), the server runs its own with an in-memory cache.
     """
     await trio.to_thread.run_sync(
         lambda: ensure_index_md(settings.root, show_hidden=settings.show_hidden)
     )
-    app = create_peer_app(settings)
-    await serve_quart(
-        app,
-        hypercorn_config(host, port),
-        shutdown_trigger=shutdown_trigger,
-        task_status=task_status,
-    )
+    async with trio.open_nursery() as nursery:
+        if digests is None:
+            digests = await nursery.start(DigestService().run)
+        await serve_quart(
+            create_peer_app(settings, digests),
+            hypercorn_config(host, port),
+            shutdown_trigger=shutdown_trigger,
+            task_status=task_status,
+        )
+        nursery.cancel_scope.cancel()
 
 
 def announce_peer_server(address: BoundAddress) -> None:

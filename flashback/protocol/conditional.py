@@ -6,6 +6,7 @@ import enum
 import mimetypes
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import Final
 from urllib.parse import quote
 
 
@@ -139,6 +140,28 @@ def content_type_for(name: str) -> str:
     if media_type.startswith("text/"):
         return f"{media_type}; charset=utf-8"
     return media_type
+
+
+#: image types that can carry script when opened as a document (SVG is XML with <script>)
+_SCRIPTABLE_IMAGE_TYPES: Final = frozenset({"image/svg+xml"})
+
+
+def sandbox_policy(content_type: str) -> str | None:
+    """The ``Content-Security-Policy`` for showing a shared file inline, or None.
+
+    A file from another peer must never run script on our origin, so
+    everything gets ``sandbox``, except audio, video and raster images: their
+    documents cannot run script, and a sandboxed one (a ``null`` origin)
+    makes Chromium's own media player fail its CORS check, so the video does
+    not play. SVG is XML that can hold ``<script>``: it stays sandboxed.
+    """
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    kind = media_type.partition("/")[0]
+    if kind in ("audio", "video"):
+        return None
+    if kind == "image" and media_type not in _SCRIPTABLE_IMAGE_TYPES:
+        return None
+    return "sandbox"
 
 
 def mime_for_listing(name: str) -> str:

@@ -38,6 +38,13 @@ MAX_HOST_CHARS: Final = 253
 MAX_NAME_CHARS: Final = 64
 MAX_CODE_CHARS: Final = 64
 MAX_MESSAGE_CHARS: Final = 1024
+#: The largest frame a daemon accepts, and so the largest snapshot a tracker
+#: may ever have to send (its peer-list budget is derived from this).
+MAX_SNAPSHOT_BYTES: Final = 16 * 1024 * 1024
+#: ``{"type":"snapshot","seq":<20 digits>,"peers":[...]}`` around the records
+SNAPSHOT_OVERHEAD_BYTES: Final = 64
+#: The most peer records (UTF-8 bytes, commas included) a tracker may hold.
+MAX_PEER_LIST_BYTES: Final = MAX_SNAPSHOT_BYTES - SNAPSHOT_OVERHEAD_BYTES
 
 LeaveReason = Literal["left", "expired"]
 

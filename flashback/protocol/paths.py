@@ -147,3 +147,28 @@ def safe_resolve(root: Path, raw: str, *, show_hidden: bool = False) -> tuple[st
     return str(PurePosixPath(*parts)) if parts else "", resolve_under_root(
         root, parts, show_hidden=show_hidden
     )
+
+
+def resolve_relative(base_dir: tuple[str, ...], target: str) -> tuple[str, ...]:
+    """Resolve a decoded link *target* against the folder *base_dir*, never leaving the root.
+
+    Pure: what a link in a shared file (``../b.md``, ``/docs/``) names, as
+    root-relative components. A leading ``/`` means the root; ``..`` above
+    the root, a backslash, NUL, a drive letter or a hidden component raise
+    :class:`UnsafePath`, so a link can only name what a request could.
+    """
+    if "\x00" in target or "\\" in target:
+        raise UnsafePath("NUL or backslash in link")
+    parts: list[str] = [] if target.startswith("/") else list(base_dir)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise UnsafePath("link leaves the root")
+            parts.pop()
+            continue
+        if not is_servable_name(part):
+            raise UnsafePath("hidden or drive-letter component in link")
+        parts.append(part)
+    return tuple(parts)

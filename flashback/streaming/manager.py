@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import trio
 
+from flashback.digests import DigestService
 from flashback.errors import NotFound
 from flashback.protocol.messages import FileStreamReady, StreamError, StreamRequest
 from flashback.protocol.paths import real_root
@@ -34,6 +35,9 @@ from flashback.streaming.source import StreamSource, open_source
 log = logging.getLogger(__name__)
 
 MAX_PORTS: Final = 16
+# One requester may hold this many ports at once, so no single peer can take
+# all MAX_PORTS and lock everyone else out (renewing them every minute).
+MAX_PORTS_PER_PEER: Final = 4
 EXPIRES_IN_S: Final = 60.0
 TOKEN_BYTES: Final = 32
 
@@ -47,6 +51,7 @@ class StreamSettings:
     host: str  # where the ports listen
     show_hidden: bool = False
     max_ports: int = MAX_PORTS
+    max_ports_per_peer: int = MAX_PORTS_PER_PEER
     expires_in_s: float = EXPIRES_IN_S
     announce_host: str | None = None  # what file-stream-ready tells (default: host)
 
@@ -62,12 +67,16 @@ def _number(value: float) -> float | int:
 class StreamManager:
     """Opens, tracks and closes the ports; :meth:`run` is the owning task."""
 
-    def __init__(self, settings: StreamSettings, emit: Emit) -> None:
+    def __init__(
+        self, settings: StreamSettings, emit: Emit, digests: DigestService | None = None
+    ) -> None:
+        self._digests = digests
         self.settings = settings
         self._root = real_root(settings.root)
         self._emit = emit
         self._nursery: trio.Nursery | None = None
         self.open_ports: set[StreamPort] = set()
+        self._ports_of: dict[str | None, int] = {}  # requester -> open ports
 
     async def run(
         self,
@@ -99,6 +108,17 @@ class StreamManager:
                 f"{self.settings.max_ports} streaming ports are open; try again later",
                 to=requester,
             )
+        if (
+            requester is not None
+            and self._ports_of.get(requester, 0) >= self.settings.max_ports_per_peer
+        ):
+            return StreamError(
+                request.request_id,
+                "busy",
+                f"you already hold {self.settings.max_ports_per_peer} streaming ports here;"
+                " finish or let one expire first",
+                to=requester,
+            )
         try:
             # In the event loop, not a thread: realpath + open + fstat of a
             # local file take microseconds, and O_NONBLOCK keeps a FIFO from
@@ -115,8 +135,11 @@ class StreamManager:
                 request.request_id, "unavailable", "cannot open a streaming port", to=requester
             )
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        port = StreamPort(sock, source, token, expires_in_s=self.settings.expires_in_s)
+        port = StreamPort(
+            sock, source, token, expires_in_s=self.settings.expires_in_s, digests=self._digests
+        )
         self.open_ports.add(port)
+        self._ports_of[requester] = self._ports_of.get(requester, 0) + 1
         self._nursery.start_soon(self._run_port, request, port, source)
         expires_in = _number(self.settings.expires_in_s)
         fields: dict[str, Any] = {
@@ -150,6 +173,11 @@ class StreamManager:
         finally:
             source.close()
             self.open_ports.discard(port)
+            left = self._ports_of.get(request.from_, 0) - 1
+            if left > 0:
+                self._ports_of[request.from_] = left
+            else:
+                self._ports_of.pop(request.from_, None)
             self._emit(
                 "stream-closed",
                 request_id=request.request_id,

@@ -21,6 +21,8 @@ from typing import Final
 import h11
 import trio
 
+from flashback.digests import DigestService
+from flashback.protocol.digest import repr_digest_header
 from flashback.streaming.lifetime import PortLifetime
 from flashback.streaming.responses import Plan, plan_response, target_has_token
 from flashback.streaming.source import StreamSource
@@ -93,7 +95,9 @@ class StreamPort:
         *,
         expires_in_s: float,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        digests: DigestService | None = None,
     ) -> None:
+        self._digests = digests
         self._sock = sock
         self._source = source
         self._token = token
@@ -252,12 +256,14 @@ class StreamPort:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in request.headers
         }
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        digest = None
+        if self._digests is not None and target_has_token(target, self._token):
+            manifest = await self._digests.for_response(self._source.fd, self._source.info)
+            digest = repr_digest_header(manifest.sha256) if manifest else None
         plan = plan_response(
-            request.method.decode("ascii", "replace"),
-            request.target.decode("ascii", "replace"),
-            headers,
-            token=self._token,
-            facts=self._source.facts,
+            method, target, headers, token=self._token, facts=self._source.facts, repr_digest=digest
         )
         if not plan.authorized:
             await self._send(stream, conn, plan, SendProgress())

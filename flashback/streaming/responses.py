@@ -93,9 +93,16 @@ def target_has_token(target: str, token: str) -> bool:
 
 
 def plan_response(
-    method: str, target: str, headers: Mapping[str, str], *, token: str, facts: FileFacts
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    *,
+    token: str,
+    facts: FileFacts,
+    repr_digest: str | None = None,
 ) -> Plan:
-    """*headers* maps lower-case names to values (the last one wins)."""
+    """*headers* maps lower-case names to values (the last one wins);
+    *repr_digest* is the file's ``Repr-Digest`` once known (200, 206, HEAD)."""
     path = target.split("?", 1)[0]
     segment = path[1:]
     if not path.startswith("/") or not segment or "/" in segment:
@@ -133,6 +140,7 @@ def plan_response(
         ("Content-Type", content_type_for(facts.name)),
         ("Content-Disposition", content_disposition("attachment", facts.name)),
         *common,
+        *((("Repr-Digest", repr_digest),) if repr_digest is not None else ()),
     )
     is_get = method == "GET"
     if parsed is not None and len(parsed) == 1:

@@ -16,6 +16,7 @@ from typing import Final
 import trio
 
 from flashback.daemon.context import DaemonContext
+from flashback.digests import DigestService
 from flashback.streaming.manager import Answer, StreamManager, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,10 @@ async def run_stream_ports(
     shutdown: trio.Event,
     *,
     settings: StreamSettings | None = None,
+    digests: DigestService | None = None,
     task_status: trio.TaskStatus[StreamManager] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    manager = StreamManager(settings or settings_for(ctx), ctx.hub.emit)
+    manager = StreamManager(settings or settings_for(ctx), ctx.hub.emit, digests)
     async with trio.open_nursery() as nursery:
         await nursery.start(
             manager.run, ctx.stream_requests_receive, lambda answer: route_answer(ctx, answer)

@@ -29,6 +29,7 @@ class StreamSource:
     fd: int
     path: str  # relative to the root, "/"-separated, as announced
     facts: FileFacts
+    info: os.stat_result  # as opened: what the digest cache is keyed on
 
     @property
     def size(self) -> int:
@@ -56,4 +57,4 @@ def open_source(root: Path, raw_path: str, *, show_hidden: bool = False) -> Stre
         etag=make_etag(info.st_ino, info.st_size, info.st_mtime_ns),
         mtime_s=int(info.st_mtime),
     )
-    return StreamSource(fd, relative, facts)
+    return StreamSource(fd, relative, facts, info)

@@ -20,6 +20,7 @@ from typing import Final
 import trio
 
 from flashback.protocol.messages import Message
+from flashback.protocol.token_bucket import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,13 @@ class Connection:
         self.cancel_scope = trio.CancelScope()
         self.close_code: int | None = None
         self.close_reason = ""
+        self.relay_budget: TokenBucket | None = None  # per link, set by the tracker
+
+    def has_room_for_relay(self) -> bool:
+        """Relayed messages may fill only half the queue: the feed keeps the rest,
+        so no sender can make the target fall behind (and get evicted)."""
+        stats = self.send_channel.statistics()
+        return stats.current_buffer_used < max(1, stats.max_buffer_size // 2)
 
     def offer(self, text: str) -> bool:
         """Queue *text* without waiting; False means the link is full or gone."""
@@ -106,6 +114,10 @@ class Hub:
             return True
         self.evict(connection)
         return False
+
+    def relay(self, target: Connection, message: Message) -> bool:
+        """Queue a relayed message for *target* if it has room; never evicts it."""
+        return target.has_room_for_relay() and target.offer(message.encode())
 
     def evict(self, connection: Connection) -> None:
         if connection not in self._connections:

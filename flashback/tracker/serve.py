@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import socket
 from functools import partial
 from typing import Final
 
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 
 from flashback.config import TrackerConfig
 from flashback.events import emit
@@ -56,6 +59,30 @@ def raise_open_file_limit() -> None:
         log.warning("could not raise the open-file limit: %s", exc)
 
 
+def bound_unread_sends(hc: HypercornConfig, timeout_s: float) -> None:
+    """Have the kernel drop a connection whose peer stops reading for *timeout_s*.
+
+    Hypercorn 0.17 shields ``send_all`` from cancellation (trio/tcp_server.py,
+    ``protocol_send``), so no deadline in the app can end a send to a client
+    that never reads: the frame (a whole snapshot) stays pinned forever.
+    ``TCP_USER_TIMEOUT`` (inherited by accepted sockets) makes Linux reset
+    such a connection once its unacknowledged data or zero-window probes
+    have waited that long; the send then fails and the link ends.
+    """
+    create_sockets = hc.create_sockets
+    timeout_ms = max(1, int(timeout_s * 1000))
+
+    def with_user_timeout() -> Sockets:
+        sockets = create_sockets()
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
+        return sockets
+
+    hc.create_sockets = with_user_timeout  # type: ignore[method-assign]
+
+
 async def serve_tracker_instance(
     tracker: Tracker,
     *,
@@ -66,6 +93,7 @@ async def serve_tracker_instance(
     config = tracker.config
     hc = hypercorn_config(config.host, config.port, backlog=LISTEN_BACKLOG)
     hc.websocket_max_message_size = MAX_BODY_BYTES
+    bound_unread_sends(hc, config.send_timeout_s)
     stop_listening = trio.Event()
     app = create_asgi_app(tracker)
 

@@ -36,11 +36,15 @@ from flashback.protocol.messages import (
     Hello,
     Message,
     ProtocolError,
+    RelayMessage,
+    Snapshot,
     StreamError,
     StreamRequest,
     parse,
 )
 from flashback.protocol.registry import Registry
+from flashback.protocol.token_bucket import TokenBucket
+from flashback.tracker.capacity import PeerCapacity, record_bytes
 from flashback.tracker.hub import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -70,6 +74,7 @@ HELLO_TIMEOUT_S: Final = 10.0
 CLOSE_TIMEOUT_S: Final = 2.0
 MAX_REAP_INTERVAL_S: Final = 1.0
 MIN_REAP_INTERVAL_S: Final = 0.01
+SNAPSHOT_CACHE_S: Final = 1.0  # a burst of hellos shares one encoding
 
 
 class WebsocketLike(Protocol):
@@ -122,6 +127,11 @@ class Tracker:
 
             self.presence = RedisPresence(cluster, self.hub, config)
         self.limiter = RateLimiter(config.register_rate_per_s, config.register_burst)
+        self.capacity = PeerCapacity(
+            config.max_peers, config.max_peer_list_bytes, self.presence.is_online
+        )
+        self.send_bytes = 0  # text queued in ws.send calls that have not returned
+        self._snapshot_cache: tuple[int, float, str] | None = None
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
 
@@ -160,6 +170,18 @@ class Tracker:
             if not token_matches(token, token_hash):
                 self.metrics.rejected.inc()
                 raise Unauthorized("unknown peer_id or wrong token; register without peer_id")
+        size = record_bytes(
+            peer_id,
+            registration.name,
+            registration.host,
+            registration.port,
+            registration.capabilities,
+            registration.fingerprint,
+        )
+        refusal = self.capacity.refusal(peer_id, size, self.presence.online_count())
+        if refusal is not None:
+            self.metrics.rejected.inc()
+            raise BackendUnavailable(refusal, code="tracker_full")
         identity = Identity(
             peer_id=peer_id,
             token_hash=hash_token(token),
@@ -180,6 +202,7 @@ class Tracker:
             now=self.now(),
             fingerprint=registration.fingerprint,
         )
+        self.capacity.admit(peer_id, size)
         self.metrics.registrations.inc()
         return {
             "peer_id": peer_id,
@@ -203,6 +226,7 @@ class Tracker:
         with self._counting_rejections():
             await self.presence.leave(peer_id, token, self.now())
         self.metrics.departures.inc()
+        self.capacity.forget(peer_id)
         await self._touch(peer_id)
 
     async def peer_list(self) -> dict[str, Any]:
@@ -222,6 +246,7 @@ class Tracker:
     async def reap(self) -> None:
         for peer_id in await self.presence.expire(self.now()):
             self.metrics.expiries.inc()
+            self.capacity.forget(peer_id)
             await self._touch(peer_id)
 
     async def reap_forever(self) -> None:
@@ -268,6 +293,9 @@ class Tracker:
                     return
             await self.presence.catch_up(hello.last_seq)
             connection = Connection(hello.peer_id, self.config.watcher_queue_messages)
+            connection.relay_budget = TokenBucket(
+                self.config.relay_rate_per_s, self.config.relay_burst
+            )
             # No checkpoint from here to hub.add: the replay and the live feed
             # meet exactly at the current seq, with nothing lost or repeated.
             first = self.presence.first_messages(hello.last_seq, self.now())
@@ -309,9 +337,51 @@ class Tracker:
         self, ws: WebsocketLike, connection: Connection, first: list[Message]
     ) -> None:
         for message in first:
-            await ws.send(message.encode())
+            await self._send_bounded(ws, connection, self._encode(message))
         async for text in connection.receive_channel:
-            await ws.send(text)
+            await self._send_bounded(ws, connection, text)
+
+    async def _send_bounded(self, ws: WebsocketLike, connection: Connection, text: str) -> None:
+        """One frame, with a deadline and out of a shared byte budget.
+
+        A link that does not read is evicted after ``send_timeout_s`` rather
+        than holding its frame forever, and all such frames together may pin
+        at most ``max_send_bytes``: past that a new one is refused (1013).
+        """
+        size = len(text)
+        if self.send_bytes + size > self.config.max_send_bytes:
+            log.info("send budget spent; closing a link (peer %s)", connection.peer_id)
+            self.hub.evict(connection)
+            connection.end(CLOSE_TRY_AGAIN_LATER, "tracker busy; reconnect later")
+            await trio.lowlevel.checkpoint()  # raises Cancelled: the link is over
+            return
+        self.send_bytes += size
+        try:
+            with trio.move_on_after(self.config.send_timeout_s) as deadline:
+                await ws.send(text)
+        finally:
+            self.send_bytes -= size
+        if deadline.cancelled_caught:
+            log.info(
+                "a link did not read for %.0f s (peer %s)",
+                self.config.send_timeout_s,
+                connection.peer_id,
+            )
+            self.hub.evict(connection)
+            connection.end(CLOSE_TRY_AGAIN_LATER, "too slow; reconnect with last_seq")
+            await trio.lowlevel.checkpoint()
+
+    def _encode(self, message: Message) -> str:
+        """Encode; a snapshot is encoded once per seq and second, however many ask."""
+        if not isinstance(message, Snapshot):
+            return message.encode()
+        cached = self._snapshot_cache
+        now = self.now()
+        if cached is not None and cached[0] == message.seq and now - cached[1] < SNAPSHOT_CACHE_S:
+            return cached[2]
+        text = message.encode()
+        self._snapshot_cache = (message.seq, now, text)
+        return text
 
     async def _receive_loop(self, ws: WebsocketLike, connection: Connection) -> None:
         while True:
@@ -340,10 +410,18 @@ class Tracker:
         if message.to is None:
             self.hub.send(sender, ErrorMessage("invalid_field", "'to' is required"))
             return
+        budget = sender.relay_budget
+        if budget is not None and not budget.take(self.now()):
+            self.metrics.rate_limited.inc()
+            self._refuse_relay(sender, message, "rate_limited", "too many relayed messages")
+            return
         target = self.hub.link_for(message.to) if self.presence.is_online(message.to) else None
         forwarded = dataclasses.replace(message, to=None, from_=sender.peer_id)
-        if target is not None and self.hub.send(target, forwarded):
-            self.metrics.relayed.inc()
+        if target is not None:
+            if self.hub.relay(target, forwarded):
+                self.metrics.relayed.inc()
+            else:  # the target is busy: the sender hears it, the target keeps its link
+                self._refuse_relay(sender, message, "busy", f"peer {message.to!r} is busy")
             return
         if target is None:
             try:
@@ -352,13 +430,13 @@ class Tracker:
                     return
             except BackendUnavailable as exc:
                 log.info("cannot relay to %s: %s", message.to, exc.message)
+        self._refuse_relay(sender, message, "unknown_peer", f"peer {message.to!r} is not online")
+
+    def _refuse_relay(self, sender: Connection, message: RelayMessage, code: str, why: str) -> None:
         if not isinstance(message, StreamError):  # an error about an error helps no one
-            reply = StreamError(
-                request_id=message.request_id,
-                code="unknown_peer",
-                message=f"peer {message.to!r} is not online",
+            self.hub.send(
+                sender, StreamError(request_id=message.request_id, code=code, message=why)
             )
-            self.hub.send(sender, reply)
 
     # -- internals -----------------------------------------------------------------
 

@@ -15,6 +15,7 @@ within a few seconds instead of hanging a request.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from typing import Any, Final, Protocol, TypeVar
 import trio
 
 from flashback.errors import BackendUnavailable, ConfigError
+
+log = logging.getLogger(__name__)
 
 STORE_TIMEOUT_S: Final = 5.0
 
@@ -105,8 +108,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 class SQLiteStore:
     """One SQLite file; each call in a worker thread, one call at a time."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path | None = None) -> None:
         self._connection = connection
+        self.path = path
         # A threading lock, not a trio one: a call abandoned after its deadline
         # may still be running in its thread, and the next must wait for it.
         self._lock = threading.Lock()
@@ -118,14 +122,21 @@ class SQLiteStore:
             connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA busy_timeout=2000")
+            # A garbled file opens fine and fails on every write later: find
+            # out now, before we report ready (quick_check reads every page).
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
+            if problems != ["ok"]:
+                connection.close()
+                first = " ".join(str(problems[0]).split())  # one line, whatever SQLite says
+                raise sqlite3.DatabaseError(f"integrity check failed: {first}")
             connection.executescript(_SCHEMA)
             return connection
 
         try:
             connection = await trio.to_thread.run_sync(connect)
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"cannot open tracker database {path}: {exc}") from exc
-        return cls(connection)
+            raise ConfigError(f"cannot use tracker database {path}: {exc}") from exc
+        return cls(connection, path)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -140,7 +151,9 @@ class SQLiteStore:
             try:
                 return await trio.to_thread.run_sync(locked, abandon_on_cancel=True)
             except sqlite3.Error as exc:
+                log.error("tracker database %s: %s", self.path, exc)
                 raise BackendUnavailable(f"tracker database error: {exc}") from exc
+        log.error("tracker database %s did not answer in %.0f s", self.path, STORE_TIMEOUT_S)
         raise BackendUnavailable("tracker database did not answer in time")
 
     async def get(self, peer_id: str) -> Identity | None:

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from flashback.errors import BadRequest, InvalidField
 from flashback.protocol.fingerprint import is_fingerprint
+from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.strict_json import loads_strict
 
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -76,8 +77,8 @@ def registration(body: bytes) -> Registration:
     if not isinstance(server, dict):
         raise InvalidField("'peer_server' must be an object with 'host' and 'port'")
     host = _string(server, "host", max_chars=MAX_HOST_CHARS, label="peer_server.host")
-    if not host.isprintable() or any(c.isspace() for c in host):
-        raise InvalidField("'peer_server.host' must be a host name or address")
+    if not is_valid_host(host):
+        raise InvalidField("'peer_server.host' must be a host name (RFC 1123) or an IP address")
     port = server.get("port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise InvalidField("'peer_server.port' must be an integer between 1 and 65535")

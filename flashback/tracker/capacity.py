@@ -1,0 +1,72 @@
+"""How much peer list the tracker holds: a count and a byte budget, pure.
+
+Every online peer costs its record's size in every snapshot, every
+``/api/peers/list`` and every feed message, so the total is bounded where
+peers come in. The default byte budget is what a daemon can take in one
+websocket frame (:data:`~flashback.protocol.messages.MAX_PEER_LIST_BYTES`):
+a full tracker's snapshot still reaches every daemon.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from flashback.protocol.messages import PeerInfo
+from flashback.protocol.registry import rfc3339
+
+_TIMESTAMP: Final = rfc3339(0.0)
+
+
+def record_bytes(
+    peer_id: str,
+    name: str,
+    host: str,
+    port: int,
+    capabilities: Mapping[str, Any],
+    fingerprint: str | None = None,
+) -> int:
+    """What one peer adds to a snapshot, in UTF-8 bytes (its comma included)."""
+    info = PeerInfo(
+        peer_id, name, host, port, dict(capabilities), _TIMESTAMP, _TIMESTAMP, fingerprint
+    )
+    text = json.dumps(info.dump(), ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode()) + 1
+
+
+class PeerCapacity:
+    """Admission of peers under ``max_peers`` and ``max_bytes``.
+
+    *is_online* says whether a remembered peer still counts; entries of peers
+    gone (left, expired) are dropped lazily, when the budget looks spent.
+    """
+
+    def __init__(self, max_peers: int, max_bytes: int, is_online: Callable[[str], bool]) -> None:
+        self.max_peers = max_peers
+        self.max_bytes = max_bytes
+        self._is_online = is_online
+        self._sizes: dict[str, int] = {}
+        self.total_bytes = 0
+
+    def refusal(self, peer_id: str, size: int, online_count: int) -> str | None:
+        """Why *peer_id* (of record *size*) may not be (re)registered now, or None."""
+        known = peer_id in self._sizes and self._is_online(peer_id)
+        if not known and online_count >= self.max_peers:
+            return f"the tracker is full ({self.max_peers} peers online); try again later"
+        if self.total_bytes - self._sizes.get(peer_id, 0) + size > self.max_bytes:
+            self._forget_gone()
+            if self.total_bytes - self._sizes.get(peer_id, 0) + size > self.max_bytes:
+                return f"the tracker's peer list is full ({self.max_bytes} bytes); try again later"
+        return None
+
+    def admit(self, peer_id: str, size: int) -> None:
+        self.total_bytes += size - self._sizes.get(peer_id, 0)
+        self._sizes[peer_id] = size
+
+    def forget(self, peer_id: str) -> None:
+        self.total_bytes -= self._sizes.pop(peer_id, 0)
+
+    def _forget_gone(self) -> None:
+        for peer_id in [p for p in self._sizes if not self._is_online(p)]:
+            self.forget(peer_id)

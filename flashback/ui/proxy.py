@@ -1,0 +1,254 @@
+"""Talking to peer servers for the UI: bounded listings, bounded text, streamed content.
+
+Everything a peer sends is hostile. A listing is read up to
+:data:`MAX_LISTING_BYTES` and checked field by field; text for the file view
+is at most :data:`MAX_TEXT_BYTES` (asked for with ``Range`` and cut anyway);
+content and downloads stream through in chunks, never buffered, with
+``Range`` passed on so the browser's player can seek. At most
+:data:`MAX_STREAMS` streams run at once (429 beyond), and a peer that stalls
+longer than :data:`READ_TIMEOUT_S` ends that one stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+import httpx
+import trio
+from quart import Response
+from quart.wrappers.response import ResponseBody
+
+from flashback.errors import FlashbackError, NotFound, RateLimited
+from flashback.protocol.conditional import content_disposition, sandbox_policy
+from flashback.protocol.paths import is_servable_name
+from flashback.ui.reach import PeerRoute
+from flashback.ui.urls import peer_url
+
+MAX_LISTING_BYTES: Final = 4 * 1024 * 1024
+MAX_TEXT_BYTES: Final = 1024 * 1024
+MAX_CURSOR_CHARS: Final = 1024
+MAX_STREAMS: Final = 16
+PAGE_LIMIT: Final = 200
+CONNECT_TIMEOUT_S: Final = 5.0
+READ_TIMEOUT_S: Final = 30.0
+TIMEOUT: Final = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+
+#: request headers passed on to the peer (what a player and a cache send)
+FORWARDED_REQUEST: Final = ("range", "if-range", "if-none-match", "if-modified-since")
+#: response headers passed back (no Set-Cookie, no CSP of the peer's choosing)
+FORWARDED_RESPONSE: Final = (
+    "content-type",
+    "content-length",
+    "content-range",
+    "accept-ranges",
+    "etag",
+    "last-modified",
+)
+PASSED_STATUSES: Final = frozenset({200, 206, 304, 416})
+
+
+class PeerUnreachable(FlashbackError):
+    status = 502
+    default_code = "peer_unreachable"
+
+
+@dataclass(frozen=True)
+class Listing:
+    path: str
+    dirs: list[dict[str, Any]]
+    files: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _parse_entries(payload: Any, parts: tuple[str, ...]) -> Listing:
+    """Keep only well-formed entries a request could name; recompute their paths ourselves."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("entries"), list):
+        raise PeerUnreachable("the peer sent a listing that is not one")
+    dirs: list[dict[str, Any]] = []
+    files: list[dict[str, Any]] = []
+    for entry in payload["entries"][: PAGE_LIMIT * 2]:
+        if not isinstance(entry, dict):
+            continue
+        name, kind, size = entry.get("name"), entry.get("type"), entry.get("size")
+        if not isinstance(name, str) or len(name) > 255 or not is_servable_name(name):
+            continue
+        if not name.isprintable() or "/" in name:
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            size = 0
+        mtime = entry.get("mtime") if isinstance(entry.get("mtime"), str) else ""
+        item = {"name": name, "parts": (*parts, name), "size": size, "mtime": mtime[:40]}
+        if kind == "dir":
+            dirs.append(item)
+        elif kind == "file":
+            files.append(item)
+    cursor = payload.get("next_cursor")
+    if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_CHARS:
+        cursor = None
+    return Listing("/".join(parts), dirs, files, cursor)
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) >= cap:
+            break
+    return bytes(body[:cap])
+
+
+async def fetch_listing(
+    http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str, ...], cursor: str | None
+) -> Listing:
+    params = {"limit": str(PAGE_LIMIT)} | ({"cursor": cursor} if cursor else {})
+    url = peer_url(route.base, "api/files", parts).copy_merge_params(params)
+    try:
+        async with http.stream("GET", url, timeout=TIMEOUT) as response:
+            if response.status_code == 404:
+                raise NotFound("no such folder on that peer")
+            if response.status_code != 200:
+                raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
+            raw = await _read_capped(response, MAX_LISTING_BYTES + 1)
+    except httpx.HTTPError as exc:
+        raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    if len(raw) > MAX_LISTING_BYTES:
+        raise PeerUnreachable("the peer's listing is too large")
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        raise PeerUnreachable("the peer sent a listing that is not JSON") from None
+    return _parse_entries(payload, parts)
+
+
+async def fetch_text(
+    http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str, ...]
+) -> tuple[str, bool]:
+    """The file's first :data:`MAX_TEXT_BYTES` as text, and whether it was cut."""
+    url = peer_url(route.base, "content", parts)
+    headers = {"range": f"bytes=0-{MAX_TEXT_BYTES}"}
+    try:
+        async with http.stream("GET", url, headers=headers, timeout=TIMEOUT) as response:
+            if response.status_code == 404:
+                raise NotFound("no such file on that peer")
+            if response.status_code not in (200, 206):
+                raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
+            raw = await _read_capped(response, MAX_TEXT_BYTES + 1)
+    except httpx.HTTPError as exc:
+        raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    cut = len(raw) > MAX_TEXT_BYTES
+    return raw[:MAX_TEXT_BYTES].decode("utf-8", errors="replace"), cut
+
+
+class StreamLimiter:
+    """At most *limit* proxied streams at once; a new one beyond that is refused, not queued."""
+
+    def __init__(self, limit: int = MAX_STREAMS) -> None:
+        self._slots = trio.Semaphore(limit)
+
+    def acquire(self) -> None:
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            raise RateLimited(
+                "too many files are streaming through the UI at once", retry_after_s=1
+            ) from None
+
+    def release(self) -> None:
+        self._slots.release()
+
+    @property
+    def in_use(self) -> int:
+        return MAX_STREAMS - self._slots.value
+
+
+class ProxiedBody(ResponseBody):
+    """The peer's body, chunk by chunk; closes the upstream response and frees the slot."""
+
+    def __init__(self, upstream: httpx.Response, limiter: StreamLimiter) -> None:
+        self._upstream = upstream
+        self._limiter: StreamLimiter | None = limiter
+        self._chunks = upstream.aiter_raw()
+
+    async def __aenter__(self) -> ProxiedBody:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._chunks.aclose()
+            await self._upstream.aclose()
+        if self._limiter is not None:
+            self._limiter.release()
+            self._limiter = None
+
+    def __aiter__(self) -> ProxiedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except httpx.HTTPError:
+            # the peer went away mid-file: end this response, nothing else
+            raise StopAsyncIteration from None
+
+    async def make_conditional(self, begin: int, end: int | None) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+
+async def proxy_file(
+    http: httpx.AsyncClient,
+    limiter: StreamLimiter,
+    route: PeerRoute,
+    parts: tuple[str, ...],
+    request_headers: Mapping[str, str],
+    *,
+    download: bool,
+) -> Response:
+    """Stream the peer's ``/content`` (or ``/download``) of *parts*, Range and all."""
+    url = peer_url(route.base, "download" if download else "content", parts)
+    headers = {k: v for k in FORWARDED_REQUEST if (v := request_headers.get(k)) is not None}
+    limiter.acquire()
+    try:
+        upstream = await http.send(http.build_request("GET", url, headers=headers), stream=True)
+    except httpx.HTTPError as exc:
+        limiter.release()
+        raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    except BaseException:
+        limiter.release()
+        raise
+    if upstream.status_code not in PASSED_STATUSES:
+        status = upstream.status_code
+        with trio.CancelScope(shield=True):
+            await upstream.aclose()
+        limiter.release()
+        if status == 404:
+            raise NotFound("no such file on that peer")
+        raise PeerUnreachable(f"the peer answered HTTP {status}")
+    response = Response(ProxiedBody(upstream, limiter), status=upstream.status_code)
+    response.timeout = None  # a long video is not a slow response
+    for name in FORWARDED_RESPONSE:
+        value = upstream.headers.get(name)
+        if value is not None:
+            response.headers[name] = value
+    content_type = upstream.headers.get("content-type", "application/octet-stream")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # Shown on the UI's own origin, a shared HTML file must never run script here:
+    # our own policy from the type we pass on, whatever the peer said.
+    policy = sandbox_policy(content_type)
+    if policy is not None:
+        response.headers["Content-Security-Policy"] = policy
+    if download:
+        name = parts[-1] if parts else "file"
+        response.headers["Content-Disposition"] = content_disposition("attachment", name)
+    return response

@@ -1,0 +1,47 @@
+"""Run the UI inside the daemon's root nursery, on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Final
+
+import httpx
+import trio
+
+from flashback.daemon.context import DaemonContext
+from flashback.ui.app import create_ui_app
+from flashback.ui.auth import new_token
+from flashback.ui.proxy import MAX_STREAMS, TIMEOUT
+from flashback.web import hypercorn_config, serve_quart
+
+UI_HOST: Final = "127.0.0.1"
+
+
+def ui_address_url(port: int, token: str) -> str:
+    return str(httpx.URL(scheme="http", host=UI_HOST, port=port, path="/", params={"token": token}))
+
+
+async def serve_ui(
+    ctx: DaemonContext,
+    port: int,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    token: str | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the UI until shutdown; reports the URL (with its token) once it listens."""
+    token = token or new_token()
+    limits = httpx.Limits(max_connections=MAX_STREAMS + 8, max_keepalive_connections=8)
+    async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as http:
+        app = create_ui_app(ctx, token, http)
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(
+                partial(
+                    serve_quart,
+                    app,
+                    hypercorn_config(UI_HOST, port),
+                    shutdown_trigger=shutdown_trigger,
+                )
+            )
+            task_status.started(ui_address_url(address.port, token))

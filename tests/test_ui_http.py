@@ -1,0 +1,456 @@
+"""The web UI over real HTTP on loopback: the token on every route, the proxy, the bounds."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import signal
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import h11
+import httpx
+import pytest
+import trio
+
+from flashback.config import DaemonConfig
+from flashback.daemon.context import DaemonContext
+from flashback.daemon.hub import EventHub
+from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.serve import serve_peer
+from flashback.ui.app import MAX_EVENT_STREAMS
+from flashback.ui.auth import COOKIE_NAME, check_access
+from flashback.ui.kinds import view_kind
+from flashback.ui.serve import serve_ui
+from tests.procs import daemon_env, event_is, run_cli, start
+
+TOKEN = "t0ken-for-tests"
+
+# A browser that stops a video mid-file leaves httpx/httpcore's chain of body
+# generators unexhausted (we close the response; their inner generators are
+# then collected). Python ignores ResourceWarning by default; these tests
+# make it an error, so only that one message from those two libraries is let through.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Async generator 'http(x|core)\._.*' was garbage collected:ResourceWarning"
+)
+
+
+@pytest.fixture
+async def ui(nursery: trio.Nursery, share: Path) -> AsyncIterator[tuple[str, DaemonContext]]:
+    (share / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(1000))
+    config = DaemonConfig(root=share, tracker_url=None, name="me")
+    ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=PeerInfo(name="me"))
+    settings = ShareSettings(share, False, ctx.local)
+    ctx.address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
+    url = await nursery.start(
+        partial(serve_ui, ctx, 0, shutdown_trigger=trio.sleep_forever, token=TOKEN)
+    )
+    yield url.split("/?", 1)[0], ctx
+
+
+@pytest.fixture
+async def authed(ui: tuple[str, DaemonContext]) -> AsyncIterator[httpx.AsyncClient]:
+    base, _ = ui
+    async with httpx.AsyncClient(base_url=base, cookies={COOKIE_NAME: TOKEN}) as http:
+        yield http
+
+
+ROUTES = [
+    "/",
+    "/api/peers",
+    "/events",
+    "/static/ui.css",
+    "/static/peers.js",
+    "/p/self/browse/",
+    "/p/self/browse/docs",
+    "/p/self/view/hello.txt",
+    "/p/self/content/hello.txt",
+    "/p/self/download/hello.txt",
+    "/no/such/route",
+]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+async def test_every_route_is_403_without_the_token(
+    ui: tuple[str, DaemonContext], route: str
+) -> None:
+    base, _ = ui
+    async with httpx.AsyncClient(base_url=base) as http:
+        for attempt in (
+            http.get(route),
+            http.get(route, params={"token": "wrong"}),
+            http.get(route, headers={"cookie": f"{COOKIE_NAME}=wrong"}),
+            http.get(route, headers={"cookie": f"{COOKIE_NAME}={TOKEN}x"}),
+        ):
+            response = await attempt
+            assert response.status_code == 403
+            assert response.json()["error"]["code"] == "forbidden"
+
+
+async def test_token_becomes_a_strict_httponly_cookie_and_leaves_the_url(
+    ui: tuple[str, DaemonContext],
+) -> None:
+    base, _ = ui
+    async with httpx.AsyncClient(base_url=base) as http:
+        response = await http.get("/p/self/browse/docs", params={"token": TOKEN, "cursor": "c"})
+        assert response.status_code == 303
+        assert response.headers["location"] == "/p/self/browse/docs?cursor=c"
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith(f"{COOKIE_NAME}={TOKEN};")
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        odd = await http.get("/p/self/view/a%3Fb%23c.md", params={"token": TOKEN})
+        assert odd.status_code == 303
+        assert odd.headers["location"] == "/p/self/view/a%3Fb%23c.md"
+        page = await http.get("/")  # the client kept the cookie
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert page.headers["referrer-policy"] == "no-referrer"
+
+
+def test_check_access_decisions() -> None:
+    assert check_access(TOKEN, {}, TOKEN).set_cookie
+    assert not check_access("nope", {COOKIE_NAME: TOKEN}, TOKEN).allowed
+    assert check_access(None, {COOKIE_NAME: TOKEN}, TOKEN).allowed
+    assert not check_access(None, {}, TOKEN).allowed
+    assert not check_access("é", {}, TOKEN).allowed  # non-ASCII: refused, not a crash
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("a.md", "markdown"),
+        ("A.MARKDOWN", "markdown"),
+        ("p.png", "image"),
+        ("s.mp3", "audio"),
+        ("v.webm", "video"),
+        ("t.txt", "text"),
+        ("c.json", "text"),
+        ("x.bin", "other"),
+    ],
+)
+def test_view_kind(name: str, kind: str) -> None:
+    assert view_kind(name) == kind
+
+
+async def test_content_proxy_passes_ranges_and_sets_its_own_sandbox(
+    authed: httpx.AsyncClient,
+) -> None:
+    part = await authed.get("/p/self/content/big.bin", headers={"range": "bytes=10-19"})
+    assert part.status_code == 206
+    assert part.headers["content-range"].startswith("bytes 10-19/")
+    assert len(part.content) == 10
+    html = await authed.get("/p/self/content/page.html")
+    assert html.headers["content-security-policy"] == "sandbox"
+    assert html.headers["x-content-type-options"] == "nosniff"
+    video = await authed.get("/p/self/content/clip.webm")
+    assert video.headers["content-type"] == "video/webm"
+    assert "content-security-policy" not in video.headers
+    download = await authed.get("/p/self/download/hello.txt")
+    assert download.content == b"hello, world\n"
+    assert download.headers["content-disposition"].startswith("attachment;")
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        "/p/self/view/..%2F..%2Fetc%2Fpasswd",
+        "/p/self/content/.secret",
+        "/p/self/content/escape",
+        "/p/self/browse/escape-dir",
+        "/p/nobody/browse/",
+        "/p/self/view/missing.md",
+    ],
+)
+async def test_outside_hidden_or_unknown_is_404(authed: httpx.AsyncClient, route: str) -> None:
+    response = await authed.get(route)
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+async def test_view_escapes_text_and_renders_markdown(
+    authed: httpx.AsyncClient, share: Path
+) -> None:
+    (share / "x.txt").write_text("<script>alert(1)</script>")
+    (share / "docs" / "readme.md").write_text("# Docs\n\n[up](../hello.txt) <b>raw</b>\n")
+    text = (await authed.get("/p/self/view/x.txt")).text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>alert" not in text
+    page = (await authed.get("/p/self/view/docs/readme.md")).text
+    assert "<h1>Docs</h1>" in page
+    assert 'href="/p/self/view/hello.txt"' in page
+    assert "&lt;b&gt;raw&lt;/b&gt;" in page
+
+
+class SSEClient:
+    """A real socket reading server-sent events, framed by h11 (no async generators to leak)."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.http = h11.Connection(h11.CLIENT)
+        self.buffer = b""
+        self.status = 0
+
+    @classmethod
+    async def open(cls, base: str, *, token: str = TOKEN) -> SSEClient:
+        url = httpx.URL(base)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        await sock.connect((url.host, url.port))
+        client = cls(sock)
+        headers = [("host", "ui"), ("cookie", f"{COOKIE_NAME}={token}")]
+        await sock.send(
+            client.http.send(h11.Request(method="GET", target="/events", headers=headers))
+        )
+        while not client.status:
+            event = await client._next()
+            if isinstance(event, h11.Response):
+                client.status = event.status_code
+        return client
+
+    async def _next(self) -> h11.Event:
+        while True:
+            event = self.http.next_event()
+            if event is h11.NEED_DATA:
+                self.http.receive_data(await self.sock.recv(65536))
+                continue
+            return event
+
+    async def next_event(self) -> dict[str, Any]:
+        while b"\n\n" not in self.buffer:
+            event = await self._next()
+            assert isinstance(event, h11.Data), event
+            self.buffer += bytes(event.data)
+        frame, self.buffer = self.buffer.split(b"\n\n", 1)
+        assert frame.startswith(b"data: ")
+        return json.loads(frame[len(b"data: ") :])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _peer(i: int) -> dict[str, object]:
+    return {
+        "peer_id": f"{i:08}" + "p" * 120,
+        "name": "n" * 64,
+        "peer_server": {"host": "h" * 200, "port": 1},
+        "capabilities": {},
+        "registered_at": "2026-01-01T00:00:00Z",
+        "last_seen": "2026-01-01T00:00:00Z",
+    }
+
+
+async def test_live_events_snapshot_then_changes(ui: tuple[str, DaemonContext]) -> None:
+    base, ctx = ui
+    events = await SSEClient.open(base)
+    try:
+        assert events.status == 200
+        first = await events.next_event()
+        assert first["event"] == "snapshot" and first["peers"] == []
+        ctx.hub.emit("peer-joined", seq=1, peer=_peer(1))
+        ctx.hub.emit("stream-port-open", port=1)  # not for the page: filtered out
+        ctx.hub.emit("peer-joined", seq=2, peer={"bad": 1})  # malformed: skipped
+        ctx.hub.emit("peer-left", seq=3, peer_id="x", reason="left")
+        joined = await events.next_event()
+        assert joined["event"] == "peer-joined"
+        assert joined["peer"]["route"] == "direct"
+        assert (await events.next_event()) == {"event": "peer-left", "peer_id": "x"}
+    finally:
+        events.close()
+
+
+async def test_live_views_are_capped(authed: httpx.AsyncClient) -> None:
+    async with trio.open_nursery() as nursery:
+        opened = trio.Semaphore(0)
+        done = trio.Event()
+
+        async def hold() -> None:
+            async with authed.stream("GET", "/events") as response:
+                assert response.status_code == 200
+                opened.release()
+                await done.wait()
+
+        for _ in range(MAX_EVENT_STREAMS):
+            nursery.start_soon(hold)
+        for _ in range(MAX_EVENT_STREAMS):
+            await opened.acquire()
+        refused = await authed.get("/events")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        done.set()
+
+
+async def test_a_ui_client_that_stops_reading_is_dropped_not_waited_for(
+    ui: tuple[str, DaemonContext], authed: httpx.AsyncClient
+) -> None:
+    """A raw socket that never reads: the hub drops it; a reading client gets everything."""
+    base, ctx = ui
+    port = httpx.URL(base).port
+    assert port is not None
+    stalled = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await stalled.connect(("127.0.0.1", port))
+    request = f"GET /events HTTP/1.1\r\nHost: x\r\nCookie: {COOKIE_NAME}={TOKEN}\r\n\r\n"
+    await stalled.send(request.encode())
+    head = b""
+    with trio.fail_after(10):
+        while b"\n\n" not in head.partition(b"data: ")[2]:  # its snapshot: it is subscribed
+            head += await stalled.recv(1)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert ctx.hub.subscriber_count == 1
+    received = sent = 0
+    reader = await SSEClient.open(base)
+    try:
+        with trio.fail_after(120):
+            await reader.next_event()  # snapshot
+            assert ctx.hub.subscriber_count == 2
+            while ctx.hub.subscriber_count == 2:
+                for _ in range(100):
+                    sent += 1
+                    ctx.hub.emit("peer-joined", seq=sent, peer=_peer(sent))
+                while received < sent:  # the reader keeps up, batch by batch
+                    assert (await reader.next_event())["event"] == "peer-joined"
+                    received += 1
+            assert ctx.hub.subscriber_count == 1  # the stalled one went, the reader stays
+            ctx.hub.emit("peer-left", seq=sent + 1, peer_id="last", reason="left")
+            assert (await reader.next_event())["event"] == "peer-left"
+    finally:
+        reader.close()
+    assert (await authed.get("/api/peers")).status_code == 200
+    stalled.close()
+
+
+async def test_flashback_ui_prints_the_daemons_url(tmp_path: Path, nursery: trio.Nursery) -> None:
+    env = daemon_env(tmp_path, "solo")
+    missing = await run_cli(["ui"], env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.decode().count("\n") == 1
+    root = tmp_path / "root"
+    root.mkdir()
+    async with start(
+        nursery, ["daemon", "--root", str(root), "--name", "solo"], env=env, name="d"
+    ) as proc:
+        ready = await proc.wait_event(event_is("ui-ready"))
+        assert ready["url"].startswith("http://127.0.0.1:")
+        assert "?token=" in ready["url"]
+        printed = await run_cli(["ui"], env=env)
+        assert printed.returncode == 0
+        assert printed.stdout.decode() == ready["url"] + "\n"
+        base, _, token = ready["url"].partition("/?token=")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(base + "/")).status_code == 403
+            assert (await http.get(ready["url"], follow_redirects=True)).status_code == 200
+        # A live view left open does not hold the daemon up: SIGTERM still exits 0.
+        view = await SSEClient.open(base, token=token)
+        try:
+            assert (await view.next_event())["event"] == "snapshot"
+            proc.signal(signal.SIGTERM)
+            assert await proc.wait_exit() == 0
+        finally:
+            view.close()
+
+
+async def test_proxied_streams_are_capped_and_freed(authed: httpx.AsyncClient) -> None:
+    from flashback.ui.proxy import MAX_STREAMS
+
+    limits = httpx.Limits(max_connections=MAX_STREAMS + 4)
+    async with httpx.AsyncClient(
+        base_url=str(authed.base_url), cookies={COOKIE_NAME: TOKEN}, limits=limits
+    ) as http:
+        async with AsyncExitStack() as stack:
+            for _ in range(MAX_STREAMS):  # big.bin is 5 MiB: each one stays open, unread
+                held = await stack.enter_async_context(
+                    http.stream("GET", "/p/self/content/big.bin")
+                )
+                assert held.status_code == 200
+            refused = await http.get("/p/self/content/hello.txt")
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "1"
+        # the held ones closed: their slots are free again
+        assert (await http.get("/p/self/content/hello.txt")).content == b"hello, world\n"
+
+
+HOSTILE_LISTING = {
+    "path": "",
+    "entries": [
+        {"name": "../../etc", "type": "dir", "size": 0},
+        {"name": ".hidden", "type": "file", "size": 1},
+        {"name": "<img src=x onerror=alert(1)>.md", "type": "file", "size": 1},
+        {"name": "ok.txt", "type": "file", "size": "huge"},
+        {"name": "a/b", "type": "file", "size": 1},
+        {"name": "x\x1b[2J", "type": "file", "size": 1},
+        "not an entry",
+    ],
+    "next_cursor": None,
+}
+
+
+async def serve_hostile_peer(
+    responses: dict[str, bytes], *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A 'peer server' that answers each path prefix with fixed raw bytes."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            head += data
+        target = head.split(b" ", 2)[1].decode()
+        for prefix, raw in responses.items():
+            if target.startswith(prefix):
+                with contextlib.suppress(trio.BrokenResourceError):  # the UI hung up on us
+                    await stream.send_all(raw)
+                break
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+def _http(headers: dict[str, str], body: bytes) -> bytes:
+    lines = [f"{k}: {v}" for k, v in {**headers, "Content-Length": str(len(body))}.items()]
+    return ("HTTP/1.1 200 OK\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_a_hostile_peer_cannot_reach_the_ui_origin(
+    nursery: trio.Nursery, ui: tuple[str, DaemonContext], authed: httpx.AsyncClient
+) -> None:
+    from flashback.protocol.messages import PeerInfo as Peer
+
+    _, ctx = ui
+    port = await nursery.start(
+        serve_hostile_peer,
+        {
+            "/api/files/big": _http({"Content-Type": "application/json"}, b" " * (5 << 20)),
+            "/api/files": _http(
+                {"Content-Type": "application/json"}, json.dumps(HOSTILE_LISTING).encode()
+            ),
+            "/content/": _http(
+                {
+                    "Content-Type": "text/html",
+                    "Content-Security-Policy": "script-src *",
+                    "Set-Cookie": f"{COOKIE_NAME}=stolen",
+                },
+                b"<script>document.title='pwned'</script>",
+            ),
+        },
+    )
+    ctx.table.peers["evil"] = Peer("evil", "mallory", "127.0.0.1", port)
+    page = await authed.get("/p/evil/browse/")
+    assert page.status_code == 200
+    assert "ok.txt" in page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;.md" in page.text
+    for refused in ("../../etc", ".hidden", "a/b", "\x1b", "<img src=x"):
+        assert refused not in page.text
+    content = await authed.get("/p/evil/content/page")
+    assert content.headers["content-security-policy"] == "sandbox"
+    assert "set-cookie" not in content.headers
+    too_big = await authed.get("/p/evil/browse/big")
+    assert too_big.status_code == 502
+    assert too_big.json()["error"]["code"] == "peer_unreachable"
