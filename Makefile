@@ -6,12 +6,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps clean venv-locked
 
+LOCK := .venv.lock
+
+# `make run` and `make test` started together both want the venv: the second
+# waits on the lock (flock, util-linux) and then finds the stamp fresh.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	flock $(LOCK) $(MAKE) --no-print-directory venv-locked
+
+venv-locked:
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then exit 0; fi; \
+	set -e; \
+	$(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -m pip install -q --upgrade pip; \
+	$(BIN)/python -m pip install -q -e '.[test]'; \
 	touch $(STAMP)
 
 # Real tools the tests use: curl (a real HTTP client), systemd-analyze
@@ -45,4 +54,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LOCK) .pytest_cache

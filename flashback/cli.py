@@ -11,10 +11,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from flashback import __version__
 from flashback.errors import ConfigError, FlashbackError
+from flashback.terminal import printable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -46,7 +47,9 @@ def _add_tracker(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_daemon(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("daemon", help="run the peer daemon (peer server + tracker link)")
+    p = sub.add_parser(
+        "daemon", help="run the peer daemon (peer server + tracker link)", epilog=STATE_DIR_EPILOG
+    )
     p.add_argument("--root", default=None, help="directory to share (FLASHBACK_ROOT)")
     p.add_argument("--tracker", default=None, help="tracker URL (FLASHBACK_TRACKER_URL)")
     p.add_argument("--name", default=None, help="peer name (FLASHBACK_NAME, host name)")
@@ -64,34 +67,54 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_daemon)
 
 
+STATE_DIR_EPILOG: Final = (
+    "The local daemon is reached through control.sock in its state directory: "
+    "FLASHBACK_STATE_DIR if set, else $XDG_RUNTIME_DIR/flashback, else "
+    "/tmp/flashback-UID. It must belong to you and not be writable by others."
+)
+PINS_EPILOG: Final = (
+    "Pins live in pins.json in the data directory: FLASHBACK_DATA_DIR if set, else "
+    "$XDG_DATA_HOME/flashback. No daemon is needed."
+)
+JSON_HELP: Final = "print one JSON object instead of text"
+OUT_HELP: Final = "file to write (default: the last part of PATH, in the current directory)"
+
+
 def _add_local_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="ask the local daemon how it is")
-    p.add_argument("--json", action="store_true")
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=STATE_DIR_EPILOG)
+
+    p = add("status", "ask the local daemon how it is")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=_run_status)
-    p = sub.add_parser("ui", help="print the local web UI's URL (with its access token)")
+    p = add("ui", "print the local web UI's URL (with its access token)")
     p.set_defaults(run=_run_ui)
-    p = sub.add_parser("peers", help="the live peer list")
+    p = add("peers", "the live peer list")
     p.add_argument("--watch", action="store_true", help="print each change as it arrives")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP + " (per change with --watch)")
     p.set_defaults(run=_run_peers)
-    p = sub.add_parser("ls", help="list a peer's directory")
+    p = add("ls", "list a peer's directory")
     p.add_argument("peer", metavar="PEER", help="peer id or name")
-    p.add_argument("path", metavar="PATH", nargs="?", default="")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "path", metavar="PATH", nargs="?", default="", help="directory in the share (default: root)"
+    )
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=_run_ls)
-    p = sub.add_parser("get", help="download a file from a peer (resumes a partial OUT)")
+    p = add("get", "download a file from a peer (resumes a partial OUT)")
     p.add_argument("peer", metavar="PEER", help="peer id or name")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("-o", "--output", metavar="OUT", default=None)
+    p.add_argument("path", metavar="PATH", help="file in the peer's share, e.g. docs/a.pdf")
+    p.add_argument("-o", "--output", metavar="OUT", default=None, help=OUT_HELP)
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_get)
-    p = sub.add_parser("stream", help="ask a peer for a dedicated streaming port, then download")
+    p = add("stream", "ask a peer for a dedicated streaming port, then download")
     p.add_argument("peer", metavar="PEER", help="peer id or name")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("-o", "--output", metavar="OUT", default=None)
+    p.add_argument("path", metavar="PATH", help="file in the peer's share, e.g. docs/a.pdf")
+    p.add_argument("-o", "--output", metavar="OUT", default=None, help=OUT_HELP)
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_stream)
-    p = sub.add_parser("forget", help="remove the pinned fingerprint of a peer (trust anew)")
+    p = sub.add_parser(
+        "forget", help="remove the pinned fingerprint of a peer (trust anew)", epilog=PINS_EPILOG
+    )
     p.add_argument("peer", metavar="PEER", help="peer id or name")
     p.set_defaults(run=_run_forget)
 
@@ -124,7 +147,7 @@ def _run_ui(args: argparse.Namespace) -> int:
     from flashback.daemon import client
 
     async def main() -> int:
-        print(await client.fetch_ui_url(os.environ))
+        print(printable(await client.fetch_ui_url(os.environ)))
         return 0
 
     return _run_local(main)
@@ -177,19 +200,16 @@ def _run_forget(args: argparse.Namespace) -> int:
 
     removed = PinStore.in_data_dir(data_dir(os.environ)).forget(args.peer)
     if not removed:
-        print(f"flashback: no pinned fingerprint for {_shown(args.peer)}", file=sys.stderr)
+        print(f"flashback: no pinned fingerprint for {printable(args.peer)}", file=sys.stderr)
         return EXIT_FAILURE
     shown = [
-        _shown(pin.peer_id) + (f" ({_shown(pin.name)})" if pin.name else "") + f" {pin.fingerprint}"
+        printable(pin.peer_id)
+        + (f" ({printable(pin.name)})" if pin.name else "")
+        + f" {pin.fingerprint}"
         for pin in removed
     ]
     print("forgot the pin of " + "; ".join(shown))
     return EXIT_OK
-
-
-def _shown(text: str) -> str:
-    """*text* with control characters replaced, fit for a terminal."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -215,7 +235,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="flashback", description="Decentralized file sharing.")
+    parser = _Parser(
+        prog="flashback", description="Decentralized file sharing.", epilog=STATE_DIR_EPILOG
+    )
     parser.add_argument("--version", action="version", version=f"flashback {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -232,13 +254,24 @@ def setup_logging(verbose: bool) -> None:
     else:
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(_EscapingFormatter(fmt))
     handler.addFilter(_add_syslog_level)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # One line per HTTP request would drown what matters.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log messages quote peers (names, paths, errors): no control character reaches stderr.
+
+    Only the message is escaped; a traceback appended after it keeps its lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 _SYSLOG_LEVELS = {
@@ -263,10 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except ConfigError as exc:
-        print(f"flashback: error: {exc.message}", file=sys.stderr)
+        print(printable(f"flashback: error: {exc.message}"), file=sys.stderr)
         return EXIT_USAGE
     except FlashbackError as exc:
-        print(f"flashback: {exc.message}", file=sys.stderr)
+        print(printable(f"flashback: {exc.message}"), file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
@@ -275,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(exc, httpx.HTTPError | OSError | ValueError):
             raise
-        print(f"flashback: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        print(printable(f"flashback: {exc.__class__.__name__}: {exc}"), file=sys.stderr)
         return EXIT_FAILURE
 
 

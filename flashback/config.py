@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import tempfile
 import tomllib
 from collections.abc import Mapping
@@ -130,18 +131,45 @@ def data_dir(env: Mapping[str, str]) -> Path:
     return platformdirs.user_data_path(APP_NAME)
 
 
+def check_private(path: Path, info: os.stat_result) -> None:
+    """Refuse *path* unless it is ours and no other user can write it.
+
+    The one rule for the state directory and its socket, shared by the daemon
+    (before it binds) and the local commands (before they trust what answers):
+    with ``XDG_RUNTIME_DIR`` unset the directory lives in ``/tmp``, where
+    another user can create it first and put a fake daemon in it.
+    """
+    if info.st_uid != os.getuid():
+        raise ConfigError(f"{path} belongs to another user (uid {info.st_uid}); refusing to use it")
+    if info.st_mode & 0o022:
+        mode = stat.S_IMODE(info.st_mode)
+        raise ConfigError(f"{path} is writable by other users (mode {mode:04o}); refusing it")
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create *path* (mode 0700) if needed and refuse one another user could use."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(0o700)  # ours but loose (an old umask): tighten rather than refuse
+            info = path.stat()
     except OSError as exc:
         raise ConfigError(f"cannot create directory {path}: {exc.strerror}") from exc
-    if info.st_uid != os.getuid():
-        raise ConfigError(f"{path} belongs to another user")
-    if info.st_mode & 0o077:
-        path.chmod(0o700)
+    check_private(path, info)
     return path
+
+
+def private_existing(path: Path) -> os.stat_result | None:
+    """``stat`` of *path* checked by :func:`check_private`; None when it does not exist."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot inspect {path}: {exc.strerror}") from exc
+    check_private(path, info)
+    return info
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

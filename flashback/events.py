@@ -11,7 +11,8 @@ from typing import Any, TextIO
 
 
 def format_event(event: str, **fields: Any) -> str:
-    return json.dumps({"event": event, **fields}, ensure_ascii=False, separators=(", ", ": "))
+    """One JSON line; ASCII only, so no control or bidi character from a peer reaches a tty."""
+    return json.dumps({"event": event, **fields}, ensure_ascii=True, separators=(", ", ": "))
 
 
 def emit(event: str, *, stream: TextIO | None = None, **fields: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Final
 import trio
 
 from flashback.errors import FlashbackError
+from flashback.terminal import printable
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,9 @@ def run_service(main: ServiceMain) -> int:
                 raise leaf from None
         for leaf in leaves:
             if isinstance(leaf, OSError):
-                print(f"flashback: {leaf.strerror or leaf}", file=sys.stderr)
+                print(printable(f"flashback: {leaf.strerror or leaf}"), file=sys.stderr)
                 return 1
         log.critical("crashed: %r", leaves[0], exc_info=exc)
-        print(f"flashback: crashed: {leaves[0]!r}", file=sys.stderr)
+        print(printable(f"flashback: crashed: {leaves[0]!r}"), file=sys.stderr)
         return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -331,3 +332,29 @@ async def test_show_hidden(share: Path, nursery: trio.Nursery) -> None:
         assert ".secret" in names and ".hiddendir" in names
         # still never outside the root
         assert (await http.get("/content/escape")).status_code == 404
+
+
+async def test_generated_index_md_lists_files_added_later(
+    client: httpx.AsyncClient, share: Path
+) -> None:
+    assert "later.txt" not in (share / "index.md").read_text()
+    (share / "later.txt").write_text("new\n")
+    response = await client.get("/content/index.md")
+    assert response.status_code == 200
+    assert "[later.txt](later.txt)" in response.text
+    assert (share / "index.md").read_text() == response.text
+    assert not [name for name in os.listdir(share) if name.endswith(".tmp")]
+
+
+async def test_owners_index_md_is_never_rewritten(tmp_path: Path, nursery: trio.Nursery) -> None:
+    from functools import partial
+
+    from flashback.peer.app import ShareSettings
+    from flashback.peer.serve import serve_peer
+
+    (tmp_path / "index.md").write_text("mine\n")
+    address = await nursery.start(partial(serve_peer, ShareSettings(tmp_path), "127.0.0.1", 0))
+    (tmp_path / "later.txt").write_text("new\n")
+    async with httpx.AsyncClient(base_url=address.url) as client:
+        assert (await client.get("/content/index.md")).text == "mine\n"
+    assert (tmp_path / "index.md").read_text() == "mine\n"

@@ -6,36 +6,87 @@ directory, then talk to other peers' servers directly over HTTP.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import socket
+import stat
+import struct
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
+import trio
 
-from flashback.config import state_dir
+from flashback.config import private_existing, state_dir
 from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.events import emit
 from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
+from flashback.terminal import printable
 from flashback.transfer import DownloadResult, check_output, download
 
 TIMEOUT_S = 10.0
+# ``ls`` pages through a peer's directory; a peer decides what the pages say,
+# so it may not make us loop or grow without end.
+LIST_PAGE_ENTRIES: Final = 10_000
+MAX_LIST_PAGES: Final = 100
+MAX_LIST_ENTRIES: Final = 100_000
+MAX_LIST_PAGE_BYTES: Final = 8 * 1024 * 1024
+LIST_DEADLINE_S: Final = 120.0
 
 
 class DaemonUnavailable(FlashbackError):
     """No daemon answers on the control socket (exit status 1)."""
 
 
+async def trusted_control_socket(env: Mapping[str, str]) -> Path:
+    """The control socket, once it is sure that only this user's daemon can be behind it.
+
+    Another local user can create the ``/tmp`` fallback state directory first
+    and listen on a ``control.sock`` in it: the directory and the socket must
+    be ours and not writable by others (the daemon's own rule,
+    :func:`~flashback.config.check_private`), and the process that answers
+    must run as us (``SO_PEERCRED``). A refusal is a ConfigError: exit 2.
+    """
+    directory = state_dir(env)
+    if private_existing(directory) is None:
+        raise DaemonUnavailable(f"no flashback daemon is running (no directory {directory})")
+    path = control_socket_path(directory)
+    info = private_existing(path)
+    if info is None:
+        raise DaemonUnavailable(f"no flashback daemon is running (no socket at {path})")
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"{path} is not a socket; refusing to use it")
+    await _check_daemon_uid(path)
+    return path
+
+
+async def _check_daemon_uid(path: Path) -> None:
+    """Second line: the process listening on *path* runs as this user."""
+    if not hasattr(socket, "SO_PEERCRED"):  # pragma: no cover - Linux has it
+        return
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            await probe.connect(str(path))
+        except OSError as exc:
+            raise DaemonUnavailable(
+                f"no flashback daemon is running (socket {path}: {exc.strerror})"
+            ) from exc
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid != os.getuid():
+        raise ConfigError(f"the process on {path} runs as uid {uid}, not as you; refusing it")
+
+
 @asynccontextmanager
 async def control_client(env: Mapping[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    path = control_socket_path(state_dir(env))
-    if not path.exists():
-        raise DaemonUnavailable(f"no flashback daemon is running (no socket at {path})")
+    path = await trusted_control_socket(env)
     transport = httpx.AsyncHTTPTransport(uds=str(path))
     async with httpx.AsyncClient(
         transport=transport, base_url="http://flashback", timeout=TIMEOUT_S
@@ -83,7 +134,15 @@ def resolve_peer(listing: dict[str, Any], key: str) -> PeerInfo:
     if len(named) > 1:
         ids = ", ".join(p.peer_id for p in named)
         raise ConfigError(f"several peers are named {key!r}; use a peer id ({ids})")
-    raise FlashbackError(f"no peer {key!r} is online", code="unknown_peer")
+    raise FlashbackError(
+        f"no peer '{printable(key)}' is online{_suggestion(key, peers)}", code="unknown_peer"
+    )
+
+
+def _suggestion(key: str, peers: list[PeerInfo]) -> str:
+    """`` (did you mean 'alice'?)`` for a typo'd name, else empty."""
+    close = difflib.get_close_matches(key, sorted({p.name for p in peers}), n=1)
+    return f" (did you mean '{printable(close[0])}'?)" if close else ""
 
 
 def http_url(host: str, port: int, path: str = "/") -> httpx.URL:
@@ -116,17 +175,18 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
         return
     tracker = status["tracker"]
     link = "connected" if tracker["connected"] else "not connected"
-    print(f"name:     {status['name']}")
-    print(f"peer id:  {status['peer_id'] or '(not registered)'}")
-    print(f"serving:  {status.get('root', '')} on {status['url']}")
-    print(f"tracker:  {tracker['url'] or '(none)'} ({link})")
-    print(f"identity: {status.get('identity') or '(none)'}")
-    print(f"fingerprint: {status.get('fingerprint') or '(none)'}")
+    print(printable(f"name:     {status['name']}"))
+    print(printable(f"peer id:  {status['peer_id'] or '(not registered)'}"))
+    print(printable(f"serving:  {status.get('root', '')} on {status['url']}"))
+    print(printable(f"tracker:  {tracker['url'] or '(none)'} ({link})"))
+    print(printable(f"identity: {status.get('identity') or '(none)'}"))
+    print(printable(f"fingerprint: {status.get('fingerprint') or '(none)'}"))
 
 
 def format_peer(peer: dict[str, Any]) -> str:
     server = peer["peer_server"]
-    return f"{peer['name']:<24} {peer['peer_id']:<20} {_display_url(server)}"
+    name, peer_id = printable(peer["name"]), printable(peer["peer_id"])
+    return printable(f"{name:<24} {peer_id:<20} {_display_url(server)}")
 
 
 def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
@@ -146,9 +206,9 @@ def format_event(event: dict[str, Any]) -> str | None:
     if kind == "peer-updated":
         return "~ " + format_peer(event["peer"])
     if kind == "peer-left":
-        return f"- {event['peer_id']} ({event['reason']})"
+        return printable(f"- {event['peer_id']} ({event['reason']})")
     if kind in ("tracker-connected", "tracker-disconnected"):
-        return f"* {kind} {event.get('url') or ''}".rstrip()
+        return printable(f"* {kind} {event.get('url') or ''}".rstrip())
     return None
 
 
@@ -188,27 +248,110 @@ async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
 async def list_peer_dir(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
     peer = resolve_peer(await fetch_peers(env), key)
     url = peer_url(peer, "/api/files/" + path.strip("/"))
-    entries: list[dict[str, Any]] = []
-    listing: dict[str, Any] = {}
-    cursor = None
+    paging = ListingPaging()
     async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
-        while True:
-            params = {"limit": "10000"} | ({"cursor": cursor} if cursor else {})
-            try:
-                response = await http.get(url, params=params)
-            except httpx.HTTPError as exc:
-                raise FlashbackError(
-                    f"peer {key!r} does not answer: {exc.__class__.__name__}"
-                ) from exc
+        with trio.move_on_after(LIST_DEADLINE_S) as deadline:
+            while paging.cursor is not _DONE:
+                params = {"limit": str(LIST_PAGE_ENTRIES)}
+                if paging.cursor is not None:
+                    params["cursor"] = paging.cursor
+                paging.add(await _fetch_page(http, url, params, key, path))
+    if deadline.cancelled_caught:
+        raise FlashbackError(
+            f"peer '{printable(key)}' took over {LIST_DEADLINE_S:.0f} s to list {path!r}"
+        )
+    return {"path": paging.path, "entries": paging.entries, "next_cursor": None}
+
+
+async def _fetch_page(
+    http: httpx.AsyncClient, url: httpx.URL, params: dict[str, str], key: str, path: str
+) -> Any:
+    """One listing page as parsed JSON, never more than MAX_LIST_PAGE_BYTES of it."""
+    try:
+        async with http.stream("GET", url, params=params) as response:
             if response.status_code == 404:
                 raise FlashbackError(f"no directory {path!r} on peer {key!r}", code="not_found")
-            response.raise_for_status()
-            listing = response.json()
-            entries += listing["entries"]
-            cursor = listing.get("next_cursor")
-            if not cursor:
-                break
-    return {"path": listing.get("path", ""), "entries": entries, "next_cursor": None}
+            if response.status_code != 200:
+                raise FlashbackError(
+                    f"peer '{printable(key)}' answered HTTP {response.status_code}"
+                )
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_LIST_PAGE_BYTES:
+                    raise FlashbackError(
+                        f"peer '{printable(key)}' sent a listing page over "
+                        f"{MAX_LIST_PAGE_BYTES // (1024 * 1024)} MiB"
+                    )
+    except httpx.HTTPError as exc:
+        raise FlashbackError(f"peer {key!r} does not answer: {exc.__class__.__name__}") from exc
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise FlashbackError(f"peer '{printable(key)}' sent a listing that is not JSON") from None
+
+
+_DONE: Final = object()
+
+
+class ListingPaging:
+    """Sans-IO: collect listing pages, refusing what a hostile peer could make endless.
+
+    At most MAX_LIST_PAGES pages and MAX_LIST_ENTRIES entries; a cursor seen
+    before would loop, so it ends the listing with an error too.
+    """
+
+    def __init__(self) -> None:
+        self.path = ""
+        self.entries: list[dict[str, Any]] = []
+        self.cursor: Any = None  # None: first page; _DONE: finished; else the next cursor
+        self.pages = 0
+        self._seen: set[str] = set()
+
+    def add(self, page: Any) -> None:
+        entries, cursor = _parse_page(page)
+        self.pages += 1
+        if self.pages == 1:
+            self.path = page.get("path") if isinstance(page.get("path"), str) else ""
+        if len(self.entries) + len(entries) > MAX_LIST_ENTRIES:
+            raise FlashbackError(f"the peer's listing has over {MAX_LIST_ENTRIES} entries")
+        self.entries += entries
+        if cursor is None:
+            self.cursor = _DONE
+            return
+        if cursor in self._seen:
+            raise FlashbackError("the peer's listing repeats a cursor (it would never end)")
+        if self.pages >= MAX_LIST_PAGES:
+            raise FlashbackError(f"the peer's listing goes on for over {MAX_LIST_PAGES} pages")
+        self._seen.add(cursor)
+        self.cursor = cursor
+
+
+_MAX_CURSOR_CHARS: Final = 1024
+
+
+def _parse_page(page: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """The entries and next cursor of one page, or a FlashbackError naming what is wrong."""
+    if not isinstance(page, dict) or not isinstance(page.get("entries"), list):
+        raise FlashbackError("the peer sent a listing without an entries list")
+    for entry in page["entries"]:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and entry.get("type") in ("file", "dir")
+            and (entry["type"] == "dir" or _is_count(entry.get("size")))
+        ):
+            raise FlashbackError("the peer sent a malformed listing entry")
+    cursor = page.get("next_cursor")
+    if cursor is not None and (
+        not isinstance(cursor, str) or not 1 <= len(cursor) <= _MAX_CURSOR_CHARS
+    ):
+        raise FlashbackError("the peer sent a malformed next_cursor")
+    return page["entries"], cursor
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def print_listing(listing: dict[str, Any], *, as_json: bool) -> None:
@@ -218,7 +361,7 @@ def print_listing(listing: dict[str, Any], *, as_json: bool) -> None:
     for entry in listing["entries"]:
         name = entry["name"] + ("/" if entry["type"] == "dir" else "")
         size = "" if entry["type"] == "dir" else str(entry["size"])
-        print(f"{size:>12}  {entry['mtime']}  {name}")
+        print(printable(f"{size:>12}  {entry.get('mtime', '')}  {name}"))
 
 
 def default_output(path: str) -> Path:

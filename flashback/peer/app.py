@@ -19,7 +19,8 @@ from quart_trio import QuartTrio
 from flashback import __version__
 from flashback.digests import DigestService, DigestUnavailable
 from flashback.errors import FlashbackError, NotFound
-from flashback.peer.files import build_file_response, open_file
+from flashback.peer.files import OpenedFile, build_file_response, open_file
+from flashback.peer.index_md import INDEX_NAME, refresh_index_md
 from flashback.peer.listing import decode_cursor, list_directory, parse_limit
 from flashback.protocol.digest import repr_digest_header
 from flashback.protocol.paths import UnsafePath, open_under_root, real_root
@@ -99,9 +100,13 @@ def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTri
     async def _serve_file(subpath: str, *, attachment: bool) -> Response:
         request_method = request.method
         headers = _request_headers()
-        opened = await trio.to_thread.run_sync(
-            lambda: open_file(settings.root, subpath, show_hidden=settings.show_hidden)
-        )
+
+        def blocking() -> OpenedFile:
+            if subpath.strip("/") == INDEX_NAME:  # generated: list what is there now
+                refresh_index_md(settings.root, show_hidden=settings.show_hidden)
+            return open_file(settings.root, subpath, show_hidden=settings.show_hidden)
+
+        opened = await trio.to_thread.run_sync(blocking)
         try:
             manifest = await digests.for_response(opened.fd, opened.info)
         except BaseException:
