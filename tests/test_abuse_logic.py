@@ -84,10 +84,13 @@ def test_a_record_costs_what_it_adds_to_a_snapshot() -> None:
         == len(
             '{"peer_id":"id","name":"ü","peer_server":{"host":"h","port":1},"capabilities":'
             '{"k":"v"},"registered_at":"1970-01-01T00:00:00.000Z",'
-            '"last_seen":"1970-01-01T00:00:00.000Z"}'.encode()
+            '"last_seen":"1970-01-01T00:00:00.000Z","fingerprint":null}'.encode()
         )
         + 1
     )
+    fingerprint = "sha256:" + "ab" * 32
+    with_key = record_bytes("id", "ü", "h", 1, {"k": "v"}, fingerprint)
+    assert with_key == size + len(f'"{fingerprint}"') - len("null")
 
 
 def test_the_peer_list_budget_may_not_exceed_what_a_daemon_accepts() -> None:

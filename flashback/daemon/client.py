@@ -179,6 +179,8 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
     print(printable(f"peer id:  {status['peer_id'] or '(not registered)'}"))
     print(printable(f"serving:  {status.get('root', '')} on {status['url']}"))
     print(printable(f"tracker:  {tracker['url'] or '(none)'} ({link})"))
+    print(printable(f"identity: {status.get('identity') or '(none)'}"))
+    print(printable(f"fingerprint: {status.get('fingerprint') or '(none)'}"))
 
 
 def format_peer(peer: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ import trio
 from flashback.config import DaemonConfig
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
+from flashback.daemon.keys import KeyPair
 from flashback.peer.app import PeerInfo as LocalInfo
 from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
 from flashback.protocol.peer_table import PeerTable
@@ -31,6 +32,10 @@ class DaemonContext:
     # what other peers are told to dial (the bound host, unless a wildcard)
     announce_host: str | None = None
     identity: Identity | None = None
+    # this instance's key pair and certificate (CONTRACT §6.1): a TLS server
+    # loads keys.path with SSLContext.load_cert_chain
+    keys: KeyPair | None = None
+    instance_name: str | None = None
     tracker_connected: bool = False
     # the web UI's URL, access token included (told only over the control socket)
     ui_url: str | None = None
@@ -53,6 +58,10 @@ class DaemonContext:
         ](OUTGOING_BUFFER)
         # answers (file-stream-ready / stream-error) awaited by local requesters
         self.stream_waiters: dict[str, trio.MemorySendChannel[Message]] = {}
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.keys.fingerprint if self.keys else None
 
     def deliver_stream_answer(self, answer: FileStreamReady | StreamError) -> bool:
         waiter = self.stream_waiters.pop(answer.request_id, None)
@@ -99,5 +108,7 @@ class DaemonContext:
             "port": address.port if address else None,
             "url": address.url if address else None,
             "root": str(self.config.root),
+            "fingerprint": self.fingerprint,
+            "identity": self.instance_name,
             "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
         }

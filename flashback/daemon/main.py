@@ -26,7 +26,7 @@ from flashback.daemon.announce import announce_host
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.control import control_socket_path, create_control_app, refuse_if_running
 from flashback.daemon.hub import EventHub
-from flashback.daemon.identity import IdentityStore
+from flashback.daemon.identity import IdentityStore, Instance, claim_instance
 from flashback.daemon.link import run_link
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
@@ -96,9 +96,33 @@ async def daemon_main(
     state_dir = ensure_private_dir(config.state_dir)
     socket_path = control_socket_path(state_dir)
     refuse_if_running(socket_path)
+    # Held (locked) until the daemon exits: no other daemon can be us meanwhile.
+    # In a thread: the first start generates a key.
+    instance = await trio.to_thread.run_sync(
+        claim_instance, config.data_dir, config.name, config.identity
+    )
+    with instance:
+        log.info("identity %r, fingerprint %s", instance.name, instance.fingerprint)
+        await _run_daemon_tasks(config, shutdown, socket_path, hub, instance, task_status)
+
+
+async def _run_daemon_tasks(
+    config: DaemonConfig,
+    shutdown: trio.Event,
+    socket_path: Path,
+    hub: EventHub | None,
+    instance: Instance,
+    task_status: trio.TaskStatus[DaemonContext],
+) -> None:
     notifier = Notifier.from_env(os.environ)
     local = PeerInfo(name=config.name)
-    ctx = DaemonContext(config=config, hub=hub or EventHub(), local=local)
+    ctx = DaemonContext(
+        config=config,
+        hub=hub or EventHub(),
+        local=local,
+        keys=instance.keys,
+        instance_name=instance.name,
+    )
     settings = ShareSettings(config.root, config.show_hidden, local)
 
     async with trio.open_nursery() as nursery:
@@ -147,7 +171,7 @@ async def daemon_main(
         ) as http:
             if config.tracker_url:
                 api = TrackerAPI(http, auth_token=os.environ.get("FLASHBACK_TRACKER_TOKEN"))
-                store = IdentityStore(ensure_private_dir(config.data_dir), config.tracker_url)
+                store = instance.identity_store(config.tracker_url)
 
                 async def tracker_tasks() -> None:
                     with tracker_scope:

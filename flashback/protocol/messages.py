@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
 
+from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.strict_json import loads_strict
 
 MAX_ID_CHARS: Final = 128
@@ -110,6 +111,15 @@ def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _fingerprint(data: Mapping[str, Any]) -> str | None:
+    value = data.get("fingerprint")
+    if value is None:
+        return None
+    if not is_fingerprint(value):
+        raise _invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
+    return str(value)
+
+
 def _one_direction(data: Mapping[str, Any], *, required: bool) -> tuple[str | None, str | None]:
     to = _str(data, "to", max_chars=MAX_ID_CHARS, optional=True)
     from_ = _str(data, "from", max_chars=MAX_ID_CHARS, optional=True)
@@ -142,6 +152,8 @@ class PeerInfo:
     capabilities: dict[str, Any] = field(default_factory=dict)
     registered_at: str = ""
     last_seen: str = ""
+    # sha256:<hex> of the peer's certificate (CONTRACT §6.1); None: it sent none
+    fingerprint: str | None = None
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -151,6 +163,7 @@ class PeerInfo:
             "capabilities": self.capabilities,
             "registered_at": self.registered_at,
             "last_seen": self.last_seen,
+            "fingerprint": self.fingerprint,
         }
 
     @classmethod
@@ -166,6 +179,7 @@ class PeerInfo:
             capabilities=_object(data, "capabilities"),
             registered_at=_str(data, "registered_at", max_chars=64),
             last_seen=_str(data, "last_seen", max_chars=64),
+            fingerprint=_fingerprint(data),
         )
 
 
