@@ -62,6 +62,13 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", default=None, help="peer server port (default 0: the OS picks)")
     p.add_argument("--show-hidden", action="store_true", help="serve dot files too")
     p.add_argument("--ui-port", default=None, help="web UI port on 127.0.0.1 (default 0: any)")
+    p.add_argument(
+        "--identity",
+        default=None,
+        metavar="NAME",
+        help="identity instance to use, refused if in use (FLASHBACK_IDENTITY; "
+        "default: the first free one of the peer name)",
+    )
     p.set_defaults(run=_run_daemon)
 
 
@@ -69,6 +76,10 @@ STATE_DIR_EPILOG: Final = (
     "The local daemon is reached through control.sock in its state directory: "
     "FLASHBACK_STATE_DIR if set, else $XDG_RUNTIME_DIR/flashback, else "
     "/tmp/flashback-UID. It must belong to you and not be writable by others."
+)
+PINS_EPILOG: Final = (
+    "Pins live in pins.json in the data directory: FLASHBACK_DATA_DIR if set, else "
+    "$XDG_DATA_HOME/flashback. No daemon is needed."
 )
 JSON_HELP: Final = "print one JSON object instead of text"
 OUT_HELP: Final = "file to write (default: the last part of PATH, in the current directory)"
@@ -110,6 +121,11 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUT", default=None, help=OUT_HELP)
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_stream)
+    p = sub.add_parser(
+        "forget", help="remove the pinned fingerprint of a peer (trust anew)", epilog=PINS_EPILOG
+    )
+    p.add_argument("peer", metavar="PEER", help="peer id or name")
+    p.set_defaults(run=_run_forget)
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
@@ -193,6 +209,24 @@ def _run_stream(args: argparse.Namespace) -> int:
     return _run_local(lambda: client.stream_file(os.environ, args.peer, args.path, out))
 
 
+def _run_forget(args: argparse.Namespace) -> int:
+    from flashback.config import data_dir
+    from flashback.daemon.pins import PinStore
+
+    removed = PinStore.in_data_dir(data_dir(os.environ)).forget(args.peer)
+    if not removed:
+        print(f"flashback: no pinned fingerprint for {printable(args.peer)}", file=sys.stderr)
+        return EXIT_FAILURE
+    shown = [
+        printable(pin.peer_id)
+        + (f" ({printable(pin.name)})" if pin.name else "")
+        + f" {pin.fingerprint}"
+        for pin in removed
+    ]
+    print("forgot the pin of " + "; ".join(shown))
+    return EXIT_OK
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from flashback.config import serve_from_sources
     from flashback.peer.serve import run_serve
@@ -242,6 +276,7 @@ def setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # One line per HTTP request would drown what matters.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("flashback.access").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 class _EscapingFormatter(logging.Formatter):

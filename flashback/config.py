@@ -96,6 +96,8 @@ class DaemonConfig:
     ui_port: int = 0
     state_dir: Path = Path()
     data_dir: Path = Path()
+    # an identity instance to use (else the first free one of the name)
+    identity: str | None = None
 
 
 # -- where things live ---------------------------------------------------------
@@ -359,4 +361,5 @@ def daemon_from_sources(
         ui_port=parse_port(_first(flags.get("ui_port"), 0), what="--ui-port"),
         state_dir=state_dir(env),
         data_dir=data_dir(env),
+        identity=_first(flags.get("identity"), env.get("FLASHBACK_IDENTITY")),
     )

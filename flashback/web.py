@@ -19,15 +19,32 @@ from typing import Any, Final
 import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from flashback.errors import FlashbackError
+from flashback.httpserver import serve_bounded
 
 log = logging.getLogger(__name__)
 
 JSON_MIMETYPE: Final = "application/json"
+ACCESS_LOG_FORMAT: Final = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss'
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_control(text: str) -> str:
+    """``\\xNN`` for every C0/C1 control character: a peer's bytes never drive a terminal."""
+    return _CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _escape_access_record(record: logging.LogRecord) -> bool:
+    record.msg = escape_control(record.getMessage())
+    record.args = None
+    return True
+
+
+ACCESS_LOG: Final = logging.getLogger("flashback.access")
+ACCESS_LOG.addFilter(_escape_access_record)
 
 
 def error_response(error: FlashbackError) -> Response:
@@ -103,7 +120,10 @@ def hypercorn_config(host: str, port: int, *, backlog: int = 100) -> HypercornCo
     else:
         bind_host = f"[{host}]" if ":" in host else host
         config.bind = [f"{bind_host}:{port}"]
-    config.accesslog = None
+    # One line per request; shown with -v (cli.setup_logging sets the level).
+    # The path only (%(U)s): a query string may carry a token.
+    config.accesslog = ACCESS_LOG
+    config.access_log_format = ACCESS_LOG_FORMAT
     config.errorlog = logging.getLogger("hypercorn.error")
     config.backlog = backlog
     # Long downloads must never be cut: Hypercorn itself has no response
@@ -126,7 +146,7 @@ async def serve_quart(
     """
 
     async def _serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await hypercorn_serve(
+        await serve_bounded(
             app,  # type: ignore[arg-type]
             config,
             shutdown_trigger=shutdown_trigger,  # type: ignore[arg-type]

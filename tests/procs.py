@@ -91,6 +91,7 @@ async def start(
     env: dict[str, str],
     name: str,
     prefix: Sequence[str] = (),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> AsyncIterator[Proc]:
     """*prefix* goes before the command (``ip netns exec NS`` for the tunnel tests)."""
     process = await trio.lowlevel.open_process(
@@ -98,6 +99,7 @@ async def start(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **env},
+        preexec_fn=preexec_fn,
     )
     proc = Proc(process, name)
     async with trio.open_nursery() as readers:

@@ -88,6 +88,9 @@ def test_a_record_costs_what_it_adds_to_a_snapshot() -> None:
         )
         + 1
     )
+    fingerprint = "sha256:" + "ab" * 32
+    with_key = record_bytes("id", "ü", "h", 1, {"k": "v"}, fingerprint)
+    assert with_key == size + len(f'"{fingerprint}"') - len("null")
 
 
 def test_the_peer_list_budget_may_not_exceed_what_a_daemon_accepts() -> None:

@@ -391,5 +391,7 @@ def test_every_argument_has_help_and_the_epilog_names_the_state_dir() -> None:
     for name, sub in commands.choices.items():
         for action in sub._actions:
             assert action.help, (name, action.dest)
-        if name not in ("tracker", "serve"):  # the two that never touch the state directory
+        if name == "forget":  # edits the pins in the data directory, no daemon involved
+            assert "FLASHBACK_DATA_DIR" in sub.format_help()
+        elif name not in ("tracker", "serve"):  # the two that never touch the state directory
             assert "FLASHBACK_STATE_DIR" in sub.format_help(), name

@@ -17,6 +17,7 @@ from flashback.config import DaemonConfig
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity, IdentityStore
+from flashback.daemon.keys import KeyPair
 from flashback.daemon.link import websocket_target
 from flashback.daemon.session import heartbeat_loop, maintain_registration
 from flashback.daemon.tracker_api import Registration, RetryLater, UnknownPeer
@@ -160,6 +161,7 @@ class FakeAPI:
         self.register_times: list[float] = []
         self.heartbeat_times: list[float] = []
         self.registered_with: list[Identity | None] = []
+        self.fingerprints: list[str | None] = []
 
     async def register(
         self,
@@ -169,8 +171,10 @@ class FakeAPI:
         *,
         identity: Identity | None,
         capabilities: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
     ) -> Registration:
         self.register_times.append(trio.current_time())
+        self.fingerprints.append(fingerprint)
         self.registered_with.append(identity)
         if len(self.register_times) <= self.register_failures:
             raise RetryLater("tracker down")
@@ -209,7 +213,10 @@ async def test_heartbeat_jitter_is_early_never_late(autojump_clock: trio.testing
 def make_context(tmp_path: Path) -> DaemonContext:
     config = DaemonConfig(root=tmp_path, tracker_url="http://t:1", name="me")
     ctx = DaemonContext(
-        config=config, hub=EventHub(stdout=io.StringIO()), local=LocalInfo(name="me")
+        config=config,
+        hub=EventHub(stdout=io.StringIO()),
+        local=LocalInfo(name="me"),
+        keys=KeyPair(tmp_path / "identity.pem", b"not really DER"),
     )
     ctx.address = BoundAddress("127.0.0.1", 4242)
     return ctx
@@ -234,6 +241,7 @@ async def test_registration_retries_with_backoff_then_heartbeats(
     assert ctx.identity == Identity("new-id", "new-token")
     assert store.load() == Identity("new-id", "new-token")
     assert ctx.local.peer_id == "new-id"
+    assert api.fingerprints == [ctx.fingerprint] * 4  # every registration carries it
     assert api.heartbeat_times and api.heartbeat_times[0] - api.register_times[-1] <= 10
 
 

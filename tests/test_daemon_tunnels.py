@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import trio
 
-from flashback.daemon.tunnel_ends import TunnelFailed, fingerprint_of, server_context
+from flashback.daemon.tunnel_ends import TunnelFailed, server_context
 from flashback.daemon.tunnels import TunnelService
+from flashback.protocol.fingerprint import fingerprint_of
 from flashback.protocol.messages import TunnelErrorMessage, TunnelInvite, TunnelRequest
 from flashback.protocol.tunnel import OpenTarget
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port

@@ -158,3 +158,21 @@ def test_non_finite_numbers_are_not_json(frame: str) -> None:
     with pytest.raises(m.ProtocolError) as info:
         m.parse(frame)
     assert info.value.code == "invalid_json"
+
+
+def test_peer_fingerprint_round_trips_and_bad_shapes_are_refused() -> None:
+    fingerprint = "sha256:" + "ab" * 32
+    peer = m.PeerInfo(
+        peer_id="p1",
+        name="n",
+        host="h",
+        port=1,
+        registered_at="t",
+        last_seen="t",
+        fingerprint=fingerprint,
+    )
+    assert m.PeerInfo.parse(peer.dump()) == peer
+    assert m.PeerInfo.parse({**peer.dump(), "fingerprint": None}).fingerprint is None
+    for bad in ("sha256:" + "AB" * 32, "sha1:" + "ab" * 20, "sha256:" + "ab" * 31, 7, ""):
+        with pytest.raises(m.ProtocolError):
+            m.PeerInfo.parse({**peer.dump(), "fingerprint": bad})

@@ -43,7 +43,7 @@ async def test_register_list_heartbeat_delete() -> None:
                 "peer_id", "name", "peer_server", "capabilities", "registered_at", "last_seen",
                 "fingerprint",
             }  # fmt: skip
-            assert entry["fingerprint"] is None  # it sent none
+            assert entry["fingerprint"] is None  # this peer sent none
 
             beat = await client.post(
                 "/api/peers/heartbeat", json={"peer_id": peer["peer_id"]},
@@ -88,6 +88,29 @@ async def test_reregistering_updates_and_keeps_identity() -> None:
             listed = (await client.get("/api/peers/list")).json()
             assert listed["seq"] == seq + 1
             assert [p["name"] for p in listed["peers"]] == ["new"]
+
+
+FINGERPRINT_A = "sha256:" + "0a" * 32
+FINGERPRINT_B = "sha256:" + "0b" * 32
+
+
+async def test_fingerprint_is_listed_and_a_changed_one_is_a_change() -> None:
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_tracker() as running, open_client(running) as client:
+            peer = await register(client, "laptop", fingerprint=FINGERPRINT_A)
+            listed = (await client.get("/api/peers/list")).json()
+            assert [p["fingerprint"] for p in listed["peers"]] == [FINGERPRINT_A]
+            body = registration("laptop", peer_id=peer["peer_id"], fingerprint=FINGERPRINT_A)
+            auth = bearer(peer["token"])
+            same = await client.post("/api/peers/register", json=body, headers=auth)
+            assert same.status_code == 201
+            assert (await client.get("/api/peers/list")).json()["seq"] == listed["seq"]
+            body["fingerprint"] = FINGERPRINT_B
+            changed = await client.post("/api/peers/register", json=body, headers=auth)
+            assert changed.status_code == 201
+            after = (await client.get("/api/peers/list")).json()
+            assert after["seq"] == listed["seq"] + 1
+            assert [p["fingerprint"] for p in after["peers"]] == [FINGERPRINT_B]
 
 
 async def test_status_and_metrics_never_show_tokens() -> None:
@@ -288,6 +311,32 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str | None]] = [
         401,
         "unauthorized",
     ),
+    *[
+        (
+            "POST",
+            "/api/peers/register",
+            {"name": "a", "peer_server": PEER_SERVER, "fingerprint": bad},
+            422,
+            "invalid_field",
+        )
+        for bad in (
+            "",
+            7,
+            True,
+            ["sha256:" + "ab" * 32],
+            {"sha256": "ab" * 32},
+            "ab" * 32,  # no prefix
+            "sha256:" + "AB" * 32,  # upper case
+            "SHA256:" + "ab" * 32,
+            "sha256:" + "ab" * 31,  # too short
+            "sha256:" + "ab" * 33,  # too long
+            "sha256:" + "ab" * 31 + "zz",  # not hex
+            "sha256:" + "ab" * 32 + "\n",
+            " sha256:" + "ab" * 32,
+            "sha1:" + "ab" * 20,
+            "sha256:" + "a" * 1000,
+        )
+    ],
     ("POST", "/api/peers/heartbeat", {"peer_id": "nope"}, 401, "unauthorized"),
     ("POST", "/api/peers/heartbeat", b"{nope", 400, "invalid_json"),
     ("POST", "/api/peers/heartbeat", {}, 422, "invalid_field"),

@@ -484,3 +484,43 @@ async def test_serve_tracker_opens_its_own_redis_and_starts_while_redis_is_down(
                 nursery.cancel_scope.cancel()
         finally:
             await redis.kill()
+
+
+@needs_redis
+async def test_a_changed_fingerprint_is_one_peer_updated_on_every_instance(
+    tmp_path: Path,
+) -> None:
+    old, new = "sha256:" + "01" * 32, "sha256:" + "02" * 32
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(redis.url, 2) as (one, two),
+            open_client(one) as client1,
+            open_client(two) as client2,
+            open_link(two.ws_url) as watcher,
+        ):
+            await hello(watcher)
+            assert (await receive(watcher))["type"] == "snapshot"
+            peer = await register(client1, "laptop", fingerprint=old)
+            joined = await receive(watcher)
+            assert joined["peer"]["fingerprint"] == old
+            listed = (await client2.get("/api/peers/list")).json()
+            assert [p["fingerprint"] for p in listed["peers"]] == [old]
+            body = {"name": "laptop", "peer_server": {"host": "127.0.0.1", "port": 8000},
+                    "capabilities": {"stream": True}, "peer_id": peer["peer_id"],
+                    "fingerprint": old}  # fmt: skip
+            same = await client2.post(
+                "/api/peers/register", json=body, headers=bearer(peer["token"])
+            )
+            assert same.status_code == 201
+            assert (await client1.get("/api/peers/list")).json()["seq"] == listed["seq"]
+            body["fingerprint"] = new
+            changed = await client2.post(
+                "/api/peers/register", json=body, headers=bearer(peer["token"])
+            )
+            assert changed.status_code == 201
+            updated = await receive(watcher)
+            assert (updated["type"], updated["seq"]) == ("peer-updated", listed["seq"] + 1)
+            assert updated["peer"]["fingerprint"] == new
+            after = (await client1.get("/api/peers/list")).json()
+            assert [p["fingerprint"] for p in after["peers"]] == [new]

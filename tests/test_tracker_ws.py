@@ -318,3 +318,19 @@ async def test_lone_surrogates_are_refused_not_relayed() -> None:
                 )
                 await ws.send_message(frame.replace("TO", to))
                 assert (await receive(ws))["code"] == "invalid_json"
+
+
+async def test_a_changed_fingerprint_is_a_peer_updated_on_the_feed() -> None:
+    old, new = "sha256:" + "01" * 32, "sha256:" + "02" * 32
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_tracker() as running, open_client(running) as client:
+            peer = await register(client, "laptop", fingerprint=old)
+            async with open_link(running.ws_url) as ws:
+                await hello(ws)
+                snapshot = await receive(ws)
+                assert [p["fingerprint"] for p in snapshot["peers"]] == [old]
+                body = registration("laptop", peer_id=peer["peer_id"], fingerprint=new)
+                await client.post("/api/peers/register", json=body, headers=bearer(peer["token"]))
+                updated = await receive(ws)
+                assert (updated["type"], updated["seq"]) == ("peer-updated", snapshot["seq"] + 1)
+                assert updated["peer"]["fingerprint"] == new

@@ -8,11 +8,11 @@ import trio
 from flashback.daemon.tunnel_ends import (
     TunnelFailed,
     bridge,
-    fingerprint_of,
     open_requester_end,
     serve_owner_end,
     server_context,
 )
+from flashback.protocol.fingerprint import fingerprint_of
 from flashback.protocol.tunnel import OpenTarget
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
 from tests.tls_support import make_cert

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import signal
 import socket
 import stat
 import struct
@@ -216,6 +217,8 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
     print(printable(f"peer id:  {status['peer_id'] or '(not registered)'}"))
     print(printable(f"serving:  {status.get('root', '')} on {status['url']}"))
     print(printable(f"tracker:  {tracker['url'] or '(none)'} ({link})"))
+    print(printable(f"identity: {status.get('identity') or '(none)'}"))
+    print(printable(f"fingerprint: {status.get('fingerprint') or '(none)'}"))
 
 
 def format_peer(peer: dict[str, Any]) -> str:
@@ -534,8 +537,28 @@ async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | N
 
 async def connect(env: Mapping[str, str], key: str, *, as_json: bool) -> int:
     """``flashback connect``: print the ``peer-url`` line and hold the forward until
-    Ctrl-C (exit 0) or until the daemon goes away (exit 1)."""
+    Ctrl-C or SIGTERM (exit 0) or until the daemon goes away (exit 1)."""
     peer = resolve_peer(await fetch_peers(env), key)
+    stopped_by_signal = False
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            nonlocal stopped_by_signal
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    stopped_by_signal = True
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_on_signal)
+        await _hold_forward(env, peer, as_json=as_json)
+        nursery.cancel_scope.cancel()
+    if stopped_by_signal:
+        return 0
+    print("flashback: the daemon stopped", file=sys.stderr)
+    return 1
+
+
+async def _hold_forward(env: Mapping[str, str], peer: PeerInfo, *, as_json: bool) -> None:
     async with control_client(env) as client:
         try:
             async with client.stream(
@@ -554,15 +577,9 @@ async def connect(env: Mapping[str, str], key: str, *, as_json: bool) -> int:
                     if as_json:
                         print(json.dumps(event), flush=True)
                     else:
-                        print(
-                            printable(
-                                f"{event['url']}  ({peer.name}, {event['route']}; Ctrl-C to close)"
-                            ),
-                            flush=True,
-                        )
+                        text = f"{event['url']}  ({peer.name}, {event['route']}; Ctrl-C to close)"
+                        print(printable(text), flush=True)
         except (httpx.RemoteProtocolError, httpx.ReadError):
-            pass
+            pass  # the daemon went away: that ends the hold
         except httpx.HTTPError as exc:
             raise DaemonUnavailable(f"lost the daemon: {exc.__class__.__name__}") from exc
-    print("flashback: the daemon stopped", file=sys.stderr)
-    return 1

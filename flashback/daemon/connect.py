@@ -30,6 +30,11 @@ class AmbiguousPeer(FlashbackError):
     default_code = "ambiguous_peer"
 
 
+class KeyChanged(FlashbackError):
+    status = 403
+    default_code = "fingerprint_mismatch"
+
+
 class PeerUnreachable(FlashbackError):
     status = 502
     default_code = "unreachable"
@@ -98,7 +103,13 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
             )
         else:
             reached = await ctx.router.reach(peer.peer_id, peer.host, peer.port)
+        if reached.route == "relay" and ctx.tunnels is not None and peer.fingerprint:
+            # Refuse a changed key here with its own message; the TLS check in
+            # every tunnel is still what proves the owner.
+            ctx.tunnels.check_pin(peer.peer_id, peer.fingerprint)
     except TunnelFailed as exc:
+        if exc.code == "fingerprint_mismatch":
+            raise KeyChanged(str(exc)) from exc
         raise PeerUnreachable(f"cannot reach peer {request.peer!r}: {exc}") from exc
     return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}
 

@@ -11,6 +11,7 @@ import trio
 from flashback.config import DaemonConfig
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
+from flashback.daemon.keys import KeyPair
 from flashback.daemon.routes import Router
 from flashback.daemon.tunnels import TunnelService
 from flashback.peer.app import PeerInfo as LocalInfo
@@ -33,6 +34,10 @@ class DaemonContext:
     # what other peers are told to dial (the bound host, unless a wildcard)
     announce_host: str | None = None
     identity: Identity | None = None
+    # this instance's key pair and certificate (CONTRACT §6.1): a TLS server
+    # loads keys.path with SSLContext.load_cert_chain
+    keys: KeyPair | None = None
+    instance_name: str | None = None
     tracker_connected: bool = False
     # tunnels through the tracker (§6.2) and the routes that use them (§6.3)
     tunnels: TunnelService | None = None
@@ -58,6 +63,10 @@ class DaemonContext:
         ](OUTGOING_BUFFER)
         # answers (file-stream-ready / stream-error) awaited by local requesters
         self.stream_waiters: dict[str, trio.MemorySendChannel[Message]] = {}
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.keys.fingerprint if self.keys else None
 
     def deliver_stream_answer(self, answer: FileStreamReady | StreamError) -> bool:
         waiter = self.stream_waiters.pop(answer.request_id, None)
@@ -114,5 +123,7 @@ class DaemonContext:
             "port": address.port if address else None,
             "url": address.url if address else None,
             "root": str(self.config.root),
+            "fingerprint": self.fingerprint,
+            "identity": self.instance_name,
             "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
         }

@@ -26,8 +26,10 @@ from flashback.daemon.announce import announce_host
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.control import control_socket_path, create_control_app, refuse_if_running
 from flashback.daemon.hub import EventHub
-from flashback.daemon.identity import IdentityStore
+from flashback.daemon.identity import IdentityStore, Instance, claim_instance
 from flashback.daemon.link import run_link
+from flashback.daemon.pins import PinStore
+from flashback.daemon.reach import owner_context_for, pin_checker, run_routes
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
 from flashback.digests import DigestCache, DigestService
@@ -96,9 +98,33 @@ async def daemon_main(
     state_dir = ensure_private_dir(config.state_dir)
     socket_path = control_socket_path(state_dir)
     refuse_if_running(socket_path)
+    # Held (locked) until the daemon exits: no other daemon can be us meanwhile.
+    # In a thread: the first start generates a key.
+    instance = await trio.to_thread.run_sync(
+        claim_instance, config.data_dir, config.name, config.identity
+    )
+    with instance:
+        log.info("identity %r, fingerprint %s", instance.name, instance.fingerprint)
+        await _run_daemon_tasks(config, shutdown, socket_path, hub, instance, task_status)
+
+
+async def _run_daemon_tasks(
+    config: DaemonConfig,
+    shutdown: trio.Event,
+    socket_path: Path,
+    hub: EventHub | None,
+    instance: Instance,
+    task_status: trio.TaskStatus[DaemonContext],
+) -> None:
     notifier = Notifier.from_env(os.environ)
     local = PeerInfo(name=config.name)
-    ctx = DaemonContext(config=config, hub=hub or EventHub(), local=local)
+    ctx = DaemonContext(
+        config=config,
+        hub=hub or EventHub(),
+        local=local,
+        keys=instance.keys,
+        instance_name=instance.name,
+    )
     settings = ShareSettings(config.root, config.show_hidden, local)
 
     async with trio.open_nursery() as nursery:
@@ -132,7 +158,7 @@ async def daemon_main(
         )
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (CONTRACT §5).
-        nursery.start_soon(partial(run_stream_ports, ctx, shutdown, digests=digests))
+        streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
         if notifier.enabled:
             nursery.start_soon(report_status, ctx, notifier)
@@ -147,11 +173,24 @@ async def daemon_main(
         ) as http:
             if config.tracker_url:
                 api = TrackerAPI(http, auth_token=os.environ.get("FLASHBACK_TRACKER_TOKEN"))
-                store = IdentityStore(ensure_private_dir(config.data_dir), config.tracker_url)
+                store = instance.identity_store(config.tracker_url)
+
+                pins = PinStore.in_data_dir(config.data_dir)
 
                 async def tracker_tasks() -> None:
                     with tracker_scope:
-                        await run_tracker_tasks(ctx, api, store)
+                        async with trio.open_nursery() as tasks:
+                            # tunnels and routes end with the link (shutdown closes them)
+                            await tasks.start(
+                                partial(
+                                    run_routes,
+                                    ctx,
+                                    owner_context=owner_context_for(instance.keys),
+                                    check_pin=pin_checker(pins, ctx),
+                                    streams=streams,
+                                )
+                            )
+                            await run_tracker_tasks(ctx, api, store)
 
                 nursery.start_soon(tracker_tasks)
             task_status.started(ctx)

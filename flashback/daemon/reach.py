@@ -9,6 +9,7 @@ forward and tunnel with it.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable
 
@@ -16,10 +17,16 @@ import httpx
 import trio
 
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.keys import KeyPair
+from flashback.daemon.pins import FingerprintMismatch, PinStore
 from flashback.daemon.routes import PROBE_TIMEOUT_S, Router
+from flashback.daemon.tunnel_ends import TunnelFailed, server_context
 from flashback.daemon.tunnels import TunnelService
+from flashback.errors import FlashbackError
 from flashback.protocol.tunnel import OpenTarget
 from flashback.streaming.manager import StreamManager
+
+log = logging.getLogger(__name__)
 
 CheckPin = Callable[[str, str], None]
 
@@ -34,6 +41,35 @@ def local_target_port(
     if streams is not None and any(port.port == target.port for port in streams.open_ports):
         return target.port
     return None
+
+
+def owner_context_for(keys: KeyPair) -> Callable[[], ssl.SSLContext]:
+    """The TLS server context of our owner ends: built once, from our identity's PEM."""
+    cache: list[ssl.SSLContext] = []
+
+    def context() -> ssl.SSLContext:
+        if not cache:
+            cache.append(server_context(keys.path, keys.path))
+        return cache[0]
+
+    return context
+
+
+def pin_checker(pins: PinStore, ctx: DaemonContext) -> CheckPin:
+    """Trust on first use (§6.1): a changed key is refused for every connection,
+    with a warning naming both fingerprints, until ``flashback forget``."""
+
+    def check(peer_id: str, fingerprint: str) -> None:
+        peer = ctx.table.peers.get(peer_id)
+        try:
+            pins.check(peer_id, fingerprint, name=peer.name if peer else None)
+        except FingerprintMismatch as exc:
+            log.warning("%s", exc.message)
+            raise TunnelFailed("fingerprint_mismatch", exc.message) from exc
+        except FlashbackError as exc:
+            raise TunnelFailed(exc.code, exc.message) from exc
+
+    return check
 
 
 async def run_routes(

@@ -74,6 +74,7 @@ async def maintain_registration(
                 ctx.announce_host or ctx.address.host,
                 ctx.address.port,
                 identity=identity,
+                fingerprint=ctx.fingerprint,
             )
         except IdentityRejected:
             log.warning("the tracker refused our identity; registering as a new peer")

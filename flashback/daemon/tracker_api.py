@@ -96,12 +96,15 @@ class TrackerAPI:
         *,
         identity: Identity | None,
         capabilities: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
     ) -> Registration:
         body: dict[str, Any] = {
             "name": name,
             "peer_server": {"host": host, "port": port},
             "capabilities": capabilities or {},
         }
+        if fingerprint is not None:
+            body["fingerprint"] = fingerprint
         headers = {}
         if identity is not None:
             body["peer_id"] = identity.peer_id

@@ -17,7 +17,6 @@ fingerprint is the identity, and ``verify_mode`` is ``CERT_NONE`` on purpose
 
 from __future__ import annotations
 
-import hashlib
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Final
 
 import trio
 
+from flashback.protocol.fingerprint import fingerprint_of
 from flashback.protocol.tunnel import (
     MAX_OPEN_LINE_BYTES,
     OK_LINE,
@@ -42,11 +42,6 @@ SETUP_TIMEOUT_S: Final = 10.0
 #: how long the owner waits for the requester's OPEN line after the handshake
 OPEN_TIMEOUT_S: Final = 10.0
 COPY_CHUNK_BYTES: Final = 256 * 1024
-
-
-def fingerprint_of(der: bytes) -> str:
-    """``sha256:`` + lowercase hex of a certificate's DER bytes (CONTRACT §6.1)."""
-    return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
 def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:

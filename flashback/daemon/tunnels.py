@@ -185,14 +185,23 @@ class TunnelService:
             raise TunnelFailed(answer.code, answer.message or f"tunnel refused ({answer.code})")
         if answer.from_ != peer_id:
             raise TunnelFailed("bad_invite", "the invite names another peer")
-        return await open_requester_end(
-            host=answer.host,
-            port=answer.port,
-            key=answer.key,
-            expected_fingerprint=answer.fingerprint,
-            check_pin=lambda fingerprint: self._check_pin(peer_id, fingerprint),
-            target=target,
-        )
+        try:
+            return await open_requester_end(
+                host=answer.host,
+                port=answer.port,
+                key=answer.key,
+                expected_fingerprint=answer.fingerprint,
+                check_pin=lambda fingerprint: self._check_pin(peer_id, fingerprint),
+                target=target,
+            )
+        except trio.TooSlowError:
+            raise TunnelFailed("timeout", "the tunnel took too long to set up") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise TunnelFailed("tunnel_failed", f"the tunnel broke: {exc}") from exc
+
+    def check_pin(self, peer_id: str, fingerprint: str) -> None:
+        """The pin rule alone (TunnelFailed on a mismatch), for a clear early refusal."""
+        self._check_pin(peer_id, fingerprint)
 
     async def start_forward(self, peer_id: str, target: OpenTarget) -> int:
         """A local forward to *peer_id*'s *target* (an existing one is reused); its port."""

@@ -36,7 +36,7 @@ from flashback.protocol.conditional import (
 from flashback.protocol.paths import UnsafePath, open_under_root
 from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
 
-CHUNK_SIZE_BYTES: Final = 2 * 1024 * 1024
+CHUNK_SIZE_BYTES: Final = 256 * 1024  # in flight per connection: 450 stalled clients pin ~110 MB
 
 
 class PreconditionFailed(FlashbackError):

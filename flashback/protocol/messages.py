@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
 
+from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.strict_json import loads_strict
 
 MAX_ID_CHARS: Final = 128
@@ -41,8 +42,6 @@ MAX_HOST_CHARS: Final = 253
 MAX_NAME_CHARS: Final = 64
 MAX_CODE_CHARS: Final = 64
 MAX_MESSAGE_CHARS: Final = 1024
-#: "sha256:" + 64 hex digits (CONTRACT §6.1)
-MAX_FINGERPRINT_CHARS: Final = 71
 #: The largest frame a daemon accepts, and so the largest snapshot a tracker
 #: may ever have to send (its peer-list budget is derived from this).
 MAX_SNAPSHOT_BYTES: Final = 16 * 1024 * 1024
@@ -116,6 +115,22 @@ def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _required_fingerprint(data: Mapping[str, Any]) -> str:
+    value = _fingerprint(data)
+    if value is None:
+        raise _invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
+    return value
+
+
+def _fingerprint(data: Mapping[str, Any]) -> str | None:
+    value = data.get("fingerprint")
+    if value is None:
+        return None
+    if not is_fingerprint(value):
+        raise _invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
+    return str(value)
+
+
 def _one_direction(data: Mapping[str, Any], *, required: bool) -> tuple[str | None, str | None]:
     to = _str(data, "to", max_chars=MAX_ID_CHARS, optional=True)
     from_ = _str(data, "from", max_chars=MAX_ID_CHARS, optional=True)
@@ -148,6 +163,7 @@ class PeerInfo:
     capabilities: dict[str, Any] = field(default_factory=dict)
     registered_at: str = ""
     last_seen: str = ""
+    # sha256:<hex> of the peer's certificate (CONTRACT §6.1); None: it sent none
     fingerprint: str | None = None
 
     def dump(self) -> dict[str, Any]:
@@ -174,7 +190,7 @@ class PeerInfo:
             capabilities=_object(data, "capabilities"),
             registered_at=_str(data, "registered_at", max_chars=64),
             last_seen=_str(data, "last_seen", max_chars=64),
-            fingerprint=_str(data, "fingerprint", max_chars=MAX_FINGERPRINT_CHARS, optional=True),
+            fingerprint=_fingerprint(data),
         )
 
 
@@ -464,7 +480,7 @@ class TunnelInvite(Message):
         return cls(
             request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
             from_=_str(data, "from", max_chars=MAX_ID_CHARS),
-            fingerprint=_str(data, "fingerprint", max_chars=MAX_FINGERPRINT_CHARS),
+            fingerprint=_required_fingerprint(data),
             role=role,
             host=_str(data, "host", max_chars=MAX_HOST_CHARS),
             port=_int(data, "port", low=1, high=65535),

@@ -106,7 +106,7 @@ class PeerTable:
 
 def _identity(peer: PeerInfo) -> tuple[Any, ...]:
     """What counts as a change (``last_seen`` moves with heartbeats; it does not)."""
-    return (peer.name, peer.host, peer.port, peer.capabilities)
+    return (peer.name, peer.host, peer.port, peer.capabilities, peer.fingerprint)
 
 
 def _left(peer_id: str, reason: str, seq: int) -> TableEvent:

@@ -48,14 +48,22 @@ class Unsatisfiable:
 
 
 MAX_POSITION_DIGITS: Final = 18  # 10**18 bytes is an exabyte: no file is longer
+BEYOND_ANY_FILE: Final = 10**MAX_POSITION_DIGITS  # what an overlong position stands for
 
 
 def _digits(text: str) -> int | None:
-    """A byte position, or None: not digits, or absurdly long (``int()`` of
-    thousands of digits raises in Python 3.11+ and would cost CPU before)."""
+    """A byte position, or None when it is not ASCII digits.
+
+    A syntactically valid position of more than 18 digits is beyond the end of
+    any file: it stands for :data:`BEYOND_ANY_FILE` rather than being parsed
+    (``int()`` of thousands of digits raises in Python 3.11+ and costs CPU), so
+    ``bytes=99999999999999999999999999-`` is unsatisfiable (416), as it must be.
+    """
     text = text.strip(" \t")
-    if not text or len(text) > MAX_POSITION_DIGITS or not text.isascii() or not text.isdigit():
+    if not text or not text.isascii() or not text.isdigit():
         return None
+    if len(text.lstrip("0")) > MAX_POSITION_DIGITS:
+        return BEYOND_ANY_FILE
     return int(text)
 
 

@@ -58,6 +58,7 @@ class _Presence:
     capabilities: dict[str, Any]
     registered_at: float
     last_seen: float
+    fingerprint: str | None = None
 
 
 class Registry:
@@ -136,23 +137,28 @@ class Registry:
         port: int,
         capabilities: Mapping[str, Any],
         now: float,
+        fingerprint: str | None = None,
     ) -> list[Change]:
         """Join, or refresh and maybe update (a re-registration is a heartbeat too)."""
         presence = self._peers.get(peer_id)
         if presence is None:
-            presence = _Presence(peer_id, name, host, port, dict(capabilities), now, now)
+            presence = _Presence(
+                peer_id, name, host, port, dict(capabilities), now, now, fingerprint
+            )
             self._peers[peer_id] = presence
             return [self._record(PeerJoined(self._next_seq(), self._info(presence, now)))]
         presence.last_seen = now
-        if (presence.name, presence.host, presence.port, presence.capabilities) == (
-            name,
-            host,
-            port,
-            capabilities,
-        ):
+        if (
+            presence.name,
+            presence.host,
+            presence.port,
+            presence.capabilities,
+            presence.fingerprint,
+        ) == (name, host, port, capabilities, fingerprint):
             return []
         presence.name, presence.host, presence.port = name, host, port
         presence.capabilities = dict(capabilities)
+        presence.fingerprint = fingerprint
         return [self._record(PeerUpdated(self._next_seq(), self._info(presence, now)))]
 
     def heartbeat(self, peer_id: str, now: float) -> bool:
@@ -214,4 +220,5 @@ class Registry:
             capabilities=presence.capabilities,
             registered_at=rfc3339(presence.registered_at + self.wall_offset_s),
             last_seen=rfc3339(last_seen + self.wall_offset_s),
+            fingerprint=presence.fingerprint,
         )

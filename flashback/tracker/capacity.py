@@ -20,10 +20,17 @@ _TIMESTAMP: Final = rfc3339(0.0)
 
 
 def record_bytes(
-    peer_id: str, name: str, host: str, port: int, capabilities: Mapping[str, Any]
+    peer_id: str,
+    name: str,
+    host: str,
+    port: int,
+    capabilities: Mapping[str, Any],
+    fingerprint: str | None = None,
 ) -> int:
     """What one peer adds to a snapshot, in UTF-8 bytes (its comma included)."""
-    info = PeerInfo(peer_id, name, host, port, dict(capabilities), _TIMESTAMP, _TIMESTAMP)
+    info = PeerInfo(
+        peer_id, name, host, port, dict(capabilities), _TIMESTAMP, _TIMESTAMP, fingerprint
+    )
     text = json.dumps(info.dump(), ensure_ascii=False, separators=(",", ":"))
     return len(text.encode()) + 1
 

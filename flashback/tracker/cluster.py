@@ -7,7 +7,7 @@ Keys (all under ``flashback:``)::
 
     seq          the one change counter (a string integer)
     origin       the value seq was last seeded with: changes when Redis lost its data
-    peers        hash  peer_id -> {"name","host","port","capabilities"} (canonical JSON)
+    peers        hash  peer_id -> {"name","host","port","capabilities","fingerprint"} (JSON)
     registered   hash  peer_id -> registered_at (wall seconds)
     tokens       hash  peer_id -> sha256(token) hex, for online peers
     deadlines    zset  peer_id scored by when its TTL runs out (Redis's clock)
@@ -234,9 +234,21 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
-def describe(name: str, host: str, port: int, capabilities: Mapping[str, Any]) -> str:
+def describe(
+    name: str,
+    host: str,
+    port: int,
+    capabilities: Mapping[str, Any],
+    fingerprint: str | None = None,
+) -> str:
     """The compared part of a presence, as canonical JSON (equal iff unchanged)."""
-    data = {"name": name, "host": host, "port": port, "capabilities": capabilities}
+    data = {
+        "name": name,
+        "host": host,
+        "port": port,
+        "capabilities": capabilities,
+        "fingerprint": fingerprint,
+    }
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -250,6 +262,8 @@ def peer_info(peer_id: str, desc: str, registered_at: float, last_seen: float) -
         capabilities=data["capabilities"],
         registered_at=rfc3339(registered_at),
         last_seen=rfc3339(last_seen),
+        # entries written before fingerprints existed have none
+        fingerprint=data.get("fingerprint"),
     )
 
 
@@ -542,13 +556,14 @@ class RedisPresence:
         port: int,
         capabilities: Mapping[str, Any],
         now: float,
+        fingerprint: str | None = None,
     ) -> None:
         seq = await self._call(
             self.cluster.register_script(
                 keys=CHANGE_KEYS,
                 args=[
                     peer_id,
-                    describe(name, host, port, capabilities),
+                    describe(name, host, port, capabilities, fingerprint),
                     token_hash.hex(),
                     self.ttl_s,
                     self.backlog_changes,

@@ -68,6 +68,7 @@ class Presence(Protocol):
         port: int,
         capabilities: Mapping[str, Any],
         now: float,
+        fingerprint: str | None = None,
     ) -> None: ...
 
     async def heartbeat(self, peer_id: str, token: str, now: float) -> None: ...
@@ -132,11 +133,18 @@ class LocalPresence:
         port: int,
         capabilities: Mapping[str, Any],
         now: float,
+        fingerprint: str | None = None,
     ) -> None:
         self._token_hashes[peer_id] = token_hash
         self._publish(
             self.registry.register(
-                peer_id, name=name, host=host, port=port, capabilities=capabilities, now=now
+                peer_id,
+                name=name,
+                host=host,
+                port=port,
+                capabilities=capabilities,
+                now=now,
+                fingerprint=fingerprint,
             )
         )
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import socket
 from dataclasses import dataclass
 from functools import partial
@@ -46,19 +45,6 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG: Final = 4096  # reconnect storms: thousands of daemons at once
 WEBSOCKET_CLOSE_TIMEOUT_S: Final = 2.0
 STORE_CLOSE_TIMEOUT_S: Final = 3.0
-WANTED_OPEN_FILES: Final = 1_048_576
-
-
-def raise_open_file_limit() -> None:
-    """Each websocket is a file descriptor; 1024 (a common soft limit) is too few."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
-        target = min(target, WANTED_OPEN_FILES)
-        if soft != resource.RLIM_INFINITY and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (OSError, ValueError) as exc:
-        log.warning("could not raise the open-file limit: %s", exc)
 
 
 @dataclass(frozen=True)
@@ -143,7 +129,6 @@ async def serve_tracker(
     task_status: trio.TaskStatus[TrackerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Open the store (unless given), serve, and close the store on the way out."""
-    raise_open_file_limit()
     if store is None and is_redis_url(config.database_url):
         from flashback.tracker.cluster import open_cluster  # coredis is optional
 

@@ -191,6 +191,7 @@ class Tracker:
             registration.host,
             registration.port,
             registration.capabilities,
+            registration.fingerprint,
         )
         refusal = self.capacity.refusal(peer_id, size, self.presence.online_count())
         if refusal is not None:
@@ -214,6 +215,7 @@ class Tracker:
             port=registration.port,
             capabilities=registration.capabilities,
             now=self.now(),
+            fingerprint=registration.fingerprint,
         )
         self.capacity.admit(peer_id, size)
         self.metrics.registrations.inc()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from flashback.errors import BadRequest, InvalidField
+from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.strict_json import loads_strict
 
@@ -29,6 +30,7 @@ class Registration:
     port: int
     capabilities: dict[str, Any]
     peer_id: str | None
+    fingerprint: str | None = None
 
 
 def json_object(body: bytes) -> dict[str, Any]:
@@ -87,4 +89,7 @@ def registration(body: bytes) -> Registration:
     if len(encoded.encode()) > MAX_CAPABILITIES_BYTES:
         raise InvalidField(f"'capabilities' must be at most {MAX_CAPABILITIES_BYTES} bytes")
     peer_id = None if data.get("peer_id") is None else peer_id_field(data)
-    return Registration(name, host, port, capabilities, peer_id)
+    fingerprint = data.get("fingerprint")
+    if fingerprint is not None and not is_fingerprint(fingerprint):
+        raise InvalidField("'fingerprint' must be 'sha256:' and 64 lowercase hex digits")
+    return Registration(name, host, port, capabilities, peer_id, fingerprint)
