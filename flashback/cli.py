@@ -43,6 +43,11 @@ def _add_tracker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="address to bind (RELAY_BIND_ADDRESS, 0.0.0.0)")
     p.add_argument("--port", default=None, help="port to bind (RELAY_PORT, 3000)")
     p.add_argument("--database-url", default=None, help="DATABASE_URL: sqlite path, memory://")
+    p.add_argument(
+        "--tunnel-port",
+        default=None,
+        help="port for tunnels between peers (RELAY_TUNNEL_PORT, 3001; 0: the OS picks; off)",
+    )
     p.set_defaults(run=_run_tracker)
 
 
@@ -106,6 +111,10 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUT", default=None, help=OUT_HELP)
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_get)
+    p = add("connect", "open a local URL that reaches a peer (direct or by tunnel)")
+    p.add_argument("peer", metavar="PEER", help="peer id or name")
+    p.add_argument("--json", action="store_true", help="print the peer-url event as JSON")
+    p.set_defaults(run=_run_connect)
     p = add("stream", "ask a peer for a dedicated streaming port, then download")
     p.add_argument("peer", metavar="PEER", help="peer id or name")
     p.add_argument("path", metavar="PATH", help="file in the peer's share, e.g. docs/a.pdf")
@@ -183,6 +192,12 @@ def _run_get(args: argparse.Namespace) -> int:
 
     out = Path(args.output) if args.output else None
     return _run_local(lambda: client.get_file(os.environ, args.peer, args.path, out))
+
+
+def _run_connect(args: argparse.Namespace) -> int:
+    from flashback.daemon import client
+
+    return _run_local(lambda: client.connect(os.environ, args.peer, as_json=args.json))
 
 
 def _run_stream(args: argparse.Namespace) -> int:

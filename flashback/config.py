@@ -36,6 +36,8 @@ DEFAULT_REGISTER_BURST: Final = 100
 DEFAULT_WATCHER_QUEUE_MESSAGES: Final = 1024
 # Changes kept for resuming watchers; the contract asks for at least 10,000.
 DEFAULT_BACKLOG_CHANGES: Final = 16_384
+DEFAULT_TUNNEL_PORT: Final = 3001
+DEFAULT_TUNNEL_MAX_SESSIONS: Final = 256
 # Abuse bounds (issue 10): peers online, their records' bytes (at most what a
 # daemon takes in one frame), relayed messages per link, and how long and how
 # much a link that does not read may hold back.
@@ -66,6 +68,12 @@ class TrackerConfig:
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     register_rate_per_s: float = DEFAULT_REGISTER_RATE_PER_S
     register_burst: int = DEFAULT_REGISTER_BURST
+    # None: no tunnel port (the command line's default is 3001; in-process
+    # trackers built by tests open none unless asked)
+    tunnel_port: int | None = None
+    tunnel_advertise: str | None = None
+    tunnel_max_sessions: int = DEFAULT_TUNNEL_MAX_SESSIONS
+    tunnel_rate_bytes_per_s: float | None = None
     # Not settable from outside: tuned here, overridden by tests and benchmarks.
     watcher_queue_messages: int = DEFAULT_WATCHER_QUEUE_MESSAGES
     backlog_changes: int = DEFAULT_BACKLOG_CHANGES
@@ -269,6 +277,24 @@ def tracker_from_sources(flags: Mapping[str, Any], env: Mapping[str, str]) -> Tr
             what="RELAY_REGISTER_RATE",
         ),
         register_burst=max(1, int(burst)),
+        tunnel_port=parse_tunnel_port(
+            _first(flags.get("tunnel_port"), env.get("RELAY_TUNNEL_PORT"), DEFAULT_TUNNEL_PORT)
+        ),
+        tunnel_advertise=env.get("RELAY_TUNNEL_ADVERTISE") or None,
+        tunnel_max_sessions=max(
+            1,
+            int(
+                parse_positive(
+                    _first(env.get("RELAY_TUNNEL_MAX_SESSIONS"), DEFAULT_TUNNEL_MAX_SESSIONS),
+                    what="RELAY_TUNNEL_MAX_SESSIONS",
+                )
+            ),
+        ),
+        tunnel_rate_bytes_per_s=(
+            parse_positive(env["RELAY_TUNNEL_RATE"], what="RELAY_TUNNEL_RATE")
+            if env.get("RELAY_TUNNEL_RATE")
+            else None
+        ),
         max_peers=_count(env, "RELAY_MAX_PEERS", DEFAULT_MAX_PEERS),
         max_peer_list_bytes=_count(
             env, "RELAY_MAX_PEER_LIST_BYTES", MAX_PEER_LIST_BYTES, high=MAX_PEER_LIST_BYTES
@@ -284,6 +310,13 @@ def tracker_from_sources(flags: Mapping[str, Any], env: Mapping[str, str]) -> Tr
         ),
         max_send_bytes=_count(env, "RELAY_MAX_SEND_BYTES", DEFAULT_MAX_SEND_BYTES),
     )
+
+
+def parse_tunnel_port(value: Any) -> int | None:
+    """A port number, ``0`` for the OS's choice, or ``off`` (None): no tunnels."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return None
+    return parse_port(value, what="the tunnel port (RELAY_TUNNEL_PORT)")
 
 
 def _count(env: Mapping[str, str], name: str, default: int, *, high: int | None = None) -> int:

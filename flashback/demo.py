@@ -91,7 +91,7 @@ async def run_demo(base: Path) -> int:
     try:
         async with trio.open_nursery() as nursery:
             tracker = await trio.lowlevel.open_process(
-                [*FLASHBACK, "tracker", "--host", "127.0.0.1", "--port", "0"],
+                [*FLASHBACK, "tracker", "--host", "127.0.0.1", "--port", "0", "--tunnel-port", "0"],
                 stdout=subprocess.PIPE,
                 env=env,
             )

@@ -16,6 +16,10 @@ from flashback.peer.serve import serve_peer
 
 BIG_FILE_BYTES = 5 * 1024 * 1024 + 123  # more than a few 1 MiB chunks, odd tail
 
+# Every tracker process a test starts inherits this: its tunnel port is the
+# OS's choice, never the fixed default 3001 (tests must not use fixed ports).
+os.environ.setdefault("RELAY_TUNNEL_PORT", "0")
+
 
 @pytest.fixture
 def share(tmp_path: Path) -> Path:

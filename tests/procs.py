@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -90,10 +90,12 @@ async def start(
     *,
     env: dict[str, str],
     name: str,
+    prefix: Sequence[str] = (),
     preexec_fn: Callable[[], None] | None = None,
 ) -> AsyncIterator[Proc]:
+    """*prefix* goes before the command (``ip netns exec NS`` for the tunnel tests)."""
     process = await trio.lowlevel.open_process(
-        [*FLASHBACK, *args],
+        [*prefix, *FLASHBACK, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **env},
@@ -125,11 +127,11 @@ def daemon_env(base: Path, name: str) -> dict[str, str]:
 
 
 async def run_cli(
-    args: list[str], *, env: dict[str, str], timeout_s: float = 30
+    args: list[str], *, env: dict[str, str], timeout_s: float = 30, prefix: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(timeout_s):
         return await trio.run_process(
-            [*FLASHBACK, *args],
+            [*prefix, *FLASHBACK, *args],
             capture_stdout=True,
             capture_stderr=True,
             check=False,

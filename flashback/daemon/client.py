@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import signal
 import socket
 import stat
 import struct
@@ -32,6 +33,8 @@ from flashback.terminal import printable
 from flashback.transfer import DownloadResult, check_output, download
 
 TIMEOUT_S = 10.0
+#: probing the direct route (0.5 s), then a tunnel invite (10 s) and its setup
+CONNECT_TIMEOUT_S = 30.0
 # ``ls`` pages through a peer's directory; a peer decides what the pages say,
 # so it may not make us loop or grow without end.
 LIST_PAGE_ENTRIES: Final = 10_000
@@ -158,8 +161,43 @@ def http_url(host: str, port: int, path: str = "/") -> httpx.URL:
     return httpx.URL(scheme="http", host=host, port=port, path=quote(path, safe="/"))
 
 
-def peer_url(peer: PeerInfo, path: str = "/") -> httpx.URL:
-    return http_url(peer.host, peer.port, path)
+def at(base: httpx.URL, path: str) -> httpx.URL:
+    """*path* (percent-encoded here, ``/`` kept) on the origin the daemon handed out."""
+    return base.copy_with(path=quote(path, safe="/"))
+
+
+async def _post_connect(
+    env: Mapping[str, str], body: dict[str, Any], *, timeout_s: float = CONNECT_TIMEOUT_S
+) -> dict[str, Any]:
+    async with control_client(env) as client:
+        try:
+            response = await client.post("/connect", json=body, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            name = exc.__class__.__name__
+            raise DaemonUnavailable(f"the daemon does not answer: {name}") from exc
+    return _answer_or_raise(response)
+
+
+def _answer_or_raise(response: httpx.Response) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    if response.status_code != 200 or not isinstance(payload, dict):
+        error = payload.get("error", {}) if isinstance(payload, dict) else {}
+        message = error.get("message") or f"the daemon answered HTTP {response.status_code}"
+        if error.get("code") == "ambiguous_peer":
+            raise ConfigError(message)
+        raise FlashbackError(message, code=error.get("code"))
+    return payload
+
+
+async def reach_peer(env: Mapping[str, str], key: str) -> tuple[PeerInfo, httpx.URL]:
+    """The peer *key* names and an origin that reaches its server, direct or by tunnel
+    (the daemon decides, CONTRACT §6.3)."""
+    peer = resolve_peer(await fetch_peers(env), key)
+    answer = await _post_connect(env, {"peer": peer.peer_id})
+    return peer, httpx.URL(answer["url"])
 
 
 def _display_url(server: Mapping[str, Any]) -> str:
@@ -186,7 +224,8 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
 def format_peer(peer: dict[str, Any]) -> str:
     server = peer["peer_server"]
     name, peer_id = printable(peer["name"]), printable(peer["peer_id"])
-    return printable(f"{name:<24} {peer_id:<20} {_display_url(server)}")
+    route = peer.get("route") if isinstance(peer.get("route"), str) else "-"
+    return printable(f"{name:<24} {peer_id:<20} {route:<6} {_display_url(server)}")
 
 
 def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
@@ -246,8 +285,8 @@ async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
 
 
 async def list_peer_dir(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
-    peer = resolve_peer(await fetch_peers(env), key)
-    url = peer_url(peer, "/api/files/" + path.strip("/"))
+    _peer, base = await reach_peer(env, key)
+    url = at(base, "/api/files/" + path.strip("/"))
     paging = ListingPaging()
     async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
         with trio.move_on_after(LIST_DEADLINE_S) as deadline:
@@ -375,11 +414,6 @@ def _print_event(event: str, fields: dict[str, Any]) -> None:
     emit(event, **fields)
 
 
-def peer_file_url(host: str, port: int, route: str, path: str) -> httpx.URL:
-    """``http://HOST:PORT/<route>/<path>`` from parts, never by pasting strings."""
-    return http_url(host, port, f"/{route}/{path.strip('/')}")
-
-
 def resume_key(peer_id: str, path: str) -> str:
     """What a partial OUT belongs to: the owner and its file, whatever its address
     today (the validator is checked by If-Range on resume)."""
@@ -400,8 +434,8 @@ def _complete(result: DownloadResult) -> None:
 async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
     out = out or default_output(path)
     check_output(out)
-    peer = resolve_peer(await fetch_peers(env), key)
-    url = peer_file_url(peer.host, peer.port, "download", path)
+    peer, base = await reach_peer(env, key)
+    url = at(base, "/download/" + path.strip("/"))
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         result = await download(
             http,
@@ -410,23 +444,40 @@ async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None
             label=out.name,
             on_event=_print_event,
             resume_key=resume_key(peer.peer_id, path),
-            manifest_url=peer_file_url(peer.host, peer.port, "api/digest", path),
+            manifest_url=at(base, "/api/digest/" + path.strip("/")),
         )
     _complete(result)
     return 0
 
 
-async def _owner_server(env: Mapping[str, str], key: str) -> tuple[str, int] | None:
-    """The owner's peer server (for its digest and repairs), if we can find it."""
+async def _owner_server(env: Mapping[str, str], key: str) -> httpx.URL | None:
+    """An origin for the owner's peer server (for its digest and repairs), if any."""
     try:
-        peer = resolve_peer(await fetch_peers(env), key)
-        return peer.host, peer.port
+        _peer, base = await reach_peer(env, key)
+        return base
     except FlashbackError:
         pass
     status = await fetch_status(env)  # a stream from this daemon itself, no tracker
     if key in (status.get("name"), status.get("peer_id")):
-        return str(status["host"]), int(status["port"])
+        return http_url(str(status["host"]), int(status["port"]))
     return None
+
+
+async def _stream_origin(
+    env: Mapping[str, str], owner: str | None, ready: Mapping[str, Any]
+) -> httpx.URL:
+    """Where to fetch from a stream port: direct, or through a tunnel's ``OPEN stream``."""
+    if owner is not None:
+        try:
+            answer = await _post_connect(
+                env,
+                {"peer": owner, "stream_host": ready["host"], "stream_port": ready["port"]},
+            )
+            return httpx.URL(answer["url"])
+        except FlashbackError as exc:
+            if exc.code not in ("unknown_peer", "no_tracker"):
+                raise
+    return http_url(ready["host"], ready["port"])
 
 
 #: the daemon waits up to 15 s for the owner; leave room for that
@@ -443,17 +494,7 @@ async def request_stream_port(env: Mapping[str, str], key: str, path: str) -> di
         except httpx.HTTPError as exc:
             name = exc.__class__.__name__
             raise DaemonUnavailable(f"the daemon does not answer: {name}") from exc
-    try:
-        payload = response.json()
-    except ValueError:
-        payload = {}
-    if response.status_code != 200:
-        error = payload.get("error", {}) if isinstance(payload, dict) else {}
-        message = error.get("message") or f"the daemon answered HTTP {response.status_code}"
-        if error.get("code") == "ambiguous_peer":
-            raise ConfigError(message)
-        raise FlashbackError(message, code=error.get("code"))
-    return payload
+    return _answer_or_raise(response)
 
 
 async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
@@ -471,13 +512,13 @@ async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | N
         size=ready["size"],
         expires_in=ready["expires_in"],
     )
-    url = http_url(ready["host"], ready["port"], "/" + ready["token"])
+    url = at(await _stream_origin(env, ready.get("from"), ready), "/" + ready["token"])
     owner = await _owner_server(env, key)
     manifest_url = repair_url = None
     if owner is not None:
-        manifest_url = peer_file_url(*owner, "api/digest", ready["path"])
+        manifest_url = at(owner, "/api/digest/" + ready["path"].strip("/"))
         # The stream port closes once the file is sent: repairs go to the peer server.
-        repair_url = peer_file_url(*owner, "download", ready["path"])
+        repair_url = at(owner, "/download/" + ready["path"].strip("/"))
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         result = await download(
             http,
@@ -492,3 +533,53 @@ async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | N
         )
     _complete(result)
     return 0
+
+
+async def connect(env: Mapping[str, str], key: str, *, as_json: bool) -> int:
+    """``flashback connect``: print the ``peer-url`` line and hold the forward until
+    Ctrl-C or SIGTERM (exit 0) or until the daemon goes away (exit 1)."""
+    peer = resolve_peer(await fetch_peers(env), key)
+    stopped_by_signal = False
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            nonlocal stopped_by_signal
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    stopped_by_signal = True
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_on_signal)
+        await _hold_forward(env, peer, as_json=as_json)
+        nursery.cancel_scope.cancel()
+    if stopped_by_signal:
+        return 0
+    print("flashback: the daemon stopped", file=sys.stderr)
+    return 1
+
+
+async def _hold_forward(env: Mapping[str, str], peer: PeerInfo, *, as_json: bool) -> None:
+    async with control_client(env) as client:
+        try:
+            async with client.stream(
+                "POST",
+                "/connect",
+                json={"peer": peer.peer_id, "hold": True},
+                timeout=httpx.Timeout(CONNECT_TIMEOUT_S, read=None),
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    _answer_or_raise(response)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if as_json:
+                        print(json.dumps(event), flush=True)
+                    else:
+                        text = f"{event['url']}  ({peer.name}, {event['route']}; Ctrl-C to close)"
+                        print(printable(text), flush=True)
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            pass  # the daemon went away: that ends the hold
+        except httpx.HTTPError as exc:
+            raise DaemonUnavailable(f"lost the daemon: {exc.__class__.__name__}") from exc

@@ -12,6 +12,8 @@ from flashback.config import DaemonConfig
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
 from flashback.daemon.keys import KeyPair
+from flashback.daemon.routes import Router
+from flashback.daemon.tunnels import TunnelService
 from flashback.peer.app import PeerInfo as LocalInfo
 from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
 from flashback.protocol.peer_table import PeerTable
@@ -37,6 +39,9 @@ class DaemonContext:
     keys: KeyPair | None = None
     instance_name: str | None = None
     tracker_connected: bool = False
+    # tunnels through the tracker (§6.2) and the routes that use them (§6.3)
+    tunnels: TunnelService | None = None
+    router: Router | None = None
     # the web UI's URL, access token included (told only over the control socket)
     ui_url: str | None = None
     _identity_changed: trio.Event = field(default_factory=trio.Event)
@@ -70,6 +75,16 @@ class DaemonContext:
         try:
             waiter.send_nowait(answer)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def send_to_tracker(self, message: Message) -> bool:
+        """Queue a frame for the link's writer; False when the link cannot take it now."""
+        if not self.tracker_connected:
+            return False
+        try:
+            self.outgoing_send.send_nowait(message)
+        except trio.WouldBlock:
             return False
         return True
 

@@ -8,7 +8,9 @@ Routes (HTTP/1.1 over the socket):
 web UI's URL with its token), ``GET /events``
 (newline-delimited JSON, one event per line, for ``peers --watch``; with
 ``?snapshot=1`` the first line is ``{"event": "peers-snapshot", ...}``), and
-``POST /stream`` (ask a peer for a dedicated streaming port).
+``POST /stream`` (ask a peer for a dedicated streaming port), and ``POST
+/connect`` (a URL that reaches a peer, direct or through a tunnel; with
+``"hold": true`` the answer streams and the forward lives while it is open).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from quart import Response, request
 from quart.wrappers.response import ResponseBody
 from quart_trio import QuartTrio
 
+from flashback.daemon.connect import connect_peer, hold_lines, parse_connect_body
 from flashback.daemon.context import DaemonContext
 from flashback.errors import ConfigError
 from flashback.streaming.request import parse_stream_body, request_stream
@@ -104,7 +107,10 @@ def create_control_app(ctx: DaemonContext) -> QuartTrio:
 
     @app.get("/peers")
     async def peers() -> Response:
-        return json_response(ctx.table.snapshot())
+        listing = ctx.table.snapshot()
+        for peer in listing["peers"]:  # the route this daemon last used (§6.3), or null
+            peer["route"] = ctx.router.last_route(peer["peer_id"]) if ctx.router else None
+        return json_response(listing)
 
     @app.get("/ui")
     async def ui() -> Response:
@@ -114,6 +120,16 @@ def create_control_app(ctx: DaemonContext) -> QuartTrio:
     async def events() -> Response:
         body = EventStream(ctx, snapshot=request.args.get("snapshot") == "1")
         response = Response(body, mimetype="application/x-ndjson")
+        response.timeout = None
+        return response
+
+    @app.post("/connect")
+    async def connect() -> Response:
+        wanted = parse_connect_body(await request.get_json(force=True, silent=True))
+        answer = await connect_peer(ctx, wanted)
+        if not wanted.hold:
+            return json_response(answer)
+        response = Response(hold_lines(ctx, answer, wanted), mimetype="application/x-ndjson")
         response.timeout = None
         return response
 

@@ -38,6 +38,8 @@ from flashback.protocol.messages import (
     Snapshot,
     StreamError,
     StreamRequest,
+    TunnelErrorMessage,
+    TunnelInvite,
     parse,
 )
 from flashback.protocol.peer_table import ResyncNeeded
@@ -152,6 +154,9 @@ def _dispatch(ctx: DaemonContext, message: object) -> None:
                 size=message.size,
                 expires_in=message.expires_in,
             )
+    elif isinstance(message, TunnelInvite | TunnelErrorMessage):
+        if ctx.tunnels is not None:
+            ctx.tunnels.on_message(message)
     else:
         log.debug("ignoring %s from the tracker", type(message).__name__)
 

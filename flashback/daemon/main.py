@@ -28,6 +28,8 @@ from flashback.daemon.control import control_socket_path, create_control_app, re
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import IdentityStore, Instance, claim_instance
 from flashback.daemon.link import run_link
+from flashback.daemon.pins import PinStore
+from flashback.daemon.reach import owner_context_for, pin_checker, run_routes
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
 from flashback.digests import DigestCache, DigestService
@@ -156,7 +158,7 @@ async def _run_daemon_tasks(
         )
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (CONTRACT §5).
-        nursery.start_soon(partial(run_stream_ports, ctx, shutdown, digests=digests))
+        streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
         if notifier.enabled:
             nursery.start_soon(report_status, ctx, notifier)
@@ -173,9 +175,22 @@ async def _run_daemon_tasks(
                 api = TrackerAPI(http, auth_token=os.environ.get("FLASHBACK_TRACKER_TOKEN"))
                 store = instance.identity_store(config.tracker_url)
 
+                pins = PinStore.in_data_dir(config.data_dir)
+
                 async def tracker_tasks() -> None:
                     with tracker_scope:
-                        await run_tracker_tasks(ctx, api, store)
+                        async with trio.open_nursery() as tasks:
+                            # tunnels and routes end with the link (shutdown closes them)
+                            await tasks.start(
+                                partial(
+                                    run_routes,
+                                    ctx,
+                                    owner_context=owner_context_for(instance.keys),
+                                    check_pin=pin_checker(pins, ctx),
+                                    streams=streams,
+                                )
+                            )
+                            await run_tracker_tasks(ctx, api, store)
 
                 nursery.start_soon(tracker_tasks)
             task_status.started(ctx)

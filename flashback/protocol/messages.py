@@ -18,6 +18,10 @@ Wire summary (tracker = T, peer/watcher = P)::
     P->T file-stream-ready {request_id, to, host, port, token, path, size, expires_in}
     P->T stream-error      {request_id, to, code, message}   (T->P: "from", or
                            neither when the tracker itself answers unknown_peer)
+    P->T tunnel-request    {request_id, to}
+    T->P tunnel-invite     {request_id, from, fingerprint, role, host, port, key}  (to both sides)
+    P->T tunnel-error      {request_id, to, code, message}   (an owner declines; T->P: "from",
+                           or neither when the tracker itself refuses)
     T->P error             {code, message}
 """
 
@@ -108,6 +112,13 @@ def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = data.get(key)
     if not isinstance(value, dict):
         raise _invalid(key, "an object")
+    return value
+
+
+def _required_fingerprint(data: Mapping[str, Any]) -> str:
+    value = _fingerprint(data)
+    if value is None:
+        raise _invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
     return value
 
 
@@ -408,6 +419,112 @@ class StreamError(Message):
 
 
 @dataclass(frozen=True)
+class TunnelRequest(Message):
+    """A requester asks the tracker to pair it with *to* through the tunnel port (§6.2)."""
+
+    TYPE: ClassVar[str] = "tunnel-request"
+    request_id: str
+    to: str
+
+    def dump(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "request_id": self.request_id, "to": self.to}
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> TunnelRequest:
+        return cls(
+            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            to=_str(data, "to", max_chars=MAX_ID_CHARS),
+        )
+
+
+@dataclass(frozen=True)
+class TunnelInvite(Message):
+    """Tracker -> each side: dial host:port and join with *key* (single use, 30 s).
+
+    ``fingerprint`` is always the owner's: the requester checks the TLS
+    certificate against it; the owner may ignore it.
+    """
+
+    TYPE: ClassVar[str] = "tunnel-invite"
+    request_id: str
+    from_: str
+    fingerprint: str
+    role: Literal["client", "server"]
+    host: str
+    port: int
+    key: str
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "request_id": self.request_id,
+            "from": self.from_,
+            "fingerprint": self.fingerprint,
+            "role": self.role,
+            "host": self.host,
+            "port": self.port,
+            "key": self.key,
+        }
+
+    def __repr__(self) -> str:  # a key is a credential: never in a log
+        return (
+            f"TunnelInvite(request_id={self.request_id!r}, from_={self.from_!r}, "
+            f"role={self.role!r})"
+        )
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> TunnelInvite:
+        role = data.get("role")
+        if role not in ("client", "server"):
+            raise _invalid("role", "'client' or 'server'")
+        return cls(
+            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            from_=_str(data, "from", max_chars=MAX_ID_CHARS),
+            fingerprint=_required_fingerprint(data),
+            role=role,
+            host=_str(data, "host", max_chars=MAX_HOST_CHARS),
+            port=_int(data, "port", low=1, high=65535),
+            key=_str(data, "key", max_chars=MAX_TOKEN_CHARS),
+        )
+
+
+@dataclass(frozen=True)
+class TunnelErrorMessage(Message):
+    """A refused tunnel: from the tracker (neither ``to`` nor ``from``), or an owner's
+    decline (``to`` when sent, ``from`` when forwarded)."""
+
+    TYPE: ClassVar[str] = "tunnel-error"
+    request_id: str
+    code: str
+    message: str
+    to: str | None = None
+    from_: str | None = None
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "request_id": self.request_id,
+            **_direction(self.to, self.from_),
+            "code": self.code,
+            "message": self.message,
+        }
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> TunnelErrorMessage:
+        to, from_ = _one_direction(data, required=False)
+        message = data.get("message", "")
+        if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+            raise _invalid("message", f"a string of at most {MAX_MESSAGE_CHARS} characters")
+        return cls(
+            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            code=_str(data, "code", max_chars=MAX_CODE_CHARS),
+            message=message,
+            to=to,
+            from_=from_,
+        )
+
+
+@dataclass(frozen=True)
 class ErrorMessage(Message):
     TYPE: ClassVar[str] = "error"
     code: str
@@ -441,6 +558,9 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         StreamRequest,
         FileStreamReady,
         StreamError,
+        TunnelRequest,
+        TunnelInvite,
+        TunnelErrorMessage,
         ErrorMessage,
     )
 }

@@ -138,6 +138,9 @@ def create_app(tracker: Tracker) -> QuartTrio:
 
     @app.websocket("/api/peers/ws")
     async def link() -> None:
-        await tracker.serve_link(websocket)  # type: ignore[arg-type]
+        await tracker.serve_link(
+            websocket,  # type: ignore[arg-type]
+            host_header=websocket.headers.get("Host"),
+        )
 
     return app

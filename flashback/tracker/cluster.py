@@ -389,6 +389,9 @@ class RedisPresence:
     def online_count(self) -> int:
         return len(self.mirror.peers)
 
+    def peer(self, peer_id: str, now: float) -> PeerInfo | None:
+        return self.mirror.peers.get(peer_id)
+
     def is_online(self, peer_id: str) -> bool:
         return peer_id in self.mirror.peers
 

@@ -32,8 +32,12 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013
 class Connection:
     """One websocket link: its queue, its identity, and how to end it."""
 
-    def __init__(self, peer_id: str | None, queue_messages: int) -> None:
+    def __init__(
+        self, peer_id: str | None, queue_messages: int, *, advertise_host: str | None = None
+    ) -> None:
         self.peer_id = peer_id
+        # the host this link's peer dials for tunnels (from its own Host header)
+        self.advertise_host = advertise_host
         self.send_channel, self.receive_channel = trio.open_memory_channel[str](queue_messages)
         self.cancel_scope = trio.CancelScope()
         self.close_code: int | None = None

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from flashback.tracker.tunnels import TunnelCounters
+
 PREFIX = "flashback_tracker_"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -50,6 +52,20 @@ class TrackerMetrics:
         self.rate_limited = Counter(
             PREFIX + "rate_limited", "Registrations refused by the rate limit", registry=r
         )
+
+    def add_tunnels(self, counters: TunnelCounters, active: Callable[[], float]) -> None:
+        """The tunnel port's figures (CONTRACT §6.2): sessions active, outcomes, bytes."""
+        r = self.registry
+        Gauge(
+            PREFIX + "tunnels_active", "Tunnel sessions pending or paired", registry=r
+        ).set_function(active)
+        Gauge(
+            PREFIX + "tunnel_bytes_copied", "Bytes copied between paired tunnel ends", registry=r
+        ).set_function(lambda: counters.bytes_copied)
+        outcomes = Counter(
+            PREFIX + "tunnel_sessions", "Tunnel sessions by outcome", ["outcome"], registry=r
+        )
+        counters.on_outcome = lambda outcome: outcomes.labels(outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

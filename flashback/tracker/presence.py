@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import trio
 
 from flashback.errors import NotFound, Unauthorized
-from flashback.protocol.messages import Change, ErrorMessage, Message, PeerLeft
+from flashback.protocol.messages import Change, ErrorMessage, Message, PeerInfo, PeerLeft
 from flashback.protocol.registry import Registry
 from flashback.tracker.hub import Hub
 from flashback.tracker.security import token_matches
@@ -51,6 +51,9 @@ class Presence(Protocol):
 
     def is_online(self, peer_id: str) -> bool:
         """As far as this process's feed knows (no I/O)."""
+
+    def peer(self, peer_id: str, now: float) -> PeerInfo | None:
+        """An online peer's record as this process's feed knows it (no I/O)."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background work (reading a shared feed) until cancelled."""
@@ -113,6 +116,9 @@ class LocalPresence:
 
     def is_online(self, peer_id: str) -> bool:
         return peer_id in self.registry
+
+    def peer(self, peer_id: str, now: float) -> PeerInfo | None:
+        return self.registry.get(peer_id, now)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

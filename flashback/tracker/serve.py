@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
@@ -35,6 +36,7 @@ from flashback.tracker.store import (
     is_redis_url,
     open_store,
 )
+from flashback.tracker.tunnels import serve_tunnel_port
 from flashback.tracker.validate import MAX_BODY_BYTES
 from flashback.web import BoundAddress, hypercorn_config, serve_quart
 
@@ -43,6 +45,13 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG: Final = 4096  # reconnect storms: thousands of daemons at once
 WEBSOCKET_CLOSE_TIMEOUT_S: Final = 2.0
 STORE_CLOSE_TIMEOUT_S: Final = 3.0
+
+
+@dataclass(frozen=True)
+class TrackerAddress(BoundAddress):
+    """Where the tracker's HTTP server listens, and its tunnel port (None: off)."""
+
+    tunnel_port: int | None = None
 
 
 def bound_unread_sends(hc: HypercornConfig, timeout_s: float) -> None:
@@ -73,7 +82,7 @@ async def serve_tracker_instance(
     tracker: Tracker,
     *,
     shutdown: trio.Event | None = None,
-    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[TrackerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve an already built :class:`Tracker` until cancelled or *shutdown* is set."""
     config = tracker.config
@@ -102,10 +111,14 @@ async def serve_tracker_instance(
 
         await nursery.start(tracker.presence.run)
         nursery.start_soon(tracker.reap_forever)
+        if tracker.tunnels is not None and config.tunnel_port is not None:
+            tracker.tunnel_port = await nursery.start(
+                serve_tunnel_port, tracker.tunnels, config.host, config.tunnel_port
+            )
         if shutdown is not None:
             nursery.start_soon(stop_on, shutdown)
         address: BoundAddress = await nursery.start(serve)
-        task_status.started(address)
+        task_status.started(TrackerAddress(address.host, address.port, tracker.tunnel_port))
 
 
 async def serve_tracker(
@@ -113,7 +126,7 @@ async def serve_tracker(
     *,
     store: IdentityStore | None = None,
     shutdown: trio.Event | None = None,
-    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[TrackerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Open the store (unless given), serve, and close the store on the way out."""
     if store is None and is_redis_url(config.database_url):
@@ -154,11 +167,17 @@ def run_tracker(config: TrackerConfig) -> int:
         notifier = Notifier.from_env(os.environ)
         watchdog_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            address: BoundAddress = await nursery.start(
+            address: TrackerAddress = await nursery.start(
                 partial(serve_tracker, config, store=store, shutdown=shutdown)
             )
             log.info("tracker listening on %s", address.url)
-            emit("tracker-ready", host=address.host, port=address.port, url=address.url)
+            emit(
+                "tracker-ready",
+                host=address.host,
+                port=address.port,
+                url=address.url,
+                tunnel_port=address.tunnel_port,
+            )
             await notifier.notify({"READY": 1, "STATUS": f"tracker on port {address.port}"})
             interval = watchdog_interval_s(os.environ)
             if interval is not None:

@@ -40,10 +40,14 @@ from flashback.protocol.messages import (
     Snapshot,
     StreamError,
     StreamRequest,
+    TunnelErrorMessage,
+    TunnelInvite,
+    TunnelRequest,
     parse,
 )
 from flashback.protocol.registry import Registry
 from flashback.protocol.token_bucket import TokenBucket
+from flashback.protocol.tunnel import TunnelError, advertise_host
 from flashback.tracker.capacity import PeerCapacity, record_bytes
 from flashback.tracker.hub import (
     CLOSE_GOING_AWAY,
@@ -63,6 +67,7 @@ from flashback.tracker.security import (
     token_matches,
 )
 from flashback.tracker.store import Identity, IdentityStore
+from flashback.tracker.tunnels import TunnelRelay
 from flashback.tracker.validate import Registration
 
 if TYPE_CHECKING:
@@ -127,6 +132,16 @@ class Tracker:
 
             self.presence = RedisPresence(cluster, self.hub, config)
         self.limiter = RateLimiter(config.register_rate_per_s, config.register_burst)
+        # the pairing half of tunnels; the port itself is served by serve.py
+        self.tunnels: TunnelRelay | None = None
+        self.tunnel_port: int | None = None
+        if config.tunnel_port is not None:
+            self.tunnels = TunnelRelay(
+                max_sessions=config.tunnel_max_sessions,
+                rate_bytes_per_s=config.tunnel_rate_bytes_per_s,
+                clock=clock,
+            )
+            self.metrics.add_tunnels(self.tunnels.counters, lambda: self.tunnels_active)
         self.capacity = PeerCapacity(
             config.max_peers, config.max_peer_list_bytes, self.presence.is_online
         )
@@ -232,6 +247,10 @@ class Tracker:
     async def peer_list(self) -> dict[str, Any]:
         return await self.presence.peer_list(self.now())
 
+    @property
+    def tunnels_active(self) -> int:
+        return 0 if self.tunnels is None else self.tunnels.sessions_active
+
     def status(self) -> dict[str, Any]:
         return {
             "status": "ok",
@@ -239,6 +258,7 @@ class Tracker:
             "uptime_s": round(self.now() - self.started_at, 3),
             "peers_online": self.presence.online_count(),
             "connections": len(self.hub),
+            "tunnels_active": self.tunnels_active,
         }
 
     # -- liveness ----------------------------------------------------------------
@@ -270,8 +290,12 @@ class Tracker:
 
     # -- the websocket link --------------------------------------------------------
 
-    async def serve_link(self, ws: WebsocketLike) -> None:
-        """One websocket from ``hello`` to close; protocol in CONTRACT.md §2."""
+    async def serve_link(self, ws: WebsocketLike, *, host_header: str | None = None) -> None:
+        """One websocket from ``hello`` to close; protocol in CONTRACT.md §2.
+
+        *host_header* is the ``Host`` of the upgrade request: by default the
+        host a peer is told to dial for tunnels is the one it already reached.
+        """
         if self.hub.closing:
             await ws.close(CLOSE_GOING_AWAY, "tracker shutting down")
             return
@@ -292,7 +316,11 @@ class Tracker:
                     await ws.close(CLOSE_POLICY, refusal.code)
                     return
             await self.presence.catch_up(hello.last_seq)
-            connection = Connection(hello.peer_id, self.config.watcher_queue_messages)
+            connection = Connection(
+                hello.peer_id,
+                self.config.watcher_queue_messages,
+                advertise_host=advertise_host(host_header, self.config.tunnel_advertise),
+            )
             connection.relay_budget = TokenBucket(
                 self.config.relay_rate_per_s, self.config.relay_burst
             )
@@ -393,6 +421,10 @@ class Tracker:
                 continue
             if isinstance(message, StreamRequest | FileStreamReady | StreamError):
                 await self._relay(connection, message)
+            elif isinstance(message, TunnelRequest):
+                self._tunnel_request(connection, message)
+            elif isinstance(message, TunnelErrorMessage):
+                self._tunnel_decline(connection, message)
             else:
                 reply = ErrorMessage(
                     "unexpected_message", f"a client may not send {message.TYPE!r} here"
@@ -437,6 +469,70 @@ class Tracker:
             self.hub.send(
                 sender, StreamError(request_id=message.request_id, code=code, message=why)
             )
+
+    # -- tunnels (§6.2) -------------------------------------------------------------
+
+    def _tunnel_request(self, sender: Connection, message: TunnelRequest) -> None:
+        """Pair *sender* with the owner *to*: two single-use keys, one invite each."""
+
+        def refuse(code: str, text: str) -> None:
+            self.hub.send(sender, TunnelErrorMessage(message.request_id, code, text))
+
+        if sender.peer_id is None:
+            refuse("forbidden", "only an identified peer may open tunnels")
+            return
+        if self.tunnels is None or self.tunnel_port is None:
+            refuse("disabled", "this tracker has no tunnel port")
+            return
+        owner_info = self.presence.peer(message.to, self.now())
+        owner = self.hub.link_for(message.to) if owner_info is not None else None
+        if owner_info is None or owner is None:
+            # (a peer linked to another tracker of a Redis cluster is not reached yet)
+            refuse("unknown_peer", f"peer {message.to!r} is not online")
+            return
+        if owner_info.fingerprint is None:
+            refuse("no_fingerprint", f"peer {message.to!r} has no key to prove itself with")
+            return
+        if sender.advertise_host is None or owner.advertise_host is None:
+            refuse("disabled", "no address to offer for the tunnel port")
+            return
+        try:
+            session = self.tunnels.invite(
+                request_id=message.request_id, client_peer=sender.peer_id, server_peer=message.to
+            )
+        except TunnelError as exc:
+            refuse(exc.code, exc.message)
+            return
+        for link, role, other, host in (
+            (owner, "server", sender.peer_id, owner.advertise_host),
+            (sender, "client", message.to, sender.advertise_host),
+        ):
+            invite = TunnelInvite(
+                request_id=message.request_id,
+                from_=other,
+                fingerprint=owner_info.fingerprint,
+                role=role,  # type: ignore[arg-type]
+                host=host,
+                port=self.tunnel_port,
+                key=session.keys[role],  # type: ignore[index]
+            )
+            if not self.hub.send(link, invite):
+                self.tunnels.table.close(session)
+                refuse("unknown_peer", f"peer {message.to!r} cannot be reached now")
+                return
+
+    def _tunnel_decline(self, sender: Connection, message: TunnelErrorMessage) -> None:
+        """An owner said no: end the session and tell the requester, from the owner."""
+        if sender.peer_id is None or message.to is None or self.tunnels is None:
+            return
+        if not self.tunnels.decline(
+            request_id=message.request_id, client_peer=message.to, server_peer=sender.peer_id
+        ):
+            return  # not a session this owner was invited to: nothing to forward
+        requester = self.hub.link_for(message.to)
+        if requester is not None:
+            forwarded = dataclasses.replace(message, to=None, from_=sender.peer_id)
+            self.hub.send(requester, forwarded)
 
     # -- internals -----------------------------------------------------------------
 

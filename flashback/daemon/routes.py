@@ -1,0 +1,126 @@
+"""Direct first, else a tunnel (CONTRACT §6.3): how this daemon reaches a peer's server.
+
+The direct route is used only when the peer's registered ``peer_server``
+answers ``GET /api/info`` with that peer's id within :data:`PROBE_TIMEOUT_S`
+(an address that answers for somebody else -- a NAT's other host, a stale
+port -- is not the peer). Otherwise a local forward carries each connection
+through the tracker on its own tunnel. What worked is remembered for a while
+(:class:`~flashback.protocol.tunnel.RouteMemory`), so a command does not
+probe again every time; a forward is reused while it lives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import httpx
+import trio
+
+from flashback.protocol.strict_json import loads_strict
+from flashback.protocol.tunnel import OpenTarget, Route, RouteMemory, direct_probe_accepts
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S: Final = 0.5
+MAX_INFO_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Reached:
+    """Where to send HTTP for a peer, and by which route."""
+
+    peer_id: str
+    url: httpx.URL
+    route: Route
+
+
+def origin(host: str, port: int) -> httpx.URL:
+    """An http origin from parsed parts (an IPv6 literal gets its brackets from httpx)."""
+    return httpx.URL(scheme="http", host=host, port=port, path="/")
+
+
+async def probe_direct(
+    http: httpx.AsyncClient,
+    host: str,
+    port: int,
+    peer_id: str,
+    *,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> bool:
+    """Whether host:port is *peer_id*'s server, answering within *timeout_s*."""
+    url = origin(host, port).copy_with(path="/api/info")
+    with trio.move_on_after(timeout_s):
+        try:
+            async with http.stream("GET", url, timeout=timeout_s) as response:
+                if response.status_code != 200:
+                    return False
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_INFO_BYTES:
+                        return False
+            return direct_probe_accepts(loads_strict(body), peer_id)
+        except (httpx.HTTPError, ValueError, UnicodeDecodeError):
+            return False
+    return False
+
+
+OpenForward = Callable[[str, OpenTarget], Awaitable[int]]
+
+
+class Router:
+    """Chooses and remembers routes; *open_forward(peer_id, target)* returns a local port."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        open_forward: OpenForward,
+        *,
+        memory: RouteMemory | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._http = http
+        self._open_forward = open_forward
+        self.memory = memory or RouteMemory()
+        self._clock = clock
+        self._forwards: dict[tuple[str, OpenTarget], int] = {}
+
+    async def route_for(self, peer_id: str, host: str, port: int) -> Route:
+        """Direct if the peer's server at host:port proves to be that peer, else relay."""
+        if self.memory.recall(peer_id, self._clock()) == "direct":
+            return "direct"
+        route: Route = "direct" if await probe_direct(self._http, host, port, peer_id) else "relay"
+        self.memory.remember(peer_id, route, self._clock())
+        return route
+
+    async def reach(self, peer_id: str, host: str, port: int) -> Reached:
+        """The URL of *peer_id*'s peer server (registered at host:port)."""
+        if await self.route_for(peer_id, host, port) == "direct":
+            return Reached(peer_id, origin(host, port), "direct")
+        return await self._relayed(peer_id, OpenTarget("peer-server"))
+
+    async def reach_stream(
+        self, peer_id: str, host: str, port: int, stream_host: str, stream_port: int
+    ) -> Reached:
+        """The URL of a stream port the peer opened for us: by the peer server's route
+        (a stream port has no ``/api/info``; its token proves the rest)."""
+        if await self.route_for(peer_id, host, port) == "direct":
+            return Reached(peer_id, origin(stream_host, stream_port), "direct")
+        return await self._relayed(peer_id, OpenTarget("stream", stream_port))
+
+    async def _relayed(self, peer_id: str, target: OpenTarget) -> Reached:
+        forward_port = self._forwards.get((peer_id, target))
+        if forward_port is None:
+            forward_port = await self._open_forward(peer_id, target)
+            self._forwards[(peer_id, target)] = forward_port
+        return Reached(peer_id, origin("127.0.0.1", forward_port), "relay")
+
+    def forward_closed(self, peer_id: str, target: OpenTarget) -> None:
+        """A forward ended (idle, or its peer left): the next reach opens a new one."""
+        self._forwards.pop((peer_id, target), None)
+
+    def last_route(self, peer_id: str) -> Route | None:
+        return self.memory.last_used(peer_id)

@@ -1,0 +1,254 @@
+"""Both ends of a tunnel through the tracker (CONTRACT §6.2), over trio.SSLStream.
+
+The tracker only pairs two outbound TCP connections and copies bytes; what
+runs inside is TLS 1.3 (ALPN ``flashback/1``) between the two daemons:
+
+- the **owner** (role ``server``) presents its own certificate, reads one
+  ``OPEN`` line and relays to one of its own 127.0.0.1 listeners -- only a
+  port it opened itself (the peer server, or a stream port it handed out);
+- the **requester** (role ``client``) checks the certificate's fingerprint
+  against the invite and its pin *before sending a single byte* inside the
+  tunnel, then sends ``OPEN`` and carries one local TCP connection.
+
+Certificates are self-signed, so there is no CA to verify against: the
+fingerprint is the identity, and ``verify_mode`` is ``CERT_NONE`` on purpose
+(the check is done by hand, right after the handshake).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from flashback.protocol.fingerprint import fingerprint_of
+from flashback.protocol.tunnel import (
+    MAX_OPEN_LINE_BYTES,
+    OK_LINE,
+    LineReader,
+    OpenTarget,
+    TunnelError,
+    err_line,
+    join_line,
+    parse_open_line,
+)
+
+ALPN: Final = "flashback/1"
+#: dialling the tracker, joining, and the TLS handshake together
+SETUP_TIMEOUT_S: Final = 10.0
+#: how long the owner waits for the requester's OPEN line after the handshake
+OPEN_TIMEOUT_S: Final = 10.0
+COPY_CHUNK_BYTES: Final = 256 * 1024
+
+
+def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(cert_path, key_path)
+    context.set_alpn_protocols([ALPN])
+    return context
+
+
+def client_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # self-signed: the fingerprint check below is the proof
+    context.set_alpn_protocols([ALPN])
+    return context
+
+
+class TunnelFailed(Exception):
+    """A tunnel that could not be set up; :attr:`code` is for events and one-line errors."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def _read_plain_line(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
+    """One line, read byte by byte: what follows belongs to TLS and must stay unread."""
+    reader = LineReader(max_bytes)
+    while True:
+        line = reader.receive_data(await stream.receive_some(1))
+        if line is not None:
+            return line
+
+
+async def _join(host: str, port: int, key: str) -> trio.SocketStream:
+    tcp = await trio.open_tcp_stream(host, port)
+    try:
+        await tcp.send_all(join_line(key))
+        answer = await _read_plain_line(tcp, 64)
+    except (OSError, trio.BrokenResourceError, TunnelError) as exc:
+        await tcp.aclose()
+        raise TunnelFailed("tracker_unreachable", f"tunnel port {host}:{port}: {exc}") from exc
+    if answer + b"\n" != OK_LINE:
+        await tcp.aclose()
+        code = answer.removeprefix(b"ERR ").decode("ascii", "replace")[:32] or "refused"
+        raise TunnelFailed(code, f"the tracker refused the tunnel ({code})")
+    return tcp
+
+
+async def open_requester_end(
+    *,
+    host: str,
+    port: int,
+    key: str,
+    expected_fingerprint: str,
+    check_pin: Callable[[str], None],
+    target: OpenTarget,
+) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+    """Join, handshake, prove the owner, open *target*; returns the stream and any
+    bytes that arrived behind the owner's ``OK``.
+
+    *check_pin* raises (e.g. ``fingerprint_mismatch``) to refuse an owner; it
+    runs before anything is sent inside the tunnel.
+    """
+    with trio.fail_after(SETUP_TIMEOUT_S):
+        tcp = await _join(host, port, key)
+        stream = trio.SSLStream(tcp, client_context(), server_hostname=None)
+        try:
+            await stream.do_handshake()
+            der = stream.getpeercert(binary_form=True)
+            actual = fingerprint_of(der) if der else "none"
+            if actual != expected_fingerprint:
+                raise TunnelFailed(
+                    "fingerprint_mismatch",
+                    f"the owner presented {actual}, the invite said {expected_fingerprint}",
+                )
+            check_pin(actual)
+            if stream.selected_alpn_protocol() != ALPN:
+                raise TunnelFailed("bad_alpn", "the owner does not speak flashback/1")
+            await stream.send_all(target.line())
+            reader = LineReader(MAX_OPEN_LINE_BYTES)
+            line = None
+            while line is None:
+                line = reader.receive_data(await stream.receive_some(MAX_OPEN_LINE_BYTES))
+            if line + b"\n" != OK_LINE:
+                code = line.removeprefix(b"ERR ").decode("ascii", "replace")[:32] or "refused"
+                raise TunnelFailed(code, f"the owner refused {target.line().decode().strip()}")
+        except (trio.BrokenResourceError, ssl.SSLError, TunnelError) as exc:
+            await trio.aclose_forcefully(stream)
+            raise TunnelFailed("tls_failed", f"tunnel handshake failed: {exc}") from exc
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    return stream, reader.leftover
+
+
+async def serve_owner_end(
+    *,
+    host: str,
+    port: int,
+    key: str,
+    context: ssl.SSLContext,
+    resolve_target: Callable[[OpenTarget], int | None],
+    on_bytes: Callable[[int, int], None] | None = None,
+) -> None:
+    """Join as the owner, serve TLS, and relay the one ``OPEN``ed target until done.
+
+    *resolve_target* maps a target to one of our own 127.0.0.1 ports, or None
+    to refuse it (``ERR not_allowed``): the requester can never name an
+    arbitrary local port.
+    """
+    with trio.fail_after(SETUP_TIMEOUT_S):
+        tcp = await _join(host, port, key)
+    stream = trio.SSLStream(tcp, context, server_side=True)
+    try:
+        with trio.fail_after(OPEN_TIMEOUT_S):
+            await stream.do_handshake()
+            reader = LineReader(MAX_OPEN_LINE_BYTES)
+            line = None
+            while line is None:
+                line = reader.receive_data(await stream.receive_some(MAX_OPEN_LINE_BYTES))
+        try:
+            target = parse_open_line(line)
+        except TunnelError as exc:
+            await stream.send_all(exc.line)
+            return
+        local_port = resolve_target(target)
+        if local_port is None:
+            await stream.send_all(err_line("not_allowed"))
+            return
+        try:
+            local = await trio.open_tcp_stream("127.0.0.1", local_port)
+        except OSError:
+            await stream.send_all(err_line("unavailable"))
+            return
+        async with local:
+            await stream.send_all(OK_LINE)
+            await bridge(
+                stream,
+                local,
+                leftover_to_local=reader.leftover,
+                local_is_server=True,
+                on_bytes=on_bytes,
+            )
+    except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, TunnelError, OSError):
+        pass  # the requester went away or spoke nonsense: this tunnel ends, nothing else
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def bridge(
+    tunnel: trio.abc.Stream,
+    local: trio.SocketStream,
+    *,
+    leftover_to_local: bytes = b"",
+    local_is_server: bool = False,
+    on_bytes: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
+    """Copy between a TLS tunnel and a local TCP connection; returns (to local, to tunnel).
+
+    TLS gives us no half-close to pass on, so EOF is read by role: on the
+    owner's side the local end is a server, and its EOF means the answer is
+    complete (*local_is_server*: the bridge ends and the tunnel closes); on
+    the requester's side the local end is a client, whose half-close only
+    stops the upward copy while its answer still comes down. The tunnel's
+    EOF becomes a TCP half-close and ends the bridge. A broken side ends both.
+    """
+    counts = [0, 0]
+
+    async def down() -> None:
+        if leftover_to_local:
+            await local.send_all(leftover_to_local)
+            counts[0] += len(leftover_to_local)
+        while data := await tunnel.receive_some(COPY_CHUNK_BYTES):
+            await local.send_all(data)
+            counts[0] += len(data)
+            if on_bytes is not None:
+                on_bytes(len(data), 0)
+        await local.send_eof()
+
+    async def up() -> None:
+        while data := await local.receive_some(COPY_CHUNK_BYTES):
+            await tunnel.send_all(data)
+            counts[1] += len(data)
+            if on_bytes is not None:
+                on_bytes(0, len(data))
+
+    async with trio.open_nursery() as nursery:
+
+        async def down_then_stop() -> None:
+            try:
+                await down()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                nursery.cancel_scope.cancel()
+
+        async def up_until_eof() -> None:
+            try:
+                await up()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                nursery.cancel_scope.cancel()
+            if local_is_server:
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(down_then_stop)
+        nursery.start_soon(up_until_eof)
+    return counts[0], counts[1]

@@ -1,0 +1,354 @@
+"""Tunnel pairing through the tracker (CONTRACT §6.2), as pure rules.
+
+The tracker pairs two *outbound* connections -- one from the requester, one
+from the owner -- by single-use keys it handed out in ``tunnel-invite``
+messages, and then copies bytes it cannot read (TLS runs end to end inside).
+Everything here is sans-IO: the join line is fed in as bytes, time is an
+argument, randomness is injected; the trio code in ``tracker/tunnels.py``
+only moves bytes and waits.
+
+Wire (plain TCP to the tunnel port)::
+
+    peer -> tracker   FLASHBACK-TUNNEL 1 <key>\\n      (at most 128 bytes, within 5 s)
+    tracker -> both   OK\\n                            (once both keys have joined)
+    tracker -> peer   ERR <code>\\n                    (then close)
+
+Inside the tunnel, after TLS, the requester opens a target with one line::
+
+    OPEN peer-server\\n   |   OPEN stream <port>\\n   ->   OK\\n  |  ERR <code>\\n
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+JOIN_MAGIC: Final = b"FLASHBACK-TUNNEL 1 "
+MAX_JOIN_LINE_BYTES: Final = 128
+#: a connection that has not sent a valid join line by then gets ERR and is closed
+JOIN_TIMEOUT_S: Final = 5.0
+#: each key of an invite is valid this long after it was issued
+KEY_TTL_S: Final = 30.0
+#: a paired session with no byte in either direction for this long is closed
+IDLE_TIMEOUT_S: Final = 120.0
+DEFAULT_MAX_SESSIONS: Final = 256
+KEY_BYTES: Final = 32
+MAX_OPEN_LINE_BYTES: Final = 64
+
+OK_LINE: Final = b"OK\n"
+
+Role = Literal["client", "server"]
+
+
+class TunnelError(Exception):
+    """A refusal with its wire code; :attr:`line` is the ``ERR`` line to send."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def line(self) -> bytes:
+        return err_line(self.code)
+
+
+def err_line(code: str) -> bytes:
+    return b"ERR " + code.encode("ascii") + b"\n"
+
+
+def new_key(token_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:
+    """32 random bytes, URL-safe base64 without padding (43 characters)."""
+    return base64.urlsafe_b64encode(token_bytes(KEY_BYTES)).rstrip(b"=").decode("ascii")
+
+
+def is_valid_key(text: str) -> bool:
+    if len(text) != 43:
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(text + "=")
+    except (binascii.Error, ValueError):
+        return False
+    # reject non-canonical spellings (other trailing bits) so one key has one form
+    return len(raw) == KEY_BYTES and new_key(lambda _n: raw) == text
+
+
+# -- lines ---------------------------------------------------------------------
+
+
+class LineReader:
+    """Collects one ``\\n``-terminated line of at most *max_bytes*; sans-IO.
+
+    :meth:`receive_data` returns the line (without ``\\n``) once complete;
+    bytes after the newline are kept in :attr:`leftover` -- they belong to
+    whatever follows the line and must be passed on, not dropped.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._buffer = bytearray()
+        self.leftover = b""
+
+    def receive_data(self, data: bytes) -> bytes | None:
+        if not data:
+            raise TunnelError("bad_line", "connection closed before the line ended")
+        self._buffer += data
+        newline = self._buffer.find(b"\n")
+        if newline == -1:
+            if len(self._buffer) >= self.max_bytes:
+                raise TunnelError("line_too_long", f"line longer than {self.max_bytes} bytes")
+            return None
+        if newline + 1 > self.max_bytes:
+            raise TunnelError("line_too_long", f"line longer than {self.max_bytes} bytes")
+        line = bytes(self._buffer[:newline])
+        self.leftover = bytes(self._buffer[newline + 1 :])
+        self._buffer.clear()
+        return line
+
+
+def join_line(key: str) -> bytes:
+    return JOIN_MAGIC + key.encode("ascii") + b"\n"
+
+
+def parse_join_line(line: bytes) -> str:
+    """The key of a join line (without its newline); TunnelError ``bad_line`` otherwise."""
+    if not line.startswith(JOIN_MAGIC):
+        raise TunnelError("bad_line", "expected 'FLASHBACK-TUNNEL 1 <key>'")
+    key = line[len(JOIN_MAGIC) :].decode("ascii", errors="replace")
+    if not is_valid_key(key):
+        raise TunnelError("bad_line", "the key is not 32 bytes of URL-safe base64")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTarget:
+    """What the requester asked the owner to relay to: its peer server or a stream port."""
+
+    kind: Literal["peer-server", "stream"]
+    port: int | None = None
+
+    def line(self) -> bytes:
+        if self.kind == "peer-server":
+            return b"OPEN peer-server\n"
+        return b"OPEN stream %d\n" % self.port
+
+
+def parse_open_line(line: bytes) -> OpenTarget:
+    parts = line.split(b" ")
+    if parts == [b"OPEN", b"peer-server"]:
+        return OpenTarget("peer-server")
+    is_stream = len(parts) == 3 and parts[:2] == [b"OPEN", b"stream"]
+    # at most 5 digits before int(): a 5,000-digit port must not cost a bignum parse
+    if is_stream and parts[2].isdigit() and len(parts[2]) <= 5 and 1 <= int(parts[2]) <= 65535:
+        return OpenTarget("stream", int(parts[2]))
+    raise TunnelError("bad_open", "expected 'OPEN peer-server' or 'OPEN stream <port>'")
+
+
+# -- the session table ---------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    """One requested tunnel: two keys, and who has joined with which."""
+
+    session_id: int
+    request_id: str
+    client_peer: str
+    server_peer: str
+    keys: dict[Role, str]
+    issued_at: float
+    joined: set[Role] = field(default_factory=set)
+
+    @property
+    def expires_at(self) -> float:
+        return self.issued_at + KEY_TTL_S
+
+    @property
+    def paired(self) -> bool:
+        return len(self.joined) == 2
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The outcome of a valid join: which session and side, and whether both are in."""
+
+    session: Session
+    role: Role
+    paired: bool
+
+
+class SessionTable:
+    """Pending and paired sessions, with single-use keys that live :data:`KEY_TTL_S`.
+
+    The table never grows past *max_sessions* sessions (pending or paired);
+    a used key is remembered until it would have expired so a second joiner
+    learns ``used`` rather than ``unknown``.
+    """
+
+    def __init__(
+        self,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        *,
+        make_key: Callable[[], str] = new_key,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self._make_key = make_key
+        self._sessions: dict[int, Session] = {}
+        self._by_key: dict[str, tuple[Session, Role]] = {}
+        # dead keys -> (when they would have expired, the code a late joiner gets)
+        self._dead: dict[str, tuple[float, str]] = {}
+        self._next_id = 1
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def paired_count(self) -> int:
+        return sum(1 for s in self._sessions.values() if s.paired)
+
+    def open(self, *, request_id: str, client_peer: str, server_peer: str, now: float) -> Session:
+        self.expire(now)
+        if len(self._sessions) >= self.max_sessions:
+            raise TunnelError("busy", f"the tracker has {self.max_sessions} tunnels already")
+        keys: dict[Role, str] = {"client": self._make_key(), "server": self._make_key()}
+        session = Session(self._next_id, request_id, client_peer, server_peer, keys, now)
+        self._next_id += 1
+        self._sessions[session.session_id] = session
+        for role, key in keys.items():
+            self._by_key[key] = (session, role)
+        return session
+
+    def join(self, key: str, *, now: float) -> Joined:
+        dead = self._dead.get(key)
+        if dead is not None:
+            raise TunnelError(dead[1], f"this key is no longer valid ({dead[1]})")
+        entry = self._by_key.get(key)
+        if entry is None:
+            raise TunnelError("unknown", "no tunnel has this key")
+        session, role = entry
+        if now >= session.expires_at:
+            self.close(session, code="expired")
+            raise TunnelError("expired", "this key has expired")
+        del self._by_key[key]
+        self._dead[key] = (session.expires_at, "used")
+        session.joined.add(role)
+        return Joined(session, role, session.paired)
+
+    def close(self, session: Session, *, code: str = "used") -> None:
+        """Forget *session*; its keys that were never used stop working now, and
+        a late joiner is told *code* (``refused`` after an owner declined, say)."""
+        if self._sessions.pop(session.session_id, None) is None:
+            return
+        for role, key in session.keys.items():
+            if self._by_key.pop(key, None) is not None and role not in session.joined:
+                self._dead[key] = (session.expires_at, code)
+
+    def find(self, request_id: str, client_peer: str) -> Session | None:
+        """The open session a requester asked for under *request_id*."""
+        for session in self._sessions.values():
+            if session.request_id == request_id and session.client_peer == client_peer:
+                return session
+        return None
+
+    def expire(self, now: float) -> list[Session]:
+        """Close the unpaired sessions whose keys have expired; return them."""
+        for key in [k for k, (t, _code) in self._dead.items() if t <= now]:
+            del self._dead[key]
+        gone = [s for s in self._sessions.values() if not s.paired and now >= s.expires_at]
+        for session in gone:
+            self.close(session)
+        return gone
+
+
+# -- where peers dial ------------------------------------------------------------
+
+_HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
+
+
+def advertise_host(host_header: str | None, configured: str | None) -> str | None:
+    """The host a peer dials for its tunnels: *configured* (``RELAY_TUNNEL_ADVERTISE``),
+    else the host part of the ``Host`` its own websocket request named -- the
+    address by which that peer already reaches us. None when neither is usable."""
+    if configured:
+        return configured
+    if not host_header or len(host_header) > 255:
+        return None
+    value = host_header.strip()
+    if value.startswith("["):  # [v6]:port
+        end = value.find("]")
+        host = value[1:end] if end > 0 else ""
+    elif value.count(":") == 1:
+        host = value.split(":", 1)[0]
+    else:
+        host = value
+    if not host or not set(host) <= _HOST_CHARS:
+        return None
+    return host
+
+
+# -- rate limiting -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ByteBucket:
+    """A token bucket in bytes: *rate* per second, holding at most *burst*.
+
+    :meth:`delay_s` says how long to wait before *n* bytes may pass; the
+    bytes are charged at once (the caller then sleeps), so the long-run rate
+    holds whatever the read sizes.
+    """
+
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    stamp: float | None = None
+
+    def delay_s(self, n: int, now: float) -> float:
+        if self.stamp is None:
+            self.tokens = self.burst
+        else:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+# -- routes (§6.3) ---------------------------------------------------------------
+
+Route = Literal["direct", "relay"]
+#: how long a route that worked is tried first without probing again
+ROUTE_MEMORY_S: Final = 300.0
+
+
+@dataclass(slots=True)
+class RouteMemory:
+    """Which route last worked for each peer, for a while (pure; time is an argument)."""
+
+    ttl_s: float = ROUTE_MEMORY_S
+    _routes: dict[str, tuple[Route, float]] = field(default_factory=dict)
+
+    def remember(self, peer_id: str, route: Route, now: float) -> None:
+        self._routes[peer_id] = (route, now + self.ttl_s)
+
+    def recall(self, peer_id: str, now: float) -> Route | None:
+        entry = self._routes.get(peer_id)
+        if entry is None or now >= entry[1]:
+            return None
+        return entry[0]
+
+    def last_used(self, peer_id: str) -> Route | None:
+        """The last route used, however old (shown in ``flashback peers``)."""
+        entry = self._routes.get(peer_id)
+        return None if entry is None else entry[0]
+
+    def forget(self, peer_id: str) -> None:
+        self._routes.pop(peer_id, None)
+
+
+def direct_probe_accepts(info: object, peer_id: str) -> bool:
+    """Whether an ``/api/info`` answer proves the address is that peer's server."""
+    return isinstance(info, dict) and info.get("peer_id") == peer_id

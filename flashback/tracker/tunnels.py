@@ -1,0 +1,285 @@
+"""The tracker's tunnel port (CONTRACT §6.2): pair two joiners, then pump.
+
+Each accepted TCP connection is one task in the listener's nursery. It has
+:data:`JOIN_TIMEOUT_S` to send ``FLASHBACK-TUNNEL 1 <key>``; the rules for
+keys live in :class:`~flashback.protocol.tunnel.SessionTable`. The first side
+of a session waits (until its keys expire); the second side's task answers
+``OK`` to both and runs the pump, while the first waits for it to finish --
+so each socket still has exactly one owner task, and closing happens there.
+
+Strangers are bounded too: at most :data:`MAX_UNJOINED_CONNECTIONS`
+connections may be in the join phase at once (more are closed at accept),
+and a join line can cost the tracker at most 128 bytes and 5 seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import trio
+
+from flashback.protocol.tunnel import (
+    IDLE_TIMEOUT_S,
+    JOIN_TIMEOUT_S,
+    MAX_JOIN_LINE_BYTES,
+    OK_LINE,
+    ByteBucket,
+    LineReader,
+    Role,
+    Session,
+    SessionTable,
+    TunnelError,
+    err_line,
+    parse_join_line,
+)
+from flashback.tracker.pump import SPLICE_AVAILABLE, PumpStats, pump
+
+log = logging.getLogger(__name__)
+
+#: connections that have not joined a session yet; past this, new ones are closed
+MAX_UNJOINED_CONNECTIONS: Final = 512
+#: how long sending our OK/ERR line may take before the peer counts as gone
+LINE_SEND_TIMEOUT_S: Final = 5.0
+#: after an ERR line, unread input is drained this long / this much before closing
+LINGER_S: Final = 1.0
+LINGER_MAX_BYTES: Final = 64 * 1024
+
+Outcome = Literal["completed", "idle", "reset", "expired", "refused", "timeout", "busy"]
+
+
+@dataclass
+class TunnelCounters:
+    """What ``/metrics`` shows of the tunnel port; the service reads it."""
+
+    sessions_by_outcome: dict[str, int] = field(default_factory=dict)
+    bytes_copied: int = 0
+    active: int = 0
+    on_outcome: Callable[[str], None] | None = None
+
+    def count(self, outcome: Outcome) -> None:
+        self.sessions_by_outcome[outcome] = self.sessions_by_outcome.get(outcome, 0) + 1
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """The first side of a session, parked until its partner joins."""
+
+    sock: trio.socket.SocketType
+    leftover: bytes
+    partner_arrived: trio.Event = field(default_factory=trio.Event)
+    #: set (with partner_arrived) when the session was called off instead
+    refusal: str | None = None
+    finished: trio.Event = field(default_factory=trio.Event)
+
+
+class TunnelRelay:
+    """One per tracker process: the session table, the waiting sides, the counters."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        rate_bytes_per_s: float | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        join_timeout_s: float = JOIN_TIMEOUT_S,
+        max_unjoined: int = MAX_UNJOINED_CONNECTIONS,
+        use_splice: bool = SPLICE_AVAILABLE,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.table = SessionTable(max_sessions)
+        self.rate_bytes_per_s = rate_bytes_per_s
+        self.idle_timeout_s = idle_timeout_s
+        self.join_timeout_s = join_timeout_s
+        self.max_unjoined = max_unjoined
+        self.use_splice = use_splice
+        self.counters = TunnelCounters()
+        self._clock = clock
+        self._waiting: dict[int, _Waiter] = {}
+        self._unjoined = 0
+
+    @property
+    def sessions_active(self) -> int:
+        return len(self.table)
+
+    def invite(self, *, request_id: str, client_peer: str, server_peer: str) -> Session:
+        """A new session with two fresh keys; TunnelError ``busy`` when full."""
+        try:
+            return self.table.open(
+                request_id=request_id,
+                client_peer=client_peer,
+                server_peer=server_peer,
+                now=self._clock(),
+            )
+        except TunnelError:
+            self.counters.count("busy")
+            raise
+
+    def decline(self, *, request_id: str, client_peer: str, server_peer: str) -> bool:
+        """The owner said no: end the session; a side already waiting hears ``ERR refused``."""
+        session = self.table.find(request_id, client_peer)
+        if session is None or session.server_peer != server_peer or session.paired:
+            return False
+        self.table.close(session, code="refused")
+        waiter = self._waiting.get(session.session_id)
+        if waiter is not None:
+            waiter.refusal = "refused"
+            waiter.partner_arrived.set()
+        return True
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted connection to the end, and close it."""
+        sock = stream.socket
+        try:
+            if self._unjoined >= self.max_unjoined:
+                self.counters.count("busy")
+                return
+            self._unjoined += 1
+            try:
+                key, leftover = await self._read_join(sock)
+                joined = self.table.join(key, now=self._clock())
+            except TunnelError as exc:
+                self.counters.count("timeout" if exc.code == "timeout" else "refused")
+                await _refuse(sock, exc.line)
+                return
+            finally:
+                self._unjoined -= 1
+            if joined.paired:
+                await self._run_paired(joined.session, joined.role, sock, leftover)
+            else:
+                await self._wait_for_partner(joined.session, sock, leftover)
+        finally:
+            sock.close()
+
+    async def _read_join(self, sock: trio.socket.SocketType) -> tuple[str, bytes]:
+        reader = LineReader(MAX_JOIN_LINE_BYTES)
+        with trio.move_on_after(self.join_timeout_s):
+            while True:
+                try:
+                    data = await sock.recv(MAX_JOIN_LINE_BYTES)
+                except OSError as exc:
+                    raise TunnelError("bad_line", "connection failed") from exc
+                line = reader.receive_data(data)
+                if line is not None:
+                    return parse_join_line(line), reader.leftover
+        raise TunnelError("timeout", f"no join line within {self.join_timeout_s:g} s")
+
+    async def _wait_for_partner(
+        self, session: Session, sock: trio.socket.SocketType, leftover: bytes
+    ) -> None:
+        waiter = _Waiter(sock, leftover)
+        self._waiting[session.session_id] = waiter
+        try:
+            with trio.move_on_at(session.expires_at):
+                await waiter.partner_arrived.wait()
+            if not waiter.partner_arrived.is_set():
+                self.table.close(session)
+                self.counters.count("expired")
+                await _refuse(sock, err_line("expired"))
+                return
+            if waiter.refusal is not None:
+                self.counters.count("refused")
+                await _refuse(sock, err_line(waiter.refusal))
+                return
+            # the partner's task pumps our socket; it stays ours to close afterwards
+            await waiter.finished.wait()
+        finally:
+            self._waiting.pop(session.session_id, None)
+
+    async def _run_paired(
+        self, session: Session, role: Role, sock: trio.socket.SocketType, leftover: bytes
+    ) -> None:
+        waiter = self._waiting.get(session.session_id)
+        if waiter is None:  # the first side gave up at this very moment
+            self.table.close(session)
+            await _refuse(sock, err_line("expired"))
+            return
+        waiter.partner_arrived.set()
+        self.counters.active += 1
+        try:
+            for target in (sock, waiter.sock):
+                await _send_line(target, OK_LINE)
+            # bytes a side sent right behind its join line belong to the other side
+            await _send_all(waiter.sock, leftover)
+            await _send_all(sock, waiter.leftover)
+            client, server = (sock, waiter.sock) if role == "client" else (waiter.sock, sock)
+            stats = await pump(
+                client,
+                server,
+                idle_timeout_s=self.idle_timeout_s,
+                bucket=self._bucket(),
+                on_bytes=self._count_bytes,
+                use_splice=self.use_splice,
+                stats=PumpStats(),
+            )
+            if stats.idle_closed:
+                self.counters.count("idle")
+            elif stats.error is not None:
+                self.counters.count("reset")
+            else:
+                self.counters.count("completed")
+        except OSError:
+            self.counters.count("reset")
+        finally:
+            self.counters.active -= 1
+            self.table.close(session)
+            waiter.finished.set()
+
+    def _bucket(self) -> ByteBucket | None:
+        if self.rate_bytes_per_s is None:
+            return None
+        return ByteBucket(rate=self.rate_bytes_per_s, burst=self.rate_bytes_per_s)
+
+    def _count_bytes(self, n: int) -> None:
+        self.counters.bytes_copied += n
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[await sock.send(view) :]
+
+
+async def _send_line(sock: trio.socket.SocketType, line: bytes) -> None:
+    """Best effort: a peer that does not take 10 bytes in 5 s is simply closed."""
+    with trio.move_on_after(LINE_SEND_TIMEOUT_S), contextlib.suppress(OSError):
+        await _send_all(sock, line)
+
+
+async def _refuse(sock: trio.socket.SocketType, line: bytes) -> None:
+    """Send ``ERR`` and close so that the peer can read it.
+
+    Closing a socket with unread input makes the kernel send RST, which can
+    destroy our ERR line before the peer reads it; so half-close first and
+    drain a bounded amount for a bounded time (a "lingering close").
+    """
+    await _send_line(sock, line)
+    with trio.move_on_after(LINGER_S), contextlib.suppress(OSError):
+        sock.shutdown(trio.socket.SHUT_WR)
+        drained = 0
+        while drained < LINGER_MAX_BYTES:
+            chunk = await sock.recv(4096)
+            if not chunk:
+                break
+            drained += len(chunk)
+
+
+async def serve_tunnel_port(
+    relay: TunnelRelay,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port and hand every connection to *relay*; started() with the port."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("tunnel port listening on %s:%d", host, bound)
+    async with trio.open_nursery() as nursery:
+        task_status.started(bound)
+        await trio.serve_listeners(relay.handle, listeners, handler_nursery=nursery)

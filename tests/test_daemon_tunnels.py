@@ -1,0 +1,209 @@
+"""TunnelService: owner and requester daemons through a real tunnel port, in one process.
+
+The websocket link is replaced by a switch that does what the tracker does
+with a tunnel-request (two invites from the real TunnelRelay), so these tests
+cover the daemon's rules; the system tests cover the real link.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from flashback.daemon.tunnel_ends import TunnelFailed, server_context
+from flashback.daemon.tunnels import TunnelService
+from flashback.protocol.fingerprint import fingerprint_of
+from flashback.protocol.messages import TunnelErrorMessage, TunnelInvite, TunnelRequest
+from flashback.protocol.tunnel import OpenTarget
+from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
+from tests.tls_support import make_cert
+
+
+class Switch:
+    """Plays the tracker's websocket part for two daemons named alice (owner) and bob."""
+
+    def __init__(self, relay: TunnelRelay, port: int, fingerprint: str) -> None:
+        self.relay, self.port, self.fingerprint = relay, port, fingerprint
+        self.services: dict[str, TunnelService] = {}
+        self.declines: list[TunnelErrorMessage] = []
+        self.up = True
+
+    def sender(self, me: str):
+        def send(message) -> bool:
+            if not self.up:
+                return False
+            if isinstance(message, TunnelRequest):
+                session = self.relay.invite(
+                    request_id=message.request_id, client_peer=me, server_peer=message.to
+                )
+                # the requester hears first, so an owner's decline must reach it at the port
+                for role, peer, other in (("client", me, message.to), ("server", message.to, me)):
+                    self.services[peer].on_message(
+                        TunnelInvite(
+                            request_id=message.request_id,
+                            from_=other,
+                            fingerprint=self.fingerprint,
+                            role=role,
+                            host="127.0.0.1",
+                            port=self.port,
+                            key=session.keys[role],
+                        )
+                    )
+            elif isinstance(message, TunnelErrorMessage):
+                # an owner's decline: the tracker ends the session and forwards it
+                self.declines.append(message)
+                self.relay.decline(
+                    request_id=message.request_id, client_peer=message.to, server_peer=me
+                )
+                self.services[message.to].on_message(
+                    TunnelErrorMessage(message.request_id, message.code, message.message, from_=me)
+                )
+            return True
+
+        return send
+
+
+class Upper:
+    """alice's local peer server stand-in: answers one line upper-cased, then closes."""
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        async def handle(stream):
+            async with stream:
+                data = b""
+                while not data.endswith(b"\n") and (chunk := await stream.receive_some(1024)):
+                    data += chunk
+                await stream.send_all(data.upper())
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(handle, listeners)
+
+
+@pytest.fixture
+async def pair(nursery, tmp_path):
+    relay = TunnelRelay(max_sessions=16)
+    port = await nursery.start(serve_tunnel_port, relay, "127.0.0.1", 0)
+    upper = Upper()
+    await nursery.start(upper.run)
+    cert, key, der = make_cert(tmp_path)
+    context = server_context(cert, key)
+    switch = Switch(relay, port, fingerprint_of(der))
+    events: list[tuple[str, dict]] = []
+    pins: dict[str, str] = {}
+
+    def check_pin(peer_id: str, fingerprint: str) -> None:
+        if pins.setdefault(peer_id, fingerprint) != fingerprint:
+            raise TunnelFailed("fingerprint_mismatch", f"{peer_id} changed its key")
+
+    for name in ("alice", "bob"):
+        service = TunnelService(
+            send=switch.sender(name),
+            emit=lambda event, **fields: events.append((event, fields)),
+            owner_context=lambda: context,
+            resolve_target=lambda t: upper.port if t.kind == "peer-server" else None,
+            check_pin=check_pin,
+        )
+        switch.services[name] = service
+        await nursery.start(service.run)
+    return switch, events, pins
+
+
+async def test_forward_carries_each_connection_on_its_own_tunnel(pair, nursery):
+    switch, events, pins = pair
+    bob = switch.services["bob"]
+    with trio.fail_after(15):
+        port = await nursery.start(bob.forward, "alice", OpenTarget("peer-server"))
+        for word in (b"first\n", b"second\n"):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            await client.send_all(word)
+            got = b""
+            while chunk := await client.receive_some(100):
+                got += chunk
+            await client.aclose()
+            assert got == word.upper()
+        while sum(1 for e, f in events if e == "tunnel-closed" and f["peer_id"] == "alice") < 2:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    opened = [f for e, f in events if e == "tunnel-opened"]
+    assert opened == [{"peer_id": "alice", "route": "relay"}] * 2
+    closed = [f for e, f in events if e == "tunnel-closed" and f["peer_id"] == "alice"]
+    assert all(f["bytes_in"] > 0 and f["bytes_out"] > 0 for f in closed)
+    assert pins == {"alice": switch.fingerprint}  # pinned on first use
+
+
+async def test_a_changed_owner_key_is_refused_by_the_pin(pair):
+    switch, _events, pins = pair
+    pins["alice"] = "sha256:" + "1" * 64  # what bob saw last time
+    with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
+        await switch.services["bob"].open("alice", OpenTarget("peer-server"))
+    assert info.value.code == "fingerprint_mismatch"
+
+
+async def test_owner_declines_when_full(pair):
+    switch, _events, _pins = pair
+    alice = switch.services["alice"]
+    alice._max_owner = 0
+    with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
+        await switch.services["bob"].open("alice", OpenTarget("peer-server"))
+    assert [d.code for d in switch.declines] == ["busy"]
+    assert info.value.code == "refused"  # heard at the tunnel port, at once
+
+
+async def test_no_link_is_a_clear_failure(pair):
+    switch, _events, _pins = pair
+    switch.up = False
+    with pytest.raises(TunnelFailed) as info:
+        await switch.services["bob"].open("alice", OpenTarget("peer-server"))
+    assert info.value.code == "tracker_unreachable"
+
+
+async def test_unasked_invites_are_ignored_and_silence_times_out(pair, autojump_clock):
+    switch, _events, _pins = pair
+    bob = switch.services["bob"]
+    bob.on_message(TunnelErrorMessage("nobody-asked", "busy", ""))  # no crash, no effect
+    switch.sender = None
+    bob._send = lambda message: True  # the tracker swallows the request
+    start = trio.current_time()
+    with pytest.raises(TunnelFailed) as info:
+        await bob.open("alice", OpenTarget("peer-server"))
+    assert info.value.code == "timeout"
+    assert trio.current_time() - start == pytest.approx(10.0)
+    assert bob.status()["pending_requests"] == 0
+
+
+async def test_forward_closes_when_idle(pair, autojump_clock):
+    switch, _events, _pins = pair
+    bob = switch.services["bob"]
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: bob.forward(
+                "alice", OpenTarget("peer-server"), idle_timeout_s=60.0, task_status=task_status
+            )
+        )
+    assert trio.current_time() - start == pytest.approx(60.0)
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_start_forward_reuses_and_a_hold_keeps_it_open(pair, autojump_clock):
+    switch, _events, _pins = pair
+    bob = switch.services["bob"]
+    closed: list[tuple[str, OpenTarget]] = []
+    bob._on_forward_closed = lambda peer_id, target: closed.append((peer_id, target))
+    target = OpenTarget("peer-server")
+    port = await bob.start_forward("alice", target)
+    assert await bob.start_forward("alice", target) == port
+    with bob.hold("alice", target):
+        await trio.sleep(3600)  # far past the idle timeout: held, so still open
+        assert bob.status()["forwards"] == 1 and closed == []
+    start = trio.current_time()
+    while not closed:  # noqa: ASYNC110 - the forward's own task closes it
+        await trio.sleep(1)
+    assert trio.current_time() - start == pytest.approx(300.0, abs=1.0)
+    assert closed == [("alice", target)] and bob.status()["forwards"] == 0
+    with pytest.raises(TunnelFailed), bob.hold("alice", target):
+        pass

@@ -1,0 +1,196 @@
+"""Both daemon ends of a tunnel, TLS 1.3 inside, through a real tracker tunnel port."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from flashback.daemon.tunnel_ends import (
+    TunnelFailed,
+    bridge,
+    open_requester_end,
+    serve_owner_end,
+    server_context,
+)
+from flashback.protocol.fingerprint import fingerprint_of
+from flashback.protocol.tunnel import OpenTarget
+from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
+from tests.tls_support import make_cert
+
+
+class LocalServer:
+    """The owner's 127.0.0.1 listener: answers one line upper-cased, then closes
+    (like an HTTP/1.0 server); records connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.port = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        async with stream:
+            data = b""
+            while not data.endswith(b"\n") and (chunk := await stream.receive_some(65536)):
+                data += chunk
+            await stream.send_all(data.upper())
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self.handle, listeners)
+
+
+@pytest.fixture
+async def world(nursery, tmp_path):
+    relay = TunnelRelay(max_sessions=8)
+    tunnel_port = await nursery.start(serve_tunnel_port, relay, "127.0.0.1", 0)
+    local = LocalServer()
+    await nursery.start(local.run)
+    cert, key, der = make_cert(tmp_path)
+    return relay, tunnel_port, local, server_context(cert, key), fingerprint_of(der)
+
+
+def no_pin_check(_fingerprint: str) -> None:
+    return None
+
+
+async def start_owner(nursery, relay, port, context, resolve):
+    session = relay.invite(request_id="r", client_peer="bob", server_peer="alice")
+    nursery.start_soon(
+        lambda: serve_owner_end(
+            host="127.0.0.1",
+            port=port,
+            key=session.keys["server"],
+            context=context,
+            resolve_target=resolve,
+        )
+    )
+    return session
+
+
+async def test_requester_reaches_the_owners_local_listener(world, nursery):
+    relay, port, local, context, fingerprint = world
+    session = await start_owner(nursery, relay, port, context, lambda t: local.port)
+    with trio.fail_after(10):
+        stream, leftover = await open_requester_end(
+            host="127.0.0.1",
+            port=port,
+            key=session.keys["client"],
+            expected_fingerprint=fingerprint,
+            check_pin=no_pin_check,
+            target=OpenTarget("peer-server"),
+        )
+        assert leftover == b""
+        await stream.send_all(b"secret marker\n")
+        got = b""
+        while len(got) < len(b"SECRET MARKER\n"):
+            got += await stream.receive_some(100)
+        await stream.aclose()
+    assert got == b"SECRET MARKER\n"
+    assert local.connections == 1
+    assert relay.counters.bytes_copied > len(got)  # TLS records, not the plain bytes
+
+
+async def test_a_wrong_fingerprint_is_refused_before_anything_is_sent(world, nursery):
+    relay, port, local, context, _fingerprint = world
+    session = await start_owner(nursery, relay, port, context, lambda t: local.port)
+    with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
+        await open_requester_end(
+            host="127.0.0.1",
+            port=port,
+            key=session.keys["client"],
+            expected_fingerprint="sha256:" + "0" * 64,
+            check_pin=no_pin_check,
+            target=OpenTarget("peer-server"),
+        )
+    assert info.value.code == "fingerprint_mismatch"
+    await trio.sleep(0.1)
+    assert local.connections == 0  # no OPEN ever reached the owner
+
+
+async def test_a_pin_that_refuses_stops_the_tunnel(world, nursery):
+    relay, port, local, context, fingerprint = world
+    session = await start_owner(nursery, relay, port, context, lambda t: local.port)
+
+    def refuse(actual: str) -> None:
+        raise TunnelFailed("fingerprint_mismatch", f"pinned something else, got {actual}")
+
+    with trio.fail_after(10), pytest.raises(TunnelFailed, match="pinned"):
+        await open_requester_end(
+            host="127.0.0.1",
+            port=port,
+            key=session.keys["client"],
+            expected_fingerprint=fingerprint,
+            check_pin=refuse,
+            target=OpenTarget("peer-server"),
+        )
+    await trio.sleep(0.1)
+    assert local.connections == 0
+
+
+async def test_owner_refuses_ports_it_did_not_open(world, nursery):
+    relay, port, local, context, fingerprint = world
+    allowed = {("peer-server", None): local.port}
+    session = await start_owner(
+        nursery, relay, port, context, lambda t: allowed.get((t.kind, t.port))
+    )
+    with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
+        await open_requester_end(
+            host="127.0.0.1",
+            port=port,
+            key=session.keys["client"],
+            expected_fingerprint=fingerprint,
+            check_pin=no_pin_check,
+            target=OpenTarget("stream", 22),
+        )
+    assert info.value.code == "not_allowed"
+    assert local.connections == 0
+
+
+async def test_a_used_key_fails_with_the_trackers_code(world):
+    _relay, port, _local, _context, fingerprint = world
+    with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
+        await open_requester_end(
+            host="127.0.0.1",
+            port=port,
+            key="A" * 43,
+            expected_fingerprint=fingerprint,
+            check_pin=no_pin_check,
+            target=OpenTarget("peer-server"),
+        )
+    assert info.value.code == "unknown"
+
+
+async def test_bridge_carries_a_local_connection_and_its_half_close(world, nursery):
+    relay, port, local, context, fingerprint = world
+    session = await start_owner(nursery, relay, port, context, lambda t: local.port)
+    with trio.fail_after(10):
+        tunnel, _ = await open_requester_end(
+            host="127.0.0.1",
+            port=port,
+            key=session.keys["client"],
+            expected_fingerprint=fingerprint,
+            check_pin=no_pin_check,
+            target=OpenTarget("peer-server"),
+        )
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        forward_port = listeners[0].socket.getsockname()[1]
+        result = {}
+
+        async def forward_one():
+            local_conn = await listeners[0].accept()
+            async with local_conn, tunnel:
+                result["counts"] = await bridge(tunnel, local_conn)
+
+        nursery.start_soon(forward_one)
+        client = await trio.open_tcp_stream("127.0.0.1", forward_port)
+        await client.send_all(b"hello\n")
+        await client.send_eof()  # TLS carries no half-close: the answer must still come
+        got = b""
+        while chunk := await client.receive_some(100):
+            got += chunk
+        await client.aclose()
+        await listeners[0].aclose()
+    assert got == b"HELLO\n"
+    assert result["counts"] == (6, 6)

@@ -1,0 +1,158 @@
+"""The tracker's byte pump between two real loopback TCP connections, splice and fallback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket as stdlib_socket
+import struct
+
+import pytest
+import trio
+
+from flashback.protocol.tunnel import ByteBucket
+from flashback.tracker.pump import SPLICE_AVAILABLE, pump
+
+MODES = [
+    pytest.param(
+        True, id="splice", marks=pytest.mark.skipif(not SPLICE_AVAILABLE, reason="no os.splice")
+    ),
+    pytest.param(False, id="recv_into"),
+]
+
+
+async def tcp_pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    """Two connected loopback TCP sockets (the pump needs real sockets, not streams)."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    near = trio.socket.socket()
+    await near.connect(listener.getsockname())
+    far, _ = await listener.accept()
+    listener.close()
+    return near, far
+
+
+async def drain(sock: trio.socket.SocketType) -> bytes:
+    chunks = []
+    while data := await sock.recv(65536):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+async def send_all_then_half_close(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[await sock.send(view) :]
+    sock.shutdown(trio.socket.SHUT_WR)
+
+
+@pytest.fixture
+async def session():
+    """(client end, server end, the two sockets the tracker holds)."""
+    client, tracker_c = await tcp_pair()
+    server, tracker_s = await tcp_pair()
+    yield client, server, tracker_c, tracker_s
+    for s in (client, server, tracker_c, tracker_s):
+        s.close()
+
+
+@pytest.mark.parametrize("use_splice", MODES)
+async def test_bytes_cross_both_ways_unchanged_with_half_close(session, use_splice):
+    client, server, tc, ts = session
+    up = os.urandom(3 * 1024 * 1024 + 17)
+    down = os.urandom(5 * 1024 * 1024 + 3)
+    got: dict[str, bytes] = {}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+
+            async def run_pump():
+                got["stats"] = await pump(tc, ts, use_splice=use_splice)
+
+            async def server_side():
+                got["up"] = await drain(server)  # EOF arrives: the half-close was forwarded
+                await send_all_then_half_close(server, down)  # and it can still answer
+
+            async def client_side():
+                await send_all_then_half_close(client, up)
+                got["down"] = await drain(client)
+
+            nursery.start_soon(run_pump)
+            nursery.start_soon(server_side)
+            nursery.start_soon(client_side)
+    assert hashlib.sha256(got["up"]).digest() == hashlib.sha256(up).digest()
+    assert got["down"] == down
+    stats = got["stats"]
+    assert (stats.client_to_server, stats.server_to_client) == (len(up), len(down))
+    assert not stats.idle_closed
+
+
+@pytest.mark.parametrize("use_splice", MODES)
+async def test_idle_session_ends_after_exactly_the_timeout(session, use_splice, autojump_clock):
+    _client, _server, tc, ts = session
+    start = trio.current_time()
+    stats = await pump(tc, ts, idle_timeout_s=120.0, use_splice=use_splice)
+    assert stats.idle_closed
+    assert trio.current_time() - start == pytest.approx(120.0)
+
+
+@pytest.mark.parametrize("use_splice", MODES)
+async def test_activity_pushes_the_idle_deadline(session, use_splice, autojump_clock):
+    client, _server, tc, ts = session
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def chatter():
+            for _ in range(3):
+                await trio.sleep(100.0)
+                await client.send(b"x")
+
+        nursery.start_soon(chatter)
+        stats = await pump(tc, ts, idle_timeout_s=120.0, use_splice=use_splice)
+    assert stats.idle_closed and stats.client_to_server == 3
+    assert trio.current_time() - start == pytest.approx(300.0 + 120.0)
+
+
+@pytest.mark.parametrize("use_splice", MODES)
+async def test_rate_limit_per_session(session, use_splice, autojump_clock):
+    client, server, tc, ts = session
+    payload = b"r" * 400_000
+    got = {}
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def run_pump():
+            got["stats"] = await pump(
+                tc, ts, use_splice=use_splice, bucket=ByteBucket(rate=100_000.0, burst=100_000.0)
+            )
+
+        async def receive():
+            got["up"] = await drain(server)
+            server.shutdown(trio.socket.SHUT_WR)
+
+        nursery.start_soon(run_pump)
+        nursery.start_soon(receive)
+        await send_all_then_half_close(client, payload)
+    assert got["up"] == payload
+    # 100 kB pass as the burst, the other 300 kB at 100 kB/s
+    assert trio.current_time() - start == pytest.approx(3.0, abs=0.5)
+
+
+@pytest.mark.parametrize("use_splice", MODES)
+async def test_a_reset_ends_the_session(session, use_splice):
+    client, server, tc, ts = session
+    # SO_LINGER 0 makes close() send RST instead of FIN
+    client.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def reset_soon():
+                await client.send(b"hello")
+                await trio.sleep(0.05)
+                client.close()
+
+            nursery.start_soon(reset_soon)
+            stats = await pump(tc, ts, use_splice=use_splice)
+    assert isinstance(stats.error, ConnectionResetError)
+    assert not stats.idle_closed
+    assert await server.recv(5) == b"hello"

@@ -1,0 +1,200 @@
+"""Two homes behind NAT and a relay: ls, get, stream and connect through tunnels.
+
+Real processes in network namespaces the test makes (see tests/netns.py):
+the tracker on the relay, alice's daemon in home A with a localhost-only
+peer server, bob's in home B. No packet can go from one home to the other;
+everything bob gets from alice crosses the tracker's tunnel port, and a
+capture there must never show the file's bytes (TLS runs end to end).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.netns import (
+    HOME_A_ADDR,
+    RELAY_ADDR_A,
+    RELAY_ADDR_B,
+    Topology,
+    netns_unavailable_reason,
+    two_homes_and_a_relay,
+)
+from tests.procs import daemon_env, event_is, run_cli, start
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif((reason := netns_unavailable_reason()) is not None, reason=str(reason)),
+]
+
+MARKER = b"FLASHBACK-PLAINTEXT-MARKER-7d1f"
+
+
+def make_share(root: Path) -> bytes:
+    root.mkdir(parents=True)
+    # the marker repeats so any plaintext fragment in a capture would contain it
+    body = (MARKER + os.urandom(200)) * 4000 + b"tail"
+    (root / "big.bin").write_bytes(body)
+    (root / "notes.txt").write_text("hello from alice\n")
+    return body
+
+
+def jsonl(stdout: bytes) -> list[dict]:
+    return [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+
+
+async def test_bob_reaches_alice_only_through_the_relay(tmp_path: Path, nursery) -> None:
+    body = make_share(tmp_path / "alice" / "share")
+    (tmp_path / "bob" / "share").mkdir(parents=True)
+    with two_homes_and_a_relay() as topo, trio.fail_after(180):
+        in_relay = Topology.exec_prefix(topo.relay)
+        in_a, in_b = Topology.exec_prefix(topo.home_a), Topology.exec_prefix(topo.home_b)
+        tracker_env = {"FLASHBACK_DATA_DIR": str(tmp_path / "tracker"), "RELAY_TUNNEL_PORT": "0"}
+        async with start(
+            nursery,
+            ["tracker", "--host", "0.0.0.0", "--port", "0", "--database-url", "memory://"],
+            env=tracker_env,
+            name="tracker",
+            prefix=in_relay,
+        ) as tracker:
+            ready = await tracker.wait_event(event_is("tracker-ready"))
+            port, tunnel_port = ready["port"], ready["tunnel_port"]
+            assert isinstance(tunnel_port, int) and tunnel_port > 0
+            alice_env, bob_env = daemon_env(tmp_path, "alice"), daemon_env(tmp_path, "bob")
+            async with (
+                start(
+                    nursery,
+                    ["daemon", "--root", str(tmp_path / "alice" / "share"), "--name", "alice",
+                     "--tracker", f"http://{RELAY_ADDR_A}:{port}"],
+                    env=alice_env,
+                    name="alice",
+                    prefix=in_a,
+                ) as alice,
+                start(
+                    nursery,
+                    ["daemon", "--root", str(tmp_path / "bob" / "share"), "--name", "bob",
+                     "--tracker", f"http://{RELAY_ADDR_B}:{port}"],
+                    env=bob_env,
+                    name="bob",
+                    prefix=in_b,
+                ) as bob,
+            ):  # fmt: skip
+                alice_ready = await alice.wait_event(event_is("peer-server-ready"))
+                assert alice_ready["host"] == "127.0.0.1"  # localhost-only, as by default
+                await alice.wait_event(event_is("tracker-connected"), timeout_s=30)
+                await bob.wait_event(
+                    lambda e: (
+                        e.get("event") in ("peer-joined", "peers-snapshot")
+                        and "alice" in json.dumps(e)
+                    ),
+                    timeout_s=30,
+                )
+
+                async def bob_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+                    return await run_cli(list(args), env=bob_env, prefix=in_b, timeout_s=timeout_s)
+
+                # a direct connection from home B to home A is impossible
+                probe = await trio.run_process(
+                    [*in_b, sys.executable, "-c",
+                     "import socket,sys\ns=socket.socket();s.settimeout(2)\n"
+                     "try:\n s.connect((sys.argv[1],int(sys.argv[2])));print('connected')\n"
+                     "except OSError as e:\n print(type(e).__name__)",
+                     HOME_A_ADDR, str(port)],
+                    capture_stdout=True, check=True,
+                )  # fmt: skip
+                assert probe.stdout.strip() != b"connected"
+
+                capture = tmp_path / "relay.pcap"
+                dump = None
+                if shutil.which("tcpdump"):
+                    dump = await trio.lowlevel.open_process(
+                        [*in_relay, "tcpdump", "-i", "any", "-U", "-s", "0", "-w", str(capture),
+                         "tcp", "port", str(tunnel_port)],
+                        stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                    await trio.sleep(1.0)  # tcpdump needs a moment before it captures
+
+                listing = await bob_cli("ls", "alice", "--json")
+                assert listing.returncode == 0, listing.stderr
+                names = {e["name"] for e in json.loads(listing.stdout)["entries"]}
+                assert {"big.bin", "notes.txt"} <= names
+
+                out = tmp_path / "got.bin"
+                got = await bob_cli("get", "alice", "big.bin", "-o", str(out))
+                assert got.returncode == 0, got.stderr
+                done = jsonl(got.stdout)[-1]
+                assert done["event"] == "download-complete" and done["verified"] is True
+                assert out.read_bytes() == body
+                assert done["sha256"] == hashlib.sha256(body).hexdigest()
+
+                streamed = tmp_path / "streamed.bin"
+                stream = await bob_cli("stream", "alice", "big.bin", "-o", str(streamed))
+                assert stream.returncode == 0, stream.stderr
+                assert streamed.read_bytes() == body
+
+                async with start(
+                    nursery, ["connect", "alice", "--json"], env=bob_env, name="connect",
+                    prefix=in_b,
+                ) as connect:  # fmt: skip
+                    url_event = await connect.wait_event(event_is("peer-url"), timeout_s=30)
+                    assert url_event["route"] == "relay"
+                    assert url_event["url"].startswith("http://127.0.0.1:")
+                    if shutil.which("curl"):
+                        ranged = await trio.run_process(
+                            [*in_b, "curl", "-sf", "-r", "100-199",
+                             url_event["url"] + "/download/big.bin"],
+                            capture_stdout=True, check=True,
+                        )  # fmt: skip
+                        assert ranged.stdout == body[100:200]
+                    connect.signal(signal.SIGINT)  # Ctrl-C ends a connect normally
+                    assert await connect.wait_exit() == 0
+
+                if dump is not None:
+                    dump.terminate()
+                    await dump.wait()
+                    captured = capture.read_bytes()
+                    assert len(captured) > len(body)  # the file's bytes did cross the relay
+                    assert MARKER not in captured  # ... but only as ciphertext
+
+                peers = await bob_cli("peers")
+                assert peers.returncode == 0
+                assert "relay" in peers.stdout.decode()  # the route last used is shown
+                alice_id = next(
+                    p["peer_id"]
+                    for p in json.loads((await bob_cli("peers", "--json")).stdout)["peers"]
+                    if p["name"] == "alice"
+                )
+
+                # alice comes back with another key under the same peer id: refused by the pin
+                alice.signal()
+                assert await alice.wait_exit() == 0
+                (tmp_path / "alice" / "data" / "identities" / "alice" / "identity.pem").unlink()
+                async with start(
+                    nursery,
+                    ["daemon", "--root", str(tmp_path / "alice" / "share"), "--name", "alice",
+                     "--tracker", f"http://{RELAY_ADDR_A}:{port}"],
+                    env=alice_env,
+                    name="alice-new-key",
+                    prefix=in_a,
+                ) as alice_again:  # fmt: skip
+                    await alice_again.wait_event(event_is("tracker-connected"), timeout_s=30)
+                    swapped = await bob_cli("get", "alice", "notes.txt", "-o", str(tmp_path / "n"))
+                    assert swapped.returncode == 1
+                    lines = swapped.stderr.decode().strip().splitlines()
+                    assert len(lines) == 1 and "fingerprint" in lines[0], lines
+                    assert alice_id in lines[0]
+                    assert not (tmp_path / "n").exists()
+                    forgot = await bob_cli("forget", alice_id)
+                    assert forgot.returncode == 0, forgot.stderr
+                    again = await bob_cli("get", "alice", "notes.txt", "-o", str(tmp_path / "n"))
+                    assert again.returncode == 0, again.stderr
+                    assert (tmp_path / "n").read_text() == "hello from alice\n"
