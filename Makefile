@@ -25,8 +25,10 @@ venv-locked:
 
 # Real tools the tests use: curl (a real HTTP client), systemd-analyze
 # (unit verification), redis-server (the tracker cluster tests start their own)
-# and chromium + chromium-driver (the web UI's browser tests; selenium is
-# pointed at /usr/bin/chromedriver and never downloads a browser).
+# chromium + chromium-driver (the web UI's browser tests; selenium is
+# pointed at /usr/bin/chromedriver and never downloads a browser), and
+# iproute2 + tcpdump (the tunnel tests build two homes and a relay in network
+# namespaces and capture on the relay).
 # Installed with apt when missing and we are root.
 system-deps:
 	@missing=""; \
@@ -35,6 +37,8 @@ system-deps:
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v tcpdump >/dev/null 2>&1 || missing="$$missing tcpdump"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

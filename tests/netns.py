@@ -81,8 +81,14 @@ def two_homes_and_a_relay() -> Iterator[Topology]:
             _ip("-n", topo.relay, "addr", "add", f"{relay_addr}/24", "dev", relay_if)
             _ip("-n", home, "link", "set", home_if, "up")
             _ip("-n", topo.relay, "link", "set", relay_if, "up")
+        # (a new namespace starts with forwarding off; say so, without needing procps)
         subprocess.run(
-            [*Topology.exec_prefix(topo.relay), "sysctl", "-qw", "net.ipv4.ip_forward=0"],
+            [
+                *Topology.exec_prefix(topo.relay),
+                "sh",
+                "-c",
+                "echo 0 > /proc/sys/net/ipv4/ip_forward",
+            ],
             check=True,
             capture_output=True,
         )
