@@ -271,9 +271,16 @@ async def test_local_commands_refuse_a_daemon_of_another_uid(tmp_path: Path) -> 
 # -- an evil peer --------------------------------------------------------------------------
 
 
-def evil_peer_app(requests: list[str]) -> QuartTrio:
-    """A peer server whose names are terminal escapes and whose root listing never ends."""
+def evil_peer_app(requests: list[str], me: dict[str, str]) -> QuartTrio:
+    """A peer server whose names are terminal escapes and whose root listing never ends.
+
+    It answers ``/api/info`` with its peer id (*me*, filled once registered),
+    as a real one does, so the daemon's route to it is direct."""
     app = QuartTrio("evil")
+
+    @app.get("/api/info")
+    async def info() -> Any:
+        return {"name": "evil", "peer_id": me.get("peer_id"), "version": "0"}
 
     @app.get("/api/files/")
     async def endless() -> Any:
@@ -302,6 +309,7 @@ async def test_an_evil_peer_cannot_reach_the_terminal_or_loop_ls(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     requests: list[str] = []
+    me: dict[str, str] = {}
     with trio.fail_after(60):
         async with AsyncExitStack() as stack:
             tracker = await stack.enter_async_context(
@@ -325,12 +333,13 @@ async def test_an_evil_peer_cannot_reach_the_terminal_or_loop_ls(
             )
             await alice.wait_event(event_is("tracker-connected"))
             evil = await nursery.start(
-                serve_quart, evil_peer_app(requests), hypercorn_config("127.0.0.1", 0)
+                serve_quart, evil_peer_app(requests, me), hypercorn_config("127.0.0.1", 0)
             )
             async with httpx.AsyncClient(base_url=url) as http:
                 body = {"name": "evil", "peer_server": {"host": "127.0.0.1", "port": evil.port}}
                 response = await http.post("/api/peers/register", json=body)
                 assert response.status_code == 201, response.text
+                me["peer_id"] = response.json()["peer_id"]
             await alice.wait_event(
                 lambda e: e.get("event") == "peer-joined" and e["peer"]["name"] == "evil"
             )

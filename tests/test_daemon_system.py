@@ -160,8 +160,31 @@ async def test_get_downloads_and_checks(tmp_path: Path, nursery: trio.Nursery) -
             assert b"nobody" in unknown.stderr
 
 
+class FakePeerServer:
+    """What every hand-written test peer shares: its peer id once registered, and
+    the ``/api/info`` answer that makes the daemon's route to it direct (§6.3)."""
+
+    peer_id: str | None = None
+
+    async def answered_info(self, stream: trio.SocketStream, target: str) -> bool:
+        if target != "/api/info":
+            return False
+        body = json.dumps({"name": "fake", "peer_id": self.peer_id, "version": "0"}).encode()
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        await stream.aclose()
+        return True
+
+
 async def register_fake_peer(
-    tracker_url: str, name: str, port: int, *, task_status: trio.TaskStatus[None]
+    tracker_url: str,
+    name: str,
+    port: int,
+    fake: FakePeerServer | None = None,
+    *,
+    task_status: trio.TaskStatus[None],
 ) -> None:
     """Register a test server as a peer and heartbeat for it like a daemon
     would, so it stays online however slowly the CLI runs start (TTL 5 s)."""
@@ -176,6 +199,8 @@ async def register_fake_peer(
         )
         assert registered.status_code == 201
         identity = registered.json()
+        if fake is not None:
+            fake.peer_id = identity["peer_id"]
         task_status.started()
         while True:
             await trio.sleep(1)
@@ -187,7 +212,7 @@ async def register_fake_peer(
                 )
 
 
-class FlakyPeer:
+class FlakyPeer(FakePeerServer):
     """A peer server that breaks the first download halfway, then serves the rest."""
 
     ETAG = '"flaky-v1"'
@@ -204,6 +229,8 @@ class FlakyPeer:
                 return
             raw += chunk
         head = raw.split(b"\r\n\r\n")[0].decode().split("\r\n")
+        if await self.answered_info(stream, head[0].split(" ")[1]):
+            return
         headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
         self.requests.append(headers)
         size = len(self.data)
@@ -240,7 +267,7 @@ async def test_get_keeps_the_partial_file_and_resumes(
         async with AsyncExitStack() as stack:
             _, url = await start_tracker(stack, nursery, tmp_path)
             bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
-            await nursery.start(register_fake_peer, url, "flaky", port)
+            await nursery.start(register_fake_peer, url, "flaky", port, flaky)
             await bob.wait_event(joined("flaky"))
             out = tmp_path / "file.bin"
             first = await run_cli(
@@ -376,7 +403,7 @@ async def test_wildcard_bind_announces_a_dialable_address(
             assert await wide.wait_exit(timeout_s=5) == 0
 
 
-class LyingPeer:
+class LyingPeer(FakePeerServer):
     """A peer server whose bytes never match the digest it announces."""
 
     ETAG = '"lying-v1"'
@@ -394,6 +421,8 @@ class LyingPeer:
             raw += chunk
         head = raw.split(b"\r\n\r\n")[0].decode().split("\r\n")
         target = head[0].split(" ")[1]
+        if await self.answered_info(stream, target):
+            return
         self.targets.append(target)
         headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
         size = len(self.right)
@@ -436,7 +465,7 @@ async def test_get_from_an_owner_whose_bytes_never_match_fails_without_out(
         async with AsyncExitStack() as stack:
             _, url = await start_tracker(stack, nursery, tmp_path)
             bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
-            await nursery.start(register_fake_peer, url, "liar", port)
+            await nursery.start(register_fake_peer, url, "liar", port, lying)
             await bob.wait_event(joined("liar"))
             out = tmp_path / "file.bin"
             result = await run_cli(

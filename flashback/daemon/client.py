@@ -166,16 +166,21 @@ def at(base: httpx.URL, path: str) -> httpx.URL:
     return base.copy_with(path=quote(path, safe="/"))
 
 
-async def _post_connect(
-    env: Mapping[str, str], body: dict[str, Any], *, timeout_s: float = CONNECT_TIMEOUT_S
+async def _post_control(
+    env: Mapping[str, str], route: str, body: dict[str, Any], *, timeout_s: float
 ) -> dict[str, Any]:
+    """POST *body* to the daemon's control API; its JSON error becomes our one line."""
     async with control_client(env) as client:
         try:
-            response = await client.post("/connect", json=body, timeout=timeout_s)
+            response = await client.post(route, json=body, timeout=timeout_s)
         except httpx.HTTPError as exc:
             name = exc.__class__.__name__
             raise DaemonUnavailable(f"the daemon does not answer: {name}") from exc
     return _answer_or_raise(response)
+
+
+async def _post_connect(env: Mapping[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return await _post_control(env, "/connect", body, timeout_s=CONNECT_TIMEOUT_S)
 
 
 def _answer_or_raise(response: httpx.Response) -> dict[str, Any]:
@@ -486,15 +491,8 @@ STREAM_REQUEST_TIMEOUT_S = 25.0
 
 async def request_stream_port(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
     """Ask the local daemon for a dedicated port on *key*: the ready notice."""
-    async with control_client(env) as client:
-        try:
-            response = await client.post(
-                "/stream", json={"peer": key, "path": path}, timeout=STREAM_REQUEST_TIMEOUT_S
-            )
-        except httpx.HTTPError as exc:
-            name = exc.__class__.__name__
-            raise DaemonUnavailable(f"the daemon does not answer: {name}") from exc
-    return _answer_or_raise(response)
+    body = {"peer": key, "path": path}
+    return await _post_control(env, "/stream", body, timeout_s=STREAM_REQUEST_TIMEOUT_S)
 
 
 async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:

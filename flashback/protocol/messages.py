@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, Self
 
 from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.strict_json import loads_strict
@@ -384,10 +384,10 @@ class FileStreamReady(Message):
 
 
 @dataclass(frozen=True)
-class StreamError(Message):
-    """A refused stream; neither ``to`` nor ``from`` when the tracker answers itself."""
+class _Refusal(Message):
+    """The shape of a refusal: ``to`` when a peer sends it, ``from`` when the tracker
+    forwards it, neither when the tracker answers itself."""
 
-    TYPE: ClassVar[str] = "stream-error"
     request_id: str
     code: str
     message: str
@@ -404,7 +404,7 @@ class StreamError(Message):
         }
 
     @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> StreamError:
+    def _from(cls, data: Mapping[str, Any]) -> Self:
         to, from_ = _one_direction(data, required=False)
         message = data.get("message", "")
         if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
@@ -416,6 +416,13 @@ class StreamError(Message):
             to=to,
             from_=from_,
         )
+
+
+@dataclass(frozen=True)
+class StreamError(_Refusal):
+    """A refused stream."""
+
+    TYPE: ClassVar[str] = "stream-error"
 
 
 @dataclass(frozen=True)
@@ -489,39 +496,10 @@ class TunnelInvite(Message):
 
 
 @dataclass(frozen=True)
-class TunnelErrorMessage(Message):
-    """A refused tunnel: from the tracker (neither ``to`` nor ``from``), or an owner's
-    decline (``to`` when sent, ``from`` when forwarded)."""
+class TunnelErrorMessage(_Refusal):
+    """A refused tunnel: by the tracker, or an owner's decline (forwarded)."""
 
     TYPE: ClassVar[str] = "tunnel-error"
-    request_id: str
-    code: str
-    message: str
-    to: str | None = None
-    from_: str | None = None
-
-    def dump(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            "request_id": self.request_id,
-            **_direction(self.to, self.from_),
-            "code": self.code,
-            "message": self.message,
-        }
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> TunnelErrorMessage:
-        to, from_ = _one_direction(data, required=False)
-        message = data.get("message", "")
-        if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
-            raise _invalid("message", f"a string of at most {MAX_MESSAGE_CHARS} characters")
-        return cls(
-            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            code=_str(data, "code", max_chars=MAX_CODE_CHARS),
-            message=message,
-            to=to,
-            from_=from_,
-        )
 
 
 @dataclass(frozen=True)

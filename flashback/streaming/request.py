@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import trio
 
+from flashback.daemon.connect import resolve_peer_key
 from flashback.daemon.context import DaemonContext
 from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
 from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
@@ -28,11 +29,6 @@ _STATUS_FOR_CODE: Final = {"not_found": 404, "unknown_peer": 404, "busy": 503}
 class NoTracker(FlashbackError):
     status = 503
     default_code = "no_tracker"
-
-
-class AmbiguousPeer(FlashbackError):
-    status = 409
-    default_code = "ambiguous_peer"
 
 
 class StreamTimeout(FlashbackError):
@@ -59,21 +55,17 @@ def parse_stream_body(body: object) -> tuple[str, str]:
 
 def _target(ctx: DaemonContext, key: str) -> str | None:
     """The owner's peer id, or None when *key* names this daemon itself."""
-    own = ctx.identity.peer_id if ctx.identity else None
-    if key == own:
-        return None
-    matches = ctx.table.find(key)
-    others = [peer for peer in matches if peer.peer_id != own]
-    if not others and (matches or key == ctx.config.name):
+    try:
+        peer = resolve_peer_key(ctx, key)
+    except NotFound:
+        if not ctx.tracker_connected:  # we cannot know who is online
+            raise NoTracker("no tracker connection") from None
+        raise
+    if peer is None:
         return None
     if not ctx.tracker_connected:
         raise NoTracker("no tracker connection")
-    if not others:
-        raise NotFound(f"no peer {key!r} is online", code="unknown_peer")
-    if len(matches) > 1:
-        ids = ", ".join(peer.peer_id for peer in matches)
-        raise AmbiguousPeer(f"several peers are named {key!r}; use a peer id ({ids})")
-    return others[0].peer_id
+    return peer.peer_id
 
 
 async def request_stream(
