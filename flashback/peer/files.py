@@ -36,7 +36,13 @@ from flashback.protocol.conditional import (
 from flashback.protocol.paths import UnsafePath, open_under_root
 from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
 
-CHUNK_SIZE_BYTES: Final = 256 * 1024  # in flight per connection: 450 stalled clients pin ~110 MB
+# Chunks grow with what the client has taken ("slow start"): a client that
+# never reads pins one first chunk (450 stalled clients ~110 MB), one that
+# reads fast soon gets 2 MiB reads, where the per-chunk cost of a thread hop
+# and a send no longer dominates (256 KiB throughout measured ~450 MB/s,
+# 2 MiB ~1,150 MB/s on the same machine and file).
+FIRST_CHUNK_BYTES: Final = 256 * 1024
+CHUNK_SIZE_BYTES: Final = 2 * 1024 * 1024
 
 
 class PreconditionFailed(FlashbackError):
@@ -58,6 +64,7 @@ class FileBody(ResponseBody):
         self._fd: int | None = fd
         self._segments = segments
         self._chunk_size = chunk_size
+        self._sent = 0
         self._index = 0
         first = segments[0] if segments else None
         self._offset = first.first if isinstance(first, ByteRange) else 0
@@ -93,13 +100,17 @@ class FileBody(ResponseBody):
             if remaining <= 0 or self._fd is None:
                 self._advance()
                 continue
+            # the next read is at most what the client has already taken (and at
+            # least the first chunk): the server holds more only for fast readers
+            chunk = min(self._chunk_size, max(FIRST_CHUNK_BYTES, self._sent))
             data = await trio.to_thread.run_sync(
-                os.pread, self._fd, min(self._chunk_size, remaining), self._offset
+                os.pread, self._fd, min(chunk, remaining), self._offset
             )
             if not data:  # the file shrank under us: end this part rather than spin
                 self._advance()
                 continue
             self._offset += len(data)
+            self._sent += len(data)
             return data
         raise StopAsyncIteration
 
