@@ -524,3 +524,46 @@ async def test_a_changed_fingerprint_is_one_peer_updated_on_every_instance(
             assert updated["peer"]["fingerprint"] == new
             after = (await client1.get("/api/peers/list")).json()
             assert [p["fingerprint"] for p in after["peers"]] == [new]
+
+
+@needs_redis
+async def test_a_tunnel_pairs_peers_linked_to_different_instances(tmp_path: Path) -> None:
+    """The session lives where it was asked for; the owner's invite crosses Redis."""
+    from flashback.protocol.tunnel import join_line
+
+    fingerprint = "sha256:" + "ab" * 32
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(redis.url, 2, tunnel_port=0) as (one, two),
+            open_client(one) as client,
+        ):
+            asker = await register(client, "asker")
+            owner = await register(client, "owner", fingerprint=fingerprint)
+            async with open_link(one.ws_url) as ask_ws, open_link(two.ws_url) as own_ws:
+                await hello(ask_ws, peer=asker)
+                await hello(own_ws, peer=owner)
+                await receive(ask_ws)
+                await receive(own_ws)
+                await send(ask_ws, {"type": "tunnel-request", "request_id": "t1",
+                                    "to": owner["peer_id"]})  # fmt: skip
+                to_owner = await receive(own_ws)
+                to_asker = await receive(ask_ws)
+                assert to_owner["type"] == to_asker["type"] == "tunnel-invite"
+                assert (to_owner["role"], to_owner["from"]) == ("server", asker["peer_id"])
+                assert (to_asker["role"], to_asker["from"]) == ("client", owner["peer_id"])
+                assert to_owner["fingerprint"] == to_asker["fingerprint"] == fingerprint
+                # both name the instance that holds the session
+                assert to_owner["port"] == to_asker["port"] == one.tracker.tunnel_port
+                assert to_owner["key"] != to_asker["key"]
+                streams = []
+                for invite in (to_owner, to_asker):
+                    stream = await trio.open_tcp_stream("127.0.0.1", invite["port"])
+                    await stream.send_all(join_line(invite["key"]))
+                    streams.append(stream)
+                for stream in streams:
+                    assert await stream.receive_some(3) == b"OK\n"
+                await streams[1].send_all(b"through one")
+                assert await streams[0].receive_some(64) == b"through one"
+                for stream in streams:
+                    await stream.aclose()

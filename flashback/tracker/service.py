@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import trio
 
@@ -422,7 +422,7 @@ class Tracker:
             if isinstance(message, StreamRequest | FileStreamReady | StreamError):
                 await self._relay(connection, message)
             elif isinstance(message, TunnelRequest):
-                self._tunnel_request(connection, message)
+                await self._tunnel_request(connection, message)
             elif isinstance(message, TunnelErrorMessage):
                 self._tunnel_decline(connection, message)
             else:
@@ -472,8 +472,14 @@ class Tracker:
 
     # -- tunnels (§6.2) -------------------------------------------------------------
 
-    def _tunnel_request(self, sender: Connection, message: TunnelRequest) -> None:
-        """Pair *sender* with the owner *to*: two single-use keys, one invite each."""
+    async def _tunnel_request(self, sender: Connection, message: TunnelRequest) -> None:
+        """Pair *sender* with the owner *to*: two single-use keys, one invite each.
+
+        The session lives on this instance, so both invites name this tunnel
+        port. An owner linked to another instance of a Redis cluster gets its
+        invite through the cluster's relay, and dials this instance at
+        ``RELAY_TUNNEL_ADVERTISE`` (or the host the requester reached us by).
+        """
 
         def refuse(code: str, text: str) -> None:
             self.hub.send(sender, TunnelErrorMessage(message.request_id, code, text))
@@ -485,15 +491,19 @@ class Tracker:
             refuse("disabled", "this tracker has no tunnel port")
             return
         owner_info = self.presence.peer(message.to, self.now())
-        owner = self.hub.link_for(message.to) if owner_info is not None else None
-        if owner_info is None or owner is None:
-            # (a peer linked to another tracker of a Redis cluster is not reached yet)
+        if owner_info is None:
             refuse("unknown_peer", f"peer {message.to!r} is not online")
             return
         if owner_info.fingerprint is None:
             refuse("no_fingerprint", f"peer {message.to!r} has no key to prove itself with")
             return
-        if sender.advertise_host is None or owner.advertise_host is None:
+        owner = self.hub.link_for(message.to)
+        owner_host = (
+            owner.advertise_host
+            if owner is not None
+            else self.config.tunnel_advertise or sender.advertise_host
+        )
+        if sender.advertise_host is None or owner_host is None:
             refuse("disabled", "no address to offer for the tunnel port")
             return
         try:
@@ -503,23 +513,34 @@ class Tracker:
         except TunnelError as exc:
             refuse(exc.code, exc.message)
             return
-        for link, role, other, host in (
-            (owner, "server", sender.peer_id, owner.advertise_host),
-            (sender, "client", message.to, sender.advertise_host),
-        ):
-            invite = TunnelInvite(
+
+        def invite_for(role: Literal["client", "server"], other: str, host: str) -> TunnelInvite:
+            assert owner_info is not None and owner_info.fingerprint is not None
+            assert self.tunnel_port is not None
+            return TunnelInvite(
                 request_id=message.request_id,
                 from_=other,
                 fingerprint=owner_info.fingerprint,
-                role=role,  # type: ignore[arg-type]
+                role=role,
                 host=host,
                 port=self.tunnel_port,
-                key=session.keys[role],  # type: ignore[index]
+                key=session.keys[role],
             )
-            if not self.hub.send(link, invite):
-                self.tunnels.table.close(session)
-                refuse("unknown_peer", f"peer {message.to!r} cannot be reached now")
-                return
+
+        to_owner = invite_for("server", sender.peer_id, owner_host)
+        if owner is not None:
+            delivered = self.hub.send(owner, to_owner)
+        else:
+            try:
+                delivered = await self.presence.relay(message.to, to_owner)
+            except BackendUnavailable as exc:
+                log.info("cannot invite %s: %s", message.to, exc.message)
+                delivered = False
+        if not delivered or not self.hub.send(
+            sender, invite_for("client", message.to, sender.advertise_host)
+        ):
+            self.tunnels.table.close(session)
+            refuse("unknown_peer", f"peer {message.to!r} cannot be reached now")
 
     def _tunnel_decline(self, sender: Connection, message: TunnelErrorMessage) -> None:
         """An owner said no: end the session and tell the requester, from the owner."""
