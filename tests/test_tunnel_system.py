@@ -198,3 +198,82 @@ async def test_bob_reaches_alice_only_through_the_relay(tmp_path: Path, nursery)
                     again = await bob_cli("get", "alice", "notes.txt", "-o", str(tmp_path / "n"))
                     assert again.returncode == 0, again.stderr
                     assert (tmp_path / "n").read_text() == "hello from alice\n"
+
+
+async def test_a_tracker_that_dies_ends_its_tunnels_and_get_resumes(
+    tmp_path: Path, nursery
+) -> None:
+    """Kill the relay mid-transfer: one clear line, the .part stays; once the tracker
+    is back (same port, same database) the next get resumes through a new tunnel."""
+    body = os.urandom(6 * 1024 * 1024)
+    share = tmp_path / "alice" / "share"
+    share.mkdir(parents=True)
+    (share / "big.bin").write_bytes(body)
+    (tmp_path / "bob" / "share").mkdir(parents=True)
+    with two_homes_and_a_relay() as topo, trio.fail_after(240):
+        in_relay = Topology.exec_prefix(topo.relay)
+        in_a, in_b = Topology.exec_prefix(topo.home_a), Topology.exec_prefix(topo.home_b)
+        database = f"sqlite:///{tmp_path / 'tracker.sqlite3'}"
+        # a slow tunnel (1 MB/s) so the transfer is surely in flight when the tracker dies
+        tracker_env = {"RELAY_TUNNEL_PORT": "0", "RELAY_TUNNEL_RATE": "1000000"}
+        tracker_args = ["tracker", "--host", "0.0.0.0", "--database-url", database]
+        alice_env, bob_env = daemon_env(tmp_path, "alice"), daemon_env(tmp_path, "bob")
+        tracker = await nursery.start(
+            _started, start(nursery, [*tracker_args, "--port", "0"], env=tracker_env,
+                            name="tracker", prefix=in_relay)
+        )  # fmt: skip
+        port = (await tracker.wait_event(event_is("tracker-ready")))["port"]
+        async with (
+            start(nursery, ["daemon", "--root", str(share), "--name", "alice",
+                            "--tracker", f"http://{RELAY_ADDR_A}:{port}"],
+                  env=alice_env, name="alice", prefix=in_a) as alice,
+            start(nursery, ["daemon", "--root", str(tmp_path / "bob" / "share"), "--name", "bob",
+                            "--tracker", f"http://{RELAY_ADDR_B}:{port}"],
+                  env=bob_env, name="bob", prefix=in_b) as bob,
+        ):  # fmt: skip
+            await alice.wait_event(event_is("tracker-connected"), timeout_s=30)
+            await bob.wait_event(
+                lambda e: (
+                    e.get("event") in ("peer-joined", "peers-snapshot") and "alice" in json.dumps(e)
+                ),
+                timeout_s=30,
+            )
+            out = tmp_path / "got.bin"
+            async with start(
+                nursery, ["get", "alice", "big.bin", "-o", str(out)], env=bob_env, name="get",
+                prefix=in_b,
+            ) as get:  # fmt: skip
+                await get.wait_event(event_is("download-started"), timeout_s=60)
+                await trio.sleep(1.5)  # about 1.5 MB through the 1 MB/s tunnel
+                tracker.signal(signal.SIGKILL)
+                await tracker.wait_exit()
+                assert await get.wait_exit(timeout_s=60) == 1
+            lines = get.stderr.decode().strip().splitlines()
+            assert len(lines) == 1 and "resume" in lines[0], lines
+            part = out.with_name(out.name + ".part")
+            kept = part.stat().st_size
+            assert 0 < kept < len(body) and not out.exists()
+
+            seen_a, seen_b = len(alice.events), len(bob.events)
+            async with start(
+                nursery, [*tracker_args, "--port", str(port)], env=tracker_env,
+                name="tracker-again", prefix=in_relay,
+            ) as again:  # fmt: skip
+                await again.wait_event(event_is("tracker-ready"))
+                await bob.wait_event(event_is("tracker-connected"), after=seen_b, timeout_s=60)
+                await alice.wait_event(event_is("tracker-connected"), after=seen_a, timeout_s=60)
+                resumed = await run_cli(
+                    ["get", "alice", "big.bin", "-o", str(out)], env=bob_env, prefix=in_b,
+                    timeout_s=120,
+                )  # fmt: skip
+                assert resumed.returncode == 0, resumed.stderr
+                started = next(e for e in jsonl(resumed.stdout) if e["event"] == "download-started")
+                assert started["offset"] == kept  # resumed, not fetched again
+                assert out.read_bytes() == body
+
+
+async def _started(context, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run an async context manager (a process) as a nursery task, handing out its value."""
+    async with context as value:
+        task_status.started(value)
+        await trio.sleep_forever()
