@@ -271,6 +271,20 @@ async def test_a_tracker_that_dies_ends_its_tunnels_and_get_resumes(
                 assert started["offset"] == kept  # resumed, not fetched again
                 assert out.read_bytes() == body
 
+                # shutdown with a tunnel in flight: the daemons close it and exit 0
+                again_out = tmp_path / "again.bin"
+                async with start(
+                    nursery, ["get", "alice", "big.bin", "-o", str(again_out)], env=bob_env,
+                    name="get-during-shutdown", prefix=in_b,
+                ) as inflight:  # fmt: skip
+                    await inflight.wait_event(event_is("download-started"), timeout_s=60)
+                    bob.signal()
+                    alice.signal()
+                    assert await bob.wait_exit(timeout_s=10) == 0
+                    assert await alice.wait_exit(timeout_s=10) == 0
+                    assert await inflight.wait_exit(timeout_s=30) == 1
+                    assert not again_out.exists()
+
 
 async def _started(context, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run an async context manager (a process) as a nursery task, handing out its value."""
