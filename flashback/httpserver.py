@@ -66,7 +66,7 @@ from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
+from hypercorn.typing import ConnectionState, Framework
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ async def _accept_loop(
 
 
 async def serve_bounded(
-    app: object,
+    app: Framework,
     config: Config,
     *,
     limits: ConnectionLimits | None = None,
@@ -342,18 +342,18 @@ async def serve_bounded(
     limits = limits or ConnectionLimits.from_env()
     config.keep_alive_timeout = limits.idle_timeout_s
     config.set_statsd_logger_class(StatsdLogger)
-    asgi = wrap_app(app, config.wsgi_max_body_size, None)  # type: ignore[arg-type]
+    asgi = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: dict[str, object] = {}
-    lifespan = Lifespan(asgi, config, lifespan_state)  # type: ignore[arg-type]
+    lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
 
     def make_connection(stream: trio.SocketStream) -> _BoundedConnection:
         connection = _BoundedConnection(
-            asgi,  # type: ignore[arg-type]
+            asgi,
             config,
             context,
-            ConnectionState(lifespan_state.copy()),  # type: ignore[arg-type]
-            stream,  # type: ignore[arg-type]
+            ConnectionState(lifespan_state.copy()),
+            stream,  # type: ignore[arg-type]  # hypercorn annotates SSLStream; its worker_serve passes SocketStream too
         )
         connection.limits = limits
         return connection

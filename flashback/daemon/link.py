@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 from typing import Final, NoReturn
 from urllib.parse import urlsplit
 
@@ -65,13 +66,13 @@ def websocket_target(tracker_url: str) -> tuple[str, int, str, bool]:
     return parts.hostname or "localhost", port, base + WS_PATH, tls
 
 
-async def _open_stream(host: str, port: int, tls: bool) -> trio.abc.Stream:
-    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-    if tls:
-        import ssl
-
-        stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
-    return stream
+async def _open_stream(
+    host: str, port: int, tls: bool
+) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    stream = await trio.open_tcp_stream(host, port)
+    if not tls:
+        return stream
+    return trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
 
 
 async def _writer(ctx: DaemonContext, ws: WebSocketConnection) -> None:

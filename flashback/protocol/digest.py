@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import http_sf
 
@@ -126,7 +126,7 @@ def parse_repr_digest(value: str | None) -> str | None:
     return item.hex()
 
 
-def _is_hex_sha256(value: Any) -> bool:
+def _is_hex_sha256(value: Any) -> TypeGuard[str]:
     return (
         isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
     )

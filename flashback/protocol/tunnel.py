@@ -93,7 +93,7 @@ class LineReader:
         self._buffer = bytearray()
         self.leftover = b""
 
-    def receive_data(self, data: bytes) -> bytes | None:
+    def receive_data(self, data: bytes | bytearray) -> bytes | None:
         if not data:
             raise TunnelError("bad_line", "connection closed before the line ended")
         self._buffer += data
@@ -134,6 +134,8 @@ class OpenTarget:
     def line(self) -> bytes:
         if self.kind == "peer-server":
             return b"OPEN peer-server\n"
+        if self.port is None:
+            raise ValueError("a stream target names its port")
         return b"OPEN stream %d\n" % self.port
 
 

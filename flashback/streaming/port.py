@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from typing import Final
 
 import h11
@@ -303,7 +304,10 @@ class StreamPort:
             # h11 counts the length against Content-Length and hands the
             # placeholder back untouched; the bytes themselves go by sendfile.
             placeholder = _Length(byte_range.length)
-            framed = conn.send_with_data_passthrough(h11.Data(data=placeholder))  # type: ignore[arg-type]
+            # h11 declares bytes-only data; the passthrough is what we rely on.
+            framed: Sequence[object] | None = conn.send_with_data_passthrough(
+                h11.Data(data=placeholder)  # type: ignore[arg-type]
+            )
             assert framed == [placeholder], "Content-Length framing passes the body through"
             try:
                 await sendfile_range(

@@ -89,4 +89,5 @@ def render_markdown(text: str, file_parts: tuple[str, ...], url_for: UrlFor) -> 
     env: dict[str, object] = {}
     tokens = _MD.parse(text, env)
     _rewrite(tokens, base_dir, url_for)
-    return _MD.renderer.render(tokens, _MD.options, env)
+    html: str = _MD.renderer.render(tokens, _MD.options, env)
+    return html

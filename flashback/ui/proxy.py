@@ -12,10 +12,10 @@ longer than :data:`READ_TIMEOUT_S` ends that one stream.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httpx
 import trio
@@ -80,8 +80,9 @@ def _parse_entries(payload: Any, parts: tuple[str, ...]) -> Listing:
             continue
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             size = 0
-        mtime = entry.get("mtime") if isinstance(entry.get("mtime"), str) else ""
-        item = {"name": name, "parts": (*parts, name), "size": size, "mtime": mtime[:40]}
+        raw_mtime = entry.get("mtime")
+        mtime = raw_mtime[:40] if isinstance(raw_mtime, str) else ""
+        item = {"name": name, "parts": (*parts, name), "size": size, "mtime": mtime}
         if kind == "dir":
             dirs.append(item)
         elif kind == "file":
@@ -171,7 +172,9 @@ class ProxiedBody(ResponseBody):
     def __init__(self, upstream: httpx.Response, limiter: StreamLimiter) -> None:
         self._upstream = upstream
         self._limiter: StreamLimiter | None = limiter
-        self._chunks = upstream.aiter_raw()
+        # httpx implements aiter_raw as an async generator but declares an
+        # AsyncIterator; we need aclose() so the generator never outlives us.
+        self._chunks = cast("AsyncGenerator[bytes, None]", upstream.aiter_raw())
 
     async def __aenter__(self) -> ProxiedBody:
         return self
