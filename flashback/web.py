@@ -14,12 +14,14 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 from quart import Quart, Response
+from quart.wrappers.response import ResponseBody
 from werkzeug.exceptions import HTTPException
 
 from flashback.errors import FlashbackError
@@ -87,6 +89,39 @@ def install_json_errors(app: Quart) -> None:
         log.exception("unhandled error while answering a request")
         payload = {"error": {"code": "internal_error", "message": "internal server error"}}
         return json_response(payload, status=500)
+
+
+class StreamedBody(ResponseBody):
+    """A body Quart pulls chunk by chunk, with one ``aclose`` for every way it ends.
+
+    A plain async iterator rather than an async generator: a client that goes
+    away mid-response leaves no suspended generator for the GC to finalize.
+    Quart enters the body, iterates it and exits it whether the response
+    finished or the client left; subclasses say what to free in ``aclose``.
+    """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Free what the body holds; called once Quart is done with it."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise NotImplementedError
+
+    async def make_conditional(self, begin: int, end: int | None) -> int:  # pragma: no cover
+        raise NotImplementedError("ranges are planned before the body is built")
 
 
 @dataclass(frozen=True)

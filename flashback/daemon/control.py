@@ -18,19 +18,17 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import trio
 from quart import Response, request
-from quart.wrappers.response import ResponseBody
 from quart_trio import QuartTrio
 
 from flashback.daemon.connect import connect_peer, hold_lines, parse_connect_body
 from flashback.daemon.context import DaemonContext
 from flashback.errors import ConfigError
 from flashback.streaming.request import parse_stream_body, request_stream
-from flashback.web import install_json_errors, json_response
+from flashback.web import StreamedBody, install_json_errors, json_response
 
 CONTROL_SOCKET: Final = "control.sock"
 
@@ -52,7 +50,7 @@ def refuse_if_running(path: Path) -> None:
     raise ConfigError(f"a flashback daemon is already running (socket {path})")
 
 
-class EventStream(ResponseBody):
+class EventStream(StreamedBody):
     """NDJSON lines from a hub subscription; unsubscribes when the client leaves."""
 
     def __init__(self, ctx: DaemonContext, *, snapshot: bool) -> None:
@@ -63,20 +61,9 @@ class EventStream(ResponseBody):
             first = {"event": "peers-snapshot", **ctx.table.snapshot()}
             self._pending.append(_line(first))
 
-    async def __aenter__(self) -> EventStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         await self._receive.aclose()
         self._ctx.hub.unsubscribe_closed()
-
-    def __aiter__(self) -> EventStream:
-        return self
 
     async def __anext__(self) -> bytes:
         if self._pending:
@@ -86,9 +73,6 @@ class EventStream(ResponseBody):
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
         return _line(event)
-
-    async def make_conditional(self, begin: int, end: int | None) -> int:  # pragma: no cover
-        raise NotImplementedError
 
 
 def _line(payload: dict[str, Any]) -> bytes:

@@ -15,12 +15,10 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from types import TracebackType
 from typing import Final
 
 import trio
 from quart import Response
-from quart.wrappers.response import ResponseBody
 
 from flashback.errors import FlashbackError, NotFound, RangeNotSatisfiable
 from flashback.protocol.conditional import (
@@ -35,6 +33,7 @@ from flashback.protocol.conditional import (
 )
 from flashback.protocol.paths import UnsafePath, open_under_root
 from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
+from flashback.web import StreamedBody
 
 # Chunks grow with what the client has taken ("slow start"): a client that
 # never reads pins one first chunk (450 stalled clients ~110 MB), one that
@@ -53,7 +52,7 @@ class PreconditionFailed(FlashbackError):
 Segment = bytes | ByteRange
 
 
-class FileBody(ResponseBody):
+class FileBody(StreamedBody):
     """Streams byte ranges of an open file descriptor, interleaved with literal bytes.
 
     The body owns the descriptor: it is closed when Quart leaves the body's
@@ -69,24 +68,13 @@ class FileBody(ResponseBody):
         first = segments[0] if segments else None
         self._offset = first.first if isinstance(first, ByteRange) else 0
 
-    async def __aenter__(self) -> FileBody:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         self.close()
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def __aiter__(self) -> FileBody:
-        return self
 
     async def __anext__(self) -> bytes:
         # A plain iterator rather than an async generator: a client that goes
@@ -120,9 +108,6 @@ class FileBody(ResponseBody):
             segment = self._segments[self._index]
             if isinstance(segment, ByteRange):
                 self._offset = segment.first
-
-    async def make_conditional(self, begin: int, end: int | None) -> int:  # pragma: no cover
-        raise NotImplementedError("ranges are planned before the body is built")
 
 
 def open_file(root: Path, raw_path: str, *, show_hidden: bool = False) -> OpenedFile:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import httpx
 import trio
 from quart import Response, redirect, render_template, request
-from quart.wrappers.response import ResponseBody
 from quart_trio import QuartTrio
+from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from flashback.daemon.context import DaemonContext
 from flashback.errors import BadRequest, Forbidden, NotFound, RateLimited
@@ -34,7 +33,7 @@ from flashback.ui.markdown import render_markdown
 from flashback.ui.proxy import StreamLimiter, fetch_listing, fetch_text, proxy_file
 from flashback.ui.reach import PeerRoute, peer_route, route_label
 from flashback.ui.urls import SELF_KEY, ui_url
-from flashback.web import install_json_errors, json_response
+from flashback.web import StreamedBody, install_json_errors, json_response
 
 MAX_EVENT_STREAMS: Final = 8
 PAGE_CSP: Final = (
@@ -95,7 +94,7 @@ class EventCounter:
         self.open = 0
 
 
-class UiEventStream(ResponseBody):
+class UiEventStream(StreamedBody):
     """Server-sent events from a hub subscription (bounded; the hub drops a laggard).
 
     The subscription and the count of open views belong to the body's
@@ -117,20 +116,12 @@ class UiEventStream(ResponseBody):
             self._pending.append(_sse(snapshot(self._ctx)))
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         if self._receive is not None:
             self._counter.open -= 1
             await self._receive.aclose()
             self._receive = None
             self._ctx.hub.unsubscribe_closed()
-
-    def __aiter__(self) -> UiEventStream:
-        return self
 
     async def __anext__(self) -> bytes:
         while not self._pending:
@@ -146,9 +137,6 @@ class UiEventStream(ResponseBody):
                 self._pending.append(_sse(shown))
         return self._pending.pop(0)
 
-    async def make_conditional(self, begin: int, end: int | None) -> int:  # pragma: no cover
-        raise NotImplementedError
-
 
 def _sse(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
@@ -161,9 +149,9 @@ def _parts(raw: str) -> tuple[str, ...]:
         raise NotFound(f"no such path: {raw}") from None
 
 
-def crumbs(route: PeerRoute, parts: tuple[str, ...], *, file: bool) -> list[dict[str, Any]]:
+def crumbs(route: PeerRoute, parts: tuple[str, ...], *, file: bool) -> list[dict[str, str | None]]:
     """Breadcrumbs from the path: the peer's root, each folder, then the file (no link)."""
-    items = [{"label": route.name, "url": ui_url(route.key, "browse")}]
+    items: list[dict[str, str | None]] = [{"label": route.name, "url": ui_url(route.key, "browse")}]
     folders = parts[:-1] if file else parts
     for depth, name in enumerate(folders, 1):
         items.append({"label": name, "url": ui_url(route.key, "browse", parts[:depth])})
@@ -192,7 +180,7 @@ def create_ui_app(ctx: DaemonContext, token: str, http: httpx.AsyncClient) -> Qu
     streams = EventCounter()
 
     @app.before_request
-    async def require_token() -> Response | None:
+    async def require_token() -> Response | WerkzeugResponse | None:
         decision = check_access(request.args.get("token"), request.cookies, token)
         if not decision.allowed:
             raise Forbidden("this page needs the URL that `flashback ui` prints")

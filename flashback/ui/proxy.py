@@ -14,19 +14,18 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, cast
 
 import httpx
 import trio
 from quart import Response
-from quart.wrappers.response import ResponseBody
 
 from flashback.errors import FlashbackError, NotFound, RateLimited
 from flashback.protocol.conditional import content_disposition, sandbox_policy
 from flashback.protocol.paths import is_servable_name
 from flashback.ui.reach import PeerRoute
 from flashback.ui.urls import peer_url
+from flashback.web import StreamedBody
 
 MAX_LISTING_BYTES: Final = 4 * 1024 * 1024
 MAX_TEXT_BYTES: Final = 1024 * 1024
@@ -166,7 +165,7 @@ class StreamLimiter:
         return MAX_STREAMS - self._slots.value
 
 
-class ProxiedBody(ResponseBody):
+class ProxiedBody(StreamedBody):
     """The peer's body, chunk by chunk; closes the upstream response and frees the slot."""
 
     def __init__(self, upstream: httpx.Response, limiter: StreamLimiter) -> None:
@@ -176,17 +175,6 @@ class ProxiedBody(ResponseBody):
         # AsyncIterator; we need aclose() so the generator never outlives us.
         self._chunks = cast("AsyncGenerator[bytes, None]", upstream.aiter_raw())
 
-    async def __aenter__(self) -> ProxiedBody:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
             await self._chunks.aclose()
@@ -195,18 +183,12 @@ class ProxiedBody(ResponseBody):
             self._limiter.release()
             self._limiter = None
 
-    def __aiter__(self) -> ProxiedBody:
-        return self
-
     async def __anext__(self) -> bytes:
         try:
             return await self._chunks.__anext__()
         except httpx.HTTPError:
             # the peer went away mid-file: end this response, nothing else
             raise StopAsyncIteration from None
-
-    async def make_conditional(self, begin: int, end: int | None) -> int:  # pragma: no cover
-        raise NotImplementedError
 
 
 async def proxy_file(
