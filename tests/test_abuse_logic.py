@@ -122,3 +122,13 @@ def test_urls_are_built_from_parts() -> None:
     with pytest.raises(FlashbackError):
         http_url("evil/x", 80)
     assert isinstance(http_url("h", 1), httpx.URL)
+
+
+def test_charging_bytes_holds_the_rate():
+    bucket = TokenBucket(rate_per_s=1000.0, burst=500.0)
+    assert bucket.charge(0.0, 500) == 0.0  # the burst passes at once
+    assert bucket.charge(0.0, 1000) == pytest.approx(1.0)
+    # after sleeping that second the debt is paid, so the next 1000 wait 1 s more
+    assert bucket.charge(1.0, 1000) == pytest.approx(1.0)
+    assert bucket.charge(10.0, 0) == 0.0
+    assert bucket.tokens == pytest.approx(500.0)  # refills to the burst, no further

@@ -1,4 +1,4 @@
-"""The tunnel's pure rules: join line, keys, session table, rate bucket, routes."""
+"""The tunnel's pure rules: join line, keys, session table, routes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from flashback.protocol.tunnel import (
     KEY_TTL_S,
     MAX_JOIN_LINE_BYTES,
-    ByteBucket,
     LineReader,
     OpenTarget,
     RouteMemory,
@@ -213,17 +212,7 @@ def test_advertise_host(header, configured, expected):
     assert advertise_host(header, configured) == expected
 
 
-# -- rate bucket and routes --------------------------------------------------------
-
-
-def test_byte_bucket_holds_the_rate():
-    bucket = ByteBucket(rate=1000.0, burst=500.0)
-    assert bucket.delay_s(500, now=0.0) == 0.0  # the burst passes at once
-    assert bucket.delay_s(1000, now=0.0) == pytest.approx(1.0)
-    # after sleeping that second the debt is paid, so the next 1000 wait 1 s more
-    assert bucket.delay_s(1000, now=1.0) == pytest.approx(1.0)
-    assert bucket.delay_s(0, now=10.0) == 0.0
-    assert bucket.tokens == pytest.approx(500.0)  # refills to the burst, no further
+# -- routes --------------------------------------------------------
 
 
 def test_route_memory_expires_but_keeps_the_last_used():

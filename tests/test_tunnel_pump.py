@@ -10,7 +10,7 @@ import struct
 import pytest
 import trio
 
-from flashback.protocol.tunnel import ByteBucket
+from flashback.protocol.token_bucket import TokenBucket
 from flashback.tracker.pump import SPLICE_AVAILABLE, pump
 
 MODES = [
@@ -123,7 +123,10 @@ async def test_rate_limit_per_session(session, use_splice, autojump_clock):
 
         async def run_pump():
             got["stats"] = await pump(
-                tc, ts, use_splice=use_splice, bucket=ByteBucket(rate=100_000.0, burst=100_000.0)
+                tc,
+                ts,
+                use_splice=use_splice,
+                bucket=TokenBucket(rate_per_s=100_000.0, burst=100_000.0),
             )
 
         async def receive():

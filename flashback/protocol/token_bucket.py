@@ -1,7 +1,9 @@
 """A token bucket with time as a parameter: the one rate-limit rule, pure and testable.
 
 ``take(now)`` answers whether one unit may pass at monotonic time *now*
-(seconds); the bucket refills at ``rate_per_s`` up to ``burst``.
+(seconds); the bucket refills at ``rate_per_s`` up to ``burst``. Messages
+use ``take`` (refuse what does not fit); byte streams use ``charge`` (the
+bytes already read are spent at once and the reader waits off the debt).
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ class TokenBucket:
             self.tokens -= cost
             return True
         return False
+
+    def charge(self, now: float, cost: float) -> float:
+        """Spend *cost* even past zero; seconds until the debt is paid back (0 if none).
+
+        Charging what was read, then sleeping, holds the long-run rate
+        whatever the read sizes.
+        """
+        self._refill(now)
+        self.tokens -= cost
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate_per_s
 
     def wait_s(self, now: float, cost: float = 1.0) -> float:
         """Seconds until *cost* tokens will be there (0 if they are now)."""

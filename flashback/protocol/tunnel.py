@@ -292,33 +292,6 @@ def advertise_host(host_header: str | None, configured: str | None) -> str | Non
     return host
 
 
-# -- rate limiting -------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ByteBucket:
-    """A token bucket in bytes: *rate* per second, holding at most *burst*.
-
-    :meth:`delay_s` says how long to wait before *n* bytes may pass; the
-    bytes are charged at once (the caller then sleeps), so the long-run rate
-    holds whatever the read sizes.
-    """
-
-    rate: float
-    burst: float
-    tokens: float = 0.0
-    stamp: float | None = None
-
-    def delay_s(self, n: int, now: float) -> float:
-        if self.stamp is None:
-            self.tokens = self.burst
-        else:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= n
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
 # -- routes (§6.3) ---------------------------------------------------------------
 
 Route = Literal["direct", "relay"]

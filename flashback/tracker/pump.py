@@ -26,7 +26,8 @@ from typing import Final
 
 import trio
 
-from flashback.protocol.tunnel import IDLE_TIMEOUT_S, ByteBucket
+from flashback.protocol.token_bucket import TokenBucket
+from flashback.protocol.tunnel import IDLE_TIMEOUT_S
 
 #: bytes per read (splice or recv_into); also the pipe size asked for
 CHUNK_BYTES: Final = 1024 * 1024
@@ -64,7 +65,7 @@ class _Direction:
         self,
         stats: PumpStats,
         forward: bool,
-        bucket: ByteBucket | None,
+        bucket: TokenBucket | None,
         on_bytes: Callable[[int], None] | None,
     ) -> None:
         self.stats = stats
@@ -82,7 +83,7 @@ class _Direction:
         if self.on_bytes is not None:
             self.on_bytes(n)
         if self.bucket is not None:
-            delay = self.bucket.delay_s(n, now)
+            delay = self.bucket.charge(now, n)
             if delay > 0:
                 await trio.sleep(delay)
                 self.stats.last_activity = trio.current_time()
@@ -160,7 +161,7 @@ async def pump(
     server: trio.socket.SocketType,
     *,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
-    bucket: ByteBucket | None = None,
+    bucket: TokenBucket | None = None,
     on_bytes: Callable[[int], None] | None = None,
     use_splice: bool = SPLICE_AVAILABLE,
     stats: PumpStats | None = None,

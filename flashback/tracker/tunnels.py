@@ -22,12 +22,12 @@ from typing import Final, Literal
 
 import trio
 
+from flashback.protocol.token_bucket import TokenBucket
 from flashback.protocol.tunnel import (
     IDLE_TIMEOUT_S,
     JOIN_TIMEOUT_S,
     MAX_JOIN_LINE_BYTES,
     OK_LINE,
-    ByteBucket,
     LineReader,
     Role,
     Session,
@@ -230,10 +230,10 @@ class TunnelRelay:
             self.table.close(session)
             waiter.finished.set()
 
-    def _bucket(self) -> ByteBucket | None:
+    def _bucket(self) -> TokenBucket | None:
         if self.rate_bytes_per_s is None:
             return None
-        return ByteBucket(rate=self.rate_bytes_per_s, burst=self.rate_bytes_per_s)
+        return TokenBucket(rate_per_s=self.rate_bytes_per_s, burst=self.rate_bytes_per_s)
 
     def _count_bytes(self, n: int) -> None:
         self.counters.bytes_copied += n
