@@ -26,21 +26,17 @@ from werkzeug.exceptions import HTTPException
 
 from flashback.errors import FlashbackError
 from flashback.httpserver import serve_bounded
+from flashback.terminal import printable
 
 log = logging.getLogger(__name__)
 
 JSON_MIMETYPE: Final = "application/json"
 ACCESS_LOG_FORMAT: Final = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss'
-_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def escape_control(text: str) -> str:
-    """``\\xNN`` for every C0/C1 control character: a peer's bytes never drive a terminal."""
-    return _CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _escape_access_record(record: logging.LogRecord) -> bool:
-    record.msg = escape_control(record.getMessage())
+    # a request line is a stranger's bytes: the same rule as every other output
+    record.msg = printable(record.getMessage())
     record.args = None
     return True
 
