@@ -18,7 +18,7 @@ import trio
 
 from flashback.protocol.messages import FileStreamReady, StreamError, StreamRequest
 from flashback.streaming.manager import StreamManager, StreamSettings
-from flashback.streaming.zerocopy import FileShrunk, SendProgress, sendfile_range
+from flashback.zerocopy import FileShrunk, SendProgress, sendfile_range
 from tests.conftest import BIG_FILE_BYTES
 
 TIMEOUT_S = 10

@@ -9,7 +9,7 @@ to resume. Modules, from the wire inward::
     manager    the daemon task: requests in, answers out, at most 16 ports,
                each port a task in a nursery the manager owns
     port       one listener: h11 connections, lifetime, stream-closed report
-    zerocopy   os.sendfile on a non-blocking socket (wait_writable, partial sends)
+    (the body goes by flashback.zerocopy: os.sendfile, shared with the peer server)
     responses  sans-IO: request line + headers -> status, headers, byte range
     lifetime   sans-IO: when a port has completed or expired (time is a parameter)
     source     safe path resolution + opening the one regular file

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Sequence
 from typing import Final
 
 import h11
@@ -27,7 +26,13 @@ from flashback.protocol.digest import repr_digest_header
 from flashback.streaming.lifetime import PortLifetime
 from flashback.streaming.responses import Plan, plan_response, target_has_token
 from flashback.streaming.source import StreamSource
-from flashback.streaming.zerocopy import FileShrunk, SendProgress, sendfile_range
+from flashback.zerocopy import (
+    BodyLength,
+    FileShrunk,
+    SendProgress,
+    frame_file_body,
+    sendfile_range,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +62,6 @@ _CLIENT_GONE = (
     trio.TooSlowError,
     h11.LocalProtocolError,
 )
-
-
-class _Length:
-    """Stands in for a body in h11's Data event: only its length is framed."""
-
-    __slots__ = ("length",)
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 async def open_listener(host: str) -> trio.socket.SocketType:
@@ -301,14 +294,9 @@ class StreamPort:
         await stream.send_all(head)
         byte_range = plan.file_range
         if byte_range is not None:
-            # h11 counts the length against Content-Length and hands the
-            # placeholder back untouched; the bytes themselves go by sendfile.
-            placeholder = _Length(byte_range.length)
-            # h11 declares bytes-only data; the passthrough is what we rely on.
-            framed: Sequence[object] | None = conn.send_with_data_passthrough(
-                h11.Data(data=placeholder)  # type: ignore[arg-type]
-            )
-            assert framed == [placeholder], "Content-Length framing passes the body through"
+            # Content-Length framing: h11 counts the bytes and writes none itself.
+            framed = frame_file_body(conn, byte_range.length)
+            assert len(framed) == 1 and isinstance(framed[0], BodyLength)
             try:
                 await sendfile_range(
                     stream.socket, self._source.fd, byte_range.first, byte_range.length, progress

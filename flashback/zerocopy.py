@@ -1,5 +1,11 @@
 """Zero-copy file bodies: ``os.sendfile`` on trio's non-blocking sockets.
 
+Both HTTP paths that send files use it: the stream ports (§4) and the peer
+server's file routes (through :mod:`flashback.httpserver`). h11 still frames
+the body -- it is handed a :class:`BodyLength` in place of the bytes, so it
+counts them against Content-Length (or writes the chunk header) and keeps its
+state right -- and the bytes themselves go by ``sendfile``.
+
 The kernel moves pages from the page cache to the socket; no byte of the
 file passes through Python. A non-blocking socket takes only what fits in
 its send buffer, so each call may send less than asked (a partial send) or
@@ -15,14 +21,36 @@ that call -- the same trade nginx makes with ``sendfile on`` and no aio.
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Final, cast
 
+import h11
 import trio
 
 #: one sendfile call at most; bounds the time between two checkpoints
 MAX_CALL_BYTES: Final = 8 * 1024 * 1024
 #: a client that takes nothing for this long is dropped (frees the port)
 SEND_STALL_TIMEOUT_S: Final = 30.0
+
+
+class BodyLength:
+    """Stands in for a body in h11's Data event: only its length is framed."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def frame_file_body(conn: h11.Connection, count: int) -> list[bytes | BodyLength]:
+    """What to write for a *count*-byte body: framing bytes, and a :class:`BodyLength`
+    where the file's bytes go (by :func:`sendfile_range`)."""
+    # h11 declares bytes-only data; its passthrough hands our placeholder back.
+    framed = conn.send_with_data_passthrough(h11.Data(data=BodyLength(count)))  # type: ignore[arg-type]
+    assert framed is not None, "h11 returns None only for ConnectionClosed"
+    return cast("list[bytes | BodyLength]", framed)
 
 
 class FileShrunk(OSError):
