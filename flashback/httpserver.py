@@ -13,6 +13,13 @@ module is the same accept loop and connection class with those holes closed:
 * at most :attr:`ConnectionLimits.max_connections` at once; the next one gets
   a 503 JSON error and is closed, so we never run into EMFILE;
 * an exhausted ``accept`` (EMFILE, ENFILE, ...) is logged once per interval;
+* a body the app sends as ASGI's ``http.response.zerocopysend`` (a file
+  descriptor, offset and count) is framed by h11 and written by
+  ``os.sendfile``: no byte of a downloaded file passes through Python. Each
+  connection advertises the extension in ``scope["extensions"]``; a body
+  cut short (the client stalls past the write deadline, goes away, the file
+  shrinks, or the task is cancelled) closes the connection, as the response
+  can no longer be completed;
 * h2c (prior knowledge or ``Upgrade: h2c``) is refused: the connection is
   closed. Our clients speak HTTP/1.1 only, and Hypercorn's h2 streams do not
   back-pressure the app against a zero flow-control window: 10 streams of a
@@ -53,7 +60,7 @@ import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from math import inf
-from typing import Final
+from typing import Any, Final
 
 import h11
 import trio
@@ -66,11 +73,15 @@ from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState, Framework
+from hypercorn.typing import AppWrapper, ConnectionState, Framework
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
+
+from flashback.zerocopy import BodyLength, SendProgress, frame_file_body, sendfile_range
 
 log = logging.getLogger(__name__)
 
+#: the ASGI extension (asgi.readthedocs.io, "Zero Copy Send") our connections offer
+ZERO_COPY_SEND: Final = "http.response.zerocopysend"
 DEFAULT_BODY_TIMEOUT_S: Final = 30.0
 DEFAULT_WRITE_TIMEOUT_S: Final = 60.0
 DEFAULT_IDLE_TIMEOUT_S: Final = 5.0
@@ -151,6 +162,43 @@ class _H1OnlyProtocol(ProtocolWrapper):
             await self.send(Closed())
 
 
+class _ZeroCopyApp:
+    """One connection's view of the app: offers the zero-copy send and carries it out."""
+
+    __slots__ = ("_app", "_connection")
+
+    def __init__(self, app: AppWrapper, connection: _BoundedConnection) -> None:
+        self._app = app
+        self._connection = connection
+
+    async def __call__(
+        self,
+        scope: Any,
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send, sync_spawn, call_soon)
+            return
+        scope["extensions"][ZERO_COPY_SEND] = {}
+        head_only = scope["method"] == "HEAD"
+
+        async def send_or_sendfile(message: Any) -> None:
+            if message["type"] != ZERO_COPY_SEND:
+                await send(message)
+                return
+            count = message["count"]
+            if not head_only and count > 0:
+                fd = message["file"].fileno()
+                await self._connection.send_file_range(fd, message.get("offset", 0), count)
+            if not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self._app(scope, receive, send_or_sendfile, sync_spawn, call_soon)
+
+
 class _BoundedConnection(TCPServer):
     """One connection: contained, with a body read timeout and a write deadline."""
 
@@ -178,7 +226,7 @@ class _BoundedConnection(TCPServer):
             async with TaskGroup() as task_group:
                 self._task_group = task_group
                 self.protocol = _H1OnlyProtocol(
-                    self.app,
+                    _ZeroCopyApp(self.app, self),
                     self.config,
                     self.context,
                     task_group,
@@ -238,6 +286,41 @@ class _BoundedConnection(TCPServer):
                 await self.protocol.handle(Closed())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
+
+    async def send_file_range(self, fd: int, offset: int, count: int) -> None:
+        """*count* bytes of *fd* from *offset* as response body: h11 frames, sendfile sends."""
+        inner = self.protocol.protocol
+        if not isinstance(inner, H11Protocol) or not isinstance(inner.connection, h11.Connection):
+            raise RuntimeError("a zero-copy body on a connection that is not HTTP/1.1")
+        framed = frame_file_body(inner.connection, count)
+        async with self.send_lock:
+            try:
+                for piece in framed:
+                    if isinstance(piece, BodyLength):
+                        await sendfile_range(
+                            self.stream.socket,
+                            fd,
+                            offset,
+                            count,
+                            SendProgress(),
+                            stall_timeout_s=self.limits.write_timeout_s,
+                        )
+                    else:
+                        with trio.fail_after(self.limits.write_timeout_s):
+                            await self.stream.send_all(piece)
+                return
+            except trio.TooSlowError:
+                log.info("client stopped reading for %.0f s: dropped", self.limits.write_timeout_s)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                # the client went away, or the file shrank under us (FileShrunk)
+                log.debug("file body cut short: %r", exc)
+            except BaseException:
+                # cancelled mid-body: the response cannot be completed any more
+                with trio.CancelScope(shield=True):
+                    await self.stream.aclose()
+                raise
+            await self.stream.aclose()
+            await self.protocol.handle(Closed())
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

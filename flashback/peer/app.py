@@ -24,7 +24,7 @@ from flashback.peer.index_md import INDEX_NAME, refresh_index_md
 from flashback.peer.listing import decode_cursor, list_directory, parse_limit
 from flashback.protocol.digest import repr_digest_header
 from flashback.protocol.paths import UnsafePath, open_under_root, real_root
-from flashback.web import install_json_errors, json_response
+from flashback.web import ZeroCopyHTTPConnection, install_json_errors, json_response
 
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 
@@ -61,6 +61,7 @@ def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTri
     """*digests* must be running (its ``run`` in a nursery) while the app serves."""
     settings = ShareSettings(real_root(settings.root), settings.show_hidden, settings.info)
     app = QuartTrio(__name__)
+    app.asgi_http_class = ZeroCopyHTTPConnection  # file bodies go by sendfile
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY_BYTES
     # A file download ends when the client has it, however slow: no response timeout.
     app.config["RESPONSE_TIMEOUT"] = None

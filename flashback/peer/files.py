@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
@@ -33,7 +33,7 @@ from flashback.protocol.conditional import (
 )
 from flashback.protocol.paths import UnsafePath, open_under_root
 from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
-from flashback.web import StreamedBody
+from flashback.web import FileRangesBody
 
 # Chunks grow with what the client has taken ("slow start"): a client that
 # never reads pins one first chunk (450 stalled clients ~110 MB), one that
@@ -52,7 +52,7 @@ class PreconditionFailed(FlashbackError):
 Segment = bytes | ByteRange
 
 
-class FileBody(StreamedBody):
+class FileBody(FileRangesBody):
     """Streams byte ranges of an open file descriptor, interleaved with literal bytes.
 
     The body owns the descriptor: it is closed when Quart leaves the body's
@@ -70,6 +70,14 @@ class FileBody(StreamedBody):
 
     async def aclose(self) -> None:
         self.close()
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise ValueError("the body's file is closed")
+        return self._fd
+
+    def pieces(self) -> Iterator[bytes | ByteRange]:
+        return iter(self._segments)
 
     def close(self) -> None:
         if self._fd is not None:
