@@ -69,17 +69,27 @@ async def start_owner(nursery, relay, port, context, resolve):
     return session
 
 
+PEER_SERVER = OpenTarget("peer-server")
+
+
+async def join_as_requester(port, *, key, fingerprint, check_pin=no_pin_check, target=PEER_SERVER):
+    """The requester's end on the test relay, with the defaults most tests want."""
+    return await open_requester_end(
+        host="127.0.0.1",
+        port=port,
+        key=key,
+        expected_fingerprint=fingerprint,
+        check_pin=check_pin,
+        target=target,
+    )
+
+
 async def test_requester_reaches_the_owners_local_listener(world, nursery):
     relay, port, local, context, fingerprint = world
     session = await start_owner(nursery, relay, port, context, lambda t: local.port)
     with trio.fail_after(10):
-        stream, leftover = await open_requester_end(
-            host="127.0.0.1",
-            port=port,
-            key=session.keys["client"],
-            expected_fingerprint=fingerprint,
-            check_pin=no_pin_check,
-            target=OpenTarget("peer-server"),
+        stream, leftover = await join_as_requester(
+            port, key=session.keys["client"], fingerprint=fingerprint
         )
         assert leftover == b""
         await stream.send_all(b"secret marker\n")
@@ -96,14 +106,7 @@ async def test_a_wrong_fingerprint_is_refused_before_anything_is_sent(world, nur
     relay, port, local, context, _fingerprint = world
     session = await start_owner(nursery, relay, port, context, lambda t: local.port)
     with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
-        await open_requester_end(
-            host="127.0.0.1",
-            port=port,
-            key=session.keys["client"],
-            expected_fingerprint="sha256:" + "0" * 64,
-            check_pin=no_pin_check,
-            target=OpenTarget("peer-server"),
-        )
+        await join_as_requester(port, key=session.keys["client"], fingerprint="sha256:" + "0" * 64)
     assert info.value.code == "fingerprint_mismatch"
     await trio.sleep(0.1)
     assert local.connections == 0  # no OPEN ever reached the owner
@@ -117,13 +120,8 @@ async def test_a_pin_that_refuses_stops_the_tunnel(world, nursery):
         raise TunnelFailed("fingerprint_mismatch", f"pinned something else, got {actual}")
 
     with trio.fail_after(10), pytest.raises(TunnelFailed, match="pinned"):
-        await open_requester_end(
-            host="127.0.0.1",
-            port=port,
-            key=session.keys["client"],
-            expected_fingerprint=fingerprint,
-            check_pin=refuse,
-            target=OpenTarget("peer-server"),
+        await join_as_requester(
+            port, key=session.keys["client"], fingerprint=fingerprint, check_pin=refuse
         )
     await trio.sleep(0.1)
     assert local.connections == 0
@@ -136,12 +134,10 @@ async def test_owner_refuses_ports_it_did_not_open(world, nursery):
         nursery, relay, port, context, lambda t: allowed.get((t.kind, t.port))
     )
     with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
-        await open_requester_end(
-            host="127.0.0.1",
-            port=port,
+        await join_as_requester(
+            port,
             key=session.keys["client"],
-            expected_fingerprint=fingerprint,
-            check_pin=no_pin_check,
+            fingerprint=fingerprint,
             target=OpenTarget("stream", 22),
         )
     assert info.value.code == "not_allowed"
@@ -151,14 +147,7 @@ async def test_owner_refuses_ports_it_did_not_open(world, nursery):
 async def test_a_used_key_fails_with_the_trackers_code(world):
     _relay, port, _local, _context, fingerprint = world
     with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
-        await open_requester_end(
-            host="127.0.0.1",
-            port=port,
-            key="A" * 43,
-            expected_fingerprint=fingerprint,
-            check_pin=no_pin_check,
-            target=OpenTarget("peer-server"),
-        )
+        await join_as_requester(port, key="A" * 43, fingerprint=fingerprint)
     assert info.value.code == "unknown"
 
 
@@ -166,13 +155,8 @@ async def test_bridge_carries_a_local_connection_and_its_half_close(world, nurse
     relay, port, local, context, fingerprint = world
     session = await start_owner(nursery, relay, port, context, lambda t: local.port)
     with trio.fail_after(10):
-        tunnel, _ = await open_requester_end(
-            host="127.0.0.1",
-            port=port,
-            key=session.keys["client"],
-            expected_fingerprint=fingerprint,
-            check_pin=no_pin_check,
-            target=OpenTarget("peer-server"),
+        tunnel, _ = await join_as_requester(
+            port, key=session.keys["client"], fingerprint=fingerprint
         )
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         forward_port = listeners[0].socket.getsockname()[1]
