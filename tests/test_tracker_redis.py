@@ -118,11 +118,14 @@ async def open_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 @asynccontextmanager
 async def open_instance(url: str, **overrides: Any) -> AsyncIterator[RunningTracker]:
     """One tracker of the cluster, in this process, on its own port."""
-    from flashback.tracker.cluster import open_cluster
+    from flashback.tracker.redis import open_redis_backend
 
     config = tracker_config(database_url=url, **overrides)
-    async with open_cluster(url) as cluster, trio.open_nursery() as nursery:
-        tracker = Tracker(config, cluster.identities, cluster=cluster)
+    async with (
+        open_redis_backend(url, config) as (presence, identities),
+        trio.open_nursery() as nursery,
+    ):
+        tracker = Tracker(config, identities, presence)
         address = await nursery.start(partial(serve_tracker_instance, tracker))
         yield RunningTracker(tracker, address)
         nursery.cancel_scope.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 from trio_websocket import ConnectionClosed
 
+from flashback.tracker.presence import LocalPresence
 from tests.tracker_support import (
     bearer,
     hello,
@@ -231,6 +232,8 @@ async def test_a_slow_watcher_is_closed_without_stalling_the_others() -> None:
         config = tracker_config(watcher_queue_messages=8)
         async with open_tracker(config) as running, open_client(running) as client:
             tracker = running.tracker
+            assert isinstance(tracker.presence, LocalPresence)
+            registry = tracker.presence.registry
             async with (
                 open_link(running.ws_url, message_queue_size=1) as slow,
                 open_link(running.ws_url) as fast,
@@ -246,8 +249,8 @@ async def test_a_slow_watcher_is_closed_without_stalling_the_others() -> None:
                 big = {"blob": "x" * 4000}
                 while len(tracker.hub) == 2:
                     assert changes < 20_000, "the slow watcher was never evicted"
-                    tracker.hub.publish(
-                        tracker.registry.register(
+                    tracker.publish(
+                        registry.register(
                             "p", name="p", host="h", port=1 + changes % 2, capabilities=big,
                             now=tracker.now(),
                         )

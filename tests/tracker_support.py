@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from flashback.config import TrackerConfig
 from flashback.protocol.registry import clock_seq
+from flashback.tracker.presence import LocalPresence
 from flashback.tracker.serve import serve_tracker_instance
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import IdentityStore, MemoryStore
@@ -60,7 +61,9 @@ async def open_tracker(
     store: IdentityStore | None = None,
     shutdown: trio.Event | None = None,
 ) -> AsyncIterator[RunningTracker]:
-    tracker = Tracker(config or tracker_config(), store or MemoryStore(), start_seq=clock_seq())
+    config = config or tracker_config()
+    presence = LocalPresence.for_config(config, start_seq=clock_seq())
+    tracker = Tracker(config, store or MemoryStore(), presence)
     async with trio.open_nursery() as nursery:
         address = await nursery.start(partial(serve_tracker_instance, tracker, shutdown=shutdown))
         yield RunningTracker(tracker, address)
