@@ -21,7 +21,7 @@ from flashback.daemon.keys import KeyPair
 from flashback.daemon.link import websocket_target
 from flashback.daemon.session import heartbeat_loop, maintain_registration
 from flashback.daemon.tracker_api import Registration, RetryLater, UnknownPeer
-from flashback.peer.app import PeerInfo as LocalInfo
+from flashback.peer.app import LocalInfo
 from flashback.protocol.backoff import Backoff
 from flashback.protocol.messages import PeerInfo, PeerJoined, PeerLeft, PeerUpdated, Snapshot
 from flashback.protocol.peer_table import PeerTable, ResyncNeeded

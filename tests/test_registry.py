@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flashback.protocol.messages import PeerJoined, PeerLeft, PeerUpdated
-from flashback.protocol.registry import MIN_BACKLOG_CHANGES, Registry, clock_seq, rfc3339
+from flashback.protocol.registry import MIN_BACKLOG_CHANGES, Registry, clock_seq, rfc3339_millis
 
 
 def join(registry: Registry, peer_id: str, now: float, **overrides: Any) -> list[Any]:
@@ -53,7 +53,7 @@ def test_a_linked_peer_never_expires_and_its_ttl_restarts_at_detach() -> None:
     registry.attach("a")
     assert registry.expire(100) == []
     info = registry.get("a", 100)
-    assert info is not None and info.last_seen == rfc3339(100)
+    assert info is not None and info.last_seen == rfc3339_millis(100)
     registry.detach("a", 100)
     assert registry.expire(200) == []  # one link still open
     registry.detach("a", 200)
@@ -109,7 +109,7 @@ def test_snapshot_and_times() -> None:
     [peer] = snap.peers
     assert peer.registered_at == "2023-11-14T22:13:20.250Z"
     assert peer.capabilities == {"x": 1}
-    assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
+    assert rfc3339_millis(0) == "1970-01-01T00:00:00.000Z"
 
 
 def test_clock_seq_is_monotone_enough() -> None:

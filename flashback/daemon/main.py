@@ -33,7 +33,7 @@ from flashback.daemon.reach import owner_context_for, pin_checker, run_routes
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
 from flashback.digests import DigestCache, DigestService
-from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
@@ -117,7 +117,7 @@ async def _run_daemon_tasks(
     task_status: trio.TaskStatus[DaemonContext],
 ) -> None:
     notifier = Notifier.from_env(os.environ)
-    local = PeerInfo(name=config.name)
+    local = LocalInfo(name=config.name)
     ctx = DaemonContext(
         config=config,
         hub=hub or EventHub(),

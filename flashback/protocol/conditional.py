@@ -32,7 +32,9 @@ def parse_http_date(value: str) -> int | None:
     return int(parsed.timestamp())
 
 
-def rfc3339(timestamp: float) -> str:
+def rfc3339_seconds(timestamp: float) -> str:
+    """UTC to the second (a listing's ``mtime``); the tracker's PEER times are
+    :func:`flashback.protocol.registry.rfc3339_millis`."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

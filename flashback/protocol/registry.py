@@ -43,7 +43,7 @@ def clock_seq() -> int:
     return time.time_ns() // 1000
 
 
-def rfc3339(wall_time_s: float) -> str:
+def rfc3339_millis(wall_time_s: float) -> str:
     """UTC, millisecond precision, ``Z`` suffix: what the contract's PEER carries."""
     moment = datetime.fromtimestamp(wall_time_s, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -176,6 +176,6 @@ class Registry:
         last_seen = now if self.is_linked(peer_id) else presence.last_seen
         return presence.listing.peer_info(
             peer_id,
-            registered_at=rfc3339(presence.registered_at + self.wall_offset_s),
-            last_seen=rfc3339(last_seen + self.wall_offset_s),
+            registered_at=rfc3339_millis(presence.registered_at + self.wall_offset_s),
+            last_seen=rfc3339_millis(last_seen + self.wall_offset_s),
         )

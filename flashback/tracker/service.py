@@ -23,7 +23,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, Literal, Protocol
 
@@ -68,6 +68,7 @@ from flashback.tracker.hub import (
 from flashback.tracker.metrics import TrackerMetrics
 from flashback.tracker.presence import Presence
 from flashback.tracker.security import (
+    HeaderLookup,
     RateLimiter,
     hash_token,
     new_peer_id,
@@ -77,7 +78,7 @@ from flashback.tracker.security import (
 )
 from flashback.tracker.store import IdentityStore, IssuedIdentity
 from flashback.tracker.tunnels import TunnelRelay
-from flashback.tracker.validate import Registration
+from flashback.tracker.validate import RegisterBody
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Tracker:
     # -- HTTP --------------------------------------------------------------------
 
     async def register(
-        self, registration: Registration, headers: Mapping[str, str], client: str
+        self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
         wait_s = self.limiter.acquire(client, self.now())
         if wait_s > 0:
@@ -212,7 +213,7 @@ class Tracker:
             "ttl": _seconds(self.config.peer_ttl_s),
         }
 
-    async def heartbeat(self, peer_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    async def heartbeat(self, peer_id: str, headers: HeaderLookup) -> dict[str, Any]:
         token = self._require_token(headers)
         with self._counting_rejections():
             await self.presence.heartbeat(peer_id, token, self.now())
@@ -222,7 +223,7 @@ class Tracker:
             "heartbeat_interval": _seconds(self.config.heartbeat_interval_s),
         }
 
-    async def leave(self, peer_id: str, headers: Mapping[str, str]) -> None:
+    async def leave(self, peer_id: str, headers: HeaderLookup) -> None:
         token = self._require_token(headers)
         with self._counting_rejections():
             changes = await self.presence.leave(peer_id, token, self.now())
@@ -598,7 +599,7 @@ class Tracker:
             self.metrics.rejected.inc()
             raise
 
-    def _check_admission(self, headers: Mapping[str, str]) -> None:
+    def _check_admission(self, headers: HeaderLookup) -> None:
         expected = self.config.auth_token
         if expected is None:
             return
@@ -607,7 +608,7 @@ class Tracker:
             self.metrics.rejected.inc()
             raise Unauthorized("registration needs the relay's auth token")
 
-    def _require_token(self, headers: Mapping[str, str]) -> str:
+    def _require_token(self, headers: HeaderLookup) -> str:
         try:
             return require_bearer(headers)
         except Unauthorized:

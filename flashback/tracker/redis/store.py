@@ -24,7 +24,7 @@ from coredis.retry import NoRetryPolicy
 from flashback.errors import BackendUnavailable
 from flashback.protocol.feed import Listing
 from flashback.protocol.messages import Change, PeerInfo, PeerJoined, PeerLeft, PeerUpdated
-from flashback.protocol.registry import rfc3339
+from flashback.protocol.registry import rfc3339_millis
 from flashback.tracker.redis.scripts import K_IDENTITIES, K_LAST_SEEN, STATE_KEYS, Scripts
 from flashback.tracker.store import IssuedIdentity
 
@@ -115,7 +115,7 @@ async def open_connection(url: str) -> AsyncIterator[RedisConnection]:
 
 def peer_info(peer_id: str, canonical: str, registered_at: float, last_seen: float) -> PeerInfo:
     return Listing.from_canonical(canonical).peer_info(
-        peer_id, registered_at=rfc3339(registered_at), last_seen=rfc3339(last_seen)
+        peer_id, registered_at=rfc3339_millis(registered_at), last_seen=rfc3339_millis(last_seen)
     )
 
 
