@@ -28,6 +28,7 @@ from flashback.tracker.serve import serve_tracker, serve_tracker_instance
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import check_database_url
 from tests.tracker_support import (
+    Endpoint,
     RunningTracker,
     assert_json_error,
     bearer,
@@ -127,7 +128,7 @@ async def open_instance(url: str, **overrides: Any) -> AsyncIterator[RunningTrac
     ):
         tracker = Tracker(config, identities, presence)
         address = await nursery.start(partial(serve_tracker_instance, tracker))
-        yield RunningTracker(tracker, address)
+        yield RunningTracker(address, tracker)
         nursery.cancel_scope.cancel()
 
 
@@ -466,7 +467,7 @@ async def test_serve_tracker_opens_its_own_redis_and_starts_while_redis_is_down(
         try:
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(partial(serve_tracker, config))
-                running = RunningTracker(None, address)  # type: ignore[arg-type]
+                running = Endpoint(address)
                 async with open_client(running) as client:
                     assert_json_error(
                         await client.get("/api/peers/list"), 503, "backend_unavailable"

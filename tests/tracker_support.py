@@ -41,8 +41,9 @@ def tracker_config(**overrides: Any) -> TrackerConfig:
 
 
 @dataclass
-class RunningTracker:
-    tracker: Tracker
+class Endpoint:
+    """Where a tracker listens (one started elsewhere, or by a test's own nursery)."""
+
     address: BoundAddress
 
     @property
@@ -52,6 +53,11 @@ class RunningTracker:
     @property
     def ws_url(self) -> str:
         return self.address.url.replace("http://", "ws://", 1) + "/api/peers/ws"
+
+
+@dataclass
+class RunningTracker(Endpoint):
+    tracker: Tracker
 
 
 @asynccontextmanager
@@ -66,12 +72,12 @@ async def open_tracker(
     tracker = Tracker(config, store or MemoryStore(), presence)
     async with trio.open_nursery() as nursery:
         address = await nursery.start(partial(serve_tracker_instance, tracker, shutdown=shutdown))
-        yield RunningTracker(tracker, address)
+        yield RunningTracker(address, tracker)
         nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
-async def open_client(running: RunningTracker) -> AsyncIterator[httpx.AsyncClient]:
+async def open_client(running: Endpoint) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=running.url, timeout=RECEIVE_TIMEOUT_S) as client:
         yield client
 

@@ -50,6 +50,7 @@ class HeartbeatFastPath:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH or scope["method"] != "POST":
+            # Quart types scope/receive/send as hypercorn's TypedDicts; ours are plain ASGI dicts.
             await self.app(scope, receive, send)  # type: ignore[arg-type]
             return
         status, payload, headers = await self._answer(scope, receive)

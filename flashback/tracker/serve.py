@@ -76,6 +76,7 @@ def bound_unread_sends(hc: HypercornConfig, timeout_s: float) -> None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
         return sockets
 
+    # Hypercorn has no socket-option hook: wrapping its factory is the seam it leaves.
     hc.create_sockets = with_user_timeout  # type: ignore[method-assign]
 
 
@@ -103,7 +104,7 @@ async def serve_tracker_instance(
 
         async def serve(*, task_status: trio.TaskStatus[BoundAddress]) -> None:
             await serve_quart(
-                app,  # type: ignore[arg-type]
+                app,  # type: ignore[arg-type]  # serve_quart is typed for Quart; this is its ASGI wrapper
                 hc,
                 shutdown_trigger=stop_listening.wait,
                 task_status=task_status,
