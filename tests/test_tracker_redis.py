@@ -22,8 +22,6 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from flashback.errors import ConfigError
-from flashback.protocol.messages import PeerInfo, PeerJoined, PeerLeft
-from flashback.protocol.mirror import FeedMirror
 from flashback.tracker.serve import serve_tracker, serve_tracker_instance
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import check_database_url
@@ -144,39 +142,6 @@ async def receive_nothing(ws: Any, within_s: float) -> None:
     with trio.move_on_after(within_s):
         message = await ws.get_message()
         raise AssertionError(f"unexpected message {message}")
-
-
-# -- the mirror, sans IO -----------------------------------------------------------
-
-
-def _peer(peer_id: str) -> PeerInfo:
-    return PeerInfo(peer_id, peer_id, "h", 1)
-
-
-def test_mirror_follows_numbered_changes_and_refuses_gaps() -> None:
-    mirror = FeedMirror(3)
-    mirror.reset(10, [_peer("a")])
-    assert mirror.changes_since(10) == []
-    assert mirror.changes_since(9) is None  # nothing held before the reset
-    assert mirror.apply(PeerJoined(11, _peer("b")))
-    assert mirror.apply(PeerLeft(12, "a", "left"))
-    assert mirror.apply(PeerLeft(12, "a", "left"))  # a repeat is ignored
-    assert not mirror.apply(PeerLeft(14, "b", "left"))  # 13 is missing
-    assert mirror.seq == 12 and list(mirror.peers) == ["b"]
-    assert [c.seq for c in mirror.changes_since(10) or []] == [11, 12]
-    assert mirror.changes_since(13) is None  # from the future
-    snapshot = mirror.snapshot()
-    assert (snapshot.seq, [p.peer_id for p in snapshot.peers]) == (12, ["b"])
-
-
-def test_mirror_reset_keeps_only_history_that_ends_at_its_seq() -> None:
-    mirror = FeedMirror(10)
-    history = [PeerJoined(5, _peer("x")), PeerJoined(7, _peer("y")), PeerLeft(8, "x", "left")]
-    mirror.reset(8, [_peer("y")], history)
-    assert [c.seq for c in mirror.changes_since(6) or []] == [7, 8]
-    assert mirror.changes_since(5) is None
-    mirror.reset(20, [], history)  # a log that stops short of seq is no backlog
-    assert mirror.changes_since(8) is None
 
 
 @needs_redis
