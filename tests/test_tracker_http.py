@@ -393,14 +393,17 @@ async def test_authenticated_requests_for_unknown_peers() -> None:
             )  # fmt: skip
 
 
-async def test_expired_peers_are_dropped_and_heartbeats_keep_them() -> None:
-    with trio.fail_after(TEST_TIMEOUT_S):
-        config = tracker_config(peer_ttl_s=0.4, heartbeat_interval_s=0.1)
+async def test_expired_peers_are_dropped_and_heartbeats_keep_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On trio's clock: a 30 s TTL, heartbeats every 10 s for two TTLs."""
+    with trio.fail_after(TEST_TIMEOUT_S * 100):
+        config = tracker_config(peer_ttl_s=30.0, heartbeat_interval_s=10.0)
         async with open_tracker(config) as running, open_client(running) as client:
             kept = await register(client, "kept")
             dropped = await register(client, "dropped")
-            for _ in range(8):  # 0.8 s: twice the TTL
-                await trio.sleep(0.1)
+            for _ in range(6):  # 60 s: twice the TTL
+                await trio.sleep(10)
                 beat = await client.post(
                     "/api/peers/heartbeat", json={"peer_id": kept["peer_id"]},
                     headers=bearer(kept["token"]),

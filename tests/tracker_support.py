@@ -101,8 +101,10 @@ async def send(ws: WebSocketConnection, message: dict[str, Any]) -> None:
     await ws.send_message(json.dumps(message))
 
 
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(RECEIVE_TIMEOUT_S):
+async def receive(
+    ws: WebSocketConnection, *, timeout_s: float = RECEIVE_TIMEOUT_S
+) -> dict[str, Any]:
+    with trio.fail_after(timeout_s):
         return json.loads(await ws.get_message())
 
 
