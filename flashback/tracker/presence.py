@@ -25,7 +25,7 @@ Errors are the HTTP ones: :class:`~flashback.errors.NotFound` (code
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ import trio
 
 from flashback.config import TrackerConfig
 from flashback.errors import NotFound, Unauthorized
+from flashback.protocol.feed import Listing
 from flashback.protocol.messages import Change, ErrorMessage, Message, PeerInfo, PeerLeft
 from flashback.protocol.registry import Registry
 from flashback.tracker.security import token_matches
@@ -87,16 +88,7 @@ class Presence(Protocol):
         """Background work (following a shared feed into *sink*) until cancelled."""
 
     async def register(
-        self,
-        peer_id: str,
-        *,
-        token_hash: bytes,
-        name: str,
-        host: str,
-        port: int,
-        capabilities: Mapping[str, Any],
-        now: float,
-        fingerprint: str | None = None,
+        self, peer_id: str, listing: Listing, *, token_hash: bytes, now: float
     ) -> list[Change]:
         """The changes to publish now (none from a shared feed)."""
 
@@ -177,26 +169,17 @@ class LocalPresence:
         task_status.started()  # nothing to follow: each call returns its changes
 
     async def register(
-        self,
-        peer_id: str,
-        *,
-        token_hash: bytes,
-        name: str,
-        host: str,
-        port: int,
-        capabilities: Mapping[str, Any],
-        now: float,
-        fingerprint: str | None = None,
+        self, peer_id: str, listing: Listing, *, token_hash: bytes, now: float
     ) -> list[Change]:
         self._token_hashes[peer_id] = token_hash
         return self.registry.register(
             peer_id,
-            name=name,
-            host=host,
-            port=port,
-            capabilities=capabilities,
+            name=listing.name,
+            host=listing.host,
+            port=listing.port,
+            capabilities=listing.capabilities,
             now=now,
-            fingerprint=fingerprint,
+            fingerprint=listing.fingerprint,
         )
 
     async def heartbeat(self, peer_id: str, token: str, now: float) -> None:

@@ -34,6 +34,7 @@ from flashback.config import TrackerConfig
 from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
 from flashback.protocol.feed import (
     Forwardable,
+    Listing,
     forwarded,
     not_online_text,
     refusal,
@@ -193,15 +194,15 @@ class Tracker:
         )
         # Persist first: if the store is down we answer 503 and nothing changed.
         await self.store.put(identity)
+        listing = Listing(
+            registration.name,
+            registration.host,
+            registration.port,
+            registration.capabilities,
+            registration.fingerprint,
+        )
         changes = await self.presence.register(
-            peer_id,
-            token_hash=identity.token_hash,
-            name=registration.name,
-            host=registration.host,
-            port=registration.port,
-            capabilities=registration.capabilities,
-            now=self.now(),
-            fingerprint=registration.fingerprint,
+            peer_id, listing, token_hash=identity.token_hash, now=self.now()
         )
         self.publish(changes)
         self.capacity.admit(peer_id, size)

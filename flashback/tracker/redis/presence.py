@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
 from typing import Any, Final
 
 import trio
@@ -70,18 +69,8 @@ class RedisPresence:
     # -- requests ------------------------------------------------------------------
 
     async def register(
-        self,
-        peer_id: str,
-        *,
-        token_hash: bytes,
-        name: str,
-        host: str,
-        port: int,
-        capabilities: Mapping[str, Any],
-        now: float,
-        fingerprint: str | None = None,
+        self, peer_id: str, listing: Listing, *, token_hash: bytes, now: float
     ) -> list[Change]:
-        listing = Listing(name, host, port, dict(capabilities), fingerprint)
         args: list[str | int | float] = [
             peer_id,
             listing.canonical(),
