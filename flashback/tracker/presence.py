@@ -33,14 +33,14 @@ import trio
 
 from flashback.config import TrackerConfig
 from flashback.errors import NotFound, Unauthorized
-from flashback.protocol.feed import Listing
+from flashback.protocol.feed import Listing, not_online_text
 from flashback.protocol.messages import Change, ErrorMessage, Message, PeerInfo, PeerLeft
 from flashback.protocol.registry import Registry
 from flashback.tracker.security import token_matches
 
 
 def not_online(peer_id: str) -> NotFound:
-    return NotFound(f"peer {peer_id!r} is not online; register again", code="unknown_peer")
+    return NotFound(f"{not_online_text(peer_id)}; register again", code="unknown_peer")
 
 
 def wrong_token() -> Unauthorized:
