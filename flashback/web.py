@@ -152,9 +152,9 @@ async def serve_quart(
 
     async def _serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
         await serve_bounded(
-            app,  # type: ignore[arg-type]
+            app,
             config,
-            shutdown_trigger=shutdown_trigger,  # type: ignore[arg-type]
+            shutdown_trigger=shutdown_trigger,
             task_status=task_status,
         )
 

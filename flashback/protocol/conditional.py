@@ -24,9 +24,7 @@ def parse_http_date(value: str) -> int | None:
     try:
         parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
+        return None  # (since Python 3.10 a bad date raises instead of returning None)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp())
