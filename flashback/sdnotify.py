@@ -19,7 +19,8 @@ Used as::
     if interval_s is not None:
         nursery.start_soon(run_watchdog, notifier, interval_s)
     ...
-    notifier.notify_nowait({"STOPPING": 1})   # safe in a cancelled finally
+    with trio.CancelScope(shield=True):       # in a cancelled finally
+        await notifier.notify({"STOPPING": 1})
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class Notifier:
 
         Invalid fields are a programming error and raise ValueError even when
         disabled, so tests without systemd catch them. Cancellation propagates:
-        send ``STOPPING=1`` from a shielded scope, or with :meth:`notify_nowait`.
+        send ``STOPPING=1`` from a shielded scope (the send is bounded).
         """
         data = format_notification(fields)
         if self.address is None:
@@ -176,23 +177,6 @@ class Notifier:
                 return False
         if scope.cancelled_caught:
             log.warning("could not notify systemd (%s): timed out", _describe(fields))
-            return False
-        return True
-
-    def notify_nowait(self, fields: Mapping[str, str | int]) -> bool:
-        """Like :meth:`notify` but synchronous and non-blocking; a full queue drops it.
-
-        For places that cannot await, such as a ``finally`` of a cancelled scope.
-        """
-        data = format_notification(fields)
-        if self.address is None:
-            return False
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.setblocking(False)
-                sock.sendto(data, self.address)
-        except OSError as exc:
-            log.warning("could not notify systemd (%s): %s", _describe(fields), exc)
             return False
         return True
 

@@ -56,9 +56,14 @@ def error_response(error: FlashbackError) -> Response:
     return response
 
 
+def encode_json(payload: Any) -> bytes:
+    """The one JSON body encoding of both servers (and the heartbeat fast path)."""
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text + "\n").encode()
+
+
 def json_response(payload: Any, *, status: int = 200) -> Response:
-    body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
-    return Response(body, status=status, mimetype=JSON_MIMETYPE)
+    return Response(encode_json(payload), status=status, mimetype=JSON_MIMETYPE)
 
 
 def _code_from_http_exception(exc: HTTPException) -> str:

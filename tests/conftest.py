@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 
 BIG_FILE_BYTES = 5 * 1024 * 1024 + 123  # more than a few 1 MiB chunks, odd tail
@@ -47,7 +47,7 @@ def share(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def peer_url(nursery: trio.Nursery, share: Path) -> str:
-    settings = ShareSettings(share, show_hidden=False, info=PeerInfo(name="test-peer"))
+    settings = ShareSettings(share, show_hidden=False, info=LocalInfo(name="test-peer"))
     address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
     return address.url
 

@@ -14,7 +14,7 @@ from flashback.protocol.conditional import (
     if_range_allows,
     make_etag,
     parse_http_date,
-    rfc3339,
+    rfc3339_seconds,
     sandbox_policy,
 )
 
@@ -36,7 +36,7 @@ def test_http_date_round_trip() -> None:
 
 
 def test_rfc3339() -> None:
-    assert rfc3339(MTIME) == "2023-11-14T22:13:20Z"
+    assert rfc3339_seconds(MTIME) == "2023-11-14T22:13:20Z"
 
 
 @pytest.mark.parametrize(

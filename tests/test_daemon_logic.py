@@ -21,7 +21,7 @@ from flashback.daemon.keys import KeyPair
 from flashback.daemon.link import websocket_target
 from flashback.daemon.session import heartbeat_loop, maintain_registration
 from flashback.daemon.tracker_api import Registration, RetryLater, UnknownPeer
-from flashback.peer.app import PeerInfo as LocalInfo
+from flashback.peer.app import LocalInfo
 from flashback.protocol.backoff import Backoff
 from flashback.protocol.messages import PeerInfo, PeerJoined, PeerLeft, PeerUpdated, Snapshot
 from flashback.protocol.peer_table import PeerTable, ResyncNeeded
@@ -180,6 +180,9 @@ class FakeAPI:
             raise RetryLater("tracker down")
         return Registration(identity or Identity("new-id", "new-token"), 10.0, 30.0)
 
+    async def leave(self, identity: Identity) -> None:
+        pass
+
     async def heartbeat(self, identity: Identity) -> float:
         self.heartbeat_times.append(trio.current_time())
         if self.heartbeat_script:
@@ -196,7 +199,7 @@ async def test_heartbeats_follow_an_absolute_schedule(
     api = FakeAPI(heartbeat_script=[10, RetryLater("blip"), 10, 5, 5])
     start = trio.current_time()
     with trio.move_on_after(47):
-        await heartbeat_loop(api, Identity("p", "t"), 10.0, rng=FixedRandom(0.0))  # type: ignore[arg-type]
+        await heartbeat_loop(api, Identity("p", "t"), 10.0, rng=FixedRandom(0.0))
     offsets = [t - start for t in api.heartbeat_times]
     # a failed beat does not shift the schedule; a new interval applies from then on
     assert offsets == [10, 20, 30, 40, 45]
@@ -206,7 +209,7 @@ async def test_heartbeat_jitter_is_early_never_late(autojump_clock: trio.testing
     api = FakeAPI()
     start = trio.current_time()
     with trio.move_on_after(35):
-        await heartbeat_loop(api, Identity("p", "t"), 10.0, rng=FixedRandom(1.0))  # type: ignore[arg-type]
+        await heartbeat_loop(api, Identity("p", "t"), 10.0, rng=FixedRandom(1.0))
     assert [round(t - start, 6) for t in api.heartbeat_times] == [9, 19, 29]
 
 
@@ -230,7 +233,7 @@ async def test_registration_retries_with_backoff_then_heartbeats(
     store = IdentityStore(tmp_path / "data", "http://t:1")
     start = trio.current_time()
     with trio.move_on_after(30):
-        await maintain_registration(ctx, api, store, rng=random.Random(0))  # type: ignore[arg-type]
+        await maintain_registration(ctx, api, store, rng=random.Random(0))
     registers = [t - start for t in api.register_times]
     assert registers[0] == 0
     gaps = [b - a for a, b in itertools.pairwise(registers)]
@@ -253,7 +256,7 @@ async def test_unknown_peer_registers_again_under_the_same_identity(
     store = IdentityStore(tmp_path / "data", "http://t:1")
     store.save(Identity("kept-id", "kept-token"))
     with trio.move_on_after(15):
-        await maintain_registration(ctx, api, store, rng=random.Random(0))  # type: ignore[arg-type]
+        await maintain_registration(ctx, api, store, rng=random.Random(0))
     assert api.registered_with == [Identity("kept-id", "kept-token")] * 2
     assert ctx.identity == Identity("kept-id", "kept-token")
 
@@ -272,7 +275,7 @@ async def test_link_reporting_unknown_peer_registers_at_once(
     with trio.move_on_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lose_registration_at_3s)
-            await maintain_registration(ctx, api, store, rng=random.Random(0))  # type: ignore[arg-type]
+            await maintain_registration(ctx, api, store, rng=random.Random(0))
     start = api.register_times[0]
     assert [t - start for t in api.register_times] == [0, 3]
     assert api.heartbeat_times == []  # re-registered without waiting for a heartbeat's 404

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from flashback.digests import DigestCache, DigestService
-from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.protocol.digest import (
     MIB,
@@ -48,7 +48,7 @@ async def start_server(
 ) -> tuple[str, DigestService]:
     if digests is None:
         digests = await nursery.start(DigestService(min_block=BLOCK).run)
-    settings = ShareSettings(root, info=PeerInfo(name="owner"))
+    settings = ShareSettings(root, info=LocalInfo(name="owner"))
     address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0, digests=digests))
     return address.url, digests
 

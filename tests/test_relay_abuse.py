@@ -19,7 +19,7 @@ import trio
 
 from flashback.errors import BackendUnavailable
 from flashback.protocol.messages import MAX_SNAPSHOT_BYTES
-from flashback.tracker.validate import Registration
+from flashback.tracker.validate import RegisterBody
 from tests.abuse_support import BIG_CAPABILITIES, LONG_HOST, probe, start_tracker_proc
 from tests.procs import daemon_env, run_cli
 from tests.test_daemon_system import joined, start_daemon
@@ -136,9 +136,9 @@ async def test_one_peer_cannot_take_every_stream_port(
             assert out.read_bytes() == b"hello\n"
 
 
-def _largest_registration(index: int) -> Registration:
+def _largest_registration(index: int) -> RegisterBody:
     name = f"{index:06d}" + "ü" * 58  # 64 characters, 122 bytes
-    return Registration(name, LONG_HOST, 1 + index, BIG_CAPABILITIES, None)
+    return RegisterBody(name, LONG_HOST, 1 + index, BIG_CAPABILITIES, None)
 
 
 async def test_a_daemon_syncs_with_a_tracker_full_of_the_largest_peers(

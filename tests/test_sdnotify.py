@@ -185,18 +185,11 @@ async def test_notify_sends_one_datagram_per_message(
     ]
 
 
-def test_notify_nowait_sends(listener: tuple[socket.socket, dict[str, str]]) -> None:
-    sock, env = listener
-    assert Notifier.from_env(env).notify_nowait({"STOPPING": 1, "STATUS": "shutting down"})
-    assert sock.recv(65536) == b"STOPPING=1\nSTATUS=shutting down"
-
-
 async def test_unset_notify_socket_is_a_no_op() -> None:
     notifier = Notifier.from_env({})
     assert not notifier.enabled
     with trio.fail_after(TEST_TIMEOUT_S):
         assert await notifier.notify({"READY": 1}) is False
-    assert notifier.notify_nowait({"STOPPING": 1}) is False
     # Invalid fields are still a programming error, systemd or not.
     with pytest.raises(ValueError):
         await notifier.notify({"STATUS": "a\nb"})
@@ -211,7 +204,7 @@ async def test_send_errors_are_logged_not_raised(
         trio.fail_after(TEST_TIMEOUT_S),
     ):
         assert await notifier.notify({"READY": 1}) is False
-        assert notifier.notify_nowait({"STOPPING": 1}) is False
+        assert await notifier.notify({"STOPPING": 1}) is False
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2
     assert "READY" in messages[0]

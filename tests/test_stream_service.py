@@ -16,7 +16,7 @@ from flashback.daemon.control import create_control_app
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
 from flashback.errors import NotFound
-from flashback.peer.app import PeerInfo
+from flashback.peer.app import LocalInfo
 from flashback.protocol.messages import FileStreamReady, StreamError, StreamRequest
 from flashback.protocol.messages import PeerInfo as WirePeer
 from flashback.streaming.request import NoTracker, StreamRefused, StreamTimeout, request_stream
@@ -25,7 +25,7 @@ from flashback.streaming.service import run_stream_ports
 
 def make_ctx(share: Path) -> DaemonContext:
     config = DaemonConfig(root=share, tracker_url="http://tracker.invalid", name="me")
-    return DaemonContext(config=config, hub=EventHub(stdout=io.StringIO()), local=PeerInfo("me"))
+    return DaemonContext(config=config, hub=EventHub(stdout=io.StringIO()), local=LocalInfo("me"))
 
 
 async def test_a_request_to_ourselves_needs_no_tracker(nursery: trio.Nursery, share: Path) -> None:

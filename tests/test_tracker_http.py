@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
+from flashback.tracker.app import HEARTBEAT_PATH, create_app
 from flashback.tracker.store import MemoryStore
+from flashback.web import hypercorn_config, serve_quart
 from tests.tracker_support import (
     assert_json_error,
     bearer,
@@ -388,14 +393,17 @@ async def test_authenticated_requests_for_unknown_peers() -> None:
             )  # fmt: skip
 
 
-async def test_expired_peers_are_dropped_and_heartbeats_keep_them() -> None:
-    with trio.fail_after(TEST_TIMEOUT_S):
-        config = tracker_config(peer_ttl_s=0.4, heartbeat_interval_s=0.1)
+async def test_expired_peers_are_dropped_and_heartbeats_keep_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On trio's clock: a 30 s TTL, heartbeats every 10 s for two TTLs."""
+    with trio.fail_after(TEST_TIMEOUT_S * 100):
+        config = tracker_config(peer_ttl_s=30.0, heartbeat_interval_s=10.0)
         async with open_tracker(config) as running, open_client(running) as client:
             kept = await register(client, "kept")
             dropped = await register(client, "dropped")
-            for _ in range(8):  # 0.8 s: twice the TTL
-                await trio.sleep(0.1)
+            for _ in range(6):  # 60 s: twice the TTL
+                await trio.sleep(10)
                 beat = await client.post(
                     "/api/peers/heartbeat", json={"peer_id": kept["peer_id"]},
                     headers=bearer(kept["token"]),
@@ -435,3 +443,56 @@ async def test_a_chunked_body_over_the_limit_is_413() -> None:
         async with open_tracker() as running, open_client(running) as client:
             response = await client.post("/api/peers/register", content=chunks())
             assert_json_error(response, 413, "payload_too_large")
+
+
+async def test_the_heartbeat_fast_path_answers_the_bytes_quart_would() -> None:
+    """Every heartbeat outcome, once through the fast path and once through the
+    Quart route of the same tracker: status, headers that matter, body bytes."""
+    big = b'{"peer_id": "' + b"x" * (70 * 1024) + b'"}'
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_tracker() as running,
+            open_client(running) as fast,
+            trio.open_nursery() as nursery,
+        ):
+            quart_only = create_app(running.tracker)
+            address = await nursery.start(
+                partial(serve_quart, quart_only, hypercorn_config("127.0.0.1", 0))
+            )
+            peer = await register(fast, "laptop")
+            good = {"peer_id": peer["peer_id"]}
+            cases: list[tuple[bytes, dict[str, str]]] = [
+                (json.dumps(good).encode(), bearer(peer["token"])),
+                (json.dumps(good).encode(), bearer("wrong")),
+                (json.dumps(good).encode(), {}),
+                (json.dumps({"peer_id": "ghost"}).encode(), bearer("t")),
+                (b"{not json", bearer(peer["token"])),
+                (b"[1, 2]", bearer(peer["token"])),
+                (b'{"peer_id": 7}', bearer(peer["token"])),
+                (b'{"peer_id": "\\ud800"}', bearer(peer["token"])),
+                (big, bearer(peer["token"])),
+            ]
+            async with httpx.AsyncClient(base_url=address.url) as slow:
+                statuses = []
+                for body, headers in cases:
+                    answers = [
+                        await client.post(
+                            HEARTBEAT_PATH,
+                            content=body,
+                            headers={"content-type": "application/json", **headers},
+                        )
+                        for client in (fast, slow)
+                    ]
+                    one, other = (
+                        (
+                            a.status_code,
+                            a.headers.get("content-type"),
+                            a.headers.get("www-authenticate"),
+                            a.content,
+                        )
+                        for a in answers
+                    )
+                    assert one == other, (body[:40], one, other)
+                    statuses.append(answers[0].status_code)
+            assert statuses == [200, 401, 401, 404, 400, 422, 422, 400, 413]
+            nursery.cancel_scope.cancel()

@@ -22,12 +22,11 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from flashback.errors import ConfigError
-from flashback.protocol.messages import PeerInfo, PeerJoined, PeerLeft
-from flashback.protocol.mirror import FeedMirror
 from flashback.tracker.serve import serve_tracker, serve_tracker_instance
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import check_database_url
 from tests.tracker_support import (
+    Endpoint,
     RunningTracker,
     assert_json_error,
     bearer,
@@ -118,13 +117,16 @@ async def open_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 @asynccontextmanager
 async def open_instance(url: str, **overrides: Any) -> AsyncIterator[RunningTracker]:
     """One tracker of the cluster, in this process, on its own port."""
-    from flashback.tracker.cluster import open_cluster
+    from flashback.tracker.redis import open_redis_backend
 
     config = tracker_config(database_url=url, **overrides)
-    async with open_cluster(url) as cluster, trio.open_nursery() as nursery:
-        tracker = Tracker(config, cluster.identities, cluster=cluster)
+    async with (
+        open_redis_backend(url, config) as (presence, identities),
+        trio.open_nursery() as nursery,
+    ):
+        tracker = Tracker(config, identities, presence)
         address = await nursery.start(partial(serve_tracker_instance, tracker))
-        yield RunningTracker(tracker, address)
+        yield RunningTracker(address, tracker)
         nursery.cancel_scope.cancel()
 
 
@@ -140,39 +142,6 @@ async def receive_nothing(ws: Any, within_s: float) -> None:
     with trio.move_on_after(within_s):
         message = await ws.get_message()
         raise AssertionError(f"unexpected message {message}")
-
-
-# -- the mirror, sans IO -----------------------------------------------------------
-
-
-def _peer(peer_id: str) -> PeerInfo:
-    return PeerInfo(peer_id, peer_id, "h", 1)
-
-
-def test_mirror_follows_numbered_changes_and_refuses_gaps() -> None:
-    mirror = FeedMirror(3)
-    mirror.reset(10, [_peer("a")])
-    assert mirror.changes_since(10) == []
-    assert mirror.changes_since(9) is None  # nothing held before the reset
-    assert mirror.apply(PeerJoined(11, _peer("b")))
-    assert mirror.apply(PeerLeft(12, "a", "left"))
-    assert mirror.apply(PeerLeft(12, "a", "left"))  # a repeat is ignored
-    assert not mirror.apply(PeerLeft(14, "b", "left"))  # 13 is missing
-    assert mirror.seq == 12 and list(mirror.peers) == ["b"]
-    assert [c.seq for c in mirror.changes_since(10) or []] == [11, 12]
-    assert mirror.changes_since(13) is None  # from the future
-    snapshot = mirror.snapshot()
-    assert (snapshot.seq, [p.peer_id for p in snapshot.peers]) == (12, ["b"])
-
-
-def test_mirror_reset_keeps_only_history_that_ends_at_its_seq() -> None:
-    mirror = FeedMirror(10)
-    history = [PeerJoined(5, _peer("x")), PeerJoined(7, _peer("y")), PeerLeft(8, "x", "left")]
-    mirror.reset(8, [_peer("y")], history)
-    assert [c.seq for c in mirror.changes_since(6) or []] == [7, 8]
-    assert mirror.changes_since(5) is None
-    mirror.reset(20, [], history)  # a log that stops short of seq is no backlog
-    assert mirror.changes_since(8) is None
 
 
 @needs_redis
@@ -463,7 +432,7 @@ async def test_serve_tracker_opens_its_own_redis_and_starts_while_redis_is_down(
         try:
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(partial(serve_tracker, config))
-                running = RunningTracker(None, address)  # type: ignore[arg-type]
+                running = Endpoint(address)
                 async with open_client(running) as client:
                     assert_json_error(
                         await client.get("/api/peers/list"), 503, "backend_unavailable"

@@ -10,7 +10,7 @@ import trio
 
 from flashback.errors import ConfigError
 from flashback.tracker.serve import serve_tracker
-from flashback.tracker.store import Identity, SQLiteStore, check_database_url, open_store
+from flashback.tracker.store import IssuedIdentity, SQLiteStore, check_database_url, open_store
 from tests.tracker_support import (
     assert_json_error,
     bearer,
@@ -68,7 +68,7 @@ async def test_sqlite_store_round_trip_keeps_only_the_hash(tmp_path: Path) -> No
     with trio.fail_after(TEST_TIMEOUT_S):
         path = tmp_path / "t.sqlite3"
         store = await SQLiteStore.open(path)
-        identity = Identity("p1", b"\x01" * 32, "n", {"a": [1]}, 10.0, 20.0)
+        identity = IssuedIdentity("p1", b"\x01" * 32, "n", {"a": [1]}, 10.0, 20.0)
         await store.put(identity)
         await store.touch("p1", 30.0)
         await store.save_seq(5)

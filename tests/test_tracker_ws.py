@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 from trio_websocket import ConnectionClosed
 
+from flashback.tracker.presence import LocalPresence
 from tests.tracker_support import (
     bearer,
     hello,
@@ -204,26 +205,34 @@ async def test_stream_relay_forwards_between_identified_peers() -> None:
             assert "flashback_tracker_messages_relayed_total 3.0" in metrics
 
 
-async def test_an_open_identified_link_keeps_its_peer_alive() -> None:
-    with trio.fail_after(TEST_TIMEOUT_S):
-        config = tracker_config(peer_ttl_s=0.3)
+async def test_an_open_identified_link_keeps_its_peer_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On trio's clock: the TTL is 30 s and the reaper ticks every second."""
+    with trio.fail_after(TEST_TIMEOUT_S * 100):
+        config = tracker_config(peer_ttl_s=30.0)
         async with open_tracker(config) as running, open_client(running) as client:
+            start = trio.current_time()
             linked = await register(client, "linked")
             unlinked = await register(client, "unlinked")
             async with open_link(running.ws_url) as ws:
                 await hello(ws, peer=linked)
                 assert (await receive(ws))["type"] == "snapshot"
-                left = await receive(ws)  # about 0.3 s later
+                left = await receive(ws, timeout_s=60)
                 assert left["type"] == "peer-left"
                 assert (left["peer_id"], left["reason"]) == (unlinked["peer_id"], "expired")
-                await trio.sleep(0.4)
+                assert 30 <= trio.current_time() - start <= 31  # the TTL, to the next tick
+                await trio.sleep(100)  # three TTLs more without a heartbeat
                 peers = (await client.get("/api/peers/list")).json()["peers"]
                 assert [p["peer_id"] for p in peers] == [linked["peer_id"]]
+                closed_at = trio.current_time()
             # Link closed: the TTL starts now.
-            with trio.fail_after(2):
-                # Polls the public list on purpose: that is what a user sees.
-                while (await client.get("/api/peers/list")).json()["peers"]:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+            async with open_link(running.ws_url) as watcher:
+                await hello(watcher)
+                assert (await receive(watcher))["type"] == "snapshot"
+                gone = await receive(watcher, timeout_s=60)
+                assert (gone["peer_id"], gone["reason"]) == (linked["peer_id"], "expired")
+                assert 30 <= trio.current_time() - closed_at <= 31
 
 
 async def test_a_slow_watcher_is_closed_without_stalling_the_others() -> None:
@@ -231,6 +240,8 @@ async def test_a_slow_watcher_is_closed_without_stalling_the_others() -> None:
         config = tracker_config(watcher_queue_messages=8)
         async with open_tracker(config) as running, open_client(running) as client:
             tracker = running.tracker
+            assert isinstance(tracker.presence, LocalPresence)
+            registry = tracker.presence.registry
             async with (
                 open_link(running.ws_url, message_queue_size=1) as slow,
                 open_link(running.ws_url) as fast,
@@ -246,8 +257,8 @@ async def test_a_slow_watcher_is_closed_without_stalling_the_others() -> None:
                 big = {"blob": "x" * 4000}
                 while len(tracker.hub) == 2:
                     assert changes < 20_000, "the slow watcher was never evicted"
-                    tracker.hub.publish(
-                        tracker.registry.register(
+                    tracker.publish(
+                        registry.register(
                             "p", name="p", host="h", port=1 + changes % 2, capabilities=big,
                             now=tracker.now(),
                         )

@@ -21,7 +21,7 @@ import trio
 from flashback.config import DaemonConfig
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.hub import EventHub
-from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.ui.app import MAX_EVENT_STREAMS
 from flashback.ui.auth import COOKIE_NAME, check_access
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.filterwarnings(
 async def ui(nursery: trio.Nursery, share: Path) -> AsyncIterator[tuple[str, DaemonContext]]:
     (share / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(1000))
     config = DaemonConfig(root=share, tracker_url=None, name="me")
-    ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=PeerInfo(name="me"))
+    ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=LocalInfo(name="me"))
     settings = ShareSettings(share, False, ctx.local)
     ctx.address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
     url = await nursery.start(

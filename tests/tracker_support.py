@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from flashback.config import TrackerConfig
 from flashback.protocol.registry import clock_seq
+from flashback.tracker.presence import LocalPresence
 from flashback.tracker.serve import serve_tracker_instance
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import IdentityStore, MemoryStore
@@ -40,8 +41,9 @@ def tracker_config(**overrides: Any) -> TrackerConfig:
 
 
 @dataclass
-class RunningTracker:
-    tracker: Tracker
+class Endpoint:
+    """Where a tracker listens (one started elsewhere, or by a test's own nursery)."""
+
     address: BoundAddress
 
     @property
@@ -53,6 +55,11 @@ class RunningTracker:
         return self.address.url.replace("http://", "ws://", 1) + "/api/peers/ws"
 
 
+@dataclass
+class RunningTracker(Endpoint):
+    tracker: Tracker
+
+
 @asynccontextmanager
 async def open_tracker(
     config: TrackerConfig | None = None,
@@ -60,15 +67,17 @@ async def open_tracker(
     store: IdentityStore | None = None,
     shutdown: trio.Event | None = None,
 ) -> AsyncIterator[RunningTracker]:
-    tracker = Tracker(config or tracker_config(), store or MemoryStore(), start_seq=clock_seq())
+    config = config or tracker_config()
+    presence = LocalPresence.for_config(config, start_seq=clock_seq())
+    tracker = Tracker(config, store or MemoryStore(), presence)
     async with trio.open_nursery() as nursery:
         address = await nursery.start(partial(serve_tracker_instance, tracker, shutdown=shutdown))
-        yield RunningTracker(tracker, address)
+        yield RunningTracker(address, tracker)
         nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
-async def open_client(running: RunningTracker) -> AsyncIterator[httpx.AsyncClient]:
+async def open_client(running: Endpoint) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=running.url, timeout=RECEIVE_TIMEOUT_S) as client:
         yield client
 
@@ -92,8 +101,10 @@ async def send(ws: WebSocketConnection, message: dict[str, Any]) -> None:
     await ws.send_message(json.dumps(message))
 
 
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(RECEIVE_TIMEOUT_S):
+async def receive(
+    ws: WebSocketConnection, *, timeout_s: float = RECEIVE_TIMEOUT_S
+) -> dict[str, Any]:
+    with trio.fail_after(timeout_s):
         return json.loads(await ws.get_message())
 
 

@@ -21,7 +21,8 @@ from flashback.daemon.context import DaemonContext
 from flashback.daemon.routes import origin
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
-from flashback.protocol.messages import MAX_HOST_CHARS, PeerInfo
+from flashback.protocol.hosts import MAX_HOST_CHARS
+from flashback.protocol.messages import PeerInfo
 from flashback.protocol.tunnel import OpenTarget
 
 

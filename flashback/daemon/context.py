@@ -14,7 +14,7 @@ from flashback.daemon.identity import Identity
 from flashback.daemon.keys import KeyPair
 from flashback.daemon.routes import Router
 from flashback.daemon.tunnels import TunnelService
-from flashback.peer.app import PeerInfo as LocalInfo
+from flashback.peer.app import LocalInfo
 from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
 from flashback.protocol.peer_table import PeerTable
 from flashback.web import BoundAddress

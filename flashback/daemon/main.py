@@ -31,9 +31,9 @@ from flashback.daemon.link import run_link
 from flashback.daemon.pins import PinStore
 from flashback.daemon.reach import owner_context_for, pin_checker, run_routes
 from flashback.daemon.session import maintain_registration, unregister
-from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
+from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, HTTPTrackerAPI, TrackerAPI
 from flashback.digests import DigestCache, DigestService
-from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
@@ -117,7 +117,7 @@ async def _run_daemon_tasks(
     task_status: trio.TaskStatus[DaemonContext],
 ) -> None:
     notifier = Notifier.from_env(os.environ)
-    local = PeerInfo(name=config.name)
+    local = LocalInfo(name=config.name)
     ctx = DaemonContext(
         config=config,
         hub=hub or EventHub(),
@@ -172,7 +172,7 @@ async def _run_daemon_tasks(
             base_url=config.tracker_url or "http://tracker.invalid", timeout=REQUEST_TIMEOUT_S
         ) as http:
             if config.tracker_url:
-                api = TrackerAPI(http, auth_token=os.environ.get("FLASHBACK_TRACKER_TOKEN"))
+                api = HTTPTrackerAPI(http, auth_token=os.environ.get("FLASHBACK_TRACKER_TOKEN"))
                 store = instance.identity_store(config.tracker_url)
 
                 pins = PinStore.in_data_dir(config.data_dir)

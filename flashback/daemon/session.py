@@ -21,7 +21,7 @@ from flashback.daemon.tracker_api import (
     TrackerAPI,
     UnknownPeer,
 )
-from flashback.protocol.backoff import Backoff
+from flashback.protocol.backoff import Backoff, RandomSource
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ async def heartbeat_loop(
     identity: Identity,
     interval_s: float,
     *,
-    rng: random.Random,
+    rng: RandomSource,
     lost: trio.Event | None = None,
 ) -> NoReturn:
     """Beat every *interval_s* on an absolute schedule (``sleep_until``: no drift).
@@ -61,7 +61,7 @@ async def maintain_registration(
     api: TrackerAPI,
     store: IdentityStore,
     *,
-    rng: random.Random | None = None,
+    rng: RandomSource | None = None,
 ) -> NoReturn:
     rng = rng or random.Random()
     backoff = Backoff(rng=rng)

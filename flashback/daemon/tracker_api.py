@@ -1,5 +1,9 @@
 """The tracker's HTTP API as the daemon uses it (register, heartbeat, leave).
 
+:class:`TrackerAPI` is the seam (a :class:`typing.Protocol`, so a test's fake
+needs no inheritance and no ``type: ignore``); :class:`HTTPTrackerAPI` is
+the real one, over httpx.
+
 Errors are sorted into what the caller does next: :class:`UnknownPeer`
 (register again under the same identity), :class:`IdentityRejected` (our
 token is not accepted: start a new identity), :class:`RetryLater` (network
@@ -9,7 +13,7 @@ trouble, 5xx, 429: back off and retry).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -43,6 +47,9 @@ class RegistrationRefused(TrackerError):
 
 @dataclass(frozen=True)
 class Registration:
+    """The tracker's answer to a registration (what it was asked is the tracker's
+    :class:`flashback.tracker.validate.RegisterBody`)."""
+
     identity: Identity
     heartbeat_interval_s: float
     ttl_s: float
@@ -69,7 +76,27 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-class TrackerAPI:
+class TrackerAPI(Protocol):
+    """What the daemon asks of a tracker."""
+
+    async def register(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        identity: Identity | None,
+        capabilities: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
+    ) -> Registration: ...
+
+    async def heartbeat(self, identity: Identity) -> float:
+        """Returns the heartbeat interval the tracker wants now."""
+
+    async def leave(self, identity: Identity) -> None: ...
+
+
+class HTTPTrackerAPI:
     """Thin wrapper over an :class:`httpx.AsyncClient` pointed at the tracker."""
 
     def __init__(self, client: httpx.AsyncClient, *, auth_token: str | None = None) -> None:

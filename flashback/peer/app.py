@@ -35,8 +35,10 @@ class ServiceUnavailable(FlashbackError):
 
 
 @dataclass
-class PeerInfo:
-    """What ``/api/info`` tells; the daemon fills in ``peer_id`` once registered."""
+class LocalInfo:
+    """What ``/api/info`` tells about this peer; the daemon fills in ``peer_id``
+    once registered. (A peer as the tracker lists it is
+    :class:`flashback.protocol.messages.PeerInfo`.)"""
 
     name: str
     peer_id: str | None = None
@@ -46,7 +48,7 @@ class PeerInfo:
 class ShareSettings:
     root: Path
     show_hidden: bool = False
-    info: PeerInfo = field(default_factory=lambda: PeerInfo(name=""))
+    info: LocalInfo = field(default_factory=lambda: LocalInfo(name=""))
 
 
 def _request_headers() -> dict[str, str]:

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 from flashback.errors import BadRequest
-from flashback.protocol.conditional import mime_for_listing, rfc3339
+from flashback.protocol.conditional import mime_for_listing, rfc3339_seconds
 from flashback.protocol.paths import UnsafePath, is_servable_name, resolve_under_root
 
 DEFAULT_LIMIT: Final = 1000
@@ -94,7 +94,7 @@ def _entry(
         "path": str(PurePosixPath(*rel_parts, name)),
         "type": kind,
         "size": size,
-        "mtime": rfc3339(info.st_mtime),
+        "mtime": rfc3339_seconds(info.st_mtime),
         "mime": mime,
     }
 

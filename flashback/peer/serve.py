@@ -9,7 +9,7 @@ import trio
 from flashback.config import ServeConfig
 from flashback.digests import DigestService
 from flashback.events import emit
-from flashback.peer.app import PeerInfo, ShareSettings, create_peer_app
+from flashback.peer.app import LocalInfo, ShareSettings, create_peer_app
 from flashback.peer.index_md import ensure_index_md
 from flashback.runner import run_service
 from flashback.web import BoundAddress, hypercorn_config, serve_quart
@@ -50,7 +50,7 @@ def announce_peer_server(address: BoundAddress) -> None:
 
 
 def run_serve(config: ServeConfig) -> int:
-    settings = ShareSettings(config.root, config.show_hidden, PeerInfo(name=config.name))
+    settings = ShareSettings(config.root, config.show_hidden, LocalInfo(name=config.name))
 
     async def main(shutdown: trio.Event) -> None:
         async with trio.open_nursery() as nursery:

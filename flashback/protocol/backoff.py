@@ -31,7 +31,7 @@ class Backoff:
 
     def step_s(self, attempt: int) -> float:
         """The un-jittered delay before retry number *attempt* (0-based)."""
-        return min(self.max_s, self.initial_s * 2 ** min(attempt, 62))
+        return min(self.max_s, self.initial_s * 2.0 ** min(attempt, 62))
 
     def next_delay_s(self) -> float:
         delay = self.step_s(self.attempts) * (1 - self.jitter * self.rng.random())

@@ -24,13 +24,15 @@ def parse_http_date(value: str) -> int | None:
     try:
         parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
-        return None
+        return None  # (since Python 3.10 a bad date raises instead of returning None)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp())
 
 
-def rfc3339(timestamp: float) -> str:
+def rfc3339_seconds(timestamp: float) -> str:
+    """UTC to the second (a listing's ``mtime``); the tracker's PEER times are
+    :func:`flashback.protocol.registry.rfc3339_millis`."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, Self
 
 from flashback.protocol.fingerprint import is_fingerprint
+from flashback.protocol.hosts import MAX_HOST_CHARS
 from flashback.protocol.strict_json import loads_strict
 
 MAX_ID_CHARS: Final = 128
 MAX_TOKEN_CHARS: Final = 512
 MAX_PATH_CHARS: Final = 4096
-MAX_HOST_CHARS: Final = 253
 MAX_NAME_CHARS: Final = 64
 MAX_CODE_CHARS: Final = 64
 MAX_MESSAGE_CHARS: Final = 1024
@@ -67,73 +67,103 @@ class ProtocolError(Exception):
 
 
 # -- field readers: each raises ProtocolError with a message naming the field ---
+# (the one place fields are checked: tracker/validate.py reads HTTP bodies with these)
 
 
-def _invalid(key: str, what: str) -> ProtocolError:
+def invalid(key: str, what: str) -> ProtocolError:
     return ProtocolError("invalid_field", f"{key!r} must be {what}")
 
 
-def _str(data: Mapping[str, Any], key: str, *, max_chars: int, optional: bool = False) -> Any:
+def decode_object(text: str | bytes, *, what: str = "the message") -> dict[str, Any]:
+    """Strict JSON text that must be an object UTF-8 can carry (*what* names it in errors)."""
+    try:
+        data = loads_strict(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("invalid_json", f"{what} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_message", f"{what} must be a JSON object")
+    check_unicode(data, what=what)
+    return data
+
+
+def check_unicode(data: Mapping[str, Any], *, what: str = "the message") -> None:
+    """Lone surrogates (from "\\ud800" escapes) cannot be sent on as UTF-8."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("invalid_json", f"{what} has a lone surrogate escape") from None
+
+
+def read_str(
+    data: Mapping[str, Any],
+    key: str,
+    *,
+    max_chars: int,
+    optional: bool = False,
+    label: str | None = None,
+) -> Any:
     value = data.get(key)
     if value is None and optional:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
-        raise _invalid(key, f"a string of 1-{max_chars} characters")
+        raise invalid(label or key, f"a string of 1-{max_chars} characters")
     return value
 
 
-def _int(
+def read_int(
     data: Mapping[str, Any],
     key: str,
     *,
     low: int = 0,
     high: int | None = None,
     optional: bool = False,
+    label: str | None = None,
 ) -> Any:
     value = data.get(key)
     if value is None and optional:
         return None
+    label = label or key
     # bool is an int subclass; True is not a port number.
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise _invalid(key, f"an integer >= {low}")
+        raise invalid(label, f"an integer >= {low}")
     if high is not None and value > high:
-        raise _invalid(key, f"an integer between {low} and {high}")
+        raise invalid(label, f"an integer between {low} and {high}")
     return value
 
 
-def _number(data: Mapping[str, Any], key: str) -> float | int:
+def read_number(data: Mapping[str, Any], key: str) -> float | int:
     value = data.get(key)
     if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
-        raise _invalid(key, "a number >= 0")
+        raise invalid(key, "a number >= 0")
     return value
 
 
-def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+def read_object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = data.get(key)
     if not isinstance(value, dict):
-        raise _invalid(key, "an object")
+        raise invalid(key, "an object")
     return value
 
 
-def _required_fingerprint(data: Mapping[str, Any]) -> str:
-    value = _fingerprint(data)
+def read_required_fingerprint(data: Mapping[str, Any]) -> str:
+    value = read_fingerprint(data)
     if value is None:
-        raise _invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
+        raise invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
     return value
 
 
-def _fingerprint(data: Mapping[str, Any]) -> str | None:
+def read_fingerprint(data: Mapping[str, Any]) -> str | None:
     value = data.get("fingerprint")
     if value is None:
         return None
     if not is_fingerprint(value):
-        raise _invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
+        raise invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
     return str(value)
 
 
 def _one_direction(data: Mapping[str, Any], *, required: bool) -> tuple[str | None, str | None]:
-    to = _str(data, "to", max_chars=MAX_ID_CHARS, optional=True)
-    from_ = _str(data, "from", max_chars=MAX_ID_CHARS, optional=True)
+    to = read_str(data, "to", max_chars=MAX_ID_CHARS, optional=True)
+    from_ = read_str(data, "from", max_chars=MAX_ID_CHARS, optional=True)
     if to is not None and from_ is not None:
         raise ProtocolError("invalid_field", "give either 'to' or 'from', not both")
     if required and to is None and from_ is None:
@@ -180,17 +210,17 @@ class PeerInfo:
     @classmethod
     def parse(cls, data: Any) -> PeerInfo:
         if not isinstance(data, dict):
-            raise _invalid("peer", "an object")
-        server = _object(data, "peer_server")
+            raise invalid("peer", "an object")
+        server = read_object(data, "peer_server")
         return cls(
-            peer_id=_str(data, "peer_id", max_chars=MAX_ID_CHARS),
-            name=_str(data, "name", max_chars=MAX_NAME_CHARS),
-            host=_str(server, "host", max_chars=MAX_HOST_CHARS),
-            port=_int(server, "port", low=1, high=65535),
-            capabilities=_object(data, "capabilities"),
-            registered_at=_str(data, "registered_at", max_chars=64),
-            last_seen=_str(data, "last_seen", max_chars=64),
-            fingerprint=_fingerprint(data),
+            peer_id=read_str(data, "peer_id", max_chars=MAX_ID_CHARS),
+            name=read_str(data, "name", max_chars=MAX_NAME_CHARS),
+            host=read_str(server, "host", max_chars=MAX_HOST_CHARS),
+            port=read_int(server, "port", low=1, high=65535),
+            capabilities=read_object(data, "capabilities"),
+            registered_at=read_str(data, "registered_at", max_chars=64),
+            last_seen=read_str(data, "last_seen", max_chars=64),
+            fingerprint=read_fingerprint(data),
         )
 
 
@@ -236,11 +266,11 @@ class Hello(Message):
 
     @classmethod
     def _from(cls, data: Mapping[str, Any]) -> Hello:
-        peer_id = _str(data, "peer_id", max_chars=MAX_ID_CHARS, optional=True)
-        token = _str(data, "token", max_chars=MAX_TOKEN_CHARS, optional=True)
+        peer_id = read_str(data, "peer_id", max_chars=MAX_ID_CHARS, optional=True)
+        token = read_str(data, "token", max_chars=MAX_TOKEN_CHARS, optional=True)
         if (peer_id is None) != (token is None):
             raise ProtocolError("invalid_field", "'peer_id' and 'token' go together")
-        return cls(last_seq=_int(data, "last_seq", optional=True), peer_id=peer_id, token=token)
+        return cls(last_seq=read_int(data, "last_seq", optional=True), peer_id=peer_id, token=token)
 
 
 @dataclass(frozen=True)
@@ -256,8 +286,8 @@ class Snapshot(Message):
     def _from(cls, data: Mapping[str, Any]) -> Snapshot:
         peers = data.get("peers")
         if not isinstance(peers, list):
-            raise _invalid("peers", "a list")
-        return cls(seq=_int(data, "seq"), peers=tuple(PeerInfo.parse(p) for p in peers))
+            raise invalid("peers", "a list")
+        return cls(seq=read_int(data, "seq"), peers=tuple(PeerInfo.parse(p) for p in peers))
 
 
 @dataclass(frozen=True)
@@ -271,7 +301,7 @@ class PeerJoined(Message):
 
     @classmethod
     def _from(cls, data: Mapping[str, Any]) -> PeerJoined:
-        return cls(seq=_int(data, "seq"), peer=PeerInfo.parse(data.get("peer")))
+        return cls(seq=read_int(data, "seq"), peer=PeerInfo.parse(data.get("peer")))
 
 
 @dataclass(frozen=True)
@@ -285,7 +315,7 @@ class PeerUpdated(Message):
 
     @classmethod
     def _from(cls, data: Mapping[str, Any]) -> PeerUpdated:
-        return cls(seq=_int(data, "seq"), peer=PeerInfo.parse(data.get("peer")))
+        return cls(seq=read_int(data, "seq"), peer=PeerInfo.parse(data.get("peer")))
 
 
 @dataclass(frozen=True)
@@ -302,10 +332,10 @@ class PeerLeft(Message):
     def _from(cls, data: Mapping[str, Any]) -> PeerLeft:
         reason = data.get("reason")
         if reason not in ("left", "expired"):
-            raise _invalid("reason", "'left' or 'expired'")
+            raise invalid("reason", "'left' or 'expired'")
         return cls(
-            seq=_int(data, "seq"),
-            peer_id=_str(data, "peer_id", max_chars=MAX_ID_CHARS),
+            seq=read_int(data, "seq"),
+            peer_id=read_str(data, "peer_id", max_chars=MAX_ID_CHARS),
             reason=reason,
         )
 
@@ -332,8 +362,8 @@ class StreamRequest(Message):
     def _from(cls, data: Mapping[str, Any]) -> StreamRequest:
         to, from_ = _one_direction(data, required=True)
         return cls(
-            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            path=_str(data, "path", max_chars=MAX_PATH_CHARS),
+            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            path=read_str(data, "path", max_chars=MAX_PATH_CHARS),
             to=to,
             from_=from_,
         )
@@ -371,13 +401,13 @@ class FileStreamReady(Message):
     def _from(cls, data: Mapping[str, Any]) -> FileStreamReady:
         to, from_ = _one_direction(data, required=True)
         return cls(
-            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            host=_str(data, "host", max_chars=MAX_HOST_CHARS),
-            port=_int(data, "port", low=1, high=65535),
-            token=_str(data, "token", max_chars=MAX_TOKEN_CHARS),
-            path=_str(data, "path", max_chars=MAX_PATH_CHARS),
-            size=_int(data, "size"),
-            expires_in=_number(data, "expires_in"),
+            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            host=read_str(data, "host", max_chars=MAX_HOST_CHARS),
+            port=read_int(data, "port", low=1, high=65535),
+            token=read_str(data, "token", max_chars=MAX_TOKEN_CHARS),
+            path=read_str(data, "path", max_chars=MAX_PATH_CHARS),
+            size=read_int(data, "size"),
+            expires_in=read_number(data, "expires_in"),
             to=to,
             from_=from_,
         )
@@ -408,10 +438,10 @@ class _Refusal(Message):
         to, from_ = _one_direction(data, required=False)
         message = data.get("message", "")
         if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
-            raise _invalid("message", f"a string of at most {MAX_MESSAGE_CHARS} characters")
+            raise invalid("message", f"a string of at most {MAX_MESSAGE_CHARS} characters")
         return cls(
-            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            code=_str(data, "code", max_chars=MAX_CODE_CHARS),
+            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            code=read_str(data, "code", max_chars=MAX_CODE_CHARS),
             message=message,
             to=to,
             from_=from_,
@@ -439,8 +469,8 @@ class TunnelRequest(Message):
     @classmethod
     def _from(cls, data: Mapping[str, Any]) -> TunnelRequest:
         return cls(
-            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            to=_str(data, "to", max_chars=MAX_ID_CHARS),
+            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            to=read_str(data, "to", max_chars=MAX_ID_CHARS),
         )
 
 
@@ -483,15 +513,15 @@ class TunnelInvite(Message):
     def _from(cls, data: Mapping[str, Any]) -> TunnelInvite:
         role = data.get("role")
         if role not in ("client", "server"):
-            raise _invalid("role", "'client' or 'server'")
+            raise invalid("role", "'client' or 'server'")
         return cls(
-            request_id=_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            from_=_str(data, "from", max_chars=MAX_ID_CHARS),
-            fingerprint=_required_fingerprint(data),
+            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
+            from_=read_str(data, "from", max_chars=MAX_ID_CHARS),
+            fingerprint=read_required_fingerprint(data),
             role=role,
-            host=_str(data, "host", max_chars=MAX_HOST_CHARS),
-            port=_int(data, "port", low=1, high=65535),
-            key=_str(data, "key", max_chars=MAX_TOKEN_CHARS),
+            host=read_str(data, "host", max_chars=MAX_HOST_CHARS),
+            port=read_int(data, "port", low=1, high=65535),
+            key=read_str(data, "key", max_chars=MAX_TOKEN_CHARS),
         )
 
 
@@ -515,15 +545,12 @@ class ErrorMessage(Message):
     def _from(cls, data: Mapping[str, Any]) -> ErrorMessage:
         message = data.get("message", "")
         if not isinstance(message, str):
-            raise _invalid("message", "a string")
-        return cls(code=_str(data, "code", max_chars=MAX_CODE_CHARS), message=message)
+            raise invalid("message", "a string")
+        return cls(code=read_str(data, "code", max_chars=MAX_CODE_CHARS), message=message)
 
 
 Change = PeerJoined | PeerUpdated | PeerLeft
 """A change of the peer list: what the feed carries, each with its ``seq``."""
-
-RelayMessage = StreamRequest | FileStreamReady | StreamError
-"""What the tracker forwards between identified peers."""
 
 MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
     cls.TYPE: cls
@@ -547,17 +574,11 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
 def parse(data: Mapping[str, Any] | str | bytes) -> Message:
     """Decode one frame (text or an already-decoded dict) into its message."""
     if isinstance(data, str | bytes):
-        try:
-            data = loads_strict(data)
-        except (ValueError, RecursionError):
-            raise ProtocolError("invalid_json", "the message is not valid JSON") from None
-    if not isinstance(data, Mapping):
-        raise ProtocolError("invalid_message", "a message must be a JSON object")
-    try:
-        # Lone surrogates (from "\\ud800" escapes) cannot be sent on as UTF-8.
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ProtocolError("invalid_json", "the message has a lone surrogate escape") from None
+        data = decode_object(data)
+    elif isinstance(data, Mapping):
+        check_unicode(data)
+    else:
+        raise ProtocolError("invalid_message", "the message must be a JSON object")
     kind = data.get("type")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:

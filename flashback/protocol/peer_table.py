@@ -5,12 +5,11 @@ local events it implies (``peer-joined``, ``peer-updated``, ``peer-left``).
 The sequence rules:
 
 * a ``snapshot`` replaces the table; the events are the difference from
-  what we had (a peer missing from it "left" with reason ``resync``);
-* a change with ``seq`` at or below ours is a duplicate (a replay overlap)
-  and is ignored;
-* a change with exactly ``seq + 1`` is applied;
-* anything further ahead means we missed something: :class:`ResyncNeeded`,
-  and the link reconnects with ``last_seq`` to get what it missed.
+  what we had (a peer missing from it "left" with reason ``resync``; a
+  changed peer is :func:`~flashback.protocol.feed.is_change`'s);
+* a change is placed by :func:`~flashback.protocol.feed.place`: a repeat
+  is ignored, the next one applied, and a gap means we missed something:
+  :class:`ResyncNeeded`, and the link reconnects with ``last_seq``.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flashback.protocol.messages import PeerInfo, PeerJoined, PeerLeft, PeerUpdated, Snapshot
-
-Change = PeerJoined | PeerUpdated | PeerLeft
+from flashback.protocol.feed import Listing, is_change, place
+from flashback.protocol.messages import Change, PeerInfo, PeerLeft, Snapshot
 
 
 class ResyncNeeded(Exception):
@@ -64,14 +62,15 @@ class PeerTable:
     def apply(self, message: Snapshot | Change) -> list[TableEvent]:
         if isinstance(message, Snapshot):
             return self._replace(message)
-        if self.seq is not None and message.seq <= self.seq:
-            return []
-        if self.seq is not None and message.seq != self.seq + 1:
-            raise ResyncNeeded(self.seq, message.seq)
         if self.seq is None:
-            # Changes before any snapshot only arrive as a replay after our
-            # last_seq, which the link sets through resume_from().
+            # The tracker sends a snapshot first; a change before any can only
+            # follow a last_seq we never held.
             raise ResyncNeeded(None, message.seq)
+        placement = place(self.seq, message.seq)
+        if placement == "repeat":
+            return []
+        if placement == "gap":
+            raise ResyncNeeded(self.seq, message.seq)
         self.seq = message.seq
         if isinstance(message, PeerLeft):
             if self.peers.pop(message.peer_id, None) is None:
@@ -82,10 +81,6 @@ class PeerTable:
         kind = "peer-updated" if known else "peer-joined"
         return [TableEvent(kind, {"seq": message.seq, "peer": message.peer.dump()})]
 
-    def resume_from(self, seq: int) -> None:
-        """Keep the table and expect the tracker to replay changes after *seq*."""
-        self.seq = seq
-
     def _replace(self, snapshot: Snapshot) -> list[TableEvent]:
         new = {p.peer_id: p for p in snapshot.peers}
         events = [
@@ -95,18 +90,13 @@ class PeerTable:
             old = self.peers.get(peer_id)
             if old is None:
                 events.append(TableEvent("peer-joined", {"seq": snapshot.seq, "peer": peer.dump()}))
-            elif _identity(old) != _identity(peer):
+            elif is_change(Listing.of(old), Listing.of(peer)):
                 events.append(
                     TableEvent("peer-updated", {"seq": snapshot.seq, "peer": peer.dump()})
                 )
         self.peers = new
         self.seq = snapshot.seq
         return events
-
-
-def _identity(peer: PeerInfo) -> tuple[Any, ...]:
-    """What counts as a change (``last_seen`` moves with heartbeats; it does not)."""
-    return (peer.name, peer.host, peer.port, peer.capabilities, peer.fingerprint)
 
 
 def _left(peer_id: str, reason: str, seq: int) -> TableEvent:

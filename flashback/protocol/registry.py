@@ -18,12 +18,12 @@ list would need more than a million changes a second to catch up with it).
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from flashback.protocol.feed import ChangeLog, LinkCount, Listing, is_change
 from flashback.protocol.messages import (
     Change,
     LeaveReason,
@@ -43,7 +43,7 @@ def clock_seq() -> int:
     return time.time_ns() // 1000
 
 
-def rfc3339(wall_time_s: float) -> str:
+def rfc3339_millis(wall_time_s: float) -> str:
     """UTC, millisecond precision, ``Z`` suffix: what the contract's PEER carries."""
     moment = datetime.fromtimestamp(wall_time_s, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -51,14 +51,9 @@ def rfc3339(wall_time_s: float) -> str:
 
 @dataclass
 class _Presence:
-    peer_id: str
-    name: str
-    host: str
-    port: int
-    capabilities: dict[str, Any]
+    listing: Listing
     registered_at: float
     last_seen: float
-    fingerprint: str | None = None
 
 
 class Registry:
@@ -72,21 +67,17 @@ class Registry:
         backlog_changes: int = DEFAULT_BACKLOG_CHANGES,
         wall_offset_s: float = 0.0,
     ) -> None:
-        if backlog_changes < 1:
-            raise ValueError("backlog_changes must be positive")
         self.ttl_s = ttl_s
         self.wall_offset_s = wall_offset_s
-        self._seq = start_seq
+        self._log = ChangeLog(backlog_changes, seq=start_seq)
         self._peers: dict[str, _Presence] = {}
-        # Open identified links per peer id: a linked peer never expires.
-        self._links: dict[str, int] = {}
-        self._backlog: deque[Change] = deque(maxlen=backlog_changes)
+        self._links = LinkCount()
 
     # -- reading -------------------------------------------------------------------
 
     @property
     def seq(self) -> int:
-        return self._seq
+        return self._log.seq
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -98,33 +89,21 @@ class Registry:
         return iter(self._peers)
 
     def is_linked(self, peer_id: str) -> bool:
-        return self._links.get(peer_id, 0) > 0
+        return self._links.is_linked(peer_id)
 
     def get(self, peer_id: str, now: float) -> PeerInfo | None:
         presence = self._peers.get(peer_id)
-        return None if presence is None else self._info(presence, now)
+        return None if presence is None else self._info(peer_id, presence, now)
 
     def peers(self, now: float) -> list[PeerInfo]:
-        return [self._info(p, now) for p in self._peers.values()]
+        return [self._info(peer_id, p, now) for peer_id, p in self._peers.items()]
 
     def snapshot(self, now: float) -> Snapshot:
-        return Snapshot(seq=self._seq, peers=tuple(self.peers(now)))
+        return Snapshot(seq=self.seq, peers=tuple(self.peers(now)))
 
     def changes_since(self, last_seq: int | None) -> list[Change] | None:
-        """Every change after *last_seq* in order, or ``None``: send a snapshot.
-
-        ``None`` also answers a ``last_seq`` from the future (an earlier run
-        whose counter we cannot vouch for) or one older than the backlog.
-        """
-        if last_seq is None or last_seq > self._seq:
-            return None
-        if last_seq == self._seq:
-            return []
-        if not self._backlog or self._backlog[0].seq > last_seq + 1:
-            return None
-        # The backlog is contiguous: index of last_seq + 1 is a subtraction.
-        start = last_seq + 1 - self._backlog[0].seq
-        return [self._backlog[i] for i in range(start, len(self._backlog))]
+        """See :meth:`~flashback.protocol.feed.ChangeLog.changes_since`."""
+        return self._log.changes_since(last_seq)
 
     # -- changing ------------------------------------------------------------------
 
@@ -140,26 +119,17 @@ class Registry:
         fingerprint: str | None = None,
     ) -> list[Change]:
         """Join, or refresh and maybe update (a re-registration is a heartbeat too)."""
+        listing = Listing(name, host, port, dict(capabilities), fingerprint)
         presence = self._peers.get(peer_id)
         if presence is None:
-            presence = _Presence(
-                peer_id, name, host, port, dict(capabilities), now, now, fingerprint
-            )
+            presence = _Presence(listing, now, now)
             self._peers[peer_id] = presence
-            return [self._record(PeerJoined(self._next_seq(), self._info(presence, now)))]
+            return [self._record(PeerJoined(self.seq + 1, self._info(peer_id, presence, now)))]
         presence.last_seen = now
-        if (
-            presence.name,
-            presence.host,
-            presence.port,
-            presence.capabilities,
-            presence.fingerprint,
-        ) == (name, host, port, capabilities, fingerprint):
+        if not is_change(presence.listing, listing):
             return []
-        presence.name, presence.host, presence.port = name, host, port
-        presence.capabilities = dict(capabilities)
-        presence.fingerprint = fingerprint
-        return [self._record(PeerUpdated(self._next_seq(), self._info(presence, now)))]
+        presence.listing = listing
+        return [self._record(PeerUpdated(self.seq + 1, self._info(peer_id, presence, now)))]
 
     def heartbeat(self, peer_id: str, now: float) -> bool:
         """Move ``last_seen``; not a change. False: unknown or expired peer."""
@@ -172,16 +142,16 @@ class Registry:
     def leave(self, peer_id: str, now: float, reason: LeaveReason = "left") -> list[Change]:
         if self._peers.pop(peer_id, None) is None:
             return []
-        return [self._record(PeerLeft(self._next_seq(), peer_id, reason))]
+        return [self._record(PeerLeft(self.seq + 1, peer_id, reason))]
 
     def expire(self, now: float) -> list[Change]:
         """Drop every unlinked peer not seen for ``ttl_s``; linked ones stay fresh."""
         gone: list[str] = []
-        for presence in self._peers.values():
-            if self.is_linked(presence.peer_id):
+        for peer_id, presence in self._peers.items():
+            if self.is_linked(peer_id):
                 presence.last_seen = max(presence.last_seen, now)
             elif now - presence.last_seen >= self.ttl_s:
-                gone.append(presence.peer_id)
+                gone.append(peer_id)
         changes: list[Change] = []
         for peer_id in gone:
             changes.extend(self.leave(peer_id, now, "expired"))
@@ -189,36 +159,23 @@ class Registry:
 
     def attach(self, peer_id: str) -> None:
         """An identified websocket link opened: the peer counts as alive."""
-        self._links[peer_id] = self._links.get(peer_id, 0) + 1
+        self._links.attach(peer_id)
 
     def detach(self, peer_id: str, now: float) -> None:
         """A link closed: its TTL starts now, as if it had just sent a heartbeat."""
-        count = self._links.get(peer_id, 0) - 1
-        if count > 0:
-            self._links[peer_id] = count
-        else:
-            self._links.pop(peer_id, None)
+        self._links.detach(peer_id)
         self.heartbeat(peer_id, now)
 
     # -- internals -----------------------------------------------------------------
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def _record(self, change: Change) -> Change:
-        self._backlog.append(change)
+        self._log.append(change)
         return change
 
-    def _info(self, presence: _Presence, now: float) -> PeerInfo:
-        last_seen = now if self.is_linked(presence.peer_id) else presence.last_seen
-        return PeerInfo(
-            peer_id=presence.peer_id,
-            name=presence.name,
-            host=presence.host,
-            port=presence.port,
-            capabilities=presence.capabilities,
-            registered_at=rfc3339(presence.registered_at + self.wall_offset_s),
-            last_seen=rfc3339(last_seen + self.wall_offset_s),
-            fingerprint=presence.fingerprint,
+    def _info(self, peer_id: str, presence: _Presence, now: float) -> PeerInfo:
+        last_seen = now if self.is_linked(peer_id) else presence.last_seen
+        return presence.listing.peer_info(
+            peer_id,
+            registered_at=rfc3339_millis(presence.registered_at + self.wall_offset_s),
+            last_seen=rfc3339_millis(last_seen + self.wall_offset_s),
         )

@@ -7,7 +7,6 @@ kind leave as the contract's JSON body through :func:`install_json_errors`.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 from quart import Response, request, websocket
@@ -19,16 +18,18 @@ from flashback.tracker import validate
 from flashback.tracker.metrics import CONTENT_TYPE
 from flashback.tracker.security import bearer_token
 from flashback.tracker.service import Tracker
-from flashback.web import install_json_errors, json_response
+from flashback.web import JSON_MIMETYPE, encode_json, install_json_errors, json_response
+
+
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body must be at most {validate.MAX_BODY_BYTES} bytes")
 
 
 async def _body() -> bytes:
     try:
-        return await request.get_data(as_text=False)
+        return await request.get_data(cache=True, as_text=False, parse_form_data=False)
     except RequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"the request body must be at most {validate.MAX_BODY_BYTES} bytes"
-        ) from None
+        raise _too_large() from None
 
 
 HEARTBEAT_PATH: Final = "/api/peers/heartbeat"
@@ -49,12 +50,13 @@ class HeartbeatFastPath:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH or scope["method"] != "POST":
+            # Quart types scope/receive/send as hypercorn's TypedDicts; ours are plain ASGI dicts.
             await self.app(scope, receive, send)  # type: ignore[arg-type]
             return
         status, payload, headers = await self._answer(scope, receive)
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        body = encode_json(payload)
         raw_headers = [
-            (b"content-type", b"application/json"),
+            (b"content-type", JSON_MIMETYPE.encode()),
             (b"content-length", str(len(body)).encode()),
             *((k.lower().encode(), v.encode()) for k, v in headers.items()),
         ]
@@ -88,9 +90,7 @@ async def _read_body(receive: Any) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > validate.MAX_BODY_BYTES:
-            raise PayloadTooLarge(
-                f"the request body must be at most {validate.MAX_BODY_BYTES} bytes"
-            )
+            raise _too_large()
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -139,7 +139,7 @@ def create_app(tracker: Tracker) -> QuartTrio:
     @app.websocket("/api/peers/ws")
     async def link() -> None:
         await tracker.serve_link(
-            websocket,  # type: ignore[arg-type]
+            websocket,
             host_header=websocket.headers.get("Host"),
         )
 

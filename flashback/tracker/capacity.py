@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from flashback.protocol.messages import PeerInfo
-from flashback.protocol.registry import rfc3339
+from flashback.protocol.registry import rfc3339_millis
 
-_TIMESTAMP: Final = rfc3339(0.0)
+_TIMESTAMP: Final = rfc3339_millis(0.0)
 
 
 def record_bytes(

@@ -1,19 +1,21 @@
 """Who is online, ``seq`` and the change feed: the seam between the tracker
 and where that state lives.
 
-:class:`Presence` is what :class:`~flashback.tracker.service.Tracker` needs.
-Two implementations:
+:class:`Presence` is what :class:`~flashback.tracker.service.Tracker` needs
+from a storage adapter; the feed's rules themselves are
+:mod:`flashback.protocol.feed`'s. Two adapters:
 
 - :class:`LocalPresence` (``memory://`` and ``sqlite://``): one process, the
-  sans-IO :class:`~flashback.protocol.registry.Registry` in memory; every
-  change is published to this process's hub as it is made.
-- :class:`~flashback.tracker.cluster.RedisPresence` (``redis://``): any number
-  of processes sharing one Redis; changes are made by atomic scripts there and
-  reach every process's hub through one Redis stream, in ``seq`` order.
+  sans-IO :class:`~flashback.protocol.registry.Registry` in memory. Each call
+  returns the changes it made, and the tracker publishes them at once.
+- :class:`~flashback.tracker.redis.presence.RedisPresence` (``redis://``): any
+  number of processes sharing one Redis; changes are made by atomic scripts
+  there and reach every process through one Redis stream, in ``seq`` order.
+  Its calls return no changes: its follower hands every change (its own
+  included) to the tracker's :class:`FeedSink`, so every instance delivers
+  the same changes in the same order.
 
-Both publish changes to the hub themselves: the local one at once, the Redis
-one when its stream reader sees them (so the instance that made a change and
-every other instance deliver it the same way, in the same order).
+Only the tracker publishes to its hub.
 
 Errors are the HTTP ones: :class:`~flashback.errors.NotFound` (code
 ``unknown_peer``), :class:`~flashback.errors.Unauthorized`, and
@@ -22,24 +24,49 @@ Errors are the HTTP ones: :class:`~flashback.errors.NotFound` (code
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
+from flashback.config import TrackerConfig
 from flashback.errors import NotFound, Unauthorized
+from flashback.protocol.feed import Listing, not_online_text
 from flashback.protocol.messages import Change, ErrorMessage, Message, PeerInfo, PeerLeft
 from flashback.protocol.registry import Registry
-from flashback.tracker.hub import Hub
 from flashback.tracker.security import token_matches
 
 
 def not_online(peer_id: str) -> NotFound:
-    return NotFound(f"peer {peer_id!r} is not online; register again", code="unknown_peer")
+    return NotFound(f"{not_online_text(peer_id)}; register again", code="unknown_peer")
 
 
 def wrong_token() -> Unauthorized:
     return Unauthorized("wrong token for this peer_id")
+
+
+@dataclass(frozen=True)
+class Expired:
+    """What one expiry pass did: the peers *this process* dropped (counted once,
+    wherever the feed goes), and the changes for the caller to publish now."""
+
+    peer_ids: list[str]
+    changes: list[Change]
+
+
+class FeedSink(Protocol):
+    """Where a shared backend's feed goes: the :class:`~flashback.tracker.service.Tracker`."""
+
+    def publish(self, changes: Sequence[Change]) -> None:
+        """Hand numbered changes, in order, to every link of this instance."""
+
+    def restart_links(self) -> None:
+        """The state the links followed is gone: close them so they resync."""
+
+    async def deliver_relayed(self, to: str, message: Message) -> None:
+        """A message another instance relayed for the peer *to*."""
 
 
 class Presence(Protocol):
@@ -55,30 +82,25 @@ class Presence(Protocol):
     def peer(self, peer_id: str, now: float) -> PeerInfo | None:
         """An online peer's record as this process's feed knows it (no I/O)."""
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Background work (reading a shared feed) until cancelled."""
+    async def run(
+        self, sink: FeedSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Background work (following a shared feed into *sink*) until cancelled."""
 
     async def register(
-        self,
-        peer_id: str,
-        *,
-        token_hash: bytes,
-        name: str,
-        host: str,
-        port: int,
-        capabilities: Mapping[str, Any],
-        now: float,
-        fingerprint: str | None = None,
-    ) -> None: ...
+        self, peer_id: str, listing: Listing, *, token_hash: bytes, now: float
+    ) -> list[Change]:
+        """The changes to publish now (none from a shared feed)."""
 
     async def heartbeat(self, peer_id: str, token: str, now: float) -> None: ...
 
-    async def leave(self, peer_id: str, token: str, now: float) -> None: ...
+    async def leave(self, peer_id: str, token: str, now: float) -> list[Change]:
+        """The changes to publish now (none from a shared feed)."""
 
     async def peer_list(self, now: float) -> dict[str, Any]: ...
 
-    async def expire(self, now: float) -> list[str]:
-        """Drop peers past their TTL; the ids *this process* dropped."""
+    async def expire(self, now: float) -> Expired:
+        """Drop peers past their TTL."""
 
     async def check_link(self, peer_id: str, token: str | None) -> ErrorMessage | None: ...
 
@@ -99,13 +121,34 @@ class Presence(Protocol):
 
 
 class LocalPresence:
-    """One process: the registry in memory, token hashes of online peers beside it."""
+    """One process: the registry in memory, token hashes of online peers beside it.
 
-    def __init__(self, registry: Registry, hub: Hub) -> None:
+    No call awaits anything, so between the registry's change and the
+    tracker's publishing of it there is no checkpoint: a ``hello`` sees a
+    change either in its replay or in the live feed, never both.
+    """
+
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.hub = hub
         # Token hashes of online peers, so heartbeats never touch the store.
         self._token_hashes: dict[str, bytes] = {}
+
+    @classmethod
+    def for_config(
+        cls,
+        config: TrackerConfig,
+        *,
+        start_seq: int,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> LocalPresence:
+        """A registry counting from *start_seq*, its wall times from *clock*."""
+        registry = Registry(
+            config.peer_ttl_s,
+            start_seq=start_seq,
+            backlog_changes=config.backlog_changes,
+            wall_offset_s=time.time() - clock(),
+        )
+        return cls(registry)
 
     @property
     def seq(self) -> int:
@@ -120,49 +163,39 @@ class LocalPresence:
     def peer(self, peer_id: str, now: float) -> PeerInfo | None:
         return self.registry.get(peer_id, now)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+    async def run(
+        self, sink: FeedSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()  # nothing to follow: each call returns its changes
 
     async def register(
-        self,
-        peer_id: str,
-        *,
-        token_hash: bytes,
-        name: str,
-        host: str,
-        port: int,
-        capabilities: Mapping[str, Any],
-        now: float,
-        fingerprint: str | None = None,
-    ) -> None:
+        self, peer_id: str, listing: Listing, *, token_hash: bytes, now: float
+    ) -> list[Change]:
         self._token_hashes[peer_id] = token_hash
-        self._publish(
-            self.registry.register(
-                peer_id,
-                name=name,
-                host=host,
-                port=port,
-                capabilities=capabilities,
-                now=now,
-                fingerprint=fingerprint,
-            )
+        return self.registry.register(
+            peer_id,
+            name=listing.name,
+            host=listing.host,
+            port=listing.port,
+            capabilities=listing.capabilities,
+            now=now,
+            fingerprint=listing.fingerprint,
         )
 
     async def heartbeat(self, peer_id: str, token: str, now: float) -> None:
         self._authorize(peer_id, token)
         self.registry.heartbeat(peer_id, now)
 
-    async def leave(self, peer_id: str, token: str, now: float) -> None:
+    async def leave(self, peer_id: str, token: str, now: float) -> list[Change]:
         self._authorize(peer_id, token)
-        self._publish(self.registry.leave(peer_id, now, "left"))
+        return self._forget(self.registry.leave(peer_id, now, "left"))
 
     async def peer_list(self, now: float) -> dict[str, Any]:
         return {"seq": self.registry.seq, "peers": [p.dump() for p in self.registry.peers(now)]}
 
-    async def expire(self, now: float) -> list[str]:
-        changes = self.registry.expire(now)
-        self._publish(changes)
-        return [c.peer_id for c in changes if isinstance(c, PeerLeft)]
+    async def expire(self, now: float) -> Expired:
+        changes = self._forget(self.registry.expire(now))
+        return Expired([c.peer_id for c in changes if isinstance(c, PeerLeft)], changes)
 
     async def check_link(self, peer_id: str, token: str | None) -> ErrorMessage | None:
         if peer_id not in self.registry:
@@ -194,8 +227,8 @@ class LocalPresence:
         if not token_matches(token, token_hash):
             raise wrong_token()
 
-    def _publish(self, changes: list[Change]) -> None:
+    def _forget(self, changes: list[Change]) -> list[Change]:
         for change in changes:
             if isinstance(change, PeerLeft):
                 self._token_hashes.pop(change.peer_id, None)
-        self.hub.publish(changes)
+        return changes

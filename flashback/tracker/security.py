@@ -11,9 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from flashback.errors import Unauthorized
 
@@ -41,7 +40,13 @@ def token_matches(token: str | None, token_hash: bytes | None) -> bool:
     return hmac.compare_digest(hash_token(token), token_hash)
 
 
-def bearer_token(headers: Mapping[str, str]) -> str | None:
+class HeaderLookup(Protocol):
+    """What the tracker reads from request headers: a dict, or Quart's ``Headers``."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def bearer_token(headers: HeaderLookup) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if any."""
     value = headers.get("Authorization")
     if value is None:
@@ -53,7 +58,7 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token
 
 
-def require_bearer(headers: Mapping[str, str]) -> str:
+def require_bearer(headers: HeaderLookup) -> str:
     token = bearer_token(headers)
     if token is None:
         raise Unauthorized("this needs an 'Authorization: Bearer <token>' header")

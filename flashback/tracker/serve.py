@@ -29,6 +29,7 @@ from flashback.protocol.registry import clock_seq
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
 from flashback.tracker.app import create_asgi_app
+from flashback.tracker.presence import LocalPresence
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import (
     IdentityStore,
@@ -75,6 +76,7 @@ def bound_unread_sends(hc: HypercornConfig, timeout_s: float) -> None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
         return sockets
 
+    # Hypercorn has no socket-option hook: wrapping its factory is the seam it leaves.
     hc.create_sockets = with_user_timeout  # type: ignore[method-assign]
 
 
@@ -102,14 +104,14 @@ async def serve_tracker_instance(
 
         async def serve(*, task_status: trio.TaskStatus[BoundAddress]) -> None:
             await serve_quart(
-                app,  # type: ignore[arg-type]
+                app,  # type: ignore[arg-type]  # serve_quart is typed for Quart; this is its ASGI wrapper
                 hc,
                 shutdown_trigger=stop_listening.wait,
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()  # the reaper and the stopper go with it
 
-        await nursery.start(tracker.presence.run)
+        await nursery.start(tracker.follow)
         nursery.start_soon(tracker.reap_forever)
         if tracker.tunnels is not None and config.tunnel_port is not None:
             tracker.tunnel_port = await nursery.start(
@@ -130,18 +132,18 @@ async def serve_tracker(
 ) -> None:
     """Open the store (unless given), serve, and close the store on the way out."""
     if store is None and is_redis_url(config.database_url):
-        from flashback.tracker.cluster import open_cluster  # coredis is optional
+        from flashback.tracker.redis import open_redis_backend  # coredis is optional
 
-        async with open_cluster(config.database_url) as cluster:
-            tracker = Tracker(config, cluster.identities, cluster=cluster)
-            await serve_tracker_instance(tracker, shutdown=shutdown, task_status=task_status)
+        async with open_redis_backend(config.database_url, config) as (presence, identities):
+            shared = Tracker(config, identities, presence)
+            await serve_tracker_instance(shared, shutdown=shutdown, task_status=task_status)
         return
     if store is None:
         store = await open_store(config.database_url)
     tracker: Tracker | None = None
     try:
         start_seq = max(clock_seq(), await store.load_seq() + 1)
-        tracker = Tracker(config, store, start_seq=start_seq)
+        tracker = Tracker(config, store, LocalPresence.for_config(config, start_seq=start_seq))
         await serve_tracker_instance(tracker, shutdown=shutdown, task_status=task_status)
     finally:
         # Shielded and bounded: the seq must be saved even when we were cancelled.

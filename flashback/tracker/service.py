@@ -1,8 +1,11 @@
 """The tracker's behaviour, between the HTTP/websocket glue and the presence.
 
-:class:`Tracker` owns the presence (who is online, ``seq`` and the feed: in
-this process, or shared through Redis; see :mod:`.presence`), the identity
-store, the hub, the rate limiter and the metrics. The Quart app only turns
+:class:`Tracker` is handed a finished presence backend (who is online,
+``seq`` and the feed: in this process, or shared through Redis; see
+:mod:`.presence`) and identity store; it owns the hub, the rate limiter and
+the metrics, and it is the only one that publishes to the hub: the changes a
+backend call returns, and (as the backend's :class:`~.presence.FeedSink`)
+whatever a shared feed delivers. The Quart app only turns
 requests into calls here and results into JSON; the reaper and every
 websocket link run as tasks of the nursery that serves the app.
 
@@ -16,27 +19,35 @@ Who may do what:
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import trio
 
 from flashback import __version__
 from flashback.config import TrackerConfig
 from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
+from flashback.protocol.feed import (
+    Forwardable,
+    Listing,
+    forwarded,
+    not_online_text,
+    refusal,
+    route_relay,
+)
 from flashback.protocol.messages import (
+    Change,
     ErrorMessage,
     FileStreamReady,
     Hello,
     Message,
+    PeerLeft,
     ProtocolError,
-    RelayMessage,
     Snapshot,
     StreamError,
     StreamRequest,
@@ -45,7 +56,6 @@ from flashback.protocol.messages import (
     TunnelRequest,
     parse,
 )
-from flashback.protocol.registry import Registry
 from flashback.protocol.token_bucket import TokenBucket
 from flashback.protocol.tunnel import TunnelError, advertise_host
 from flashback.tracker.capacity import PeerCapacity, record_bytes
@@ -57,8 +67,9 @@ from flashback.tracker.hub import (
     Hub,
 )
 from flashback.tracker.metrics import TrackerMetrics
-from flashback.tracker.presence import LocalPresence, Presence
+from flashback.tracker.presence import Presence
 from flashback.tracker.security import (
+    HeaderLookup,
     RateLimiter,
     hash_token,
     new_peer_id,
@@ -66,12 +77,9 @@ from flashback.tracker.security import (
     require_bearer,
     token_matches,
 )
-from flashback.tracker.store import Identity, IdentityStore
+from flashback.tracker.store import IdentityStore, IssuedIdentity
 from flashback.tracker.tunnels import TunnelRelay
-from flashback.tracker.validate import Registration
-
-if TYPE_CHECKING:
-    from flashback.tracker.cluster import RedisCluster
+from flashback.tracker.validate import RegisterBody
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +109,13 @@ class Tracker:
         self,
         config: TrackerConfig,
         store: IdentityStore,
+        presence: Presence,
         *,
-        start_seq: int = 0,
         clock: Callable[[], float] = trio.current_time,
-        cluster: RedisCluster | None = None,
     ) -> None:
-        """*cluster* shares presence with other trackers through Redis;
-        without it, presence lives in this process, counting from *start_seq*."""
         self.config = config
         self.store = store
+        self.presence = presence
         self.clock = clock
         self.wall_offset_s = time.time() - clock()
         self.metrics = TrackerMetrics(
@@ -118,19 +124,6 @@ class Tracker:
             seq=lambda: self.presence.seq,
         )
         self.hub = Hub(on_evict=self.metrics.evictions.inc)
-        self.presence: Presence
-        if cluster is None:
-            registry = Registry(
-                config.peer_ttl_s,
-                start_seq=start_seq,
-                backlog_changes=config.backlog_changes,
-                wall_offset_s=self.wall_offset_s,
-            )
-            self.presence = LocalPresence(registry, self.hub)
-        else:
-            from flashback.tracker.cluster import RedisPresence  # coredis is optional
-
-            self.presence = RedisPresence(cluster, self.hub, config)
         self.limiter = RateLimiter(config.register_rate_per_s, config.register_burst)
         # the pairing half of tunnels; the port itself is served by serve.py
         self.tunnels: TunnelRelay | None = None
@@ -150,12 +143,6 @@ class Tracker:
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
 
-    @property
-    def registry(self) -> Registry:
-        """The in-process registry (single-process trackers only; tests use it)."""
-        assert isinstance(self.presence, LocalPresence)
-        return self.presence.registry
-
     def now(self) -> float:
         return self.clock()
 
@@ -165,7 +152,7 @@ class Tracker:
     # -- HTTP --------------------------------------------------------------------
 
     async def register(
-        self, registration: Registration, headers: Mapping[str, str], client: str
+        self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
         wait_s = self.limiter.acquire(client, self.now())
         if wait_s > 0:
@@ -197,7 +184,7 @@ class Tracker:
         if refusal is not None:
             self.metrics.rejected.inc()
             raise BackendUnavailable(refusal, code="tracker_full")
-        identity = Identity(
+        identity = IssuedIdentity(
             peer_id=peer_id,
             token_hash=hash_token(token),
             name=registration.name,
@@ -207,16 +194,17 @@ class Tracker:
         )
         # Persist first: if the store is down we answer 503 and nothing changed.
         await self.store.put(identity)
-        await self.presence.register(
-            peer_id,
-            token_hash=identity.token_hash,
-            name=registration.name,
-            host=registration.host,
-            port=registration.port,
-            capabilities=registration.capabilities,
-            now=self.now(),
-            fingerprint=registration.fingerprint,
+        listing = Listing(
+            registration.name,
+            registration.host,
+            registration.port,
+            registration.capabilities,
+            registration.fingerprint,
         )
+        changes = await self.presence.register(
+            peer_id, listing, token_hash=identity.token_hash, now=self.now()
+        )
+        self.publish(changes)
         self.capacity.admit(peer_id, size)
         self.metrics.registrations.inc()
         return {
@@ -226,7 +214,7 @@ class Tracker:
             "ttl": _seconds(self.config.peer_ttl_s),
         }
 
-    async def heartbeat(self, peer_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    async def heartbeat(self, peer_id: str, headers: HeaderLookup) -> dict[str, Any]:
         token = self._require_token(headers)
         with self._counting_rejections():
             await self.presence.heartbeat(peer_id, token, self.now())
@@ -236,10 +224,11 @@ class Tracker:
             "heartbeat_interval": _seconds(self.config.heartbeat_interval_s),
         }
 
-    async def leave(self, peer_id: str, headers: Mapping[str, str]) -> None:
+    async def leave(self, peer_id: str, headers: HeaderLookup) -> None:
         token = self._require_token(headers)
         with self._counting_rejections():
-            await self.presence.leave(peer_id, token, self.now())
+            changes = await self.presence.leave(peer_id, token, self.now())
+        self.publish(changes)
         self.metrics.departures.inc()
         self.capacity.forget(peer_id)
         await self._touch(peer_id)
@@ -261,10 +250,54 @@ class Tracker:
             "tunnels_active": self.tunnels_active,
         }
 
+    # -- the feed (also the backend's FeedSink) ------------------------------------
+
+    async def follow(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The backend's background work (a shared feed's follower) until cancelled."""
+        await self.presence.run(self, task_status=task_status)
+
+    def publish(self, changes: Sequence[Change]) -> None:
+        """Every change reaches every link of this instance, in ``seq`` order."""
+        self.hub.publish(changes)
+        for change in changes:
+            if isinstance(change, PeerLeft) and change.reason == "expired":
+                # Its link is here but its TTL ran out (a shared store was out of
+                # reach for longer than the TTL, say): tell it to register again.
+                reply = ErrorMessage("unknown_peer", "this peer expired; register again")
+                for link in self.hub.links_of(change.peer_id):
+                    self.hub.send(link, reply)
+
+    def restart_links(self) -> None:
+        self.hub.drop_all(CLOSE_TRY_AGAIN_LATER, "tracker state reset; reconnect with last_seq")
+
+    async def deliver_relayed(self, to: str, message: Message) -> None:
+        """A message another instance relayed for *to*: deliver it, or bounce it."""
+        link = self.hub.link_for(to)
+        route = route_relay(
+            online=self.presence.is_online(to), linked_here=link is not None, relayed=True
+        )
+        if route == "deliver" and link is not None and self.hub.send(link, message):
+            return
+        if not isinstance(message, StreamRequest | FileStreamReady | TunnelInvite):
+            return
+        sender = message.from_
+        bounce = refusal(message.request_id, message, "unknown_peer", not_online_text(to))
+        if sender is None or bounce is None:
+            return
+        local = self.hub.link_for(sender)
+        if local is not None:
+            self.hub.send(local, bounce)
+        else:
+            await self.presence.relay(sender, bounce)
+
     # -- liveness ----------------------------------------------------------------
 
     async def reap(self) -> None:
-        for peer_id in await self.presence.expire(self.now()):
+        expired = await self.presence.expire(self.now())
+        self.publish(expired.changes)
+        for peer_id in expired.peer_ids:
             self.metrics.expiries.inc()
             self.capacity.forget(peer_id)
             await self._touch(peer_id)
@@ -447,28 +480,31 @@ class Tracker:
             self.metrics.rate_limited.inc()
             self._refuse_relay(sender, message, "rate_limited", "too many relayed messages")
             return
-        target = self.hub.link_for(message.to) if self.presence.is_online(message.to) else None
-        forwarded = dataclasses.replace(message, to=None, from_=sender.peer_id)
-        if target is not None:
-            if self.hub.relay(target, forwarded):
+        target = self.hub.link_for(message.to)
+        route = route_relay(
+            online=self.presence.is_online(message.to),
+            linked_here=target is not None,
+            relayed=False,
+        )
+        out = forwarded(message, sender.peer_id)
+        if route == "deliver" and target is not None:
+            if self.hub.relay(target, out):
                 self.metrics.relayed.inc()
             else:  # the target is busy: the sender hears it, the target keeps its link
                 self._refuse_relay(sender, message, "busy", f"peer {message.to!r} is busy")
             return
-        if target is None:
-            try:
-                if await self.presence.relay(message.to, forwarded):
-                    self.metrics.relayed.inc()
-                    return
-            except BackendUnavailable as exc:
-                log.info("cannot relay to %s: %s", message.to, exc.message)
-        self._refuse_relay(sender, message, "unknown_peer", f"peer {message.to!r} is not online")
+        try:
+            if await self.presence.relay(message.to, out):
+                self.metrics.relayed.inc()
+                return
+        except BackendUnavailable as exc:
+            log.info("cannot relay to %s: %s", message.to, exc.message)
+        self._refuse_relay(sender, message, "unknown_peer", not_online_text(message.to))
 
-    def _refuse_relay(self, sender: Connection, message: RelayMessage, code: str, why: str) -> None:
-        if not isinstance(message, StreamError):  # an error about an error helps no one
-            self.hub.send(
-                sender, StreamError(request_id=message.request_id, code=code, message=why)
-            )
+    def _refuse_relay(self, sender: Connection, message: Forwardable, code: str, why: str) -> None:
+        bounce = refusal(message.request_id, message, code, why)
+        if bounce is not None:
+            self.hub.send(sender, bounce)
 
     # -- tunnels (§6.2) -------------------------------------------------------------
 
@@ -492,7 +528,7 @@ class Tracker:
             return
         owner_info = self.presence.peer(message.to, self.now())
         if owner_info is None:
-            refuse("unknown_peer", f"peer {message.to!r} is not online")
+            refuse("unknown_peer", not_online_text(message.to))
             return
         if owner_info.fingerprint is None:
             refuse("no_fingerprint", f"peer {message.to!r} has no key to prove itself with")
@@ -552,8 +588,7 @@ class Tracker:
             return  # not a session this owner was invited to: nothing to forward
         requester = self.hub.link_for(message.to)
         if requester is not None:
-            forwarded = dataclasses.replace(message, to=None, from_=sender.peer_id)
-            self.hub.send(requester, forwarded)
+            self.hub.send(requester, forwarded(message, sender.peer_id))
 
     # -- internals -----------------------------------------------------------------
 
@@ -565,7 +600,7 @@ class Tracker:
             self.metrics.rejected.inc()
             raise
 
-    def _check_admission(self, headers: Mapping[str, str]) -> None:
+    def _check_admission(self, headers: HeaderLookup) -> None:
         expected = self.config.auth_token
         if expected is None:
             return
@@ -574,7 +609,7 @@ class Tracker:
             self.metrics.rejected.inc()
             raise Unauthorized("registration needs the relay's auth token")
 
-    def _require_token(self, headers: Mapping[str, str]) -> str:
+    def _require_token(self, headers: HeaderLookup) -> str:
         try:
             return require_bearer(headers)
         except Unauthorized:

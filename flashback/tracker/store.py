@@ -5,7 +5,7 @@ must survive a restart is small: each known peer's id, the SHA-256 of its
 token, its name and capabilities, when it was first and last seen, and the
 last ``seq`` handed out. That is the whole :class:`IdentityStore` interface,
 kept small on purpose so a Redis backend implements it too
-(:class:`~flashback.tracker.cluster.RedisIdentityStore`).
+(:class:`~flashback.tracker.redis.store.RedisIdentityStore`).
 
 SQLite is blocking, so every call runs in ``trio.to_thread`` with a deadline:
 a stuck or broken database answers :class:`BackendUnavailable` (a JSON 503)
@@ -35,8 +35,9 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Identity:
-    """A peer the tracker has issued a token to (online or not)."""
+class IssuedIdentity:
+    """A peer the tracker has issued a token to (online or not); the daemon's own
+    half of it is :class:`flashback.daemon.identity.Identity`."""
 
     peer_id: str
     token_hash: bytes = field(repr=False)
@@ -47,9 +48,9 @@ class Identity:
 
 
 class IdentityStore(Protocol):
-    async def get(self, peer_id: str) -> Identity | None: ...
+    async def get(self, peer_id: str) -> IssuedIdentity | None: ...
 
-    async def put(self, identity: Identity) -> None:
+    async def put(self, identity: IssuedIdentity) -> None:
         """Insert or replace the identity with this ``peer_id``."""
 
     async def touch(self, peer_id: str, last_seen: float) -> None: ...
@@ -66,19 +67,19 @@ class MemoryStore:
     """``memory://``: identities last as long as the process."""
 
     def __init__(self) -> None:
-        self._identities: dict[str, Identity] = {}
+        self._identities: dict[str, IssuedIdentity] = {}
         self._seq = 0
 
-    async def get(self, peer_id: str) -> Identity | None:
+    async def get(self, peer_id: str) -> IssuedIdentity | None:
         return self._identities.get(peer_id)
 
-    async def put(self, identity: Identity) -> None:
+    async def put(self, identity: IssuedIdentity) -> None:
         self._identities[identity.peer_id] = identity
 
     async def touch(self, peer_id: str, last_seen: float) -> None:
         old = self._identities.get(peer_id)
         if old is not None:
-            self._identities[peer_id] = Identity(
+            self._identities[peer_id] = IssuedIdentity(
                 old.peer_id, old.token_hash, old.name, old.capabilities, old.first_seen, last_seen
             )
 
@@ -156,8 +157,8 @@ class SQLiteStore:
         log.error("tracker database %s did not answer in %.0f s", self.path, STORE_TIMEOUT_S)
         raise BackendUnavailable("tracker database did not answer in time")
 
-    async def get(self, peer_id: str) -> Identity | None:
-        def query(db: sqlite3.Connection) -> Identity | None:
+    async def get(self, peer_id: str) -> IssuedIdentity | None:
+        def query(db: sqlite3.Connection) -> IssuedIdentity | None:
             row = db.execute(
                 "SELECT peer_id, token_hash, name, capabilities, first_seen, last_seen"
                 " FROM identities WHERE peer_id = ?",
@@ -165,11 +166,11 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 return None
-            return Identity(row[0], bytes(row[1]), row[2], json.loads(row[3]), row[4], row[5])
+            return IssuedIdentity(row[0], bytes(row[1]), row[2], json.loads(row[3]), row[4], row[5])
 
         return await self._run(query)
 
-    async def put(self, identity: Identity) -> None:
+    async def put(self, identity: IssuedIdentity) -> None:
         capabilities = json.dumps(identity.capabilities, separators=(",", ":"))
         await self._run(
             lambda db: db.execute(

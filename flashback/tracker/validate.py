@@ -1,30 +1,47 @@
 """Request bodies of the tracker's HTTP API, checked before anything changes.
 
-Bad JSON is 400, a body of the wrong shape or a field out of range is 422,
-too large is 413 -- each a :class:`~flashback.errors.FlashbackError`, so the
-answer is always the contract's JSON error, never a 500.
+The field rules are the wire protocol's own readers
+(:mod:`flashback.protocol.messages`: ``read_str``, ``read_int``,
+``read_fingerprint``...), so a name, host, port or fingerprint means the same
+in a registration as in a PEER on the feed. This module only adds what a
+registration alone asks (a printable name, a real host, the capabilities
+budget) and turns a :class:`~flashback.protocol.messages.ProtocolError` into
+the HTTP answer: bad JSON is 400, a body of the wrong shape or a field out of
+range is 422 (too large, 413, is the app's body cap) -- each a
+:class:`~flashback.errors.FlashbackError`, so never a 500.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 from flashback.errors import BadRequest, InvalidField
-from flashback.protocol.fingerprint import is_fingerprint
-from flashback.protocol.hosts import is_valid_host
-from flashback.protocol.strict_json import loads_strict
+from flashback.protocol.hosts import MAX_HOST_CHARS, is_valid_host
+from flashback.protocol.messages import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    ProtocolError,
+    decode_object,
+    read_fingerprint,
+    read_int,
+    read_object,
+    read_str,
+)
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_CAPABILITIES_BYTES: Final = 4 * 1024
-MAX_NAME_CHARS: Final = 64
-MAX_HOST_CHARS: Final = 253
-MAX_PEER_ID_CHARS: Final = 128
+_BODY: Final = "the request body"
 
 
 @dataclass(frozen=True)
-class Registration:
+class RegisterBody:
+    """A checked ``POST /api/peers/register`` body (what the daemon gets back is
+    :class:`flashback.daemon.tracker_api.Registration`)."""
+
     name: str
     host: str
     port: int
@@ -33,63 +50,43 @@ class Registration:
     fingerprint: str | None = None
 
 
+@contextmanager
+def _http_errors() -> Iterator[None]:
+    try:
+        yield
+    except ProtocolError as exc:
+        if exc.code == "invalid_json":
+            raise BadRequest(exc.message, code="invalid_json") from None
+        raise InvalidField(exc.message) from None
+
+
 def json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = loads_strict(body)
-    except (ValueError, RecursionError):
-        raise BadRequest("the request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise InvalidField("the request body must be a JSON object")
-    if not is_valid_unicode(data):
-        raise BadRequest("the request body has a lone surrogate escape", code="invalid_json")
-    return data
-
-
-def is_valid_unicode(data: Any) -> bool:
-    """False when JSON escapes smuggled in lone surrogates, which UTF-8 cannot carry."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _string(data: dict[str, Any], key: str, *, max_chars: int, label: str = "") -> str:
-    value = data.get(key)
-    label = label or key
-    if not isinstance(value, str):
-        raise InvalidField(f"{label!r} must be a string")
-    if not 1 <= len(value) <= max_chars:
-        raise InvalidField(f"{label!r} must be 1-{max_chars} characters long")
-    return value
+    with _http_errors():
+        return decode_object(body, what=_BODY)
 
 
 def peer_id_field(data: dict[str, Any]) -> str:
-    return _string(data, "peer_id", max_chars=MAX_PEER_ID_CHARS)
+    with _http_errors():
+        return str(read_str(data, "peer_id", max_chars=MAX_ID_CHARS))
 
 
-def registration(body: bytes) -> Registration:
-    data = json_object(body)
-    name = _string(data, "name", max_chars=MAX_NAME_CHARS)
+def registration(body: bytes) -> RegisterBody:
+    with _http_errors():
+        data = decode_object(body, what=_BODY)
+        name = read_str(data, "name", max_chars=MAX_NAME_CHARS)
+        if "peer_server" not in data or not isinstance(data["peer_server"], dict):
+            raise InvalidField("'peer_server' must be an object with 'host' and 'port'")
+        server = data["peer_server"]
+        host = read_str(server, "host", max_chars=MAX_HOST_CHARS, label="peer_server.host")
+        port = read_int(server, "port", low=1, high=65535, label="peer_server.port")
+        capabilities = read_object(data, "capabilities") if "capabilities" in data else {}
+        peer_id = read_str(data, "peer_id", max_chars=MAX_ID_CHARS, optional=True)
+        fingerprint = read_fingerprint(data)
     if not name.isprintable():
         raise InvalidField("'name' must be printable characters")
-    server = data.get("peer_server")
-    if not isinstance(server, dict):
-        raise InvalidField("'peer_server' must be an object with 'host' and 'port'")
-    host = _string(server, "host", max_chars=MAX_HOST_CHARS, label="peer_server.host")
     if not is_valid_host(host):
         raise InvalidField("'peer_server.host' must be a host name (RFC 1123) or an IP address")
-    port = server.get("port")
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise InvalidField("'peer_server.port' must be an integer between 1 and 65535")
-    capabilities = data.get("capabilities", {})
-    if not isinstance(capabilities, dict):
-        raise InvalidField("'capabilities' must be an object")
     encoded = json.dumps(capabilities, ensure_ascii=False, separators=(",", ":"))
     if len(encoded.encode()) > MAX_CAPABILITIES_BYTES:
         raise InvalidField(f"'capabilities' must be at most {MAX_CAPABILITIES_BYTES} bytes")
-    peer_id = None if data.get("peer_id") is None else peer_id_field(data)
-    fingerprint = data.get("fingerprint")
-    if fingerprint is not None and not is_fingerprint(fingerprint):
-        raise InvalidField("'fingerprint' must be 'sha256:' and 64 lowercase hex digits")
-    return Registration(name, host, port, capabilities, peer_id, fingerprint)
+    return RegisterBody(name, host, port, capabilities, peer_id, fingerprint)

@@ -1,0 +1,174 @@
+""":class:`~flashback.tracker.presence.Presence` shared through Redis: the requests.
+
+Each change is one script (:mod:`.scripts`); its change reaches this
+instance's links the way everyone else's do, through the
+:class:`~.follower.FeedFollower`, so the calls here return no changes to
+publish. Read-your-writes: a register or leave waits (bounded) until the
+follower has the change, so this tracker's watchers have it when we answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Final
+
+import trio
+
+from flashback.config import TrackerConfig
+from flashback.errors import BackendUnavailable
+from flashback.protocol.feed import LinkCount, Listing
+from flashback.protocol.messages import Change, ErrorMessage, Message, PeerInfo
+from flashback.tracker.presence import Expired, FeedSink, not_online, wrong_token
+from flashback.tracker.redis.follower import FeedFollower
+from flashback.tracker.redis.scripts import CHANGE_KEYS, K_DEADLINES, K_SEQ, K_TOKENS
+from flashback.tracker.redis.store import (
+    RedisConnection,
+    as_int,
+    as_list,
+    as_text,
+    read_state,
+)
+from flashback.tracker.security import hash_token, token_matches
+
+INSTANCE_TTL_S: Final = 5  # a SIGKILLed tracker stops receiving relays within this
+RELAY_BACKLOG_MESSAGES: Final = 1000
+EXPIRE_BATCH: Final = 500
+
+
+class RedisPresence:
+    def __init__(self, connection: RedisConnection, config: TrackerConfig) -> None:
+        self.connection = connection
+        self.ttl_s = config.peer_ttl_s
+        self.backlog_changes = config.backlog_changes
+        self.follower = FeedFollower(
+            connection, ttl_s=config.peer_ttl_s, backlog_changes=config.backlog_changes
+        )
+        self._links = LinkCount()
+
+    # -- local view ----------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        return self.follower.seq
+
+    def online_count(self) -> int:
+        return len(self.follower.mirror.peers)
+
+    def peer(self, peer_id: str, now: float) -> PeerInfo | None:
+        return self.follower.mirror.peers.get(peer_id)
+
+    def is_online(self, peer_id: str) -> bool:
+        return peer_id in self.follower.mirror.peers
+
+    async def run(
+        self, sink: FeedSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.follower.run(sink, task_status=task_status)
+
+    # -- requests ------------------------------------------------------------------
+
+    async def register(
+        self, peer_id: str, listing: Listing, *, token_hash: bytes, now: float
+    ) -> list[Change]:
+        args: list[str | int | float] = [
+            peer_id,
+            listing.canonical(),
+            token_hash.hex(),
+            self.ttl_s,
+            self.backlog_changes,
+            self.follower.seq,
+        ]
+        seq = as_int(
+            await self.connection.call(
+                self.connection.scripts.register(keys=CHANGE_KEYS, args=args)
+            )
+        )
+        await self.follower.wait_for(seq)
+        return []
+
+    async def heartbeat(self, peer_id: str, token: str, now: float) -> None:
+        script = self.connection.scripts.heartbeat
+        args: list[str | int | float] = [peer_id, hash_token(token).hex(), self.ttl_s]
+        result = as_int(await self.connection.call(script(keys=[K_TOKENS, K_DEADLINES], args=args)))
+        if result == 0:
+            raise not_online(peer_id)
+        if result == -1:
+            raise wrong_token()
+
+    async def leave(self, peer_id: str, token: str, now: float) -> list[Change]:
+        args: list[str | int | float] = [
+            peer_id,
+            hash_token(token).hex(),
+            self.backlog_changes,
+            self.follower.seq,
+        ]
+        script = self.connection.scripts.leave
+        result = as_int(await self.connection.call(script(keys=CHANGE_KEYS, args=args)))
+        if result == 0:
+            raise not_online(peer_id)
+        if result == -1:
+            raise wrong_token()
+        await self.follower.wait_for(result)
+        return []
+
+    async def peer_list(self, now: float) -> dict[str, Any]:
+        state = await read_state(self.connection, self.follower.seq, self.ttl_s)
+        return {"seq": state.seq, "peers": [p.dump() for p in state.peers]}
+
+    async def expire(self, now: float) -> Expired:
+        """Keep this tracker's linked peers alive, then expire everyone overdue."""
+        await self._keepalive(list(self._links))
+        args: list[str | int | float] = [self.backlog_changes, self.follower.seq, EXPIRE_BATCH]
+        gone = as_list(
+            await self.connection.call(self.connection.scripts.expire(keys=CHANGE_KEYS, args=args))
+        )
+        return Expired([as_text(peer_id) for peer_id in gone], [])
+
+    async def _keepalive(self, linked: list[str]) -> None:
+        """This tracker is alive, and so are the peers linked to it (routes too)."""
+        args: list[str | int | float] = [
+            self.connection.instance_id,
+            self.ttl_s,
+            INSTANCE_TTL_S,
+            max(1, math.ceil(self.ttl_s)),
+            *linked,
+        ]
+        await self.connection.call(self.connection.scripts.keepalive(keys=[K_DEADLINES], args=args))
+
+    async def check_link(self, peer_id: str, token: str | None) -> ErrorMessage | None:
+        token_hex = await self.connection.call(self.connection.client.hget(K_TOKENS, peer_id))
+        if token_hex is None:
+            return ErrorMessage("unknown_peer", "this peer is not registered; register first")
+        if not token_matches(token, bytes.fromhex(token_hex)):
+            return ErrorMessage("unauthorized", "wrong token for this peer_id")
+        return None
+
+    async def catch_up(self, last_seq: int | None) -> None:
+        if last_seq is None or not self.follower.synced or last_seq <= self.follower.seq:
+            return
+        current = await self.connection.call(self.connection.client.get(K_SEQ))
+        if current is not None and last_seq <= int(current):
+            await self.follower.wait_for(last_seq)  # a seq Redis handed out: we are just behind
+        # Otherwise it is from the future (a Redis that lost its data): a snapshot.
+
+    def first_messages(self, last_seq: int | None, now: float) -> list[Message]:
+        if not self.follower.synced:
+            raise BackendUnavailable("the tracker has not reached its Redis yet")
+        missed = self.follower.mirror.changes_since(last_seq)
+        return [self.follower.mirror.snapshot()] if missed is None else list(missed)
+
+    async def attach(self, peer_id: str) -> None:
+        self._links.attach(peer_id)
+        # Route relays here now, not at the next tick (which retries if Redis is away).
+        with contextlib.suppress(BackendUnavailable):
+            await self._keepalive([peer_id])
+
+    def detach(self, peer_id: str, now: float) -> None:
+        # Its deadline was pushed on the last tick, so its TTL starts about now;
+        # a stale link:<peer> key routes relays here, and we bounce them.
+        self._links.detach(peer_id)
+
+    async def relay(self, to: str, message: Message) -> bool:
+        args: list[str | int | float] = [to, message.encode(), RELAY_BACKLOG_MESSAGES]
+        return as_int(await self.connection.call(self.connection.scripts.relay(args=args))) == 1

@@ -1,0 +1,194 @@
+"""The Redis key names and the Lua scripts that change them, one atomic step each.
+
+Keys (all under ``flashback:``)::
+
+    seq          the one change counter (a string integer)
+    origin       the value seq was last seeded with: changes when Redis lost its data
+    peers        hash  peer_id -> Listing.canonical() of the peer (JSON)
+    registered   hash  peer_id -> registered_at (wall seconds)
+    tokens       hash  peer_id -> sha256(token) hex, for online peers
+    deadlines    zset  peer_id scored by when its TTL runs out (Redis's clock)
+    changes      stream, entry id "<seq>-0": the change log, capped ~backlog
+    identities   hash  peer_id -> identity JSON (the IdentityStore)
+    last_seen    hash  peer_id -> wall seconds, recorded on leave/expiry
+    instance:<id>  "1" with a few seconds' TTL: that tracker is alive
+    link:<peer>    instance id holding the peer's websocket, with the peer TTL
+    relay:<id>     stream of relayed messages for that tracker
+
+What is a change is not decided here: ``_REGISTER`` compares the canonical
+listing text the tracker computed (:func:`flashback.protocol.feed.is_change`
+is exactly "those texts differ"), and logs a change only when it moved.
+
+Key names built inside scripts (``link:``, ``instance:``, ``relay:``) make
+this a single-Redis design, not a Redis Cluster one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import coredis
+from coredis.commands.script import Script
+
+PREFIX: Final = "flashback:"
+K_SEQ: Final = PREFIX + "seq"
+K_ORIGIN: Final = PREFIX + "origin"
+K_PEERS: Final = PREFIX + "peers"
+K_REGISTERED: Final = PREFIX + "registered"
+K_TOKENS: Final = PREFIX + "tokens"
+K_DEADLINES: Final = PREFIX + "deadlines"
+K_CHANGES: Final = PREFIX + "changes"
+K_IDENTITIES: Final = PREFIX + "identities"
+K_LAST_SEEN: Final = PREFIX + "last_seen"
+CHANGE_KEYS: Final = [K_SEQ, K_PEERS, K_REGISTERED, K_TOKENS, K_DEADLINES, K_CHANGES]
+STATE_KEYS: Final = [K_SEQ, K_PEERS, K_REGISTERED, K_DEADLINES]
+
+RELAY_STREAM_TTL_S: Final = 60
+
+
+def relay_key(instance_id: str) -> str:
+    return f"{PREFIX}relay:{instance_id}"
+
+
+_LUA_LIB: Final = """
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function fmt_time(s) return string.format('%.6f', s) end
+-- The counter, seeded from the clock (microseconds) when missing or behind
+-- what a tracker has already seen: seq never goes backwards.
+local function current_seq(key, floor)
+  floor = tonumber(floor)
+  local cur = redis.call('GET', key)
+  if cur and tonumber(cur) >= floor then return cur end
+  local t = redis.call('TIME')
+  local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if start < floor then start = floor end
+  cur = string.format('%d', start)
+  redis.call('SET', key, cur)
+  redis.call('SET', '@P@origin', cur)
+  return cur
+end
+local function log_change(floor, backlog, ...)
+  current_seq(KEYS[1], floor)
+  local seq = redis.call('INCR', KEYS[1])
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', backlog, string.format('%d', seq) .. '-0', ...)
+  return seq
+end
+local function forget(p)
+  redis.call('HDEL', KEYS[2], p)
+  redis.call('HDEL', KEYS[3], p)
+  redis.call('HDEL', KEYS[4], p)
+  redis.call('ZREM', KEYS[5], p)
+end
+"""
+
+# KEYS: CHANGE_KEYS. ARGV: peer_id, canonical listing, token_hash, ttl_s, backlog, floor.
+# Returns the seq of the change, 0 when the listing did not change.
+_REGISTER: Final = """
+local p, desc = ARGV[1], ARGV[2]
+local now = now_s()
+redis.call('HSET', KEYS[4], p, ARGV[3])
+redis.call('ZADD', KEYS[5], fmt_time(now + tonumber(ARGV[4])), p)
+local old = redis.call('HGET', KEYS[2], p)
+if old == desc then return 0 end
+local kind = 'updated'
+if not old then
+  kind = 'joined'
+  redis.call('HSET', KEYS[3], p, fmt_time(now))
+end
+redis.call('HSET', KEYS[2], p, desc)
+return log_change(ARGV[6], ARGV[5], 'k', kind, 'p', p, 'd', desc,
+  'r', redis.call('HGET', KEYS[3], p), 't', fmt_time(now))
+"""
+
+# KEYS: CHANGE_KEYS. ARGV: peer_id, token_hash, backlog, floor. 0 unknown, -1 wrong token.
+_LEAVE: Final = """
+local h = redis.call('HGET', KEYS[4], ARGV[1])
+if not h then return 0 end
+if h ~= ARGV[2] then return -1 end
+forget(ARGV[1])
+return log_change(ARGV[4], ARGV[3], 'k', 'left', 'p', ARGV[1], 'w', 'left')
+"""
+
+# KEYS: CHANGE_KEYS. ARGV: backlog, floor, batch. Returns the expired peer ids.
+_EXPIRE: Final = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', fmt_time(now_s()),
+  'LIMIT', 0, tonumber(ARGV[3]))
+for _, p in ipairs(gone) do
+  forget(p)
+  log_change(ARGV[2], ARGV[1], 'k', 'left', 'p', p, 'w', 'expired')
+end
+return gone
+"""
+
+# KEYS: tokens, deadlines. ARGV: peer_id, token_hash, ttl_s. 1 ok, 0 unknown, -1 wrong token.
+# Comparing SHA-256 digests in Lua is not constant-time, but a timing leak
+# about the hash of a guess does not help find the token.
+_HEARTBEAT: Final = """
+local h = redis.call('HGET', KEYS[1], ARGV[1])
+if not h then return 0 end
+if h ~= ARGV[2] then return -1 end
+redis.call('ZADD', KEYS[2], 'XX', 'GT', fmt_time(now_s() + tonumber(ARGV[3])), ARGV[1])
+return 1
+"""
+
+# KEYS: deadlines. ARGV: instance_id, ttl_s, instance_ttl_s, link_ttl_s, linked peer ids...
+_KEEPALIVE: Final = """
+redis.call('SET', '@P@instance:' .. ARGV[1], '1', 'EX', ARGV[3])
+local deadline = fmt_time(now_s() + tonumber(ARGV[2]))
+for i = 5, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', 'GT', deadline, ARGV[i])
+  redis.call('SET', '@P@link:' .. ARGV[i], ARGV[1], 'EX', ARGV[4])
+end
+return 1
+"""
+
+# ARGV: to peer_id, message text, backlog. 1 handed over, 0 nobody holds that link.
+_RELAY: Final = """
+local instance = redis.call('GET', '@P@link:' .. ARGV[1])
+if not instance or redis.call('EXISTS', '@P@instance:' .. instance) == 0 then return 0 end
+local key = '@P@relay:' .. instance
+redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[1], 'm', ARGV[2])
+redis.call('EXPIRE', key, @RELAY_TTL@)
+return 1
+"""
+
+# KEYS: STATE_KEYS. ARGV: floor. One consistent view.
+_STATE: Final = """
+return {current_seq(KEYS[1], ARGV[1]), redis.call('HGETALL', KEYS[2]),
+  redis.call('HGETALL', KEYS[3]), redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES'),
+  redis.call('GET', '@P@origin')}
+"""
+
+
+def _source(body: str) -> str:
+    source = _LUA_LIB + body
+    return source.replace("@P@", PREFIX).replace("@RELAY_TTL@", str(RELAY_STREAM_TTL_S))
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """Every script, registered on one client (each is loaded on first use)."""
+
+    register: Script[str]
+    leave: Script[str]
+    expire: Script[str]
+    heartbeat: Script[str]
+    keepalive: Script[str]
+    relay: Script[str]
+    state: Script[str]
+
+    @classmethod
+    def load(cls, client: coredis.Redis[str]) -> Scripts:
+        return cls(
+            register=client.register_script(_source(_REGISTER)),
+            leave=client.register_script(_source(_LEAVE)),
+            expire=client.register_script(_source(_EXPIRE)),
+            heartbeat=client.register_script(_source(_HEARTBEAT)),
+            keepalive=client.register_script(_source(_KEEPALIVE)),
+            relay=client.register_script(_source(_RELAY)),
+            state=client.register_script(_source(_STATE)),
+        )
