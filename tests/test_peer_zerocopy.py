@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from tests.conftest import BIG_FILE_BYTES
 
@@ -84,7 +84,7 @@ async def test_a_file_that_shrinks_mid_body_ends_that_connection_only(
     root.mkdir()
     victim = root / "shrinks.bin"
     victim.write_bytes(os.urandom(64 * MiB))
-    settings = ShareSettings(root, show_hidden=False, info=PeerInfo(name="shrinking"))
+    settings = ShareSettings(root, show_hidden=False, info=LocalInfo(name="shrinking"))
     address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
 
     stream = await trio.open_tcp_stream("127.0.0.1", address.port)
