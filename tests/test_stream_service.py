@@ -15,12 +15,12 @@ from flashback.daemon.context import DaemonContext
 from flashback.daemon.control import create_control_app
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
+from flashback.daemon.stream_ports import run_stream_ports
+from flashback.daemon.stream_request import NoTracker, StreamRefused, StreamTimeout, request_stream
 from flashback.errors import NotFound
 from flashback.peer.app import PeerInfo
 from flashback.protocol.messages import FileStreamReady, StreamError, StreamRequest
 from flashback.protocol.messages import PeerInfo as WirePeer
-from flashback.streaming.request import NoTracker, StreamRefused, StreamTimeout, request_stream
-from flashback.streaming.service import run_stream_ports
 
 
 def make_ctx(share: Path) -> DaemonContext:

@@ -31,13 +31,13 @@ from flashback.daemon.link import run_link
 from flashback.daemon.pins import PinStore
 from flashback.daemon.reach import owner_context_for, pin_checker, run_routes
 from flashback.daemon.session import maintain_registration, unregister
+from flashback.daemon.stream_ports import run_stream_ports
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, TrackerAPI
 from flashback.digests import DigestCache, DigestService
 from flashback.peer.app import PeerInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
-from flashback.streaming.service import run_stream_ports
 from flashback.ui.serve import serve_ui
 from flashback.web import hypercorn_config, serve_quart
 

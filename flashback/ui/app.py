@@ -23,8 +23,8 @@ import trio
 from quart import Response, redirect, render_template, request
 from quart.wrappers.response import ResponseBody
 from quart_trio import QuartTrio
+from werkzeug.wrappers.response import Response as WerkzeugResponse  # what redirect() builds
 
-from flashback.daemon.context import DaemonContext
 from flashback.errors import BadRequest, Forbidden, NotFound, RateLimited
 from flashback.protocol.messages import PeerInfo, ProtocolError
 from flashback.protocol.paths import UnsafePath, split_request_path
@@ -34,6 +34,7 @@ from flashback.ui.markdown import render_markdown
 from flashback.ui.proxy import StreamLimiter, fetch_listing, fetch_text, proxy_file
 from flashback.ui.reach import PeerRoute, peer_route, route_label
 from flashback.ui.urls import SELF_KEY, ui_url
+from flashback.ui.view import DaemonView
 from flashback.web import install_json_errors, json_response
 
 MAX_EVENT_STREAMS: Final = 8
@@ -48,7 +49,7 @@ LIVE_EVENTS: Final = frozenset(
 HERE: Final = Path(__file__).parent
 
 
-def peer_row(peer: PeerInfo, ctx: DaemonContext) -> dict[str, Any]:
+def peer_row(peer: PeerInfo, ctx: DaemonView) -> dict[str, Any]:
     mine = ctx.identity is not None and peer.peer_id == ctx.identity.peer_id
     key = SELF_KEY if mine else peer.peer_id
     return {
@@ -61,7 +62,7 @@ def peer_row(peer: PeerInfo, ctx: DaemonContext) -> dict[str, Any]:
     }
 
 
-def snapshot(ctx: DaemonContext) -> dict[str, Any]:
+def snapshot(ctx: DaemonView) -> dict[str, Any]:
     return {
         "event": "snapshot",
         "self": {
@@ -74,7 +75,7 @@ def snapshot(ctx: DaemonContext) -> dict[str, Any]:
     }
 
 
-def browser_event(event: dict[str, Any], ctx: DaemonContext) -> dict[str, Any] | None:
+def browser_event(event: dict[str, Any], ctx: DaemonView) -> dict[str, Any] | None:
     """The hub's event as the page needs it (rows ready to show), or None if irrelevant."""
     kind = event.get("event")
     if kind not in LIVE_EVENTS:
@@ -103,7 +104,7 @@ class UiEventStream(ResponseBody):
     client gone before that leaves nothing behind.
     """
 
-    def __init__(self, ctx: DaemonContext, counter: EventCounter) -> None:
+    def __init__(self, ctx: DaemonView, counter: EventCounter) -> None:
         self._ctx = ctx
         self._counter = counter
         self._receive: trio.MemoryReceiveChannel[dict[str, Any]] | None = None
@@ -163,7 +164,7 @@ def _parts(raw: str) -> tuple[str, ...]:
 
 def crumbs(route: PeerRoute, parts: tuple[str, ...], *, file: bool) -> list[dict[str, Any]]:
     """Breadcrumbs from the path: the peer's root, each folder, then the file (no link)."""
-    items = [{"label": route.name, "url": ui_url(route.key, "browse")}]
+    items: list[dict[str, Any]] = [{"label": route.name, "url": ui_url(route.key, "browse")}]
     folders = parts[:-1] if file else parts
     for depth, name in enumerate(folders, 1):
         items.append({"label": name, "url": ui_url(route.key, "browse", parts[:depth])})
@@ -178,7 +179,7 @@ def _request_headers() -> dict[str, str]:
     return {name.lower(): value for name, value in request.headers.items()}
 
 
-def create_ui_app(ctx: DaemonContext, token: str, http: httpx.AsyncClient) -> QuartTrio:
+def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> QuartTrio:
     app = QuartTrio(
         __name__,
         template_folder=str(HERE / "templates"),
@@ -192,7 +193,7 @@ def create_ui_app(ctx: DaemonContext, token: str, http: httpx.AsyncClient) -> Qu
     streams = EventCounter()
 
     @app.before_request
-    async def require_token() -> Response | None:
+    async def require_token() -> Response | WerkzeugResponse | None:
         decision = check_access(request.args.get("token"), request.cookies, token)
         if not decision.allowed:
             raise Forbidden("this page needs the URL that `flashback ui` prints")

@@ -9,10 +9,10 @@ from typing import Final
 import httpx
 import trio
 
-from flashback.daemon.context import DaemonContext
 from flashback.ui.app import create_ui_app
 from flashback.ui.auth import new_token
 from flashback.ui.proxy import MAX_STREAMS, TIMEOUT
+from flashback.ui.view import DaemonView
 from flashback.web import hypercorn_config, serve_quart
 
 UI_HOST: Final = "127.0.0.1"
@@ -23,7 +23,7 @@ def ui_address_url(port: int, token: str) -> str:
 
 
 async def serve_ui(
-    ctx: DaemonContext,
+    ctx: DaemonView,
     port: int,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
