@@ -48,9 +48,7 @@ async def ui(nursery: trio.Nursery, share: Path) -> AsyncIterator[tuple[str, Dae
     ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=PeerInfo(name="me"))
     settings = ShareSettings(share, False, ctx.local)
     ctx.address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
-    url = await nursery.start(
-        partial(serve_ui, ctx, 0, shutdown_trigger=trio.sleep_forever, token=TOKEN)
-    )
+    url = await nursery.start(partial(serve_ui, ctx, 0, token=TOKEN))
     yield url.split("/?", 1)[0], ctx
 
 

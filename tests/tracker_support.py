@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from flashback.config import TrackerConfig
 from flashback.protocol.registry import clock_seq
+from flashback.shutdown import Shutdown
 from flashback.tracker.serve import serve_tracker_instance
 from flashback.tracker.service import Tracker
 from flashback.tracker.store import IdentityStore, MemoryStore
@@ -58,7 +59,7 @@ async def open_tracker(
     config: TrackerConfig | None = None,
     *,
     store: IdentityStore | None = None,
-    shutdown: trio.Event | None = None,
+    shutdown: Shutdown | None = None,
 ) -> AsyncIterator[RunningTracker]:
     tracker = Tracker(config or tracker_config(), store or MemoryStore(), start_seq=clock_seq())
     async with trio.open_nursery() as nursery:
