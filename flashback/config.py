@@ -55,7 +55,6 @@ class ServeConfig:
     port: int = 0
     show_hidden: bool = False
     name: str = ""
-    peer_id: str | None = None
 
 
 @dataclass(frozen=True)

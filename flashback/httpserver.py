@@ -9,7 +9,8 @@ module is the same accept loop and connection class with those holes closed:
 * the request head and keep-alive idle are bounded by ``keep_alive_timeout``
   (Hypercorn's idle timer runs until a head is complete); a request body by
   :attr:`ConnectionLimits.body_timeout_s` between two reads; every send by
-  :attr:`ConnectionLimits.write_timeout_s` (a client that never reads is dropped);
+  :attr:`ConnectionLimits.write_timeout_s` (a client that never reads is dropped)
+  and, once shutdown is set, by its deadline (:class:`ShieldedSends`);
 * at most :attr:`ConnectionLimits.max_connections` at once; the next one gets
   a 503 JSON error and is closed, so we never run into EMFILE;
 * an exhausted ``accept`` (EMFILE, ENFILE, ...) is logged once per interval;
@@ -57,7 +58,7 @@ import errno
 import logging
 import os
 import resource
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from math import inf
 from typing import Any, Final
@@ -76,6 +77,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, Framework
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
 
+from flashback.shutdown import Shutdown
 from flashback.zerocopy import BodyLength, SendProgress, frame_file_body, sendfile_range
 
 log = logging.getLogger(__name__)
@@ -199,10 +201,46 @@ class _ZeroCopyApp:
         await self._app(scope, receive, send_or_sendfile, sync_spawn, call_soon)
 
 
+class ShieldedSends:
+    """The deadlines of every send in flight on one server.
+
+    Hypercorn shields each send from cancellation (half a frame would
+    corrupt the stream), so its graceful deadline cannot end a send to a
+    client that stopped reading. Each send here runs in a shielded scope
+    that ends at the write timeout; :meth:`cut_at` (the shutdown's deadline)
+    pulls every such scope, running or still to come, in to that deadline.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: set[trio.CancelScope] = set()
+        self._deadline = inf
+
+    @contextlib.contextmanager
+    def bounded(self, timeout_s: float) -> Iterator[trio.CancelScope]:
+        scope = trio.CancelScope(
+            shield=True, deadline=min(trio.current_time() + timeout_s, self._deadline)
+        )
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._scopes.discard(scope)
+
+    def cut_at(self, deadline: float) -> None:
+        self._deadline = min(self._deadline, deadline)
+        for scope in self._scopes:
+            scope.deadline = min(scope.deadline, self._deadline)
+
+    def past_shutdown_deadline(self) -> bool:
+        return trio.current_time() >= self._deadline
+
+
 class _BoundedConnection(TCPServer):
     """One connection: contained, with a body read timeout and a write deadline."""
 
     limits: ConnectionLimits
+    sends: ShieldedSends
 
     async def run(self) -> None:
         try:
@@ -277,14 +315,19 @@ class _BoundedConnection(TCPServer):
             return await super().protocol_send(event)
         async with self.send_lock:
             try:
-                with trio.CancelScope(shield=True):
-                    with trio.fail_after(self.limits.write_timeout_s):
-                        await self.stream.send_all(event.data)
-            except trio.TooSlowError:
-                log.info("client stopped reading for %.0f s: dropped", self.limits.write_timeout_s)
-                await self.stream.aclose()
-                await self.protocol.handle(Closed())
+                with self.sends.bounded(self.limits.write_timeout_s) as scope:
+                    await self.stream.send_all(event.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+                return
+            if scope.cancelled_caught:
+                if self.sends.past_shutdown_deadline():
+                    log.info("shutdown deadline: dropped a client still being sent to")
+                else:
+                    log.info(
+                        "client stopped reading for %.0f s: dropped", self.limits.write_timeout_s
+                    )
+                await self.stream.aclose()
                 await self.protocol.handle(Closed())
 
     async def send_file_range(self, fd: int, offset: int, count: int) -> None:
@@ -417,10 +460,16 @@ async def serve_bounded(
     config: Config,
     *,
     limits: ConnectionLimits | None = None,
-    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Shutdown | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Hypercorn's ``worker_serve`` for plain-TCP/Unix binds, with the bounds above."""
+    """Hypercorn's ``worker_serve`` for plain-TCP/Unix binds, with the bounds above.
+
+    *shutdown* is Hypercorn's ``shutdown_trigger`` and its graceful deadline in
+    one: when it is set we stop accepting, and every connection -- its
+    shielded sends included -- is over by its deadline. Without one (or when
+    cancelled) the grace is ``config.graceful_timeout``, Hypercorn's own.
+    """
     raise_open_file_limit()
     limits = limits or ConnectionLimits.from_env()
     config.keep_alive_timeout = limits.idle_timeout_s
@@ -429,6 +478,7 @@ async def serve_bounded(
     lifespan_state: dict[str, object] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
+    sends = ShieldedSends()
 
     def make_connection(stream: trio.SocketStream) -> _BoundedConnection:
         connection = _BoundedConnection(
@@ -439,6 +489,7 @@ async def serve_bounded(
             stream,  # type: ignore[arg-type]  # hypercorn annotates SSLStream; its worker_serve passes SocketStream too
         )
         connection.limits = limits
+        connection.sends = sends
         return connection
 
     async with trio.open_nursery() as lifespan_nursery:
@@ -466,8 +517,8 @@ async def serve_bounded(
                         acceptors.start_soon(
                             _accept_loop, listener, handlers, make_connection, limits
                         )
-                    if shutdown_trigger is not None:
-                        await shutdown_trigger()
+                    if shutdown is not None:
+                        await shutdown.wait()
                     else:
                         await trio.sleep_forever()
                     acceptors.cancel_scope.cancel()
@@ -476,6 +527,11 @@ async def serve_bounded(
                     with trio.CancelScope(shield=True):
                         await listener.aclose()
                 await context.terminated.set()
-                handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+                if shutdown is not None and shutdown.is_set():
+                    grace_ends = shutdown.deadline
+                else:
+                    grace_ends = trio.current_time() + config.graceful_timeout
+                handlers.cancel_scope.deadline = grace_ends
+                sends.cut_at(grace_ends)
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

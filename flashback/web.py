@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, cast
@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException
 from flashback.errors import FlashbackError
 from flashback.httpserver import ZERO_COPY_SEND, serve_bounded
 from flashback.protocol.ranges import ByteRange
+from flashback.shutdown import Shutdown
 from flashback.terminal import printable
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,8 @@ def hypercorn_config(host: str, port: int, *, backlog: int = 100) -> HypercornCo
     config.backlog = backlog
     # Long downloads must never be cut: Hypercorn itself has no response
     # timeout, but keep-alive and read timeouts stay at their defaults.
+    # The grace when a server is cancelled rather than shut down; a shutdown
+    # brings its own deadline (flashback.shutdown).
     config.graceful_timeout = 2.0
     return config
 
@@ -229,22 +232,17 @@ async def serve_quart(
     app: Quart,
     config: HypercornConfig,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Shutdown | None = None,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve *app* until cancelled or *shutdown_trigger* returns.
+    """Serve *app* until cancelled, or until *shutdown* is set and its deadline passes.
 
     Reports the first bound address through ``task_status`` once the socket
     really listens, so callers can announce the port the OS picked.
     """
 
     async def _serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve_bounded(
-            app,
-            config,
-            shutdown_trigger=shutdown_trigger,
-            task_status=task_status,
-        )
+        await serve_bounded(app, config, shutdown=shutdown, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(_serve)

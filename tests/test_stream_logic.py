@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from flashback.daemon.stream_request import parse_stream_body
 from flashback.errors import BadRequest, NotFound
 from flashback.protocol.paths import real_root
 from flashback.protocol.ranges import ByteRange
 from flashback.streaming.lifetime import PortLifetime
-from flashback.streaming.request import parse_stream_body
 from flashback.streaming.responses import FileFacts, Plan, plan_response
 from flashback.streaming.source import open_source
 

@@ -15,12 +15,13 @@ from flashback.daemon.context import DaemonContext
 from flashback.daemon.control import create_control_app
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
+from flashback.daemon.stream_ports import run_stream_ports
+from flashback.daemon.stream_request import NoTracker, StreamRefused, StreamTimeout, request_stream
 from flashback.errors import NotFound
 from flashback.peer.app import LocalInfo
 from flashback.protocol.messages import FileStreamReady, StreamError, StreamRequest
 from flashback.protocol.messages import PeerInfo as WirePeer
-from flashback.streaming.request import NoTracker, StreamRefused, StreamTimeout, request_stream
-from flashback.streaming.service import run_stream_ports
+from flashback.shutdown import Shutdown
 
 
 def make_ctx(share: Path) -> DaemonContext:
@@ -30,7 +31,7 @@ def make_ctx(share: Path) -> DaemonContext:
 
 async def test_a_request_to_ourselves_needs_no_tracker(nursery: trio.Nursery, share: Path) -> None:
     ctx = make_ctx(share)
-    shutdown = trio.Event()
+    shutdown = Shutdown()
     with trio.fail_after(10):
         await nursery.start(run_stream_ports, ctx, shutdown)
         notice = await request_stream(ctx, "me", "hello.txt")
@@ -56,7 +57,7 @@ async def test_remote_requests_and_answers_go_through_the_tracker_queue(
     nursery: trio.Nursery, share: Path
 ) -> None:
     ctx = make_ctx(share)
-    shutdown = trio.Event()
+    shutdown = Shutdown()
     with trio.fail_after(10):
         manager = await nursery.start(run_stream_ports, ctx, shutdown)
         await ctx.stream_requests_send.send(StreamRequest("r1", "hello.txt", from_="bob"))
@@ -115,7 +116,7 @@ async def test_requester_gives_up_after_the_bound(
 async def test_control_route(nursery: trio.Nursery, share: Path) -> None:
     ctx = make_ctx(share)
     with trio.fail_after(10):
-        await nursery.start(partial(run_stream_ports, ctx, trio.Event()))
+        await nursery.start(partial(run_stream_ports, ctx, Shutdown()))
         client = create_control_app(ctx).test_client()
         ok = await client.post("/stream", json={"peer": "me", "path": "hello.txt"})
         assert ok.status_code == 200 and (await ok.get_json())["size"] == 13

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 from trio_websocket import ConnectionClosed
 
+from flashback.shutdown import Shutdown
 from flashback.tracker.presence import LocalPresence
 from tests.tracker_support import (
     bearer,
@@ -288,7 +289,7 @@ async def test_a_slow_watcher_is_closed_without_stalling_the_others() -> None:
 
 async def test_shutdown_closes_links_with_1001() -> None:
     with trio.fail_after(TEST_TIMEOUT_S):
-        shutdown = trio.Event()
+        shutdown = Shutdown()
         async with open_tracker(shutdown=shutdown) as running:
             ws_url = running.ws_url
             async with open_link(ws_url) as ws:

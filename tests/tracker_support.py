@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from flashback.config import TrackerConfig
 from flashback.protocol.registry import clock_seq
+from flashback.shutdown import Shutdown
 from flashback.tracker.presence import LocalPresence
 from flashback.tracker.serve import serve_tracker_instance
 from flashback.tracker.service import Tracker
@@ -65,7 +66,7 @@ async def open_tracker(
     config: TrackerConfig | None = None,
     *,
     store: IdentityStore | None = None,
-    shutdown: trio.Event | None = None,
+    shutdown: Shutdown | None = None,
 ) -> AsyncIterator[RunningTracker]:
     config = config or tracker_config()
     presence = LocalPresence.for_config(config, start_seq=clock_seq())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
-WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+from flashback.protocol.hosts import WILDCARDS
 
 
 def announce_host(bound_host: str, tracker_url: str | None) -> str:

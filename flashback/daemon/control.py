@@ -26,8 +26,8 @@ from quart_trio import QuartTrio
 
 from flashback.daemon.connect import connect_peer, hold_lines, parse_connect_body
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.stream_request import parse_stream_body, request_stream
 from flashback.errors import ConfigError
-from flashback.streaming.request import parse_stream_body, request_stream
 from flashback.web import StreamedBody, install_json_errors, json_response
 
 CONTROL_SOCKET: Final = "control.sock"

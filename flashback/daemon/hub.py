@@ -49,7 +49,3 @@ class EventHub:
             if stats.open_receive_channels == 0:
                 self._subscribers.discard(channel)
                 channel.close()
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)

@@ -44,11 +44,13 @@ from flashback.protocol.messages import (
     parse,
 )
 from flashback.protocol.peer_table import ResyncNeeded
+from flashback.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
 WS_PATH: Final = "/api/peers/ws"
 CONNECT_TIMEOUT_S: Final = 10.0
+LINK_CLOSE_TIMEOUT_S: Final = 1.0
 # What the tracker's peer-list budget is derived from (capacity.py): they agree.
 MAX_FRAME_BYTES: Final = MAX_SNAPSHOT_BYTES
 
@@ -80,7 +82,9 @@ async def _writer(ctx: DaemonContext, ws: WebSocketConnection) -> None:
         await ws.send_message(message.encode())
 
 
-async def _session(ctx: DaemonContext, identity: Identity, backoff: Backoff) -> None:
+async def _session(
+    ctx: DaemonContext, identity: Identity, backoff: Backoff, shutdown: Shutdown
+) -> None:
     """One websocket connection, until it breaks (raises) or the identity changes."""
     host, port, resource, tls = websocket_target(ctx.config.tracker_url or "")
     with trio.fail_after(CONNECT_TIMEOUT_S):
@@ -122,9 +126,11 @@ async def _session(ctx: DaemonContext, identity: Identity, backoff: Backoff) -> 
                     ctx.set_connected(True)
                 _dispatch(ctx, message)
     finally:
-        with trio.CancelScope(shield=True):
-            # trio-websocket 0.12 leaves the TCP stream open when the server
-            # closes first; we own the stream, so we close it.
+        # trio-websocket 0.12 leaves the TCP stream open when the server
+        # closes first; we own the stream, so we close it. Bounded: a TLS
+        # close_notify to a tracker that stopped reading must not hold a
+        # shutdown past its deadline (the socket is closed either way).
+        with shutdown.shielded(LINK_CLOSE_TIMEOUT_S):
             await stream.aclose()
 
 
@@ -169,13 +175,15 @@ def _reply_nowait(ctx: DaemonContext, message: StreamError) -> None:
         log.warning("outgoing queue full; dropping %s", message.TYPE)
 
 
-async def run_link(ctx: DaemonContext, *, rng: random.Random | None = None) -> NoReturn:
+async def run_link(
+    ctx: DaemonContext, shutdown: Shutdown, *, rng: random.Random | None = None
+) -> NoReturn:
     backoff = Backoff(rng=rng or random.Random())
     while True:
         identity = await ctx.wait_identity()
         resync = False
         try:
-            await _session(ctx, identity, backoff)
+            await _session(ctx, identity, backoff, shutdown)
         except* ResyncNeeded as group:
             log.info("missed changes (%s); resyncing", group.exceptions[0])
             resync = True

@@ -5,9 +5,11 @@ announce ``peer-server-ready``, open the local control socket, start the web
 UI on 127.0.0.1 (announce ``ui-ready`` with its tokened URL), tell systemd
 we are ready, then -- only if a tracker is configured -- keep registered,
 heartbeat and hold the live link. None of the tracker tasks can delay or take
-down the peer server: they retry on their own. SIGTERM/SIGINT: unregister
-(shielded, at most 2 s), stop the servers, exit 0. Any task that crashes takes
-the whole daemon down (exit 1) -- never a half-alive process.
+down the peer server: they retry on their own. SIGTERM/SIGINT fixes one
+deadline (:mod:`flashback.shutdown`); inside it the servers drain, the link
+closes and we unregister (shielded, at most :data:`UNREGISTER_TIMEOUT_S`);
+whatever is left at the deadline is cut, and we exit 0. Any task that crashes
+takes the whole daemon down (exit 1) -- never a half-alive process.
 """
 
 from __future__ import annotations
@@ -31,27 +33,29 @@ from flashback.daemon.link import run_link
 from flashback.daemon.pins import PinStore
 from flashback.daemon.reach import owner_context_for, pin_checker, run_routes
 from flashback.daemon.session import maintain_registration, unregister
+from flashback.daemon.stream_ports import run_stream_ports
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, HTTPTrackerAPI, TrackerAPI
 from flashback.digests import DigestCache, DigestService
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
-from flashback.streaming.service import run_stream_ports
+from flashback.shutdown import Shutdown
 from flashback.ui.serve import serve_ui
 from flashback.web import hypercorn_config, serve_quart
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 3.0
 #: the digest cache file in the data directory (CONTRACT §7)
 DIGEST_CACHE_NAME: Final = "digests.sqlite3"
 
 
-async def run_tracker_tasks(ctx: DaemonContext, api: TrackerAPI, store: IdentityStore) -> None:
+async def run_tracker_tasks(
+    ctx: DaemonContext, api: TrackerAPI, store: IdentityStore, shutdown: Shutdown
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(maintain_registration, ctx, api, store)
-        nursery.start_soon(run_link, ctx)
+        nursery.start_soon(run_link, ctx, shutdown)
 
 
 def _status_line(ctx: DaemonContext) -> str:
@@ -74,7 +78,7 @@ async def report_status(ctx: DaemonContext, notifier: Notifier) -> None:
 
 async def run_digests(
     data_dir: Path,
-    shutdown: trio.Event,
+    shutdown: Shutdown,
     *,
     task_status: trio.TaskStatus[DigestService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -90,7 +94,7 @@ async def run_digests(
 
 async def daemon_main(
     config: DaemonConfig,
-    shutdown: trio.Event,
+    shutdown: Shutdown,
     *,
     hub: EventHub | None = None,
     task_status: trio.TaskStatus[DaemonContext] = trio.TASK_STATUS_IGNORED,
@@ -110,7 +114,7 @@ async def daemon_main(
 
 async def _run_daemon_tasks(
     config: DaemonConfig,
-    shutdown: trio.Event,
+    shutdown: Shutdown,
     socket_path: Path,
     hub: EventHub | None,
     instance: Instance,
@@ -135,7 +139,7 @@ async def _run_daemon_tasks(
                 settings,
                 config.host,
                 config.port,
-                shutdown_trigger=shutdown.wait,
+                shutdown=shutdown,
                 digests=digests,
             )
         )
@@ -150,12 +154,10 @@ async def _run_daemon_tasks(
                 serve_quart,
                 create_control_app(ctx),
                 hypercorn_config(f"unix:{socket_path}", 0),
-                shutdown_trigger=shutdown.wait,
+                shutdown=shutdown,
             )
         )
-        ctx.ui_url = await nursery.start(
-            partial(serve_ui, ctx, config.ui_port, shutdown_trigger=shutdown.wait)
-        )
+        ctx.ui_url = await nursery.start(partial(serve_ui, ctx, config.ui_port, shutdown=shutdown))
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (CONTRACT §5).
         streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
@@ -190,7 +192,7 @@ async def _run_daemon_tasks(
                                     streams=streams,
                                 )
                             )
-                            await run_tracker_tasks(ctx, api, store)
+                            await run_tracker_tasks(ctx, api, store, shutdown)
 
                 nursery.start_soon(tracker_tasks)
             task_status.started(ctx)
@@ -199,10 +201,10 @@ async def _run_daemon_tasks(
             await notifier.notify({"STOPPING": 1})
             tracker_scope.cancel()
             if api is not None:
-                await unregister(ctx, api)
-        # The servers got the same shutdown trigger and are draining now; give
-        # them a bounded grace, then cut whatever is left.
-        nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+                await unregister(ctx, api, shutdown)
+        # The servers got the same shutdown and drain until its deadline (their
+        # shielded sends included); whatever is left then is cut.
+        nursery.cancel_scope.deadline = shutdown.deadline
         ctx.set_connected(False)
 
 

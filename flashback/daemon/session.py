@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import trio
 
@@ -22,10 +22,13 @@ from flashback.daemon.tracker_api import (
     UnknownPeer,
 )
 from flashback.protocol.backoff import Backoff, RandomSource
+from flashback.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_JITTER_FRACTION = 0.1
+#: the goodbye's own limit; the shutdown's deadline may end it sooner
+UNREGISTER_TIMEOUT_S: Final = 2.0
 
 
 async def heartbeat_loop(
@@ -108,14 +111,26 @@ async def maintain_registration(
             ctx.set_identity(None)
 
 
-async def unregister(ctx: DaemonContext, api: TrackerAPI, *, timeout_s: float = 2.0) -> None:
-    """Say goodbye (peer-left reason ``left``), shielded and time-boxed."""
+async def unregister(
+    ctx: DaemonContext,
+    api: TrackerAPI,
+    shutdown: Shutdown,
+    *,
+    timeout_s: float = UNREGISTER_TIMEOUT_S,
+) -> None:
+    """Say goodbye (peer-left reason ``left``), shielded, within the shutdown's deadline.
+
+    Best effort, not a must-finish step: a tracker that is down or slow
+    expires us by TTL anyway, so a cut goodbye is logged and we still exit 0.
+    """
     identity = ctx.identity
     if identity is None:
         return
-    with trio.move_on_after(timeout_s, shield=True):
+    with shutdown.shielded(timeout_s) as scope:
         try:
             await api.leave(identity)
             log.info("unregistered from the tracker")
         except Exception as exc:  # shutdown goes on whatever the tracker says
             log.warning("could not unregister: %s", exc)
+    if scope.cancelled_caught:
+        log.warning("could not unregister in time; the tracker will expire us")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import trio
 
 from flashback.config import ServeConfig
@@ -12,6 +10,7 @@ from flashback.events import emit
 from flashback.peer.app import LocalInfo, ShareSettings, create_peer_app
 from flashback.peer.index_md import ensure_index_md
 from flashback.runner import run_service
+from flashback.shutdown import Shutdown
 from flashback.web import BoundAddress, hypercorn_config, serve_quart
 
 
@@ -20,11 +19,11 @@ async def serve_peer(
     host: str,
     port: int,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Shutdown | None = None,
     digests: DigestService | None = None,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve *settings.root* until cancelled or *shutdown_trigger* returns.
+    """Serve *settings.root* until cancelled, or until *shutdown* and its deadline.
 
     Reports the bound address (the OS's port when *port* is 0) once listening.
     Without a running *digests* service (the daemon shares one with its
@@ -39,7 +38,7 @@ async def serve_peer(
         await serve_quart(
             create_peer_app(settings, digests),
             hypercorn_config(host, port),
-            shutdown_trigger=shutdown_trigger,
+            shutdown=shutdown,
             task_status=task_status,
         )
         nursery.cancel_scope.cancel()
@@ -52,14 +51,14 @@ def announce_peer_server(address: BoundAddress) -> None:
 def run_serve(config: ServeConfig) -> int:
     settings = ShareSettings(config.root, config.show_hidden, LocalInfo(name=config.name))
 
-    async def main(shutdown: trio.Event) -> None:
+    async def main(shutdown: Shutdown) -> None:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(
                 lambda task_status: serve_peer(
                     settings,
                     config.host,
                     config.port,
-                    shutdown_trigger=shutdown.wait,
+                    shutdown=shutdown,
                     task_status=task_status,
                 )
             )

@@ -13,6 +13,8 @@ import re
 from typing import Final
 
 MAX_HOST_CHARS: Final = 253
+#: bind addresses that mean "every interface": no other machine can dial them
+WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})
 MAX_LABEL_CHARS: Final = 63
 _LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 

@@ -13,7 +13,12 @@ to resume. Modules, from the wire inward::
     responses  sans-IO: request line + headers -> status, headers, byte range
     lifetime   sans-IO: when a port has completed or expired (time is a parameter)
     source     safe path resolution + opening the one regular file
-    request    the requester side used by the control API's ``POST /stream``
+
+The daemon's glue -- feeding the manager the link's requests and routing its
+answers (``daemon/stream_ports.py``), and the requester side behind the
+control API's ``POST /stream`` (``daemon/stream_request.py``) -- lives in
+``flashback.daemon``: this package knows nothing of the daemon, only the
+manager's seam (a channel of requests in, a reply callable out).
 
 Rules a user can rely on (for the README, which the lead owns):
 

@@ -8,6 +8,10 @@ Shutdown order matters: every websocket is closed with 1001 first (otherwise
 Hypercorn's graceful shutdown waits its full timeout for links that never
 end on their own, then aborts them), then Hypercorn stops listening and
 finishes in-flight requests, then the reaper is cancelled and ``seq`` saved.
+All of it fits in the one deadline the signal fixed (:mod:`flashback.shutdown`):
+the servers are cut :data:`SEQ_SAVE_RESERVE_S` before it, whatever a client
+does, so saving ``seq`` always has that long; if it still does not complete,
+the exit status says so (1).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from flashback.events import emit
 from flashback.protocol.registry import clock_seq
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
+from flashback.shutdown import Shutdown
 from flashback.tracker.app import create_asgi_app
 from flashback.tracker.presence import LocalPresence
 from flashback.tracker.service import Tracker
@@ -45,7 +50,10 @@ log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG: Final = 4096  # reconnect storms: thousands of daemons at once
 WEBSOCKET_CLOSE_TIMEOUT_S: Final = 2.0
+#: saving seq and closing the store, when not inside a shutdown (cancelled)
 STORE_CLOSE_TIMEOUT_S: Final = 3.0
+#: what the servers leave of the shutdown's budget to saving seq (SQLite: ms)
+SEQ_SAVE_RESERVE_S: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,30 +91,35 @@ def bound_unread_sends(hc: HypercornConfig, timeout_s: float) -> None:
 async def serve_tracker_instance(
     tracker: Tracker,
     *,
-    shutdown: trio.Event | None = None,
+    shutdown: Shutdown | None = None,
     task_status: trio.TaskStatus[TrackerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve an already built :class:`Tracker` until cancelled or *shutdown* is set."""
+    """Serve an already built :class:`Tracker` until cancelled, or until
+    *shutdown* is set and its deadline minus :data:`SEQ_SAVE_RESERVE_S`."""
     config = tracker.config
     hc = hypercorn_config(config.host, config.port, backlog=LISTEN_BACKLOG)
     hc.websocket_max_message_size = MAX_BODY_BYTES
     bound_unread_sends(hc, config.send_timeout_s)
-    stop_listening = trio.Event()
+    # The HTTP server's own stage of the shutdown: set once the websockets are
+    # closed, with the deadline that leaves saving seq its reserve.
+    stop_listening = Shutdown()
     app = create_asgi_app(tracker)
 
     async with trio.open_nursery() as nursery:
 
-        async def stop_on(event: trio.Event) -> None:
-            await event.wait()
+        async def stop_on(shutdown: Shutdown) -> None:
+            await shutdown.wait()
+            servers_end = shutdown.deadline_minus(SEQ_SAVE_RESERVE_S)
             log.info("shutting down: closing %d websocket(s)", len(tracker.hub))
-            await tracker.hub.close_all(timeout_s=WEBSOCKET_CLOSE_TIMEOUT_S)
-            stop_listening.set()
+            left_s = max(0.0, servers_end - trio.current_time())
+            await tracker.hub.close_all(timeout_s=min(WEBSOCKET_CLOSE_TIMEOUT_S, left_s))
+            stop_listening.set(deadline=servers_end)
 
         async def serve(*, task_status: trio.TaskStatus[BoundAddress]) -> None:
             await serve_quart(
                 app,  # type: ignore[arg-type]  # serve_quart is typed for Quart; this is its ASGI wrapper
                 hc,
-                shutdown_trigger=stop_listening.wait,
+                shutdown=stop_listening,
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()  # the reaper and the stopper go with it
@@ -127,10 +140,14 @@ async def serve_tracker(
     config: TrackerConfig,
     *,
     store: IdentityStore | None = None,
-    shutdown: trio.Event | None = None,
+    shutdown: Shutdown | None = None,
     task_status: trio.TaskStatus[TrackerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open the store (unless given), serve, and close the store on the way out."""
+    """Open the store (unless given), serve, and close the store on the way out.
+
+    Saving ``seq`` is the shutdown's must-finish step: if its deadline cuts
+    it, or the store fails, *shutdown* records it and the process exits 1.
+    """
     if store is None and is_redis_url(config.database_url):
         from flashback.tracker.redis import open_redis_backend  # coredis is optional
 
@@ -146,11 +163,14 @@ async def serve_tracker(
         tracker = Tracker(config, store, LocalPresence.for_config(config, start_seq=start_seq))
         await serve_tracker_instance(tracker, shutdown=shutdown, task_status=task_status)
     finally:
-        # Shielded and bounded: the seq must be saved even when we were cancelled.
-        with trio.CancelScope(shield=True), trio.move_on_after(STORE_CLOSE_TIMEOUT_S):
+        # Shielded and bounded: the seq must be saved even when we were
+        # cancelled; inside a shutdown, by its deadline.
+        steps = shutdown if shutdown is not None else Shutdown()
+        with steps.must_finish("saving seq", STORE_CLOSE_TIMEOUT_S):
             try:
                 if tracker is not None:
                     await store.save_seq(tracker.presence.seq)
+                    log.info("saved seq %d", tracker.presence.seq)
             finally:
                 await store.aclose()
 
@@ -163,7 +183,7 @@ def run_tracker(config: TrackerConfig) -> int:
     """
     check_database_url(config.database_url)
 
-    async def main(shutdown: trio.Event) -> None:
+    async def main(shutdown: Shutdown) -> None:
         # Opened before serving so a bad database is a plain ConfigError (exit 2).
         store = None if is_redis_url(config.database_url) else await open_store(config.database_url)
         notifier = Notifier.from_env(os.environ)

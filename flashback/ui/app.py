@@ -21,9 +21,8 @@ import httpx
 import trio
 from quart import Response, redirect, render_template, request
 from quart_trio import QuartTrio
-from werkzeug.wrappers.response import Response as WerkzeugResponse
+from werkzeug.wrappers.response import Response as WerkzeugResponse  # what redirect() builds
 
-from flashback.daemon.context import DaemonContext
 from flashback.errors import BadRequest, Forbidden, NotFound, RateLimited
 from flashback.protocol.messages import PeerInfo, ProtocolError
 from flashback.protocol.paths import UnsafePath, split_request_path
@@ -33,6 +32,7 @@ from flashback.ui.markdown import render_markdown
 from flashback.ui.proxy import StreamLimiter, fetch_listing, fetch_text, proxy_file
 from flashback.ui.reach import PeerRoute, peer_route, route_label
 from flashback.ui.urls import SELF_KEY, ui_url
+from flashback.ui.view import DaemonView
 from flashback.web import StreamedBody, install_json_errors, json_response
 
 MAX_EVENT_STREAMS: Final = 8
@@ -47,7 +47,7 @@ LIVE_EVENTS: Final = frozenset(
 HERE: Final = Path(__file__).parent
 
 
-def peer_row(peer: PeerInfo, ctx: DaemonContext) -> dict[str, Any]:
+def peer_row(peer: PeerInfo, ctx: DaemonView) -> dict[str, Any]:
     mine = ctx.identity is not None and peer.peer_id == ctx.identity.peer_id
     key = SELF_KEY if mine else peer.peer_id
     return {
@@ -60,7 +60,7 @@ def peer_row(peer: PeerInfo, ctx: DaemonContext) -> dict[str, Any]:
     }
 
 
-def snapshot(ctx: DaemonContext) -> dict[str, Any]:
+def snapshot(ctx: DaemonView) -> dict[str, Any]:
     return {
         "event": "snapshot",
         "self": {
@@ -73,7 +73,7 @@ def snapshot(ctx: DaemonContext) -> dict[str, Any]:
     }
 
 
-def browser_event(event: dict[str, Any], ctx: DaemonContext) -> dict[str, Any] | None:
+def browser_event(event: dict[str, Any], ctx: DaemonView) -> dict[str, Any] | None:
     """The hub's event as the page needs it (rows ready to show), or None if irrelevant."""
     kind = event.get("event")
     if kind not in LIVE_EVENTS:
@@ -102,7 +102,7 @@ class UiEventStream(StreamedBody):
     client gone before that leaves nothing behind.
     """
 
-    def __init__(self, ctx: DaemonContext, counter: EventCounter) -> None:
+    def __init__(self, ctx: DaemonView, counter: EventCounter) -> None:
         self._ctx = ctx
         self._counter = counter
         self._receive: trio.MemoryReceiveChannel[dict[str, Any]] | None = None
@@ -166,7 +166,7 @@ def _request_headers() -> dict[str, str]:
     return {name.lower(): value for name, value in request.headers.items()}
 
 
-def create_ui_app(ctx: DaemonContext, token: str, http: httpx.AsyncClient) -> QuartTrio:
+def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> QuartTrio:
     app = QuartTrio(
         __name__,
         template_folder=str(HERE / "templates"),

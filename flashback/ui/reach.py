@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from flashback.daemon.announce import WILDCARDS
-from flashback.daemon.context import DaemonContext
 from flashback.errors import NotFound
+from flashback.protocol.hosts import WILDCARDS
 from flashback.protocol.messages import PeerInfo
 from flashback.ui.urls import SELF_KEY
+from flashback.ui.view import DaemonView
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def _origin(host: str, port: int) -> httpx.URL:
     return httpx.URL(scheme="http", host=host, port=port, path="/")
 
 
-def peer_route(ctx: DaemonContext, key: str) -> PeerRoute:
+def peer_route(ctx: DaemonView, key: str) -> PeerRoute:
     """The route to *key* (``self`` or an online peer's id); 404 when it is not online."""
     if key == SELF_KEY or (ctx.identity is not None and key == ctx.identity.peer_id):
         address = ctx.address

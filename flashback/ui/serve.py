@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final
 
 import httpx
 import trio
 
-from flashback.daemon.context import DaemonContext
+from flashback.shutdown import Shutdown
 from flashback.ui.app import create_ui_app
 from flashback.ui.auth import new_token
 from flashback.ui.proxy import MAX_STREAMS, TIMEOUT
+from flashback.ui.view import DaemonView
 from flashback.web import hypercorn_config, serve_quart
 
 UI_HOST: Final = "127.0.0.1"
@@ -23,14 +23,14 @@ def ui_address_url(port: int, token: str) -> str:
 
 
 async def serve_ui(
-    ctx: DaemonContext,
+    ctx: DaemonView,
     port: int,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]],
+    shutdown: Shutdown | None = None,
     token: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the UI until shutdown; reports the URL (with its token) once it listens."""
+    """Serve the UI until *shutdown* and its deadline; report the tokened URL once listening."""
     token = token or new_token()
     limits = httpx.Limits(max_connections=MAX_STREAMS + 8, max_keepalive_connections=8)
     async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as http:
@@ -41,7 +41,7 @@ async def serve_ui(
                     serve_quart,
                     app,
                     hypercorn_config(UI_HOST, port),
-                    shutdown_trigger=shutdown_trigger,
+                    shutdown=shutdown,
                 )
             )
             task_status.started(ui_address_url(address.port, token))

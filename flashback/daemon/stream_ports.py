@@ -17,6 +17,7 @@ import trio
 
 from flashback.daemon.context import DaemonContext
 from flashback.digests import DigestService
+from flashback.shutdown import Shutdown
 from flashback.streaming.manager import Answer, StreamManager, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def route_answer(ctx: DaemonContext, answer: Answer) -> None:
 
 async def run_stream_ports(
     ctx: DaemonContext,
-    shutdown: trio.Event,
+    shutdown: Shutdown,
     *,
     settings: StreamSettings | None = None,
     digests: DigestService | None = None,

@@ -17,9 +17,9 @@ import trio
 
 from flashback.daemon.connect import resolve_peer_key
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.stream_ports import LOCAL_REQUESTER
 from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
 from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
-from flashback.streaming.service import LOCAL_REQUESTER
 
 #: how long the daemon waits for the owner's answer
 STREAM_WAIT_S: Final = 15.0

@@ -1,0 +1,68 @@
+"""What the UI reads from the daemon it runs in -- the seam, and nothing more.
+
+The daemon serves the UI, but the UI sits below it (packages depend
+downwards only: ``ui`` <- ``daemon``), so the UI names no daemon class.
+:class:`DaemonView` lists the few things it reads: this daemon's name, id
+and server address, the tracker link's state, the online peers, and the
+local event fan-out. ``flashback.daemon.context.DaemonContext`` matches it
+structurally (mypy checks that where the daemon hands itself over).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import trio
+
+from flashback.protocol.messages import PeerInfo
+from flashback.web import BoundAddress
+
+
+class NamedSettings(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tracker_url(self) -> str | None: ...
+
+
+class OwnIdentity(Protocol):
+    @property
+    def peer_id(self) -> str: ...
+
+
+class OnlinePeers(Protocol):
+    @property
+    def peers(self) -> Mapping[str, PeerInfo]: ...
+
+    def sorted_peers(self) -> list[PeerInfo]: ...
+
+
+class EventSource(Protocol):
+    """A bounded subscription per live view; the source drops one that falls behind."""
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[dict[str, Any]]: ...
+
+    def unsubscribe_closed(self) -> None: ...
+
+
+class DaemonView(Protocol):
+    @property
+    def config(self) -> NamedSettings: ...
+
+    @property
+    def identity(self) -> OwnIdentity | None: ...
+
+    @property
+    def address(self) -> BoundAddress | None:
+        """Where this daemon's own peer server listens (None until it does)."""
+
+    @property
+    def tracker_connected(self) -> bool: ...
+
+    @property
+    def table(self) -> OnlinePeers: ...
+
+    @property
+    def hub(self) -> EventSource: ...
