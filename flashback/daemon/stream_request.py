@@ -41,7 +41,7 @@ class StreamRefused(FlashbackError):
 
     def __init__(self, error: StreamError) -> None:
         super().__init__(error.message or error.code, code=error.code)
-        self.status = _STATUS_FOR_CODE.get(error.code, 502)  # type: ignore[misc]
+        self.status = _STATUS_FOR_CODE.get(error.code, 502)  # type: ignore[misc]  # per instance: the owner's code picks it
 
 
 def parse_stream_body(body: object) -> tuple[str, str]:
