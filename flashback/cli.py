@@ -82,7 +82,19 @@ PINS_EPILOG: Final = (
     "$XDG_DATA_HOME/flashback. No daemon is needed."
 )
 JSON_HELP: Final = "print one JSON object instead of text"
-OUT_HELP: Final = "file to write (default: the last part of PATH, in the current directory)"
+OUT_HELP: Final = (
+    "file (or, for a directory, directory) to write "
+    "(default: the last part of PATH, in the current directory)"
+)
+#: as flashback.folder's (not imported here: the CLI imports the rest lazily)
+DEFAULT_JOBS: Final = 4
+MAX_JOBS: Final = 64
+
+
+def _jobs(raw: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_JOBS}")
+    return int(raw)
 
 
 def _add_local_commands(sub: argparse._SubParsersAction) -> None:
@@ -105,10 +117,20 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=_run_ls)
-    p = add("get", "download a file from a peer (resumes a partial OUT)")
+    p = add("get", "download a file or a whole directory from a peer (resumes a partial OUT)")
     p.add_argument("peer", metavar="PEER", help="peer id or name")
-    p.add_argument("path", metavar="PATH", help="file in the peer's share, e.g. docs/a.pdf")
+    p.add_argument(
+        "path", metavar="PATH", help="file or directory in the peer's share, e.g. docs/a.pdf"
+    )
     p.add_argument("-o", "--output", metavar="OUT", default=None, help=OUT_HELP)
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=_jobs,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"files fetched at once for a directory (default {DEFAULT_JOBS}, at most {MAX_JOBS})",
+    )
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_get)
     p = add("connect", "open a local URL that reaches a peer (direct or by tunnel)")
@@ -191,7 +213,9 @@ def _run_get(args: argparse.Namespace) -> int:
     from flashback.daemon import client
 
     out = Path(args.output) if args.output else None
-    return _run_local(lambda: client.get_file(os.environ, args.peer, args.path, out))
+    return _run_local(
+        lambda: client.get_file(os.environ, args.peer, args.path, out, jobs=args.jobs)
+    )
 
 
 def _run_connect(args: argparse.Namespace) -> int:
