@@ -69,6 +69,8 @@ MAX_PAGE_BYTES: Final = 8 * 1024 * 1024
 DIR_LIST_DEADLINE_S: Final = 120.0
 MAX_FAILED_FILES: Final = 20
 REQUEST_TIMEOUT_S: Final = 30.0
+#: a smaller file keeps no resume record: fetching it again costs less than writing one
+RESUME_MIN_BYTES: Final = 1024 * 1024
 
 
 class FolderFailed(TransferFailed):
@@ -377,6 +379,7 @@ class FolderFetch:
             expected_size=entry.size,
             part=part,
             progress=self.progress.update,
+            resume_min_bytes=RESUME_MIN_BYTES,
         )
         self._set_mtime(dest, entry)
         self.result.files += 1

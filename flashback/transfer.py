@@ -187,6 +187,7 @@ async def download(
     expected_size: int | None = None,
     part: Path | None = None,
     progress: ProgressFn | None = None,
+    resume_min_bytes: int = 0,
 ) -> DownloadResult:
     """Fetch *url* into *out*, verified.
 
@@ -195,15 +196,19 @@ async def download(
     answers ranges with ``If-Match`` (default *url*); *expected_size* is a
     size announced beforehand (a stream port's ``size``, a listing's):
     never more is written. *part* puts the partial file elsewhere than
-    ``OUT.part``; *progress* gets the byte counts instead of a bar of its own.
+    ``OUT.part``; *progress* gets the byte counts instead of a bar of its own;
+    a file smaller than *resume_min_bytes* keeps no resume record (fetching
+    it again costs less than writing one: a folder's many small files).
     """
     check_output(out)
     part, meta = part_paths(out, part)
     key = resume_key or str(url)
-    received = await _receive(client, url, out, part, key, label, on_event, expected_size, progress)
-    size, expected_sha, etag, offset = received
+    received = await _receive(
+        client, url, out, part, key, label, on_event, expected_size, progress, resume_min_bytes
+    )
+    size, expected_sha, etag, offset, hashed = received
     repaired, repair_bytes = 0, 0
-    actual = await sha256_of(part)
+    actual = hashed or await sha256_of(part)
     manifest: Manifest | None = None
     if expected_sha is None:
         manifest = await fetch_manifest(client, manifest_url, size)
@@ -242,13 +247,16 @@ async def _receive(
     on_event: Callable[[str, dict[str, Any]], None] | None,
     expected_size: int | None,
     progress: ProgressFn | None,
-) -> tuple[int, str | None, str | None, int]:
-    """The body into the part: (size, digest from Repr-Digest, ETag, resumed from)."""
+    resume_min_bytes: int = 0,
+) -> tuple[int, str | None, str | None, int, str | None]:
+    """The body into the part: (size, digest from Repr-Digest, ETag, resumed from,
+    the part's SHA-256 when it was computed on the way in)."""
     part, meta = part_paths(out, part)
     headers: dict[str, str] = {}
     offset = 0
-    saved = _read_meta(meta)
-    if part.exists() and saved.get("key") == key:
+    exists = part.exists()
+    saved = _read_meta(meta) if exists else {}
+    if exists and saved.get("key") == key:
         offset = part.stat().st_size
         if offset:
             headers = {"Range": f"bytes={offset}-", "If-Range": str(saved["etag"])}
@@ -260,10 +268,19 @@ async def _receive(
                 match = _UNSATISFIED.match(response.headers.get("content-range", ""))
                 if match and int(match.group(1)) == offset:
                     # Complete already; verification below decides if it is right.
-                    return offset, digest, str(saved["etag"]), offset
+                    return offset, digest, str(saved["etag"]), offset, None
                 part.unlink(missing_ok=True)  # longer than the file now: start over
                 return await _receive(
-                    client, url, out, part, key, label, on_event, expected_size, progress
+                    client,
+                    url,
+                    out,
+                    part,
+                    key,
+                    label,
+                    on_event,
+                    expected_size,
+                    progress,
+                    resume_min_bytes,
                 )
             if response.status_code == 404:
                 raise NotOnPeer(f"not found on the peer: {url}")
@@ -290,10 +307,11 @@ async def _receive(
                 raise TransferFailed("the peer did not say how big the file is (no Content-Length)")
             if etag is None or not _ETAG.fullmatch(etag):
                 etag = None
-            meta.write_text(json.dumps({"key": key, "etag": etag}), encoding="utf-8")
+            if total >= resume_min_bytes:
+                meta.write_text(json.dumps({"key": key, "etag": etag}), encoding="utf-8")
             if on_event is not None:
                 on_event("download-started", {"url": str(url), "offset": offset, "size": total})
-            await _write_body(response, part, mode, offset, total, label, progress)
+            hashed = await _write_body(response, part, mode, offset, total, label, progress)
     except httpx.HTTPError as exc:
         got = part.stat().st_size if part.exists() else 0
         raise TransferFailed(
@@ -306,7 +324,7 @@ async def _receive(
             f"size mismatch: got {size} bytes, the peer announced {total}; "
             f"the partial file {part} is kept"
         )
-    return size, digest, etag, offset
+    return size, digest, etag, offset, hashed
 
 
 async def _write_body(
@@ -317,28 +335,36 @@ async def _write_body(
     total: int,
     label: str,
     report: ProgressFn | None,
-) -> None:
-    """Append the body as received (a break loses nothing), never past *total*."""
+) -> str | None:
+    """Append the body as received (a break loses nothing), never past *total*.
+
+    A small file fetched whole is hashed on the way in (its SHA-256 is
+    returned), which spares reading it back; otherwise None.
+    """
     bar = None
     if report is None:
         bar = Progress(total, offset, label)
         report = bar.update
+    hasher = hashlib.sha256() if offset == 0 and total <= INLINE_HASH_BYTES else None
     room = total - offset
     try:
         with part.open(mode) as file:
             async with body_chunks(response) as chunks:
                 async for chunk in chunks:
-                    if len(chunk) > room:
-                        # More than announced: keep what was, drop the connection.
-                        file.write(chunk[:room])
-                        report(room)
-                        break
+                    over = len(chunk) > room
+                    if over:  # more than announced: keep what was, drop the connection
+                        chunk = chunk[:room]
                     file.write(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     room -= len(chunk)
                     report(len(chunk))
+                    if over:
+                        break
     finally:
         if bar is not None:
             bar.close()
+    return hasher.hexdigest() if hasher is not None else None
 
 
 MANIFEST_TIMEOUT_S: Final = 300.0  # the owner may be hashing a big file first
