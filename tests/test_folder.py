@@ -363,6 +363,9 @@ async def test_an_evil_peer_registered_with_the_tracker_writes_nothing_outside_o
                 "evil/readme",
             ]
 
+            bad_jobs = await run_cli(["get", "evil", "evil", "--jobs", "0"], env=env)
+            assert bad_jobs.returncode == 2 and len(bad_jobs.stderr.splitlines()) == 1
+
             huge = await run_cli(["get", "evil", "huge", "-o", str(work / "huge")], env=env)
             assert huge.returncode == 1
             assert huge.stderr.decode().splitlines() == [

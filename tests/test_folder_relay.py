@@ -112,6 +112,13 @@ async def test_a_folder_comes_through_the_relay(tmp_path: Path, nursery) -> None
                 routes = {p["name"]: p["route"] for p in json.loads(peers.stdout)["peers"]}
                 assert routes["alice"] == "relay"  # the only way from home B to home A
 
+                whole = await run_cli(
+                    ["get", "alice", "/", "-o", str(tmp_path / "root")], env=bob_env, prefix=in_b
+                )  # the share's root: every file, index.md too
+                assert whole.returncode == 0, whole.stderr
+                assert events(whole.stdout)[-1]["files"] == 4
+                assert (tmp_path / "root" / "index.md").is_file()
+
                 again = await run_cli(
                     ["get", "alice", "docs", "-o", str(out)], env=bob_env, prefix=in_b
                 )
