@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from flashback import __version__
 from flashback.errors import ConfigError, FlashbackError
@@ -29,7 +29,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:
+if TYPE_CHECKING:  # generic in typeshed only: not subscriptable at run time before 3.12
+    #: what ``add_subparsers`` returns; each ``_add_*`` adds its commands to it
+    Subcommands = argparse._SubParsersAction[_Parser]
+
+
+def _add_serve(sub: Subcommands) -> None:
     p = sub.add_parser("serve", help="serve a directory (peer server alone, no tracker)")
     p.add_argument("--root", required=True, help="directory to share")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
@@ -38,7 +43,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_serve)
 
 
-def _add_tracker(sub: argparse._SubParsersAction) -> None:
+def _add_tracker(sub: Subcommands) -> None:
     p = sub.add_parser("tracker", help="run the relay tracker")
     p.add_argument("--host", default=None, help="address to bind (RELAY_BIND_ADDRESS, 0.0.0.0)")
     p.add_argument("--port", default=None, help="port to bind (RELAY_PORT, 3000)")
@@ -51,7 +56,7 @@ def _add_tracker(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_tracker)
 
 
-def _add_daemon(sub: argparse._SubParsersAction) -> None:
+def _add_daemon(sub: Subcommands) -> None:
     p = sub.add_parser(
         "daemon", help="run the peer daemon (peer server + tracker link)", epilog=STATE_DIR_EPILOG
     )
@@ -97,7 +102,7 @@ def _jobs(raw: str) -> int:
     return int(raw)
 
 
-def _add_local_commands(sub: argparse._SubParsersAction) -> None:
+def _add_local_commands(sub: Subcommands) -> None:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=STATE_DIR_EPILOG)
 
@@ -265,7 +270,7 @@ def _run_tracker(args: argparse.Namespace) -> int:
     return run_tracker(tracker_from_sources(vars(args), os.environ))
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_tracker,
     _add_daemon,
     _add_serve,

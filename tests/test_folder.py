@@ -26,7 +26,13 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from flashback.folder import FolderFailed, FolderFetch, FolderResult, is_case_insensitive
+from flashback.folder import (
+    FolderFailed,
+    FolderFetch,
+    FolderProgress,
+    FolderResult,
+    is_case_insensitive,
+)
 from flashback.peer.app import PeerInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.protocol import folder as folder_rules
@@ -156,7 +162,10 @@ async def test_a_part_left_by_a_broken_run_is_resumed_and_repaired(tmp_path: Pat
             part.write_bytes(damaged)
             record = {"key": resume_key("peer-1", "d/x.bin"), "etag": etag}
             part.with_name(part.name + ".json").write_text(json.dumps(record))
-            result, done = await fetch(base, "d", out)
+            progress = FolderProgress("d", enabled=True)  # the bar a terminal would show
+            result, done = await fetch(base, "d", out, progress=progress)
+    assert progress.files_done == 1 and progress._bar.total == len(data)
+    assert progress._bar.n == len(data)  # resumed bytes counted once, repairs not at all
     assert (out / "x.bin").read_bytes() == data
     assert done[0].resumed_from == 2 * MIB and done[0].repaired_blocks == 1
     assert block_size_for(len(data)) == MIB and result.files == 1

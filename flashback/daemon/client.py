@@ -121,14 +121,20 @@ async def _get_json(client: httpx.AsyncClient, url: str) -> Any:
     return response.json()
 
 
-async def fetch_status(env: Mapping[str, str]) -> dict[str, Any]:
+async def _get_object(env: Mapping[str, str], route: str) -> dict[str, Any]:
     async with control_client(env) as client:
-        return await _get_json(client, "/status")
+        payload = await _get_json(client, route)
+    if not isinstance(payload, dict):
+        raise DaemonUnavailable(f"the daemon answered {route} with something odd")
+    return payload
+
+
+async def fetch_status(env: Mapping[str, str]) -> dict[str, Any]:
+    return await _get_object(env, "/status")
 
 
 async def fetch_peers(env: Mapping[str, str]) -> dict[str, Any]:
-    async with control_client(env) as client:
-        return await _get_json(client, "/peers")
+    return await _get_object(env, "/peers")
 
 
 async def fetch_ui_url(env: Mapping[str, str]) -> str:
