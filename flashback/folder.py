@@ -241,20 +241,23 @@ class FolderFetch:
                     continue
                 self.result.dirs += 1
                 local_dir = self.out.joinpath(*pending.parts[len(self.top) :])
-                with trio.move_on_after(DIR_LIST_DEADLINE_S) as deadline:
-                    subdirs = await self._walk_dir(listing, local_dir, send)
-                if deadline.cancelled_caught:
-                    raise FolderFailed(
-                        f"the peer took over {DIR_LIST_DEADLINE_S:.0f} s to list {listing.path!r}"
-                    )
+                subdirs = await self._walk_dir(listing, local_dir, send)
                 stack.extend(reversed(subdirs))  # depth first, in name order
 
     async def _walk_dir(
         self, listing: DirListing, local_dir: Path, send: trio.MemorySendChannel[FileJob]
     ) -> list[PendingDir]:
         subdirs: list[PendingDir] = []
+        listing_s = 0.0  # time spent waiting for this directory's pages (not for workers)
         while not listing.done:
-            page = await self._fetch_page(listing)
+            started = trio.current_time()
+            with trio.move_on_after(DIR_LIST_DEADLINE_S - listing_s) as deadline:
+                page = await self._fetch_page(listing)
+            if deadline.cancelled_caught:
+                raise FolderFailed(
+                    f"the peer took over {DIR_LIST_DEADLINE_S:.0f} s to list {listing.path!r}"
+                )
+            listing_s += trio.current_time() - started
             self.result.pages += 1
             try:
                 accepted, refused = listing.add_page(page)

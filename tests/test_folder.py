@@ -386,3 +386,53 @@ async def test_an_evil_peer_registered_with_the_tracker_writes_nothing_outside_o
     assert not (work / "huge").exists()
     assert snapshot(tmp_path, skip=(tmp_path / "bob", out)) == before
     assert (work / "victim.txt").read_text() == "mine\n"
+
+
+def slow_app() -> QuartTrio:
+    """A peer whose listing of ``trickle`` never ends (a byte every 20 s, under any
+    read timeout) and whose files in ``busy`` take 60 s each to start."""
+    app = QuartTrio("slow-folder")
+    app.config["RESPONSE_TIMEOUT"] = None  # Quart's own 60 s would cut the trickle first
+
+    @app.get("/api/files/<path:sub>")
+    async def listing(sub: str) -> Any:
+        if sub == "trickle":
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b'{"path": "trickle", "entries": ['
+                while True:
+                    await trio.sleep(20)
+                    yield b" "
+
+            return Response(body(), content_type="application/json")
+        n = int(request.args.get("cursor") or 0)
+        entry = {"name": f"f{n}", "path": f"busy/f{n}", "type": "file", "size": 2, "mtime": None}
+        return {"path": "busy", "entries": [entry], "next_cursor": str(n + 1) if n < 11 else None}
+
+    @app.get("/download/<path:sub>")
+    async def download(sub: str) -> Any:
+        await trio.sleep(20)  # under the client's read timeout
+        return Response(b"ok", headers={"Repr-Digest": f"sha-256=:{_digest(b'ok')}:"})
+
+    return app
+
+
+@pytest.mark.filterwarnings(
+    r"ignore:Async generator 'http(x|core)\._.*' was garbage collected:ResourceWarning"
+)
+async def test_listing_time_is_bounded_but_waiting_for_workers_is_not(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await nursery.start(serve_quart, slow_app(), hypercorn_config("127.0.0.1", 0))
+    base = httpx.URL(server.url)
+    start_s = trio.current_time()
+    with pytest.raises(FolderFailed, match="took over 120 s to list 'trickle'"):
+        await fetch(base, "trickle", tmp_path / "trickle")
+    assert trio.current_time() - start_s == pytest.approx(120, abs=1)
+
+    # one job, twelve 20 s files, a channel of two: the walk waits ~180 s for the
+    # worker (over the 120 s a listing may take) and ~0 s for its pages
+    start_s = trio.current_time()
+    result, done = await fetch(base, "busy", tmp_path / "busy", jobs=1, page_entries=1)
+    assert (result.files, result.pages, len(done)) == (12, 12, 12)
+    assert trio.current_time() - start_s == pytest.approx(240, abs=1)
