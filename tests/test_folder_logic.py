@@ -107,6 +107,10 @@ def test_siblings_differing_only_in_case_on_a_case_insensitive_disk() -> None:
     check_entry((), file_entry("Straße"), insensitive)
     with pytest.raises(UnsafeEntry, match="differs only in case"):
         check_entry((), file_entry("STRASSE"), insensitive)  # casefold, not lower
+    check_entry((), file_entry("caf\u00e9"), insensitive)  # é precomposed
+    with pytest.raises(UnsafeEntry, match="differs only in case"):
+        check_entry((), file_entry("CAFE\u0301"), insensitive)  # E + combining acute
+    check_entry((), file_entry("CAFE\u0301"), sensitive)
 
 
 def remote(size: int = 3, mtime_ns: int | None = T0_NS) -> RemoteEntry:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -112,13 +113,15 @@ class SiblingNames:
         if name in self.exact:
             raise UnsafeEntry("listed twice")
         if self.case_insensitive:
-            other = self.folded.get(name.casefold())
+            # disks that ignore case mostly ignore Unicode normalization too (APFS, HFS+)
+            key = unicodedata.normalize("NFC", name.casefold())
+            other = self.folded.get(key)
             if other is not None:
                 raise UnsafeEntry(
                     f"differs only in case from {other!r} (this disk ignores case; "
                     "it would overwrite it)"
                 )
-            self.folded[name.casefold()] = name
+            self.folded[key] = name
         self.exact.add(name)
 
 
