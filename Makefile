@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench system-deps clean venv-locked
+.PHONY: run test lint bench bench-deps system-deps clean venv-locked
 
 LOCK := .venv.lock
 
@@ -44,6 +44,20 @@ system-deps:
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "warning: missing$$missing; the tests that need them will fail or skip" >&2; fi; \
+	fi
+
+# Reference tools the benchmarks compare against (not needed by the tests):
+# aria2c for bench/folder.py (nginx, socat and curl for the other benches).
+bench-deps:
+	@missing=""; \
+	command -v aria2c >/dev/null 2>&1 || missing="$$missing aria2"; \
+	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
+	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: missing$$missing; the benchmarks that need them exit 2" >&2; fi; \
 	fi
 
 run: $(STAMP)

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from flashback import __version__
 from flashback.errors import ConfigError, FlashbackError
@@ -29,7 +29,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:
+if TYPE_CHECKING:  # generic in typeshed only: not subscriptable at run time before 3.12
+    #: what ``add_subparsers`` returns; each ``_add_*`` adds its commands to it
+    Subcommands = argparse._SubParsersAction[_Parser]
+
+
+def _add_serve(sub: Subcommands) -> None:
     p = sub.add_parser("serve", help="serve a directory (peer server alone, no tracker)")
     p.add_argument("--root", required=True, help="directory to share")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
@@ -38,7 +43,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_serve)
 
 
-def _add_tracker(sub: argparse._SubParsersAction) -> None:
+def _add_tracker(sub: Subcommands) -> None:
     p = sub.add_parser("tracker", help="run the relay tracker")
     p.add_argument("--host", default=None, help="address to bind (RELAY_BIND_ADDRESS, 0.0.0.0)")
     p.add_argument("--port", default=None, help="port to bind (RELAY_PORT, 3000)")
@@ -51,7 +56,7 @@ def _add_tracker(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_tracker)
 
 
-def _add_daemon(sub: argparse._SubParsersAction) -> None:
+def _add_daemon(sub: Subcommands) -> None:
     p = sub.add_parser(
         "daemon", help="run the peer daemon (peer server + tracker link)", epilog=STATE_DIR_EPILOG
     )
@@ -82,10 +87,22 @@ PINS_EPILOG: Final = (
     "$XDG_DATA_HOME/flashback. No daemon is needed."
 )
 JSON_HELP: Final = "print one JSON object instead of text"
-OUT_HELP: Final = "file to write (default: the last part of PATH, in the current directory)"
+OUT_HELP: Final = (
+    "file (or, for a directory, directory) to write "
+    "(default: the last part of PATH, in the current directory)"
+)
+#: as flashback.folder's (not imported here: the CLI imports the rest lazily)
+DEFAULT_JOBS: Final = 4
+MAX_JOBS: Final = 64
 
 
-def _add_local_commands(sub: argparse._SubParsersAction) -> None:
+def _jobs(raw: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_JOBS}")
+    return int(raw)
+
+
+def _add_local_commands(sub: Subcommands) -> None:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=STATE_DIR_EPILOG)
 
@@ -105,10 +122,20 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=_run_ls)
-    p = add("get", "download a file from a peer (resumes a partial OUT)")
+    p = add("get", "download a file or a whole directory from a peer (resumes a partial OUT)")
     p.add_argument("peer", metavar="PEER", help="peer id or name")
-    p.add_argument("path", metavar="PATH", help="file in the peer's share, e.g. docs/a.pdf")
+    p.add_argument(
+        "path", metavar="PATH", help="file or directory in the peer's share, e.g. docs/a.pdf"
+    )
     p.add_argument("-o", "--output", metavar="OUT", default=None, help=OUT_HELP)
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=_jobs,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"files fetched at once for a directory (default {DEFAULT_JOBS}, at most {MAX_JOBS})",
+    )
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_get)
     p = add("connect", "open a local URL that reaches a peer (direct or by tunnel)")
@@ -191,7 +218,9 @@ def _run_get(args: argparse.Namespace) -> int:
     from flashback.daemon import client
 
     out = Path(args.output) if args.output else None
-    return _run_local(lambda: client.get_file(os.environ, args.peer, args.path, out))
+    return _run_local(
+        lambda: client.get_file(os.environ, args.peer, args.path, out, jobs=args.jobs)
+    )
 
 
 def _run_connect(args: argparse.Namespace) -> int:
@@ -241,7 +270,7 @@ def _run_tracker(args: argparse.Namespace) -> int:
     return run_tracker(tracker_from_sources(vars(args), os.environ))
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_tracker,
     _add_daemon,
     _add_serve,

@@ -23,11 +23,12 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
+from urllib.parse import quote
 
 import httpx
 import trio
@@ -50,6 +51,34 @@ _ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
 
 class TransferFailed(FlashbackError):
     """The download could not complete (exit status 1); the part file is kept."""
+
+
+class NotOnPeer(TransferFailed):
+    """The peer answered 404: no such file (it may be a directory, §8)."""
+
+
+#: a file up to this size is hashed on the event loop: a thread hop costs more
+INLINE_HASH_BYTES: Final = 1024 * 1024
+#: called with each chunk's byte count (a folder's one bar, instead of a bar per file)
+ProgressFn = Callable[[int], None]
+
+
+def body_chunks(response: httpx.Response) -> aclosing[AsyncGenerator[bytes, None]]:
+    """The body's chunks, closed on leaving the block even when we stop early
+    (httpx's iterator is an async generator; left to the GC it warns)."""
+    return aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes()))
+
+
+def at(base: httpx.URL, path: str) -> httpx.URL:
+    """*path* (percent-encoded here, ``/`` kept) on the origin *base*: a peer's file
+    name cannot add a query, a fragment or another host."""
+    return base.copy_with(path=quote(path, safe="/"))
+
+
+def resume_key(peer_id: str, path: str) -> str:
+    """What a partial OUT belongs to: the owner and its file, whatever its address
+    today (the validator is checked by If-Range on resume)."""
+    return json.dumps(["flashback-file", peer_id, path.strip("/")])
 
 
 @dataclass(frozen=True)
@@ -91,8 +120,10 @@ class Progress:
             self._bar.close()
 
 
-def part_paths(out: Path) -> tuple[Path, Path]:
-    return out.with_name(out.name + ".part"), out.with_name(out.name + ".part.json")
+def part_paths(out: Path, part: Path | None = None) -> tuple[Path, Path]:
+    """The partial file (``OUT.part`` unless *part* names another) and its record."""
+    part = part or out.with_name(out.name + ".part")
+    return part, part.with_name(part.name + ".json")
 
 
 def _read_meta(meta: Path) -> dict[str, Any]:
@@ -127,7 +158,9 @@ def _hash_path(path: Path, size: int, block_size: int) -> Manifest:
         os.close(fd)
 
 
-async def _sha256_of(path: Path) -> str:
+async def sha256_of(path: Path) -> str:
+    """The file's SHA-256 (hex); small files on the event loop, big ones in a thread."""
+
     def whole() -> str:
         digest = hashlib.sha256()
         with path.open("rb") as file:
@@ -135,6 +168,9 @@ async def _sha256_of(path: Path) -> str:
                 digest.update(chunk)
         return digest.hexdigest()
 
+    if os.stat(path).st_size <= INLINE_HASH_BYTES:
+        await trio.lowlevel.checkpoint()
+        return whole()
     return await trio.to_thread.run_sync(whole)
 
 
@@ -149,33 +185,42 @@ async def download(
     manifest_url: httpx.URL | str | None = None,
     repair_url: httpx.URL | str | None = None,
     expected_size: int | None = None,
+    part: Path | None = None,
+    progress: ProgressFn | None = None,
+    resume_min_bytes: int = 0,
 ) -> DownloadResult:
     """Fetch *url* into *out*, verified.
 
     *resume_key* names the file across runs (peer id + path; default the
     URL); *manifest_url* is the owner's ``/api/digest/<path>``; *repair_url*
     answers ranges with ``If-Match`` (default *url*); *expected_size* is a
-    size announced beforehand (a stream port's ``size``): never more is written.
+    size announced beforehand (a stream port's ``size``, a listing's):
+    never more is written. *part* puts the partial file elsewhere than
+    ``OUT.part``; *progress* gets the byte counts instead of a bar of its own;
+    a file smaller than *resume_min_bytes* keeps no resume record (fetching
+    it again costs less than writing one: a folder's many small files).
     """
     check_output(out)
-    part, meta = part_paths(out)
+    part, meta = part_paths(out, part)
     key = resume_key or str(url)
-    received = await _receive(client, url, out, key, label, on_event, expected_size)
-    size, expected_sha, etag, offset = received
+    received = await _receive(
+        client, url, out, part, key, label, on_event, expected_size, progress, resume_min_bytes
+    )
+    size, expected_sha, etag, offset, hashed = received
     repaired, repair_bytes = 0, 0
-    actual = await _sha256_of(part)
+    actual = hashed or await sha256_of(part)
     manifest: Manifest | None = None
     if expected_sha is None:
-        manifest = await _fetch_manifest(client, manifest_url, size)
+        manifest = await fetch_manifest(client, manifest_url, size)
         expected_sha = manifest.sha256
     if actual != expected_sha:
         if manifest is None:
-            manifest = await _fetch_manifest(client, manifest_url, size)
+            manifest = await fetch_manifest(client, manifest_url, size)
         if manifest.sha256 != expected_sha:
             _discard(part, meta)
             raise TransferFailed("the file changed on the peer during the download; run again")
         repaired, repair_bytes = await _repair(client, repair_url or url, part, manifest, etag)
-        actual = await _sha256_of(part)
+        actual = await sha256_of(part)
         if actual != expected_sha:
             _discard(part, meta)
             raise TransferFailed(
@@ -196,17 +241,22 @@ async def _receive(
     client: httpx.AsyncClient,
     url: httpx.URL | str,
     out: Path,
+    part: Path,
     key: str,
     label: str,
     on_event: Callable[[str, dict[str, Any]], None] | None,
     expected_size: int | None,
-) -> tuple[int, str | None, str | None, int]:
-    """The body into the part: (size, digest from Repr-Digest, ETag, resumed from)."""
-    part, meta = part_paths(out)
+    progress: ProgressFn | None,
+    resume_min_bytes: int = 0,
+) -> tuple[int, str | None, str | None, int, str | None]:
+    """The body into the part: (size, digest from Repr-Digest, ETag, resumed from,
+    the part's SHA-256 when it was computed on the way in)."""
+    part, meta = part_paths(out, part)
     headers: dict[str, str] = {}
     offset = 0
-    saved = _read_meta(meta)
-    if part.exists() and saved.get("key") == key:
+    exists = part.exists()
+    saved = _read_meta(meta) if exists else {}
+    if exists and saved.get("key") == key:
         offset = part.stat().st_size
         if offset:
             headers = {"Range": f"bytes={offset}-", "If-Range": str(saved["etag"])}
@@ -218,11 +268,22 @@ async def _receive(
                 match = _UNSATISFIED.match(response.headers.get("content-range", ""))
                 if match and int(match.group(1)) == offset:
                     # Complete already; verification below decides if it is right.
-                    return offset, digest, str(saved["etag"]), offset
+                    return offset, digest, str(saved["etag"]), offset, None
                 part.unlink(missing_ok=True)  # longer than the file now: start over
-                return await _receive(client, url, out, key, label, on_event, expected_size)
+                return await _receive(
+                    client,
+                    url,
+                    out,
+                    part,
+                    key,
+                    label,
+                    on_event,
+                    expected_size,
+                    progress,
+                    resume_min_bytes,
+                )
             if response.status_code == 404:
-                raise TransferFailed(f"not found on the peer: {url}")
+                raise NotOnPeer(f"not found on the peer: {url}")
             if response.status_code == 206:
                 match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
                 if not match or int(match.group(1)) != offset:
@@ -246,10 +307,11 @@ async def _receive(
                 raise TransferFailed("the peer did not say how big the file is (no Content-Length)")
             if etag is None or not _ETAG.fullmatch(etag):
                 etag = None
-            meta.write_text(json.dumps({"key": key, "etag": etag}), encoding="utf-8")
+            if total >= resume_min_bytes:
+                meta.write_text(json.dumps({"key": key, "etag": etag}), encoding="utf-8")
             if on_event is not None:
                 on_event("download-started", {"url": str(url), "offset": offset, "size": total})
-            await _write_body(response, part, mode, offset, total, label)
+            hashed = await _write_body(response, part, mode, offset, total, label, progress)
     except httpx.HTTPError as exc:
         got = part.stat().st_size if part.exists() else 0
         raise TransferFailed(
@@ -262,29 +324,47 @@ async def _receive(
             f"size mismatch: got {size} bytes, the peer announced {total}; "
             f"the partial file {part} is kept"
         )
-    return size, digest, etag, offset
+    return size, digest, etag, offset, hashed
 
 
 async def _write_body(
-    response: httpx.Response, part: Path, mode: str, offset: int, total: int, label: str
-) -> None:
-    """Append the body as received (a break loses nothing), never past *total*."""
-    progress = Progress(total, offset, label)
+    response: httpx.Response,
+    part: Path,
+    mode: str,
+    offset: int,
+    total: int,
+    label: str,
+    report: ProgressFn | None,
+) -> str | None:
+    """Append the body as received (a break loses nothing), never past *total*.
+
+    A small file fetched whole is hashed on the way in (its SHA-256 is
+    returned), which spares reading it back; otherwise None.
+    """
+    bar = None
+    if report is None:
+        bar = Progress(total, offset, label)
+        report = bar.update
+    hasher = hashlib.sha256() if offset == 0 and total <= INLINE_HASH_BYTES else None
     room = total - offset
     try:
         with part.open(mode) as file:
-            async with aclosing(response.aiter_bytes()) as chunks:
+            async with body_chunks(response) as chunks:
                 async for chunk in chunks:
-                    if len(chunk) > room:
-                        # More than announced: keep what was, drop the connection.
-                        file.write(chunk[:room])
-                        progress.update(room)
-                        break
+                    over = len(chunk) > room
+                    if over:  # more than announced: keep what was, drop the connection
+                        chunk = chunk[:room]
                     file.write(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     room -= len(chunk)
-                    progress.update(len(chunk))
+                    report(len(chunk))
+                    if over:
+                        break
     finally:
-        progress.close()
+        if bar is not None:
+            bar.close()
+    return hasher.hexdigest() if hasher is not None else None
 
 
 MANIFEST_TIMEOUT_S: Final = 300.0  # the owner may be hashing a big file first
@@ -292,9 +372,10 @@ MANIFEST_TIMEOUT_S: Final = 300.0  # the owner may be hashing a big file first
 MAX_MANIFEST_BYTES: Final = 1024 * 1024
 
 
-async def _fetch_manifest(
+async def fetch_manifest(
     client: httpx.AsyncClient, manifest_url: httpx.URL | str | None, size: int
 ) -> Manifest:
+    """The owner's ``/api/digest`` manifest for a file of *size* bytes, checked (§7)."""
     if manifest_url is None:
         raise TransferFailed("the peer sent no digest, so the download cannot be verified")
     try:
@@ -304,7 +385,7 @@ async def _fetch_manifest(
                     f"the peer answered HTTP {response.status_code} for its digest"
                 )
             body = bytearray()
-            async with aclosing(response.aiter_bytes()) as chunks:
+            async with body_chunks(response) as chunks:
                 async for chunk in chunks:
                     body += chunk
                     if len(body) > MAX_MANIFEST_BYTES:
@@ -375,7 +456,7 @@ async def _fetch_range(
                 f"(HTTP {response.status_code}); the file may have changed: run again"
             )
         offset = first
-        async with aclosing(response.aiter_bytes()) as chunks:
+        async with body_chunks(response) as chunks:
             async for chunk in chunks:
                 piece = chunk[: last + 1 - offset]
                 os.pwrite(fd, piece, offset)

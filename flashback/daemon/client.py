@@ -27,10 +27,25 @@ from flashback.config import private_existing, state_dir
 from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.events import emit
+from flashback.folder import (
+    DEFAULT_JOBS,
+    FolderFailed,
+    FolderFetch,
+    FolderProgress,
+    is_remote_directory,
+)
 from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
+from flashback.protocol.paths import is_servable_name
 from flashback.terminal import printable
-from flashback.transfer import DownloadResult, check_output, download
+from flashback.transfer import (
+    DownloadResult,
+    NotOnPeer,
+    at,
+    check_output,
+    download,
+    resume_key,
+)
 
 TIMEOUT_S = 10.0
 #: probing the direct route (0.5 s), then a tunnel invite (10 s) and its setup
@@ -106,14 +121,20 @@ async def _get_json(client: httpx.AsyncClient, url: str) -> Any:
     return response.json()
 
 
-async def fetch_status(env: Mapping[str, str]) -> dict[str, Any]:
+async def _get_object(env: Mapping[str, str], route: str) -> dict[str, Any]:
     async with control_client(env) as client:
-        return await _get_json(client, "/status")
+        payload = await _get_json(client, route)
+    if not isinstance(payload, dict):
+        raise DaemonUnavailable(f"the daemon answered {route} with something odd")
+    return payload
+
+
+async def fetch_status(env: Mapping[str, str]) -> dict[str, Any]:
+    return await _get_object(env, "/status")
 
 
 async def fetch_peers(env: Mapping[str, str]) -> dict[str, Any]:
-    async with control_client(env) as client:
-        return await _get_json(client, "/peers")
+    return await _get_object(env, "/peers")
 
 
 async def fetch_ui_url(env: Mapping[str, str]) -> str:
@@ -159,11 +180,6 @@ def http_url(host: str, port: int, path: str = "/") -> httpx.URL:
             f"peer host {host!r} is not a host name or IP address", code="invalid_peer"
         )
     return httpx.URL(scheme="http", host=host, port=port, path=quote(path, safe="/"))
-
-
-def at(base: httpx.URL, path: str) -> httpx.URL:
-    """*path* (percent-encoded here, ``/`` kept) on the origin the daemon handed out."""
-    return base.copy_with(path=quote(path, safe="/"))
 
 
 async def _post_control(
@@ -419,12 +435,6 @@ def _print_event(event: str, fields: dict[str, Any]) -> None:
     emit(event, **fields)
 
 
-def resume_key(peer_id: str, path: str) -> str:
-    """What a partial OUT belongs to: the owner and its file, whatever its address
-    today (the validator is checked by If-Range on resume)."""
-    return json.dumps(["flashback-file", peer_id, path.strip("/")])
-
-
 def _complete(result: DownloadResult) -> None:
     emit(
         "download-complete",
@@ -436,22 +446,87 @@ def _complete(result: DownloadResult) -> None:
     )
 
 
-async def get_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
-    out = out or default_output(path)
-    check_output(out)
+async def get_file(
+    env: Mapping[str, str], key: str, path: str, out: Path | None, *, jobs: int = DEFAULT_JOBS
+) -> int:
+    """``get PEER PATH``: one file as always; a directory (§8) when PATH is one.
+
+    The file's download is tried first, exactly as before folders existed;
+    only its 404 (or an OUT that is a directory already, as after a first
+    folder get) makes us ask whether PATH is a directory.
+    """
+    if not path.strip("/"):
+        peer, base = await reach_peer(env, key)
+        return await _get_folder(base, peer, path, out or _root_output(peer), jobs)
+    target = out or default_output(path)
+    if target.is_dir():
+        peer, base = await reach_peer(env, key)
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+            is_dir = await is_remote_directory(http, base, path)
+        if not is_dir:
+            check_output(target)  # the file get's own refusal: exit 2
+        return await _get_folder(base, peer, path, target, jobs)
+    check_output(target)
     peer, base = await reach_peer(env, key)
     url = at(base, "/download/" + path.strip("/"))
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        result = await download(
-            http,
-            url,
-            out,
-            label=out.name,
-            on_event=_print_event,
-            resume_key=resume_key(peer.peer_id, path),
-            manifest_url=at(base, "/api/digest/" + path.strip("/")),
-        )
+        try:
+            result = await download(
+                http,
+                url,
+                target,
+                label=target.name,
+                on_event=_print_event,
+                resume_key=resume_key(peer.peer_id, path),
+                manifest_url=at(base, "/api/digest/" + path.strip("/")),
+            )
+        except NotOnPeer:
+            if not await is_remote_directory(http, base, path):
+                raise
+            result = None
+    if result is None:
+        return await _get_folder(base, peer, path, target, jobs)
     _complete(result)
+    return 0
+
+
+def _root_output(peer: PeerInfo) -> Path:
+    """A whole share goes into a directory named after its peer, if that is a plain name."""
+    if is_servable_name(peer.name) and "/" not in peer.name:
+        return Path(peer.name)
+    raise ConfigError(f"cannot name a directory after peer '{printable(peer.name)}'; pass -o OUT")
+
+
+async def _get_folder(base: httpx.URL, peer: PeerInfo, path: str, out: Path, jobs: int) -> int:
+    """``get PEER DIR``: the whole tree, N files at a time, then ``folder-complete``."""
+    if not out.parent.is_dir():
+        raise ConfigError(f"directory {out.parent} does not exist")
+    limits = httpx.Limits(max_connections=jobs + 1, max_keepalive_connections=jobs + 1)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits) as http:
+        fetch = FolderFetch(
+            http,
+            base,
+            path.strip("/"),
+            out,
+            owner=peer.peer_id,
+            jobs=jobs,
+            on_complete=_complete,
+            progress=FolderProgress(out.name),
+        )
+        result = await fetch.run()
+    if result.failed:
+        raise FolderFailed(
+            f"{result.failed} of {result.failed + result.files} files failed "
+            f"(first: {result.first_failure}); run the same command again to fetch them"
+        )
+    emit(
+        "folder-complete",
+        path=str(out),
+        files=result.files,
+        bytes=result.bytes,
+        skipped=result.skipped,
+        refused=result.refused,
+    )
     return 0
 
 

@@ -1,0 +1,426 @@
+"""Downloading a whole directory from a peer (CONTRACT §8): ``get PEER DIR``.
+
+One nursery holds one walker and N workers (``--jobs``). The walker pages
+through every listing, depth first, checks every entry with the pure rules
+of :mod:`flashback.protocol.folder`, creates the directories (empty ones
+too) and decides per file whether it must be fetched; what must be goes
+into a bounded channel, so a 100,000-file tree never has more than a few
+jobs waiting and the walker simply waits while the workers are busy. Each
+worker fetches a file with :func:`~flashback.transfer.download` -- resume
+from its part file, verification, block repair -- then sets its mtime to
+the listed one, which is how the next run knows it is unchanged.
+
+Nothing is written outside OUT: every path under it is built from names
+that passed :func:`~flashback.protocol.folder.check_entry` (which uses the
+server's own path rules), and every directory on the way was checked to
+be a real directory, never a symlink, before anything went into it.
+
+A file that fails is reported and the others go on (run again to finish);
+past MAX_FAILED_FILES failures, or when a listing cannot be followed, the
+whole get stops.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import trio
+
+from flashback.errors import ConfigError, FlashbackError
+from flashback.protocol.folder import (
+    PAGE_ENTRIES,
+    Action,
+    BadListing,
+    DirListing,
+    LocalFile,
+    PendingDir,
+    RemoteEntry,
+    SkipDirectory,
+    WalkBudget,
+    decide_dir,
+    decide_file,
+    part_name,
+)
+from flashback.protocol.strict_json import loads_strict
+from flashback.terminal import printable
+from flashback.transfer import (
+    DownloadResult,
+    TransferFailed,
+    at,
+    body_chunks,
+    download,
+    fetch_manifest,
+    part_paths,
+    resume_key,
+    sha256_of,
+)
+
+DEFAULT_JOBS: Final = 4
+MAX_JOBS: Final = 64
+MAX_PAGE_BYTES: Final = 8 * 1024 * 1024
+#: one directory's pages, all of them, within this (a peer that trickles is cut off)
+DIR_LIST_DEADLINE_S: Final = 120.0
+MAX_FAILED_FILES: Final = 20
+REQUEST_TIMEOUT_S: Final = 30.0
+#: a smaller file keeps no resume record: fetching it again costs less than writing one
+RESUME_MIN_BYTES: Final = 1024 * 1024
+
+
+class FolderFailed(TransferFailed):
+    """The folder get stopped (exit status 1); what it fetched stays, parts too."""
+
+
+@dataclass
+class FolderResult:
+    path: Path
+    files: int = 0  # fetched (one download-complete each)
+    bytes: int = 0  # fetched
+    skipped: int = 0  # already there and unchanged
+    refused: int = 0  # untrusted names, conflicts, links back: never written
+    failed: int = 0
+    dirs: int = 0  # walked, the top included
+    pages: int = 0  # listing pages read
+    first_failure: str = ""
+
+
+@dataclass(frozen=True)
+class FileJob:
+    entry: RemoteEntry
+    dest: Path
+    compare: bool  # same size, other mtime: compare digests before fetching
+
+
+def _lstat(path: Path) -> LocalFile | None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return LocalFile("symlink")
+    if stat.S_ISDIR(info.st_mode):
+        return LocalFile("dir")
+    if stat.S_ISREG(info.st_mode):
+        return LocalFile("file", info.st_size, info.st_mtime_ns)
+    return LocalFile("other")
+
+
+def is_case_insensitive(directory: Path) -> bool:
+    """Does the disk under *directory* fold case (macOS, Windows, ext4 +F)? Asked of
+    the disk itself: a probe file is created and looked up by its upper-case name."""
+    probe = directory / f".flashback-case-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        try:
+            return os.path.exists(directory / probe.name.upper())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError:
+        return False
+
+
+class FolderProgress:
+    """One bar over the bytes to fetch (its total grows as the walk finds files),
+    with the files done beside it; on stderr when it is a terminal, else silent."""
+
+    def __init__(self, label: str, *, enabled: bool | None = None) -> None:
+        self._bar: Any = None
+        self.files_done = 0
+        self.files_queued = 0
+        if enabled if enabled is not None else sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=0,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                file=sys.stderr,
+                leave=False,
+            )
+
+    def add_total(self, size: int) -> None:
+        self.files_queued += 1
+        if self._bar is not None:
+            self._bar.total += size
+            self._bar.refresh()
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def file_done(self) -> None:
+        self.files_done += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{self.files_done}/{self.files_queued} files")
+
+    def warn(self, line: str) -> None:
+        text = printable(line)
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class FolderFetch:
+    """One ``get`` of a directory; :meth:`run` does it all inside one nursery."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base: httpx.URL,
+        remote_dir: str,
+        out: Path,
+        *,
+        owner: str,
+        jobs: int = DEFAULT_JOBS,
+        on_complete: Callable[[DownloadResult], None] | None = None,
+        progress: FolderProgress | None = None,
+        case_insensitive: bool | None = None,
+        page_entries: int = PAGE_ENTRIES,
+    ) -> None:
+        self.http, self.base, self.out, self.owner = http, base, out, owner
+        self.top = tuple(part for part in remote_dir.split("/") if part)
+        self.jobs = max(1, min(jobs, MAX_JOBS))
+        self.on_complete = on_complete
+        self.progress = progress or FolderProgress(out.name, enabled=False)
+        self.case_insensitive = case_insensitive
+        self.page_entries = page_entries
+        self.result = FolderResult(out)
+        self.budget = WalkBudget()
+
+    def warn(self, message: str) -> None:
+        self.progress.warn(f"flashback: warning: {message}")
+
+    async def run(self) -> FolderResult:
+        """Walk and fetch; a FolderFailed (or the first error) if the get had to stop."""
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"{self.out} exists and is not a directory; give another -o")
+        if self.case_insensitive is None:
+            # OUT itself is made once its listing is accepted: ask the disk it will be on
+            self.case_insensitive = is_case_insensitive(
+                self.out if self.out.is_dir() else self.out.parent
+            )
+        try:
+            async with trio.open_nursery() as nursery:
+                send, receive = trio.open_memory_channel[FileJob](self.jobs * 2)
+                async with receive:
+                    for _ in range(self.jobs):
+                        nursery.start_soon(self._work, receive.clone())
+                nursery.start_soon(self._walk, send)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        finally:
+            self.progress.close()
+        return self.result
+
+    # -- the walk ------------------------------------------------------------------------
+
+    async def _walk(self, send: trio.MemorySendChannel[FileJob]) -> None:
+        async with send:
+            stack = [PendingDir(self.top)]
+            while stack:
+                pending = stack.pop()
+                try:
+                    listing = DirListing(
+                        pending, self.budget, case_insensitive=bool(self.case_insensitive)
+                    )
+                except SkipDirectory as exc:
+                    self._refuse("/".join(pending.parts), str(exc))
+                    continue
+                self.result.dirs += 1
+                local_dir = self.out.joinpath(*pending.parts[len(self.top) :])
+                subdirs = await self._walk_dir(listing, local_dir, send)
+                stack.extend(reversed(subdirs))  # depth first, in name order
+
+    async def _walk_dir(
+        self, listing: DirListing, local_dir: Path, send: trio.MemorySendChannel[FileJob]
+    ) -> list[PendingDir]:
+        subdirs: list[PendingDir] = []
+        listing_s = 0.0  # time spent waiting for this directory's pages (not for workers)
+        while not listing.done:
+            started = trio.current_time()
+            with trio.move_on_after(DIR_LIST_DEADLINE_S - listing_s) as deadline:
+                page = await self._fetch_page(listing)
+            if deadline.cancelled_caught:
+                raise FolderFailed(
+                    f"the peer took over {DIR_LIST_DEADLINE_S:.0f} s to list {listing.path!r}"
+                )
+            listing_s += trio.current_time() - started
+            self.result.pages += 1
+            try:
+                accepted, refused = listing.add_page(page)
+            except SkipDirectory as exc:
+                self._refuse(listing.path, str(exc))
+                return []
+            except BadListing as exc:
+                raise FolderFailed(str(exc)) from None
+            if listing.pages == 1 and _lstat(local_dir) is None:
+                os.mkdir(local_dir)  # empty directories too; only once it is walked
+            for shown, reason in refused:
+                self._refuse(shown, reason)
+            for entry in accepted:
+                dest = local_dir / entry.name
+                local = _lstat(dest)
+                if entry.kind == "dir":
+                    action = decide_dir(local)
+                    if action is Action.CONFLICT:
+                        self._refuse(entry.path, f"{dest} is in the way (not a directory)")
+                        continue
+                    subdirs.append(listing.child(entry))
+                    continue
+                action = decide_file(local, entry)
+                if action is Action.SKIP:
+                    self.result.skipped += 1
+                elif action is Action.CONFLICT:
+                    self._refuse(entry.path, f"{dest} is in the way (not a regular file)")
+                else:
+                    self.progress.add_total(entry.size)
+                    await send.send(FileJob(entry, dest, compare=action is Action.COMPARE))
+        return subdirs
+
+    def _refuse(self, path: str, reason: str) -> None:
+        self.result.refused += 1
+        self.warn(f"skipped {path!r}: {reason}")
+
+    async def _fetch_page(self, listing: DirListing) -> Any:
+        """One listing page as parsed JSON, never more than MAX_PAGE_BYTES of it."""
+        path = listing.path
+        url = at(self.base, "/api/files/" + path if path else "/api/files")
+        params = {"limit": str(self.page_entries)}
+        if listing.cursor is not None:
+            params["cursor"] = listing.cursor
+        try:
+            async with self.http.stream("GET", url, params=params) as response:
+                if response.status_code != 200:
+                    raise FolderFailed(
+                        f"the peer answered HTTP {response.status_code} to the listing of {path!r}"
+                    )
+                body = bytearray()
+                async with body_chunks(response) as chunks:
+                    async for chunk in chunks:
+                        body += chunk
+                        if len(body) > MAX_PAGE_BYTES:
+                            raise FolderFailed(
+                                f"the peer sent a listing page of {path!r} over "
+                                f"{MAX_PAGE_BYTES // (1024 * 1024)} MiB"
+                            )
+        except httpx.HTTPError as exc:
+            raise FolderFailed(
+                f"the peer does not answer the listing of {path!r}: {exc.__class__.__name__}"
+            ) from exc
+        try:
+            return loads_strict(bytes(body))
+        except ValueError:
+            raise FolderFailed(f"the peer sent a listing of {path!r} that is not JSON") from None
+
+    # -- the workers ---------------------------------------------------------------------
+
+    async def _work(self, receive: trio.MemoryReceiveChannel[FileJob]) -> None:
+        async with receive:
+            async for job in receive:
+                try:
+                    await self._fetch_file(job)
+                except (FlashbackError, OSError) as exc:
+                    self._failed(job, exc)
+
+    def _failed(self, job: FileJob, exc: Exception) -> None:
+        if isinstance(exc, FlashbackError):
+            message = exc.message
+        else:
+            message = getattr(exc, "strerror", None) or str(exc)
+        self.result.failed += 1
+        self.result.first_failure = self.result.first_failure or f"{job.entry.path}: {message}"
+        self.warn(f"{job.entry.path!r} failed: {message}")
+        if self.result.failed > MAX_FAILED_FILES:
+            raise FolderFailed(
+                f"over {MAX_FAILED_FILES} files failed (first: {self.result.first_failure}); "
+                "stopped"
+            )
+
+    async def _fetch_file(self, job: FileJob) -> None:
+        entry, dest = job.entry, job.dest
+        digest_url = at(self.base, "/api/digest/" + entry.path)
+        if job.compare:
+            manifest = await fetch_manifest(self.http, digest_url, entry.size)
+            if manifest.sha256 == await sha256_of(dest):
+                self._set_mtime(dest, entry)
+                self.result.skipped += 1
+                self.progress.update(entry.size)
+                return
+        part = dest.with_name(part_name(dest.name))
+        for leftover in part_paths(dest, part):
+            if (found := _lstat(leftover)) is not None and found.kind == "symlink":
+                leftover.unlink()  # never write through a link someone left in OUT
+        fetched_before = 0
+
+        def started(event: str, fields: dict[str, Any]) -> None:
+            nonlocal fetched_before
+            if event == "download-started":
+                fetched_before = int(fields.get("offset") or 0)
+                self.progress.update(fetched_before)
+
+        result = await download(
+            self.http,
+            at(self.base, "/download/" + entry.path),
+            dest,
+            label=dest.name,
+            on_event=started,
+            resume_key=resume_key(self.owner, entry.path),
+            manifest_url=digest_url,
+            expected_size=entry.size,
+            part=part,
+            progress=self.progress.update,
+            resume_min_bytes=RESUME_MIN_BYTES,
+        )
+        self._set_mtime(dest, entry)
+        self.result.files += 1
+        self.result.bytes += result.bytes
+        self.progress.file_done()
+        if self.on_complete is not None:
+            self.on_complete(result)
+
+    @staticmethod
+    def _set_mtime(dest: Path, entry: RemoteEntry) -> None:
+        if entry.mtime_ns is not None:
+            os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
+
+async def is_remote_directory(http: httpx.AsyncClient, base: httpx.URL, path: str) -> bool:
+    """Does *path* name a directory on the peer? (Its listing answers 200; a file's is 404.)"""
+    path = path.strip("/")
+    url = at(base, "/api/files/" + path if path else "/api/files")
+    try:
+        async with http.stream("GET", url, params={"limit": "1"}) as response:
+            return response.status_code == 200
+    except httpx.HTTPError as exc:
+        raise FolderFailed(f"the peer does not answer: {exc.__class__.__name__}") from exc
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a nursery's group: the first of ours, else the first.
+
+    One worker's FolderFailed cancels the others; their Cancelled never shows."""
+    leaves: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                collect(inner)
+        else:
+            leaves.append(error)
+
+    collect(group)
+    ours = [error for error in leaves if isinstance(error, FlashbackError)]
+    return (ours or leaves)[0]
