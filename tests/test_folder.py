@@ -33,7 +33,7 @@ from flashback.folder import (
     FolderResult,
     is_case_insensitive,
 )
-from flashback.peer.app import PeerInfo, ShareSettings
+from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.protocol import folder as folder_rules
 from flashback.protocol.digest import block_size_for
@@ -68,7 +68,7 @@ def make_tree(root: Path) -> dict[str, bytes]:
 
 @asynccontextmanager
 async def peer_server(root: Path, *, show_hidden: bool = False) -> AsyncIterator[httpx.URL]:
-    settings = ShareSettings(root, show_hidden=show_hidden, info=PeerInfo(name="p"))
+    settings = ShareSettings(root, show_hidden=show_hidden, info=LocalInfo(name="p"))
     async with trio.open_nursery() as nursery:
         address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
         yield httpx.URL(address.url)
