@@ -3,6 +3,7 @@ lines as they come, signal them, and always reap them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,6 +125,32 @@ def daemon_env(base: Path, name: str) -> dict[str, str]:
         "FLASHBACK_DATA_DIR": str(base / name / "data"),
         "XDG_CONFIG_HOME": str(base / name / "config"),
     }
+
+
+def start_daemon(
+    nursery: trio.Nursery,
+    base: Path,
+    name: str,
+    *,
+    root: Path,
+    tracker_url: str,
+    prefix: Sequence[str] = (),
+    proc_name: str | None = None,
+) -> contextlib.AbstractAsyncContextManager[Proc]:
+    """``flashback daemon`` *name* sharing *root*, with its own dirs under *base*."""
+    args = ["daemon", "--root", str(root), "--name", name, "--tracker", tracker_url]
+    return start(nursery, args, env=daemon_env(base, name), name=proc_name or name, prefix=prefix)
+
+
+async def wait_until_linked(owner: Proc, requester: Proc, owner_name: str) -> None:
+    """*owner* is linked to its tracker and *requester*'s peer table lists it."""
+    await owner.wait_event(event_is("tracker-connected"), timeout_s=30)
+    await requester.wait_event(
+        lambda e: (
+            e.get("event") in ("peer-joined", "peers-snapshot") and owner_name in json.dumps(e)
+        ),
+        timeout_s=30,
+    )
 
 
 async def run_cli(

@@ -22,7 +22,7 @@ from tests.netns import (
     netns_unavailable_reason,
     two_homes_and_a_relay,
 )
-from tests.procs import daemon_env, event_is, run_cli, start
+from tests.procs import daemon_env, event_is, run_cli, start, start_daemon, wait_until_linked
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,31 +60,16 @@ async def test_a_folder_comes_through_the_relay(tmp_path: Path, nursery) -> None
             port = (await tracker.wait_event(event_is("tracker-ready")))["port"]
             bob_env = daemon_env(tmp_path, "bob")
             async with (
-                start(
-                    nursery,
-                    ["daemon", "--root", str(share), "--name", "alice",
-                     "--tracker", f"http://{RELAY_ADDR_A}:{port}"],
-                    env=daemon_env(tmp_path, "alice"),
-                    name="alice",
-                    prefix=in_a,
+                start_daemon(
+                    nursery, tmp_path, "alice", root=share,
+                    tracker_url=f"http://{RELAY_ADDR_A}:{port}", prefix=in_a,
                 ) as alice,
-                start(
-                    nursery,
-                    ["daemon", "--root", str(tmp_path / "bob" / "share"), "--name", "bob",
-                     "--tracker", f"http://{RELAY_ADDR_B}:{port}"],
-                    env=bob_env,
-                    name="bob",
-                    prefix=in_b,
+                start_daemon(
+                    nursery, tmp_path, "bob", root=tmp_path / "bob" / "share",
+                    tracker_url=f"http://{RELAY_ADDR_B}:{port}", prefix=in_b,
                 ) as bob,
             ):  # fmt: skip
-                await alice.wait_event(event_is("tracker-connected"), timeout_s=30)
-                await bob.wait_event(
-                    lambda e: (
-                        e.get("event") in ("peer-joined", "peers-snapshot")
-                        and "alice" in json.dumps(e)
-                    ),
-                    timeout_s=30,
-                )
+                await wait_until_linked(alice, bob, "alice")
                 out = tmp_path / "got"
                 got = await run_cli(
                     ["get", "alice", "docs", "-o", str(out), "--jobs", "2"],

@@ -29,7 +29,7 @@ from tests.netns import (
     netns_unavailable_reason,
     two_homes_and_a_relay,
 )
-from tests.procs import daemon_env, event_is, run_cli, start
+from tests.procs import daemon_env, event_is, run_cli, start, start_daemon, wait_until_linked
 
 pytestmark = [
     pytest.mark.slow,
@@ -69,35 +69,20 @@ async def test_bob_reaches_alice_only_through_the_relay(tmp_path: Path, nursery)
             ready = await tracker.wait_event(event_is("tracker-ready"))
             port, tunnel_port = ready["port"], ready["tunnel_port"]
             assert isinstance(tunnel_port, int) and tunnel_port > 0
-            alice_env, bob_env = daemon_env(tmp_path, "alice"), daemon_env(tmp_path, "bob")
+            bob_env = daemon_env(tmp_path, "bob")
             async with (
-                start(
-                    nursery,
-                    ["daemon", "--root", str(tmp_path / "alice" / "share"), "--name", "alice",
-                     "--tracker", f"http://{RELAY_ADDR_A}:{port}"],
-                    env=alice_env,
-                    name="alice",
-                    prefix=in_a,
+                start_daemon(
+                    nursery, tmp_path, "alice", root=tmp_path / "alice" / "share",
+                    tracker_url=f"http://{RELAY_ADDR_A}:{port}", prefix=in_a,
                 ) as alice,
-                start(
-                    nursery,
-                    ["daemon", "--root", str(tmp_path / "bob" / "share"), "--name", "bob",
-                     "--tracker", f"http://{RELAY_ADDR_B}:{port}"],
-                    env=bob_env,
-                    name="bob",
-                    prefix=in_b,
+                start_daemon(
+                    nursery, tmp_path, "bob", root=tmp_path / "bob" / "share",
+                    tracker_url=f"http://{RELAY_ADDR_B}:{port}", prefix=in_b,
                 ) as bob,
             ):  # fmt: skip
                 alice_ready = await alice.wait_event(event_is("peer-server-ready"))
                 assert alice_ready["host"] == "127.0.0.1"  # localhost-only, as by default
-                await alice.wait_event(event_is("tracker-connected"), timeout_s=30)
-                await bob.wait_event(
-                    lambda e: (
-                        e.get("event") in ("peer-joined", "peers-snapshot")
-                        and "alice" in json.dumps(e)
-                    ),
-                    timeout_s=30,
-                )
+                await wait_until_linked(alice, bob, "alice")
 
                 async def bob_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
                     return await run_cli(list(args), env=bob_env, prefix=in_b, timeout_s=timeout_s)
@@ -178,13 +163,10 @@ async def test_bob_reaches_alice_only_through_the_relay(tmp_path: Path, nursery)
                 alice.signal()
                 assert await alice.wait_exit() == 0
                 (tmp_path / "alice" / "data" / "identities" / "alice" / "identity.pem").unlink()
-                async with start(
-                    nursery,
-                    ["daemon", "--root", str(tmp_path / "alice" / "share"), "--name", "alice",
-                     "--tracker", f"http://{RELAY_ADDR_A}:{port}"],
-                    env=alice_env,
-                    name="alice-new-key",
-                    prefix=in_a,
+                async with start_daemon(
+                    nursery, tmp_path, "alice", root=tmp_path / "alice" / "share",
+                    tracker_url=f"http://{RELAY_ADDR_A}:{port}", prefix=in_a,
+                    proc_name="alice-new-key",
                 ) as alice_again:  # fmt: skip
                     await alice_again.wait_event(event_is("tracker-connected"), timeout_s=30)
                     swapped = await bob_cli("get", "alice", "notes.txt", "-o", str(tmp_path / "n"))
@@ -217,27 +199,19 @@ async def test_a_tracker_that_dies_ends_its_tunnels_and_get_resumes(
         # a slow tunnel (1 MB/s) so the transfer is surely in flight when the tracker dies
         tracker_env = {"RELAY_TUNNEL_PORT": "0", "RELAY_TUNNEL_RATE": "1000000"}
         tracker_args = ["tracker", "--host", "0.0.0.0", "--database-url", database]
-        alice_env, bob_env = daemon_env(tmp_path, "alice"), daemon_env(tmp_path, "bob")
+        bob_env = daemon_env(tmp_path, "bob")
         tracker = await nursery.start(
             _started, start(nursery, [*tracker_args, "--port", "0"], env=tracker_env,
                             name="tracker", prefix=in_relay)
         )  # fmt: skip
         port = (await tracker.wait_event(event_is("tracker-ready")))["port"]
         async with (
-            start(nursery, ["daemon", "--root", str(share), "--name", "alice",
-                            "--tracker", f"http://{RELAY_ADDR_A}:{port}"],
-                  env=alice_env, name="alice", prefix=in_a) as alice,
-            start(nursery, ["daemon", "--root", str(tmp_path / "bob" / "share"), "--name", "bob",
-                            "--tracker", f"http://{RELAY_ADDR_B}:{port}"],
-                  env=bob_env, name="bob", prefix=in_b) as bob,
+            start_daemon(nursery, tmp_path, "alice", root=share,
+                         tracker_url=f"http://{RELAY_ADDR_A}:{port}", prefix=in_a) as alice,
+            start_daemon(nursery, tmp_path, "bob", root=tmp_path / "bob" / "share",
+                         tracker_url=f"http://{RELAY_ADDR_B}:{port}", prefix=in_b) as bob,
         ):  # fmt: skip
-            await alice.wait_event(event_is("tracker-connected"), timeout_s=30)
-            await bob.wait_event(
-                lambda e: (
-                    e.get("event") in ("peer-joined", "peers-snapshot") and "alice" in json.dumps(e)
-                ),
-                timeout_s=30,
-            )
+            await wait_until_linked(alice, bob, "alice")
             out = tmp_path / "got.bin"
             async with start(
                 nursery, ["get", "alice", "big.bin", "-o", str(out)], env=bob_env, name="get",
