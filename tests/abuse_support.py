@@ -18,6 +18,7 @@ from typing import Any, Final
 import httpx
 import trio
 
+from flashback.web import hypercorn_config, serve_quart
 from tests.procs import Proc, event_is, start
 
 #: a 253-character host that is a valid RFC 1123 name (3 x 63 + 61 + dots)
@@ -117,3 +118,29 @@ async def silent_watcher(host: str, port: int, hello: dict[str, Any]) -> trio.so
     assert head.startswith(b"HTTP/1.1 101"), head
     await sock.send(_masked_text_frame(json.dumps(hello)))
     return sock
+
+
+async def register_fake_peer(
+    nursery: trio.Nursery,
+    tracker_url: str,
+    app: Any,
+    me: dict[str, Any],
+    *,
+    seen_by: Proc,
+    name: str = "evil",
+) -> str:
+    """Serve the attacker's *app* on loopback and register it as peer *name*.
+
+    Returns its peer id (also put in *me*, which the app reads) once *seen_by*
+    (a daemon on the same tracker) has it in its peer table.
+    """
+    server = await nursery.start(serve_quart, app, hypercorn_config("127.0.0.1", 0))
+    async with httpx.AsyncClient(base_url=tracker_url) as http:
+        body = {"name": name, "peer_server": {"host": "127.0.0.1", "port": server.port}}
+        response = await http.post("/api/peers/register", json=body)
+        assert response.status_code == 201, response.text
+    me["peer_id"] = peer_id = response.json()["peer_id"]
+    await seen_by.wait_event(
+        lambda e: e.get("event") == "peer-joined" and e["peer"]["name"] == name
+    )
+    return str(peer_id)

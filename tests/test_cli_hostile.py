@@ -16,7 +16,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 from quart import request
@@ -33,7 +32,7 @@ from flashback.daemon.client import (
 )
 from flashback.errors import ConfigError, FlashbackError
 from flashback.terminal import printable
-from flashback.web import hypercorn_config, serve_quart
+from tests.abuse_support import register_fake_peer
 from tests.procs import Proc, daemon_env, event_is, run_cli, start
 
 OTHER_UID = 65534  # nobody
@@ -332,20 +331,11 @@ async def test_an_evil_peer_cannot_reach_the_terminal_or_loop_ls(
                 )
             )
             await alice.wait_event(event_is("tracker-connected"))
-            evil = await nursery.start(
-                serve_quart, evil_peer_app(requests, me), hypercorn_config("127.0.0.1", 0)
-            )
-            async with httpx.AsyncClient(base_url=url) as http:
-                body = {"name": "evil", "peer_server": {"host": "127.0.0.1", "port": evil.port}}
-                response = await http.post("/api/peers/register", json=body)
-                assert response.status_code == 201, response.text
-                me["peer_id"] = response.json()["peer_id"]
-            await alice.wait_event(
-                lambda e: e.get("event") == "peer-joined" and e["peer"]["name"] == "evil"
+            peer_id = await register_fake_peer(
+                nursery, url, evil_peer_app(requests, me), me, seen_by=alice
             )
             env = daemon_env(tmp_path, "alice")
 
-            peer_id = response.json()["peer_id"]
             ls = await run_cli(["ls", peer_id, "clean"], env=env)
             assert ls.returncode == 0, ls.stderr
             assert "\\x1b]0;pwned\\x07list\\x0dx\\x9b31m.txt" in ls.stdout.decode()

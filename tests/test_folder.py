@@ -40,6 +40,7 @@ from flashback.protocol.digest import block_size_for
 from flashback.protocol.folder import part_name
 from flashback.transfer import DownloadResult, resume_key
 from flashback.web import hypercorn_config, serve_quart
+from tests.abuse_support import register_fake_peer
 from tests.procs import daemon_env, event_is, run_cli, start
 
 MIB = 1024 * 1024
@@ -322,17 +323,7 @@ async def test_an_evil_peer_registered_with_the_tracker_writes_nothing_outside_o
                 )
             )  # fmt: skip
             await bob.wait_event(event_is("tracker-connected"))
-            evil = await nursery.start(
-                serve_quart, evil_app(requests, me), hypercorn_config("127.0.0.1", 0)
-            )
-            async with httpx.AsyncClient(base_url=url) as http:
-                body = {"name": "evil", "peer_server": {"host": "127.0.0.1", "port": evil.port}}
-                response = await http.post("/api/peers/register", json=body)
-                assert response.status_code == 201, response.text
-                me["peer_id"] = response.json()["peer_id"]
-            await bob.wait_event(
-                lambda e: e.get("event") == "peer-joined" and e["peer"]["name"] == "evil"
-            )
+            await register_fake_peer(nursery, url, evil_app(requests, me), me, seen_by=bob)
             env = daemon_env(tmp_path, "bob")
             out = work / "out"
 
