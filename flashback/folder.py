@@ -55,6 +55,7 @@ from flashback.transfer import (
     TransferFailed,
     at,
     body_chunks,
+    byte_bar,
     download,
     fetch_manifest,
     part_paths,
@@ -130,21 +131,9 @@ class FolderProgress:
     with the files done beside it; on stderr when it is a terminal, else silent."""
 
     def __init__(self, label: str, *, enabled: bool | None = None) -> None:
-        self._bar: Any = None
+        self._bar: Any = byte_bar(label, total=0, enabled=enabled)
         self.files_done = 0
         self.files_queued = 0
-        if enabled if enabled is not None else sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=0,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=label,
-                file=sys.stderr,
-                leave=False,
-            )
 
     def add_total(self, size: int) -> None:
         self.files_queued += 1
