@@ -127,6 +127,19 @@ def daemon_env(base: Path, name: str) -> dict[str, str]:
     }
 
 
+async def first_event(process: trio.Process) -> dict[str, Any]:
+    """The first stdout line of a just-started *process* (its ready event), read
+    byte by byte so nothing after it is consumed."""
+    assert process.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await process.stdout.receive_some(1)
+        assert chunk, "the process exited before it was ready"
+        line += chunk
+    event: dict[str, Any] = json.loads(line)
+    return event
+
+
 def start_daemon(
     nursery: trio.Nursery,
     base: Path,

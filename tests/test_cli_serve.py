@@ -16,6 +16,7 @@ import trio
 
 from flashback.peer.app import ShareSettings
 from flashback.peer.serve import serve_peer
+from tests.procs import first_event
 
 FLASHBACK = [sys.executable, "-m", "flashback"]
 
@@ -127,11 +128,7 @@ async def test_sigterm_exits_in_time_even_with_a_client_that_stopped_reading(
         )
         stalled = None
         try:
-            assert proc.stdout is not None
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await proc.stdout.receive_some(1)
-            port = json.loads(line)["port"]
+            port = (await first_event(proc))["port"]
             stalled = await trio.open_tcp_stream("127.0.0.1", port)
             await stalled.send_all(b"GET /download/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
             await trio.sleep(1)  # let the server fill the socket buffers and block

@@ -9,7 +9,6 @@ deadline, ``seq`` is saved, and the exit status is 0.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from tests.procs import first_event
 from tests.tracker_support import registration
 
 TEST_TIMEOUT_S = 60
@@ -40,13 +40,7 @@ async def _start_tracker(database: Path) -> tuple[trio.Process, str]:
         stderr=subprocess.PIPE,
         env={**os.environ, "RELAY_REGISTER_BURST": str(PEERS)},
     )  # fmt: skip
-    assert process.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await process.stdout.receive_some(1)
-        assert chunk, "the tracker exited before it was ready"
-        line += chunk
-    ready = json.loads(line)
+    ready = await first_event(process)
     assert ready["event"] == "tracker-ready"
     return process, ready["url"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed
 
+from tests.procs import first_event
 from tests.tracker_support import hello, open_link, receive
 
 TEST_TIMEOUT_S = 20
@@ -28,13 +28,7 @@ async def test_tracker_process_announces_its_port_and_exits_0_on_sigterm(tmp_pat
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         try:
-            assert process.stdout is not None
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(1)
-                assert chunk, "the tracker exited before it was ready"
-                line += chunk
-            ready = json.loads(line)
+            ready = await first_event(process)
             assert ready["event"] == "tracker-ready"
             assert ready["host"] == "127.0.0.1"
             assert ready["url"] == f"http://127.0.0.1:{ready['port']}"
