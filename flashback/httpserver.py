@@ -66,7 +66,7 @@ from typing import Any, Final
 import h11
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError, H11Protocol
 from hypercorn.trio.lifespan import Lifespan
@@ -311,6 +311,14 @@ class _BoundedConnection(TCPServer):
         await self.protocol.handle(Closed())
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            # Hypercorn sends "idle again" from the app's task, which Quart cancels
+            # as the response ends (http.disconnect): unshielded, the restart of
+            # the keep-alive timer was cut every time, and an idle connection
+            # held its slot of the connection cap forever.
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(event)
+            return
         if not isinstance(event, RawData):
             return await super().protocol_send(event)
         async with self.send_lock:

@@ -135,6 +135,33 @@ async def test_a_body_that_never_comes_is_closed_after_the_body_timeout(tmp_path
         nursery.cancel_scope.cancel()
 
 
+async def test_keep_alive_connections_are_closed_when_idle_after_each_kind_of_answer(
+    tmp_path: Path,
+) -> None:
+    """An idle keep-alive connection holds a slot of the connection cap: it must go."""
+    env = {"FLASHBACK_HTTP_IDLE_TIMEOUT_S": "1"}
+    requests = [
+        b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /download/small.txt HTTP/1.1\r\nHost: x\r\n\r\n",  # a zero-copy body
+        b"HEAD /download/small.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/files HTTP/1.1\r\nHost: x\r\n\r\nGET /api/info HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        serve, port = await start_serve(stack, nursery, share_with_big_file(tmp_path), env)
+        idle_before = open_descriptors(serve)
+        for request in requests:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(request)
+            async with stream:
+                answer = await read_until_eof(stream)  # held forever without the timeout
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
+            assert answer.count(b"HTTP/1.1 200 ") == request.count(b"HTTP/1.1\r\n")
+        with trio.fail_after(10):
+            while open_descriptors(serve) > idle_before:  # noqa: ASYNC110 -- polled
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
 def _low_descriptor_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
 
