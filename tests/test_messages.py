@@ -153,7 +153,10 @@ def test_bad_frames_carry_their_error_reply(frame: Any, code: str) -> None:
     json.dumps(reply)
 
 
-@pytest.mark.parametrize("frame", ['{"type":"hello","last_seq":NaN}', '{"type":"hello","x":1e999}'])
+@pytest.mark.parametrize(
+    "frame",
+    ['{"type":"hello","last_seq":NaN}', '{"type":"hello","x":1e999}', '{"x":' + "[" * 100_000],
+)
 def test_non_finite_numbers_are_not_json(frame: str) -> None:
     with pytest.raises(m.ProtocolError) as info:
         m.parse(frame)

@@ -37,6 +37,7 @@ from flashback.folder import (
 from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
 from flashback.protocol.paths import is_servable_name
+from flashback.protocol.strict_json import loads_strict
 from flashback.terminal import printable
 from flashback.transfer import (
     DownloadResult,
@@ -346,7 +347,7 @@ async def _fetch_page(
     except httpx.HTTPError as exc:
         raise FlashbackError(f"peer {key!r} does not answer: {exc.__class__.__name__}") from exc
     try:
-        return json.loads(body)
+        return loads_strict(bytes(body))
     except ValueError:
         raise FlashbackError(f"peer '{printable(key)}' sent a listing that is not JSON") from None
 

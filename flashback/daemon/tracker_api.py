@@ -7,7 +7,8 @@ the real one, over httpx.
 Errors are sorted into what the caller does next: :class:`UnknownPeer`
 (register again under the same identity), :class:`IdentityRejected` (our
 token is not accepted: start a new identity), :class:`RetryLater` (network
-trouble, 5xx, 429: back off and retry).
+trouble, 5xx, 429, or an answer that is not what the contract says: back off
+and retry -- a broken or hostile tracker never ends the daemon).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from flashback.daemon.identity import Identity
+from flashback.protocol.strict_json import loads_strict
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -55,17 +57,28 @@ class Registration:
     ttl_s: float
 
 
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    """The tracker's JSON body; RetryLater if it is not a JSON object."""
+    try:
+        data = loads_strict(response.content)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise RetryLater(f"the tracker's answer is not a JSON object (HTTP {response.status_code})")
+    return data
+
+
 def _error_code(response: httpx.Response) -> str:
     try:
-        return str(response.json()["error"]["code"])
-    except (ValueError, KeyError, TypeError):
+        return str(_json_object(response)["error"]["code"])
+    except (RetryLater, KeyError, TypeError):
         return ""
 
 
 def _error_text(response: httpx.Response) -> str:
     try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
+        return str(_json_object(response)["error"]["message"])
+    except (RetryLater, KeyError, TypeError):
         return f"HTTP {response.status_code}"
 
 
@@ -74,6 +87,13 @@ def _retry_after(response: httpx.Response) -> float | None:
         return float(response.headers.get("retry-after", ""))
     except ValueError:
         return None
+
+
+def _seconds(data: dict[str, Any], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86_400:
+        raise RetryLater(f"the tracker's {key!r} is not a number of seconds")
+    return float(value)
 
 
 class TrackerAPI(Protocol):
@@ -145,11 +165,14 @@ class HTTPTrackerAPI:
             raise RegistrationRefused(
                 f"registration refused ({response.status_code}): {_error_text(response)}"
             )
-        data = response.json()
+        data = _json_object(response)
+        peer_id, token = data.get("peer_id"), data.get("token")
+        if not isinstance(peer_id, str) or not isinstance(token, str):
+            raise RetryLater("the tracker's registration answer has no peer_id and token")
         return Registration(
-            identity=Identity(data["peer_id"], data["token"]),
-            heartbeat_interval_s=float(data["heartbeat_interval"]),
-            ttl_s=float(data["ttl"]),
+            identity=Identity(peer_id, token),
+            heartbeat_interval_s=_seconds(data, "heartbeat_interval"),
+            ttl_s=_seconds(data, "ttl"),
         )
 
     async def heartbeat(self, identity: Identity) -> float:
@@ -166,7 +189,7 @@ class HTTPTrackerAPI:
             raise IdentityRejected(_error_text(response))
         if response.status_code != 200:
             raise RetryLater(f"heartbeat answered {response.status_code}")
-        return float(response.json()["heartbeat_interval"])
+        return _seconds(_json_object(response), "heartbeat_interval")
 
     async def leave(self, identity: Identity) -> None:
         response = await self._send(

@@ -78,7 +78,7 @@ def decode_object(text: str | bytes, *, what: str = "the message") -> dict[str, 
     """Strict JSON text that must be an object UTF-8 can carry (*what* names it in errors)."""
     try:
         data = loads_strict(text)
-    except (ValueError, RecursionError):
+    except ValueError:
         raise ProtocolError("invalid_json", f"{what} is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_message", f"{what} must be a JSON object")

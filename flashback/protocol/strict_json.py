@@ -25,5 +25,9 @@ def _finite_float(text: str) -> float:
 
 
 def loads_strict(data: str | bytes) -> Any:
-    """``json.loads`` that raises ValueError on NaN, Infinity and overflowing numbers."""
-    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    """``json.loads`` that raises ValueError on NaN, Infinity and overflowing numbers,
+    and on nesting too deep for the parser (``[[[[...`` is a RecursionError there)."""
+    try:
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

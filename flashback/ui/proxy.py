@@ -11,7 +11,6 @@ longer than :data:`READ_TIMEOUT_S` ends that one stream.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -23,6 +22,7 @@ from quart import Response
 from flashback.errors import FlashbackError, NotFound, RateLimited
 from flashback.protocol.conditional import content_disposition, sandbox_policy
 from flashback.protocol.paths import is_servable_name
+from flashback.protocol.strict_json import loads_strict
 from flashback.ui.reach import PeerRoute
 from flashback.ui.urls import peer_url
 from flashback.web import StreamedBody
@@ -118,7 +118,7 @@ async def fetch_listing(
     if len(raw) > MAX_LISTING_BYTES:
         raise PeerUnreachable("the peer's listing is too large")
     try:
-        payload = json.loads(raw)
+        payload = loads_strict(raw)
     except ValueError:
         raise PeerUnreachable("the peer sent a listing that is not JSON") from None
     return _parse_entries(payload, parts)
