@@ -242,4 +242,7 @@ def test_part_names_are_hidden_and_fit_the_disk() -> None:
     assert part_name(fits) == f".{fits}.part"
     assert len((part_name(fits) + ".json").encode()) == 255
     long = "é" * 123
-    assert part_name(long).startswith(".flashback-") and len(part_name(long) + ".json") < 80
+    assert part_name(long).startswith("..flashback-") and len(part_name(long) + ".json") < 80
+    # the name its hash spells has a part of its own, not the long name's
+    spelled = part_name(long)[2 : -len(".part")]
+    assert part_name(spelled) == f".{spelled}.part" != part_name(long)

@@ -349,7 +349,13 @@ class DirListing:
 
 def part_name(name: str) -> str:
     """The resume file of *name* next to it: hidden, so no listed name can be it
-    (hidden names are never fetched); hashed when ``.NAME.part.json`` would be too long."""
+    (hidden names are never fetched); hashed when ``.NAME.part.json`` would be too long.
+
+    The hashed form starts with two dots and the plain form never does (a
+    fetched name never starts with a dot), so no sibling's part can be it: a
+    file literally named ``flashback-<hash>`` once shared its part with the
+    long name that hashed to it, and both downloads wrote one file.
+    """
     if len(name.encode("utf-8")) + len("..part.json") <= MAX_NAME_BYTES:
         return f".{name}.part"
-    return ".flashback-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:32] + ".part"
+    return "..flashback-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:32] + ".part"
