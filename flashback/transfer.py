@@ -44,8 +44,10 @@ from flashback.protocol.digest import (
 from flashback.protocol.strict_json import loads_strict
 
 CHUNK_BYTES: Final = 1024 * 1024
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
-_UNSATISFIED = re.compile(r"^bytes \*/(\d+)$")
+# at most 19 digits: a position past 2**63 is no file, and int() of 5,000 digits raises
+_CONTENT_RANGE = re.compile(r"^bytes (\d{1,19})-(\d{1,19})/(\d{1,19})$", re.ASCII)
+_UNSATISFIED = re.compile(r"^bytes \*/(\d{1,19})$", re.ASCII)
+_LENGTH = re.compile(r"\d{1,19}", re.ASCII)
 _ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
 
 
@@ -297,7 +299,7 @@ async def _receive(
                 mode = "ab"
             elif response.status_code == 200:
                 length = response.headers.get("content-length")
-                total = int(length) if length and length.isdigit() else -1
+                total = int(length) if length and _LENGTH.fullmatch(length) else -1
                 offset = 0
                 mode = "wb"
             else:

@@ -190,9 +190,15 @@ def _digest(data: bytes) -> str:
 
 def evil_app(requests: list[str], me: dict[str, str]) -> QuartTrio:
     """An attacker's peer server: names that climb out, absolute ones, backslashes, NUL,
-    case twins, a listing that points into itself, one that never ends, one too big."""
+    case twins, a listing that points into itself, one that never ends, one too big,
+    one nested past the JSON parser, a Content-Range of 5,000 digits."""
     app = QuartTrio("evil-folder")
-    files = {"evil/ok.txt": GOOD, "evil/README": b"upper\n", "evil/readme": b"lower\n"}
+    files = {
+        "evil/ok.txt": GOOD,
+        "evil/README": b"upper\n",
+        "evil/readme": b"lower\n",
+        "badrange/ok.txt": GOOD,
+    }
 
     def entry(path: str, kind: str = "file", size: int = 3, **over: Any) -> dict[str, Any]:
         return {
@@ -239,11 +245,19 @@ def evil_app(requests: list[str], me: dict[str, str]) -> QuartTrio:
             return {"path": sub, "entries": [hidden], "next_cursor": str(n)}
         if sub == "huge":
             return Response(b'{"path": "huge", "entries": [' + b" " * (9 * MIB) + b"]}")
+        if sub == "nested":
+            return Response(b"[" * 100_000, content_type="application/json")
+        if sub == "badrange":
+            entries = [entry("badrange/lies.txt"), entry("badrange/ok.txt", size=len(GOOD))]
+            return {"path": sub, "entries": entries, "next_cursor": None}
         return {"error": {"code": "not_found", "message": "no"}}, 404
 
     @app.route("/download/<path:sub>", methods=["GET", "HEAD"])
     async def download(sub: str) -> Any:
         requests.append(f"get {sub}")
+        if sub == "badrange/lies.txt":  # int() of it raises ValueError
+            headers = {"Content-Range": "bytes 0-2/" + "9" * 5000, "ETag": '"e"'}
+            return Response(b"abc", status=206, headers=headers)
         data = files.get(sub, LOOP_FILE if sub.startswith("evil/loop") else None)
         if data is None:
             return {"error": {"code": "not_found", "message": "no"}}, 404
@@ -282,6 +296,13 @@ async def test_case_twins_on_a_case_insensitive_disk_and_endless_listings(
     with trio.fail_after(30), pytest.raises(FolderFailed, match="over 8 MiB"):
         await fetch(base, "huge", tmp_path / "huge")
     assert not (tmp_path / "huge").exists()  # OUT is made once its listing is accepted
+    with trio.fail_after(30), pytest.raises(FolderFailed, match="not JSON"):
+        await fetch(base, "nested", tmp_path / "nested")  # was a RecursionError traceback
+    with trio.fail_after(30):
+        result, done = await fetch(base, "badrange", tmp_path / "badrange")
+    assert result.failed == 1 and "range we did not ask for" in result.first_failure
+    assert (tmp_path / "badrange" / "ok.txt").read_bytes() == GOOD  # the others go on
+    assert not (tmp_path / "badrange" / "lies.txt").exists()
 
 
 def snapshot(base: Path, *, skip: tuple[Path, ...]) -> set[str]:
