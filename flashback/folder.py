@@ -255,8 +255,14 @@ class FolderFetch:
                 return []
             except BadListing as exc:
                 raise FolderFailed(str(exc)) from None
-            if listing.pages == 1 and _lstat(local_dir) is None:
-                os.mkdir(local_dir)  # empty directories too; only once it is walked
+            if listing.pages == 1:
+                found = _lstat(local_dir)
+                if found is None:
+                    os.mkdir(local_dir)  # empty directories too; only once it is walked
+                elif found.kind != "dir" and local_dir != self.out:
+                    # checked when its parent was listed; something was put there since
+                    self._refuse(listing.path, f"{local_dir} is in the way (not a directory)")
+                    return []
             for shown, reason in refused:
                 self._refuse(shown, reason)
             for entry in accepted:

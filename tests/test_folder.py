@@ -130,6 +130,28 @@ async def test_a_tree_arrives_whole_and_a_second_run_fetches_only_what_changed(
             assert os.stat(out / touched).st_mtime == int(os.stat(share / touched).st_mtime)
 
 
+async def test_a_directory_swapped_for_a_link_after_its_check_is_not_walked_into(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the parent's listing (where docs/ was checked) and walking docs/, a local
+    process puts a symlink there: the walk refuses it instead of writing through it."""
+    share = tmp_path / "share"
+    make_tree(share)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "docs").symlink_to(elsewhere)
+    # the parent's check saw a missing directory: the swap happens after it
+    monkeypatch.setattr("flashback.folder.decide_dir", lambda local: folder_rules.Action.FETCH)
+    with trio.fail_after(60):
+        async with peer_server(share) as base:
+            result, _ = await fetch(base, "", out)
+    assert os.listdir(elsewhere) == []
+    assert result.refused >= 1 and result.failed == 0
+    assert (out / "file 000 é.txt").is_file()  # the rest of the tree still came
+
+
 async def test_a_directory_of_2500_files_is_paged(tmp_path: Path, nursery: trio.Nursery) -> None:
     share = tmp_path / "share"
     (share / "many").mkdir(parents=True)
