@@ -16,10 +16,15 @@ socket writable and the loop would otherwise never let other tasks run.
 
 Reads of cold pages happen inside ``sendfile`` and block the event loop for
 that call -- the same trade nginx makes with ``sendfile on`` and no aio.
+
+A file system that cannot ``sendfile`` (some FUSE and network mounts answer
+EINVAL or EOPNOTSUPP) gets the same bytes by ``pread`` in a worker thread and
+``send``: slower, but never a body cut short for a reason the client cannot see.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Final, cast
 
@@ -30,6 +35,10 @@ import trio
 MAX_CALL_BYTES: Final = 8 * 1024 * 1024
 #: a client that takes nothing for this long is dropped (frees the port)
 SEND_STALL_TIMEOUT_S: Final = 30.0
+#: what sendfile answers for a file it cannot send from (not a client error)
+NO_SENDFILE_ERRNOS: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+#: bytes per read when copying instead
+COPY_CHUNK_BYTES: Final = 1024 * 1024
 
 
 class BodyLength:
@@ -91,7 +100,34 @@ async def sendfile_range(
             with trio.fail_after(stall_timeout_s):
                 await trio.lowlevel.wait_writable(sock)
             continue
+        except OSError as exc:
+            if exc.errno not in NO_SENDFILE_ERRNOS:
+                raise
+            await _copy_range(sock, fd, offset, count, progress, stall_timeout_s)
+            return
         if sent == 0:
             raise FileShrunk(f"file ended {count - progress.sent} bytes early")
         progress.sent += sent
         await trio.lowlevel.checkpoint()
+
+
+async def _copy_range(
+    sock: trio.socket.SocketType,
+    fd: int,
+    offset: int,
+    count: int,
+    progress: SendProgress,
+    stall_timeout_s: float,
+) -> None:
+    """:func:`sendfile_range` for a file sendfile refuses: pread, then send."""
+    while progress.sent < count:
+        want = min(count - progress.sent, COPY_CHUNK_BYTES)
+        data = await trio.to_thread.run_sync(os.pread, fd, want, offset + progress.sent)
+        if not data:
+            raise FileShrunk(f"file ended {count - progress.sent} bytes early")
+        view = memoryview(data)
+        while view:
+            with trio.fail_after(stall_timeout_s):
+                sent = await sock.send(view)
+            progress.sent += sent
+            view = view[sent:]

@@ -7,6 +7,7 @@ through Python) fails here rather than only in the benchmark.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -75,6 +76,24 @@ async def test_full_range_and_multipart_bodies_are_exact_and_sent_by_sendfile(
     # keep-alive survives a zero-copy body: h11 framed it and is ready for the next
     again = await client.get("/content/hello.txt")
     assert again.text == "hello, world\n"
+
+
+async def test_a_file_system_without_sendfile_gets_the_same_bytes_by_copying(
+    client: httpx.AsyncClient, share: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused: list[int] = []
+
+    def no_sendfile(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        refused.append(count)
+        raise OSError(errno.EINVAL, "Invalid argument")  # what some FUSE mounts answer
+
+    monkeypatch.setattr(os, "sendfile", no_sendfile)
+    data = (share / "big.bin").read_bytes()
+    whole = await client.get("/download/big.bin")
+    assert whole.status_code == 200 and whole.content == data
+    part = await client.get("/download/big.bin", headers={"Range": "bytes=7-1048583"})
+    assert part.status_code == 206 and part.content == data[7:1048584]
+    assert len(refused) == 2  # each body asked once, then copied
 
 
 async def test_a_file_that_shrinks_mid_body_ends_that_connection_only(
