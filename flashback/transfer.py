@@ -41,6 +41,7 @@ from flashback.protocol.digest import (
     parse_manifest,
     parse_repr_digest,
 )
+from flashback.protocol.rate_floor import RateFloor
 from flashback.protocol.strict_json import loads_strict
 
 CHUNK_BYTES: Final = 1024 * 1024
@@ -354,10 +355,13 @@ async def _write_body(
         report = bar.update
     hasher = hashlib.sha256() if offset == 0 and total <= INLINE_HASH_BYTES else None
     room = total - offset
+    floor = RateFloor()
     try:
         with part.open(mode) as file:
             async with body_chunks(response) as chunks:
                 async for chunk in chunks:
+                    if floor.too_slow(trio.current_time(), len(chunk)):
+                        raise TransferFailed(_too_slow(floor, part))
                     over = len(chunk) > room
                     if over:  # more than announced: keep what was, drop the connection
                         chunk = chunk[:room]
@@ -372,6 +376,13 @@ async def _write_body(
         if bar is not None:
             bar.close()
     return hasher.hexdigest() if hasher is not None else None
+
+
+def _too_slow(floor: RateFloor, part: Path) -> str:
+    return (
+        f"the peer sent under {floor.min_bytes // 1024} KiB in {floor.window_s:.0f} s; "
+        f"the partial file {part} is kept: run the same command again to resume"
+    )
 
 
 MANIFEST_TIMEOUT_S: Final = 300.0  # the owner may be hashing a big file first
@@ -392,8 +403,11 @@ async def fetch_manifest(
                     f"the peer answered HTTP {response.status_code} for its digest"
                 )
             body = bytearray()
+            floor = RateFloor()
             async with body_chunks(response) as chunks:
                 async for chunk in chunks:
+                    if floor.too_slow(trio.current_time(), len(chunk)):
+                        raise TransferFailed("the peer sends its digest manifest too slowly")
                     body += chunk
                     if len(body) > MAX_MANIFEST_BYTES:
                         raise TransferFailed("the peer's digest manifest is too large")

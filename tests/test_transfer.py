@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
 from flashback.errors import ConfigError
+from flashback.protocol.rate_floor import RateFloor
 from flashback.transfer import TransferFailed, check_output, download, part_paths
 
 
@@ -139,3 +143,39 @@ async def test_progress_bar_only_on_a_terminal(peer_url: str, tmp_path: Path) ->
     )
     assert plain.stderr == b""
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == b"hello, world\n"
+
+
+def test_the_rate_floor_gives_up_on_a_body_that_barely_moves() -> None:
+    floor = RateFloor(min_bytes=1000, window_s=60.0)
+    assert not floor.too_slow(100.0, 10)  # the first bytes start the window, at any time
+    assert not floor.too_slow(159.0, 10)  # still inside it
+    assert floor.too_slow(160.0, 10)  # a whole minute brought 30 bytes
+    fast = RateFloor(min_bytes=1000, window_s=60.0)
+    for second in range(0, 600, 20):
+        assert not fast.too_slow(float(second), 500)  # 1,500 bytes a window: fine
+
+
+# Leaving a body early leaves httpcore's inner async generators to the GC, which
+# trio reports as a ResourceWarning (as in test_folder and test_ui_http).
+@pytest.mark.filterwarnings(
+    r"ignore:Async generator 'http(x|core)\._.*' was garbage collected:ResourceWarning"
+)
+async def test_a_peer_that_drips_a_byte_per_read_timeout_is_given_up(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def drip(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        head = b'HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nETag: "d"\r\n\r\n'
+        await stream.send_all(head)
+        for _ in range(100_000):
+            await stream.send_all(b"x")
+            await trio.sleep(25)  # just inside httpx's 30 s read timeout, forever
+
+    listeners = await nursery.start(partial(trio.serve_tcp, drip, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    out = tmp_path / "drip.bin"
+    async with httpx.AsyncClient(timeout=30) as http:
+        with trio.fail_after(3600), pytest.raises(TransferFailed, match="KiB in 60 s"):
+            await download(http, f"http://127.0.0.1:{port}/download/drip.bin", out)
+    assert not out.exists()
+    assert part_paths(out)[0].stat().st_size < 10  # kept, to resume from
