@@ -536,3 +536,40 @@ async def test_a_tunnel_pairs_peers_linked_to_different_instances(tmp_path: Path
                 assert await streams[0].receive_some(64) == b"through one"
                 for stream in streams:
                     await stream.aclose()
+
+
+@needs_redis
+async def test_an_owners_decline_crosses_to_the_requesters_instance(tmp_path: Path) -> None:
+    """The owner is linked to two, the session lives on one: the decline still ends it
+    and the requester hears it from the owner; a peer that was not invited is ignored."""
+    fingerprint = "sha256:" + "cd" * 32
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(redis.url, 2, tunnel_port=0) as (one, two),
+            open_client(one) as client,
+        ):
+            asker = await register(client, "asker")
+            owner = await register(client, "owner", fingerprint=fingerprint)
+            stranger = await register(client, "stranger")
+            async with (
+                open_link(one.ws_url) as ask_ws,
+                open_link(two.ws_url) as own_ws,
+                open_link(two.ws_url) as stranger_ws,
+            ):
+                for ws, peer in ((ask_ws, asker), (own_ws, owner), (stranger_ws, stranger)):
+                    await hello(ws, peer=peer)
+                    await receive(ws)
+                await send(ask_ws, {"type": "tunnel-request", "request_id": "t2",
+                                    "to": owner["peer_id"]})  # fmt: skip
+                assert (await receive(own_ws))["type"] == "tunnel-invite"
+                assert (await receive(ask_ws))["type"] == "tunnel-invite"
+                decline = {"type": "tunnel-error", "request_id": "t2", "to": asker["peer_id"],
+                           "code": "refused", "message": "not now"}  # fmt: skip
+                await send(stranger_ws, decline)  # not invited: must not reach the asker
+                await send(own_ws, decline)
+                heard = await receive(ask_ws)
+                assert heard["type"] == "tunnel-error" and heard["code"] == "refused"
+                assert heard["from"] == owner["peer_id"]  # the owner's, not the stranger's
+                assert one.tracker.tunnels is not None
+                assert one.tracker.tunnels.table.find("t2", asker["peer_id"]) is None  # ended

@@ -274,6 +274,8 @@ class Tracker:
 
     async def deliver_relayed(self, to: str, message: Message) -> None:
         """A message another instance relayed for *to*: deliver it, or bounce it."""
+        if isinstance(message, TunnelErrorMessage) and not self._relayed_decline(to, message):
+            return  # only the owner invited to a session of ours may decline it
         link = self.hub.link_for(to)
         route = route_relay(
             online=self.presence.is_online(to), linked_here=link is not None, relayed=True
@@ -457,7 +459,7 @@ class Tracker:
             elif isinstance(message, TunnelRequest):
                 await self._tunnel_request(connection, message)
             elif isinstance(message, TunnelErrorMessage):
-                self._tunnel_decline(connection, message)
+                await self._tunnel_decline(connection, message)
             else:
                 reply = ErrorMessage(
                     "unexpected_message", f"a client may not send {message.TYPE!r} here"
@@ -578,17 +580,44 @@ class Tracker:
             self.tunnels.table.close(session)
             refuse("unknown_peer", f"peer {message.to!r} cannot be reached now")
 
-    def _tunnel_decline(self, sender: Connection, message: TunnelErrorMessage) -> None:
-        """An owner said no: end the session and tell the requester, from the owner."""
+    async def _tunnel_decline(self, sender: Connection, message: TunnelErrorMessage) -> None:
+        """An owner said no: end the session and tell the requester, from the owner.
+
+        The session lives on the requester's instance. Declined here, it ends
+        here; otherwise the decline crosses the cluster's relay (bounded by the
+        owner's relay budget) and that instance checks it against its session
+        (:meth:`_relayed_decline`) before the requester hears of it.
+        """
         if sender.peer_id is None or message.to is None or self.tunnels is None:
             return
-        if not self.tunnels.decline(
+        out = forwarded(message, sender.peer_id)
+        if self.tunnels.decline(
             request_id=message.request_id, client_peer=message.to, server_peer=sender.peer_id
         ):
-            return  # not a session this owner was invited to: nothing to forward
-        requester = self.hub.link_for(message.to)
-        if requester is not None:
-            self.hub.send(requester, forwarded(message, sender.peer_id))
+            requester = self.hub.link_for(message.to)
+            if requester is not None:
+                self.hub.send(requester, out)
+            return
+        if self.hub.link_for(message.to) is not None:
+            return  # linked here but no such session: nothing to forward
+        budget = sender.relay_budget
+        if budget is not None and not budget.take(self.now()):
+            self.metrics.rate_limited.inc()
+            return
+        try:
+            await self.presence.relay(message.to, out)
+        except BackendUnavailable as exc:
+            log.info("cannot forward a decline to %s: %s", message.to, exc.message)
+
+    def _relayed_decline(self, to: str, message: TunnelErrorMessage) -> bool:
+        """A decline another instance relayed: True if it ends a session of ours."""
+        return (
+            self.tunnels is not None
+            and message.from_ is not None
+            and self.tunnels.decline(
+                request_id=message.request_id, client_peer=to, server_peer=message.from_
+            )
+        )
 
     # -- internals -----------------------------------------------------------------
 
