@@ -159,3 +159,29 @@ async def test_a_peer_that_never_reads_stalls_only_its_own_session(relay_port):
             assert await owner.receive_some(4) == b"ping"
         # the flooder's bytes stopped at kernel buffers (no reader): bounded, not MBs in Python
         assert relay.counters.bytes_copied < 64 * 1024 * 1024
+
+
+async def test_a_session_the_kernel_refuses_big_pipes_copies_and_is_counted(
+    relay_port, monkeypatch
+):
+    """Past fs.pipe-user-pages-soft the kernel leaves pipes at 8 KiB; the pump then
+    copies through a buffer, and /metrics says how often that happened."""
+    from flashback.tracker import pump
+    from flashback.tracker.metrics import TrackerMetrics
+
+    monkeypatch.setattr(pump, "MIN_PIPE_BYTES", 1 << 40)  # no pipe is ever big enough
+    relay, port = relay_port
+    metrics = TrackerMetrics(peers_online=lambda: 0, connections=lambda: 0, seq=lambda: 0)
+    metrics.add_tunnels(relay.counters, lambda: relay.sessions_active)
+    with trio.fail_after(10):
+        _session, requester, owner = await joined_pair(relay, port)
+        await requester.send_all(b"through the buffer")
+        await requester.send_eof()
+        assert await read_to_eof(owner) == b"through the buffer"
+        await owner.send_eof()
+        assert await read_to_eof(requester) == b""
+        while relay.counters.sessions_by_outcome.get("completed") != 1:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert relay.counters.copy_fallbacks == (1 if pump.SPLICE_AVAILABLE else 0)
+    if pump.SPLICE_AVAILABLE:
+        assert "flashback_tracker_tunnel_copy_fallbacks 1.0" in metrics.render().decode()

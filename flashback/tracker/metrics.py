@@ -62,6 +62,11 @@ class TrackerMetrics:
         Gauge(
             PREFIX + "tunnel_bytes_copied", "Bytes copied between paired tunnel ends", registry=r
         ).set_function(lambda: counters.bytes_copied)
+        Gauge(
+            PREFIX + "tunnel_copy_fallbacks",
+            "Tunnel sessions copied through a buffer: the kernel refused a large pipe",
+            registry=r,
+        ).set_function(lambda: counters.copy_fallbacks)
         outcomes = Counter(
             PREFIX + "tunnel_sessions", "Tunnel sessions by outcome", ["outcome"], registry=r
         )

@@ -58,6 +58,9 @@ class TunnelCounters:
     sessions_by_outcome: dict[str, int] = field(default_factory=dict)
     bytes_copied: int = 0
     active: int = 0
+    #: sessions that copied through a buffer: the kernel would not grow a pipe
+    #: (an unprivileged tracker past fs.pipe-user-pages-soft), ~9x the CPU
+    copy_fallbacks: int = 0
     on_outcome: Callable[[str], None] | None = None
 
     def count(self, outcome: Outcome) -> None:
@@ -217,6 +220,8 @@ class TunnelRelay:
                 use_splice=self.use_splice,
                 stats=PumpStats(),
             )
+            if stats.splice_refused:
+                self.counters.copy_fallbacks += 1
             if stats.idle_closed:
                 self.counters.count("idle")
             elif stats.error is not None:
