@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 from trio_websocket import ConnectionClosed
 
@@ -346,3 +348,45 @@ async def test_a_changed_fingerprint_is_a_peer_updated_on_the_feed() -> None:
                 updated = await receive(ws)
                 assert (updated["type"], updated["seq"]) == ("peer-updated", snapshot["seq"] + 1)
                 assert updated["peer"]["fingerprint"] == new
+
+
+async def test_more_links_of_one_peer_are_not_more_relay_allowance() -> None:
+    """The relay budget belongs to the peer id: three links share one burst of 6."""
+    config = tracker_config(relay_rate_per_s=0.001, relay_burst=6)
+    outcomes: list[str] = []
+    all_in = trio.Event()
+
+    async def count(ws: Any, kind: str) -> None:
+        while True:
+            message = await receive(ws)
+            if message["type"] in ("stream-request", "stream-error"):
+                outcomes.append(f"{kind}:{message.get('code', 'delivered')}")
+                if len(outcomes) == 12:
+                    all_in.set()
+
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_tracker(config) as running, open_client(running) as client:
+            target = await register(client, "target")
+            flooder = await register(client, "flooder")
+            async with (
+                open_link(running.ws_url) as target_ws,
+                open_link(running.ws_url) as one,
+                open_link(running.ws_url) as two,
+                open_link(running.ws_url) as three,
+                trio.open_nursery() as readers,
+            ):
+                await hello(target_ws, last_seq=None, peer=target)
+                await receive(target_ws)
+                for ws in (one, two, three):
+                    await hello(ws, last_seq=None, peer=flooder)
+                    await receive(ws)
+                readers.start_soon(count, target_ws, "target")
+                for ws in (one, two, three):
+                    readers.start_soon(count, ws, "flooder")
+                for n in range(4):  # 12 requests, 4 on each link
+                    for ws in (one, two, three):
+                        await send(ws, {"type": "stream-request", "request_id": f"r{n}",
+                                        "to": target["peer_id"], "path": "x"})  # fmt: skip
+                await all_in.wait()
+                readers.cancel_scope.cancel()
+    assert sorted(outcomes) == ["flooder:rate_limited"] * 6 + ["target:delivered"] * 6

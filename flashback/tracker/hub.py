@@ -42,7 +42,7 @@ class Connection:
         self.cancel_scope = trio.CancelScope()
         self.close_code: int | None = None
         self.close_reason = ""
-        self.relay_budget: TokenBucket | None = None  # per link, set by the tracker
+        self.relay_budget: TokenBucket | None = None  # per peer id, set by the tracker
 
     def has_room_for_relay(self) -> bool:
         """Relayed messages may fill only half the queue: the feed keeps the rest,

@@ -356,9 +356,7 @@ class Tracker:
                 self.config.watcher_queue_messages,
                 advertise_host=advertise_host(host_header, self.config.tunnel_advertise),
             )
-            connection.relay_budget = TokenBucket(
-                self.config.relay_rate_per_s, self.config.relay_burst
-            )
+            connection.relay_budget = self._relay_budget_for(hello.peer_id)
             # No checkpoint from here to hub.add: the replay and the live feed
             # meet exactly at the current seq, with nothing lost or repeated.
             first = self.presence.first_messages(hello.last_seq, self.now())
@@ -382,6 +380,16 @@ class Tracker:
         if connection.close_code is not None:
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await ws.close(connection.close_code, connection.close_reason)
+
+    def _relay_budget_for(self, peer_id: str | None) -> TokenBucket | None:
+        """One relay budget per peer, shared by all its links here: a second
+        link is not a second allowance. (Anonymous links may not relay.)"""
+        if peer_id is None:
+            return None
+        linked = self.hub.link_for(peer_id)
+        if linked is not None and linked.relay_budget is not None:
+            return linked.relay_budget
+        return TokenBucket(self.config.relay_rate_per_s, self.config.relay_burst)
 
     async def _receive_hello(self, ws: WebsocketLike) -> Hello:
         while True:
