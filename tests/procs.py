@@ -127,6 +127,16 @@ def daemon_env(base: Path, name: str) -> dict[str, str]:
     }
 
 
+async def reap(process: trio.Process) -> None:
+    """Kill *process* if it still runs, wait for it, close its pipes."""
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            await stream.aclose()
+
+
 async def first_event(process: trio.Process) -> dict[str, Any]:
     """The first stdout line of a just-started *process* (its ready event), read
     byte by byte so nothing after it is consumed."""

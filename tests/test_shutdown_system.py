@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.procs import first_event
+from tests.procs import first_event, reap
 from tests.tracker_support import registration
 
 TEST_TIMEOUT_S = 60
@@ -100,12 +100,7 @@ async def test_a_stalled_client_does_not_cost_the_tracker_its_seq(tmp_path: Path
             assert len(answer.split(b"\r\n\r\n", 1)[1]) < length
             await stalled.aclose()
         finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    await stream.aclose()
+            await reap(process)
 
 
 async def test_a_seq_that_cannot_be_saved_is_not_an_exit_0(tmp_path: Path) -> None:
@@ -132,9 +127,4 @@ async def test_a_seq_that_cannot_be_saved_is_not_an_exit_0(tmp_path: Path) -> No
             assert b"Traceback" not in errors
             assert _saved_seq(database) is None
         finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    await stream.aclose()
+            await reap(process)

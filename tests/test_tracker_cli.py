@@ -11,7 +11,7 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed
 
-from tests.procs import first_event
+from tests.procs import first_event, reap
 from tests.tracker_support import hello, open_link, receive
 
 TEST_TIMEOUT_S = 20
@@ -53,12 +53,7 @@ async def test_tracker_process_announces_its_port_and_exits_0_on_sigterm(tmp_pat
             errors = await process.stderr.receive_some(1 << 16)
             assert b"Traceback" not in errors
         finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    await stream.aclose()
+            await reap(process)
 
 
 async def test_a_bad_database_url_is_a_usage_error() -> None:
