@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import signal
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Final
 
 import trio
+from proc_cpu import children_cpu_s, cpu_s  # bench/, this script's directory
 
 from flashback.transfer import part_paths
 from tests.netns import (
@@ -67,20 +67,7 @@ WRITE_BLOCK_BYTES: Final = 16 * MiB
 READY_TIMEOUT_S: Final = 60.0
 #: a get that takes longer than this is a hang, not a figure
 GET_TIMEOUT_S: Final = 600.0
-CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
 PROCESS_ROLES: Final = ("tracker", "alice", "bob", "client")
-
-
-def cpu_s(pid: int) -> float:
-    """user+sys seconds of *pid* so far (fields 14 and 15 of /proc/PID/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,27 +46,15 @@ from typing import Final
 
 import httpx
 import trio
+from proc_cpu import children_cpu_s, cpu_s  # bench/, this script's directory
 
 from tests.procs import Proc, daemon_env, event_is, run_cli, start
 
 KiB: Final = 1024
 READY_TIMEOUT_S: Final = 60.0
 RUN_TIMEOUT_S: Final = 900.0
-CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
 ROLES: Final = ("alice", "bob", "client")
 VARIANTS: Final = ("folder", "one file", "aria2c")
-
-
-def cpu_s(pid: int) -> float:
-    """user+sys seconds of *pid* so far (fields 14 and 15 of /proc/PID/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
