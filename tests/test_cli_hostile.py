@@ -32,7 +32,7 @@ from flashback.daemon.client import (
 )
 from flashback.errors import ConfigError, FlashbackError
 from flashback.terminal import printable
-from tests.abuse_support import register_fake_peer
+from tests.abuse_support import register_fake_peer, start_tracker_proc
 from tests.procs import Proc, daemon_env, event_is, run_cli, start
 
 OTHER_UID = 65534  # nobody
@@ -311,15 +311,7 @@ async def test_an_evil_peer_cannot_reach_the_terminal_or_loop_ls(
     me: dict[str, str] = {}
     with trio.fail_after(60):
         async with AsyncExitStack() as stack:
-            tracker = await stack.enter_async_context(
-                start(
-                    nursery,
-                    ["tracker", "--host", "127.0.0.1", "--port", "0"],
-                    env={"DATABASE_URL": "memory://", "RELAY_PEER_TTL": "120"},
-                    name="tracker",
-                )
-            )
-            url = (await tracker.wait_event(event_is("tracker-ready")))["url"]
+            _, url = await start_tracker_proc(stack, nursery, tmp_path, {"RELAY_PEER_TTL": "120"})
             root = tmp_path / "share"
             root.mkdir()
             alice: Proc = await stack.enter_async_context(

@@ -40,7 +40,7 @@ from flashback.protocol.digest import block_size_for
 from flashback.protocol.folder import part_name
 from flashback.transfer import DownloadResult, resume_key
 from flashback.web import hypercorn_config, serve_quart
-from tests.abuse_support import register_fake_peer
+from tests.abuse_support import register_fake_peer, start_tracker_proc
 from tests.procs import daemon_env, event_is, run_cli, start
 
 MIB = 1024 * 1024
@@ -346,15 +346,7 @@ async def test_an_evil_peer_registered_with_the_tracker_writes_nothing_outside_o
     before = snapshot(tmp_path, skip=(tmp_path / "bob",))
     with trio.fail_after(60):
         async with AsyncExitStack() as stack:
-            tracker = await stack.enter_async_context(
-                start(
-                    nursery,
-                    ["tracker", "--host", "127.0.0.1", "--port", "0"],
-                    env={"DATABASE_URL": "memory://", "RELAY_PEER_TTL": "120"},
-                    name="tracker",
-                )
-            )
-            url = (await tracker.wait_event(event_is("tracker-ready")))["url"]
+            _, url = await start_tracker_proc(stack, nursery, tmp_path, {"RELAY_PEER_TTL": "120"})
             (tmp_path / "bob" / "share").mkdir(parents=True)
             bob = await stack.enter_async_context(
                 start(
