@@ -10,13 +10,14 @@ from __future__ import annotations
 import pytest
 import trio
 
-from flashback.daemon.tunnel_ends import TunnelFailed, server_context
+from flashback.daemon.keys import load_or_create
+from flashback.daemon.peer_tls import PeerTLS
+from flashback.daemon.reach import authorize_by_tracker
+from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
-from flashback.protocol.fingerprint import fingerprint_of
 from flashback.protocol.messages import TunnelErrorMessage, TunnelInvite, TunnelRequest
 from flashback.protocol.tunnel import OpenTarget
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
-from tests.tls_support import make_cert
 
 
 class Switch:
@@ -47,6 +48,8 @@ class Switch:
                             host="127.0.0.1",
                             port=self.port,
                             key=session.keys[role],
+                            # one identity plays both daemons here
+                            peer_fingerprint=self.fingerprint,
                         )
                     )
             elif isinstance(message, TunnelErrorMessage):
@@ -89,9 +92,8 @@ async def pair(nursery, tmp_path):
     port = await nursery.start(serve_tunnel_port, relay, "127.0.0.1", 0)
     upper = Upper()
     await nursery.start(upper.run)
-    cert, key, der = make_cert(tmp_path)
-    context = server_context(cert, key)
-    switch = Switch(relay, port, fingerprint_of(der))
+    tls = PeerTLS(load_or_create(tmp_path))
+    switch = Switch(relay, port, tls.keys.fingerprint)
     events: list[tuple[str, dict]] = []
     pins: dict[str, str] = {}
 
@@ -103,7 +105,9 @@ async def pair(nursery, tmp_path):
         service = TunnelService(
             send=switch.sender(name),
             emit=lambda event, **fields: events.append((event, fields)),
-            owner_context=lambda: context,
+            owner_context=tls.server_context,
+            requester_context=tls.client_context,
+            authorize=authorize_by_tracker,
             resolve_target=lambda t: upper.port if t.kind == "peer-server" else None,
             check_pin=check_pin,
         )

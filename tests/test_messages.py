@@ -52,7 +52,58 @@ ROUND_TRIPS: list[m.Message] = [
     m.StreamError(request_id="r1", code="not_found", message="gone", to="p1"),
     m.StreamError(request_id="r1", code="unknown_peer", message="offline"),
     m.ErrorMessage(code="invalid_json", message="bad"),
+    m.RouteReport(request_id="r1", route="direct"),
+    m.TunnelInvite(
+        request_id="r1",
+        from_="p2",
+        fingerprint="sha256:" + "a" * 64,
+        role="server",
+        host="198.51.100.1",
+        port=3001,
+        key="k",
+        candidates=(m.Candidate("192.0.2.2", 4000), m.Candidate("2001:db8::1", 4000)),
+        peer_fingerprint="sha256:" + "b" * 64,
+    ),
 ]
+
+
+def test_a_peer_record_carries_its_direct_and_reflexive_candidates() -> None:
+    record = m.PeerInfo(
+        "p1",
+        "laptop",
+        "10.0.0.2",
+        8080,
+        registered_at="2024-01-01T00:00:00.000Z",
+        last_seen="2024-01-01T00:00:01.000Z",
+        direct=(m.Candidate("10.0.0.2", 4000),),
+        reflexive=m.Candidate("203.0.113.9", 61000),
+    )
+    assert m.PeerInfo.parse(record.dump()) == record
+    assert record.candidates == (m.Candidate("10.0.0.2", 4000), m.Candidate("203.0.113.9", 61000))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"host": "example.com", "port": 1},  # a name would be resolved by every dialler
+        {"host": "fe80::1%eth0", "port": 1},
+        {"host": "10.0.0.1", "port": 0},
+        {"host": "10.0.0.1", "port": True},
+        "10.0.0.1:80",
+    ],
+)
+def test_a_candidate_is_an_ip_literal_and_a_port(bad: object) -> None:
+    with pytest.raises(m.ProtocolError):
+        m.read_candidates({"direct": [bad]}, "direct")
+
+
+def test_at_most_eight_candidates_and_duplicates_dropped() -> None:
+    one = {"host": "10.0.0.1", "port": 9}
+    assert m.read_candidates({"direct": [one, one]}, "direct") == (m.Candidate("10.0.0.1", 9),)
+    with pytest.raises(m.ProtocolError):
+        m.read_candidates(
+            {"direct": [{"host": "10.0.0.1", "port": p} for p in range(1, 10)]}, "direct"
+        )
 
 
 @pytest.mark.parametrize("message", ROUND_TRIPS, ids=lambda msg: type(msg).__name__)
@@ -77,6 +128,8 @@ def test_wire_shapes_match_the_contract() -> None:
         "registered_at": "2024-01-01T00:00:00.000Z",
         "last_seen": "2024-01-01T00:00:01.000Z",
         "fingerprint": None,
+        "direct": [],
+        "reflexive": None,
     }
     assert m.Hello(last_seq=None).dump() == {"type": "hello", "last_seq": None}
     assert m.parse({"type": "hello"}) == m.Hello(last_seq=None)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import trio
 
+from flashback.daemon.keys import load_or_create
+from flashback.daemon.peer_tls import PeerTLS, plain_client_context
 from flashback.daemon.tunnel_ends import (
     TunnelFailed,
     bridge,
     open_requester_end,
     serve_owner_end,
-    server_context,
 )
-from flashback.protocol.fingerprint import fingerprint_of
 from flashback.protocol.tunnel import OpenTarget
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
-from tests.tls_support import make_cert
 
 
 class LocalServer:
@@ -47,15 +46,27 @@ async def world(nursery, tmp_path):
     tunnel_port = await nursery.start(serve_tunnel_port, relay, "127.0.0.1", 0)
     local = LocalServer()
     await nursery.start(local.run)
-    cert, key, der = make_cert(tmp_path)
-    return relay, tunnel_port, local, server_context(cert, key), fingerprint_of(der)
+    (tmp_path / "owner").mkdir()
+    owner = load_or_create(tmp_path / "owner")
+    return relay, tunnel_port, local, PeerTLS(owner).server_context(), owner.fingerprint
+
+
+@pytest.fixture(scope="module")
+def requester(tmp_path_factory):
+    """The requester's identity; its client certificate is what owners see (§10.1)."""
+    keys = load_or_create(tmp_path_factory.mktemp("requester"))
+    return PeerTLS(keys)
+
+
+def accept_anyone(_fingerprint: str | None) -> str | None:
+    return None
 
 
 def no_pin_check(_fingerprint: str) -> None:
     return None
 
 
-async def start_owner(nursery, relay, port, context, resolve):
+async def start_owner(nursery, relay, port, context, resolve, authorize=accept_anyone):
     session = relay.invite(request_id="r", client_peer="bob", server_peer="alice")
     nursery.start_soon(
         lambda: serve_owner_end(
@@ -63,6 +74,7 @@ async def start_owner(nursery, relay, port, context, resolve):
             port=port,
             key=session.keys["server"],
             context=context,
+            authorize=authorize,
             resolve_target=resolve,
         )
     )
@@ -72,12 +84,23 @@ async def start_owner(nursery, relay, port, context, resolve):
 PEER_SERVER = OpenTarget("peer-server")
 
 
-async def join_as_requester(port, *, key, fingerprint, check_pin=no_pin_check, target=PEER_SERVER):
+_REQUESTERS: dict[str, PeerTLS] = {}
+
+
+@pytest.fixture(autouse=True)
+def _requester_identity(requester):
+    _REQUESTERS["default"] = requester
+
+
+async def join_as_requester(
+    port, *, key, fingerprint, check_pin=no_pin_check, target=PEER_SERVER, context=None
+):
     """The requester's end on the test relay, with the defaults most tests want."""
     return await open_requester_end(
         host="127.0.0.1",
         port=port,
         key=key,
+        context=context or _REQUESTERS["default"].client_context(),
         expected_fingerprint=fingerprint,
         check_pin=check_pin,
         target=target,
@@ -178,3 +201,43 @@ async def test_bridge_carries_a_local_connection_and_its_half_close(world, nurse
         await listeners[0].aclose()
     assert got == b"HELLO\n"
     assert result["counts"] == (6, 6)
+
+
+async def test_the_owner_learns_the_requester_before_any_open(
+    world, nursery, requester
+):
+    relay, port, local, context, fingerprint = world
+    seen: list[str | None] = []
+
+    def refuse(requester_fingerprint: str | None) -> str | None:
+        seen.append(requester_fingerprint)
+        return "forbidden"
+
+    session = await start_owner(nursery, relay, port, context, lambda t: local.port, refuse)
+    with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
+        await join_as_requester(port, key=session.keys["client"], fingerprint=fingerprint)
+    assert info.value.code == "forbidden"
+    assert "does not share with this peer" in str(info.value)
+    assert seen == [requester.keys.fingerprint]
+    assert local.connections == 0
+
+
+async def test_a_requester_without_a_certificate_is_seen_as_none(world, nursery):
+    relay, port, local, context, fingerprint = world
+    seen: list[str | None] = []
+
+    def record(requester_fingerprint: str | None) -> str | None:
+        seen.append(requester_fingerprint)
+        return None if requester_fingerprint else "forbidden"
+
+    session = await start_owner(nursery, relay, port, context, lambda t: local.port, record)
+    with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
+        await join_as_requester(
+            port,
+            key=session.keys["client"],
+            fingerprint=fingerprint,
+            context=plain_client_context(),
+        )
+    assert info.value.code == "forbidden"
+    assert seen == [None]
+    assert local.connections == 0

@@ -30,8 +30,9 @@ from flashback.daemon.control import control_socket_path, create_control_app, re
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import IdentityStore, Instance, claim_instance
 from flashback.daemon.link import run_link
+from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.pins import PinStore
-from flashback.daemon.reach import owner_context_for, pin_checker, run_routes
+from flashback.daemon.reach import pin_checker, run_routes
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.stream_ports import run_stream_ports
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, HTTPTrackerAPI, TrackerAPI
@@ -187,7 +188,7 @@ async def _run_daemon_tasks(
                                 partial(
                                     run_routes,
                                     ctx,
-                                    owner_context=owner_context_for(instance.keys),
+                                    tls=PeerTLS(instance.keys),
                                     check_pin=pin_checker(pins, ctx),
                                     streams=streams,
                                 )

@@ -10,19 +10,19 @@ forward and tunnel with it.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Callable
 
 import httpx
 import trio
 
 from flashback.daemon.context import DaemonContext
-from flashback.daemon.keys import KeyPair
+from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.pins import FingerprintMismatch, PinStore
 from flashback.daemon.routes import PROBE_TIMEOUT_S, Router
-from flashback.daemon.tunnel_ends import TunnelFailed, server_context
+from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
 from flashback.errors import FlashbackError
+from flashback.protocol.messages import TunnelInvite
 from flashback.protocol.tunnel import OpenTarget
 from flashback.streaming.manager import StreamManager
 
@@ -43,16 +43,12 @@ def local_target_port(
     return None
 
 
-def owner_context_for(keys: KeyPair) -> Callable[[], ssl.SSLContext]:
-    """The TLS server context of our owner ends: built once, from our identity's PEM."""
-    cache: list[ssl.SSLContext] = []
-
-    def context() -> ssl.SSLContext:
-        if not cache:
-            cache.append(server_context(keys.path, keys.path))
-        return cache[0]
-
-    return context
+def authorize_by_tracker(invite: TunnelInvite, fingerprint: str | None) -> str | None:
+    """``tracker`` mode (§11): the requester's certificate must be the one the
+    tracker lists for the invite's peer id -- never the tracker's word alone."""
+    if fingerprint is None or fingerprint != invite.peer_fingerprint:
+        return "forbidden"
+    return None
 
 
 def pin_checker(pins: PinStore, ctx: DaemonContext) -> CheckPin:
@@ -75,7 +71,7 @@ def pin_checker(pins: PinStore, ctx: DaemonContext) -> CheckPin:
 async def run_routes(
     ctx: DaemonContext,
     *,
-    owner_context: Callable[[], ssl.SSLContext],
+    tls: PeerTLS,
     check_pin: CheckPin,
     streams: StreamManager | None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -89,7 +85,9 @@ async def run_routes(
     service = TunnelService(
         send=ctx.send_to_tracker,
         emit=ctx.hub.emit,
-        owner_context=owner_context,
+        owner_context=tls.server_context,
+        requester_context=tls.client_context,
+        authorize=authorize_by_tracker,
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         check_pin=check_pin,
         on_forward_closed=forward_closed,

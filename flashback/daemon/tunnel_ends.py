@@ -3,28 +3,30 @@
 The tracker only pairs two outbound TCP connections and copies bytes; what
 runs inside is TLS 1.3 (ALPN ``flashback/1``) between the two daemons:
 
-- the **owner** (role ``server``) presents its own certificate, reads one
-  ``OPEN`` line and relays to one of its own 127.0.0.1 listeners -- only a
-  port it opened itself (the peer server, or a stream port it handed out);
-- the **requester** (role ``client``) checks the certificate's fingerprint
-  against the invite and its pin *before sending a single byte* inside the
-  tunnel, then sends ``OPEN`` and carries one local TCP connection.
+- the **owner** (role ``server``) presents its own certificate, learns the
+  requester's fingerprint from the requester's client certificate and asks
+  *authorize* about it before it answers anything (``ERR forbidden``), reads
+  one ``OPEN`` line and relays to one of its own 127.0.0.1 listeners -- only
+  a port it opened itself (the peer server, or a stream port it handed out);
+- the **requester** (role ``client``) presents its client certificate,
+  checks the owner's fingerprint against the invite and its pin *before
+  sending a single byte* inside the tunnel, then sends ``OPEN`` and carries
+  one local TCP connection.
 
-Certificates are self-signed, so there is no CA to verify against: the
-fingerprint is the identity, and ``verify_mode`` is ``CERT_NONE`` on purpose
-(the check is done by hand, right after the handshake).
+How fingerprints are proven in both directions is :mod:`flashback.daemon.peer_tls`.
+The same two ends serve the direct endpoint: only the way the TCP connection
+is made differs.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Final
 
 import trio
 
-from flashback.protocol.fingerprint import fingerprint_of
+from flashback.daemon.peer_tls import ALPN, owner_fingerprint, requester_fingerprint
 from flashback.protocol.tunnel import (
     MAX_OPEN_LINE_BYTES,
     OK_LINE,
@@ -36,7 +38,6 @@ from flashback.protocol.tunnel import (
     parse_open_line,
 )
 
-ALPN: Final = "flashback/1"
 #: dialling the tracker, joining, and the TLS handshake together
 SETUP_TIMEOUT_S: Final = 10.0
 #: how long the owner waits for the requester's OPEN line after the handshake
@@ -44,21 +45,9 @@ OPEN_TIMEOUT_S: Final = 10.0
 COPY_CHUNK_BYTES: Final = 256 * 1024
 
 
-def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.load_cert_chain(cert_path, key_path)
-    context.set_alpn_protocols([ALPN])
-    return context
-
-
-def client_context() -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # self-signed: the fingerprint check below is the proof
-    context.set_alpn_protocols([ALPN])
-    return context
+#: who may connect: the requester's proven fingerprint (None: it showed none)
+#: -> None to accept, or the ``ERR`` code to refuse with (``forbidden``)
+Authorize = Callable[[str | None], str | None]
 
 
 class TunnelFailed(Exception):
@@ -98,6 +87,7 @@ async def open_requester_end(
     host: str,
     port: int,
     key: str,
+    context: ssl.SSLContext,
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
@@ -110,33 +100,55 @@ async def open_requester_end(
     """
     with trio.fail_after(SETUP_TIMEOUT_S):
         tcp = await _join(host, port, key)
-        stream = trio.SSLStream(tcp, client_context(), server_hostname=None)
-        try:
-            await stream.do_handshake()
-            der = stream.getpeercert(binary_form=True)
-            actual = fingerprint_of(der) if der else "none"
-            if actual != expected_fingerprint:
-                raise TunnelFailed(
-                    "fingerprint_mismatch",
-                    f"the owner presented {actual}, the invite said {expected_fingerprint}",
-                )
-            check_pin(actual)
-            if stream.selected_alpn_protocol() != ALPN:
-                raise TunnelFailed("bad_alpn", "the owner does not speak flashback/1")
-            await stream.send_all(target.line())
-            reader = LineReader(MAX_OPEN_LINE_BYTES)
-            line = None
-            while line is None:
-                line = reader.receive_data(await stream.receive_some(MAX_OPEN_LINE_BYTES))
-            if line + b"\n" != OK_LINE:
-                code = line.removeprefix(b"ERR ").decode("ascii", "replace")[:32] or "refused"
-                raise TunnelFailed(code, f"the owner refused {target.line().decode().strip()}")
-        except (trio.BrokenResourceError, ssl.SSLError, TunnelError) as exc:
-            await trio.aclose_forcefully(stream)
-            raise TunnelFailed("tls_failed", f"tunnel handshake failed: {exc}") from exc
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
+        return await open_over(
+            tcp,
+            context=context,
+            expected_fingerprint=expected_fingerprint,
+            check_pin=check_pin,
+            target=target,
+        )
+
+
+async def open_over(
+    tcp: trio.SocketStream,
+    *,
+    context: ssl.SSLContext,
+    expected_fingerprint: str,
+    check_pin: Callable[[str], None],
+    target: OpenTarget,
+) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+    """The requester's TLS part on a connection already made (a tunnel or a direct dial).
+
+    The caller bounds the time; the stream is closed on every failure.
+    """
+    stream = trio.SSLStream(tcp, context, server_hostname=None)
+    try:
+        await stream.do_handshake()
+        actual = owner_fingerprint(stream.getpeercert(binary_form=True))
+        if actual != expected_fingerprint:
+            raise TunnelFailed(
+                "fingerprint_mismatch",
+                f"the owner presented {actual}, the invite said {expected_fingerprint}",
+            )
+        check_pin(actual)
+        if stream.selected_alpn_protocol() != ALPN:
+            raise TunnelFailed("bad_alpn", "the owner does not speak flashback/1")
+        await stream.send_all(target.line())
+        reader = LineReader(MAX_OPEN_LINE_BYTES)
+        line = None
+        while line is None:
+            line = reader.receive_data(await stream.receive_some(MAX_OPEN_LINE_BYTES))
+        if line + b"\n" != OK_LINE:
+            code = line.removeprefix(b"ERR ").decode("ascii", "replace")[:32] or "refused"
+            if code == "forbidden":
+                raise TunnelFailed(code, "the owner does not share with this peer")
+            raise TunnelFailed(code, f"the owner refused {target.line().decode().strip()}")
+    except (trio.BrokenResourceError, ssl.SSLError, TunnelError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise TunnelFailed("tls_failed", f"tunnel handshake failed: {exc}") from exc
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
     return stream, reader.leftover
 
 
@@ -146,6 +158,7 @@ async def serve_owner_end(
     port: int,
     key: str,
     context: ssl.SSLContext,
+    authorize: Authorize,
     resolve_target: Callable[[OpenTarget], int | None],
     on_bytes: Callable[[int, int], None] | None = None,
 ) -> None:
@@ -157,10 +170,32 @@ async def serve_owner_end(
     """
     with trio.fail_after(SETUP_TIMEOUT_S):
         tcp = await _join(host, port, key)
+    await serve_over(
+        tcp, context=context, authorize=authorize, resolve_target=resolve_target, on_bytes=on_bytes
+    )
+
+
+async def serve_over(
+    tcp: trio.abc.Stream,
+    *,
+    context: ssl.SSLContext,
+    authorize: Authorize,
+    resolve_target: Callable[[OpenTarget], int | None],
+    on_bytes: Callable[[int, int], None] | None = None,
+) -> None:
+    """The owner's TLS part on a connection already made; closes *tcp* when done.
+
+    The requester's certificate is checked before its ``OPEN`` line is read:
+    a refused requester gets ``ERR <code>`` and nothing else.
+    """
     stream = trio.SSLStream(tcp, context, server_side=True)
     try:
         with trio.fail_after(OPEN_TIMEOUT_S):
             await stream.do_handshake()
+            refusal = authorize(requester_fingerprint(stream.getpeercert(binary_form=True)))
+            if refusal is not None:
+                await stream.send_all(err_line(refusal))
+                return
             reader = LineReader(MAX_OPEN_LINE_BYTES)
             line = None
             while line is None:

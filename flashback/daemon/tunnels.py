@@ -73,15 +73,21 @@ class TunnelService:
         send: Send,
         emit: Emit,
         owner_context: Callable[[], ssl.SSLContext],
+        requester_context: Callable[[], ssl.SSLContext],
+        authorize: Callable[[TunnelInvite, str | None], str | None],
         resolve_target: Callable[[OpenTarget], int | None],
         check_pin: Callable[[str, str], None],
         max_owner_tunnels: int = MAX_OWNER_TUNNELS,
         on_forward_closed: Callable[[str, OpenTarget], None] | None = None,
     ) -> None:
-        """*check_pin(peer_id, fingerprint)* raises TunnelFailed to refuse an owner."""
+        """*check_pin(peer_id, fingerprint)* raises TunnelFailed to refuse an owner;
+        *authorize(invite, requester_fingerprint)* returns an ``ERR`` code to refuse
+        a requester (§11), None to serve it."""
         self._send = send
         self._emit = emit
         self._owner_context = owner_context
+        self._requester_context = requester_context
+        self._authorize = authorize
         self._resolve_target = resolve_target
         self._check_pin = check_pin
         self._max_owner = max_owner_tunnels
@@ -143,6 +149,7 @@ class TunnelService:
                 port=invite.port,
                 key=invite.key,
                 context=self._owner_context(),
+                authorize=lambda fingerprint: self._authorize(invite, fingerprint),
                 resolve_target=self._resolve_target,
                 on_bytes=count,
             )
@@ -190,6 +197,7 @@ class TunnelService:
                 host=answer.host,
                 port=answer.port,
                 key=answer.key,
+                context=self._requester_context(),
                 expected_fingerprint=answer.fingerprint,
                 check_pin=lambda fingerprint: self._check_pin(peer_id, fingerprint),
                 target=target,

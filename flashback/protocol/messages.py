@@ -19,7 +19,9 @@ Wire summary (tracker = T, peer/watcher = P)::
     P->T stream-error      {request_id, to, code, message}   (T->P: "from", or
                            neither when the tracker itself answers unknown_peer)
     P->T tunnel-request    {request_id, to}
-    T->P tunnel-invite     {request_id, from, fingerprint, role, host, port, key}  (to both sides)
+    T->P tunnel-invite     {request_id, from, fingerprint, role, host, port, key,
+                            candidates, peer_fingerprint}  (to both sides, at once)
+    P->T route-report      {request_id, route: direct|relay}  (each side, once it knows)
     P->T tunnel-error      {request_id, to, code, message}   (an owner declines; T->P: "from",
                            or neither when the tracker itself refuses)
     T->P error             {code, message}
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, Self
 
 from flashback.protocol.fingerprint import is_fingerprint
-from flashback.protocol.hosts import MAX_HOST_CHARS
+from flashback.protocol.hosts import MAX_HOST_CHARS, is_ip_literal
 from flashback.protocol.strict_json import loads_strict
 
 MAX_ID_CHARS: Final = 128
@@ -42,6 +44,8 @@ MAX_PATH_CHARS: Final = 4096
 MAX_NAME_CHARS: Final = 64
 MAX_CODE_CHARS: Final = 64
 MAX_MESSAGE_CHARS: Final = 1024
+#: direct candidates a peer may register (§10.2): its addresses, not a port scan
+MAX_CANDIDATES: Final = 8
 #: The largest frame a daemon accepts, and so the largest snapshot a tracker
 #: may ever have to send (its peer-list budget is derived from this).
 MAX_SNAPSHOT_BYTES: Final = 16 * 1024 * 1024
@@ -152,12 +156,12 @@ def read_required_fingerprint(data: Mapping[str, Any]) -> str:
     return value
 
 
-def read_fingerprint(data: Mapping[str, Any]) -> str | None:
-    value = data.get("fingerprint")
+def read_fingerprint(data: Mapping[str, Any], key: str = "fingerprint") -> str | None:
+    value = data.get(key)
     if value is None:
         return None
     if not is_fingerprint(value):
-        raise invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
+        raise invalid(key, "'sha256:' and 64 lowercase hex digits")
     return str(value)
 
 
@@ -179,6 +183,53 @@ def _direction(to: str | None, from_: str | None) -> dict[str, str]:
     return {}
 
 
+# -- direct candidates (§10.2) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One address a peer's direct endpoint may be dialled at: an IP literal and a port.
+
+    Only IP literals: a candidate is dialled by other peers, and a name would
+    make them resolve whatever a stranger registered.
+    """
+
+    host: str
+    port: int
+
+    def dump(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port}
+
+    @classmethod
+    def parse(cls, data: Any, *, label: str = "candidate") -> Candidate:
+        if not isinstance(data, dict):
+            raise invalid(label, "an object {host, port}")
+        host = read_str(data, "host", max_chars=64, label=f"{label}.host")
+        if not is_ip_literal(host) or "%" in host:
+            raise invalid(f"{label}.host", "an IP address literal")
+        return cls(host, read_int(data, "port", low=1, high=65535, label=f"{label}.port"))
+
+
+def read_candidates(data: Mapping[str, Any], key: str) -> tuple[Candidate, ...]:
+    """A list of at most :data:`MAX_CANDIDATES` candidates (absent: none), duplicates dropped."""
+    value = data.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
+        raise invalid(key, f"a list of at most {MAX_CANDIDATES} {{host, port}} objects")
+    out: list[Candidate] = []
+    for item in value:
+        candidate = Candidate.parse(item, label=key)
+        if candidate not in out:
+            out.append(candidate)
+    return tuple(out)
+
+
+def read_candidate(data: Mapping[str, Any], key: str) -> Candidate | None:
+    value = data.get(key)
+    return None if value is None else Candidate.parse(value, label=key)
+
+
 # -- the peer record shared by snapshot, list and feed --------------------------
 
 
@@ -195,6 +246,9 @@ class PeerInfo:
     last_seen: str = ""
     # sha256:<hex> of the peer's certificate (CONTRACT §6.1); None: it sent none
     fingerprint: str | None = None
+    # its direct endpoint as registered, and as the tracker saw it from outside (§10.2)
+    direct: tuple[Candidate, ...] = ()
+    reflexive: Candidate | None = None
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -205,7 +259,16 @@ class PeerInfo:
             "registered_at": self.registered_at,
             "last_seen": self.last_seen,
             "fingerprint": self.fingerprint,
+            "direct": [c.dump() for c in self.direct],
+            "reflexive": None if self.reflexive is None else self.reflexive.dump(),
         }
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """Where its endpoint may be dialled: the registered addresses, then the reflexive one."""
+        if self.reflexive is None or self.reflexive in self.direct:
+            return self.direct
+        return (*self.direct, self.reflexive)
 
     @classmethod
     def parse(cls, data: Any) -> PeerInfo:
@@ -221,6 +284,8 @@ class PeerInfo:
             registered_at=read_str(data, "registered_at", max_chars=64),
             last_seen=read_str(data, "last_seen", max_chars=64),
             fingerprint=read_fingerprint(data),
+            direct=read_candidates(data, "direct"),
+            reflexive=read_candidate(data, "reflexive"),
         )
 
 
@@ -479,7 +544,10 @@ class TunnelInvite(Message):
     """Tracker -> each side: dial host:port and join with *key* (single use, 30 s).
 
     ``fingerprint`` is always the owner's: the requester checks the TLS
-    certificate against it; the owner may ignore it.
+    certificate against it. ``peer_fingerprint`` is the *other* side's
+    registered fingerprint (for the owner: the requester's, which it checks
+    the requester's client certificate against, §11), and ``candidates`` the
+    other side's direct endpoint addresses to dial at once (§10.3).
     """
 
     TYPE: ClassVar[str] = "tunnel-invite"
@@ -490,6 +558,8 @@ class TunnelInvite(Message):
     host: str
     port: int
     key: str
+    candidates: tuple[Candidate, ...] = ()
+    peer_fingerprint: str | None = None
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -501,6 +571,8 @@ class TunnelInvite(Message):
             "host": self.host,
             "port": self.port,
             "key": self.key,
+            "candidates": [c.dump() for c in self.candidates],
+            "peer_fingerprint": self.peer_fingerprint,
         }
 
     def __repr__(self) -> str:  # a key is a credential: never in a log
@@ -522,7 +594,29 @@ class TunnelInvite(Message):
             host=read_str(data, "host", max_chars=MAX_HOST_CHARS),
             port=read_int(data, "port", low=1, high=65535),
             key=read_str(data, "key", max_chars=MAX_TOKEN_CHARS),
+            # an introduction may list both sides' addresses plus each reflexive one
+            candidates=read_candidates(data, "candidates"),
+            peer_fingerprint=read_fingerprint(data, "peer_fingerprint"),
         )
+
+
+@dataclass(frozen=True)
+class RouteReport(Message):
+    """Each side of an introduction tells the tracker which route won (§10.3 metrics)."""
+
+    TYPE: ClassVar[str] = "route-report"
+    request_id: str
+    route: Literal["direct", "relay"]
+
+    def dump(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "request_id": self.request_id, "route": self.route}
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any]) -> RouteReport:
+        route = data.get("route")
+        if route not in ("direct", "relay"):
+            raise invalid("route", "'direct' or 'relay'")
+        return cls(request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS), route=route)
 
 
 @dataclass(frozen=True)
@@ -566,6 +660,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         TunnelRequest,
         TunnelInvite,
         TunnelErrorMessage,
+        RouteReport,
         ErrorMessage,
     )
 }

@@ -560,7 +560,13 @@ class Tracker:
             refuse(exc.code, exc.message)
             return
 
-        def invite_for(role: Literal["client", "server"], other: str, host: str) -> TunnelInvite:
+        # the owner checks the requester's client certificate against this (§11)
+        requester_info = self.presence.peer(sender.peer_id, self.now())
+        requester_fingerprint = requester_info.fingerprint if requester_info else None
+
+        def invite_for(
+            role: Literal["client", "server"], other: str, host: str, peer_fingerprint: str | None
+        ) -> TunnelInvite:
             assert owner_info is not None and owner_info.fingerprint is not None
             assert self.tunnel_port is not None
             return TunnelInvite(
@@ -571,9 +577,10 @@ class Tracker:
                 host=host,
                 port=self.tunnel_port,
                 key=session.keys[role],
+                peer_fingerprint=peer_fingerprint,
             )
 
-        to_owner = invite_for("server", sender.peer_id, owner_host)
+        to_owner = invite_for("server", sender.peer_id, owner_host, requester_fingerprint)
         if owner is not None:
             delivered = self.hub.send(owner, to_owner)
         else:
@@ -583,7 +590,8 @@ class Tracker:
                 log.info("cannot invite %s: %s", message.to, exc.message)
                 delivered = False
         if not delivered or not self.hub.send(
-            sender, invite_for("client", message.to, sender.advertise_host)
+            sender,
+            invite_for("client", message.to, sender.advertise_host, owner_info.fingerprint),
         ):
             self.tunnels.table.close(session)
             refuse("unknown_peer", f"peer {message.to!r} cannot be reached now")
