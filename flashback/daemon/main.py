@@ -163,11 +163,20 @@ async def _run_daemon_tasks(
         # Stream ports close as soon as shutdown is set (CONTRACT §5).
         streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
-        if notifier.enabled:
-            nursery.start_soon(report_status, ctx, notifier)
-        interval = watchdog_interval_s(os.environ)
-        if interval is not None:
-            nursery.start_soon(run_watchdog, notifier, interval)
+        # systemd's status and watchdog end at shutdown, not with the nursery's
+        # deadline: left running they would hold the daemon for the whole budget
+        systemd_scope = trio.CancelScope()
+
+        async def talk_to_systemd() -> None:
+            with systemd_scope:
+                async with trio.open_nursery() as tasks:
+                    if notifier.enabled:
+                        tasks.start_soon(report_status, ctx, notifier)
+                    interval = watchdog_interval_s(os.environ)
+                    if interval is not None:
+                        tasks.start_soon(run_watchdog, notifier, interval)
+
+        nursery.start_soon(talk_to_systemd)
 
         tracker_scope = trio.CancelScope()
         api: TrackerAPI | None = None
@@ -200,6 +209,7 @@ async def _run_daemon_tasks(
             await shutdown.wait()
             log.info("shutting down")
             await notifier.notify({"STOPPING": 1})
+            systemd_scope.cancel()
             tracker_scope.cancel()
             if api is not None:
                 await unregister(ctx, api, shutdown)
