@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,3 +57,18 @@ async def peer_url(nursery: trio.Nursery, share: Path) -> str:
 async def client(peer_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=peer_url, timeout=10) as http:
         yield http
+
+
+# In CI every tool a test needs is installed by `make test` (namespaces,
+# Chromium, Redis, curl...): a skip there means a check that did not run, so
+# `.ci/run` sets FLASHBACK_NO_SKIP=1 and a skip becomes a failure.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("FLASHBACK_NO_SKIP") == "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped where FLASHBACK_NO_SKIP=1 (CI): {reason}"
