@@ -18,7 +18,7 @@ import http_sf
 MIB: Final = 1024 * 1024
 MIN_BLOCK_BYTES: Final = MIB
 MAX_BLOCKS: Final = 4096
-#: one read of the hashing worker (the issue asks 1-8 MiB; hashlib drops the GIL)
+#: one read of the hashing worker (1-8 MiB reads: hashlib drops the GIL for each)
 READ_BYTES: Final = 4 * MIB
 DIGEST_ALGORITHM: Final = "sha-256"
 #: the longest Repr-Digest value we parse (a few algorithms at most)

@@ -20,7 +20,7 @@ control API's ``POST /stream`` (``daemon/stream_request.py``) -- lives in
 ``flashback.daemon``: this package knows nothing of the daemon, only the
 manager's seam (a channel of requests in, a reply callable out).
 
-Rules a user can rely on (for the README, which the lead owns):
+Rules a user can rely on (the README repeats them):
 
 * **Completed** means the GET responses of this port, counted by the bytes
   really handed to the kernel, have covered every byte of the file at least
