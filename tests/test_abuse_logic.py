@@ -84,7 +84,8 @@ def test_a_record_costs_what_it_adds_to_a_snapshot() -> None:
         == len(
             '{"peer_id":"id","name":"ü","peer_server":{"host":"h","port":1},"capabilities":'
             '{"k":"v"},"registered_at":"1970-01-01T00:00:00.000Z",'
-            '"last_seen":"1970-01-01T00:00:00.000Z","fingerprint":null}'.encode()
+            '"last_seen":"1970-01-01T00:00:00.000Z","fingerprint":null,'
+            '"direct":[],"reflexive":null}'.encode()
         )
         + 1
     )
