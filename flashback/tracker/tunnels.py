@@ -374,7 +374,12 @@ async def serve_tunnel_port(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port and hand every connection to *relay*; started() with the port."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # the runner prints strerror: say which port of ours it was
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = (exc.strerror or str(exc)).lower()
+        raise OSError(exc.errno, f"tunnel port {where}: {reason}") from None
     bound = listeners[0].socket.getsockname()[1]
     log.info("tunnel port listening on %s:%d", host, bound)
     async with trio.open_nursery() as nursery:
