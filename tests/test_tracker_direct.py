@@ -95,7 +95,7 @@ async def test_registration_carries_direct_and_peer_shows_direct_and_reflexive()
                         "name": "x",
                         "peer_server": {"host": "127.0.0.1", "port": 1},
                         "direct": bad,
-                    },  # fmt: skip
+                    },
                 )
                 assert_json_error(response, 422)
             # a changed direct list is one peer-updated
@@ -210,7 +210,7 @@ async def test_invites_carry_the_other_sides_candidates_and_fingerprint() -> Non
             open_client(running) as client,
             AsyncExitStack() as stack,
         ):
-            owner, asker, own_ws, ask_ws = await linked_pair(running, client, stack)
+            owner, _asker, own_ws, ask_ws = await linked_pair(running, client, stack)
             port = tunnel_port(running)
             _, owner_seen = await reflect(port, owner["token"], source=("127.0.0.5", 0))
             await next_of_type(own_ws, "peer-updated")
@@ -235,7 +235,7 @@ async def test_route_reports_count_introductions_once_and_only_from_their_sides(
             open_client(running) as client,
             AsyncExitStack() as stack,
         ):
-            owner, asker, own_ws, ask_ws = await linked_pair(running, client, stack)
+            owner, _asker, own_ws, ask_ws = await linked_pair(running, client, stack)
             stranger = await register(client, "eve")
             eve_ws = await stack.enter_async_context(open_link(running.ws_url))
             await hello(eve_ws, peer=stranger)
