@@ -286,7 +286,6 @@ async def test_one_peer_sending_1000_tunnel_requests_leaves_room_for_honest_ones
         async with (
             tunnel_tracker(**budget) as running,
             open_client(running) as client,
-            trio.open_nursery() as nursery,
             AsyncExitStack() as stack,
         ):
             mallory = await register(client, "mallory")
@@ -313,12 +312,14 @@ async def test_one_peer_sending_1000_tunnel_requests_leaves_room_for_honest_ones
                         if seen == count_to:
                             answered.set()
 
-            nursery.start_soon(drain, links["m"], 1000)
-            nursery.start_soon(drain, links["acc"], None)  # an owner that keeps up
-            for i in range(1000):
-                await send(links["m"], {"type": "tunnel-request", "request_id": str(i),
-                                        "to": accomplice["peer_id"]})  # fmt: skip
-            await answered.wait()
+            async with trio.open_nursery() as drains:
+                drains.start_soon(drain, links["m"], 1000)
+                drains.start_soon(drain, links["acc"], None)  # an owner that keeps up
+                for i in range(1000):
+                    await send(links["m"], {"type": "tunnel-request", "request_id": str(i),
+                                            "to": accomplice["peer_id"]})  # fmt: skip
+                await answered.wait()
+                drains.cancel_scope.cancel()
             assert outcomes.get("tunnel-invite", 0) + outcomes.get("rate_limited", 0) == 1000
             relay = running.tracker.tunnels
             assert relay is not None
@@ -335,7 +336,6 @@ async def test_one_peer_sending_1000_tunnel_requests_leaves_room_for_honest_ones
                         answer = await receive(ws)
                     assert answer["type"] == "tunnel-invite", answer  # never "busy"
                     assert answer["from"] == alice["peer_id"]
-            nursery.cancel_scope.cancel()
 
 
 # -- join-phase slowloris from one address (review finding 3) ------------------------

@@ -99,10 +99,11 @@ class IntroductionTable:
         return Counted(first, direct)
 
     def _expire(self, now: float) -> None:
-        # oldest first: stop at the first one still inside the window
-        for key, intro in list(self._by_id.items()):
+        # oldest first (insertion order): stop at the first one still inside the window
+        while self._by_id:
+            key, intro = next(iter(self._by_id.items()))
             if now - intro.made_at < self.window_s:
-                break
+                return
             self._forget(key)
 
     def _forget(self, key: int) -> None:
