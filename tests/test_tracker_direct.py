@@ -79,9 +79,11 @@ async def next_of_type(ws: Any, kind: str) -> dict[str, Any]:
 async def test_registration_carries_direct_and_peer_shows_direct_and_reflexive() -> None:
     with trio.fail_after(TEST_TIMEOUT_S):
         async with tunnel_tracker() as running, open_client(running) as client:
-            peer = await register(client, "alice", direct=[LAN_A, LAN_A, LAN_B])
+            nowhere = [{"host": "0.0.0.0", "port": 4000}, {"host": "ff02::1", "port": 4000}]
+            peer = await register(client, "alice", direct=[LAN_A, LAN_A, *nowhere, LAN_B])
             [listed] = (await client.get("/api/peers/list")).json()["peers"]
-            assert listed["direct"] == [LAN_A, LAN_B]  # duplicates dropped
+            # duplicates dropped, and addresses that would make requesters dial themselves
+            assert listed["direct"] == [LAN_A, LAN_B]
             assert listed["reflexive"] is None
             for bad in (
                 [{"host": "evil.example", "port": 1}],  # names are never dialled

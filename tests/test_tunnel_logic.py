@@ -465,3 +465,13 @@ def test_introductions_are_a_fair_share_per_requester():
         table.introduce("h", f"honest{i}", "alice", now=1.0)
     assert len(table) == 8
     assert table.report("h", "honest0", "relay", now=1.0).introduction  # never the newcomer
+
+
+def test_unspecified_multicast_and_broadcast_candidates_are_not_dialable():
+    from flashback.protocol.messages import Candidate
+    from flashback.protocol.tunnel import dialable
+
+    for host in ("0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"):
+        assert not dialable(Candidate(host, 4000)), host
+    for host in ("192.168.1.5", "203.0.113.7", "2001:db8::5", "10.0.0.255"):
+        assert dialable(Candidate(host, 4000)), host

@@ -203,6 +203,17 @@ def source_candidate(host: str, port: int) -> Candidate | None:
     return Candidate(str(address), port)
 
 
+def dialable(candidate: Candidate) -> bool:
+    """Whether other peers may be told to dial *candidate*: never an unspecified
+    address (connecting to ``0.0.0.0`` or ``::`` reaches the dialler's own
+    machine), a multicast or the IPv4 broadcast address -- a registration
+    naming one would point every requester at itself or at no one."""
+    address = ipaddress.ip_address(candidate.host)
+    if address.is_unspecified or address.is_multicast:
+        return False
+    return not (isinstance(address, ipaddress.IPv4Address) and address.packed == b"\xff" * 4)
+
+
 def source_holder(host: str) -> str:
     """Whose share a connection from *host* counts against in the join phase:
     its IPv4 address, or its IPv6 /64 (one subscriber gets a whole /64, so

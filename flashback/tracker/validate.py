@@ -33,6 +33,7 @@ from flashback.protocol.messages import (
     read_object,
     read_str,
 )
+from flashback.protocol.tunnel import dialable
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_CAPABILITIES_BYTES: Final = 4 * 1024
@@ -94,4 +95,6 @@ def registration(body: bytes) -> RegisterBody:
     encoded = json.dumps(capabilities, ensure_ascii=False, separators=(",", ":"))
     if len(encoded.encode()) > MAX_CAPABILITIES_BYTES:
         raise InvalidField(f"'capabilities' must be at most {MAX_CAPABILITIES_BYTES} bytes")
+    # dropped rather than refused: the rest of a registration is still good
+    direct = tuple(c for c in direct if dialable(c))
     return RegisterBody(name, host, port, capabilities, peer_id, fingerprint, direct)
