@@ -30,7 +30,7 @@ from flashback.protocol.messages import (
     TunnelInvite,
 )
 from flashback.protocol.tunnel import Session
-from flashback.tracker.metrics import PREFIX
+from flashback.tracker.metrics import PREFIX, TrackerMetrics
 from flashback.tracker.presence import Presence
 from flashback.tracker.tunnels import Reflector
 
@@ -41,7 +41,7 @@ def reflector(
     presence: Presence,
     publish: Callable[[Sequence[Change]], None],
     clock: Callable[[], float],
-    on_rejected: Callable[[], object] = lambda: None,
+    metrics: TrackerMetrics,
 ) -> Reflector:
     """The tunnel port's :data:`~flashback.tracker.tunnels.Reflector` for this tracker."""
 
@@ -52,7 +52,7 @@ def reflector(
             log.info("cannot record a reflexive address: %s", exc.message)
             return "unavailable"
         if changes is None:
-            on_rejected()
+            metrics.rejected.inc()  # a wrong token, like on every other surface
             return "unauthorized"
         publish(changes)
         return None

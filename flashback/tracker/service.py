@@ -59,13 +59,8 @@ from flashback.protocol.messages import (
 )
 from flashback.protocol.token_bucket import TokenBucket
 from flashback.protocol.tunnel import TunnelError, advertise_host, cluster_tunnel_host
+from flashback.tracker import direct
 from flashback.tracker.capacity import PeerCapacity, record_bytes
-from flashback.tracker.direct import (
-    Introductions,
-    introduction_invites,
-    no_tunnel_host_text,
-    reflector,
-)
 from flashback.tracker.hub import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -142,10 +137,8 @@ class Tracker:
                 clock=clock,
             )
             self.metrics.add_tunnels(self.tunnels.counters, lambda: self.tunnels_active)
-            self.tunnels.reflector = reflector(
-                presence, self.publish, clock, self.metrics.rejected.inc
-            )
-        self.introductions = Introductions(self.metrics.registry, clock)
+            self.tunnels.reflector = direct.reflector(presence, self.publish, clock, self.metrics)
+        self.introductions = direct.Introductions(self.metrics.registry, clock)
         self.capacity = PeerCapacity(
             config.max_peers, config.max_peer_list_bytes, self.presence.is_online
         )
@@ -574,7 +567,7 @@ class Tracker:
         if owner is not None:
             owner_host = owner.advertise_host
         if sender.advertise_host is None or owner_host is None:
-            refuse("disabled", no_tunnel_host_text(remote_owner=owner is None))
+            refuse("disabled", direct.no_tunnel_host_text(remote_owner=owner is None))
             return
         try:
             session = self.tunnels.invite(
@@ -584,7 +577,7 @@ class Tracker:
             refuse(exc.code, exc.message)
             return
 
-        to_owner, to_requester = introduction_invites(
+        to_owner, to_requester = direct.introduction_invites(
             message.request_id,
             session,
             self.tunnel_port,
