@@ -161,7 +161,7 @@ async def test_a_daemon_syncs_with_a_tracker_full_of_the_largest_peers(
                     peers.append(peer)
                     # and the widest reflexive address: reserved at registration
                     seen = Candidate(WIDEST_ADDRESS, 65535)
-                    assert await tracker.presence.reflect(peer["token"], seen, tracker.now())
+                    assert await tracker.presence.reflect(peer["peer_id"], seen, tracker.now())
                 except BackendUnavailable as exc:
                     assert exc.code == "tracker_full"
                     break

@@ -189,6 +189,33 @@ async def test_a_reflect_flood_from_one_address_is_bounded_and_others_still_refl
                 stream.socket.close()
 
 
+async def test_reflexive_moves_are_recorded_within_a_budget_per_peer() -> None:
+    """A NAT that maps every connection anew would make each REFLECT a change:
+    a burst of 3 is recorded, then one per 10 s; the answer is ADDR regardless."""
+    from flashback.protocol.feed import Listing
+    from flashback.protocol.registry import Registry
+    from flashback.tracker.direct import reflector
+    from flashback.tracker.metrics import TrackerMetrics
+    from flashback.tracker.presence import LocalPresence
+    from flashback.tracker.security import hash_token
+
+    now = [100.0]
+    presence = LocalPresence(Registry(30.0))
+    await presence.register("p", Listing("n", "h", 1), token_hash=hash_token("tok"), now=now[0])
+    published: list[Any] = []
+    metrics = TrackerMetrics(peers_online=lambda: 0, connections=lambda: 0, seq=lambda: 0)
+    reflect_once = reflector(presence, published.extend, lambda: now[0], metrics)
+    assert await reflect_once("wrong", Candidate("203.0.113.1", 1)) == "unauthorized"
+    for port in range(1, 11):  # ten new mappings at once
+        assert await reflect_once("tok", Candidate("203.0.113.1", port)) is None
+    assert [c.peer.reflexive.port for c in published] == [1, 2, 3]
+    assert await reflect_once("tok", Candidate("203.0.113.1", 3)) is None  # no move: free
+    now[0] += 10.0
+    assert await reflect_once("tok", Candidate("203.0.113.1", 11)) is None
+    assert await reflect_once("tok", Candidate("203.0.113.1", 12)) is None
+    assert [c.peer.reflexive.port for c in published] == [1, 2, 3, 11]
+
+
 # -- introductions (§10.3) ----------------------------------------------------------
 
 

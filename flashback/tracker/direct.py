@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -32,9 +32,17 @@ from flashback.protocol.messages import (
 from flashback.protocol.tunnel import Session
 from flashback.tracker.metrics import PREFIX, TrackerMetrics
 from flashback.tracker.presence import Presence
+from flashback.tracker.security import RateLimiter
 from flashback.tracker.tunnels import Reflector
 
 log = logging.getLogger(__name__)
+
+
+#: reflexive addresses recorded per peer: a burst, then one per 10 s. Only a
+#: *move* is charged (re-reflecting the same address is free), so a peer behind
+#: a NAT that maps every connection anew cannot turn REFLECTs into a feed flood.
+REFLEXIVE_CHANGES_BURST: Final = 3
+REFLEXIVE_CHANGES_PER_S: Final = 0.1
 
 
 def reflector(
@@ -43,18 +51,29 @@ def reflector(
     clock: Callable[[], float],
     metrics: TrackerMetrics,
 ) -> Reflector:
-    """The tunnel port's :data:`~flashback.tracker.tunnels.Reflector` for this tracker."""
+    """The tunnel port's :data:`~flashback.tracker.tunnels.Reflector` for this tracker.
+
+    The answer (``ADDR``) always tells the peer what was seen; what the feed
+    records is within :data:`REFLEXIVE_CHANGES_PER_S` per peer.
+    """
+    changes_allowed = RateLimiter(REFLEXIVE_CHANGES_PER_S, REFLEXIVE_CHANGES_BURST)
 
     async def reflect(token: str, seen: Candidate) -> str | None:
         try:
-            changes = await presence.reflect(token, seen, clock())
+            peer_id = await presence.peer_of_token(token)
+            if peer_id is None:
+                metrics.rejected.inc()  # a wrong token, like on every other surface
+                return "unauthorized"
+            known = presence.peer(peer_id, clock())
+            if known is None or known.reflexive == seen:
+                return None  # the 25 s re-reflection of a quiet peer: no write, no event
+            if changes_allowed.acquire(peer_id, clock()) > 0:
+                metrics.rate_limited.inc()
+                return None
+            publish(await presence.reflect(peer_id, seen, clock()))
         except BackendUnavailable as exc:
             log.info("cannot record a reflexive address: %s", exc.message)
             return "unavailable"
-        if changes is None:
-            metrics.rejected.inc()  # a wrong token, like on every other surface
-            return "unauthorized"
-        publish(changes)
         return None
 
     return reflect

@@ -101,9 +101,13 @@ class Presence(Protocol):
 
     async def heartbeat(self, peer_id: str, token: str, now: float) -> None: ...
 
-    async def reflect(self, token: str, seen: Candidate, now: float) -> list[Change] | None:
-        """*seen* is the reflexive address of the online peer holding *token*
-        (§10.2): the changes to publish now, or None when no online peer has it."""
+    async def peer_of_token(self, token: str) -> str | None:
+        """The online peer whose token this is (a REFLECT line names only the
+        token), checked with :func:`~flashback.tracker.security.token_matches`."""
+
+    async def reflect(self, peer_id: str, seen: Candidate, now: float) -> list[Change]:
+        """*seen* is *peer_id*'s reflexive address (§10.2): the changes to publish
+        now (none from a shared feed, none when it did not move)."""
 
     async def leave(self, peer_id: str, token: str, now: float) -> list[Change]:
         """The changes to publish now (none from a shared feed)."""
@@ -204,10 +208,13 @@ class LocalPresence:
         self._authorize(peer_id, token)
         self.registry.heartbeat(peer_id, now)
 
-    async def reflect(self, token: str, seen: Candidate, now: float) -> list[Change] | None:
+    async def peer_of_token(self, token: str) -> str | None:
         peer_id = self._peer_of_hash.get(hash_token(token))
         if peer_id is None or not token_matches(token, self._token_hashes.get(peer_id)):
             return None
+        return peer_id
+
+    async def reflect(self, peer_id: str, seen: Candidate, now: float) -> list[Change]:
         return self.registry.reflect(peer_id, seen, now)
 
     async def leave(self, peer_id: str, token: str, now: float) -> list[Change]:

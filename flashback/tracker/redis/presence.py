@@ -101,9 +101,7 @@ class RedisPresence:
         await self.follower.wait_for(seq)
         return []
 
-    async def reflect(self, token: str, seen: Candidate, now: float) -> list[Change] | None:
-        """Record *seen* as the reflexive address of the peer whose token this is;
-        None: no online peer has it. A reflection that moves nothing writes nothing."""
+    async def peer_of_token(self, token: str) -> str | None:
         token_hash = hash_token(token)
         peer_id = await self.connection.call(
             self.connection.client.hget(K_TOKEN_PEERS, token_hash.hex())
@@ -113,9 +111,10 @@ class RedisPresence:
         stored_hash = await self.connection.call(self.connection.client.hget(K_TOKENS, peer_id))
         if stored_hash is None or not token_matches(token, bytes.fromhex(stored_hash)):
             return None
-        known = self.follower.mirror.peers.get(peer_id)
-        if known is not None and known.reflexive == seen:
-            return []  # the 25 s re-reflection of a quiet peer: no write, no event
+        return str(peer_id)
+
+    async def reflect(self, peer_id: str, seen: Candidate, now: float) -> list[Change]:
+        """Computed from the stored listing, written only if it moved."""
 
         async def attempt(stored: str | None) -> int:
             if stored is None:
