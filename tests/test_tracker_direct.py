@@ -296,7 +296,7 @@ async def test_route_reports_count_introductions_once_and_only_from_their_sides(
             assert "flashback_tracker_introductions_direct_total 1.0" in metrics
 
 
-# -- one peer may not take the tunnel sessions (review finding 2) -------------------
+# -- one peer may not take the tunnel sessions ------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -367,7 +367,7 @@ async def test_one_peer_sending_1000_tunnel_requests_leaves_room_for_honest_ones
                     assert answer["from"] == alice["peer_id"]
 
 
-# -- join-phase slowloris from one address (review finding 3) ------------------------
+# -- join-phase slowloris from one address -----------------------------------------
 
 
 async def test_512_silent_connections_from_one_address_do_not_stop_honest_pairings() -> None:
@@ -384,7 +384,7 @@ async def test_512_silent_connections_from_one_address_do_not_stop_honest_pairin
                 silent.append(sock)
             while relay.unjoined < 64:  # noqa: ASYNC110 -- the relay accepts on its own
                 await trio.sleep(0.01)
-            for i in range(27):  # each pairing from its own address, like the review's
+            for i in range(27):  # each pairing from its own address
                 session = relay.invite(
                     request_id=str(i), client_peer=f"bob{i}", server_peer=f"alice{i}"
                 )

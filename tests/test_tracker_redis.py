@@ -579,8 +579,8 @@ async def test_an_owners_decline_crosses_to_the_requesters_instance(tmp_path: Pa
 async def test_a_remote_owner_dials_where_the_server_says_never_the_host_header(
     tmp_path: Path,
 ) -> None:
-    """Review finding 8: the requester's websocket ``Host`` named where an owner
-    linked to another instance dialled. Now: the bind address (or
+    """The requester's websocket ``Host`` must not name where an owner linked
+    to another instance dials (it would point owners anywhere): the bind address (or
     RELAY_TUNNEL_ADVERTISE); with neither, ``disabled`` and why."""
     fingerprint = "sha256:" + "ef" * 32
     with trio.fail_after(TEST_TIMEOUT_S):

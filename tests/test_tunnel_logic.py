@@ -183,7 +183,7 @@ def test_table_is_bounded_and_busy_only_when_every_session_is_paired():
 
 def test_one_requester_cannot_take_the_pending_sessions():
     """1,000 requests from one peer, then honest ones: they get sessions (the
-    review's finding: 255 of 256 taken, honest requesters ``busy``)."""
+    flood took 255 of 256, and honest requesters heard ``busy``)."""
     table = SessionTable(max_sessions=256, max_pending_per_peer=16)
     flood = [
         table.open(request_id=str(i), client_peer="mallory", server_peer="m2", now=0.0)
