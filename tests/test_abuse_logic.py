@@ -10,7 +10,7 @@ from flashback.config import tracker_from_sources
 from flashback.daemon.client import http_url
 from flashback.errors import ConfigError, FlashbackError
 from flashback.protocol.hosts import is_valid_host
-from flashback.protocol.messages import MAX_PEER_LIST_BYTES, StreamError
+from flashback.protocol.messages import MAX_PEER_LIST_BYTES, Candidate, StreamError
 from flashback.protocol.token_bucket import TokenBucket
 from flashback.tracker.capacity import PeerCapacity, record_bytes
 from flashback.tracker.hub import Connection, Hub
@@ -82,16 +82,22 @@ def test_a_record_costs_what_it_adds_to_a_snapshot() -> None:
     assert (
         size
         == len(
-            '{"peer_id":"id","name":"ü","peer_server":{"host":"h","port":1},"capabilities":'
-            '{"k":"v"},"registered_at":"1970-01-01T00:00:00.000Z",'
-            '"last_seen":"1970-01-01T00:00:00.000Z","fingerprint":null,'
-            '"direct":[],"reflexive":null}'.encode()
+            (
+                '{"peer_id":"id","name":"ü","peer_server":{"host":"h","port":1},"capabilities":'
+                '{"k":"v"},"registered_at":"1970-01-01T00:00:00.000Z",'
+                '"last_seen":"1970-01-01T00:00:00.000Z","fingerprint":null,"direct":[],'
+                # the widest reflexive address is reserved: a reflection adds no bytes later
+                '"reflexive":{"host":"ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255","port":65535}}'
+            ).encode()
         )
         + 1
     )
     fingerprint = "sha256:" + "ab" * 32
     with_key = record_bytes("id", "ü", "h", 1, {"k": "v"}, fingerprint)
     assert with_key == size + len(f'"{fingerprint}"') - len("null")
+    direct = (Candidate("10.0.0.1", 4000),)
+    with_direct = record_bytes("id", "ü", "h", 1, {"k": "v"}, None, direct)
+    assert with_direct == size + len('{"host":"10.0.0.1","port":4000}')
 
 
 def test_the_peer_list_budget_may_not_exceed_what_a_daemon_accepts() -> None:

@@ -16,6 +16,7 @@ from flashback.protocol.feed import (
     route_relay,
 )
 from flashback.protocol.messages import (
+    Candidate,
     Change,
     PeerInfo,
     PeerJoined,
@@ -60,6 +61,15 @@ def test_a_new_peer_is_a_change_and_the_same_listing_is_not() -> None:
         Listing("laptop", "10.0.0.1", 8001, BASE.capabilities, BASE.fingerprint),
         Listing("laptop", "10.0.0.1", 8000, {"stream": False, "v": [1, 2]}, BASE.fingerprint),
         Listing("laptop", "10.0.0.1", 8000, BASE.capabilities, None),
+        Listing(
+            "laptop",
+            "10.0.0.1",
+            8000,
+            BASE.capabilities,
+            BASE.fingerprint,
+            (Candidate("10.0.0.1", 4000),),
+        ),
+        BASE.reflected(Candidate("203.0.113.7", 40000)),
     ],
 )
 def test_every_listed_field_counts(changed: Listing) -> None:
@@ -75,6 +85,38 @@ def test_the_canonical_text_round_trips_and_ignores_last_seen() -> None:
     seen_once = BASE.peer_info("p", registered_at="t0", last_seen="t1")
     seen_later = BASE.peer_info("p", registered_at="t0", last_seen="t9")
     assert not is_change(Listing.of(seen_once), Listing.of(seen_later))
+
+
+DIRECT = (Candidate("192.168.1.5", 4000), Candidate("2001:db8::5", 4000))
+SEEN = Candidate("203.0.113.7", 40123)
+
+
+def test_direct_and_reflexive_round_trip_and_peer_info_carries_them() -> None:
+    listing = Listing("n", "h", 1, {}, None, DIRECT, SEEN)
+    assert Listing.from_canonical(listing.canonical()) == listing
+    info = listing.peer_info("p", registered_at="t0", last_seen="t1")
+    assert info.direct == DIRECT and info.reflexive == SEEN
+    assert info.dump()["reflexive"] == {"host": "203.0.113.7", "port": 40123}
+    assert Listing.of(info) == listing
+    # a peer without them keeps the text it had before they existed
+    assert "direct" not in BASE.canonical() and "reflexive" not in BASE.canonical()
+
+
+def test_a_new_reflexive_address_is_a_change_the_same_one_is_not() -> None:
+    seen = BASE.reflected(SEEN)
+    assert is_change(BASE, seen)
+    assert not is_change(seen, BASE.reflected(Candidate("203.0.113.7", 40123)))
+    assert is_change(seen, BASE.reflected(Candidate("203.0.113.7", 40124)))
+
+
+def test_a_reregistration_keeps_the_reflexive_address_while_direct_stays() -> None:
+    old = Listing("n", "h", 1, {}, None, DIRECT, SEEN)
+    again = Listing("n2", "h", 1, {}, None, DIRECT)  # a registration never names it
+    assert again.reregistered(old).reflexive == SEEN
+    assert again.reregistered(old).name == "n2"
+    moved = Listing("n", "h", 1, {}, None, (Candidate("192.168.1.5", 4001),))
+    assert moved.reregistered(old).reflexive is None  # a mapping of a port no longer used
+    assert again.reregistered(None).reflexive is None
 
 
 # -- seq order and the log -------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flashback.protocol.messages import PeerJoined, PeerLeft, PeerUpdated
+from flashback.protocol.messages import Candidate, PeerJoined, PeerLeft, PeerUpdated
 from flashback.protocol.registry import MIN_BACKLOG_CHANGES, Registry, clock_seq, rfc3339_millis
 
 
@@ -104,3 +104,21 @@ def test_snapshot_and_times() -> None:
 def test_clock_seq_is_monotone_enough() -> None:
     assert clock_seq() > 1_600_000_000 * 10**6
     assert clock_seq() < 2**53  # exact in a JSON double
+
+
+def test_direct_is_registered_and_a_reflection_is_a_change_only_when_it_moved() -> None:
+    registry = Registry(30, start_seq=0)
+    direct = (Candidate("192.168.1.5", 4000),)
+    [joined] = join(registry, "a", 0, direct=direct)
+    assert joined.peer.direct == direct and joined.peer.reflexive is None
+    assert registry.reflect("ghost", Candidate("203.0.113.7", 1), 1) == []
+    [seen] = registry.reflect("a", Candidate("203.0.113.7", 40000), 1)
+    assert isinstance(seen, PeerUpdated) and seen.peer.reflexive == Candidate("203.0.113.7", 40000)
+    # every 25 s the same address again: not one event
+    for tick in range(2, 12):
+        assert registry.reflect("a", Candidate("203.0.113.7", 40000), tick * 25) == []
+    assert join(registry, "a", 300, direct=direct) == []  # the re-registration keeps it
+    [moved] = registry.reflect("a", Candidate("203.0.113.7", 40001), 301)
+    assert moved.peer.reflexive == Candidate("203.0.113.7", 40001)
+    [updated] = join(registry, "a", 302, direct=(Candidate("192.168.1.5", 4001),))
+    assert updated.peer.reflexive is None and registry.seq == 4

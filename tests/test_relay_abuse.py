@@ -18,7 +18,7 @@ import httpx
 import trio
 
 from flashback.errors import BackendUnavailable
-from flashback.protocol.messages import MAX_SNAPSHOT_BYTES
+from flashback.protocol.messages import MAX_CANDIDATES, MAX_SNAPSHOT_BYTES, Candidate
 from flashback.tracker.validate import RegisterBody
 from tests.abuse_support import BIG_CAPABILITIES, LONG_HOST, probe, start_tracker_proc
 from tests.procs import daemon_env, run_cli
@@ -136,9 +136,14 @@ async def test_one_peer_cannot_take_every_stream_port(
             assert out.read_bytes() == b"hello\n"
 
 
+#: the longest address text a candidate can have (IPv6 with an IPv4 tail)
+WIDEST_ADDRESS = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+
+
 def _largest_registration(index: int) -> RegisterBody:
     name = f"{index:06d}" + "ü" * 58  # 64 characters, 122 bytes
-    return RegisterBody(name, LONG_HOST, 1 + index, BIG_CAPABILITIES, None)
+    direct = tuple(Candidate(WIDEST_ADDRESS, 65535 - i) for i in range(MAX_CANDIDATES))
+    return RegisterBody(name, LONG_HOST, 1 + index, BIG_CAPABILITIES, None, None, direct)
 
 
 async def test_a_daemon_syncs_with_a_tracker_full_of_the_largest_peers(
@@ -152,7 +157,11 @@ async def test_a_daemon_syncs_with_a_tracker_full_of_the_largest_peers(
             peers: list[dict[str, Any]] = []
             for index in range(MAX_SNAPSHOT_BYTES // 4000):  # more than can fit
                 try:
-                    peers.append(await tracker.register(_largest_registration(index), {}, "x"))
+                    peer = await tracker.register(_largest_registration(index), {}, "x")
+                    peers.append(peer)
+                    # and the widest reflexive address: reserved at registration
+                    seen = Candidate(WIDEST_ADDRESS, 65535)
+                    assert await tracker.presence.reflect(peer["peer_id"], seen, tracker.now())
                 except BackendUnavailable as exc:
                     assert exc.code == "tracker_full"
                     break

@@ -67,3 +67,21 @@ async def test_a_bad_database_url_is_a_usage_error() -> None:
     assert result.stdout == b""
     assert b"DATABASE_URL" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+async def test_a_busy_tunnel_port_names_host_and_port_and_exits_1() -> None:
+    taken = trio.socket.socket()
+    await taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    with taken, trio.fail_after(TEST_TIMEOUT_S):
+        result = await trio.run_process(
+            [sys.executable, "-m", "flashback", "tracker", "--host", "127.0.0.1", "--port", "0",
+             "--tunnel-port", str(port), "--database-url", "memory://"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.decode().strip().splitlines()
+    assert lines[-1] == f"flashback: tunnel port 127.0.0.1:{port}: address already in use"
+    assert b"Traceback" not in result.stderr
+    assert b"tracker-ready" not in result.stdout

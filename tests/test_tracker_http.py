@@ -49,7 +49,7 @@ async def test_register_list_heartbeat_delete() -> None:
                 "fingerprint", "direct", "reflexive",
             }  # fmt: skip
             assert entry["fingerprint"] is None  # this peer sent none
-            assert entry["direct"] == [] and entry["reflexive"] is None
+            assert (entry["direct"], entry["reflexive"]) == ([], None)
 
             beat = await client.post(
                 "/api/peers/heartbeat", json={"peer_id": peer["peer_id"]},

@@ -573,3 +573,122 @@ async def test_an_owners_decline_crosses_to_the_requesters_instance(tmp_path: Pa
                 assert heard["from"] == owner["peer_id"]  # the owner's, not the stranger's
                 assert one.tracker.tunnels is not None
                 assert one.tracker.tunnels.table.find("t2", asker["peer_id"]) is None  # ended
+
+
+@needs_redis
+async def test_a_remote_owner_dials_where_the_server_says_never_the_host_header(
+    tmp_path: Path,
+) -> None:
+    """The requester's websocket ``Host`` must not name where an owner linked
+    to another instance dials (it would point owners anywhere): the bind address (or
+    RELAY_TUNNEL_ADVERTISE); with neither, ``disabled`` and why."""
+    fingerprint = "sha256:" + "ef" * 32
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(redis.url, 2, tunnel_port=0) as (one, two),
+            open_client(one) as client,
+        ):
+            asker = await register(client, "asker")
+            owner = await register(client, "owner", fingerprint=fingerprint)
+            # the requester names another host in its Host header
+            forged = one.ws_url.replace("127.0.0.1", "localhost", 1)
+            async with open_link(forged) as ask_ws, open_link(two.ws_url) as own_ws:
+                await hello(ask_ws, peer=asker)
+                await hello(own_ws, peer=owner)
+                await receive(ask_ws)
+                await receive(own_ws)
+                await send(ask_ws, {"type": "tunnel-request", "request_id": "t8",
+                                    "to": owner["peer_id"]})  # fmt: skip
+                to_owner = await receive(own_ws)
+                to_asker = await receive(ask_ws)
+                assert to_owner["type"] == "tunnel-invite"
+                assert to_owner["host"] == "127.0.0.1"  # this instance's bind address
+                assert to_asker["host"] == "localhost"  # the requester's own way here
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instance(redis.url, tunnel_port=0, host="0.0.0.0") as wild,
+            open_instance(redis.url, tunnel_port=0) as other,
+            open_client(other) as client,
+        ):
+            asker = await register(client, "asker")
+            owner = await register(client, "owner", fingerprint=fingerprint)
+            wild_url = wild.ws_url.replace("0.0.0.0", "127.0.0.1", 1)
+            async with open_link(wild_url) as ask_ws, open_link(other.ws_url) as own_ws:
+                await hello(ask_ws, peer=asker)
+                await hello(own_ws, peer=owner)
+                await receive(ask_ws)
+                await receive(own_ws)
+                await send(ask_ws, {"type": "tunnel-request", "request_id": "t9",
+                                    "to": owner["peer_id"]})  # fmt: skip
+                refused = await receive(ask_ws)
+                assert (refused["type"], refused["code"]) == ("tunnel-error", "disabled")
+                assert "RELAY_TUNNEL_ADVERTISE" in refused["message"]
+                await receive_nothing(own_ws, 0.3)  # no invite went out
+
+
+@needs_redis
+async def test_a_reflection_on_one_instance_is_one_peer_updated_on_every_instance(
+    tmp_path: Path,
+) -> None:
+    from flashback.protocol.tunnel import reflect_line
+
+    async def reflect(port: int, token: str, source: tuple[str, int]) -> bytes:
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(source)
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        await stream.send_all(reflect_line(token))
+        answer = b""
+        while chunk := await stream.receive_some(256):
+            answer += chunk
+        await stream.aclose()
+        return answer
+
+    direct = [{"host": "192.168.7.7", "port": 4444}]
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(redis.url, 2, tunnel_port=0) as (one, two),
+            open_client(one) as client,
+            open_link(one.ws_url) as watcher,
+        ):
+            await hello(watcher)
+            assert (await receive(watcher))["type"] == "snapshot"
+            peer = await register(client, "alice", direct=direct)
+            assert (await receive(watcher))["peer"]["direct"] == direct
+            port = two.tracker.tunnel_port
+            assert port is not None
+            source = ("127.0.0.6", free_port())
+            assert await reflect(port, peer["token"], source) == (
+                f"ADDR 127.0.0.6 {source[1]}\n".encode()
+            )
+            updated = await receive(watcher)
+            assert updated["type"] == "peer-updated"
+            assert updated["peer"]["reflexive"] == {"host": "127.0.0.6", "port": source[1]}
+            assert updated["peer"]["direct"] == direct
+            assert await reflect(port, peer["token"], source) == (
+                f"ADDR 127.0.0.6 {source[1]}\n".encode()
+            )
+            assert await reflect(port, "y" * 43, ("127.0.0.1", 0)) == b"ERR unauthorized\n"
+            # a re-registration on the other instance keeps it (same direct list)
+            body = {"name": "alice", "peer_server": {"host": "127.0.0.1", "port": 8000},
+                    "capabilities": {"stream": True}, "peer_id": peer["peer_id"],
+                    "direct": direct}  # fmt: skip
+            again = await client.post(
+                "/api/peers/register", json=body, headers=bearer(peer["token"])
+            )
+            assert again.status_code == 201
+            await register(client, "bob")  # the next event: no update came in between
+            assert (await receive(watcher))["type"] == "peer-joined"
+            listed = (await client.get("/api/peers/list")).json()["peers"]
+            [alice] = [p for p in listed if p["name"] == "alice"]
+            assert alice["reflexive"] == {"host": "127.0.0.6", "port": source[1]}
+            # after it left, its token reflects nothing
+            gone = await client.delete(
+                f"/api/peers/{peer['peer_id']}", headers=bearer(peer["token"])
+            )
+            assert gone.status_code in (200, 204)
+            assert await reflect(port, peer["token"], ("127.0.0.1", 0)) == b"ERR unauthorized\n"

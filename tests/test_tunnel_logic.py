@@ -158,18 +158,79 @@ def test_expire_drops_unpaired_sessions_only():
     assert later.value.code == "unknown"
 
 
-def test_table_is_bounded_and_busy_when_full():
+def pair(table: SessionTable, session, now: float = 0.0) -> None:
+    table.join(session.keys["server"], now=now)
+    table.join(session.keys["client"], now=now)
+
+
+def test_table_is_bounded_and_busy_only_when_every_session_is_paired():
     table = SessionTable(max_sessions=2)
     a = table.open(request_id="1", client_peer="b", server_peer="a", now=0.0)
-    table.open(request_id="2", client_peer="b", server_peer="a", now=0.0)
+    pair(table, a)
+    b = table.open(request_id="2", client_peer="c", server_peer="a", now=0.0)
+    pair(table, b)
     with pytest.raises(TunnelError) as info:
-        table.open(request_id="3", client_peer="b", server_peer="a", now=1.0)
+        table.open(request_id="3", client_peer="d", server_peer="a", now=1.0)
     assert info.value.code == "busy"
     table.close(a)
-    table.open(request_id="3", client_peer="b", server_peer="a", now=1.0)
+    table.open(request_id="3", client_peer="d", server_peer="a", now=1.0)
+    assert len(table) == 2
+    table.close(b)
     # expired sessions make room by themselves
     assert table.open(request_id="4", client_peer="b", server_peer="a", now=31.0)
     assert len(table) == 1
+
+
+def test_one_requester_cannot_take_the_pending_sessions():
+    """1,000 requests from one peer, then honest ones: they get sessions (the
+    flood took 255 of 256, and honest requesters heard ``busy``)."""
+    table = SessionTable(max_sessions=256, max_pending_per_peer=16)
+    flood = [
+        table.open(request_id=str(i), client_peer="mallory", server_peer="m2", now=0.0)
+        for i in range(1000)
+    ]
+    assert table.pending_of("mallory") == 16  # each new one replaced its own oldest
+    assert len(table) == 16
+    honest = [
+        table.open(request_id="h", client_peer=f"honest{i}", server_peer="alice", now=1.0)
+        for i in range(240)
+    ]
+    assert len(table) == 256
+    # the table is full: the next newcomer pushes out the heaviest's OLDEST pending one
+    newcomer = table.open(request_id="n", client_peer="newcomer", server_peer="alice", now=2.0)
+    assert table.evicted is flood[1000 - 16]
+    assert table.pending_of("mallory") == 15 and table.pending_of("newcomer") == 1
+    with pytest.raises(TunnelError) as info:  # its key is dead, and says why
+        table.join(flood[1000 - 16].keys["client"], now=2.0)
+    assert info.value.code == "busy"
+    table.join(newcomer.keys["server"], now=2.0)
+    assert table.join(newcomer.keys["client"], now=2.0).paired
+    assert all(table.find("h", s.client_peer) is s for s in honest)
+
+
+def test_paired_sessions_are_capped_per_peer():
+    """A byte every 10 s keeps a paired session alive: one peer holds its share only."""
+    table = SessionTable(max_sessions=256, max_paired_per_peer=4)
+    for i in range(4):
+        pair(table, table.open(request_id=str(i), client_peer="m", server_peer="m2", now=0.0))
+    with pytest.raises(TunnelError) as info:
+        table.open(request_id="5", client_peer="m", server_peer="alice", now=0.0)
+    assert info.value.code == "busy"
+    with pytest.raises(TunnelError):  # nor as the owner side, under another requester id
+        table.open(request_id="5", client_peer="m3", server_peer="m2", now=0.0)
+    # pending ones opened before the cap was reached cannot pair past it
+    table2 = SessionTable(max_sessions=256, max_paired_per_peer=1)
+    s1 = table2.open(request_id="1", client_peer="m", server_peer="x", now=0.0)
+    s2 = table2.open(request_id="2", client_peer="m", server_peer="y", now=0.0)
+    pair(table2, s1)
+    table2.join(s2.keys["server"], now=0.0)
+    with pytest.raises(TunnelError) as late:
+        table2.join(s2.keys["client"], now=0.0)
+    assert late.value.code == "busy" and len(table2) == 1
+    assert table.open(request_id="h", client_peer="bob", server_peer="alice", now=0.0)
+    table.close(table.find("0", "m"))  # a closed one gives its share back
+    assert table.paired_of("m") == 3
+    assert table.open(request_id="6", client_peer="m", server_peer="alice", now=0.0)
 
 
 def test_a_declined_session_tells_late_joiners_why():
@@ -297,3 +358,120 @@ def test_bad_tunnel_messages_are_protocol_errors(frame):
 
     with pytest.raises(ProtocolError):
         parse(frame)
+
+
+# -- reflection (§10.2) and where cluster owners dial ---------------------------------
+
+
+def test_reflect_line_is_parsed_and_answered():
+    from flashback.protocol.messages import Candidate
+    from flashback.protocol.tunnel import (
+        Reflect,
+        addr_line,
+        parse_addr_line,
+        parse_first_line,
+        reflect_line,
+    )
+
+    token = "t0K-en_" + "x" * 36
+    line = reflect_line(token)
+    assert line == b"FLASHBACK-REFLECT 1 " + token.encode() + b"\n"
+    assert len(line) <= MAX_JOIN_LINE_BYTES
+    assert parse_first_line(line[:-1]) == Reflect(token)
+    assert token not in repr(Reflect(token))
+    key = new_key()
+    assert parse_first_line(join_line(key)[:-1]) == key
+    for bad in (b"FLASHBACK-REFLECT 1 ", b"FLASHBACK-REFLECT 1 a b", b"FLASHBACK-REFLECT 1 \xff"):
+        with pytest.raises(TunnelError) as info:
+            parse_first_line(bad)
+        assert info.value.code == "bad_line"
+    seen = Candidate("203.0.113.7", 40123)
+    assert addr_line(seen) == b"ADDR 203.0.113.7 40123\n"
+    assert parse_addr_line(b"ADDR 203.0.113.7 40123") == seen
+    assert parse_addr_line(b"ADDR 2001:db8::7 1") == Candidate("2001:db8::7", 1)
+    with pytest.raises(TunnelError) as refused:
+        parse_addr_line(b"ERR unauthorized")
+    assert refused.value.code == "unauthorized"
+    for bad in (b"ADDR host 1", b"ADDR 1.2.3.4 0", b"ADDR 1.2.3.4 999999", b"OK"):
+        with pytest.raises(TunnelError):
+            parse_addr_line(bad)
+
+
+def test_source_candidate_and_holder():
+    from flashback.protocol.messages import Candidate
+    from flashback.protocol.tunnel import source_candidate, source_holder
+
+    assert source_candidate("::ffff:198.51.100.4", 5000) == Candidate("198.51.100.4", 5000)
+    assert source_candidate("2001:db8::1", 5000) == Candidate("2001:db8::1", 5000)
+    assert source_candidate("fe80::1%eth0", 5000) is None
+    assert source_candidate("198.51.100.4", 0) is None
+    assert source_candidate("", 1) is None
+    assert source_holder("127.0.0.2") == "127.0.0.2"
+    assert source_holder("::ffff:127.0.0.2") == "127.0.0.2"
+    # one IPv6 subscriber has a /64: it is one holder, however many addresses it uses
+    assert source_holder("2001:db8:1:2::1") == source_holder("2001:db8:1:2:ffff::9")
+    assert source_holder("2001:db8:1:2::1") != source_holder("2001:db8:1:3::1")
+
+
+@pytest.mark.parametrize(
+    ("configured", "bind", "expected"),
+    [
+        ("relay.example", "0.0.0.0", "relay.example"),
+        (None, "192.0.2.10", "192.0.2.10"),
+        (None, "tracker.internal", "tracker.internal"),
+        (None, "0.0.0.0", None),
+        (None, "::", None),
+        (None, "", None),
+    ],
+)
+def test_a_cluster_owner_dials_what_the_server_names(configured, bind, expected):
+    from flashback.protocol.tunnel import cluster_tunnel_host
+
+    assert cluster_tunnel_host(configured, bind) == expected
+
+
+# -- introductions (§10.3 metrics) --------------------------------------------------
+
+
+def test_introductions_count_once_and_only_from_a_side():
+    from flashback.protocol.introductions import Counted, IntroductionTable
+
+    table = IntroductionTable(window_s=300.0)
+    table.introduce("r1", "bob", "alice", now=0.0)
+    assert table.report("r1", "eve", "direct", now=1.0) == Counted()  # a stranger
+    assert table.report("r1", "bob", "relay", now=1.0) == Counted(True, False)
+    assert table.report("r1", "bob", "relay", now=1.5) == Counted()  # repeated
+    assert table.report("r1", "alice", "direct", now=2.0) == Counted(False, True)
+    assert table.report("r1", "alice", "direct", now=2.0) == Counted()
+    table.introduce("r2", "bob", "alice", now=3.0)
+    assert table.report("r2", "alice", "direct", now=4.0) == Counted(True, True)
+    table.introduce("r3", "bob", "alice", now=5.0)
+    assert table.report("r3", "bob", "direct", now=305.0) == Counted()  # too late
+    assert len(table) == 3
+    table.introduce("r4", "carol", "alice", now=400.0)
+    assert len(table) == 1  # the old ones expired
+
+
+def test_introductions_are_a_fair_share_per_requester():
+    from flashback.protocol.introductions import Counted, IntroductionTable
+
+    table = IntroductionTable(capacity=8, per_requester=4)
+    for i in range(100):
+        table.introduce(str(i), "mallory", "m2", now=0.0)
+    assert len(table) == 4
+    assert table.report("99", "mallory", "direct", now=0.0) == Counted(True, True)
+    assert table.report("0", "mallory", "direct", now=0.0) == Counted()  # pushed out
+    for i in range(5):
+        table.introduce("h", f"honest{i}", "alice", now=1.0)
+    assert len(table) == 8
+    assert table.report("h", "honest0", "relay", now=1.0).introduction  # never the newcomer
+
+
+def test_unspecified_multicast_and_broadcast_candidates_are_not_dialable():
+    from flashback.protocol.messages import Candidate
+    from flashback.protocol.tunnel import dialable
+
+    for host in ("0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"):
+        assert not dialable(Candidate(host, 4000)), host
+    for host in ("192.168.1.5", "203.0.113.7", "2001:db8::5", "10.0.0.255"):
+        assert dialable(Candidate(host, 4000)), host

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from flashback.protocol.tunnel import TunnelError, join_line, new_key
+from flashback.protocol.tunnel import join_line, new_key
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
 
 _open_clients: list[trio.SocketStream] = []
@@ -117,27 +117,42 @@ async def test_half_joined_session_expires_with_its_key(relay_port, autojump_clo
     assert await read_to_eof(late) == b"ERR used\n"
 
 
-async def test_the_session_table_is_bounded(relay_port):
-    relay, _port = relay_port
-    for i in range(4):
-        relay.invite(request_id=str(i), client_peer="b", server_peer="a")
-    with pytest.raises(TunnelError) as info:
-        relay.invite(request_id="5", client_peer="b", server_peer="a")
-    assert info.value.code == "busy"
+async def test_the_session_table_is_bounded_and_an_evicted_waiter_hears_busy(relay_port):
+    relay, port = relay_port
+    with trio.fail_after(10):
+        first = relay.invite(request_id="0", client_peer="b", server_peer="a")
+        waiting = await connect(port)
+        await waiting.send_all(join_line(first.keys["server"]))
+        while relay.unjoined:  # noqa: ASYNC110 -- until it waits for its partner
+            await trio.sleep(0.01)
+        for i in range(1, 4):
+            relay.invite(request_id=str(i), client_peer="b", server_peer="a")
+        assert relay.sessions_active == 4
+        # full: the heaviest requester's oldest pending session makes room
+        relay.invite(request_id="5", client_peer="c", server_peer="a")
+        assert relay.sessions_active == 4
+        assert await read_to_eof(waiting) == b"ERR busy\n"
+    assert relay.counters.sessions_by_outcome["busy"] == 1
 
 
-async def test_unjoined_strangers_are_capped(relay_port):
+async def test_unjoined_strangers_are_capped_and_the_oldest_makes_room(relay_port):
     relay, port = relay_port
     with trio.fail_after(10):
         idle = [await connect(port) for _ in range(8)]
-        await trio.sleep(0.1)
+        while relay.unjoined < 8:  # noqa: ASYNC110 -- the relay's tasks start on their own
+            await trio.sleep(0.01)
         extra = await connect(port)
-        assert await read_to_eof(extra) == b""  # closed at once, no waiting
-        # a real pair still gets through once the strangers are gone
-        for stream in idle:
-            await stream.aclose()
-        await trio.sleep(0.1)
-        await joined_pair(relay, port)
+        assert await read_to_eof(idle[0]) == b""  # the oldest is closed, no waiting
+        while relay.unjoined < 8:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        # the newcomer is served: a real pair gets through with strangers still there
+        session = relay.invite(request_id="r", client_peer="bob", server_peer="alice")
+        await extra.send_all(join_line(session.keys["server"]))
+        requester = await connect(port)
+        await requester.send_all(join_line(session.keys["client"]))
+        assert await read_line(extra) == b"OK\n"
+        assert await read_line(requester) == b"OK\n"
+        assert relay.unjoined <= 8
 
 
 async def test_a_peer_that_never_reads_stalls_only_its_own_session(relay_port):

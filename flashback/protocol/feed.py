@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from flashback.protocol.messages import (
+    Candidate,
     Change,
     FileStreamReady,
     PeerInfo,
@@ -45,36 +46,82 @@ from flashback.protocol.messages import (
 
 @dataclass(frozen=True)
 class Listing:
-    """A peer's self-description from its registration: the compared part of a presence."""
+    """A peer's self-description from its registration: the compared part of a presence.
+
+    ``direct`` is what the peer registered for its direct endpoint (§10.2);
+    ``reflexive`` is not registered but observed: the source address the
+    tunnel port saw on the peer's ``FLASHBACK-REFLECT`` line. Both are part
+    of the compared state, so a move of either is a ``peer-updated``.
+    """
 
     name: str
     host: str
     port: int
     capabilities: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None
+    direct: tuple[Candidate, ...] = ()
+    reflexive: Candidate | None = None
 
     @classmethod
     def of(cls, peer: PeerInfo) -> Listing:
-        return cls(peer.name, peer.host, peer.port, peer.capabilities, peer.fingerprint)
+        return cls(
+            peer.name,
+            peer.host,
+            peer.port,
+            peer.capabilities,
+            peer.fingerprint,
+            peer.direct,
+            peer.reflexive,
+        )
 
     @classmethod
     def from_canonical(cls, text: str) -> Listing:
         data = json.loads(text)
-        # records written before fingerprints existed have none
+        # records written before fingerprints (or direct endpoints) existed have none
+        reflexive = data.get("reflexive")
         return cls(
-            data["name"], data["host"], data["port"], data["capabilities"], data.get("fingerprint")
+            data["name"],
+            data["host"],
+            data["port"],
+            data["capabilities"],
+            data.get("fingerprint"),
+            tuple(Candidate(c["host"], c["port"]) for c in data.get("direct", ())),
+            None if reflexive is None else Candidate(reflexive["host"], reflexive["port"]),
         )
 
     def canonical(self) -> str:
-        """Canonical JSON: two listings are the same peer state iff these texts are equal."""
-        data = {
+        """Canonical JSON: two listings are the same peer state iff these texts are equal.
+
+        ``direct`` and ``reflexive`` appear only when set, so the text of a
+        peer without a direct endpoint is what it was before they existed (a
+        shared store's records do not all "change" on an upgrade).
+        """
+        data: dict[str, Any] = {
             "name": self.name,
             "host": self.host,
             "port": self.port,
             "capabilities": self.capabilities,
             "fingerprint": self.fingerprint,
         }
+        if self.direct:
+            data["direct"] = [c.dump() for c in self.direct]
+        if self.reflexive is not None:
+            data["reflexive"] = self.reflexive.dump()
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def reregistered(self, old: Listing | None) -> Listing:
+        """This registration as recorded over *old*: a registration never names
+        ``reflexive`` (the tracker observes it), so the old one is kept -- unless
+        the registered endpoints moved, when it describes a mapping of an
+        address or port the peer no longer listens on and is dropped until the
+        peer reflects again."""
+        keep = old is not None and old.direct == self.direct
+        reflexive = old.reflexive if keep and old is not None else None
+        return dataclasses.replace(self, reflexive=reflexive)
+
+    def reflected(self, seen: Candidate) -> Listing:
+        """This listing with *seen* as its reflexive address."""
+        return dataclasses.replace(self, reflexive=seen)
 
     def peer_info(self, peer_id: str, *, registered_at: str, last_seen: str) -> PeerInfo:
         return PeerInfo(
@@ -86,11 +133,14 @@ class Listing:
             registered_at=registered_at,
             last_seen=last_seen,
             fingerprint=self.fingerprint,
+            direct=self.direct,
+            reflexive=self.reflexive,
         )
 
 
 def is_change(old: Listing | None, new: Listing) -> bool:
-    """A (re-)registration is a change when the peer is new or any listed field moved."""
+    """A (re-)registration or reflection is a change when the peer is new or any
+    listed field moved (``direct`` and ``reflexive`` included)."""
     return old is None or old.canonical() != new.canonical()
 
 

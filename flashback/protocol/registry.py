@@ -18,13 +18,14 @@ list would need more than a million changes a second to catch up with it).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from flashback.protocol.feed import ChangeLog, LinkCount, Listing, is_change
 from flashback.protocol.messages import (
+    Candidate,
     Change,
     LeaveReason,
     PeerInfo,
@@ -117,19 +118,31 @@ class Registry:
         capabilities: Mapping[str, Any],
         now: float,
         fingerprint: str | None = None,
+        direct: Sequence[Candidate] = (),
     ) -> list[Change]:
-        """Join, or refresh and maybe update (a re-registration is a heartbeat too)."""
-        listing = Listing(name, host, port, dict(capabilities), fingerprint)
+        """Join, or refresh and maybe update (a re-registration is a heartbeat too).
+
+        The reflexive address is the tracker's observation, not the peer's
+        word: a re-registration keeps it while ``direct`` stays the same
+        (:meth:`~flashback.protocol.feed.Listing.reregistered`)."""
+        listing = Listing(name, host, port, dict(capabilities), fingerprint, tuple(direct))
         presence = self._peers.get(peer_id)
         if presence is None:
-            presence = _Presence(listing, now, now)
+            presence = _Presence(listing.reregistered(None), now, now)
             self._peers[peer_id] = presence
             return [self._record(PeerJoined(self.seq + 1, self._info(peer_id, presence, now)))]
         presence.last_seen = now
-        if not is_change(presence.listing, listing):
+        return self._update(peer_id, presence, listing.reregistered(presence.listing), now)
+
+    def reflect(self, peer_id: str, seen: Candidate, now: float) -> list[Change]:
+        """The tunnel port saw *peer_id* come from *seen*: its reflexive address.
+
+        A peer re-reflects every 25 s; only a move is a change (a NAT that
+        gave it a new mapping), so a quiet peer never spams the feed."""
+        presence = self._peers.get(peer_id)
+        if presence is None:
             return []
-        presence.listing = listing
-        return [self._record(PeerUpdated(self.seq + 1, self._info(peer_id, presence, now)))]
+        return self._update(peer_id, presence, presence.listing.reflected(seen), now)
 
     def heartbeat(self, peer_id: str, now: float) -> bool:
         """Move ``last_seen``; not a change. False: unknown or expired peer."""
@@ -167,6 +180,14 @@ class Registry:
         self.heartbeat(peer_id, now)
 
     # -- internals -----------------------------------------------------------------
+
+    def _update(
+        self, peer_id: str, presence: _Presence, listing: Listing, now: float
+    ) -> list[Change]:
+        if not is_change(presence.listing, listing):
+            return []
+        presence.listing = listing
+        return [self._record(PeerUpdated(self.seq + 1, self._info(peer_id, presence, now)))]
 
     def _record(self, change: Change) -> Change:
         self._log.append(change)

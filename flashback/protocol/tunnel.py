@@ -13,6 +13,9 @@ Wire (plain TCP to the tunnel port)::
     tracker -> both   OK\\n                            (once both keys have joined)
     tracker -> peer   ERR <code>\\n                    (then close)
 
+    peer -> tracker   FLASHBACK-REFLECT 1 <token>\\n   (its tracker token; same bounds)
+    tracker -> peer   ADDR <host> <port>\\n            (the source address seen; then close)
+
 Inside the tunnel, after TLS, the requester opens a target with one line::
 
     OPEN peer-server\\n   |   OPEN stream <port>\\n   ->   OK\\n  |  ERR <code>\\n
@@ -22,12 +25,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from flashback.protocol.fairshare import FairShare
+from flashback.protocol.messages import Candidate
+
 JOIN_MAGIC: Final = b"FLASHBACK-TUNNEL 1 "
+REFLECT_MAGIC: Final = b"FLASHBACK-REFLECT 1 "
+#: a tracker token is 43 characters; anything much longer is not one
+MAX_TOKEN_CHARS: Final = 100
+_TOKEN_CHARS: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 MAX_JOIN_LINE_BYTES: Final = 128
 #: a connection that has not sent a valid join line by then gets ERR and is closed
 JOIN_TIMEOUT_S: Final = 5.0
@@ -36,6 +47,10 @@ KEY_TTL_S: Final = 30.0
 #: a paired session with no byte in either direction for this long is closed
 IDLE_TIMEOUT_S: Final = 120.0
 DEFAULT_MAX_SESSIONS: Final = 256
+#: pending sessions one requester may hold; its next request replaces its oldest
+MAX_PENDING_PER_PEER: Final = 16
+#: paired sessions one peer id may be a side of (a daemon serves 64 owner tunnels)
+MAX_PAIRED_PER_PEER: Final = 32
 KEY_BYTES: Final = 32
 MAX_OPEN_LINE_BYTES: Final = 64
 
@@ -125,6 +140,96 @@ def parse_join_line(line: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Reflect:
+    """A ``FLASHBACK-REFLECT`` line: the peer asks which address the tracker sees."""
+
+    token: str
+
+    def __repr__(self) -> str:  # a token is a credential: never in a log
+        return "Reflect(token=...)"
+
+
+def reflect_line(token: str) -> bytes:
+    return REFLECT_MAGIC + token.encode("ascii") + b"\n"
+
+
+def parse_first_line(line: bytes) -> str | Reflect:
+    """What a connection to the tunnel port asked, by its first line (without
+    its newline): a join (the key) or a reflection; TunnelError ``bad_line``."""
+    if not line.startswith(REFLECT_MAGIC):
+        return parse_join_line(line)
+    token = line[len(REFLECT_MAGIC) :]
+    if not 0 < len(token) <= MAX_TOKEN_CHARS or not set(token) <= _TOKEN_CHARS:
+        raise TunnelError("bad_line", "expected 'FLASHBACK-REFLECT 1 <token>'")
+    return Reflect(token.decode("ascii"))
+
+
+def addr_line(seen: Candidate) -> bytes:
+    return f"ADDR {seen.host} {seen.port}\n".encode("ascii")
+
+
+def parse_addr_line(line: bytes) -> Candidate:
+    """The answer to a REFLECT line (without its newline); TunnelError otherwise."""
+    parts = line.split(b" ")
+    if len(parts) == 2 and parts[0] == b"ERR":
+        code = parts[1].decode("ascii", errors="replace")
+        raise TunnelError(code, f"the tracker refused the reflection ({code})")
+    if len(parts) != 3 or parts[0] != b"ADDR" or not parts[2].isdigit() or len(parts[2]) > 5:
+        raise TunnelError("bad_addr", "expected 'ADDR <host> <port>'")
+    seen = source_candidate(parts[1].decode("ascii", errors="replace"), int(parts[2]))
+    if seen is None:
+        raise TunnelError("bad_addr", "the ADDR line names no IP address and port")
+    return seen
+
+
+def source_candidate(host: str, port: int) -> Candidate | None:
+    """The source address of an accepted connection as a candidate (§10.2).
+
+    A dual-stack listener sees IPv4 peers as ``::ffff:a.b.c.d``: they are
+    given (and dialled) as plain IPv4. A scoped (link-local) address means
+    nothing to anyone else, so it is no candidate; nor is port 0.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return None
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+    if not 1 <= port <= 65535:
+        return None
+    return Candidate(str(address), port)
+
+
+def dialable(candidate: Candidate) -> bool:
+    """Whether other peers may be told to dial *candidate*: never an unspecified
+    address (connecting to ``0.0.0.0`` or ``::`` reaches the dialler's own
+    machine), a multicast or the IPv4 broadcast address -- a registration
+    naming one would point every requester at itself or at no one."""
+    address = ipaddress.ip_address(candidate.host)
+    if address.is_unspecified or address.is_multicast:
+        return False
+    return not (isinstance(address, ipaddress.IPv4Address) and address.packed == b"\xff" * 4)
+
+
+def source_holder(host: str) -> str:
+    """Whose share a connection from *host* counts against in the join phase:
+    its IPv4 address, or its IPv6 /64 (one subscriber gets a whole /64, so
+    counting single IPv6 addresses would give one attacker 2**64 shares)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+@dataclass(frozen=True, slots=True)
 class OpenTarget:
     """What the requester asked the owner to relay to: its peer server or a stream port."""
 
@@ -186,39 +291,79 @@ class Joined:
 class SessionTable:
     """Pending and paired sessions, with single-use keys that live :data:`KEY_TTL_S`.
 
-    The table never grows past *max_sessions* sessions (pending or paired);
-    a used key is remembered until it would have expired so a second joiner
-    learns ``used`` rather than ``unknown``.
+    The table never grows past *max_sessions* sessions (pending or paired),
+    and no requester can take it (a stranger's flood must not turn honest
+    requesters away ``busy``):
+
+    - pending sessions are a :class:`~flashback.protocol.fairshare.FairShare`
+      per requester peer id: a requester holds at most *max_pending_per_peer*
+      (its next request replaces its own oldest), and when the table is full
+      the heaviest requester's oldest pending session makes room -- never
+      the newcomer's request;
+    - a peer id may be a side of at most *max_paired_per_peer* paired
+      sessions (so a tunnel kept alive by a byte every few seconds holds a
+      share, not the table); past it, its requests and pairings are ``busy``.
+
+    Only when every session is paired is a request refused ``busy``. A used
+    key is remembered until it would have expired so a second joiner learns
+    ``used`` rather than ``unknown``; an evicted one answers ``busy``.
     """
 
     def __init__(
         self,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         *,
+        max_pending_per_peer: int = MAX_PENDING_PER_PEER,
+        max_paired_per_peer: int = MAX_PAIRED_PER_PEER,
         make_key: Callable[[], str] = new_key,
     ) -> None:
         self.max_sessions = max_sessions
+        self.max_paired_per_peer = max_paired_per_peer
         self._make_key = make_key
         self._sessions: dict[int, Session] = {}
         self._by_key: dict[str, tuple[Session, Role]] = {}
         # dead keys -> (when they would have expired, the code a late joiner gets)
         self._dead: dict[str, tuple[float, str]] = {}
+        self._pending: FairShare[str, int] = FairShare(max_sessions, max_pending_per_peer)
+        self._paired_by: dict[str, int] = {}  # peer id -> paired sessions it is a side of
+        self._paired = 0
         self._next_id = 1
+        #: the pending session the last :meth:`open` pushed out, if any
+        self.evicted: Session | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     @property
     def paired_count(self) -> int:
-        return sum(1 for s in self._sessions.values() if s.paired)
+        return self._paired
+
+    def paired_of(self, peer_id: str) -> int:
+        return self._paired_by.get(peer_id, 0)
+
+    def pending_of(self, peer_id: str) -> int:
+        return self._pending.count(peer_id)
 
     def open(self, *, request_id: str, client_peer: str, server_peer: str, now: float) -> Session:
+        """A new pending session; the one it pushed out (if any) is in :attr:`evicted`
+        for the caller to wake its waiting side. TunnelError ``busy``: no room."""
         self.expire(now)
-        if len(self._sessions) >= self.max_sessions:
+        self.evicted = None
+        for side in (client_peer, server_peer):
+            if self.paired_of(side) >= self.max_paired_per_peer:
+                raise TunnelError("busy", f"peer {side!r} has {self.max_paired_per_peer} tunnels")
+        # pending sessions may use what paired ones leave of the table
+        room = self.max_sessions - self._paired
+        if room < 1:
             raise TunnelError("busy", f"the tracker has {self.max_sessions} tunnels already")
+        self._pending.capacity = room
         keys: dict[Role, str] = {"client": self._make_key(), "server": self._make_key()}
         session = Session(self._next_id, request_id, client_peer, server_peer, keys, now)
         self._next_id += 1
+        admitted = self._pending.admit(client_peer, session.session_id)
+        if admitted.evicted is not None:
+            self.evicted = self._sessions[admitted.evicted[1]]
+            self.close(self.evicted, code="busy")
         self._sessions[session.session_id] = session
         for role, key in keys.items():
             self._by_key[key] = (session, role)
@@ -235,9 +380,20 @@ class SessionTable:
         if now >= session.expires_at:
             self.close(session, code="expired")
             raise TunnelError("expired", "this key has expired")
+        if len(session.joined) == 1 and role not in session.joined:
+            # the second side: the session becomes paired, within each side's share
+            sides = (session.client_peer, session.server_peer)
+            if any(self.paired_of(side) >= self.max_paired_per_peer for side in sides):
+                self.close(session, code="busy")
+                raise TunnelError("busy", "a side of this tunnel has its share of tunnels")
         del self._by_key[key]
         self._dead[key] = (session.expires_at, "used")
         session.joined.add(role)
+        if session.paired:
+            self._pending.release(session.session_id)
+            self._paired += 1
+            for side in {session.client_peer, session.server_peer}:
+                self._paired_by[side] = self._paired_by.get(side, 0) + 1
         return Joined(session, role, session.paired)
 
     def close(self, session: Session, *, code: str = "used") -> None:
@@ -245,6 +401,15 @@ class SessionTable:
         a late joiner is told *code* (``refused`` after an owner declined, say)."""
         if self._sessions.pop(session.session_id, None) is None:
             return
+        self._pending.release(session.session_id)
+        if session.paired:
+            self._paired -= 1
+            for side in {session.client_peer, session.server_peer}:
+                left = self._paired_by.get(side, 0) - 1
+                if left > 0:
+                    self._paired_by[side] = left
+                else:
+                    self._paired_by.pop(side, None)
         for role, key in session.keys.items():
             if self._by_key.pop(key, None) is not None and role not in session.joined:
                 self._dead[key] = (session.expires_at, code)
@@ -290,6 +455,23 @@ def advertise_host(host_header: str | None, configured: str | None) -> str | Non
     if not host or not set(host) <= _HOST_CHARS:
         return None
     return host
+
+
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+
+
+def cluster_tunnel_host(configured: str | None, bind_host: str) -> str | None:
+    """The host an owner linked to *another* instance of a cluster dials for
+    a session on this one: ``RELAY_TUNNEL_ADVERTISE``, else this instance's
+    bind address when it names one host (not a wildcard). Never anything a
+    client sent: a requester's ``Host`` header would let it make owners
+    connect wherever it likes (a relay address comes from the server, as in
+    TURN, RFC 8656). None: there is none to give."""
+    if configured:
+        return configured
+    if bind_host in _WILDCARDS or not set(bind_host) <= _HOST_CHARS:
+        return None
+    return bind_host
 
 
 # -- routes (§6.3) ---------------------------------------------------------------

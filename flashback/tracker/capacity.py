@@ -13,10 +13,12 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from flashback.protocol.messages import PeerInfo
+from flashback.protocol.messages import Candidate, PeerInfo
 from flashback.protocol.registry import rfc3339_millis
 
 _TIMESTAMP: Final = rfc3339_millis(0.0)
+#: the longest reflexive address a peer can be given later: reserved at registration
+_WIDEST_REFLEXIVE: Final = Candidate("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255", 65535)
 
 
 def record_bytes(
@@ -26,10 +28,23 @@ def record_bytes(
     port: int,
     capabilities: Mapping[str, Any],
     fingerprint: str | None = None,
+    direct: tuple[Candidate, ...] = (),
 ) -> int:
-    """What one peer adds to a snapshot, in UTF-8 bytes (its comma included)."""
+    """What one peer adds to a snapshot, in UTF-8 bytes (its comma included).
+
+    Its reflexive address is counted at its widest now: a reflection later
+    changes the record without passing the registration's budget check."""
     info = PeerInfo(
-        peer_id, name, host, port, dict(capabilities), _TIMESTAMP, _TIMESTAMP, fingerprint
+        peer_id,
+        name,
+        host,
+        port,
+        dict(capabilities),
+        _TIMESTAMP,
+        _TIMESTAMP,
+        fingerprint,
+        direct,
+        _WIDEST_REFLEXIVE,
     )
     text = json.dumps(info.dump(), ensure_ascii=False, separators=(",", ":"))
     return len(text.encode()) + 1

@@ -67,6 +67,11 @@ class TrackerMetrics:
             "Tunnel sessions copied through a buffer: the kernel refused a large pipe",
             registry=r,
         ).set_function(lambda: counters.copy_fallbacks)
+        Gauge(
+            PREFIX + "tunnel_reflections",
+            "FLASHBACK-REFLECT lines answered with the address seen",
+            registry=r,
+        ).set_function(lambda: counters.reflections)
         outcomes = Counter(
             PREFIX + "tunnel_sessions", "Tunnel sessions by outcome", ["outcome"], registry=r
         )

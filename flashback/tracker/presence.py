@@ -34,9 +34,16 @@ import trio
 from flashback.config import TrackerConfig
 from flashback.errors import NotFound, Unauthorized
 from flashback.protocol.feed import Listing, not_online_text
-from flashback.protocol.messages import Change, ErrorMessage, Message, PeerInfo, PeerLeft
+from flashback.protocol.messages import (
+    Candidate,
+    Change,
+    ErrorMessage,
+    Message,
+    PeerInfo,
+    PeerLeft,
+)
 from flashback.protocol.registry import Registry
-from flashback.tracker.security import token_matches
+from flashback.tracker.security import hash_token, token_matches
 
 
 def not_online(peer_id: str) -> NotFound:
@@ -94,6 +101,14 @@ class Presence(Protocol):
 
     async def heartbeat(self, peer_id: str, token: str, now: float) -> None: ...
 
+    async def peer_of_token(self, token: str) -> str | None:
+        """The online peer whose token this is (a REFLECT line names only the
+        token), checked with :func:`~flashback.tracker.security.token_matches`."""
+
+    async def reflect(self, peer_id: str, seen: Candidate, now: float) -> list[Change]:
+        """*seen* is *peer_id*'s reflexive address (§10.2): the changes to publish
+        now (none from a shared feed, none when it did not move)."""
+
     async def leave(self, peer_id: str, token: str, now: float) -> list[Change]:
         """The changes to publish now (none from a shared feed)."""
 
@@ -130,8 +145,10 @@ class LocalPresence:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        # Token hashes of online peers, so heartbeats never touch the store.
+        # Token hashes of online peers, so heartbeats never touch the store,
+        # and the other way round: a REFLECT line names only the token.
         self._token_hashes: dict[str, bytes] = {}
+        self._peer_of_hash: dict[bytes, str] = {}
 
     @classmethod
     def for_config(
@@ -171,7 +188,11 @@ class LocalPresence:
     async def register(
         self, peer_id: str, listing: Listing, *, token_hash: bytes, now: float
     ) -> list[Change]:
+        old_hash = self._token_hashes.get(peer_id)
+        if old_hash is not None:
+            self._peer_of_hash.pop(old_hash, None)
         self._token_hashes[peer_id] = token_hash
+        self._peer_of_hash[token_hash] = peer_id
         return self.registry.register(
             peer_id,
             name=listing.name,
@@ -180,11 +201,21 @@ class LocalPresence:
             capabilities=listing.capabilities,
             now=now,
             fingerprint=listing.fingerprint,
+            direct=listing.direct,
         )
 
     async def heartbeat(self, peer_id: str, token: str, now: float) -> None:
         self._authorize(peer_id, token)
         self.registry.heartbeat(peer_id, now)
+
+    async def peer_of_token(self, token: str) -> str | None:
+        peer_id = self._peer_of_hash.get(hash_token(token))
+        if peer_id is None or not token_matches(token, self._token_hashes.get(peer_id)):
+            return None
+        return peer_id
+
+    async def reflect(self, peer_id: str, seen: Candidate, now: float) -> list[Change]:
+        return self.registry.reflect(peer_id, seen, now)
 
     async def leave(self, peer_id: str, token: str, now: float) -> list[Change]:
         self._authorize(peer_id, token)
@@ -230,5 +261,7 @@ class LocalPresence:
     def _forget(self, changes: list[Change]) -> list[Change]:
         for change in changes:
             if isinstance(change, PeerLeft):
-                self._token_hashes.pop(change.peer_id, None)
+                token_hash = self._token_hashes.pop(change.peer_id, None)
+                if token_hash is not None:
+                    self._peer_of_hash.pop(token_hash, None)
         return changes

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -48,6 +48,7 @@ from flashback.protocol.messages import (
     Message,
     PeerLeft,
     ProtocolError,
+    RouteReport,
     Snapshot,
     StreamError,
     StreamRequest,
@@ -57,7 +58,8 @@ from flashback.protocol.messages import (
     parse,
 )
 from flashback.protocol.token_bucket import TokenBucket
-from flashback.protocol.tunnel import TunnelError, advertise_host
+from flashback.protocol.tunnel import TunnelError, advertise_host, cluster_tunnel_host
+from flashback.tracker import direct
 from flashback.tracker.capacity import PeerCapacity, record_bytes
 from flashback.tracker.hub import (
     CLOSE_GOING_AWAY,
@@ -135,6 +137,8 @@ class Tracker:
                 clock=clock,
             )
             self.metrics.add_tunnels(self.tunnels.counters, lambda: self.tunnels_active)
+            self.tunnels.reflector = direct.reflector(presence, self.publish, clock, self.metrics)
+        self.introductions = direct.Introductions(self.metrics.registry, clock)
         self.capacity = PeerCapacity(
             config.max_peers, config.max_peer_list_bytes, self.presence.is_online
         )
@@ -179,6 +183,7 @@ class Tracker:
             registration.port,
             registration.capabilities,
             registration.fingerprint,
+            registration.direct,
         )
         refusal = self.capacity.refusal(peer_id, size, self.presence.online_count())
         if refusal is not None:
@@ -200,6 +205,7 @@ class Tracker:
             registration.port,
             registration.capabilities,
             registration.fingerprint,
+            registration.direct,
         )
         changes = await self.presence.register(
             peer_id, listing, token_hash=identity.token_hash, now=self.now()
@@ -468,6 +474,8 @@ class Tracker:
                 await self._tunnel_request(connection, message)
             elif isinstance(message, TunnelErrorMessage):
                 await self._tunnel_decline(connection, message)
+            elif isinstance(message, RouteReport):
+                self.introductions.report(connection.peer_id, message)
             else:
                 reply = ErrorMessage(
                     "unexpected_message", f"a client may not send {message.TYPE!r} here"
@@ -485,9 +493,7 @@ class Tracker:
         if message.to is None:
             self.hub.send(sender, ErrorMessage("invalid_field", "'to' is required"))
             return
-        budget = sender.relay_budget
-        if budget is not None and not budget.take(self.now()):
-            self.metrics.rate_limited.inc()
+        if not self._spend_relay_budget(sender):
             self._refuse_relay(sender, message, "rate_limited", "too many relayed messages")
             return
         target = self.hub.link_for(message.to)
@@ -511,6 +517,14 @@ class Tracker:
             log.info("cannot relay to %s: %s", message.to, exc.message)
         self._refuse_relay(sender, message, "unknown_peer", not_online_text(message.to))
 
+    def _spend_relay_budget(self, sender: Connection) -> bool:
+        """One relayed message or tunnel request out of the sender's relay budget."""
+        budget = sender.relay_budget
+        if budget is None or budget.take(self.now()):
+            return True
+        self.metrics.rate_limited.inc()
+        return False
+
     def _refuse_relay(self, sender: Connection, message: Forwardable, code: str, why: str) -> None:
         bounce = refusal(message.request_id, message, code, why)
         if bounce is not None:
@@ -524,7 +538,7 @@ class Tracker:
         The session lives on this instance, so both invites name this tunnel
         port. An owner linked to another instance of a Redis cluster gets its
         invite through the cluster's relay, and dials this instance at
-        ``RELAY_TUNNEL_ADVERTISE`` (or the host the requester reached us by).
+        ``RELAY_TUNNEL_ADVERTISE`` (or this instance's own bind address).
         """
 
         def refuse(code: str, text: str) -> None:
@@ -543,14 +557,17 @@ class Tracker:
         if owner_info.fingerprint is None:
             refuse("no_fingerprint", f"peer {message.to!r} has no key to prove itself with")
             return
+        if not self._spend_relay_budget(sender):  # a request costs what a message does
+            refuse("rate_limited", "too many tunnel requests")
+            return
         owner = self.hub.link_for(message.to)
-        owner_host = (
-            owner.advertise_host
-            if owner is not None
-            else self.config.tunnel_advertise or sender.advertise_host
-        )
+        # An owner linked elsewhere dials an address the server names, never
+        # one from the requester's Host header (TURN, RFC 8656).
+        owner_host = cluster_tunnel_host(self.config.tunnel_advertise, self.config.host)
+        if owner is not None:
+            owner_host = owner.advertise_host
         if sender.advertise_host is None or owner_host is None:
-            refuse("disabled", "no address to offer for the tunnel port")
+            refuse("disabled", direct.no_tunnel_host_text(remote_owner=owner is None))
             return
         try:
             session = self.tunnels.invite(
@@ -560,27 +577,13 @@ class Tracker:
             refuse(exc.code, exc.message)
             return
 
-        # the owner checks the requester's client certificate against this (§11)
-        requester_info = self.presence.peer(sender.peer_id, self.now())
-        requester_fingerprint = requester_info.fingerprint if requester_info else None
-
-        def invite_for(
-            role: Literal["client", "server"], other: str, host: str, peer_fingerprint: str | None
-        ) -> TunnelInvite:
-            assert owner_info is not None and owner_info.fingerprint is not None
-            assert self.tunnel_port is not None
-            return TunnelInvite(
-                request_id=message.request_id,
-                from_=other,
-                fingerprint=owner_info.fingerprint,
-                role=role,
-                host=host,
-                port=self.tunnel_port,
-                key=session.keys[role],
-                peer_fingerprint=peer_fingerprint,
-            )
-
-        to_owner = invite_for("server", sender.peer_id, owner_host, requester_fingerprint)
+        to_owner, to_requester = direct.introduction_invites(
+            message.request_id,
+            session,
+            self.tunnel_port,
+            owner=(owner_info, owner_host),
+            requester=(self.presence.peer(sender.peer_id, self.now()), sender.advertise_host),
+        )
         if owner is not None:
             delivered = self.hub.send(owner, to_owner)
         else:
@@ -589,12 +592,11 @@ class Tracker:
             except BackendUnavailable as exc:
                 log.info("cannot invite %s: %s", message.to, exc.message)
                 delivered = False
-        if not delivered or not self.hub.send(
-            sender,
-            invite_for("client", message.to, sender.advertise_host, owner_info.fingerprint),
-        ):
+        if not delivered or not self.hub.send(sender, to_requester):
             self.tunnels.table.close(session)
             refuse("unknown_peer", f"peer {message.to!r} cannot be reached now")
+            return
+        self.introductions.introduced(message.request_id, sender.peer_id, message.to)
 
     async def _tunnel_decline(self, sender: Connection, message: TunnelErrorMessage) -> None:
         """An owner said no: end the session and tell the requester, from the owner.
@@ -616,9 +618,7 @@ class Tracker:
             return
         if self.hub.link_for(message.to) is not None:
             return  # linked here but no such session: nothing to forward
-        budget = sender.relay_budget
-        if budget is not None and not budget.take(self.now()):
-            self.metrics.rate_limited.inc()
+        if not self._spend_relay_budget(sender):
             return
         try:
             await self.presence.relay(message.to, out)

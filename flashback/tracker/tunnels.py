@@ -7,34 +7,52 @@ of a session waits (until its keys expire); the second side's task answers
 ``OK`` to both and runs the pump, while the first waits for it to finish --
 so each socket still has exactly one owner task, and closing happens there.
 
+The port also answers ``FLASHBACK-REFLECT 1 <token>`` (§10.2) with the
+source address it saw, ``ADDR <host> <port>``, and hands that address to the
+tracker (:attr:`TunnelRelay.reflector`) as the peer's reflexive address.
+
 Strangers are bounded too: at most :data:`MAX_UNJOINED_CONNECTIONS`
-connections may be in the join phase at once (more are closed at accept),
-and a join line can cost the tracker at most 128 bytes and 5 seconds.
+connections may be in the join phase (before a valid join or REFLECT line
+was answered) at once, shared fairly by source address
+(:func:`~flashback.protocol.tunnel.source_holder`: an IPv4 address or an
+IPv6 /64) with :class:`~flashback.protocol.fairshare.FairShare`: one source
+holds at most :data:`MAX_UNJOINED_PER_SOURCE`, and when the phase is full the
+heaviest source's *oldest* connection is closed to make room -- never the
+newcomer, so a slowloris from one address cannot lock out everyone else.
+A first line costs the tracker at most 128 bytes and 5 seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import trio
 
+from flashback.protocol.fairshare import FairShare
+from flashback.protocol.messages import Candidate
 from flashback.protocol.token_bucket import TokenBucket
 from flashback.protocol.tunnel import (
     IDLE_TIMEOUT_S,
     JOIN_TIMEOUT_S,
     MAX_JOIN_LINE_BYTES,
     OK_LINE,
+    Joined,
     LineReader,
+    Reflect,
     Role,
     Session,
     SessionTable,
     TunnelError,
+    addr_line,
     err_line,
-    parse_join_line,
+    parse_first_line,
+    source_candidate,
+    source_holder,
 )
 from flashback.tracker.pump import SPLICE_AVAILABLE, PumpStats, pump
 
@@ -42,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: connections that have not joined a session yet; past this, new ones are closed
 MAX_UNJOINED_CONNECTIONS: Final = 512
+#: of those, what one source address (IPv4) or /64 (IPv6) may hold
+MAX_UNJOINED_PER_SOURCE: Final = 64
 #: how long sending our OK/ERR line may take before the peer counts as gone
 LINE_SEND_TIMEOUT_S: Final = 5.0
 #: after an ERR line, unread input is drained this long / this much before closing
@@ -49,6 +69,10 @@ LINGER_S: Final = 1.0
 LINGER_MAX_BYTES: Final = 64 * 1024
 
 Outcome = Literal["completed", "idle", "reset", "expired", "refused", "timeout", "busy"]
+
+#: the tracker's half of a REFLECT: record *seen* for the peer with this token;
+#: returns None when done, else the ERR code to answer (``unauthorized``...)
+Reflector = Callable[[str, Candidate], Awaitable[str | None]]
 
 
 @dataclass
@@ -61,6 +85,8 @@ class TunnelCounters:
     #: sessions that copied through a buffer: the kernel would not grow a pipe
     #: (an unprivileged tracker past fs.pipe-user-pages-soft), ~9x the CPU
     copy_fallbacks: int = 0
+    #: REFLECT lines answered with ADDR
+    reflections: int = 0
     on_outcome: Callable[[str], None] | None = None
 
     def count(self, outcome: Outcome) -> None:
@@ -92,6 +118,7 @@ class TunnelRelay:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         join_timeout_s: float = JOIN_TIMEOUT_S,
         max_unjoined: int = MAX_UNJOINED_CONNECTIONS,
+        max_unjoined_per_source: int = MAX_UNJOINED_PER_SOURCE,
         use_splice: bool = SPLICE_AVAILABLE,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -104,7 +131,17 @@ class TunnelRelay:
         self.counters = TunnelCounters()
         self._clock = clock
         self._waiting: dict[int, _Waiter] = {}
-        self._unjoined = 0
+        # connections in the join phase, by source; each closable by its scope
+        self._unjoined: FairShare[str, int] = FairShare(max_unjoined, max_unjoined_per_source)
+        self._unjoined_scopes: dict[int, trio.CancelScope] = {}
+        self._connection_ids = itertools.count()
+        #: set by the tracker; without it a REFLECT line is answered ERR disabled
+        self.reflector: Reflector | None = None
+
+    @property
+    def unjoined(self) -> int:
+        """Connections in the join phase now."""
+        return len(self._unjoined)
 
     @property
     def sessions_active(self) -> int:
@@ -113,7 +150,7 @@ class TunnelRelay:
     def invite(self, *, request_id: str, client_peer: str, server_peer: str) -> Session:
         """A new session with two fresh keys; TunnelError ``busy`` when full."""
         try:
-            return self.table.open(
+            session = self.table.open(
                 request_id=request_id,
                 client_peer=client_peer,
                 server_peer=server_peer,
@@ -122,6 +159,11 @@ class TunnelRelay:
         except TunnelError:
             self.counters.count("busy")
             raise
+        evicted = self.table.evicted
+        if evicted is not None:  # the heaviest requester's oldest pending one made room
+            self.counters.count("busy")
+            self._call_off(evicted, "busy")
+        return session
 
     def decline(self, *, request_id: str, client_peer: str, server_peer: str) -> bool:
         """The owner said no: end the session; a side already waiting hears ``ERR refused``."""
@@ -129,29 +171,24 @@ class TunnelRelay:
         if session is None or session.server_peer != server_peer or session.paired:
             return False
         self.table.close(session, code="refused")
+        self._call_off(session, "refused")
+        return True
+
+    def _call_off(self, session: Session, code: str) -> None:
+        """A side already waiting in *session* (now closed) hears ``ERR <code>``."""
         waiter = self._waiting.get(session.session_id)
         if waiter is not None:
-            waiter.refusal = "refused"
+            waiter.refusal = code
             waiter.partner_arrived.set()
-        return True
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection to the end, and close it."""
         sock = stream.socket
         try:
-            if self._unjoined >= self.max_unjoined:
-                self.counters.count("busy")
+            first = await self._join_phase(sock)
+            if first is None:
                 return
-            self._unjoined += 1
-            try:
-                key, leftover = await self._read_join(sock)
-                joined = self.table.join(key, now=self._clock())
-            except TunnelError as exc:
-                self.counters.count("timeout" if exc.code == "timeout" else "refused")
-                await _refuse(sock, exc.line)
-                return
-            finally:
-                self._unjoined -= 1
+            joined, leftover = first
             if joined.paired:
                 await self._run_paired(joined.session, joined.role, sock, leftover)
             else:
@@ -159,7 +196,37 @@ class TunnelRelay:
         finally:
             sock.close()
 
-    async def _read_join(self, sock: trio.socket.SocketType) -> tuple[str, bytes]:
+    async def _join_phase(self, sock: trio.socket.SocketType) -> tuple[Joined, bytes] | None:
+        """Read and answer the first line, inside this source's share of the phase.
+
+        None: the connection is done (refused, reflected, or closed to make
+        room for a newer one). Eviction cancels the oldest connection of the
+        heaviest source; the newcomer always gets its turn.
+        """
+        source = _peer_address(sock)
+        connection_id = next(self._connection_ids)
+        admitted = self._unjoined.admit(source_holder(source[0]), connection_id)
+        if admitted.evicted is not None:
+            self.counters.count("busy")
+            self._unjoined_scopes.pop(admitted.evicted[1]).cancel()
+        scope = self._unjoined_scopes[connection_id] = trio.CancelScope()
+        try:
+            with scope:
+                try:
+                    request, leftover = await self._read_first_line(sock)
+                    if isinstance(request, Reflect):
+                        await self._reflect(sock, request, source)
+                        return None
+                    return self.table.join(request, now=self._clock()), leftover
+                except TunnelError as exc:
+                    self.counters.count("timeout" if exc.code == "timeout" else "refused")
+                    await _refuse(sock, exc.line)
+            return None  # evicted: closed without a word, like a full backlog
+        finally:
+            self._unjoined_scopes.pop(connection_id, None)
+            self._unjoined.release(connection_id)
+
+    async def _read_first_line(self, sock: trio.socket.SocketType) -> tuple[str | Reflect, bytes]:
         reader = LineReader(MAX_JOIN_LINE_BYTES)
         with trio.move_on_after(self.join_timeout_s):
             while True:
@@ -169,8 +236,25 @@ class TunnelRelay:
                     raise TunnelError("bad_line", "connection failed") from exc
                 line = reader.receive_data(data)
                 if line is not None:
-                    return parse_join_line(line), reader.leftover
+                    return parse_first_line(line), reader.leftover
         raise TunnelError("timeout", f"no join line within {self.join_timeout_s:g} s")
+
+    async def _reflect(
+        self, sock: trio.socket.SocketType, request: Reflect, source: tuple[str, int]
+    ) -> None:
+        """Answer ``ADDR`` with the source address, once the tracker took it."""
+        seen = source_candidate(*source)
+        if self.reflector is None:
+            raise TunnelError("disabled", "this tracker records no reflexive addresses")
+        if seen is None:
+            raise TunnelError("bad_source", "this connection's source is no usable address")
+        refusal = await self.reflector(request.token, seen)
+        if refusal is not None:
+            raise TunnelError(refusal, f"reflection refused ({refusal})")
+        self.counters.reflections += 1
+        await _send_line(sock, addr_line(seen))
+        # the peer closes after reading; a lingering close keeps the line from a reset
+        await _refuse(sock, b"")
 
     async def _wait_for_partner(
         self, session: Session, sock: trio.socket.SocketType, leftover: bytes
@@ -244,6 +328,14 @@ class TunnelRelay:
         self.counters.bytes_copied += n
 
 
+def _peer_address(sock: trio.socket.SocketType) -> tuple[str, int]:
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return "", 0
+    return str(address[0]), int(address[1])
+
+
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -282,7 +374,12 @@ async def serve_tunnel_port(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port and hand every connection to *relay*; started() with the port."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # the runner prints strerror: say which port of ours it was
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = (exc.strerror or str(exc)).lower()
+        raise OSError(exc.errno, f"tunnel port {where}: {reason}") from None
     bound = listeners[0].socket.getsockname()[1]
     log.info("tunnel port listening on %s:%d", host, bound)
     async with trio.open_nursery() as nursery:

@@ -24,13 +24,16 @@ from flashback.protocol.hosts import MAX_HOST_CHARS, is_valid_host
 from flashback.protocol.messages import (
     MAX_ID_CHARS,
     MAX_NAME_CHARS,
+    Candidate,
     ProtocolError,
     decode_object,
+    read_candidates,
     read_fingerprint,
     read_int,
     read_object,
     read_str,
 )
+from flashback.protocol.tunnel import dialable
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_CAPABILITIES_BYTES: Final = 4 * 1024
@@ -48,6 +51,8 @@ class RegisterBody:
     capabilities: dict[str, Any]
     peer_id: str | None
     fingerprint: str | None = None
+    #: its direct endpoint on each non-loopback local address (§10.2)
+    direct: tuple[Candidate, ...] = ()
 
 
 @contextmanager
@@ -82,6 +87,7 @@ def registration(body: bytes) -> RegisterBody:
         capabilities = read_object(data, "capabilities") if "capabilities" in data else {}
         peer_id = read_str(data, "peer_id", max_chars=MAX_ID_CHARS, optional=True)
         fingerprint = read_fingerprint(data)
+        direct = read_candidates(data, "direct")
     if not name.isprintable():
         raise InvalidField("'name' must be printable characters")
     if not is_valid_host(host):
@@ -89,4 +95,6 @@ def registration(body: bytes) -> RegisterBody:
     encoded = json.dumps(capabilities, ensure_ascii=False, separators=(",", ":"))
     if len(encoded.encode()) > MAX_CAPABILITIES_BYTES:
         raise InvalidField(f"'capabilities' must be at most {MAX_CAPABILITIES_BYTES} bytes")
-    return RegisterBody(name, host, port, capabilities, peer_id, fingerprint)
+    # dropped rather than refused: the rest of a registration is still good
+    direct = tuple(c for c in direct if dialable(c))
+    return RegisterBody(name, host, port, capabilities, peer_id, fingerprint, direct)

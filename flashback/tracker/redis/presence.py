@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
@@ -18,10 +19,17 @@ import trio
 from flashback.config import TrackerConfig
 from flashback.errors import BackendUnavailable
 from flashback.protocol.feed import LinkCount, Listing
-from flashback.protocol.messages import Change, ErrorMessage, Message, PeerInfo
+from flashback.protocol.messages import Candidate, Change, ErrorMessage, Message, PeerInfo
 from flashback.tracker.presence import Expired, FeedSink, not_online, wrong_token
 from flashback.tracker.redis.follower import FeedFollower
-from flashback.tracker.redis.scripts import CHANGE_KEYS, K_DEADLINES, K_SEQ, K_TOKENS
+from flashback.tracker.redis.scripts import (
+    CHANGE_KEYS,
+    K_DEADLINES,
+    K_PEERS,
+    K_SEQ,
+    K_TOKEN_PEERS,
+    K_TOKENS,
+)
 from flashback.tracker.redis.store import (
     RedisConnection,
     as_int,
@@ -31,6 +39,10 @@ from flashback.tracker.redis.store import (
 )
 from flashback.tracker.security import hash_token, token_matches
 
+#: a listing computed from a stored one that moved meanwhile is recomputed this often
+MAX_LISTING_RACES: Final = 4
+#: _REGISTER / _UPDATE: the stored listing is not the one the new one was computed from
+STORED_LISTING_MOVED: Final = -2
 INSTANCE_TTL_S: Final = 5  # a SIGKILLed tracker stops receiving relays within this
 RELAY_BACKLOG_MESSAGES: Final = 1000
 EXPIRE_BATCH: Final = 500
@@ -71,21 +83,74 @@ class RedisPresence:
     async def register(
         self, peer_id: str, listing: Listing, *, token_hash: bytes, now: float
     ) -> list[Change]:
-        args: list[str | int | float] = [
-            peer_id,
-            listing.canonical(),
-            token_hash.hex(),
-            self.ttl_s,
-            self.backlog_changes,
-            self.follower.seq,
-        ]
-        seq = as_int(
-            await self.connection.call(
-                self.connection.scripts.register(keys=CHANGE_KEYS, args=args)
-            )
-        )
+        async def attempt(stored: str | None) -> int:
+            old = None if stored is None else Listing.from_canonical(stored)
+            args: list[str | int | float] = [
+                peer_id,
+                listing.reregistered(old).canonical(),
+                token_hash.hex(),
+                self.ttl_s,
+                self.backlog_changes,
+                self.follower.seq,
+                stored or "",
+            ]
+            register = self.connection.scripts.register
+            return as_int(await self.connection.call(register(keys=CHANGE_KEYS, args=args)))
+
+        seq = await self._computed_from_stored(peer_id, attempt)
         await self.follower.wait_for(seq)
         return []
+
+    async def peer_of_token(self, token: str) -> str | None:
+        token_hash = hash_token(token)
+        peer_id = await self.connection.call(
+            self.connection.client.hget(K_TOKEN_PEERS, token_hash.hex())
+        )
+        if peer_id is None:
+            return None
+        stored_hash = await self.connection.call(self.connection.client.hget(K_TOKENS, peer_id))
+        if stored_hash is None or not token_matches(token, bytes.fromhex(stored_hash)):
+            return None
+        return str(peer_id)
+
+    async def reflect(self, peer_id: str, seen: Candidate, now: float) -> list[Change]:
+        """Computed from the stored listing, written only if it moved."""
+
+        async def attempt(stored: str | None) -> int:
+            if stored is None:
+                return 0  # gone meanwhile
+            new = Listing.from_canonical(stored).reflected(seen).canonical()
+            args: list[str | int | float] = [
+                peer_id,
+                stored,
+                new,
+                self.backlog_changes,
+                self.follower.seq,
+            ]
+            update = self.connection.scripts.update
+            return as_int(await self.connection.call(update(keys=CHANGE_KEYS, args=args)))
+
+        seq = await self._computed_from_stored(peer_id, attempt)
+        await self.follower.wait_for(seq)
+        return []
+
+    async def _computed_from_stored(
+        self, peer_id: str, attempt: Callable[[str | None], Awaitable[int]]
+    ) -> int:
+        """Run a script that writes a listing computed from the stored one.
+
+        The first try computes from this instance's mirror (no extra round
+        trip); when another instance moved the record meanwhile, the stored
+        text is read and the listing computed again, a bounded number of times.
+        """
+        known = self.follower.mirror.peers.get(peer_id)
+        stored = None if known is None else Listing.of(known).canonical()
+        for _ in range(MAX_LISTING_RACES):
+            result = await attempt(stored)
+            if result != STORED_LISTING_MOVED:
+                return result
+            stored = await self.connection.call(self.connection.client.hget(K_PEERS, peer_id))
+        raise BackendUnavailable("a peer's record kept changing under this registration")
 
     async def heartbeat(self, peer_id: str, token: str, now: float) -> None:
         script = self.connection.scripts.heartbeat

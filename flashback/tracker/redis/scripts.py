@@ -7,6 +7,8 @@ Keys (all under ``flashback:``)::
     peers        hash  peer_id -> Listing.canonical() of the peer (JSON)
     registered   hash  peer_id -> registered_at (wall seconds)
     tokens       hash  peer_id -> sha256(token) hex, for online peers
+    token_peers  hash  sha256(token) hex -> peer_id, the same pairs the other way
+                 (a FLASHBACK-REFLECT line names only the token)
     deadlines    zset  peer_id scored by when its TTL runs out (Redis's clock)
     changes      stream, entry id "<seq>-0": the change log, capped ~backlog
     identities   hash  peer_id -> identity JSON (the IdentityStore)
@@ -18,6 +20,10 @@ Keys (all under ``flashback:``)::
 What is a change is not decided here: ``_REGISTER`` compares the canonical
 listing text the tracker computed (:func:`flashback.protocol.feed.is_change`
 is exactly "those texts differ"), and logs a change only when it moved.
+A new listing is computed from the old one (a re-registration keeps the
+reflexive address, a reflection changes only it), so ``_REGISTER`` and
+``_UPDATE`` take the old text the tracker computed from and write only if
+it is still the stored one (-2 otherwise: the tracker reads it and retries).
 
 Key names built inside scripts (``link:``, ``instance:``, ``relay:``) make
 this a single-Redis design, not a Redis Cluster one.
@@ -41,6 +47,7 @@ K_DEADLINES: Final = PREFIX + "deadlines"
 K_CHANGES: Final = PREFIX + "changes"
 K_IDENTITIES: Final = PREFIX + "identities"
 K_LAST_SEEN: Final = PREFIX + "last_seen"
+K_TOKEN_PEERS: Final = PREFIX + "token_peers"
 CHANGE_KEYS: Final = [K_SEQ, K_PEERS, K_REGISTERED, K_TOKENS, K_DEADLINES, K_CHANGES]
 STATE_KEYS: Final = [K_SEQ, K_PEERS, K_REGISTERED, K_DEADLINES]
 
@@ -78,6 +85,8 @@ local function log_change(floor, backlog, ...)
   return seq
 end
 local function forget(p)
+  local h = redis.call('HGET', KEYS[4], p)
+  if h then redis.call('HDEL', '@P@token_peers', h) end
   redis.call('HDEL', KEYS[2], p)
   redis.call('HDEL', KEYS[3], p)
   redis.call('HDEL', KEYS[4], p)
@@ -85,14 +94,20 @@ local function forget(p)
 end
 """
 
-# KEYS: CHANGE_KEYS. ARGV: peer_id, canonical listing, token_hash, ttl_s, backlog, floor.
-# Returns the seq of the change, 0 when the listing did not change.
+# KEYS: CHANGE_KEYS. ARGV: peer_id, canonical listing, token_hash, ttl_s, backlog, floor,
+# the stored listing it was computed from ('' for none).
+# Returns the seq of the change, 0 when the listing did not change, -2 when the
+# stored listing is no longer the one given (nothing written).
 _REGISTER: Final = """
 local p, desc = ARGV[1], ARGV[2]
-local now = now_s()
-redis.call('HSET', KEYS[4], p, ARGV[3])
-redis.call('ZADD', KEYS[5], fmt_time(now + tonumber(ARGV[4])), p)
 local old = redis.call('HGET', KEYS[2], p)
+if (old or '') ~= ARGV[7] then return -2 end
+local now = now_s()
+local old_hash = redis.call('HGET', KEYS[4], p)
+if old_hash and old_hash ~= ARGV[3] then redis.call('HDEL', '@P@token_peers', old_hash) end
+redis.call('HSET', KEYS[4], p, ARGV[3])
+redis.call('HSET', '@P@token_peers', ARGV[3], p)
+redis.call('ZADD', KEYS[5], fmt_time(now + tonumber(ARGV[4])), p)
 if old == desc then return 0 end
 local kind = 'updated'
 if not old then
@@ -102,6 +117,20 @@ end
 redis.call('HSET', KEYS[2], p, desc)
 return log_change(ARGV[6], ARGV[5], 'k', kind, 'p', p, 'd', desc,
   'r', redis.call('HGET', KEYS[3], p), 't', fmt_time(now))
+"""
+
+# KEYS: CHANGE_KEYS. ARGV: peer_id, the stored listing, the new one, backlog, floor.
+# An online peer's listing changed by the tracker (its reflexive address): the seq
+# of the change, 0 unknown peer or no change, -2 the stored listing is another.
+_UPDATE: Final = """
+local p = ARGV[1]
+local old = redis.call('HGET', KEYS[2], p)
+if not old then return 0 end
+if old ~= ARGV[2] then return -2 end
+if old == ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], p, ARGV[3])
+return log_change(ARGV[5], ARGV[4], 'k', 'updated', 'p', p, 'd', ARGV[3],
+  'r', redis.call('HGET', KEYS[3], p), 't', fmt_time(now_s()))
 """
 
 # KEYS: CHANGE_KEYS. ARGV: peer_id, token_hash, backlog, floor. 0 unknown, -1 wrong token.
@@ -174,6 +203,7 @@ class Scripts:
     """Every script, registered on one client (each is loaded on first use)."""
 
     register: Script[str]
+    update: Script[str]
     leave: Script[str]
     expire: Script[str]
     heartbeat: Script[str]
@@ -185,6 +215,7 @@ class Scripts:
     def load(cls, client: coredis.Redis[str]) -> Scripts:
         return cls(
             register=client.register_script(_source(_REGISTER)),
+            update=client.register_script(_source(_UPDATE)),
             leave=client.register_script(_source(_LEAVE)),
             expire=client.register_script(_source(_EXPIRE)),
             heartbeat=client.register_script(_source(_HEARTBEAT)),
