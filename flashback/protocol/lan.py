@@ -171,6 +171,9 @@ class LanTable:
     def __len__(self) -> int:
         return len(self._peers)
 
+    def __contains__(self, service: object) -> bool:
+        return service in self._peers
+
     def seen(self, peer: LanPeer) -> list[LanPeer]:
         """Add or refresh *peer*; returns the peers evicted to make room."""
         if peer.fingerprint == self.own_fingerprint:
