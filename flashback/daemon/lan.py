@@ -16,10 +16,16 @@ are bridged into trio so that their lifetime is a trio task's:
 Everything a stranger announces is judged by
 :func:`flashback.protocol.lan.parse_announcement` and kept in a
 :class:`~flashback.protocol.lan.LanTable` (bounded per announced address and
-overall). Records carry :data:`LAN_TTL_S` instead of the library's 75
-minutes for PTR/TXT: a daemon that dies without its goodbye packets (a
-SIGKILL, a pulled cable) leaves the other LAN tables within that TTL plus the
-library's cache sweep (10 s); a clean stop says goodbye and leaves at once.
+overall). A clean stop sends goodbye packets (TTL 0) and leaves the other
+tables at once. A daemon that dies without them (a SIGKILL, a pulled cable)
+cannot: python-zeroconf keeps a PTR record at least 1125 s whatever its TTL
+(a guard against refresh storms), so its browser alone would list the dead
+peer for ~19 minutes. We therefore announce SRV/TXT/A with :data:`LAN_TTL_S`
+(not the library's 120 s / 75 min) and check every listed peer every
+:data:`LAN_RECHECK_S`: from the cache while its records live, by one query
+once they expired -- a live peer answers in milliseconds, a dead one does
+not, and leaves within ``LAN_TTL_S + LAN_RECHECK_S`` plus that query's
+:data:`RESOLVE_TIMEOUT_MS`.
 
 Events: ``lan-peer-found`` / ``lan-peer-lost`` ``{peer_id, name, fingerprint}``.
 """
@@ -60,6 +66,8 @@ log = logging.getLogger(__name__)
 
 #: TTL of every record we announce (SRV, TXT, PTR, A); see the module docstring
 LAN_TTL_S: Final = 20
+#: how often every listed LAN peer is checked (see the module docstring)
+LAN_RECHECK_S: Final = 5
 #: notices from zeroconf's thread waiting for trio; past this they are dropped
 BRIDGE_CAPACITY: Final = 128
 #: how long one resolve may wait for a record the cache lacks (it holds up shutdown)
@@ -233,6 +241,7 @@ async def run_lan(
         task_status.started(bridge)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_apply_notices, zc, bridge, table, emit)
+            nursery.start_soon(_recheck, zc, table, emit)
             if peer_id_changed is not None:
                 nursery.start_soon(_follow_peer_id, zc, announcer, peer_id, peer_id_changed)
             await shutdown.wait()
@@ -293,6 +302,16 @@ async def _apply_notices(zc: Zeroconf, bridge: Bridge, table: LanTable, emit: Em
             _emit(emit, "lan-peer-lost", evicted)
         if not known and peer.fingerprint != table.own_fingerprint:
             _emit(emit, "lan-peer-found", peer)
+
+
+async def _recheck(zc: Zeroconf, table: LanTable, emit: Emit) -> None:
+    """Drop the peers whose records expired and who no longer answer (a dead peer)."""
+    while True:
+        await trio.sleep(LAN_RECHECK_S)
+        for peer in table.peers():
+            resolved = await trio.to_thread.run_sync(_resolve, zc, peer.service)
+            if resolved is None and table.gone(peer.service) is not None:
+                _emit(emit, "lan-peer-lost", peer)
 
 
 def _resolve(
