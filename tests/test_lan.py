@@ -83,10 +83,11 @@ def _ctx(tmp_path: Path) -> DaemonContext:
     return ctx
 
 
-def test_peers_merge_tracker_lan_and_book_and_answer_without_a_tracker(tmp_path: Path) -> None:
+def test_peers_merge_tracker_lan_and_book_one_row_per_fingerprint(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     alice = PeerInfo("p-alice", "alice", "127.0.0.1", 1, fingerprint=FP_ALICE)
     ctx.table.apply(Snapshot(seq=3, peers=(alice,)))
+    ctx.tracker_connected = True
     ctx.lan.seen(LanPeer("a", None, "alice-lan", FP_ALICE, (Candidate("192.0.2.1", 4),)))
     ctx.lan.seen(LanPeer("b", None, "bob", FP_BOB, (Candidate("192.0.2.2", 4),)))
     ctx.lan.seen(LanPeer("me", None, "me", FP_ME, (Candidate("192.0.2.3", 4),)))
@@ -94,7 +95,7 @@ def test_peers_merge_tracker_lan_and_book_and_answer_without_a_tracker(tmp_path:
     ctx.book.record(FP_CAROL, name="carol", peer_id="p-carol")
     ctx.book.record(FP_BOB, name="bob-old")
     listing = PeerDirectory(ctx).listing()
-    assert listing["tracker"] == {"url": "http://tracker.invalid", "connected": False}
+    assert listing["tracker"] == {"url": "http://tracker.invalid", "connected": True}
     rows = {p["name"]: p for p in listing["peers"]}
     assert {n: r["source"] for n, r in rows.items()} == {
         "alice": "tracker",
@@ -105,6 +106,14 @@ def test_peers_merge_tracker_lan_and_book_and_answer_without_a_tracker(tmp_path:
     assert rows["alice"]["candidates"] == [{"host": "192.0.2.1", "port": 4}]
     assert rows["bob"]["peer_server"] is None and rows["bob"]["peer_id"] is None
     assert rows["carol"]["peer_id"] == "p-carol"
+    # the tracker gone, its stale rows go; what the LAN says of the same key shows
+    ctx.tracker_connected = False
+    rows = {p["name"]: p for p in PeerDirectory(ctx).listing()["peers"]}
+    assert {n: r["source"] for n, r in rows.items()} == {
+        "alice-lan": "lan",
+        "bob": "lan",
+        "carol": "book",
+    }
 
 
 async def test_a_lan_only_peer_goes_to_the_direct_seam(tmp_path: Path) -> None:
@@ -268,3 +277,37 @@ async def test_two_daemons_on_a_lan_with_no_tracker(tmp_path: Path, nursery: tri
             )
             bob.signal(signal.SIGTERM)
             assert await bob.wait_exit(timeout_s=5) == 0
+
+
+async def test_a_peer_reached_through_the_tracker_stays_in_the_book(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from tests.test_daemon_system import start_daemon, start_tracker
+
+    with trio.fail_after(90):
+        async with AsyncExitStack() as stack:
+            tracker, url = await start_tracker(stack, nursery, tmp_path)
+            await start_daemon(stack, nursery, tmp_path, "alice", url)
+            bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
+            await bob.wait_event(lambda e: "alice" in json.dumps(e) and "peer" in e["event"])
+            bob_env = daemon_env(tmp_path, "bob")
+            status = json.loads(
+                (await run_cli(["status", "--json"], env=daemon_env(tmp_path, "alice"))).stdout
+            )
+            ls = await run_cli(["ls", "alice", "--json"], env=bob_env)
+            assert ls.returncode == 0, ls.stderr
+
+            tracker.signal(signal.SIGKILL)
+            await tracker.wait_exit()
+            await bob.wait_event(event_is("tracker-disconnected"))
+            listing = json.loads((await run_cli(["peers", "--json"], env=bob_env)).stdout)
+            assert listing["tracker"] == {"url": url, "connected": False}
+            assert [
+                (p["name"], p["source"], p["peer_id"], p["fingerprint"]) for p in listing["peers"]
+            ] == [("alice", "book", status["peer_id"], status["fingerprint"])]
+            bob.signal(signal.SIGTERM)
+            assert await bob.wait_exit(timeout_s=5) == 0
+    books = list((tmp_path / "bob" / "data").rglob(BOOK_FILE))
+    assert len(books) == 1
+    entries = read_book(books[0]).entries()
+    assert [(e.name, e.fingerprint) for e in entries] == [("alice", status["fingerprint"])]

@@ -37,10 +37,14 @@ class PeerDirectory:
 
     def known(self) -> list[KnownPeer]:
         """Tracker, LAN and book peers, one row per fingerprint (this daemon's own
-        tracker row included, as ``peers`` always listed it)."""
+        tracker row included, as ``peers`` always listed it).
+
+        The tracker's rows count only while the link is up: with the tracker
+        away they are a stale list, and a peer we reached stays as its book row.
+        """
         ctx = self._ctx
         rows = merge(
-            ctx.table.sorted_peers(),
+            ctx.table.sorted_peers() if ctx.tracker_connected else (),
             ctx.lan.peers() if ctx.lan is not None else (),
             ctx.book.entries() if ctx.book is not None else (),
         )
