@@ -241,7 +241,7 @@ async def run_lan(
         task_status.started(bridge)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_apply_notices, zc, bridge, table, emit)
-            nursery.start_soon(_recheck, zc, table, emit)
+            nursery.start_soon(_recheck, zc, table, emit, bridge)
             if peer_id_changed is not None:
                 nursery.start_soon(_follow_peer_id, zc, announcer, peer_id, peer_id_changed)
             await shutdown.wait()
@@ -304,10 +304,17 @@ async def _apply_notices(zc: Zeroconf, bridge: Bridge, table: LanTable, emit: Em
             _emit(emit, "lan-peer-found", peer)
 
 
-async def _recheck(zc: Zeroconf, table: LanTable, emit: Emit) -> None:
-    """Drop the peers whose records expired and who no longer answer (a dead peer)."""
+async def _recheck(zc: Zeroconf, table: LanTable, emit: Emit, bridge: Bridge) -> None:
+    """Drop the peers whose records expired and who no longer answer (a dead peer);
+    say (once per round) when a flood made the bridge drop notices."""
+    dropped = 0
     while True:
         await trio.sleep(LAN_RECHECK_S)
+        if bridge.dropped > dropped:
+            log.warning(
+                "dropped %d LAN notices (a flood of announcements?)", bridge.dropped - dropped
+            )
+            dropped = bridge.dropped
         for peer in table.peers():
             resolved = await trio.to_thread.run_sync(_resolve, zc, peer.service)
             if resolved is None and table.gone(peer.service) is not None:
