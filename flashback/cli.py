@@ -68,6 +68,12 @@ def _add_daemon(sub: Subcommands) -> None:
     p.add_argument("--show-hidden", action="store_true", help="serve dot files too")
     p.add_argument("--ui-port", default=None, help="web UI port on 127.0.0.1 (default 0: any)")
     p.add_argument(
+        "--lan",
+        default=None,
+        metavar="on|off",
+        help="announce and find peers on the local network by mDNS (FLASHBACK_LAN; default on)",
+    )
+    p.add_argument(
         "--identity",
         default=None,
         metavar="NAME",

@@ -97,6 +97,9 @@ class DaemonConfig:
     data_dir: Path = Path()
     # an identity instance to use (else the first free one of the name)
     identity: str | None = None
+    # LAN discovery over mDNS (§12): on by default from the command line; a
+    # config built in code (tests) announces nothing on any network unless asked
+    lan: bool = False
 
 
 # -- where things live ---------------------------------------------------------
@@ -361,4 +364,18 @@ def daemon_from_sources(
         state_dir=state_dir(env),
         data_dir=data_dir(env),
         identity=_first(flags.get("identity"), env.get("FLASHBACK_IDENTITY")),
+        lan=parse_on_off(
+            _first(flags.get("lan"), env.get("FLASHBACK_LAN"), file.get("lan"), "on"),
+            what="--lan (FLASHBACK_LAN)",
+        ),
     )
+
+
+def parse_on_off(value: Any, *, what: str) -> bool:
+    """``on``/``off`` (also a TOML boolean): anything else is a usage error."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("on", "off"):
+        return text == "on"
+    raise ConfigError(f"{what} must be on or off, not {value!r}")

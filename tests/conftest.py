@@ -20,6 +20,9 @@ BIG_FILE_BYTES = 5 * 1024 * 1024 + 123  # more than a few 1 MiB chunks, odd tail
 # Every tracker process a test starts inherits this: its tunnel port is the
 # OS's choice, never the fixed default 3001 (tests must not use fixed ports).
 os.environ.setdefault("RELAY_TUNNEL_PORT", "0")
+# ...and no daemon a test starts sends mDNS on this machine's real networks:
+# the LAN tests turn it on inside network namespaces of their own.
+os.environ["FLASHBACK_LAN"] = "off"
 
 
 @pytest.fixture

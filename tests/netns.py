@@ -96,3 +96,84 @@ def two_homes_and_a_relay() -> Iterator[Topology]:
     finally:
         for ns in made:  # deleting a namespace deletes its veth ends too
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+# -- one LAN: two hosts on a bridge, multicast on ----------------------------------------
+
+LAN_ADDRS = ("203.0.113.10", "203.0.113.11")
+
+
+@dataclass(frozen=True)
+class Lan:
+    """Two hosts (namespaces) on one Ethernet segment: ``hosts[i]`` has ``LAN_ADDRS[i]``."""
+
+    switch: str
+    hosts: tuple[str, str]
+
+
+def require_netns() -> None:
+    """Skip when network namespaces cannot be had here; in CI (``CI=true``) fail instead."""
+    import pytest
+
+    reason = netns_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the network-namespace tests: {reason}")
+    pytest.skip(reason)
+
+
+@contextmanager
+def two_hosts_on_a_lan() -> Iterator[Lan]:
+    """A bridge (the switch, in its own namespace) with one veth end of each host on it.
+
+    Multicast snooping is off, so the switch floods mDNS (224.0.0.251) to
+    both hosts as a home router's switch does; each host routes multicast
+    out of its LAN interface (there is no default route to carry it).
+    """
+    tag = secrets.token_hex(3)
+    lan = Lan(switch=f"fb-{tag}-sw", hosts=(f"fb-{tag}-la", f"fb-{tag}-lb"))
+    made: list[str] = []
+    try:
+        for ns in (lan.switch, *lan.hosts):
+            _ip("netns", "add", ns)
+            made.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        bridge = f"fb{tag}br"
+        _ip("-n", lan.switch, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+        _ip("-n", lan.switch, "link", "set", bridge, "up")
+        for host, addr, side in zip(lan.hosts, LAN_ADDRS, "ab", strict=True):
+            host_if, port_if = f"fb{tag}{side}h", f"fb{tag}{side}s"
+            _ip("-n", host, "link", "add", host_if, "type", "veth", "peer", "name", port_if)
+            _ip("-n", host, "link", "set", port_if, "netns", lan.switch)
+            _ip("-n", lan.switch, "link", "set", port_if, "master", bridge)
+            _ip("-n", lan.switch, "link", "set", port_if, "up")
+            _ip("-n", host, "addr", "add", f"{addr}/24", "dev", host_if)
+            _ip("-n", host, "link", "set", host_if, "multicast", "on", "up")
+            _ip("-n", host, "route", "add", "224.0.0.0/4", "dev", host_if)
+        yield lan
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@contextmanager
+def one_host_two_addresses() -> Iterator[tuple[str, tuple[str, str]]]:
+    """One namespace whose two veth ends are two addresses of one segment (for one
+    process playing several LAN hosts); multicast leaves by the first."""
+    ns = f"fb-{secrets.token_hex(3)}-probe"
+    addrs = ("192.0.2.1", "192.0.2.2")
+    made = False
+    try:
+        _ip("netns", "add", ns)
+        made = True
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", ns, "link", "add", "fbp0", "type", "veth", "peer", "name", "fbp1")
+        for dev, addr in zip(("fbp0", "fbp1"), addrs, strict=True):
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "fbp0")
+        yield ns, addrs
+    finally:
+        if made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

@@ -16,6 +16,7 @@ import struct
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 from urllib.parse import quote
@@ -34,6 +35,7 @@ from flashback.folder import (
     FolderProgress,
     is_remote_directory,
 )
+from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
 from flashback.protocol.paths import is_servable_name
@@ -148,23 +150,52 @@ async def fetch_ui_url(env: Mapping[str, str]) -> str:
     return url
 
 
-def resolve_peer(listing: dict[str, Any], key: str) -> PeerInfo:
-    peers = [PeerInfo.parse(p) for p in listing.get("peers", [])]
+@dataclass(frozen=True)
+class ListedPeer:
+    """A row of ``GET /peers`` that a command names: tracker, LAN or peer book (§12)."""
+
+    key: str  # what the daemon is asked for: the peer id, else the fingerprint
+    name: str
+    peer_id: str | None
+    fingerprint: str | None
+    source: str
+
+    @classmethod
+    def parse(cls, row: Any) -> ListedPeer:
+        if not isinstance(row, dict):
+            raise FlashbackError("the daemon listed a peer that is not an object")
+        source = row.get("source", "tracker")
+        if source == "tracker" or row.get("peer_server") is not None:
+            info = PeerInfo.parse(row)
+            return cls(info.peer_id, info.name, info.peer_id, info.fingerprint, "tracker")
+        peer_id, name, fingerprint = row.get("peer_id"), row.get("name"), row.get("fingerprint")
+        if not isinstance(fingerprint, str) or not is_fingerprint(fingerprint):
+            raise FlashbackError("the daemon listed a peer without a fingerprint")
+        if not isinstance(name, str):
+            raise FlashbackError("the daemon listed a peer without a name")
+        if peer_id is not None and not isinstance(peer_id, str):
+            raise FlashbackError("the daemon listed a peer with a bad peer id")
+        return cls(peer_id or fingerprint, name, peer_id, fingerprint, str(source))
+
+
+def resolve_peer(listing: dict[str, Any], key: str) -> ListedPeer:
+    """The listed peer *key* names: a peer id, a full fingerprint, else a unique name."""
+    peers = [ListedPeer.parse(p) for p in listing.get("peers", [])]
     for peer in peers:
-        if peer.peer_id == key:
+        if key in (peer.peer_id, peer.fingerprint):
             return peer
     named = [p for p in peers if p.name == key]
     if len(named) == 1:
         return named[0]
     if len(named) > 1:
-        ids = ", ".join(p.peer_id for p in named)
-        raise ConfigError(f"several peers are named {key!r}; use a peer id ({ids})")
+        ids = ", ".join(printable(p.key) for p in named)
+        raise ConfigError(f"several peers are named {key!r}; use a peer id or fingerprint ({ids})")
     raise FlashbackError(
         f"no peer '{printable(key)}' is online{_suggestion(key, peers)}", code="unknown_peer"
     )
 
 
-def _suggestion(key: str, peers: list[PeerInfo]) -> str:
+def _suggestion(key: str, peers: list[ListedPeer]) -> str:
     """`` (did you mean 'alice'?)`` for a typo'd name, else empty."""
     close = difflib.get_close_matches(key, sorted({p.name for p in peers}), n=1)
     return f" (did you mean '{printable(close[0])}'?)" if close else ""
@@ -214,11 +245,11 @@ def _answer_or_raise(response: httpx.Response) -> dict[str, Any]:
     return payload
 
 
-async def reach_peer(env: Mapping[str, str], key: str) -> tuple[PeerInfo, httpx.URL]:
+async def reach_peer(env: Mapping[str, str], key: str) -> tuple[ListedPeer, httpx.URL]:
     """The peer *key* names and an origin that reaches its server, direct or by tunnel
-    (the daemon decides, CONTRACT §6.3)."""
+    (the daemon decides, CONTRACT §6.3; a LAN or book peer by its endpoint, §12)."""
     peer = resolve_peer(await fetch_peers(env), key)
-    answer = await _post_connect(env, {"peer": peer.peer_id})
+    answer = await _post_connect(env, {"peer": peer.key})
     return peer, httpx.URL(answer["url"])
 
 
@@ -244,10 +275,24 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
 
 
 def format_peer(peer: dict[str, Any]) -> str:
-    server = peer["peer_server"]
-    name, peer_id = printable(peer["name"]), printable(peer["peer_id"])
+    """One line: name, peer id (or fingerprint), route, address, source."""
+    server = peer.get("peer_server")
+    name = printable(peer["name"])
+    peer_id = printable(peer.get("peer_id") or peer.get("fingerprint") or "-")
     route = peer.get("route") if isinstance(peer.get("route"), str) else "-"
-    return printable(f"{name:<24} {peer_id:<20} {route:<6} {_display_url(server)}")
+    if isinstance(server, dict):
+        where = _display_url(server)
+    else:
+        where = ", ".join(_display_candidate(c) for c in peer.get("candidates") or []) or "-"
+    source = peer.get("source") if isinstance(peer.get("source"), str) else "tracker"
+    return printable(f"{name:<24} {peer_id:<20} {route:<6} {where} ({source})")
+
+
+def _display_candidate(candidate: Any) -> str:
+    try:
+        return f"{http_url(str(candidate['host']), int(candidate['port'])).netloc.decode()}"
+    except (FlashbackError, httpx.InvalidURL, ValueError, TypeError, KeyError):
+        return "(invalid address)"
 
 
 def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
@@ -255,7 +300,9 @@ def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
         print(json.dumps(listing))
         return
     if not listing["peers"]:
-        print("no peers online")
+        tracker = listing.get("tracker") or {}
+        down = tracker.get("url") and not tracker.get("connected")
+        print("no peers known (the tracker is not connected)" if down else "no peers online")
     for peer in listing["peers"]:
         print(format_peer(peer))
 
@@ -478,7 +525,7 @@ async def get_file(
                 target,
                 label=target.name,
                 on_event=_print_event,
-                resume_key=resume_key(peer.peer_id, path),
+                resume_key=resume_key(peer.key, path),
                 manifest_url=at(base, "/api/digest/" + path.strip("/")),
             )
         except NotOnPeer:
@@ -491,14 +538,14 @@ async def get_file(
     return 0
 
 
-def _root_output(peer: PeerInfo) -> Path:
+def _root_output(peer: ListedPeer) -> Path:
     """A whole share goes into a directory named after its peer, if that is a plain name."""
     if is_servable_name(peer.name) and "/" not in peer.name:
         return Path(peer.name)
     raise ConfigError(f"cannot name a directory after peer '{printable(peer.name)}'; pass -o OUT")
 
 
-async def _get_folder(base: httpx.URL, peer: PeerInfo, path: str, out: Path, jobs: int) -> int:
+async def _get_folder(base: httpx.URL, peer: ListedPeer, path: str, out: Path, jobs: int) -> int:
     """``get PEER DIR``: the whole tree, N files at a time, then ``folder-complete``."""
     if not out.parent.is_dir():
         raise ConfigError(f"directory {out.parent} does not exist")
@@ -509,7 +556,7 @@ async def _get_folder(base: httpx.URL, peer: PeerInfo, path: str, out: Path, job
             base,
             path.strip("/"),
             out,
-            owner=peer.peer_id,
+            owner=peer.key,
             jobs=jobs,
             on_complete=_complete,
             progress=FolderProgress(out.name),
@@ -632,13 +679,13 @@ async def connect(env: Mapping[str, str], key: str, *, as_json: bool) -> int:
     return 1
 
 
-async def _hold_forward(env: Mapping[str, str], peer: PeerInfo, *, as_json: bool) -> None:
+async def _hold_forward(env: Mapping[str, str], peer: ListedPeer, *, as_json: bool) -> None:
     async with control_client(env) as client:
         try:
             async with client.stream(
                 "POST",
                 "/connect",
-                json={"peer": peer.peer_id, "hold": True},
+                json={"peer": peer.key, "hold": True},
                 timeout=httpx.Timeout(CONNECT_TIMEOUT_S, read=None),
             ) as response:
                 if response.status_code != 200:

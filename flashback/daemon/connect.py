@@ -18,9 +18,11 @@ from typing import Any
 import trio
 
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.directory import PeerDirectory, reach_known
 from flashback.daemon.routes import origin
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
+from flashback.protocol.directory import KnownPeer
 from flashback.protocol.hosts import MAX_HOST_CHARS
 from flashback.protocol.messages import PeerInfo
 from flashback.protocol.tunnel import OpenTarget
@@ -85,8 +87,40 @@ def resolve_peer_key(ctx: DaemonContext, key: str) -> PeerInfo | None:
     return others[0]
 
 
+def resolve_any(ctx: DaemonContext, key: str) -> PeerInfo | KnownPeer | None:
+    """The peer *key* names among tracker, LAN and book peers (§12); None: this daemon.
+
+    The tracker's table answers first, as it always did (peer id, then unique
+    name); then the merged directory, where *key* may also be a fingerprint.
+    """
+    try:
+        return resolve_peer_key(ctx, key)
+    except NotFound:
+        pass
+    if key == ctx.fingerprint:
+        return None
+    matches = PeerDirectory(ctx).find(key)
+    if not matches:
+        raise NotFound(f"no peer {key!r} is online", code="unknown_peer")
+    if len(matches) > 1:
+        keys = ", ".join(peer.key for peer in matches)
+        raise AmbiguousPeer(f"several peers are named {key!r}; use a fingerprint ({keys})")
+    known = matches[0]
+    if known.source == "tracker" and known.peer_id in ctx.table.peers:
+        return ctx.table.peers[known.peer_id]  # named by its fingerprint
+    return known
+
+
 async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str, Any]:
-    peer = resolve_peer_key(ctx, request.peer)
+    peer = resolve_any(ctx, request.peer)
+    if isinstance(peer, KnownPeer):  # a LAN or book peer: only its direct endpoint reaches it
+        target = (
+            OpenTarget("stream", request.stream_port)
+            if request.stream_port is not None
+            else OpenTarget("peer-server")
+        )
+        known = await reach_known(ctx, peer, target)
+        return {"peer_id": peer.peer_id, "url": _text(known.url), "route": known.route}
     if peer is None:  # ourselves: our own server on loopback
         address = ctx.address
         if address is None:
@@ -112,6 +146,8 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
         if exc.code == "fingerprint_mismatch":
             raise KeyChanged(str(exc)) from exc
         raise PeerUnreachable(f"cannot reach peer {request.peer!r}: {exc}") from exc
+    if ctx.book is not None:  # reached: the book remembers it for a day without the tracker
+        ctx.book.record_peer(peer)
     return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}
 
 

@@ -9,12 +9,14 @@ from typing import Any
 import trio
 
 from flashback.config import DaemonConfig
+from flashback.daemon.book import PeerBook
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
 from flashback.daemon.keys import KeyPair
 from flashback.daemon.routes import Router
 from flashback.daemon.tunnels import TunnelService
 from flashback.peer.app import LocalInfo
+from flashback.protocol.lan import LanTable
 from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
 from flashback.protocol.peer_table import PeerTable
 from flashback.web import BoundAddress
@@ -44,6 +46,9 @@ class DaemonContext:
     router: Router | None = None
     # the web UI's URL, access token included (told only over the control socket)
     ui_url: str | None = None
+    # who this daemon reached or accepted (§12), and who the LAN announces (None: --lan off)
+    book: PeerBook | None = None
+    lan: LanTable | None = None
     _identity_changed: trio.Event = field(default_factory=trio.Event)
     # set by the link when the tracker answers hello with unknown_peer (it
     # restarted, say), so the session registers at once instead of waiting

@@ -4,7 +4,8 @@ Only the same user can reach it: the state directory is 0700 and the socket
 0600. Nothing on the peer server's TCP port controls the daemon.
 
 Routes (HTTP/1.1 over the socket):
-``GET /status``, ``GET /peers`` (the tracker list shape), ``GET /ui`` (the
+``GET /status``, ``GET /peers`` (the tracker list shape, merged with LAN and
+peer-book peers, each row with its ``source``, §12), ``GET /ui`` (the
 web UI's URL with its token), ``GET /events``
 (newline-delimited JSON, one event per line, for ``peers --watch``; with
 ``?snapshot=1`` the first line is ``{"event": "peers-snapshot", ...}``), and
@@ -26,6 +27,7 @@ from quart_trio import QuartTrio
 
 from flashback.daemon.connect import connect_peer, hold_lines, parse_connect_body
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.directory import PeerDirectory
 from flashback.daemon.stream_request import parse_stream_body, request_stream
 from flashback.errors import ConfigError
 from flashback.web import StreamedBody, install_json_errors, json_response
@@ -91,10 +93,7 @@ def create_control_app(ctx: DaemonContext) -> QuartTrio:
 
     @app.get("/peers")
     async def peers() -> Response:
-        listing = ctx.table.snapshot()
-        for peer in listing["peers"]:  # the route this daemon last used (§6.3), or null
-            peer["route"] = ctx.router.last_route(peer["peer_id"]) if ctx.router else None
-        return json_response(listing)
+        return json_response(PeerDirectory(ctx).listing())
 
     @app.get("/ui")
     async def ui() -> Response:

@@ -25,10 +25,12 @@ import trio
 
 from flashback.config import DaemonConfig, ensure_private_dir
 from flashback.daemon.announce import announce_host
+from flashback.daemon.book import PeerBook
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.control import control_socket_path, create_control_app, refuse_if_running
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import IdentityStore, Instance, claim_instance
+from flashback.daemon.lan import run_lan
 from flashback.daemon.link import run_link
 from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.pins import PinStore
@@ -39,6 +41,7 @@ from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, HTTPTrackerAPI, Trac
 from flashback.digests import DigestCache, DigestService
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
+from flashback.protocol.lan import LanTable
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
 from flashback.shutdown import Shutdown
@@ -93,6 +96,31 @@ async def run_digests(
         nursery.cancel_scope.cancel()
 
 
+def lan_port(ctx: DaemonContext) -> int:
+    """The port our LAN announcement carries (the SRV port).
+
+    §12 says the direct endpoint's; until the daemon runs one this is the peer
+    server's port, which only a ``--host`` other than 127.0.0.1 makes reachable.
+    """
+    assert ctx.address is not None
+    return ctx.address.port
+
+
+async def run_lan_for(ctx: DaemonContext, instance: Instance, shutdown: Shutdown) -> None:
+    """LAN discovery for this daemon: its table on the context, its events on the hub."""
+    ctx.lan = LanTable(instance.fingerprint)
+    await run_lan(
+        name=ctx.config.name,
+        fingerprint=instance.fingerprint,
+        port=lan_port(ctx),
+        table=ctx.lan,
+        shutdown=shutdown,
+        emit=ctx.hub.emit,
+        peer_id=lambda: ctx.identity.peer_id if ctx.identity else None,
+        peer_id_changed=ctx.wait_identity_change,
+    )
+
+
 async def daemon_main(
     config: DaemonConfig,
     shutdown: Shutdown,
@@ -132,8 +160,11 @@ async def _run_daemon_tasks(
     )
     settings = ShareSettings(config.root, config.show_hidden, local)
 
+    ctx.book = await trio.to_thread.run_sync(PeerBook.in_directory, instance.directory)
+
     async with trio.open_nursery() as nursery:
         digests = await nursery.start(run_digests, config.data_dir, shutdown)
+        await nursery.start(ctx.book.run, shutdown)
         ctx.address = await nursery.start(
             partial(
                 serve_peer,
@@ -158,6 +189,8 @@ async def _run_daemon_tasks(
                 shutdown=shutdown,
             )
         )
+        if config.lan:
+            nursery.start_soon(run_lan_for, ctx, instance, shutdown)
         ctx.ui_url = await nursery.start(partial(serve_ui, ctx, config.ui_port, shutdown=shutdown))
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (CONTRACT §5).

@@ -51,6 +51,27 @@ def authorize_by_tracker(invite: TunnelInvite, fingerprint: str | None) -> str |
     return None
 
 
+def recording_accepted(
+    ctx: DaemonContext, authorize: Callable[[TunnelInvite, str | None], str | None]
+) -> Callable[[TunnelInvite, str | None], str | None]:
+    """*authorize*, and a requester it lets in goes into the peer book (§11: an owner
+    keeps the requesters it accepted, so a peer served yesterday is known tomorrow)."""
+
+    def check(invite: TunnelInvite, fingerprint: str | None) -> str | None:
+        refused = authorize(invite, fingerprint)
+        if refused is None and fingerprint is not None and ctx.book is not None:
+            peer = ctx.table.peers.get(invite.from_)
+            ctx.book.record(
+                fingerprint,
+                name=peer.name if peer is not None else invite.from_,
+                peer_id=invite.from_,
+                candidates=invite.candidates,
+            )
+        return refused
+
+    return check
+
+
 def pin_checker(pins: PinStore, ctx: DaemonContext) -> CheckPin:
     """Trust on first use (§6.1): a changed key is refused for every connection,
     with a warning naming both fingerprints, until ``flashback forget``."""
@@ -87,7 +108,7 @@ async def run_routes(
         emit=ctx.hub.emit,
         owner_context=tls.server_context,
         requester_context=tls.client_context,
-        authorize=authorize_by_tracker,
+        authorize=recording_accepted(ctx, authorize_by_tracker),
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         check_pin=check_pin,
         on_forward_closed=forward_closed,

@@ -15,10 +15,12 @@ from typing import Any, Final
 
 import trio
 
-from flashback.daemon.connect import resolve_peer_key
+from flashback.daemon.connect import resolve_any
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.directory import reach_known
 from flashback.daemon.stream_ports import LOCAL_REQUESTER
 from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
+from flashback.protocol.directory import KnownPeer
 from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
 
 #: how long the daemon waits for the owner's answer
@@ -53,16 +55,19 @@ def parse_stream_body(body: object) -> tuple[str, str]:
     return peer, path
 
 
-def _target(ctx: DaemonContext, key: str) -> str | None:
+async def _target(ctx: DaemonContext, key: str) -> str | None:
     """The owner's peer id, or None when *key* names this daemon itself."""
     try:
-        peer = resolve_peer_key(ctx, key)
+        peer = resolve_any(ctx, key)
     except NotFound:
         if not ctx.tracker_connected:  # we cannot know who is online
             raise NoTracker("no tracker connection") from None
         raise
     if peer is None:
         return None
+    if isinstance(peer, KnownPeer):  # LAN or book only: its endpoint, not the tracker
+        await reach_known(ctx, peer)
+        raise NoTracker(f"peer {key!r} is not on the tracker")
     if not ctx.tracker_connected:
         raise NoTracker("no tracker connection")
     return peer.peer_id
@@ -71,7 +76,7 @@ def _target(ctx: DaemonContext, key: str) -> str | None:
 async def request_stream(
     ctx: DaemonContext, key: str, path: str, *, wait_s: float = STREAM_WAIT_S
 ) -> dict[str, Any]:
-    target = _target(ctx, key)
+    target = await _target(ctx, key)
     request_id = secrets.token_urlsafe(12)
     send, receive = trio.open_memory_channel[Message](1)
     ctx.stream_waiters[request_id] = send

@@ -1,0 +1,313 @@
+"""Without the tracker (§12): the peer book on disk, the merged directory, the zeroconf
+bridge, and LAN discovery between real daemons in network namespaces."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from flashback.config import DaemonConfig, daemon_from_sources
+from flashback.daemon.book import BOOK_FILE, PeerBook, read_book
+from flashback.daemon.connect import ConnectRequest, connect_peer
+from flashback.daemon.context import DaemonContext
+from flashback.daemon.directory import NoDirectEndpoint, PeerDirectory
+from flashback.daemon.hub import EventHub
+from flashback.daemon.lan import LAN_RECHECK_S, LAN_TTL_S, Bridge, Notice
+from flashback.errors import ConfigError
+from flashback.peer.app import LocalInfo
+from flashback.protocol.lan import MAX_LAN_PER_ADDRESS, LanPeer, LanTable
+from flashback.protocol.messages import Candidate, PeerInfo, Snapshot
+from flashback.shutdown import Shutdown
+from tests.netns import LAN_ADDRS, one_host_two_addresses, require_netns, two_hosts_on_a_lan
+from tests.procs import EventPredicate, Proc, daemon_env, event_is, run_cli, start
+
+FP_ME = "sha256:" + "1" * 64
+FP_ALICE = "sha256:" + "a" * 64
+FP_BOB = "sha256:" + "b" * 64
+FP_CAROL = "sha256:" + "c" * 64
+
+
+# -- the book on disk --------------------------------------------------------------
+
+
+async def test_the_book_is_written_private_and_atomic_and_read_back(tmp_path: Path) -> None:
+    book = PeerBook(tmp_path / BOOK_FILE, clock=lambda: 100.0)
+    book.record(FP_ALICE, name="alice", peer_id="p1", candidates=(Candidate("192.0.2.1", 9),))
+    book.record(FP_BOB, name="bad\nname")  # not a peer name: nothing recorded, no error
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(book.run, shutdown)
+        shutdown.set()
+    path = tmp_path / BOOK_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not (tmp_path / (BOOK_FILE + ".tmp")).exists()
+    again = read_book(path)
+    assert [(e.fingerprint, e.peer_id, e.name, e.last_seen) for e in again.entries()] == [
+        (FP_ALICE, "p1", "alice", 100.0)
+    ]
+
+
+def test_a_damaged_book_is_moved_aside_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / BOOK_FILE
+    for raw in (b'{"version": 1, "peers": [{"fingerprint": 7}]}', b"\x00" * (2 * 1024 * 1024)):
+        path.write_bytes(raw)
+        with caplog.at_level(logging.WARNING):
+            assert len(read_book(path)) == 0
+        assert not path.exists() and (tmp_path / (BOOK_FILE + ".damaged")).read_bytes() == raw
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"the peer book {path} is damaged"
+    ] * 2
+
+
+# -- the directory and the seam ------------------------------------------------------
+
+
+def _ctx(tmp_path: Path) -> DaemonContext:
+    config = DaemonConfig(root=tmp_path, tracker_url="http://tracker.invalid", name="me")
+    ctx = DaemonContext(config=config, hub=EventHub(stdout=io.StringIO()), local=LocalInfo("me"))
+    ctx.book = PeerBook(tmp_path / BOOK_FILE, clock=lambda: 5.0)
+    ctx.lan = LanTable(FP_ME)
+    return ctx
+
+
+def test_peers_merge_tracker_lan_and_book_one_row_per_fingerprint(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    alice = PeerInfo("p-alice", "alice", "127.0.0.1", 1, fingerprint=FP_ALICE)
+    ctx.table.apply(Snapshot(seq=3, peers=(alice,)))
+    ctx.tracker_connected = True
+    ctx.lan.seen(LanPeer("a", None, "alice-lan", FP_ALICE, (Candidate("192.0.2.1", 4),)))
+    ctx.lan.seen(LanPeer("b", None, "bob", FP_BOB, (Candidate("192.0.2.2", 4),)))
+    ctx.lan.seen(LanPeer("me", None, "me", FP_ME, (Candidate("192.0.2.3", 4),)))
+    assert ctx.book is not None
+    ctx.book.record(FP_CAROL, name="carol", peer_id="p-carol")
+    ctx.book.record(FP_BOB, name="bob-old")
+    listing = PeerDirectory(ctx).listing()
+    assert listing["tracker"] == {"url": "http://tracker.invalid", "connected": True}
+    rows = {p["name"]: p for p in listing["peers"]}
+    assert {n: r["source"] for n, r in rows.items()} == {
+        "alice": "tracker",
+        "bob": "lan",
+        "carol": "book",
+    }
+    assert rows["alice"]["peer_server"] == {"host": "127.0.0.1", "port": 1}
+    assert rows["alice"]["candidates"] == [{"host": "192.0.2.1", "port": 4}]
+    assert rows["bob"]["peer_server"] is None and rows["bob"]["peer_id"] is None
+    assert rows["carol"]["peer_id"] == "p-carol"
+    # the tracker gone, its stale rows go; what the LAN says of the same key shows
+    ctx.tracker_connected = False
+    rows = {p["name"]: p for p in PeerDirectory(ctx).listing()["peers"]}
+    assert {n: r["source"] for n, r in rows.items()} == {
+        "alice-lan": "lan",
+        "bob": "lan",
+        "carol": "book",
+    }
+
+
+async def test_a_lan_only_peer_goes_to_the_direct_seam(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    assert ctx.lan is not None
+    ctx.lan.seen(LanPeer("b", None, "bob", FP_BOB, (Candidate("192.0.2.2", 4),)))
+    for key in ("bob", FP_BOB):
+        with pytest.raises(NoDirectEndpoint, match="known from the lan only"):
+            await connect_peer(ctx, ConnectRequest(key))
+    with pytest.raises(Exception, match="no peer 'nobody' is online"):
+        await connect_peer(ctx, ConnectRequest("nobody"))
+
+
+def test_lan_is_on_unless_turned_off() -> None:
+    def lan(flags: dict[str, object], env: dict[str, str]) -> bool:
+        return daemon_from_sources({"root": "/", **flags}, env, {}).lan
+
+    assert lan({}, {}) is True
+    assert lan({}, {"FLASHBACK_LAN": "off"}) is False
+    assert lan({"lan": "on"}, {"FLASHBACK_LAN": "off"}) is True
+    with pytest.raises(ConfigError, match="must be on or off"):
+        lan({"lan": "maybe"}, {})
+
+
+# -- the bridge from zeroconf's threads ---------------------------------------------
+
+
+async def test_a_flood_through_the_bridge_is_dropped_not_queued() -> None:
+    bridge = Bridge(capacity=8)
+
+    def flood() -> None:  # as zeroconf's browser thread would
+        for n in range(1000):
+            bridge.push(Notice("removed", f"s{n}"))
+
+    await trio.to_thread.run_sync(flood)
+    await trio.testing.wait_all_tasks_blocked()
+    received = []
+    while True:
+        try:
+            received.append(bridge.receive.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert [n.service for n in received] == [f"s{n}" for n in range(8)]
+    assert bridge.dropped == 992
+
+
+def test_a_push_after_trio_has_finished_is_dropped_quietly() -> None:
+    async def make() -> Bridge:
+        return Bridge(capacity=8)
+
+    bridge = trio.run(make)
+    bridge.push(Notice("removed", "late"))  # would raise RunFinishedError unguarded
+    assert bridge.dropped == 0
+
+
+# -- in namespaces ---------------------------------------------------------------------
+
+
+async def test_lan_discovery_in_one_process_bounded_escaped_and_no_thread_left() -> None:
+    require_netns()
+    with one_host_two_addresses() as (ns, (honest, stranger)):
+        result = await trio.run_process(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.lan_probe", honest, stranger],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    probe = json.loads(result.stdout)
+    assert probe["listed"] == {"alice": ["bob"], "bob": ["alice"]}
+    # the hostile ones (escapes, bad fingerprint, huge TXT) never made it; the flood
+    # kept only its own share, its newest
+    flood = 3 * MAX_LAN_PER_ADDRESS
+    assert sorted(probe["stranger_rows"]) == sorted(
+        f"flood{n}" for n in range(flood - MAX_LAN_PER_ADDRESS, flood)
+    )
+    names = {e[2]["name"] for e in probe["events"]}
+    assert not names & {"ev\x1b[2Jil\x07", "badfp", "x" * 250}
+    # the stranger's goodbye packets removed its services at once
+    assert probe["after_stranger_left"] == ["alice", "bob"]
+    threads = probe["threads"]
+    assert sum(t.startswith("zeroconf-ServiceBrowser") for t in threads["during"]) == 2
+    # what is left is trio's own idle worker cache, nothing of zeroconf's
+    assert [t for t in threads["after"] if not t.startswith("Trio thread")] == threads["before"]
+
+
+async def _lan_daemon(
+    stack: AsyncExitStack, nursery: trio.Nursery, base: Path, name: str, host: str
+) -> Proc:
+    root = base / name / "share"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{name}.txt").write_text(f"I am {name}\n")
+    return await stack.enter_async_context(
+        start(
+            nursery,
+            ["daemon", "--root", str(root), "--name", name, "--lan", "on"],
+            env=daemon_env(base, name),
+            name=name,
+            prefix=["ip", "netns", "exec", host],
+        )
+    )
+
+
+def found(name: str) -> EventPredicate:
+    return lambda e: e.get("event") == "lan-peer-found" and e.get("name") == name
+
+
+def lost(name: str) -> EventPredicate:
+    return lambda e: e.get("event") == "lan-peer-lost" and e.get("name") == name
+
+
+async def test_two_daemons_on_a_lan_with_no_tracker(tmp_path: Path, nursery: trio.Nursery) -> None:
+    require_netns()
+    with two_hosts_on_a_lan() as lan, trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            alice = await _lan_daemon(stack, nursery, tmp_path, "alice", lan.hosts[0])
+            await alice.wait_event(event_is("peer-server-ready"), timeout_s=30)
+            bob = await _lan_daemon(stack, nursery, tmp_path, "bob", lan.hosts[1])
+            await bob.wait_event(event_is("peer-server-ready"), timeout_s=30)
+            with trio.fail_after(5):  # §12: within 5 s of the later peer-server-ready
+                await bob.wait_event(found("alice"))
+                await alice.wait_event(found("bob"))
+
+            bob_env = daemon_env(tmp_path, "bob")
+            peers = await run_cli(["peers", "--json"], env=bob_env)
+            assert peers.returncode == 0, peers.stderr
+            listing = json.loads(peers.stdout)
+            assert listing["tracker"] == {"url": None, "connected": False}
+            row = next(p for p in listing["peers"] if p["name"] == "alice")
+            assert row["source"] == "lan" and row["peer_id"] is None
+            assert row["candidates"][0]["host"] == LAN_ADDRS[0]
+            text = await run_cli(["peers"], env=bob_env)
+            assert "(lan)" in text.stdout.decode() and "alice" in text.stdout.decode()
+            ls = await run_cli(["ls", "alice"], env=bob_env)
+            assert ls.returncode == 1
+            assert ls.stderr.decode().splitlines() == [
+                f"flashback: peer 'alice' ({row['fingerprint']}) is known from the lan only, "
+                "and this daemon has no direct endpoint to reach it yet"
+            ]
+
+            # a clean stop says goodbye: bob's LAN list loses alice at once
+            mark = len(bob.events)
+            alice.signal(signal.SIGTERM)
+            assert await alice.wait_exit(timeout_s=5) == 0  # 1 if the deadline cut a step
+            await bob.wait_event(lost("alice"), after=mark, timeout_s=5)
+            listing = json.loads((await run_cli(["peers", "--json"], env=bob_env)).stdout)
+            assert [p["name"] for p in listing["peers"]] == []
+
+            # a SIGKILL says nothing: her records' TTL runs out, and she answers no query
+            again = await _lan_daemon(stack, nursery, tmp_path, "alice", lan.hosts[0])
+            mark = len(bob.events)
+            await bob.wait_event(found("alice"), after=mark, timeout_s=10)
+            again.signal(signal.SIGKILL)
+            await again.wait_exit()
+            mark = len(bob.events)
+            await bob.wait_event(
+                lost("alice"),
+                after=mark,
+                timeout_s=LAN_TTL_S + LAN_RECHECK_S + 5,
+            )
+            bob.signal(signal.SIGTERM)
+            assert await bob.wait_exit(timeout_s=5) == 0
+
+
+async def test_a_peer_reached_through_the_tracker_stays_in_the_book(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from tests.test_daemon_system import start_daemon, start_tracker
+
+    with trio.fail_after(90):
+        async with AsyncExitStack() as stack:
+            tracker, url = await start_tracker(stack, nursery, tmp_path)
+            await start_daemon(stack, nursery, tmp_path, "alice", url)
+            bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
+            await bob.wait_event(lambda e: "alice" in json.dumps(e) and "peer" in e["event"])
+            bob_env = daemon_env(tmp_path, "bob")
+            status = json.loads(
+                (await run_cli(["status", "--json"], env=daemon_env(tmp_path, "alice"))).stdout
+            )
+            ls = await run_cli(["ls", "alice", "--json"], env=bob_env)
+            assert ls.returncode == 0, ls.stderr
+
+            tracker.signal(signal.SIGKILL)
+            await tracker.wait_exit()
+            await bob.wait_event(event_is("tracker-disconnected"))
+            listing = json.loads((await run_cli(["peers", "--json"], env=bob_env)).stdout)
+            assert listing["tracker"] == {"url": url, "connected": False}
+            assert [
+                (p["name"], p["source"], p["peer_id"], p["fingerprint"]) for p in listing["peers"]
+            ] == [("alice", "book", status["peer_id"], status["fingerprint"])]
+            bob.signal(signal.SIGTERM)
+            assert await bob.wait_exit(timeout_s=5) == 0
+    books = list((tmp_path / "bob" / "data").rglob(BOOK_FILE))
+    assert len(books) == 1
+    entries = read_book(books[0]).entries()
+    assert [(e.name, e.fingerprint) for e in entries] == [("alice", status["fingerprint"])]
