@@ -254,6 +254,14 @@ def test_one_row_per_fingerprint_and_the_most_live_source_shows() -> None:
     assert (alice.source, alice.name, alice.peer_id) == ("lan", "alice", "p-old")
 
 
+def test_a_key_changed_under_the_same_peer_id_is_one_peer_not_two() -> None:
+    book = Book()
+    book.record(FP_A, name="alice", peer_id="p1", now=1)  # reached before, with the old key
+    rows = merge([tracker_peer("p1", "alice", FP_B)], [], book.entries())
+    assert [(r.fingerprint, r.source) for r in rows] == [(FP_B, "tracker")]
+    assert len(find(rows, "alice")) == 1  # the pin check refuses it, not "several peers"
+
+
 def test_find_takes_a_fingerprint_a_peer_id_or_a_name() -> None:
     rows = [
         KnownPeer("p1", "alice", FP_A, (), "tracker"),

@@ -90,7 +90,19 @@ def merge(
             tuple(candidates),
             shown.source,
         )
-    return sorted(rows.values(), key=lambda p: (p.name, p.key))
+    # One peer id is one peer: the row of the best source stands for it, so a
+    # key that changed under the same id is that peer's current record (which
+    # the pin check then refuses), not a second peer of the same name.
+    owner_of_id: dict[str, str] = {}
+    for key, peer in rows.items():
+        if peer.peer_id is not None:
+            owner_of_id.setdefault(peer.peer_id, key)
+    kept = [
+        peer
+        for key, peer in rows.items()
+        if peer.peer_id is None or owner_of_id[peer.peer_id] == key
+    ]
+    return sorted(kept, key=lambda p: (p.name, p.key))
 
 
 def find(peers: Iterable[KnownPeer], text: str) -> list[KnownPeer]:
