@@ -22,6 +22,7 @@ from typing import Any, Final
 import platformdirs
 
 from flashback.errors import ConfigError
+from flashback.protocol.access import MODES, Mode
 from flashback.protocol.messages import MAX_PEER_LIST_BYTES
 
 APP_NAME: Final = "flashback"
@@ -97,6 +98,8 @@ class DaemonConfig:
     data_dir: Path = Path()
     # an identity instance to use (else the first free one of the name)
     identity: str | None = None
+    # who may connect (§11): "tracker" (whom the tracker lists) or "allowed" (only them)
+    share_with: Mode = "tracker"
 
 
 # -- where things live ---------------------------------------------------------
@@ -361,4 +364,17 @@ def daemon_from_sources(
         state_dir=state_dir(env),
         data_dir=data_dir(env),
         identity=_first(flags.get("identity"), env.get("FLASHBACK_IDENTITY")),
+        share_with=parse_share_with(
+            _first(flags.get("share_with"), env.get("FLASHBACK_SHARE_WITH"), file.get("shareWith"))
+        ),
     )
+
+
+def parse_share_with(value: Any) -> Mode:
+    """``tracker`` (the default) or ``allowed``; anything else is a one-line error."""
+    if value is None:
+        return "tracker"
+    for mode in MODES:
+        if isinstance(value, str) and value.strip().lower() == mode:
+            return mode
+    raise ConfigError(f"share-with must be tracker or allowed, not {str(value)[:40]!r}")

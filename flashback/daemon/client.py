@@ -241,6 +241,7 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
     print(printable(f"tracker:  {tracker['url'] or '(none)'} ({link})"))
     print(printable(f"identity: {status.get('identity') or '(none)'}"))
     print(printable(f"fingerprint: {status.get('fingerprint') or '(none)'}"))
+    print_access(status.get("access"))
 
 
 def format_peer(peer: dict[str, Any]) -> str:
@@ -657,3 +658,61 @@ async def _hold_forward(env: Mapping[str, str], peer: PeerInfo, *, as_json: bool
             pass  # the daemon went away: that ends the hold
         except httpx.HTTPError as exc:
             raise DaemonUnavailable(f"lost the daemon: {exc.__class__.__name__}") from exc
+
+
+# -- who may connect to me (§11) ------------------------------------------------
+
+ACCESS_ACTIONS: Final = ("allow", "deny", "forget")
+
+
+async def change_access(env: Mapping[str, str], action: str, key: str) -> dict[str, Any]:
+    """``allow``/``deny``/``forget`` PEER on the running daemon (effective at once)."""
+    if action not in ACCESS_ACTIONS:
+        raise ConfigError(f"unknown access action {action!r}")
+    try:
+        return await _post_control(env, f"/access/{action}", {"peer": key}, timeout_s=TIMEOUT_S)
+    except FlashbackError as exc:
+        if exc.code in ("bad_fingerprint", "bad_request", "invalid_json"):
+            raise ConfigError(exc.message) from exc  # bad input: exit 2
+        raise
+
+
+async def forget_requester(env: Mapping[str, str], key: str) -> list[dict[str, Any]]:
+    """The owner-side half of ``forget``: through the daemon if one runs, else in the
+    files of every identity in the data directory (no daemon owns them then)."""
+    try:
+        answer = await change_access(env, "forget", key)
+    except DaemonUnavailable:
+        from dataclasses import asdict
+
+        from flashback.config import data_dir
+        from flashback.daemon.access import forget_in_file
+        from flashback.daemon.identity import IDENTITIES_DIR
+
+        removed: list[dict[str, Any]] = []
+        base = data_dir(env) / IDENTITIES_DIR
+        if base.is_dir():
+            for directory in sorted(base.iterdir()):
+                if directory.is_dir():
+                    removed += [asdict(pin) for pin in forget_in_file(directory, key)]
+        return removed
+    forgotten = answer.get("forgotten")
+    return forgotten if isinstance(forgotten, list) else []
+
+
+def describe_entry(entry: Mapping[str, Any]) -> str:
+    name, peer_id = entry.get("name"), entry.get("peer_id")
+    who = " ".join(str(part) for part in (name, f"({peer_id})" if peer_id else None) if part)
+    return printable(f"{who + ' ' if who else ''}{entry.get('fingerprint')}")
+
+
+def print_access(access: Mapping[str, Any] | None) -> None:
+    """The ``status`` lines for §11: the mode, then the allowed and denied peers."""
+    if not isinstance(access, Mapping):
+        return
+    print(printable(f"share with: {access.get('share_with')}"))
+    for title in ("allowed", "denied"):
+        entries = access.get(title) or []
+        print(f"{title}:{'' if entries else ' (none)'}")
+        for entry in entries:
+            print("  " + describe_entry(entry))
