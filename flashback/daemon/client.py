@@ -615,18 +615,25 @@ async def connect(env: Mapping[str, str], key: str, *, as_json: bool) -> int:
     Ctrl-C or SIGTERM (exit 0) or until the daemon goes away (exit 1)."""
     peer = resolve_peer(await fetch_peers(env), key)
     stopped_by_signal = False
-    async with trio.open_nursery() as nursery:
+    try:
+        async with trio.open_nursery() as nursery:
 
-        async def stop_on_signal() -> None:
-            nonlocal stopped_by_signal
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    stopped_by_signal = True
-                    nursery.cancel_scope.cancel()
+            async def stop_on_signal() -> None:
+                nonlocal stopped_by_signal
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        stopped_by_signal = True
+                        nursery.cancel_scope.cancel()
 
-        nursery.start_soon(stop_on_signal)
-        await _hold_forward(env, peer, as_json=as_json)
-        nursery.cancel_scope.cancel()
+            nursery.start_soon(stop_on_signal)
+            await _hold_forward(env, peer, as_json=as_json)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the daemon's refusal (not shared, unreachable...) is one line, not a traceback
+        only = group.exceptions[0] if len(group.exceptions) == 1 else None
+        if isinstance(only, FlashbackError):
+            raise only from None
+        raise
     if stopped_by_signal:
         return 0
     print("flashback: the daemon stopped", file=sys.stderr)
