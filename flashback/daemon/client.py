@@ -678,9 +678,11 @@ async def change_access(env: Mapping[str, str], action: str, key: str) -> dict[s
         raise ConfigError(f"unknown access action {action!r}")
     try:
         return await _post_control(env, f"/access/{action}", {"peer": key}, timeout_s=TIMEOUT_S)
+    except DaemonUnavailable:
+        raise
     except FlashbackError as exc:
         if exc.code in ("bad_fingerprint", "bad_request", "invalid_json"):
-            raise ConfigError(exc.message) from exc  # bad input: exit 2
+            raise ConfigError(exc.message) from exc  # the daemon says bad input: exit 2
         raise
 
 
