@@ -17,7 +17,7 @@ from flashback.daemon.access import (
     AmbiguousPeer,
     forget_in_file,
 )
-from flashback.errors import BadRequest, ConfigError, NotFound
+from flashback.errors import BackendUnavailable, BadRequest, ConfigError, NotFound
 from flashback.protocol.messages import PeerInfo
 
 BOB = "sha256:" + "b" * 64
@@ -183,3 +183,13 @@ def test_forget_without_a_daemon_edits_the_file(tmp_path: Path) -> None:
     assert [p.peer_id for p in forget_in_file(tmp_path, BOB)] == ["bob-id"]
     assert forget_in_file(tmp_path, BOB) == []
     assert World(tmp_path).gate.status()["requesters"] == 0
+
+
+def test_a_file_that_cannot_be_written_refuses_the_change_not_the_daemon(tmp_path: Path) -> None:
+    world = World(tmp_path / "gone")
+    world.online = [peer("bob-id", "bob", BOB)]
+    (tmp_path / "gone").write_text("a file where the directory should be")
+    assert world.ask(BOB, "bob-id", BOB) is None  # served; the pin holds in memory
+    assert world.ask(BOB2, "bob-id", BOB2) == "forbidden"
+    with pytest.raises(BackendUnavailable):
+        world.gate.allow(EVE)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from flashback.daemon.keys import write_private
-from flashback.errors import BadRequest, ConfigError, FlashbackError, NotFound
+from flashback.errors import BackendUnavailable, BadRequest, ConfigError, FlashbackError, NotFound
 from flashback.protocol.access import (
     REASONS,
     WIRE_REFUSAL,
@@ -313,7 +313,10 @@ class AccessControl:
             if verdict.pin is not None:
                 peer_id, fingerprint = verdict.pin
                 self._add_pin(RequesterPin(peer_id, fingerprint, name, self._wall()))
-                self._save()
+                try:
+                    self._save()
+                except BackendUnavailable as exc:  # the pin holds in memory meanwhile
+                    log.warning("%s", exc.message)
             return None
         self._refused(verdict.refusal, presented, invite_peer, name)
         return WIRE_REFUSAL
@@ -440,7 +443,12 @@ class AccessControl:
             del self._pinned_fingerprints[old.fingerprint]
 
     def _save(self) -> None:
-        self.store.save(AccessData(self._allowed, self._denied, self._pins))
+        try:
+            self.store.save(AccessData(self._allowed, self._denied, self._pins))
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot write {self.store.path}: {exc.strerror}", code="access_unwritable"
+            ) from exc
 
     def _known_name(self, peer_id: str | None, fingerprint: str | None) -> str | None:
         if peer_id is not None and peer_id in self._pins:
