@@ -114,7 +114,7 @@ def refusal_line(answer: subprocess.CompletedProcess[bytes], bob_fingerprint: st
     return line
 
 
-def listed(fingerprint: str) -> Callable[[dict[str, Any]], bool]:
+def lists_key(fingerprint: str) -> Callable[[dict[str, Any]], bool]:
     """alice's peer table has a peer with *fingerprint* (it joined, or changed its key)."""
     return lambda e: e.get("event") in ("peer-joined", "peer-updated") and fingerprint in str(e)
 
@@ -193,7 +193,7 @@ async def test_allowed_mode_allow_deny_and_a_changed_key(tmp_path: Path, nursery
                     new_fp = (await homes.status("bob"))["fingerprint"]
                     assert new_fp != bob_fp
                     assert (await homes.status("bob"))["peer_id"] == bob_id
-                    await alice.wait_event(listed(new_fp), after=seen, timeout_s=30)
+                    await alice.wait_event(lists_key(new_fp), after=seen, timeout_s=30)
                     refusal_line(await homes.bob_gets(), new_fp)
                     await alice.wait_event(denied(new_fp, "key_changed"))
                     forgot = await homes.cli("alice", "forget", "bob")
@@ -208,14 +208,15 @@ async def test_a_lying_tracker_cannot_vouch_for_anyone_in_allowed_mode(
 ) -> None:
     """The tracker lists, for bob, the key of a friend alice allowed: alice still sees
     bob's own certificate and refuses it; the tracker's word opens nothing."""
+    lie = tmp_path / "lie.txt"
+    lie.write_text(FRIEND)
     with two_homes_and_a_relay() as topo, trio.fail_after(180):
         homes = Homes(tmp_path, nursery, topo)
         async with AsyncExitStack() as stack:
             await homes.tracker(
-                stack,
-                {"FLASHBACK_TEST_LIE_FINGERPRINT": FRIEND, "FLASHBACK_TEST_LIE_ABOUT": "bob"},
+                stack, {"FLASHBACK_TEST_LIE_FILE": str(lie), "FLASHBACK_TEST_LIE_ABOUT": "bob"}
             )
-            bob = await stack.enter_async_context(homes.daemon("bob"))
+            bob = await stack.enter_async_context(homes.daemon("bob", proc_name="bob"))
             alice = await stack.enter_async_context(
                 homes.daemon("alice", "--share-with", "allowed")
             )
@@ -242,3 +243,24 @@ async def test_a_lying_tracker_cannot_vouch_for_anyone_in_allowed_mode(
             assert (await homes.cli("alice", "allow", bob_fp)).returncode == 0
             got = await homes.bob_gets()
             assert got.returncode == 0, got.stderr
+
+            # a stranger under bob's peer id (a new key), and the tracker swears it is
+            # bob's allowed key: refused, the tracker's word opens nothing
+            lie.write_text(bob_fp)
+            bob.signal()
+            assert await bob.wait_exit() == 0
+            (tmp_path / "bob" / "data" / "identities" / "bob" / "identity.pem").unlink()
+            async with homes.daemon("bob", proc_name="stranger") as stranger:
+                await stranger.wait_event(event_is("tracker-connected"), timeout_s=30)
+                stranger_fp = (await homes.status("bob"))["fingerprint"]
+                assert stranger_fp != bob_fp
+                refusal_line(await homes.bob_gets(), stranger_fp)
+                await alice.wait_event(denied(stranger_fp, "key_changed"))
+                # without the pin too: in allowed mode only a key on the list passes
+                assert (await homes.cli("alice", "forget", "bob")).returncode == 0
+                before = (await homes.status("alice"))["access"]["counters"]["refused"]
+                refusal_line(await homes.bob_gets(), stranger_fp)
+                after = (await homes.status("alice"))["access"]["counters"]["refused"]
+                assert after["forbidden"] > before["forbidden"]
+                listed = json.loads((await homes.cli("alice", "peers", "--json")).stdout)
+                assert [p["fingerprint"] for p in listed["peers"] if p["name"] == "bob"] == [bob_fp]
