@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -48,6 +49,15 @@ async def test_allow_deny_forget_and_status(tmp_path: Path, nursery: trio.Nurser
             assert [e["fingerprint"] for e in status["access"]["denied"]] == [BOB]
             assert status["access"]["counters"]["accepted"] == 0
 
+            socket_path = tmp_path / "alice" / "state" / "control.sock"
+            async with httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(socket_path)), base_url="http://fb"
+            ) as control:
+                for raw in (b"\xff", b"[1]", b'{"peer": 5}'):
+                    answer = await control.post("/access/allow", content=raw)
+                    assert answer.status_code == 400, raw
+                    assert answer.json()["error"]["code"] in ("invalid_json", "bad_request")
+
             nothing = await run_cli(["forget", "bob"], env=env)
             assert nothing.returncode == 1 and "no pinned fingerprint" in one_line(nothing.stderr)
         alice.signal()
@@ -76,3 +86,30 @@ def test_share_with_flag_env_file_and_bad_values(tmp_path: Path) -> None:
                 {"FLASHBACK_SHARE_WITH": bad} if isinstance(bad, str) else {},
                 {"shareWith": bad},
             )
+
+
+async def test_a_refused_listing_page_says_why(nursery: trio.Nursery) -> None:
+    """A forward refused mid-command answers 403 with a JSON error: ``ls`` shows its words."""
+    from quart import Response
+    from quart_trio import QuartTrio
+
+    from flashback.daemon.client import _fetch_page
+    from flashback.errors import FlashbackError
+    from flashback.web import hypercorn_config, serve_quart
+
+    app = QuartTrio(__name__)
+
+    @app.get("/api/files/")
+    async def refused() -> Response:
+        body = {
+            "error": {"code": "forbidden", "message": "the owner does not share with this peer"}
+        }
+        return Response(json.dumps(body), status=403, mimetype="application/json")
+
+    address = await nursery.start(serve_quart, app, hypercorn_config("127.0.0.1", 0))
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(FlashbackError) as info:
+            await _fetch_page(
+                http, httpx.URL(f"http://127.0.0.1:{address.port}/api/files/"), {}, "alice", ""
+            )
+    assert "does not share with this peer" in info.value.message

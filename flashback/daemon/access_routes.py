@@ -19,6 +19,7 @@ from quart_trio import QuartTrio
 
 from flashback.daemon.access import AccessControl
 from flashback.errors import BackendUnavailable, BadRequest
+from flashback.protocol.strict_json import loads_strict
 from flashback.web import json_response
 
 MAX_KEY_CHARS = 128
@@ -40,7 +41,11 @@ def install_access_routes(app: QuartTrio, access: AccessControl | None) -> None:
         return access
 
     async def body() -> Any:
-        return await request.get_json(force=True, silent=True)
+        raw = await request.get_data(as_text=False)
+        try:
+            return loads_strict(raw if isinstance(raw, bytes) else raw.encode())
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body is not JSON", code="invalid_json") from None
 
     @app.get("/access")
     async def access_status() -> Response:

@@ -58,6 +58,7 @@ MAX_LIST_PAGES: Final = 100
 MAX_LIST_ENTRIES: Final = 100_000
 MAX_LIST_PAGE_BYTES: Final = 8 * 1024 * 1024
 LIST_DEADLINE_S: Final = 120.0
+MAX_ERROR_BYTES: Final = 16 * 1024
 
 
 class DaemonUnavailable(FlashbackError):
@@ -333,6 +334,13 @@ async def _fetch_page(
         async with http.stream("GET", url, params=params) as response:
             if response.status_code == 404:
                 raise FlashbackError(f"no directory {path!r} on peer {key!r}", code="not_found")
+            if response.status_code == 403:  # a forward the owner refused (§11) says why
+                head = b""
+                async for chunk in response.aiter_bytes():
+                    head += chunk
+                    if len(head) > MAX_ERROR_BYTES:
+                        break
+                raise FlashbackError(_error_message(head, key), code="forbidden")
             if response.status_code != 200:
                 raise FlashbackError(
                     f"peer '{printable(key)}' answered HTTP {response.status_code}"
@@ -354,6 +362,17 @@ async def _fetch_page(
 
 
 _DONE: Final = object()
+
+
+def _error_message(body: bytes, key: str) -> str:
+    """The message of a JSON error body (bounded), else a plain refusal line."""
+    try:
+        message = loads_strict(body[:MAX_ERROR_BYTES])["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = None
+    if isinstance(message, str) and message:
+        return f"peer '{printable(key)}' refused: {printable(message[:500])}"
+    return f"peer '{printable(key)}' answered HTTP 403"
 
 
 class ListingPaging:
