@@ -80,6 +80,13 @@ def _add_daemon(sub: Subcommands) -> None:
         help="identity instance to use, refused if in use (FLASHBACK_IDENTITY; "
         "default: the first free one of the peer name)",
     )
+    p.add_argument(
+        "--share-with",
+        default=None,
+        choices=("tracker", "allowed"),
+        help="who may connect: any peer the tracker lists with the key it presents "
+        "(tracker, the default) or only peers you allowed (FLASHBACK_SHARE_WITH)",
+    )
     p.set_defaults(run=_run_daemon)
 
 
@@ -155,10 +162,19 @@ def _add_local_commands(sub: Subcommands) -> None:
     p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
     p.set_defaults(run=_run_stream)
     p = sub.add_parser(
-        "forget", help="remove the pinned fingerprint of a peer (trust anew)", epilog=PINS_EPILOG
+        "forget",
+        help="remove the pinned fingerprint of a peer (trust anew), as owner and as requester",
+        epilog=PINS_EPILOG,
     )
-    p.add_argument("peer", metavar="PEER", help="peer id or name")
+    p.add_argument("peer", metavar="PEER", help="peer id, name or sha256: fingerprint")
     p.set_defaults(run=_run_forget)
+    for name, text in (
+        ("allow", "let a peer connect (its current fingerprint), whatever --share-with says"),
+        ("deny", "never let a peer connect (its current fingerprint), in either mode"),
+    ):
+        p = add(name, text)
+        p.add_argument("peer", metavar="PEER", help="peer id, name or full sha256: fingerprint")
+        p.set_defaults(run=_run_access, action=name)
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
@@ -246,10 +262,14 @@ def _run_stream(args: argparse.Namespace) -> int:
 
 def _run_forget(args: argparse.Namespace) -> int:
     from flashback.config import data_dir
+    from flashback.daemon import client
     from flashback.daemon.pins import PinStore
 
     removed = PinStore.in_data_dir(data_dir(os.environ)).forget(args.peer)
-    if not removed:
+    import trio
+
+    requesters = trio.run(client.forget_requester, os.environ, args.peer)
+    if not removed and not requesters:
         print(f"flashback: no pinned fingerprint for {printable(args.peer)}", file=sys.stderr)
         return EXIT_FAILURE
     shown = [
@@ -258,8 +278,24 @@ def _run_forget(args: argparse.Namespace) -> int:
         + f" {pin.fingerprint}"
         for pin in removed
     ]
-    print("forgot the pin of " + "; ".join(shown))
+    if shown:
+        print("forgot the pin of " + "; ".join(shown))
+    if requesters:
+        print("forgot the requester " + "; ".join(client.describe_entry(p) for p in requesters))
     return EXIT_OK
+
+
+def _run_access(args: argparse.Namespace) -> int:
+    from flashback.daemon import client
+
+    async def main() -> int:
+        answer = await client.change_access(os.environ, args.action, args.peer)
+        entry = answer.get("allowed" if args.action == "allow" else "denied") or {}
+        verb = "allowed" if args.action == "allow" else "denied"
+        print(f"{verb} {client.describe_entry(entry)}")
+        return 0
+
+    return _run_local(main)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

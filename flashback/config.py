@@ -22,6 +22,7 @@ from typing import Any, Final
 import platformdirs
 
 from flashback.errors import ConfigError
+from flashback.protocol.access import MODES, Mode
 from flashback.protocol.messages import MAX_PEER_LIST_BYTES
 
 APP_NAME: Final = "flashback"
@@ -100,6 +101,8 @@ class DaemonConfig:
     # LAN discovery over mDNS (§12): on by default from the command line; a
     # config built in code (tests) announces nothing on any network unless asked
     lan: bool = False
+    # who may connect (§11): "tracker" (whom the tracker lists) or "allowed" (only them)
+    share_with: Mode = "tracker"
 
 
 # -- where things live ---------------------------------------------------------
@@ -368,6 +371,9 @@ def daemon_from_sources(
             _first(flags.get("lan"), env.get("FLASHBACK_LAN"), file.get("lan"), "on"),
             what="--lan (FLASHBACK_LAN)",
         ),
+        share_with=parse_share_with(
+            _first(flags.get("share_with"), env.get("FLASHBACK_SHARE_WITH"), file.get("shareWith"))
+        ),
     )
 
 
@@ -379,3 +385,13 @@ def parse_on_off(value: Any, *, what: str) -> bool:
     if text in ("on", "off"):
         return text == "on"
     raise ConfigError(f"{what} must be on or off, not {value!r}")
+
+
+def parse_share_with(value: Any) -> Mode:
+    """``tracker`` (the default) or ``allowed``; anything else is a one-line error."""
+    if value is None:
+        return "tracker"
+    for mode in MODES:
+        if isinstance(value, str) and value.strip().lower() == mode:
+            return mode
+    raise ConfigError(f"share-with must be tracker or allowed, not {str(value)[:40]!r}")

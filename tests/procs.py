@@ -93,10 +93,12 @@ async def start(
     name: str,
     prefix: Sequence[str] = (),
     preexec_fn: Callable[[], None] | None = None,
+    program: Sequence[str] = FLASHBACK,
 ) -> AsyncIterator[Proc]:
-    """*prefix* goes before the command (``ip netns exec NS`` for the tunnel tests)."""
+    """*prefix* goes before the command (``ip netns exec NS`` for the tunnel tests);
+    *program* is ``python -m flashback`` unless a test runs a stand-in."""
     process = await trio.lowlevel.open_process(
-        [*prefix, *FLASHBACK, *args],
+        [*prefix, *program, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **env},

@@ -211,3 +211,75 @@ async def test_start_forward_reuses_and_a_hold_keeps_it_open(pair, autojump_cloc
     assert closed == [("alice", target)] and bob.status()["forwards"] == 0
     with pytest.raises(TunnelFailed), bob.hold("alice", target):
         pass
+
+
+async def test_a_refusing_owner_fails_start_forward_in_words(pair):
+    """§11: a refused requester learns it before any port is handed out."""
+    switch, _events, _pins = pair
+    switch.services["alice"]._authorize = lambda invite, fingerprint: "forbidden"
+    with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
+        await switch.services["bob"].start_forward("alice", OpenTarget("peer-server"))
+    assert info.value.code == "forbidden"
+    assert "does not share with this peer" in str(info.value)
+    assert switch.services["bob"].status()["forwards"] == 0
+
+
+async def test_the_first_connection_uses_the_tunnel_start_forward_opened(pair):
+    switch, _events, _pins = pair
+    bob = switch.services["bob"]
+    asked: list[str | None] = []
+    switch.services["alice"]._authorize = lambda invite, fp: asked.append(fp)
+    with trio.fail_after(10):
+        port = await bob.start_forward("alice", OpenTarget("peer-server"))
+        assert len(asked) == 1  # the owner was asked once, before the port was known
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"one\n")
+        got = b""
+        while chunk := await client.receive_some(100):
+            got += chunk
+        await client.aclose()
+    assert got == b"ONE\n" and len(asked) == 1  # carried on that same tunnel
+
+
+async def test_a_forward_refused_later_answers_403_and_closes(pair):
+    """Denied while a forward lives: its next connection reads why, and the forward
+    closes so that the next command asks again (and fails in words)."""
+    switch, _events, _pins = pair
+    bob = switch.services["bob"]
+    closed: list[tuple[str, OpenTarget]] = []
+    bob._on_forward_closed = lambda peer_id, target: closed.append((peer_id, target))
+    with trio.fail_after(10):
+        port = await bob.start_forward("alice", OpenTarget("peer-server"))
+        spare = bob._forwards[("alice", OpenTarget("peer-server"))].take_spare()
+        assert spare is not None
+        await trio.aclose_forcefully(spare[0])
+        switch.services["alice"]._authorize = lambda invite, fingerprint: "forbidden"
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while chunk := await client.receive_some(1000):
+            got += chunk
+        await client.aclose()
+        while not closed:  # noqa: ASYNC110 - the forward's own task closes it
+            await trio.sleep(0.01)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 ")
+    assert b'"code": "forbidden"' in body and b"does not share" in body
+    assert bob.status()["forwards"] == 0
+
+
+async def test_start_forward_asks_the_owner_again_for_a_live_forward(pair):
+    """A forward opened while allowed does not hide a deny from the next command."""
+    switch, _events, _pins = pair
+    bob = switch.services["bob"]
+    target = OpenTarget("peer-server")
+    with trio.fail_after(10):
+        port = await bob.start_forward("alice", target)
+        assert await bob.start_forward("alice", target) == port  # a spare still waits
+        spare = bob._forwards[("alice", target)].take_spare()
+        assert spare is not None
+        await trio.aclose_forcefully(spare[0])
+        switch.services["alice"]._authorize = lambda invite, fingerprint: "forbidden"
+        with pytest.raises(TunnelFailed) as info:
+            await bob.start_forward("alice", target)
+    assert info.value.code == "forbidden"

@@ -76,10 +76,12 @@ async def test_router_goes_direct_when_it_can_and_relays_otherwise(nursery, http
     alice_port = await serve_info(nursery, info("p-alice"))
     imposter_port = await serve_info(nursery, info("p-somebody-else"))
     opened: list[tuple[str, OpenTarget]] = []
+    ports: dict[tuple[str, OpenTarget], int] = {}
 
     async def open_forward(peer_id: str, target: OpenTarget) -> int:
+        """As TunnelService.start_forward: asked each time, one port per forward."""
         opened.append((peer_id, target))
-        return 40000 + len(opened)
+        return ports.setdefault((peer_id, target), 40001 + len(ports))
 
     router = Router(http, open_forward)
     direct = await router.reach("p-alice", "127.0.0.1", alice_port)
@@ -88,12 +90,13 @@ async def test_router_goes_direct_when_it_can_and_relays_otherwise(nursery, http
     assert relayed.route == "relay"
     assert str(relayed.url) == "http://127.0.0.1:40001/"
     again = await router.reach("p-bob", "127.0.0.1", imposter_port)
-    assert again.url == relayed.url and len(opened) == 1  # the forward is reused
+    # the forward is reused, and asked again (its tunnel hears an owner's refusal, §11)
+    assert again.url == relayed.url and len(opened) == 2
     stream = await router.reach_stream("p-bob", "127.0.0.1", imposter_port, "10.9.9.9", 5555)
     assert stream.route == "relay" and opened[-1] == ("p-bob", OpenTarget("stream", 5555))
     direct_stream = await router.reach_stream("p-alice", "127.0.0.1", alice_port, "::1", 5555)
     assert str(direct_stream.url) == "http://[::1]:5555/"
     router.forward_closed("p-bob", OpenTarget("peer-server"))
     await router.reach("p-bob", "127.0.0.1", imposter_port)
-    assert len(opened) == 3
+    assert len(opened) == 4
     assert router.last_route("p-alice") == "direct" and router.last_route("p-carol") is None

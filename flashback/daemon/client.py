@@ -60,6 +60,7 @@ MAX_LIST_PAGES: Final = 100
 MAX_LIST_ENTRIES: Final = 100_000
 MAX_LIST_PAGE_BYTES: Final = 8 * 1024 * 1024
 LIST_DEADLINE_S: Final = 120.0
+MAX_ERROR_BYTES: Final = 16 * 1024
 
 
 class DaemonUnavailable(FlashbackError):
@@ -272,6 +273,7 @@ def print_status(status: dict[str, Any], *, as_json: bool) -> None:
     print(printable(f"tracker:  {tracker['url'] or '(none)'} ({link})"))
     print(printable(f"identity: {status.get('identity') or '(none)'}"))
     print(printable(f"fingerprint: {status.get('fingerprint') or '(none)'}"))
+    print_access(status.get("access"))
 
 
 def format_peer(peer: dict[str, Any]) -> str:
@@ -379,6 +381,13 @@ async def _fetch_page(
         async with http.stream("GET", url, params=params) as response:
             if response.status_code == 404:
                 raise FlashbackError(f"no directory {path!r} on peer {key!r}", code="not_found")
+            if response.status_code == 403:  # a forward the owner refused (§11) says why
+                head = b""
+                async for chunk in response.aiter_bytes():
+                    head += chunk
+                    if len(head) > MAX_ERROR_BYTES:
+                        break
+                raise FlashbackError(_error_message(head, key), code="forbidden")
             if response.status_code != 200:
                 raise FlashbackError(
                     f"peer '{printable(key)}' answered HTTP {response.status_code}"
@@ -400,6 +409,17 @@ async def _fetch_page(
 
 
 _DONE: Final = object()
+
+
+def _error_message(body: bytes, key: str) -> str:
+    """The message of a JSON error body (bounded), else a plain refusal line."""
+    try:
+        message = loads_strict(body[:MAX_ERROR_BYTES])["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = None
+    if isinstance(message, str) and message:
+        return f"peer '{printable(key)}' refused: {printable(message[:500])}"
+    return f"peer '{printable(key)}' answered HTTP 403"
 
 
 class ListingPaging:
@@ -661,18 +681,25 @@ async def connect(env: Mapping[str, str], key: str, *, as_json: bool) -> int:
     Ctrl-C or SIGTERM (exit 0) or until the daemon goes away (exit 1)."""
     peer = resolve_peer(await fetch_peers(env), key)
     stopped_by_signal = False
-    async with trio.open_nursery() as nursery:
+    try:
+        async with trio.open_nursery() as nursery:
 
-        async def stop_on_signal() -> None:
-            nonlocal stopped_by_signal
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    stopped_by_signal = True
-                    nursery.cancel_scope.cancel()
+            async def stop_on_signal() -> None:
+                nonlocal stopped_by_signal
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        stopped_by_signal = True
+                        nursery.cancel_scope.cancel()
 
-        nursery.start_soon(stop_on_signal)
-        await _hold_forward(env, peer, as_json=as_json)
-        nursery.cancel_scope.cancel()
+            nursery.start_soon(stop_on_signal)
+            await _hold_forward(env, peer, as_json=as_json)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the daemon's refusal (not shared, unreachable...) is one line, not a traceback
+        only = group.exceptions[0] if len(group.exceptions) == 1 else None
+        if isinstance(only, FlashbackError):
+            raise only from None
+        raise
     if stopped_by_signal:
         return 0
     print("flashback: the daemon stopped", file=sys.stderr)
@@ -704,3 +731,63 @@ async def _hold_forward(env: Mapping[str, str], peer: ListedPeer, *, as_json: bo
             pass  # the daemon went away: that ends the hold
         except httpx.HTTPError as exc:
             raise DaemonUnavailable(f"lost the daemon: {exc.__class__.__name__}") from exc
+
+
+# -- who may connect to me (§11) ------------------------------------------------
+
+ACCESS_ACTIONS: Final = ("allow", "deny", "forget")
+
+
+async def change_access(env: Mapping[str, str], action: str, key: str) -> dict[str, Any]:
+    """``allow``/``deny``/``forget`` PEER on the running daemon (effective at once)."""
+    if action not in ACCESS_ACTIONS:
+        raise ConfigError(f"unknown access action {action!r}")
+    try:
+        return await _post_control(env, f"/access/{action}", {"peer": key}, timeout_s=TIMEOUT_S)
+    except DaemonUnavailable:
+        raise
+    except FlashbackError as exc:
+        if exc.code in ("bad_fingerprint", "bad_request", "invalid_json"):
+            raise ConfigError(exc.message) from exc  # the daemon says bad input: exit 2
+        raise
+
+
+async def forget_requester(env: Mapping[str, str], key: str) -> list[dict[str, Any]]:
+    """The owner-side half of ``forget``: through the daemon if one runs, else in the
+    files of every identity in the data directory (no daemon owns them then)."""
+    try:
+        answer = await change_access(env, "forget", key)
+    except DaemonUnavailable:
+        from dataclasses import asdict
+
+        from flashback.config import data_dir
+        from flashback.daemon.access import forget_in_file
+        from flashback.daemon.identity import IDENTITIES_DIR
+
+        removed: list[dict[str, Any]] = []
+        base = data_dir(env) / IDENTITIES_DIR
+        if base.is_dir():
+            for directory in sorted(base.iterdir()):
+                if directory.is_dir():
+                    removed += [asdict(pin) for pin in forget_in_file(directory, key)]
+        return removed
+    forgotten = answer.get("forgotten")
+    return forgotten if isinstance(forgotten, list) else []
+
+
+def describe_entry(entry: Mapping[str, Any]) -> str:
+    name, peer_id = entry.get("name"), entry.get("peer_id")
+    who = " ".join(str(part) for part in (name, f"({peer_id})" if peer_id else None) if part)
+    return printable(f"{who + ' ' if who else ''}{entry.get('fingerprint')}")
+
+
+def print_access(access: Mapping[str, Any] | None) -> None:
+    """The ``status`` lines for §11: the mode, then the allowed and denied peers."""
+    if not isinstance(access, Mapping):
+        return
+    print(printable(f"share with: {access.get('share_with')}"))
+    for title in ("allowed", "denied"):
+        entries = access.get(title) or []
+        print(f"{title}:{'' if entries else ' (none)'}")
+        for entry in entries:
+            print("  " + describe_entry(entry))

@@ -38,6 +38,21 @@ class KeyChanged(FlashbackError):
     default_code = "fingerprint_mismatch"
 
 
+class NotShared(FlashbackError):
+    """The owner refused our certificate (§11): one line naming it, and our fingerprint."""
+
+    status = 403
+    default_code = "forbidden"
+
+
+def not_shared_line(name: str, peer_id: str, own_fingerprint: str | None) -> str:
+    return (
+        f"peer {name} ({peer_id}) does not share with this peer; this peer's fingerprint "
+        f"is {own_fingerprint or '(none)'} -- send it to {name}'s owner (not through the "
+        f"tracker) to be allowed"
+    )
+
+
 class PeerUnreachable(FlashbackError):
     status = 502
     default_code = "unreachable"
@@ -145,6 +160,8 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
     except TunnelFailed as exc:
         if exc.code == "fingerprint_mismatch":
             raise KeyChanged(str(exc)) from exc
+        if exc.code == "forbidden":
+            raise NotShared(not_shared_line(peer.name, peer.peer_id, ctx.fingerprint)) from exc
         raise PeerUnreachable(f"cannot reach peer {request.peer!r}: {exc}") from exc
     if ctx.book is not None:  # reached: the book remembers it for a day without the tracker
         ctx.book.record_peer(peer)

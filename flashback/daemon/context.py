@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from flashback.config import DaemonConfig
+from flashback.daemon.access import AccessControl
 from flashback.daemon.book import PeerBook
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
@@ -44,6 +45,8 @@ class DaemonContext:
     # tunnels through the tracker (§6.2) and the routes that use them (§6.3)
     tunnels: TunnelService | None = None
     router: Router | None = None
+    # who may connect to me (§11): the gate, its lists and counters
+    access: AccessControl | None = None
     # the web UI's URL, access token included (told only over the control socket)
     ui_url: str | None = None
     # who this daemon reached or accepted (§12), and who the LAN announces (None: --lan off)
@@ -131,4 +134,5 @@ class DaemonContext:
             "fingerprint": self.fingerprint,
             "identity": self.instance_name,
             "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
+            "access": self.access.status() if self.access is not None else None,
         }

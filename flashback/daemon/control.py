@@ -11,7 +11,8 @@ web UI's URL with its token), ``GET /events``
 ``?snapshot=1`` the first line is ``{"event": "peers-snapshot", ...}``), and
 ``POST /stream`` (ask a peer for a dedicated streaming port), and ``POST
 /connect`` (a URL that reaches a peer, direct or through a tunnel; with
-``"hold": true`` the answer streams and the forward lives while it is open).
+``"hold": true`` the answer streams and the forward lives while it is open);
+``/access...`` (who may connect, :mod:`flashback.daemon.access_routes`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from flashback.daemon.access_routes import install_access_routes
 from flashback.daemon.connect import connect_peer, hold_lines, parse_connect_body
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.directory import PeerDirectory
@@ -86,6 +88,7 @@ def create_control_app(ctx: DaemonContext) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["RESPONSE_TIMEOUT"] = None
     install_json_errors(app)
+    install_access_routes(app, ctx.access)
 
     @app.get("/status")
     async def status() -> Response:

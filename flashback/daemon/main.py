@@ -24,6 +24,7 @@ import httpx
 import trio
 
 from flashback.config import DaemonConfig, ensure_private_dir
+from flashback.daemon.access import AccessControl
 from flashback.daemon.announce import announce_host
 from flashback.daemon.book import PeerBook
 from flashback.daemon.context import DaemonContext
@@ -158,6 +159,12 @@ async def _run_daemon_tasks(
         keys=instance.keys,
         instance_name=instance.name,
     )
+    ctx.access = access = AccessControl.open(
+        instance.directory,
+        config.share_with,
+        emit=ctx.hub.emit,
+        online=lambda: ctx.table.peers.values(),
+    )
     settings = ShareSettings(config.root, config.show_hidden, local)
 
     ctx.book = await trio.to_thread.run_sync(PeerBook.in_directory, instance.directory)
@@ -231,6 +238,7 @@ async def _run_daemon_tasks(
                                     run_routes,
                                     ctx,
                                     tls=PeerTLS(instance.keys),
+                                    gate=access,
                                     check_pin=pin_checker(pins, ctx),
                                     streams=streams,
                                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import httpx
 import trio
@@ -43,9 +44,25 @@ def local_target_port(
     return None
 
 
+class Gate(Protocol):
+    """Who may connect to me (§11), asked before any ``OPEN`` line is read.
+
+    *presented*: the fingerprint the requester proved in the TLS handshake
+    (None: it showed no certificate). With an invite (a tunnel, or a punched
+    introduction) *invite_peer* and *invite_fingerprint* are the invite's
+    ``from`` and ``peer_fingerprint``; a plain direct dial has both None.
+    Returns None to serve, else the ``ERR`` code (``forbidden``).
+    """
+
+    def check(
+        self, presented: str | None, *, invite_peer: str | None, invite_fingerprint: str | None
+    ) -> str | None: ...
+
+
 def authorize_by_tracker(invite: TunnelInvite, fingerprint: str | None) -> str | None:
-    """``tracker`` mode (§11): the requester's certificate must be the one the
-    tracker lists for the invite's peer id -- never the tracker's word alone."""
+    """``tracker`` mode alone (§11), for tests that build a TunnelService without lists:
+    the requester's certificate must be the one the tracker lists for the invite's
+    peer id -- never the tracker's word alone."""
     if fingerprint is None or fingerprint != invite.peer_fingerprint:
         return "forbidden"
     return None
@@ -72,6 +89,17 @@ def recording_accepted(
     return check
 
 
+def invite_authorizer(gate: Gate) -> Callable[[TunnelInvite, str | None], str | None]:
+    """TunnelService's hook, asking *gate* with the invite's peer id and fingerprint."""
+
+    def authorize(invite: TunnelInvite, fingerprint: str | None) -> str | None:
+        return gate.check(
+            fingerprint, invite_peer=invite.from_, invite_fingerprint=invite.peer_fingerprint
+        )
+
+    return authorize
+
+
 def pin_checker(pins: PinStore, ctx: DaemonContext) -> CheckPin:
     """Trust on first use (§6.1): a changed key is refused for every connection,
     with a warning naming both fingerprints, until ``flashback forget``."""
@@ -93,6 +121,7 @@ async def run_routes(
     ctx: DaemonContext,
     *,
     tls: PeerTLS,
+    gate: Gate,
     check_pin: CheckPin,
     streams: StreamManager | None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -108,7 +137,7 @@ async def run_routes(
         emit=ctx.hub.emit,
         owner_context=tls.server_context,
         requester_context=tls.client_context,
-        authorize=recording_accepted(ctx, authorize_by_tracker),
+        authorize=recording_accepted(ctx, invite_authorizer(gate)),
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         check_pin=check_pin,
         on_forward_closed=forward_closed,

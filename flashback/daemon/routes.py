@@ -112,10 +112,10 @@ class Router:
         return await self._relayed(peer_id, OpenTarget("stream", stream_port))
 
     async def _relayed(self, peer_id: str, target: OpenTarget) -> Reached:
-        forward_port = self._forwards.get((peer_id, target))
-        if forward_port is None:
-            forward_port = await self._open_forward(peer_id, target)
-            self._forwards[(peer_id, target)] = forward_port
+        # asked every time: the forward is reused, but a tunnel is opened now so that
+        # an owner that refuses us (§11) says so to this command, in words
+        forward_port = await self._open_forward(peer_id, target)
+        self._forwards[(peer_id, target)] = forward_port
         return Reached(peer_id, origin("127.0.0.1", forward_port), "relay")
 
     def forward_closed(self, peer_id: str, target: OpenTarget) -> None:

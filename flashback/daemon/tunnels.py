@@ -15,7 +15,9 @@ requests waiting for their invite; an invite nobody asked for is ignored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import json
 import logging
 import secrets
 import ssl
@@ -41,20 +43,46 @@ MAX_PENDING_REQUESTS: Final = 64
 INVITE_TIMEOUT_S: Final = 10.0
 #: a local forward with no connection for this long closes
 FORWARD_IDLE_TIMEOUT_S: Final = 300.0
+#: how long the tunnel a new forward opened first waits for its connection (the
+#: owner's peer server would close an idle connection a little later)
+SPARE_TUNNEL_TTL_S: Final = 2.0
+#: what a refused local HTTP client reads (the requester's own command or UI)
+REFUSED_STATUS: Final = b"HTTP/1.1 403 Forbidden\r\n"
+REFUSED_READ_S: Final = 0.5
+REFUSED_READ_BYTES: Final = 64 * 1024
 
 Send = Callable[[Message], bool]
 Emit = Callable[..., None]
 
 
+Tunnel = tuple[trio.SSLStream[trio.SocketStream], bytes]
+
+
 class _Forward:
     """One local forward's listening port and what keeps it alive."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, spare: Tunnel | None = None) -> None:
         self.port = port
         self.active = 0  # connections being carried
         self.holds = 0  # `flashback connect` commands holding it open
         self.idle_since = trio.current_time()
         self.changed = trio.Event()
+        # the tunnel start_forward opened to learn of a refusal first; the next
+        # connection uses it, or it is closed after SPARE_TUNNEL_TTL_S
+        self.spare: Tunnel | None = None
+        self.spare_expires = 0.0
+        self.refused = False  # the owner refused us: close, so the next reach asks again
+        if spare is not None:
+            self.set_spare(spare)
+
+    def set_spare(self, spare: Tunnel) -> None:
+        self.spare = spare
+        self.spare_expires = trio.current_time() + SPARE_TUNNEL_TTL_S
+        self.touch()
+
+    def take_spare(self) -> Tunnel | None:
+        spare, self.spare = self.spare, None
+        return spare
 
     @property
     def idle(self) -> bool:
@@ -212,14 +240,35 @@ class TunnelService:
         self._check_pin(peer_id, fingerprint)
 
     async def start_forward(self, peer_id: str, target: OpenTarget) -> int:
-        """A local forward to *peer_id*'s *target* (an existing one is reused); its port."""
+        """A local forward to *peer_id*'s *target* (an existing one is reused); its port.
+
+        Each call opens a tunnel before the port is handed out (unless one
+        opened for an earlier call still waits): an owner that refuses us
+        (``forbidden``, §11) or a changed key is a TunnelFailed for the command
+        that asked, not a connection that closes under it. The next connection
+        then uses that tunnel, so the check costs no extra tunnel.
+        """
         key = (peer_id, target)
         existing = self._forwards.get(key)
-        if existing is not None:
+        if existing is not None and existing.spare is not None:
             return existing.port
         if self._nursery is None:
             raise TunnelFailed("stopped", "the daemon is shutting down")
-        port: int = await self._nursery.start(self.forward, peer_id, target)
+        first = await self.open(peer_id, target)
+        existing = self._forwards.get(key)
+        if existing is not None:
+            old = existing.take_spare()
+            existing.set_spare(first)
+            if old is not None:
+                await trio.aclose_forcefully(old[0])
+            return existing.port
+        try:
+            port: int = await self._nursery.start(
+                functools.partial(self.forward, peer_id, target, first=first)
+            )
+        except BaseException:
+            await trio.aclose_forcefully(first[0])
+            raise
         return port
 
     @contextlib.contextmanager
@@ -243,20 +292,33 @@ class TunnelService:
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
         idle_timeout_s: float = FORWARD_IDLE_TIMEOUT_S,
+        first: Tunnel | None = None,
     ) -> None:
         """Listen on 127.0.0.1 and carry every accepted connection on its own tunnel.
 
         Reports the port through *task_status*; ends after *idle_timeout_s*
-        with no connection open and no hold, or when cancelled.
+        with no connection open and no hold, when the owner refuses us, or
+        when cancelled. *first*: a tunnel already open, for the first connection.
         """
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         listener = listeners[0]
-        state = _Forward(listener.socket.getsockname()[1])
+        state = _Forward(listener.socket.getsockname()[1], first)
         key = (peer_id, target)
         self._forwards[key] = state
         try:
             async with listener, trio.open_nursery() as nursery:
                 task_status.started(state.port)
+
+                async def drop_stale_spare() -> None:
+                    while True:
+                        spare = state.spare
+                        if spare is None:
+                            await state.changed.wait()
+                            continue
+                        await trio.sleep_until(state.spare_expires)
+                        if state.spare is spare:
+                            state.spare = None
+                            await trio.aclose_forcefully(spare[0])
 
                 async def accept_loop() -> None:
                     while True:
@@ -265,6 +327,9 @@ class TunnelService:
 
                 async def close_when_idle() -> None:
                     while True:
+                        if state.refused:
+                            nursery.cancel_scope.cancel()
+                            return
                         if not state.idle:  # in use: wait until that changes
                             await state.changed.wait()
                             continue
@@ -276,7 +341,12 @@ class TunnelService:
 
                 nursery.start_soon(accept_loop)
                 nursery.start_soon(close_when_idle)
+                nursery.start_soon(drop_stale_spare)
         finally:
+            spare = state.take_spare()
+            if spare is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(spare[0])
             if self._forwards.get(key) is state:
                 del self._forwards[key]
             if self._on_forward_closed is not None:
@@ -292,9 +362,13 @@ class TunnelService:
         try:
             async with local:
                 try:
-                    tunnel, leftover = await self.open(peer_id, target)
+                    tunnel, leftover = state.take_spare() or await self.open(peer_id, target)
                 except TunnelFailed as exc:
                     log.info("forward to %s: %s", peer_id, exc)
+                    if exc.code in ("forbidden", "fingerprint_mismatch"):
+                        state.refused = True
+                        if target.kind == "peer-server":
+                            await _answer_refused(local, exc)
                     return
                 self._emit("tunnel-opened", peer_id=peer_id, route="relay")
                 async with tunnel:
@@ -318,3 +392,19 @@ class TunnelService:
             "pending_requests": len(self._pending),
             "forwards": len(self._forwards),
         }
+
+
+async def _answer_refused(local: trio.SocketStream, exc: TunnelFailed) -> None:
+    """Tell a local HTTP client why, as the peer server would (403 and a JSON error)."""
+    body = json.dumps({"error": {"code": exc.code, "message": str(exc)}}).encode()
+    head = (
+        REFUSED_STATUS
+        + b"Content-Type: application/json\r\nConnection: close\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        # read what the client sent first: closing on unread bytes would be a reset
+        # that loses the answer
+        with trio.move_on_after(REFUSED_READ_S):
+            await local.receive_some(REFUSED_READ_BYTES)
+        await local.send_all(head + body)

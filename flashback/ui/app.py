@@ -5,7 +5,8 @@ Routes (all behind the access token, see :mod:`flashback.ui.auth`):
 then joins, leaves and tracker-link changes); ``GET /api/peers`` the same
 list as JSON; ``GET /p/<peer>/browse/<dir>`` a folder (``?cursor=`` pages);
 ``GET /p/<peer>/view/<file>`` a file; ``GET /p/<peer>/content/<file>`` and
-``/download/<file>`` streamed from the peer with ``Range``. ``<peer>`` is a
+``/download/<file>`` streamed from the peer with ``Range``; ``/access`` who may
+connect (:mod:`flashback.ui.access`). ``<peer>`` is a
 peer id or ``self``. Pages carry a strict CSP: scripts and styles only from
 ``/static``, no inline script, nothing from another origin.
 """
@@ -26,6 +27,7 @@ from werkzeug.wrappers.response import Response as WerkzeugResponse  # what redi
 from flashback.errors import BadRequest, Forbidden, NotFound, RateLimited
 from flashback.protocol.messages import PeerInfo, ProtocolError
 from flashback.protocol.paths import UnsafePath, split_request_path
+from flashback.ui.access import install_access_pages
 from flashback.ui.auth import COOKIE_NAME, check_access
 from flashback.ui.kinds import view_kind
 from flashback.ui.markdown import render_markdown
@@ -42,7 +44,14 @@ PAGE_CSP: Final = (
     "frame-ancestors 'none'"
 )
 LIVE_EVENTS: Final = frozenset(
-    {"peer-joined", "peer-updated", "peer-left", "tracker-connected", "tracker-disconnected"}
+    {
+        "peer-joined",
+        "peer-updated",
+        "peer-left",
+        "tracker-connected",
+        "tracker-disconnected",
+        "access-denied",
+    }
 )
 HERE: Final = Path(__file__).parent
 
@@ -86,6 +95,8 @@ def browser_event(event: dict[str, Any], ctx: DaemonView) -> dict[str, Any] | No
         return {"event": kind, "peer": peer_row(peer, ctx)}
     if kind == "peer-left":
         return {"event": kind, "peer_id": event.get("peer_id")}
+    if kind == "access-denied":  # the access page fetches the list again (§11)
+        return {"event": kind}
     return {"event": kind, "connected": kind == "tracker-connected"}
 
 
@@ -292,5 +303,6 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
             http, limiter, route, _parts(sub), _request_headers(), download=True
         )
 
+    install_access_pages(app, ctx)
     app.extensions["flashback_limiter"] = limiter
     return app

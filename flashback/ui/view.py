@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import trio
 
 from flashback.protocol.messages import PeerInfo
+from flashback.ui.access import AccessView
 from flashback.web import BoundAddress
 
 
@@ -66,3 +67,7 @@ class DaemonView(Protocol):
 
     @property
     def hub(self) -> EventSource: ...
+
+    @property
+    def access(self) -> AccessView | None:
+        """Who may connect (§11): the gate's lists and recent refusals, if any."""
