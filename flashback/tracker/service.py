@@ -280,12 +280,16 @@ class Tracker:
         route = route_relay(
             online=self.presence.is_online(to), linked_here=link is not None, relayed=True
         )
-        if route == "deliver" and link is not None and self.hub.send(link, message):
-            return
+        # As a local relay: a full target keeps its link, the sender hears busy.
+        code, why = "unknown_peer", not_online_text(to)
+        if route == "deliver" and link is not None:
+            if self.hub.relay(link, message):
+                return
+            code, why = "busy", f"peer {to!r} is busy"
         if not isinstance(message, StreamRequest | FileStreamReady | TunnelInvite):
             return
         sender = message.from_
-        bounce = refusal(message.request_id, message, "unknown_peer", not_online_text(to))
+        bounce = refusal(message.request_id, message, code, why)
         if sender is None or bounce is None:
             return
         local = self.hub.link_for(sender)

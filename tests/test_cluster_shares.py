@@ -1,0 +1,79 @@
+"""A Redis cluster of trackers attacked from outside: what one instance's
+flood may cost on another (docs/INTERFACE.md, "Bounds").
+
+Real Redis, real tracker instances on loopback, raw sockets for the links
+that never read. On the code before the fix a relayed message reached its
+target with the call that evicts a full link, so a flood sent to instance A
+disconnected a victim linked to B; and each instance kept its own relay
+budget, so a peer linked to N instances relayed N times its rate.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.abuse_support import silent_watcher
+from tests.test_tracker_redis import (
+    _collect_coredis_garbage,  # noqa: F401  (an autouse fixture, used by import)
+    needs_redis,
+    open_instances,
+    open_redis,
+)
+from tests.tracker_support import hello, open_client, open_link, receive, register, send
+
+pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+TEST_TIMEOUT_S = 40
+FLOOD = 2000  # 2000 x 4 KiB: more than any socket buffer holds for a link that never reads
+
+
+def _request(i: int, to: str) -> dict[str, Any]:
+    return {"type": "stream-request", "request_id": f"r{i}", "to": to, "path": "p" * 4000}
+
+
+@needs_redis
+async def test_a_flood_relayed_from_another_instance_never_evicts_its_target(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(
+                redis.url,
+                2,
+                watcher_queue_messages=8,
+                relay_rate_per_s=100_000.0,
+                relay_burst=100_000,
+            ) as (one, two),
+            open_client(one) as client,
+            AsyncExitStack() as stack,
+        ):
+            mallory = await register(client, "mallory")
+            victim = await register(client, "victim")
+            host, port = two.address.host, two.address.port
+            victim_sock = await silent_watcher(
+                host,
+                port,
+                {"type": "hello", "peer_id": victim["peer_id"], "token": victim["token"]},
+            )
+            stack.callback(victim_sock.close)
+            while two.tracker.hub.link_for(victim["peer_id"]) is None:
+                await trio.sleep(0.01)
+            ws = await stack.enter_async_context(open_link(one.ws_url))
+            await hello(ws, peer=mallory)
+            assert (await receive(ws))["type"] == "snapshot"
+            for i in range(FLOOD):
+                await send(ws, _request(i, victim["peer_id"]))
+            # The first bounce says what happened to the victim: busy (it keeps
+            # its link) -- not unknown_peer, which it was once evicted.
+            while True:
+                answer = await receive(ws, timeout_s=TEST_TIMEOUT_S)
+                if answer["type"] == "stream-error":
+                    break
+            assert answer["code"] == "busy", answer
+            assert two.tracker.hub.link_for(victim["peer_id"]) is not None
