@@ -144,3 +144,23 @@ async def register_fake_peer(
         lambda e: e.get("event") == "peer-joined" and e["peer"]["name"] == name
     )
     return str(peer_id)
+
+
+def queued_bytes(sock: trio.socket.SocketType) -> int:
+    """Bytes waiting in *sock*'s receive queue (the server has begun to answer)."""
+    import array
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    return buf[0]
+
+
+async def silent_get(host: str, port: int, path: str) -> trio.socket.SocketType:
+    """An HTTP client that sends one GET and never reads the answer."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, port))
+    await sock.send(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    return sock

@@ -62,7 +62,7 @@ async def test_a_flood_relayed_from_another_instance_never_evicts_its_target(
                 {"type": "hello", "peer_id": victim["peer_id"], "token": victim["token"]},
             )
             stack.callback(victim_sock.close)
-            while two.tracker.hub.link_for(victim["peer_id"]) is None:
+            while two.tracker.hub.link_for(victim["peer_id"]) is None:  # noqa: ASYNC110
                 await trio.sleep(0.01)
             ws = await stack.enter_async_context(open_link(one.ws_url))
             await hello(ws, peer=mallory)
