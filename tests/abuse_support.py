@@ -93,13 +93,18 @@ def _masked_text_frame(text: str) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + masked
 
 
-async def silent_watcher(host: str, port: int, hello: dict[str, Any]) -> trio.socket.SocketType:
+async def silent_watcher(
+    host: str, port: int, hello: dict[str, Any], *, source: str | None = None
+) -> trio.socket.SocketType:
     """A websocket client that says hello and never reads a byte after the 101.
 
     (It waits for the 101 first: data before it is issue 10 #1, another bug.)
+    *source*: the loopback address it connects from.
     """
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if source is not None:
+        await sock.bind((source, 0))
     await sock.connect((host, port))
     key = base64.b64encode(os.urandom(16)).decode()
     request = (

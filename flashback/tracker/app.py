@@ -105,6 +105,13 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
+def _address(raw: Any) -> tuple[str, int] | None:
+    """An ASGI scope's ``client``/``server`` pair, if it is one."""
+    if isinstance(raw, list | tuple) and len(raw) == 2:
+        return str(raw[0]), int(raw[1])
+    return None
+
+
 def create_asgi_app(tracker: Tracker) -> HeartbeatFastPath:
     """The app Hypercorn serves: the heartbeat fast path in front of Quart."""
     return HeartbeatFastPath(create_app(tracker), tracker)
@@ -146,9 +153,12 @@ def create_app(tracker: Tracker) -> QuartTrio:
 
     @app.websocket("/api/peers/ws")
     async def link() -> None:
+        scope = websocket.scope
         await tracker.serve_link(
             websocket,
             host_header=websocket.headers.get("Host"),
+            client=_address(scope.get("client")),
+            server=_address(scope.get("server")),
         )
 
     return app

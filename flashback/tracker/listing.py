@@ -122,16 +122,15 @@ class PeerListSender:
             self.budget.release(response)
 
     def _admit(self, holder: str, response: _Response, size: int) -> bool:
-        for _ in range(2):  # a cut gives its bytes back at once: the second try fits
-            admission = self.budget.admit(holder, response, size)
-            if admission.admitted:
-                return True
-            if admission.refused:
-                return False
-            for _, victim in admission.victims:
-                victim.body = None
-                self.budget.release(victim)
-                self.cut += 1
+        admission = self.budget.admit(holder, response, size)
+        for _, victim in admission.victims:
+            # a cut response holds one piece at most: its bytes are back at once
+            victim.body = None
+            self.budget.release(victim)
+            self.cut += 1
+        if self.budget.state(response) == "live":
+            return True
+        self.budget.release(response)
         return False
 
 

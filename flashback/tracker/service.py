@@ -77,6 +77,7 @@ from flashback.tracker.security import (
     require_bearer,
     token_matches,
 )
+from flashback.tracker.sendshare import SendBudget
 from flashback.tracker.store import IdentityStore, IssuedIdentity
 from flashback.tracker.tunnels import TunnelRelay
 from flashback.tracker.validate import RegisterBody
@@ -138,7 +139,10 @@ class Tracker:
         self.capacity = PeerCapacity(
             config.max_peers, config.max_peer_list_bytes, self.presence.is_online
         )
-        self.send_bytes = 0  # text queued in ws.send calls that have not returned
+        # frames queued in ws.send calls that have not returned, per address
+        self.send_budget = SendBudget(
+            config.max_send_bytes, wait_s=2 * config.send_timeout_s, hub=self.hub
+        )
         self._snapshot_cache: tuple[int, float, str] | None = None
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
@@ -329,11 +333,19 @@ class Tracker:
 
     # -- the websocket link --------------------------------------------------------
 
-    async def serve_link(self, ws: WebsocketLike, *, host_header: str | None = None) -> None:
+    async def serve_link(
+        self,
+        ws: WebsocketLike,
+        *,
+        host_header: str | None = None,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+    ) -> None:
         """One websocket from ``hello`` to close; protocol in CONTRACT.md §2.
 
         *host_header* is the ``Host`` of the upgrade request: by default the
         host a peer is told to dial for tunnels is the one it already reached.
+        *client* and *server* are its TCP ends (its share of the send budget).
         """
         if self.hub.closing:
             await ws.close(CLOSE_GOING_AWAY, "tracker shutting down")
@@ -359,6 +371,8 @@ class Tracker:
                 hello.peer_id,
                 self.config.watcher_queue_messages,
                 advertise_host=advertise_host(host_header, self.config.tunnel_advertise),
+                client=client,
+                server=server,
             )
             connection.relay_budget = self._relay_budget_for(hello.peer_id)
             # No checkpoint from here to hub.add: the replay and the live feed
@@ -417,25 +431,24 @@ class Tracker:
             await self._send_bounded(ws, connection, text)
 
     async def _send_bounded(self, ws: WebsocketLike, connection: Connection, text: str) -> None:
-        """One frame, with a deadline and out of a shared byte budget.
+        """One frame, with a deadline and out of the send budget (sendshare.py).
 
         A link that does not read is evicted after ``send_timeout_s`` rather
-        than holding its frame forever, and all such frames together may pin
-        at most ``max_send_bytes``: past that a new one is refused (1013).
+        than holding its frame forever; when the frames in flight fill
+        ``max_send_bytes``, the heaviest address's longest-blocked link goes
+        to make room, and this frame waits for it.
         """
-        size = len(text)
-        if self.send_bytes + size > self.config.max_send_bytes:
-            log.info("send budget spent; closing a link (peer %s)", connection.peer_id)
-            self.hub.evict(connection)
+        if not await self.send_budget.acquire(connection, len(text)):
+            log.info("no room in the send budget; closing a link (peer %s)", connection.peer_id)
             connection.end(CLOSE_TRY_AGAIN_LATER, "tracker busy; reconnect later")
+            self.hub.evict(connection)
             await trio.lowlevel.checkpoint()  # raises Cancelled: the link is over
             return
-        self.send_bytes += size
         try:
             with trio.move_on_after(self.config.send_timeout_s) as deadline:
                 await ws.send(text)
         finally:
-            self.send_bytes -= size
+            self.send_budget.release(connection)
         if deadline.cancelled_caught:
             log.info(
                 "a link did not read for %.0f s (peer %s)",
