@@ -47,6 +47,7 @@ async def test_a_flood_relayed_from_another_instance_never_evicts_its_target(
                 redis.url,
                 2,
                 watcher_queue_messages=8,
+                send_timeout_s=120.0,  # not reading is not what gets it dropped here
                 relay_rate_per_s=100_000.0,
                 relay_burst=100_000,
             ) as (one, two),
@@ -77,3 +78,50 @@ async def test_a_flood_relayed_from_another_instance_never_evicts_its_target(
                     break
             assert answer["code"] == "busy", answer
             assert two.tracker.hub.link_for(victim["peer_id"]) is not None
+
+
+@needs_redis
+async def test_a_peer_linked_to_two_instances_has_one_relay_budget(tmp_path: Path) -> None:
+    burst = 5
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(redis.url, 2, relay_rate_per_s=0.001, relay_burst=burst) as (
+                one,
+                two,
+            ),  # one token per 1,000 s: the burst is all there is
+            open_client(one) as client,
+            AsyncExitStack() as stack,
+        ):
+            sender = await register(client, "sender")
+            target = await register(client, "target")
+            target_ws = await stack.enter_async_context(open_link(one.ws_url))
+            await hello(target_ws, peer=target)
+            assert (await receive(target_ws))["type"] == "snapshot"
+            links = []
+            for instance in (one, two):
+                ws = await stack.enter_async_context(open_link(instance.ws_url))
+                await hello(ws, peer=sender)
+                assert (await receive(ws))["type"] == "snapshot"
+                links.append(ws)
+            for n, ws in enumerate(links):  # a burst through each instance
+                for i in range(burst):
+                    await send(ws, _request(n * burst + i, target["peer_id"]) | {"path": "x"})
+            refused = 0
+            for ws in links:
+                # each link hears its refusals, then a marker says it heard them all
+                await send(ws, {"type": "stream-request", "request_id": "end", "to": "nobody",
+                                "path": "x"})  # fmt: skip
+                while True:
+                    answer = await receive(ws)
+                    if answer.get("request_id") == "end":
+                        break
+                    if answer["type"] == "stream-error":
+                        assert answer["code"] == "rate_limited", answer
+                        refused += 1
+            delivered = 0
+            while delivered + refused < 2 * burst:
+                message = await receive(target_ws)
+                if message["type"] == "stream-request":
+                    delivered += 1
+            assert (delivered, refused) == (burst, burst)

@@ -116,6 +116,10 @@ class Presence(Protocol):
 
     def detach(self, peer_id: str, now: float) -> None: ...
 
+    async def take_relay(self, peer_id: str) -> bool:
+        """One relayed message of *peer_id* out of a budget shared with other
+        processes (a cluster's); True when there is none beyond this process's."""
+
     async def relay(self, to: str, message: Message) -> bool:
         """Hand *message* to the process holding *to*'s link; False: nobody does."""
 
@@ -216,6 +220,9 @@ class LocalPresence:
 
     def detach(self, peer_id: str, now: float) -> None:
         self.registry.detach(peer_id, now)
+
+    async def take_relay(self, peer_id: str) -> bool:
+        return True  # the links' own budget (one per peer id) is all there is
 
     async def relay(self, to: str, message: Message) -> bool:
         return False  # every link is in this process's hub

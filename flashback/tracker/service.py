@@ -503,7 +503,9 @@ class Tracker:
             self.hub.send(sender, ErrorMessage("invalid_field", "'to' is required"))
             return
         budget = sender.relay_budget
-        if budget is not None and not budget.take(self.now()):
+        if (budget is not None and not budget.take(self.now())) or not await self._take_shared(
+            sender.peer_id
+        ):
             self.metrics.rate_limited.inc()
             self._refuse_relay(sender, message, "rate_limited", "too many relayed messages")
             return
@@ -527,6 +529,14 @@ class Tracker:
         except BackendUnavailable as exc:
             log.info("cannot relay to %s: %s", message.to, exc.message)
         self._refuse_relay(sender, message, "unknown_peer", not_online_text(message.to))
+
+    async def _take_shared(self, peer_id: str) -> bool:
+        """The cluster-wide relay budget of *peer_id* (a Redis cluster's; out of
+        reach, this instance's own budget is all that applies)."""
+        try:
+            return await self.presence.take_relay(peer_id)
+        except BackendUnavailable:
+            return True
 
     def _refuse_relay(self, sender: Connection, message: Forwardable, code: str, why: str) -> None:
         bounce = refusal(message.request_id, message, code, why)

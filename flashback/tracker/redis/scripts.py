@@ -14,6 +14,8 @@ Keys (all under ``flashback:``)::
     instance:<id>  "1" with a few seconds' TTL: that tracker is alive
     link:<peer>    instance id holding the peer's websocket, with the peer TTL
     relay:<id>     stream of relayed messages for that tracker
+    budget:<peer>  hash {t: tokens, at: when}: the peer's relay budget, shared by
+                   every instance (a token bucket); expires once it would be full
 
 What is a change is not decided here: ``_REGISTER`` compares the canonical
 listing text the tracker computed (:func:`flashback.protocol.feed.is_change`
@@ -156,6 +158,26 @@ redis.call('EXPIRE', key, @RELAY_TTL@)
 return 1
 """
 
+# ARGV: peer_id, rate per s, burst. 1: a token taken, 0: the budget is spent.
+# One bucket per peer id for the whole cluster, refilled on Redis's clock.
+_TAKE_RELAY: Final = """
+local key = '@P@budget:' .. ARGV[1]
+local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_s()
+local saved = redis.call('HMGET', key, 't', 'at')
+local tokens, at = tonumber(saved[1]), tonumber(saved[2])
+if not tokens or not at then tokens, at = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local taken = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  taken = 1
+end
+redis.call('HSET', key, 't', string.format('%.6f', tokens), 'at', fmt_time(now))
+redis.call('EXPIRE', key, math.ceil((burst - tokens) / rate) + 1)
+return taken
+"""
+
 # KEYS: STATE_KEYS. ARGV: floor. One consistent view.
 _STATE: Final = """
 return {current_seq(KEYS[1], ARGV[1]), redis.call('HGETALL', KEYS[2]),
@@ -179,6 +201,7 @@ class Scripts:
     heartbeat: Script[str]
     keepalive: Script[str]
     relay: Script[str]
+    take_relay: Script[str]
     state: Script[str]
 
     @classmethod
@@ -190,5 +213,6 @@ class Scripts:
             heartbeat=client.register_script(_source(_HEARTBEAT)),
             keepalive=client.register_script(_source(_KEEPALIVE)),
             relay=client.register_script(_source(_RELAY)),
+            take_relay=client.register_script(_source(_TAKE_RELAY)),
             state=client.register_script(_source(_STATE)),
         )
