@@ -125,3 +125,23 @@ async def test_a_peer_linked_to_two_instances_has_one_relay_budget(tmp_path: Pat
                 if message["type"] == "stream-request":
                     delivered += 1
             assert (delivered, refused) == (burst, burst)
+
+
+@needs_redis
+async def test_one_address_has_one_registration_budget_across_instances(tmp_path: Path) -> None:
+    burst = 3
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(
+                redis.url, 2, register_rate_per_s=0.001, register_burst=burst
+            ) as instances,
+        ):
+            codes = []
+            for instance in instances:
+                async with open_client(instance) as client:
+                    for i in range(burst):
+                        body = {"name": f"n{i}", "peer_server": {"host": "127.0.0.1", "port": 1}}
+                        response = await client.post("/api/peers/register", json=body)
+                        codes.append(response.status_code)
+            assert codes == [201] * burst + [429] * burst

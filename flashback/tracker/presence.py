@@ -116,9 +116,9 @@ class Presence(Protocol):
 
     def detach(self, peer_id: str, now: float) -> None: ...
 
-    async def take_relay(self, peer_id: str) -> bool:
-        """One relayed message of *peer_id* out of a budget shared with other
-        processes (a cluster's); True when there is none beyond this process's."""
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> float:
+        """A token of the budget *bucket* shared with other processes (a
+        cluster's): 0, or the seconds until one; 0 when nothing is shared."""
 
     async def relay(self, to: str, message: Message) -> bool:
         """Hand *message* to the process holding *to*'s link; False: nobody does."""
@@ -221,8 +221,8 @@ class LocalPresence:
     def detach(self, peer_id: str, now: float) -> None:
         self.registry.detach(peer_id, now)
 
-    async def take_relay(self, peer_id: str) -> bool:
-        return True  # the links' own budget (one per peer id) is all there is
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> float:
+        return 0.0  # this process's own budgets are all there is
 
     async def relay(self, to: str, message: Message) -> bool:
         return False  # every link is in this process's hub

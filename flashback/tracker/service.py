@@ -158,7 +158,9 @@ class Tracker:
     async def register(
         self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
-        wait_s = self.limiter.acquire(client, self.now())
+        wait_s = self.limiter.acquire(client, self.now()) or await self._take_shared(
+            f"register:{client}", self.config.register_rate_per_s, self.config.register_burst
+        )
         if wait_s > 0:
             self.metrics.rate_limited.inc()
             raise RateLimited("too many registrations; slow down", retry_after_s=math.ceil(wait_s))
@@ -503,8 +505,9 @@ class Tracker:
             self.hub.send(sender, ErrorMessage("invalid_field", "'to' is required"))
             return
         budget = sender.relay_budget
-        if (budget is not None and not budget.take(self.now())) or not await self._take_shared(
-            sender.peer_id
+        config = self.config
+        if (budget is not None and not budget.take(self.now())) or await self._take_shared(
+            f"relay:{sender.peer_id}", config.relay_rate_per_s, config.relay_burst
         ):
             self.metrics.rate_limited.inc()
             self._refuse_relay(sender, message, "rate_limited", "too many relayed messages")
@@ -530,13 +533,13 @@ class Tracker:
             log.info("cannot relay to %s: %s", message.to, exc.message)
         self._refuse_relay(sender, message, "unknown_peer", not_online_text(message.to))
 
-    async def _take_shared(self, peer_id: str) -> bool:
-        """The cluster-wide relay budget of *peer_id* (a Redis cluster's; out of
-        reach, this instance's own budget is all that applies)."""
+    async def _take_shared(self, bucket: str, rate_per_s: float, burst: int) -> float:
+        """A token of a budget a Redis cluster shares (0 or the seconds until one);
+        out of reach, this instance's own budgets are all that apply."""
         try:
-            return await self.presence.take_relay(peer_id)
+            return await self.presence.take_token(bucket, rate_per_s, burst)
         except BackendUnavailable:
-            return True
+            return 0.0
 
     def _refuse_relay(self, sender: Connection, message: Forwardable, code: str, why: str) -> None:
         bounce = refusal(message.request_id, message, code, why)

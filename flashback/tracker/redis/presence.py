@@ -45,8 +45,6 @@ class RedisPresence:
             connection, ttl_s=config.peer_ttl_s, backlog_changes=config.backlog_changes
         )
         self._links = LinkCount()
-        self.relay_rate_per_s = config.relay_rate_per_s
-        self.relay_burst = config.relay_burst
 
     # -- local view ----------------------------------------------------------------
 
@@ -171,11 +169,11 @@ class RedisPresence:
         # a stale link:<peer> key routes relays here, and we bounce them.
         self._links.detach(peer_id)
 
-    async def take_relay(self, peer_id: str) -> bool:
-        """One token of *peer_id*'s relay budget, shared by the whole cluster."""
-        args: list[str | int | float] = [peer_id, self.relay_rate_per_s, self.relay_burst]
-        script = self.connection.scripts.take_relay
-        return as_int(await self.connection.call(script(args=args))) == 1
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> float:
+        """A token of the cluster's bucket *bucket*: 0, or the seconds until one."""
+        args: list[str | int | float] = [bucket, rate_per_s, burst]
+        script = self.connection.scripts.take_token
+        return as_int(await self.connection.call(script(args=args))) / 1000
 
     async def relay(self, to: str, message: Message) -> bool:
         args: list[str | int | float] = [to, message.encode(), RELAY_BACKLOG_MESSAGES]

@@ -14,8 +14,8 @@ Keys (all under ``flashback:``)::
     instance:<id>  "1" with a few seconds' TTL: that tracker is alive
     link:<peer>    instance id holding the peer's websocket, with the peer TTL
     relay:<id>     stream of relayed messages for that tracker
-    budget:<peer>  hash {t: tokens, at: when}: the peer's relay budget, shared by
-                   every instance (a token bucket); expires once it would be full
+    budget:<name>  hash {t: tokens, at: when}: a token bucket shared by every
+                   instance (relay:<peer_id>, register:<address>); expires once full
 
 What is a change is not decided here: ``_REGISTER`` compares the canonical
 listing text the tracker computed (:func:`flashback.protocol.feed.is_change`
@@ -158,9 +158,10 @@ redis.call('EXPIRE', key, @RELAY_TTL@)
 return 1
 """
 
-# ARGV: peer_id, rate per s, burst. 1: a token taken, 0: the budget is spent.
-# One bucket per peer id for the whole cluster, refilled on Redis's clock.
-_TAKE_RELAY: Final = """
+# ARGV: bucket name, rate per s, burst. 0: a token taken; otherwise the
+# milliseconds until one will be there. One bucket for the whole cluster,
+# refilled on Redis's clock.
+_TAKE_TOKEN: Final = """
 local key = '@P@budget:' .. ARGV[1]
 local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_s()
@@ -168,14 +169,15 @@ local saved = redis.call('HMGET', key, 't', 'at')
 local tokens, at = tonumber(saved[1]), tonumber(saved[2])
 if not tokens or not at then tokens, at = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local taken = 0
+local wait_ms = 0
 if tokens >= 1 then
   tokens = tokens - 1
-  taken = 1
+else
+  wait_ms = math.ceil((1 - tokens) / rate * 1000)
 end
 redis.call('HSET', key, 't', string.format('%.6f', tokens), 'at', fmt_time(now))
 redis.call('EXPIRE', key, math.ceil((burst - tokens) / rate) + 1)
-return taken
+return wait_ms
 """
 
 # KEYS: STATE_KEYS. ARGV: floor. One consistent view.
@@ -201,7 +203,7 @@ class Scripts:
     heartbeat: Script[str]
     keepalive: Script[str]
     relay: Script[str]
-    take_relay: Script[str]
+    take_token: Script[str]
     state: Script[str]
 
     @classmethod
@@ -213,6 +215,6 @@ class Scripts:
             heartbeat=client.register_script(_source(_HEARTBEAT)),
             keepalive=client.register_script(_source(_KEEPALIVE)),
             relay=client.register_script(_source(_RELAY)),
-            take_relay=client.register_script(_source(_TAKE_RELAY)),
+            take_token=client.register_script(_source(_TAKE_TOKEN)),
             state=client.register_script(_source(_STATE)),
         )
