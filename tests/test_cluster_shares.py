@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.abuse_support import silent_watcher
+from tests.abuse_support import big_registration, silent_watcher
 from tests.test_tracker_redis import (
     _collect_coredis_garbage,  # noqa: F401  (an autouse fixture, used by import)
     needs_redis,
@@ -145,3 +145,22 @@ async def test_one_address_has_one_registration_budget_across_instances(tmp_path
                         response = await client.post("/api/peers/register", json=body)
                         codes.append(response.status_code)
             assert codes == [201] * burst + [429] * burst
+
+
+@needs_redis
+async def test_the_peer_list_budget_is_one_for_the_whole_cluster(tmp_path: Path) -> None:
+    record = 4576  # one big registration's bytes (capacity.record_bytes)
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with (
+            open_redis(tmp_path) as redis,
+            open_instances(redis.url, 2, max_peer_list_bytes=3 * record + 100) as instances,
+        ):
+            codes = []
+            for i in range(8):  # alternately, each once the other has seen the last one
+                here, there = instances[i % 2], instances[(i + 1) % 2]
+                async with open_client(here) as client:
+                    response = await client.post("/api/peers/register", json=big_registration(i))
+                    codes.append(response.status_code)
+                    seq = (await client.get("/api/peers/list")).json()["seq"]
+                await there.tracker.presence.follower.wait_for(seq)
+            assert codes == [201] * 3 + [503] * 5

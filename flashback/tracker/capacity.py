@@ -9,11 +9,12 @@ a full tracker's snapshot still reaches every daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from flashback.protocol.messages import PeerInfo
+from flashback.protocol.messages import Change, PeerInfo, PeerJoined, PeerLeft, PeerUpdated
 from flashback.protocol.registry import rfc3339_millis
 
 _TIMESTAMP: Final = rfc3339_millis(0.0)
@@ -35,11 +36,22 @@ def record_bytes(
     return len(text.encode()) + 1
 
 
+def info_bytes(info: PeerInfo) -> int:
+    """What *info* adds to a snapshot (as :func:`record_bytes`, for a peer
+    already in the feed)."""
+    stamped = dataclasses.replace(info, registered_at=_TIMESTAMP, last_seen=_TIMESTAMP)
+    text = json.dumps(stamped.dump(), ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode()) + 1
+
+
 class PeerCapacity:
     """Admission of peers under ``max_peers`` and ``max_bytes``.
 
     *is_online* says whether a remembered peer still counts; entries of peers
     gone (left, expired) are dropped lazily, when the budget looks spent.
+    The feed keeps the bytes of every peer, wherever it registered
+    (:meth:`track`): instances of a Redis cluster share one list, so they
+    share its budget.
     """
 
     def __init__(self, max_peers: int, max_bytes: int, is_online: Callable[[str], bool]) -> None:
@@ -63,6 +75,14 @@ class PeerCapacity:
     def admit(self, peer_id: str, size: int) -> None:
         self.total_bytes += size - self._sizes.get(peer_id, 0)
         self._sizes[peer_id] = size
+
+    def track(self, changes: Sequence[Change]) -> None:
+        """Count what the feed says joined, changed or left."""
+        for change in changes:
+            if isinstance(change, PeerJoined | PeerUpdated):
+                self.admit(change.peer.peer_id, info_bytes(change.peer))
+            elif isinstance(change, PeerLeft):
+                self.forget(change.peer_id)
 
     def forget(self, peer_id: str) -> None:
         self.total_bytes -= self._sizes.pop(peer_id, 0)

@@ -267,6 +267,7 @@ class Tracker:
     def publish(self, changes: Sequence[Change]) -> None:
         """Every change reaches every link of this instance, in ``seq`` order."""
         self.hub.publish(changes)
+        self.capacity.track(changes)  # the list's budget counts every instance's peers
         for change in changes:
             if isinstance(change, PeerLeft) and change.reason == "expired":
                 # Its link is here but its TTL ran out (a shared store was out of
