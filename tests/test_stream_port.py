@@ -433,3 +433,38 @@ async def test_idle_strangers_cannot_lock_out_the_token_holder(
         finally:
             for stream in idle:
                 await stream.aclose()
+
+
+async def _connect_from(source: str, port: int) -> trio.SocketStream:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+async def test_a_flood_of_strangers_from_one_address_pays_with_its_own_connections(
+    nursery: trio.Nursery, share: Path
+) -> None:
+    """The pending table's oldest was dropped whoever held it: a flood from one
+    address pushed out the token holder that had connected just before."""
+    from flashback.streaming.port import MAX_PENDING_CONNECTIONS
+
+    with trio.fail_after(TIMEOUT_S):
+        manager, _ = await start_manager(nursery, share)
+        answer = await ready(manager, "hello.txt")
+        honest = await _connect_from("127.0.0.3", answer.port)
+        flood = [
+            await _connect_from("127.0.0.2", answer.port)
+            for _ in range(MAX_PENDING_CONNECTIONS + 8)
+        ]
+        try:
+            for stream in flood[:8]:  # these went, whatever the rule: wait for them
+                assert await stream.receive_some(1) == b""
+            target = url_of(answer).split(str(answer.port), 1)[1]
+            await honest.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await honest.receive_some(64)
+            assert head.startswith(b"HTTP/1.1 200"), head
+        finally:
+            await honest.aclose()
+            for stream in flood:
+                await stream.aclose()
