@@ -66,6 +66,7 @@ from flashback.tracker.hub import (
     Connection,
     Hub,
 )
+from flashback.tracker.linkshare import LinkShare
 from flashback.tracker.metrics import TrackerMetrics
 from flashback.tracker.presence import Presence
 from flashback.tracker.security import (
@@ -143,6 +144,7 @@ class Tracker:
         self.send_budget = SendBudget(
             config.max_send_bytes, wait_s=2 * config.send_timeout_s, hub=self.hub
         )
+        self.links = LinkShare(self.hub)  # a fair share of links per address
         self._snapshot_cache: tuple[int, float, str] | None = None
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
@@ -387,6 +389,7 @@ class Tracker:
             await ws.close(CLOSE_TRY_AGAIN_LATER, exc.code)
             return
         self.hub.add(connection)
+        self.links.admit(connection)
         try:
             if connection.peer_id is not None:
                 await self.presence.attach(connection.peer_id)
@@ -396,6 +399,7 @@ class Tracker:
                     await self._receive_loop(ws, connection)
         finally:
             self.hub.remove(connection)
+            self.links.release(connection)
             if connection.peer_id is not None:
                 self.presence.detach(connection.peer_id, self.now())
         if connection.close_code is not None:
