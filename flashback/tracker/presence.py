@@ -118,7 +118,8 @@ class Presence(Protocol):
 
     async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> float:
         """A token of the budget *bucket* shared with other processes (a
-        cluster's): 0, or the seconds until one; 0 when nothing is shared."""
+        cluster's): 0, or the seconds until one; 0 when nothing is shared or
+        the shared state is out of reach (never raises)."""
 
     async def relay(self, to: str, message: Message) -> bool:
         """Hand *message* to the process holding *to*'s link; False: nobody does."""

@@ -160,7 +160,7 @@ class Tracker:
     async def register(
         self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
-        wait_s = self.limiter.acquire(client, self.now()) or await self._take_shared(
+        wait_s = self.limiter.acquire(client, self.now()) or await self.presence.take_token(
             f"register:{client}", self.config.register_rate_per_s, self.config.register_burst
         )
         if wait_s > 0:
@@ -511,7 +511,7 @@ class Tracker:
             return
         budget = sender.relay_budget
         config = self.config
-        if (budget is not None and not budget.take(self.now())) or await self._take_shared(
+        if (budget is not None and not budget.take(self.now())) or await self.presence.take_token(
             f"relay:{sender.peer_id}", config.relay_rate_per_s, config.relay_burst
         ):
             self.metrics.rate_limited.inc()
@@ -537,14 +537,6 @@ class Tracker:
         except BackendUnavailable as exc:
             log.info("cannot relay to %s: %s", message.to, exc.message)
         self._refuse_relay(sender, message, "unknown_peer", not_online_text(message.to))
-
-    async def _take_shared(self, bucket: str, rate_per_s: float, burst: int) -> float:
-        """A token of a budget a Redis cluster shares (0 or the seconds until one);
-        out of reach, this instance's own budgets are all that apply."""
-        try:
-            return await self.presence.take_token(bucket, rate_per_s, burst)
-        except BackendUnavailable:
-            return 0.0
 
     def _refuse_relay(self, sender: Connection, message: Forwardable, code: str, why: str) -> None:
         bounce = refusal(message.request_id, message, code, why)
