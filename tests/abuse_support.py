@@ -162,10 +162,14 @@ def queued_bytes(sock: trio.socket.SocketType) -> int:
     return buf[0]
 
 
-async def silent_get(host: str, port: int, path: str) -> trio.socket.SocketType:
+async def silent_get(
+    host: str, port: int, path: str, *, source: str | None = None
+) -> trio.socket.SocketType:
     """An HTTP client that sends one GET and never reads the answer."""
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if source is not None:
+        await sock.bind((source, 0))
     await sock.connect((host, port))
     await sock.send(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     return sock

@@ -9,6 +9,7 @@ in-flight byte budget (docs/INTERFACE.md, "Bounds").
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.abuse_support import (
 SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
 PEERS = 1000  # about 4.4 MB of peer list
 CLIENTS = 48
+FULL_PEERS = 3700  # more than a 16 MiB list holds
 
 
 async def test_clients_that_never_read_the_list_do_not_multiply_it(
@@ -59,3 +61,40 @@ async def test_clients_that_never_read_the_list_do_not_multiply_it(
             finally:
                 for sock in sockets:
                     sock.close()
+
+
+async def test_lists_in_flight_are_a_share_per_address_and_the_oldest_is_cut(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """One address's second unread list cuts its first (a quarter of the
+    in-flight budget is one list here); another address is untouched. The
+    list is 16 MiB, more than the kernel's socket buffers take."""
+    env = {"RELAY_MAX_SEND_BYTES": str(4 * 17_000_000)}
+    with trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            _, url = await start_tracker_proc(stack, nursery, tmp_path, env)
+            bodies = [big_registration(i) for i in range(FULL_PEERS)]
+            peers = await register_from(url, bodies, SOURCES)
+            assert all(r.status_code in (201, 503) for r in peers)  # until the list is full
+            async with httpx.AsyncClient(timeout=10) as http:
+                list_bytes = len((await http.get(url + "/api/peers/list")).content)
+            host, port = url.removeprefix("http://").split(":")
+            first = await silent_get(host, int(port), "/api/peers/list", source="127.0.0.2")
+            other = await silent_get(host, int(port), "/api/peers/list", source="127.0.0.3")
+            try:
+                while queued_bytes(first) == 0:  # noqa: ASYNC110 -- our own socket, polled
+                    await trio.sleep(0.05)
+                second = await silent_get(host, int(port), "/api/peers/list", source="127.0.0.2")
+                try:
+                    # the first ends early: what came is less than its list
+                    got = 0
+                    with contextlib.suppress(ConnectionResetError):
+                        while chunk := await first.recv(1 << 20):
+                            got += len(chunk)
+                    assert 0 < got < list_bytes
+                    assert queued_bytes(other) > 0
+                finally:
+                    second.close()
+            finally:
+                first.close()
+                other.close()

@@ -15,8 +15,10 @@ The list is the largest thing a stranger can ask for (up to
   alive): past an address's share its own oldest response is cut, past the
   budget the heaviest address's oldest is -- never the newcomer's.
 
-A cut response stops at its next piece (the client sees the connection
-close early, as after any network error) and gives its bytes back at once.
+A cut response gives its bytes back at once and its connection is reset
+(:mod:`.abort`: a send blocked on a client that does not read cannot be
+cancelled); the client sees the connection end early, as after any network
+error.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import trio
 
 from flashback.errors import FlashbackError
 from flashback.protocol.byteshare import ByteShare
+from flashback.tracker.abort import Address, SocketAborter
 from flashback.web import JSON_MIMETYPE, encode_json
 
 LIST_PATH: Final = "/api/peers/list"
@@ -78,8 +81,15 @@ class PeerListCache:
 class _Response:
     """One list response in flight; *body* is dropped when it is cut."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, client: Address | None, server: Address | None) -> None:
         self.body: bytes | None = body
+        self.client, self.server = client, server
+
+
+def _address(raw: Any) -> Address | None:
+    if isinstance(raw, list | tuple) and len(raw) == 2:
+        return str(raw[0]), int(raw[1])
+    return None
 
 
 class PeerListSender:
@@ -89,6 +99,7 @@ class PeerListSender:
         self.cache = cache
         share = max(budget_bytes // SHARE_DIVISOR, max_list_bytes + CHUNK_BYTES)
         self.budget: ByteShare[str, _Response] = ByteShare(budget_bytes, share)
+        self.aborter = SocketAborter()
         self.cut = 0  # responses cut for the budget
 
     async def serve(self, scope: dict[str, Any], send: Any) -> None:
@@ -99,9 +110,9 @@ class PeerListSender:
             await _start(send, error.status, len(payload), error.headers())
             await send({"type": "http.response.body", "body": payload})
             return
-        client = scope.get("client")
-        holder = str(client[0]) if client else "unknown"
-        response = _Response(body)
+        client = _address(scope.get("client"))
+        holder = client[0] if client else "unknown"
+        response = _Response(body, client, _address(scope.get("server")))
         if not self._admit(holder, response, len(body)):
             payload = encode_json(
                 {"error": {"code": "tracker_busy", "message": "too many lists in flight"}}
@@ -127,6 +138,7 @@ class PeerListSender:
             # a cut response holds one piece at most: its bytes are back at once
             victim.body = None
             self.budget.release(victim)
+            self.aborter.abort(victim.client, victim.server)
             self.cut += 1
         if self.budget.state(response) == "live":
             return True
