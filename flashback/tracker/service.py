@@ -138,7 +138,10 @@ class Tracker:
             )
             self.metrics.add_tunnels(self.tunnels.counters, lambda: self.tunnels_active)
         self.capacity = PeerCapacity(
-            config.max_peers, config.max_peer_list_bytes, self.presence.is_online
+            config.max_peers,
+            config.max_peer_list_bytes,
+            self.presence.is_online,
+            per_address=config.max_peers_per_address,
         )
         # frames queued in ws.send calls that have not returned, per address
         self.send_budget = SendBudget(
@@ -188,7 +191,7 @@ class Tracker:
             registration.capabilities,
             registration.fingerprint,
         )
-        refusal = self.capacity.refusal(peer_id, size, self.presence.online_count())
+        refusal = self.capacity.refusal(peer_id, size, self.presence.online_count(), client)
         if refusal is not None:
             self.metrics.rejected.inc()
             raise BackendUnavailable(refusal, code="tracker_full")
@@ -213,7 +216,7 @@ class Tracker:
             peer_id, listing, token_hash=identity.token_hash, now=self.now()
         )
         self.publish(changes)
-        self.capacity.admit(peer_id, size)
+        self.capacity.admit(peer_id, size, client)
         self.metrics.registrations.inc()
         return {
             "peer_id": peer_id,
