@@ -14,7 +14,9 @@ from pathlib import Path
 
 import trio
 
+from flashback.tracker.capacity import record_bytes
 from tests.abuse_support import (
+    BIG_CAPABILITIES,
     big_registration,
     probe,
     register_from,
@@ -25,6 +27,7 @@ from tests.abuse_support import (
 from tests.tracker_support import hello, open_link, receive
 
 SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
+PEERS = 150
 SILENT = 17
 HONEST = 15
 
@@ -32,15 +35,19 @@ HONEST = 15
 async def test_silent_watchers_cannot_spend_the_send_budget_of_honest_links(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
+    body = big_registration(0)
+    server = body["peer_server"]
+    record = record_bytes("x" * 16, body["name"], server["host"], server["port"], BIG_CAPABILITIES)
     env = {
         "RELAY_MAX_PEER_LIST_BYTES": "2000000",
-        "RELAY_MAX_SEND_BYTES": "4200000",  # about six snapshots of 150 big peers
+        # room for six snapshots of 150 big peers, not seven
+        "RELAY_MAX_SEND_BYTES": str(int(6.5 * PEERS * record)),
         "RELAY_SEND_TIMEOUT": "120",  # the kernel does not rescue anyone during the test
     }
     with trio.fail_after(40):
         async with AsyncExitStack() as stack:
             tracker, url = await start_tracker_proc(stack, nursery, tmp_path, env)
-            peers = await register_from(url, [big_registration(i) for i in range(150)], SOURCES)
+            peers = await register_from(url, [big_registration(i) for i in range(PEERS)], SOURCES)
             assert all(r.status_code == 201 for r in peers)
             before = rss_kib(tracker.process.pid)
             host, port = url.removeprefix("http://").split(":")
@@ -56,7 +63,7 @@ async def test_silent_watchers_cannot_spend_the_send_budget_of_honest_links(
                 async with open_link(ws_url) as ws:
                     await hello(ws)
                     snapshot = await receive(ws, timeout_s=30)
-                    assert snapshot["type"] == "snapshot" and len(snapshot["peers"]) == 150
+                    assert snapshot["type"] == "snapshot" and len(snapshot["peers"]) == PEERS
             await probe(url)
             # six snapshots fit the budget: each later link cut the one blocked
             # longest, so the oldest eleven silent ones are gone (reset by the tracker)
