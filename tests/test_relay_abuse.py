@@ -161,7 +161,9 @@ async def test_a_daemon_syncs_with_a_tracker_full_of_the_largest_peers(
             peers: list[dict[str, Any]] = []
             for index in range(MAX_SNAPSHOT_BYTES // 4000):  # more than can fit
                 try:
-                    peers.append(await tracker.register(_largest_registration(index), {}, "x"))
+                    # each from its own address: the list's bytes, not an address's share, stop them
+                    client = f"10.0.{index // 250}.{index % 250}"
+                    peers.append(await tracker.register(_largest_registration(index), {}, client))
                 except BackendUnavailable as exc:
                     assert exc.code == "tracker_full"
                     break

@@ -3,27 +3,20 @@
 Links cost a file descriptor, a queue and a snapshot each, and a stranger
 may open them without registering. They are a
 :class:`~flashback.protocol.fairshare.FairShare` by client address: an
-address past :data:`MAX_LINKS_PER_ADDRESS` closes its own oldest link, and
-past :data:`MAX_LINKS` the heaviest address's oldest link closes (1013) --
-never the newcomer's. (An office behind one NAT address is many daemons:
-the per-address share is generous.)
+address past ``RELAY_MAX_LINKS_PER_ADDRESS`` closes its own oldest link,
+and past ``RELAY_MAX_LINKS`` the heaviest address's oldest link closes
+(1013) -- never the newcomer's. (An office behind one NAT address is many
+daemons: the per-address share is at least the peers one address may have.)
 """
 
 from __future__ import annotations
 
-from typing import Final
-
 from flashback.protocol.fairshare import FairShare
 from flashback.tracker.hub import CLOSE_TRY_AGAIN_LATER, Connection, Hub
 
-MAX_LINKS: Final = 20_000
-MAX_LINKS_PER_ADDRESS: Final = 256
-
 
 class LinkShare:
-    def __init__(
-        self, hub: Hub, *, capacity: int = MAX_LINKS, per_address: int = MAX_LINKS_PER_ADDRESS
-    ) -> None:
+    def __init__(self, hub: Hub, *, capacity: int, per_address: int) -> None:
         self.hub = hub
         self.share: FairShare[str, Connection] = FairShare(capacity, per_address)
 

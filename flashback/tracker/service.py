@@ -147,7 +147,9 @@ class Tracker:
         self.send_budget = SendBudget(
             config.max_send_bytes, wait_s=2 * config.send_timeout_s, hub=self.hub
         )
-        self.links = LinkShare(self.hub)  # a fair share of links per address
+        self.links = LinkShare(
+            self.hub, capacity=config.max_links, per_address=config.max_links_per_address
+        )
         self._snapshot_cache: tuple[int, float, str] | None = None
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
