@@ -37,6 +37,13 @@ CONNECTIONS: Final = 50
 CONNECT_BATCH: Final = 200
 ROUND_TIMEOUT_S: Final = 30.0
 STARTUP_TIMEOUT_S: Final = 15.0
+#: every client of a bench comes from one loopback address: lift the
+#: per-address shares (docs/INTERFACE.md §2.1) that would close its links
+UNSHARED: Final = {
+    "RELAY_MAX_LINKS": "1000000",
+    "RELAY_MAX_LINKS_PER_ADDRESS": "1000000",
+    "RELAY_MAX_PEERS_PER_ADDRESS": "1000000",
+}
 
 
 # -- the baseline servers (run as subprocesses of this script) ---------------------
@@ -138,7 +145,8 @@ async def start_server(kind: str, nursery: trio.Nursery) -> Server:
                    "--database-url", "memory://"]  # fmt: skip
     else:
         command = [sys.executable, __file__, "--serve", kind]
-    env = {**os.environ, "RELAY_REGISTER_RATE": "100000", "RELAY_REGISTER_BURST": "100000"}
+    env = {**os.environ, "RELAY_REGISTER_RATE": "100000", "RELAY_REGISTER_BURST": "100000",
+           **UNSHARED}  # fmt: skip
     run = partial(
         trio.run_process, command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env=env, check=False,

@@ -37,6 +37,7 @@ from tracker_bench import (
     CONNECTIONS,
     HOST,
     STARTUP_TIMEOUT_S,
+    UNSHARED,
     HTTPConnection,
     Server,
     fan_out,
@@ -81,7 +82,7 @@ async def start_tracker(nursery: trio.Nursery, url: str) -> Server:
     command = [sys.executable, "-m", "flashback", "tracker", "--host", HOST, "--port", "0",
                "--database-url", url]  # fmt: skip
     env = {**os.environ, "RELAY_REGISTER_RATE": "100000", "RELAY_REGISTER_BURST": "100000",
-           "RELAY_PEER_TTL": "600"}  # fmt: skip
+           "RELAY_PEER_TTL": "600", **UNSHARED}  # fmt: skip
     run = partial(
         trio.run_process, command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env=env, check=False,

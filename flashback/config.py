@@ -43,6 +43,11 @@ DEFAULT_TUNNEL_MAX_SESSIONS: Final = 256
 # daemon takes in one frame), relayed messages per link, and how long and how
 # much a link that does not read may hold back.
 DEFAULT_MAX_PEERS: Final = 10_000
+# peers registered from one client address (a NAT may hide many daemons),
+# and websocket links (every peer's daemon has one; watchers more)
+DEFAULT_MAX_PEERS_PER_ADDRESS: Final = 1_000
+DEFAULT_MAX_LINKS: Final = 20_000
+DEFAULT_MAX_LINKS_PER_ADDRESS: Final = 1_024
 DEFAULT_RELAY_RATE_PER_S: Final = 20.0
 DEFAULT_RELAY_BURST: Final = 100
 DEFAULT_SEND_TIMEOUT_S: Final = 10.0
@@ -78,6 +83,9 @@ class TrackerConfig:
     watcher_queue_messages: int = DEFAULT_WATCHER_QUEUE_MESSAGES
     backlog_changes: int = DEFAULT_BACKLOG_CHANGES
     max_peers: int = DEFAULT_MAX_PEERS
+    max_peers_per_address: int = DEFAULT_MAX_PEERS_PER_ADDRESS
+    max_links: int = DEFAULT_MAX_LINKS
+    max_links_per_address: int = DEFAULT_MAX_LINKS_PER_ADDRESS
     max_peer_list_bytes: int = MAX_PEER_LIST_BYTES
     relay_rate_per_s: float = DEFAULT_RELAY_RATE_PER_S
     relay_burst: int = DEFAULT_RELAY_BURST
@@ -301,6 +309,13 @@ def tracker_from_sources(flags: Mapping[str, Any], env: Mapping[str, str]) -> Tr
             else None
         ),
         max_peers=_count(env, "RELAY_MAX_PEERS", DEFAULT_MAX_PEERS),
+        max_peers_per_address=_count(
+            env, "RELAY_MAX_PEERS_PER_ADDRESS", DEFAULT_MAX_PEERS_PER_ADDRESS
+        ),
+        max_links=_count(env, "RELAY_MAX_LINKS", DEFAULT_MAX_LINKS),
+        max_links_per_address=_count(
+            env, "RELAY_MAX_LINKS_PER_ADDRESS", DEFAULT_MAX_LINKS_PER_ADDRESS
+        ),
         max_peer_list_bytes=_count(
             env, "RELAY_MAX_PEER_LIST_BYTES", MAX_PEER_LIST_BYTES, high=MAX_PEER_LIST_BYTES
         ),

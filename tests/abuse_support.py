@@ -93,13 +93,18 @@ def _masked_text_frame(text: str) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + masked
 
 
-async def silent_watcher(host: str, port: int, hello: dict[str, Any]) -> trio.socket.SocketType:
+async def silent_watcher(
+    host: str, port: int, hello: dict[str, Any], *, source: str | None = None
+) -> trio.socket.SocketType:
     """A websocket client that says hello and never reads a byte after the 101.
 
     (It waits for the 101 first: data before it is issue 10 #1, another bug.)
+    *source*: the loopback address it connects from.
     """
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if source is not None:
+        await sock.bind((source, 0))
     await sock.connect((host, port))
     key = base64.b64encode(os.urandom(16)).decode()
     request = (
@@ -144,3 +149,27 @@ async def register_fake_peer(
         lambda e: e.get("event") == "peer-joined" and e["peer"]["name"] == name
     )
     return str(peer_id)
+
+
+def queued_bytes(sock: trio.socket.SocketType) -> int:
+    """Bytes waiting in *sock*'s receive queue (the server has begun to answer)."""
+    import array
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    return buf[0]
+
+
+async def silent_get(
+    host: str, port: int, path: str, *, source: str | None = None
+) -> trio.socket.SocketType:
+    """An HTTP client that sends one GET and never reads the answer."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if source is not None:
+        await sock.bind((source, 0))
+    await sock.connect((host, port))
+    await sock.send(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    return sock

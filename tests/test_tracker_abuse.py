@@ -162,3 +162,27 @@ async def test_a_garbled_database_is_refused_at_start_with_exit_2(tmp_path: Path
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], lines
     assert b"tracker-ready" not in result.stdout
+
+
+async def test_one_address_cannot_take_every_peer_slot(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Before: any one address could register until the tracker was full
+    (and keep the peers with heartbeats); now its share is its limit."""
+    env = {"RELAY_MAX_PEERS": "20", "RELAY_MAX_PEERS_PER_ADDRESS": "5"}
+    async with AsyncExitStack() as stack:
+        _, url = await start_tracker_proc(stack, nursery, tmp_path, env)
+        bodies = [big_registration(i, big=False) for i in range(8)]
+        flood = await register_from(url, bodies, ["127.0.0.2"])
+        assert [r.status_code for r in flood] == [201] * 5 + [503] * 3
+        assert flood[-1].json()["error"]["code"] == "tracker_full"
+        honest = await register_from(url, [big_registration(99, big=False)], ["127.0.0.3"])
+        assert honest[0].status_code == 201
+        # a peer that leaves gives its address the slot back
+        gone = flood[0].json()
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            bearer = {"Authorization": f"Bearer {gone['token']}"}
+            response = await http.delete(f"/api/peers/{gone['peer_id']}", headers=bearer)
+            assert response.status_code == 204
+        again = await register_from(url, [big_registration(100, big=False)], ["127.0.0.2"])
+        assert again[0].status_code == 201

@@ -11,7 +11,7 @@ Events (stdout, CONTRACT §5) -- the token never appears in them::
     {"event": "file-stream-ready", "request_id", "peer_id", "host", "port",
      "path", "size", "expires_in"}          (peer_id: the requester)
     {"event": "stream-closed", "request_id", "peer_id", "port", "path",
-     "bytes_sent", "duration_s", "reason": "completed"|"expired"|"shutdown"}
+     "bytes_sent", "duration_s", "reason": "completed"|"expired"|"shutdown"|"evicted"}
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import trio
 
 from flashback.digests import DigestService
 from flashback.errors import NotFound
+from flashback.protocol.fairshare import FairShare
 from flashback.protocol.messages import FileStreamReady, StreamError, StreamRequest
 from flashback.protocol.paths import real_root
 from flashback.streaming.port import StreamPort, open_listener
@@ -35,8 +36,10 @@ from flashback.streaming.source import StreamSource, open_source
 log = logging.getLogger(__name__)
 
 MAX_PORTS: Final = 16
-# One requester may hold this many ports at once, so no single peer can take
-# all MAX_PORTS and lock everyone else out (renewing them every minute).
+# A fair share (flashback.protocol.fairshare): a requester's fifth port closes
+# its own oldest, and when all MAX_PORTS are open the heaviest requester's
+# oldest port closes (reason "evicted") -- never the newcomer's request, so
+# peer ids that cost nothing cannot lock an honest requester out.
 MAX_PORTS_PER_PEER: Final = 4
 EXPIRES_IN_S: Final = 60.0
 TOKEN_BYTES: Final = 32
@@ -76,7 +79,10 @@ class StreamManager:
         self._emit = emit
         self._nursery: trio.Nursery | None = None
         self.open_ports: set[StreamPort] = set()
-        self._ports_of: dict[str | None, int] = {}  # requester -> open ports
+        self._share: FairShare[str | None, StreamPort] = FairShare(
+            settings.max_ports, settings.max_ports_per_peer
+        )
+        self._scopes: dict[StreamPort, trio.CancelScope] = {}
 
     async def run(
         self,
@@ -101,24 +107,6 @@ class StreamManager:
         requester = request.from_
         if self._nursery is None:
             raise RuntimeError("StreamManager.handle() outside run()")
-        if len(self.open_ports) >= self.settings.max_ports:
-            return StreamError(
-                request.request_id,
-                "busy",
-                f"{self.settings.max_ports} streaming ports are open; try again later",
-                to=requester,
-            )
-        if (
-            requester is not None
-            and self._ports_of.get(requester, 0) >= self.settings.max_ports_per_peer
-        ):
-            return StreamError(
-                request.request_id,
-                "busy",
-                f"you already hold {self.settings.max_ports_per_peer} streaming ports here;"
-                " finish or let one expire first",
-                to=requester,
-            )
         try:
             # In the event loop, not a thread: realpath + open + fstat of a
             # local file take microseconds, and O_NONBLOCK keeps a FIFO from
@@ -139,8 +127,11 @@ class StreamManager:
             sock, source, token, expires_in_s=self.settings.expires_in_s, digests=self._digests
         )
         self.open_ports.add(port)
-        self._ports_of[requester] = self._ports_of.get(requester, 0) + 1
-        self._nursery.start_soon(self._run_port, request, port, source)
+        scope = self._scopes[port] = trio.CancelScope()
+        victim = self._share.admit(requester, port).evicted
+        if victim is not None:
+            self._evict(victim[1])
+        self._nursery.start_soon(self._run_port, request, port, source, scope)
         expires_in = _number(self.settings.expires_in_s)
         fields: dict[str, Any] = {
             "request_id": request.request_id,
@@ -163,21 +154,31 @@ class StreamManager:
             to=requester,
         )
 
+    def _evict(self, port: StreamPort) -> None:
+        """Close *port* to make room (its task reports ``evicted``)."""
+        scope = self._scopes.get(port)
+        if scope is not None:
+            scope.cancel()
+
     async def _run_port(
-        self, request: StreamRequest, port: StreamPort, source: StreamSource
+        self,
+        request: StreamRequest,
+        port: StreamPort,
+        source: StreamSource,
+        scope: trio.CancelScope,
     ) -> None:
         started = trio.current_time()
         reason = "shutdown"
         try:
-            reason = await port.serve()
+            with scope:
+                reason = await port.serve()
+            if scope.cancelled_caught:
+                reason = "evicted"
         finally:
             source.close()
             self.open_ports.discard(port)
-            left = self._ports_of.get(request.from_, 0) - 1
-            if left > 0:
-                self._ports_of[request.from_] = left
-            else:
-                self._ports_of.pop(request.from_, None)
+            self._share.release(port)
+            self._scopes.pop(port, None)
             self._emit(
                 "stream-closed",
                 request_id=request.request_id,

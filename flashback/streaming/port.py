@@ -23,6 +23,7 @@ import trio
 
 from flashback.digests import DigestService
 from flashback.protocol.digest import repr_digest_header
+from flashback.protocol.fairshare import FairShare
 from flashback.streaming.lifetime import PortLifetime
 from flashback.streaming.responses import Plan, plan_response, target_has_token
 from flashback.streaming.source import StreamSource
@@ -40,9 +41,13 @@ LISTEN_BACKLOG: Final = 16
 #: concurrent connections per port that presented the token (a segmented
 #: downloader uses a few)
 MAX_CONNECTIONS: Final = 8
-#: connections that have not yet shown the token; past this the oldest is
-#: dropped, so idle strangers cannot lock the token holder out
+#: connections that have not yet shown the token, a fair share by source
+#: address (flashback.protocol.fairshare): past MAX_PENDING_PER_ADDRESS an
+#: address's newest drops its own oldest, past MAX_PENDING_CONNECTIONS the
+#: heaviest address's oldest goes -- so idle strangers, from one address or
+#: many, cannot lock the token holder out
 MAX_PENDING_CONNECTIONS: Final = 32
+MAX_PENDING_PER_ADDRESS: Final = 8
 #: a new connection must send its first request within this time
 FIRST_REQUEST_TIMEOUT_S: Final = 2.0
 #: request head size limit (h11 answers 431 above it)
@@ -100,7 +105,9 @@ class StreamPort:
         self.lifetime = PortLifetime(source.size, expires_in_s, trio.current_time())
         self._changed = trio.Event()
         self._connections = 0
-        self._pending: dict[trio.CancelScope, trio.CancelScope] = {}
+        self._pending: FairShare[str, trio.CancelScope] = FairShare(
+            MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_ADDRESS
+        )
 
     @property
     def bytes_sent(self) -> int:
@@ -135,7 +142,7 @@ class StreamPort:
     async def _accept_loop(self, nursery: trio.Nursery) -> None:
         while True:
             try:
-                conn, _ = await self._sock.accept()
+                conn, address = await self._sock.accept()
             except OSError as exc:
                 if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
                     log.warning("stream port %d: accept: %s; retrying", self.port, exc)
@@ -144,11 +151,10 @@ class StreamPort:
                 if exc.errno == errno.ECONNABORTED:
                     continue
                 raise
-            if len(self._pending) >= MAX_PENDING_CONNECTIONS:
-                oldest = next(iter(self._pending))
-                self._pending.pop(oldest).cancel()
             scope = trio.CancelScope()
-            self._pending[scope] = scope
+            victim = self._pending.admit(str(address[0]), scope).evicted
+            if victim is not None:
+                victim[1].cancel()
             nursery.start_soon(self._handle, trio.SocketStream(conn), scope)
 
     async def _handle(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
@@ -173,7 +179,7 @@ class StreamPort:
                                 return  # too many downloads of this one file at once
                             admitted = True
                             self._connections += 1
-                            self._pending.pop(scope, None)
+                            self._pending.release(scope)
                         await self._respond(stream, conn, request)
                         timeout_s = self._idle_timeout_s
                         if self.lifetime.completed:
@@ -184,7 +190,7 @@ class StreamPort:
         except _CLIENT_GONE as exc:
             log.debug("stream port %d: connection ended: %r", self.port, exc)
         finally:
-            self._pending.pop(scope, None)
+            self._pending.release(scope)
             if admitted:
                 self._connections -= 1
 

@@ -15,6 +15,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from flashback.errors import FlashbackError, PayloadTooLarge
 from flashback.tracker import validate
+from flashback.tracker.listing import LIST_PATH, PeerListCache, PeerListSender
 from flashback.tracker.metrics import CONTENT_TYPE
 from flashback.tracker.security import bearer_token
 from flashback.tracker.service import Tracker
@@ -47,8 +48,15 @@ class HeartbeatFastPath:
     def __init__(self, app: QuartTrio, tracker: Tracker) -> None:
         self.app = app
         self.tracker = tracker
+        config = tracker.config
+        cache = PeerListCache(tracker.peer_list, lambda: tracker.presence.seq, tracker.now)
+        # the peer list, too, has its own raw path: see listing.py
+        self.lists = PeerListSender(cache, config.max_send_bytes, config.max_peer_list_bytes)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == LIST_PATH and scope["method"] == "GET":
+            await self.lists.serve(scope, send)
+            return
         if scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH or scope["method"] != "POST":
             # Quart types scope/receive/send as hypercorn's TypedDicts; ours are plain ASGI dicts.
             await self.app(scope, receive, send)  # type: ignore[arg-type]
@@ -97,6 +105,13 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
+def _address(raw: Any) -> tuple[str, int] | None:
+    """An ASGI scope's ``client``/``server`` pair, if it is one."""
+    if isinstance(raw, list | tuple) and len(raw) == 2:
+        return str(raw[0]), int(raw[1])
+    return None
+
+
 def create_asgi_app(tracker: Tracker) -> HeartbeatFastPath:
     """The app Hypercorn serves: the heartbeat fast path in front of Quart."""
     return HeartbeatFastPath(create_app(tracker), tracker)
@@ -138,9 +153,12 @@ def create_app(tracker: Tracker) -> QuartTrio:
 
     @app.websocket("/api/peers/ws")
     async def link() -> None:
+        scope = websocket.scope
         await tracker.serve_link(
             websocket,
             host_header=websocket.headers.get("Host"),
+            client=_address(scope.get("client")),
+            server=_address(scope.get("server")),
         )
 
     return app

@@ -33,9 +33,19 @@ class Connection:
     """One websocket link: its queue, its identity, and how to end it."""
 
     def __init__(
-        self, peer_id: str | None, queue_messages: int, *, advertise_host: str | None = None
+        self,
+        peer_id: str | None,
+        queue_messages: int,
+        *,
+        advertise_host: str | None = None,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
     ) -> None:
         self.peer_id = peer_id
+        # the TCP ends (the ASGI scope's client and server): its share of the
+        # send budget is its client address's (sendshare.py)
+        self.client, self.server = client, server
+        self.address = client[0] if client is not None else None
         # the host this link's peer dials for tunnels (from its own Host header)
         self.advertise_host = advertise_host
         self.send_channel, self.receive_channel = trio.open_memory_channel[str](queue_messages)

@@ -131,6 +131,11 @@ class Presence(Protocol):
 
     def detach(self, peer_id: str, now: float) -> None: ...
 
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> float:
+        """A token of the budget *bucket* shared with other processes (a
+        cluster's): 0, or the seconds until one; 0 when nothing is shared or
+        the shared state is out of reach (never raises)."""
+
     async def relay(self, to: str, message: Message) -> bool:
         """Hand *message* to the process holding *to*'s link; False: nobody does."""
 
@@ -247,6 +252,9 @@ class LocalPresence:
 
     def detach(self, peer_id: str, now: float) -> None:
         self.registry.detach(peer_id, now)
+
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> float:
+        return 0.0  # this process's own budgets are all there is
 
     async def relay(self, to: str, message: Message) -> bool:
         return False  # every link is in this process's hub

@@ -68,6 +68,7 @@ from flashback.tracker.hub import (
     Connection,
     Hub,
 )
+from flashback.tracker.linkshare import LinkShare
 from flashback.tracker.metrics import TrackerMetrics
 from flashback.tracker.presence import Presence
 from flashback.tracker.security import (
@@ -79,6 +80,7 @@ from flashback.tracker.security import (
     require_bearer,
     token_matches,
 )
+from flashback.tracker.sendshare import SendBudget
 from flashback.tracker.store import IdentityStore, IssuedIdentity
 from flashback.tracker.tunnels import TunnelRelay
 from flashback.tracker.validate import RegisterBody
@@ -140,9 +142,18 @@ class Tracker:
             self.tunnels.reflector = direct.reflector(presence, self.publish, clock, self.metrics)
         self.introductions = direct.Introductions(self.metrics.registry, clock)
         self.capacity = PeerCapacity(
-            config.max_peers, config.max_peer_list_bytes, self.presence.is_online
+            config.max_peers,
+            config.max_peer_list_bytes,
+            self.presence.is_online,
+            per_address=config.max_peers_per_address,
         )
-        self.send_bytes = 0  # text queued in ws.send calls that have not returned
+        # frames queued in ws.send calls that have not returned, per address
+        self.send_budget = SendBudget(
+            config.max_send_bytes, wait_s=2 * config.send_timeout_s, hub=self.hub
+        )
+        self.links = LinkShare(
+            self.hub, capacity=config.max_links, per_address=config.max_links_per_address
+        )
         self._snapshot_cache: tuple[int, float, str] | None = None
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
@@ -158,7 +169,9 @@ class Tracker:
     async def register(
         self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
-        wait_s = self.limiter.acquire(client, self.now())
+        wait_s = self.limiter.acquire(client, self.now()) or await self.presence.take_token(
+            f"register:{client}", self.config.register_rate_per_s, self.config.register_burst
+        )
         if wait_s > 0:
             self.metrics.rate_limited.inc()
             raise RateLimited("too many registrations; slow down", retry_after_s=math.ceil(wait_s))
@@ -185,7 +198,7 @@ class Tracker:
             registration.fingerprint,
             registration.direct,
         )
-        refusal = self.capacity.refusal(peer_id, size, self.presence.online_count())
+        refusal = self.capacity.refusal(peer_id, size, self.presence.online_count(), client)
         if refusal is not None:
             self.metrics.rejected.inc()
             raise BackendUnavailable(refusal, code="tracker_full")
@@ -211,7 +224,7 @@ class Tracker:
             peer_id, listing, token_hash=identity.token_hash, now=self.now()
         )
         self.publish(changes)
-        self.capacity.admit(peer_id, size)
+        self.capacity.admit(peer_id, size, client)
         self.metrics.registrations.inc()
         return {
             "peer_id": peer_id,
@@ -267,6 +280,7 @@ class Tracker:
     def publish(self, changes: Sequence[Change]) -> None:
         """Every change reaches every link of this instance, in ``seq`` order."""
         self.hub.publish(changes)
+        self.capacity.track(changes)  # the list's budget counts every instance's peers
         for change in changes:
             if isinstance(change, PeerLeft) and change.reason == "expired":
                 # Its link is here but its TTL ran out (a shared store was out of
@@ -286,12 +300,16 @@ class Tracker:
         route = route_relay(
             online=self.presence.is_online(to), linked_here=link is not None, relayed=True
         )
-        if route == "deliver" and link is not None and self.hub.send(link, message):
-            return
+        # As a local relay: a full target keeps its link, the sender hears busy.
+        code, why = "unknown_peer", not_online_text(to)
+        if route == "deliver" and link is not None:
+            if self.hub.relay(link, message):
+                return
+            code, why = "busy", f"peer {to!r} is busy"
         if not isinstance(message, StreamRequest | FileStreamReady | TunnelInvite):
             return
         sender = message.from_
-        bounce = refusal(message.request_id, message, "unknown_peer", not_online_text(to))
+        bounce = refusal(message.request_id, message, code, why)
         if sender is None or bounce is None:
             return
         local = self.hub.link_for(sender)
@@ -331,11 +349,19 @@ class Tracker:
 
     # -- the websocket link --------------------------------------------------------
 
-    async def serve_link(self, ws: WebsocketLike, *, host_header: str | None = None) -> None:
+    async def serve_link(
+        self,
+        ws: WebsocketLike,
+        *,
+        host_header: str | None = None,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+    ) -> None:
         """One websocket from ``hello`` to close; protocol in CONTRACT.md §2.
 
         *host_header* is the ``Host`` of the upgrade request: by default the
         host a peer is told to dial for tunnels is the one it already reached.
+        *client* and *server* are its TCP ends (its share of the send budget).
         """
         if self.hub.closing:
             await ws.close(CLOSE_GOING_AWAY, "tracker shutting down")
@@ -361,6 +387,8 @@ class Tracker:
                 hello.peer_id,
                 self.config.watcher_queue_messages,
                 advertise_host=advertise_host(host_header, self.config.tunnel_advertise),
+                client=client,
+                server=server,
             )
             connection.relay_budget = self._relay_budget_for(hello.peer_id)
             # No checkpoint from here to hub.add: the replay and the live feed
@@ -372,6 +400,7 @@ class Tracker:
             await ws.close(CLOSE_TRY_AGAIN_LATER, exc.code)
             return
         self.hub.add(connection)
+        self.links.admit(connection)
         try:
             if connection.peer_id is not None:
                 await self.presence.attach(connection.peer_id)
@@ -381,6 +410,7 @@ class Tracker:
                     await self._receive_loop(ws, connection)
         finally:
             self.hub.remove(connection)
+            self.links.release(connection)
             if connection.peer_id is not None:
                 self.presence.detach(connection.peer_id, self.now())
         if connection.close_code is not None:
@@ -419,25 +449,24 @@ class Tracker:
             await self._send_bounded(ws, connection, text)
 
     async def _send_bounded(self, ws: WebsocketLike, connection: Connection, text: str) -> None:
-        """One frame, with a deadline and out of a shared byte budget.
+        """One frame, with a deadline and out of the send budget (sendshare.py).
 
         A link that does not read is evicted after ``send_timeout_s`` rather
-        than holding its frame forever, and all such frames together may pin
-        at most ``max_send_bytes``: past that a new one is refused (1013).
+        than holding its frame forever; when the frames in flight fill
+        ``max_send_bytes``, the heaviest address's longest-blocked link goes
+        to make room, and this frame waits for it.
         """
-        size = len(text)
-        if self.send_bytes + size > self.config.max_send_bytes:
-            log.info("send budget spent; closing a link (peer %s)", connection.peer_id)
-            self.hub.evict(connection)
+        if not await self.send_budget.acquire(connection, len(text)):
+            log.info("no room in the send budget; closing a link (peer %s)", connection.peer_id)
             connection.end(CLOSE_TRY_AGAIN_LATER, "tracker busy; reconnect later")
+            self.hub.evict(connection)
             await trio.lowlevel.checkpoint()  # raises Cancelled: the link is over
             return
-        self.send_bytes += size
         try:
             with trio.move_on_after(self.config.send_timeout_s) as deadline:
                 await ws.send(text)
         finally:
-            self.send_bytes -= size
+            self.send_budget.release(connection)
         if deadline.cancelled_caught:
             log.info(
                 "a link did not read for %.0f s (peer %s)",
@@ -493,7 +522,7 @@ class Tracker:
         if message.to is None:
             self.hub.send(sender, ErrorMessage("invalid_field", "'to' is required"))
             return
-        if not self._spend_relay_budget(sender):
+        if not await self._spend_relay_budget(sender):
             self._refuse_relay(sender, message, "rate_limited", "too many relayed messages")
             return
         target = self.hub.link_for(message.to)
@@ -517,10 +546,15 @@ class Tracker:
             log.info("cannot relay to %s: %s", message.to, exc.message)
         self._refuse_relay(sender, message, "unknown_peer", not_online_text(message.to))
 
-    def _spend_relay_budget(self, sender: Connection) -> bool:
-        """One relayed message or tunnel request out of the sender's relay budget."""
+    async def _spend_relay_budget(self, sender: Connection) -> bool:
+        """One relayed message or tunnel request out of the sender's relay budget: its
+        links' bucket here, and the cluster-wide bucket of its peer id (one per cluster,
+        not one per instance)."""
         budget = sender.relay_budget
-        if budget is None or budget.take(self.now()):
+        config = self.config
+        if (budget is None or budget.take(self.now())) and not await self.presence.take_token(
+            f"relay:{sender.peer_id}", config.relay_rate_per_s, config.relay_burst
+        ):
             return True
         self.metrics.rate_limited.inc()
         return False
@@ -557,7 +591,7 @@ class Tracker:
         if owner_info.fingerprint is None:
             refuse("no_fingerprint", f"peer {message.to!r} has no key to prove itself with")
             return
-        if not self._spend_relay_budget(sender):  # a request costs what a message does
+        if not await self._spend_relay_budget(sender):  # a request costs what a message does
             refuse("rate_limited", "too many tunnel requests")
             return
         owner = self.hub.link_for(message.to)
@@ -618,7 +652,7 @@ class Tracker:
             return
         if self.hub.link_for(message.to) is not None:
             return  # linked here but no such session: nothing to forward
-        if not self._spend_relay_budget(sender):
+        if not await self._spend_relay_budget(sender):
             return
         try:
             await self.presence.relay(message.to, out)

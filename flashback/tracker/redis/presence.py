@@ -234,6 +234,18 @@ class RedisPresence:
         # a stale link:<peer> key routes relays here, and we bounce them.
         self._links.detach(peer_id)
 
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> float:
+        """A token of the cluster's bucket *bucket*: 0, or the seconds until one.
+
+        Redis out of reach: 0, and the instance's own budgets are all that apply
+        (a relay between two links of this instance still works then)."""
+        args: list[str | int | float] = [bucket, rate_per_s, burst]
+        script = self.connection.scripts.take_token
+        try:
+            return as_int(await self.connection.call(script(args=args))) / 1000
+        except BackendUnavailable:
+            return 0.0
+
     async def relay(self, to: str, message: Message) -> bool:
         args: list[str | int | float] = [to, message.encode(), RELAY_BACKLOG_MESSAGES]
         return as_int(await self.connection.call(self.connection.scripts.relay(args=args))) == 1

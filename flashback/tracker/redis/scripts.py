@@ -16,6 +16,8 @@ Keys (all under ``flashback:``)::
     instance:<id>  "1" with a few seconds' TTL: that tracker is alive
     link:<peer>    instance id holding the peer's websocket, with the peer TTL
     relay:<id>     stream of relayed messages for that tracker
+    budget:<name>  hash {t: tokens, at: when}: a token bucket shared by every
+                   instance (relay:<peer_id>, register:<address>); expires once full
 
 What is a change is not decided here: ``_REGISTER`` compares the canonical
 listing text the tracker computed (:func:`flashback.protocol.feed.is_change`
@@ -185,6 +187,28 @@ redis.call('EXPIRE', key, @RELAY_TTL@)
 return 1
 """
 
+# ARGV: bucket name, rate per s, burst. 0: a token taken; otherwise the
+# milliseconds until one will be there. One bucket for the whole cluster,
+# refilled on Redis's clock.
+_TAKE_TOKEN: Final = """
+local key = '@P@budget:' .. ARGV[1]
+local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_s()
+local saved = redis.call('HMGET', key, 't', 'at')
+local tokens, at = tonumber(saved[1]), tonumber(saved[2])
+if not tokens or not at then tokens, at = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait_ms = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait_ms = math.ceil((1 - tokens) / rate * 1000)
+end
+redis.call('HSET', key, 't', string.format('%.6f', tokens), 'at', fmt_time(now))
+redis.call('EXPIRE', key, math.ceil((burst - tokens) / rate) + 1)
+return wait_ms
+"""
+
 # KEYS: STATE_KEYS. ARGV: floor. One consistent view.
 _STATE: Final = """
 return {current_seq(KEYS[1], ARGV[1]), redis.call('HGETALL', KEYS[2]),
@@ -209,6 +233,7 @@ class Scripts:
     heartbeat: Script[str]
     keepalive: Script[str]
     relay: Script[str]
+    take_token: Script[str]
     state: Script[str]
 
     @classmethod
@@ -221,5 +246,6 @@ class Scripts:
             heartbeat=client.register_script(_source(_HEARTBEAT)),
             keepalive=client.register_script(_source(_KEEPALIVE)),
             relay=client.register_script(_source(_RELAY)),
+            take_token=client.register_script(_source(_TAKE_TOKEN)),
             state=client.register_script(_source(_STATE)),
         )
