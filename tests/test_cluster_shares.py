@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 
+from flashback.tracker.capacity import record_bytes
 from tests.abuse_support import big_registration, silent_watcher
 from tests.test_tracker_redis import (
     _collect_coredis_garbage,  # noqa: F401  (an autouse fixture, used by import)
@@ -149,7 +150,11 @@ async def test_one_address_has_one_registration_budget_across_instances(tmp_path
 
 @needs_redis
 async def test_the_peer_list_budget_is_one_for_the_whole_cluster(tmp_path: Path) -> None:
-    record = 4576  # one big registration's bytes (capacity.record_bytes)
+    body = big_registration(0)
+    # one big registration's bytes, as the tracker counts them (peer ids are 16 characters)
+    record = record_bytes(
+        "x" * 16, body["name"], body["peer_server"]["host"], 1000, body["capabilities"]
+    )
     with trio.fail_after(TEST_TIMEOUT_S):
         async with (
             open_redis(tmp_path) as redis,
