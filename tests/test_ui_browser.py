@@ -288,3 +288,56 @@ async def test_web_ui_in_a_real_browser(tmp_path: Path, nursery: trio.Nursery) -
             carol_nursery.cancel_scope.cancel()
     for name in ("peers", "browse", "markdown", "video"):
         assert (shots / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+HOSTILE_SCRIPT = (
+    b"<script>fetch('/api/peers').then(r => r.text())"
+    b".then(t => { document.title = 'pwned ' + t.length })</script>"
+    b"<script>document.title = 'pwned'</script><p>peer's page</p>"
+)
+
+
+async def test_a_peers_content_type_list_runs_no_script_on_the_ui_origin(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A peer that answers ``image/png, text/html`` (Chromium reads the last type) or
+    plain ``text/html`` for any name: opened through the UI, its script never runs."""
+    from flashback.protocol.messages import PeerInfo
+    from tests.test_ui_http import hostile_http, serve_hostile_peer, ui_context
+
+    hostile = hostile_http(
+        {"Content-Type": "image/png, text/html", "Set-Cookie": "flashback_ui=stolen"},
+        HOSTILE_SCRIPT,
+    )
+    port = await nursery.start(
+        serve_hostile_peer,
+        {
+            "/api/info": hostile_http(
+                {"Content-Type": "application/json"}, b'{"peer_id": "evil", "name": "mallory"}'
+            ),
+            "/content/page.html": hostile_http({"Content-Type": "text/html"}, HOSTILE_SCRIPT),
+            "/content/": hostile,
+        },
+    )
+    root = tmp_path / "share"
+    root.mkdir()
+    ctx, ui_url = await ui_context(nursery, root)
+    ctx.table.peers["evil"] = PeerInfo("evil", "mallory", "127.0.0.1", port)
+    base = ui_url.split("/?", 1)[0]
+
+    def drive() -> list[str]:
+        titles = []
+        with chromium(tmp_path / "profile") as driver:
+            driver.get(ui_url)  # the cookie
+            assert "token" not in driver.current_url
+            for name in ("pic.png", "clip.webm", "notes.txt", "page.html", "x.html"):
+                driver.get(f"{base}/p/evil/content/{name}")
+                # both scripts would have run by the time the load ends (fetch aside:
+                # the synchronous one sets the title at once)
+                titles.append(driver.title)
+                driver.get(f"{base}/api/peers")  # leave, so a download cannot linger
+        return titles
+
+    with trio.fail_after(120):
+        titles = await trio.to_thread.run_sync(drive)
+    assert titles and not any(title.startswith("pwned") for title in titles), titles

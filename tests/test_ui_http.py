@@ -26,7 +26,7 @@ from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.ui.app import MAX_EVENT_STREAMS
 from flashback.ui.auth import COOKIE_NAME, check_access
-from flashback.ui.kinds import view_kind
+from flashback.ui.kinds import MEDIA_CSP, SANDBOX_CSP, Served, served_as, view_kind
 from flashback.ui.serve import serve_ui
 from tests.procs import daemon_env, event_is, run_cli, start
 
@@ -41,14 +41,21 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture
-async def ui(nursery: trio.Nursery, share: Path) -> AsyncIterator[tuple[str, DaemonContext]]:
-    (share / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(1000))
+async def ui_context(nursery: trio.Nursery, share: Path) -> tuple[DaemonContext, str]:
+    """A daemon's context with its peer server and UI on loopback (no tracker): the
+    context and the UI's tokened URL."""
     config = DaemonConfig(root=share, tracker_url=None, name="me")
     ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=LocalInfo(name="me"))
     settings = ShareSettings(share, False, ctx.local)
     ctx.address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
     url = await nursery.start(partial(serve_ui, ctx, 0, token=TOKEN))
+    return ctx, url
+
+
+@pytest.fixture
+async def ui(nursery: trio.Nursery, share: Path) -> AsyncIterator[tuple[str, DaemonContext]]:
+    (share / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(1000))
+    ctx, url = await ui_context(nursery, share)
     yield url.split("/?", 1)[0], ctx
 
 
@@ -137,6 +144,26 @@ def test_view_kind(name: str, kind: str) -> None:
     assert view_kind(name) == kind
 
 
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [
+        ("p.png", Served("image/png", MEDIA_CSP, attachment=False)),
+        ("v.webm", Served("video/webm", MEDIA_CSP, attachment=False)),
+        ("s.ogg", Served("audio/ogg", MEDIA_CSP, attachment=False)),
+        ("t.txt", Served("text/plain; charset=utf-8", SANDBOX_CSP, attachment=False)),
+        ("r.md", Served("text/plain; charset=utf-8", SANDBOX_CSP, attachment=False)),
+        ("i.svg", Served("application/octet-stream", SANDBOX_CSP, attachment=True)),
+        ("p.html", Served("application/octet-stream", SANDBOX_CSP, attachment=True)),
+        ("x.xhtml", Served("application/octet-stream", SANDBOX_CSP, attachment=True)),
+        ("noext", Served("application/octet-stream", SANDBOX_CSP, attachment=True)),
+    ],
+)
+def test_the_ui_serves_a_file_by_its_name_never_by_the_peers_type(
+    name: str, served: Served
+) -> None:
+    assert served_as(name) == served
+
+
 async def test_content_proxy_passes_ranges_and_sets_its_own_sandbox(
     authed: httpx.AsyncClient,
 ) -> None:
@@ -145,11 +172,15 @@ async def test_content_proxy_passes_ranges_and_sets_its_own_sandbox(
     assert part.headers["content-range"].startswith("bytes 10-19/")
     assert len(part.content) == 10
     html = await authed.get("/p/self/content/page.html")
-    assert html.headers["content-security-policy"] == "sandbox"
+    assert html.headers["content-security-policy"] == SANDBOX_CSP
+    assert html.headers["content-type"] == "application/octet-stream"
+    assert html.headers["content-disposition"].startswith("attachment;")
     assert html.headers["x-content-type-options"] == "nosniff"
     video = await authed.get("/p/self/content/clip.webm")
     assert video.headers["content-type"] == "video/webm"
-    assert "content-security-policy" not in video.headers
+    assert video.headers["content-security-policy"] == MEDIA_CSP
+    several = await authed.get("/p/self/content/big.bin", headers={"range": "bytes=0-1,5-9"})
+    assert several.status_code == 200  # whole: a multipart type would be the peer's
     download = await authed.get("/p/self/download/hello.txt")
     assert download.content == b"hello, world\n"
     assert download.headers["content-disposition"].startswith("attachment;")
@@ -415,7 +446,7 @@ async def serve_hostile_peer(
     await trio.serve_listeners(handle, listeners)
 
 
-def _http(headers: dict[str, str], body: bytes) -> bytes:
+def hostile_http(headers: dict[str, str], body: bytes) -> bytes:
     lines = [f"{k}: {v}" for k, v in {**headers, "Content-Length": str(len(body))}.items()]
     return ("HTTP/1.1 200 OK\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -429,11 +460,11 @@ async def test_a_hostile_peer_cannot_reach_the_ui_origin(
     port = await nursery.start(
         serve_hostile_peer,
         {
-            "/api/files/big": _http({"Content-Type": "application/json"}, b" " * (5 << 20)),
-            "/api/files": _http(
+            "/api/files/big": hostile_http({"Content-Type": "application/json"}, b" " * (5 << 20)),
+            "/api/files": hostile_http(
                 {"Content-Type": "application/json"}, json.dumps(HOSTILE_LISTING).encode()
             ),
-            "/content/": _http(
+            "/content/": hostile_http(
                 {
                     "Content-Type": "text/html",
                     "Content-Security-Policy": "script-src *",
@@ -451,7 +482,8 @@ async def test_a_hostile_peer_cannot_reach_the_ui_origin(
     for refused in ("../../etc", ".hidden", "a/b", "\x1b", "<img src=x"):
         assert refused not in page.text
     content = await authed.get("/p/evil/content/page")
-    assert content.headers["content-security-policy"] == "sandbox"
+    assert content.headers["content-security-policy"] == SANDBOX_CSP
+    assert content.headers["content-type"] == "application/octet-stream"
     assert "set-cookie" not in content.headers
     too_big = await authed.get("/p/evil/browse/big")
     assert too_big.status_code == 502

@@ -20,9 +20,10 @@ import trio
 from quart import Response
 
 from flashback.errors import FlashbackError, NotFound, RateLimited
-from flashback.protocol.conditional import content_disposition, sandbox_policy
+from flashback.protocol.conditional import content_disposition
 from flashback.protocol.paths import is_servable_name
 from flashback.protocol.strict_json import loads_strict
+from flashback.ui.kinds import served_as
 from flashback.ui.reach import PeerRoute
 from flashback.ui.urls import peer_url
 from flashback.web import StreamedBody
@@ -38,9 +39,8 @@ TIMEOUT: Final = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
 #: request headers passed on to the peer (what a player and a cache send)
 FORWARDED_REQUEST: Final = ("range", "if-range", "if-none-match", "if-modified-since")
-#: response headers passed back (no Set-Cookie, no CSP of the peer's choosing)
+#: response headers passed back (no Content-Type, Set-Cookie or CSP of the peer's choosing)
 FORWARDED_RESPONSE: Final = (
-    "content-type",
     "content-length",
     "content-range",
     "accept-ranges",
@@ -203,6 +203,10 @@ async def proxy_file(
     """Stream the peer's ``/content`` (or ``/download``) of *parts*, Range and all."""
     url = peer_url(route.base, "download" if download else "content", parts)
     headers = {k: v for k in FORWARDED_REQUEST if (v := request_headers.get(k)) is not None}
+    if "," in headers.get("range", ""):
+        # several ranges come back as multipart/byteranges, whose type (and boundary)
+        # we would have to take from the peer: a player asks for one range; send all
+        del headers["range"]
     limiter.acquire()
     try:
         upstream = await http.send(http.build_request("GET", url, headers=headers), stream=True)
@@ -222,18 +226,17 @@ async def proxy_file(
         raise PeerUnreachable(f"the peer answered HTTP {status}")
     response = Response(ProxiedBody(upstream, limiter), status=upstream.status_code)
     response.timeout = None  # a long video is not a slow response
-    for name in FORWARDED_RESPONSE:
-        value = upstream.headers.get(name)
+    for header in FORWARDED_RESPONSE:
+        value = upstream.headers.get(header)
         if value is not None:
-            response.headers[name] = value
-    content_type = upstream.headers.get("content-type", "application/octet-stream")
+            response.headers[header] = value
+    # Shown on the UI's own origin, a shared file must never run script here: the
+    # type, policy and disposition are ours, from the name, whatever the peer said.
+    name = parts[-1] if parts else "file"
+    served = served_as(name)
+    response.headers["Content-Type"] = served.content_type
     response.headers["X-Content-Type-Options"] = "nosniff"
-    # Shown on the UI's own origin, a shared HTML file must never run script here:
-    # our own policy from the type we pass on, whatever the peer said.
-    policy = sandbox_policy(content_type)
-    if policy is not None:
-        response.headers["Content-Security-Policy"] = policy
-    if download:
-        name = parts[-1] if parts else "file"
+    response.headers["Content-Security-Policy"] = served.csp
+    if download or served.attachment:
         response.headers["Content-Disposition"] = content_disposition("attachment", name)
     return response
