@@ -321,23 +321,25 @@ async def test_a_peers_content_type_list_runs_no_script_on_the_ui_origin(
     )
     root = tmp_path / "share"
     root.mkdir()
-    ctx, ui_url = await ui_context(nursery, root)
-    ctx.table.peers["evil"] = PeerInfo("evil", "mallory", "127.0.0.1", port)
-    base = ui_url.split("/?", 1)[0]
-
-    def drive() -> list[str]:
-        titles = []
-        with chromium(tmp_path / "profile") as driver:
-            driver.get(ui_url)  # the cookie
-            assert "token" not in driver.current_url
-            for name in ("pic.png", "clip.webm", "notes.txt", "page.html", "x.html"):
-                driver.get(f"{base}/p/evil/content/{name}")
-                # both scripts would have run by the time the load ends (fetch aside:
-                # the synchronous one sets the title at once)
-                titles.append(driver.title)
-                driver.get(f"{base}/api/peers")  # leave, so a download cannot linger
-        return titles
-
-    with trio.fail_after(120):
-        titles = await trio.to_thread.run_sync(drive)
+    async with httpx.AsyncClient() as probe:
+        ctx, ui_url = await ui_context(nursery, root, probe)
+        ctx.table.peers["evil"] = PeerInfo("evil", "mallory", "127.0.0.1", port)
+        with trio.fail_after(120):
+            titles = await trio.to_thread.run_sync(partial(hostile_titles, tmp_path, ui_url))
     assert titles and not any(title.startswith("pwned") for title in titles), titles
+
+
+def hostile_titles(tmp_path: Path, ui_url: str) -> list[str]:
+    """The title of each of the hostile peer's files, opened through the UI."""
+    base = ui_url.split("/?", 1)[0]
+    titles = []
+    with chromium(tmp_path / "profile") as driver:
+        driver.get(ui_url)  # the cookie
+        assert "token" not in driver.current_url
+        for name in ("pic.png", "clip.webm", "notes.txt", "page.html", "x.html"):
+            driver.get(f"{base}/p/evil/content/{name}")
+            # both scripts would have run by the time the load ends (fetch aside:
+            # the synchronous one sets the title at once)
+            titles.append(driver.title)
+            driver.get(f"{base}/api/peers")  # leave, so a download cannot linger
+    return titles

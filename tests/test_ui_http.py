@@ -22,8 +22,12 @@ import trio
 from flashback.config import DaemonConfig
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.hub import EventHub
+from flashback.daemon.routes import Router
+from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
+from flashback.protocol.messages import PeerInfo
+from flashback.protocol.tunnel import OpenTarget
 from flashback.ui.app import MAX_EVENT_STREAMS
 from flashback.ui.auth import COOKIE_NAME, check_access
 from flashback.ui.kinds import MEDIA_CSP, SANDBOX_CSP, Served, served_as, view_kind
@@ -41,22 +45,45 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-async def ui_context(nursery: trio.Nursery, share: Path) -> tuple[DaemonContext, str]:
-    """A daemon's context with its peer server and UI on loopback (no tracker): the
-    context and the UI's tokened URL."""
+#: the local forwards a test's router opens: (peer id, target kind) -> port
+Forwards = dict[tuple[str, str], int]
+
+
+async def ui_context(
+    nursery: trio.Nursery, share: Path, probe: httpx.AsyncClient, forwards: Forwards | None = None
+) -> tuple[DaemonContext, str]:
+    """A daemon's context with its peer server and UI on loopback and a real
+    :class:`Router` (no tracker: a relay route goes to the port *forwards* names,
+    else fails as a tunnel does): the context and the UI's tokened URL."""
     config = DaemonConfig(root=share, tracker_url=None, name="me")
     ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=LocalInfo(name="me"))
     settings = ShareSettings(share, False, ctx.local)
     ctx.address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
+
+    async def open_forward(peer_id: str, target: OpenTarget) -> int:
+        port = (forwards or {}).get((peer_id, target.kind))
+        if port is None:
+            raise TunnelFailed("refused", "no tunnel in this test")
+        return port
+
+    ctx.router = Router(probe, open_forward)
     url = await nursery.start(partial(serve_ui, ctx, 0, token=TOKEN))
     return ctx, url
 
 
 @pytest.fixture
-async def ui(nursery: trio.Nursery, share: Path) -> AsyncIterator[tuple[str, DaemonContext]]:
+async def forwards() -> Forwards:
+    return {}
+
+
+@pytest.fixture
+async def ui(
+    nursery: trio.Nursery, share: Path, forwards: Forwards
+) -> AsyncIterator[tuple[str, DaemonContext]]:
     (share / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(1000))
-    ctx, url = await ui_context(nursery, share)
-    yield url.split("/?", 1)[0], ctx
+    async with httpx.AsyncClient() as probe:
+        ctx, url = await ui_context(nursery, share, probe, forwards)
+        yield url.split("/?", 1)[0], ctx
 
 
 @pytest.fixture
@@ -454,12 +481,11 @@ def hostile_http(headers: dict[str, str], body: bytes) -> bytes:
 async def test_a_hostile_peer_cannot_reach_the_ui_origin(
     nursery: trio.Nursery, ui: tuple[str, DaemonContext], authed: httpx.AsyncClient
 ) -> None:
-    from flashback.protocol.messages import PeerInfo as Peer
-
     _, ctx = ui
     port = await nursery.start(
         serve_hostile_peer,
         {
+            "/api/info": hostile_http({"Content-Type": "application/json"}, b'{"peer_id": "evil"}'),
             "/api/files/big": hostile_http({"Content-Type": "application/json"}, b" " * (5 << 20)),
             "/api/files": hostile_http(
                 {"Content-Type": "application/json"}, json.dumps(HOSTILE_LISTING).encode()
@@ -474,7 +500,7 @@ async def test_a_hostile_peer_cannot_reach_the_ui_origin(
             ),
         },
     )
-    ctx.table.peers["evil"] = Peer("evil", "mallory", "127.0.0.1", port)
+    ctx.table.peers["evil"] = PeerInfo("evil", "mallory", "127.0.0.1", port)
     page = await authed.get("/p/evil/browse/")
     assert page.status_code == 200
     assert "ok.txt" in page.text
@@ -488,3 +514,59 @@ async def test_a_hostile_peer_cannot_reach_the_ui_origin(
     too_big = await authed.get("/p/evil/browse/big")
     assert too_big.status_code == 502
     assert too_big.json()["error"]["code"] == "peer_unreachable"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed: connecting is refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_the_ui_reaches_a_peer_only_as_itself_and_through_a_tunnel_when_needed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    ui: tuple[str, DaemonContext],
+    authed: httpx.AsyncClient,
+    forwards: Forwards,
+) -> None:
+    """The same routes as ``ls``: an address that answers for somebody else (alice's
+    server, a local service) is not the peer; a peer only a tunnel reaches is shown."""
+    _, ctx = ui
+    alice_root = tmp_path / "alice"
+    alice_root.mkdir()
+    (alice_root / "alice-only.txt").write_text("alice's\n")
+    alice_info = LocalInfo(name="alice", peer_id="p-alice")
+    alice = await nursery.start(
+        partial(serve_peer, ShareSettings(alice_root, False, alice_info), "127.0.0.1", 0)
+    )
+    service = await nursery.start(
+        serve_hostile_peer,
+        {
+            "/api/files": hostile_http(
+                {"Content-Type": "application/json"},
+                json.dumps(
+                    {"entries": [{"name": "service-secret", "type": "file", "size": 1}]}
+                ).encode(),
+            ),
+        },
+    )
+    ctx.table.peers["p-evil"] = PeerInfo("p-evil", "mallory", "127.0.0.1", alice.port)
+    ctx.table.peers["p-svc"] = PeerInfo("p-svc", "service", "127.0.0.1", service)
+    # alice is registered where nothing answers: only her tunnel reaches her
+    ctx.table.peers["p-alice"] = PeerInfo("p-alice", "alice", "127.0.0.1", closed_port())
+    forwards[("p-alice", "peer-server")] = alice.port
+
+    for impostor in ("p-evil", "p-svc"):
+        page = await authed.get(f"/p/{impostor}/browse/")
+        assert page.status_code == 502, (impostor, page.text)
+        assert page.json()["error"]["code"] == "unreachable"
+        assert "alice-only" not in page.text and "service-secret" not in page.text
+        content = await authed.get(f"/p/{impostor}/content/alice-only.txt")
+        assert content.status_code == 502
+    relayed = await authed.get("/p/p-alice/browse/")
+    assert relayed.status_code == 200, relayed.text
+    assert "alice-only.txt" in relayed.text and "route relay" in relayed.text
+    text = await authed.get("/p/p-alice/content/alice-only.txt")
+    assert text.content == b"alice's\n"

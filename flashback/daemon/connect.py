@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from flashback.daemon.context import DaemonContext
+from flashback.daemon.context import DaemonContext, reach_error
 from flashback.daemon.routes import origin
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
@@ -29,16 +29,6 @@ from flashback.protocol.tunnel import OpenTarget
 class AmbiguousPeer(FlashbackError):
     status = 409
     default_code = "ambiguous_peer"
-
-
-class KeyChanged(FlashbackError):
-    status = 403
-    default_code = "fingerprint_mismatch"
-
-
-class PeerUnreachable(FlashbackError):
-    status = 502
-    default_code = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -95,23 +85,19 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
         port = request.stream_port or address.port
         own = ctx.identity.peer_id if ctx.identity else None
         return {"peer_id": own, "url": _text(origin(host, port)), "route": "direct"}
+    if request.stream_port is None or request.stream_host is None:
+        reached = await ctx.reach(peer)
+        return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}
     if ctx.router is None:
         raise BackendUnavailable("no tracker connection", code="no_tracker")
     try:
-        if request.stream_port is not None and request.stream_host is not None:
-            reached = await ctx.router.reach_stream(
-                peer.peer_id, peer.host, peer.port, request.stream_host, request.stream_port
-            )
-        else:
-            reached = await ctx.router.reach(peer.peer_id, peer.host, peer.port)
+        reached = await ctx.router.reach_stream(
+            peer.peer_id, peer.host, peer.port, request.stream_host, request.stream_port
+        )
         if reached.route == "relay" and ctx.tunnels is not None and peer.fingerprint:
-            # Refuse a changed key here with its own message; the TLS check in
-            # every tunnel is still what proves the owner.
             ctx.tunnels.check_pin(peer.peer_id, peer.fingerprint)
     except TunnelFailed as exc:
-        if exc.code == "fingerprint_mismatch":
-            raise KeyChanged(str(exc)) from exc
-        raise PeerUnreachable(f"cannot reach peer {request.peer!r}: {exc}") from exc
+        raise reach_error(exc, request.peer) from exc
     return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}
 
 

@@ -6,22 +6,41 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import trio
 
 from flashback.config import DaemonConfig
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
 from flashback.daemon.keys import KeyPair
-from flashback.daemon.routes import Router
+from flashback.daemon.routes import Reached, Router
+from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
+from flashback.errors import BackendUnavailable, FlashbackError
 from flashback.peer.app import LocalInfo
-from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
+from flashback.protocol.messages import (
+    FileStreamReady,
+    Message,
+    PeerInfo,
+    StreamError,
+    StreamRequest,
+)
 from flashback.protocol.peer_table import PeerTable
 from flashback.web import BoundAddress
 
 log = logging.getLogger(__name__)
 
 OUTGOING_BUFFER = 64
+
+
+class KeyChanged(FlashbackError):
+    status = 403
+    default_code = "fingerprint_mismatch"
+
+
+class PeerUnreachable(FlashbackError):
+    status = 502
+    default_code = "unreachable"
 
 
 @dataclass
@@ -88,6 +107,24 @@ class DaemonContext:
             return False
         return True
 
+    async def reach(self, peer: PeerInfo) -> Reached:
+        """The URL of *peer*'s server by the routes of §6.3: direct only if the
+        registered address proves to be that peer (``/api/info``), else a tunnel
+        whose TLS proves the owner. ``ls``, ``get`` and the UI all come here."""
+        if self.router is None:
+            raise BackendUnavailable("no tracker connection", code="no_tracker")
+        try:
+            reached = await self.router.reach(peer.peer_id, peer.host, peer.port)
+            if reached.route == "relay" and self.tunnels is not None and peer.fingerprint:
+                # Refuse a changed key here with its own message; the TLS check in
+                # every tunnel is still what proves the owner.
+                self.tunnels.check_pin(peer.peer_id, peer.fingerprint)
+        except TunnelFailed as exc:
+            raise reach_error(exc, peer.name) from exc
+        except httpx.InvalidURL:  # the tracker relayed a host no URL can carry
+            raise PeerUnreachable(f"peer {peer.name!r} announced an unusable address") from None
+        return reached
+
     def registration_lost(self) -> None:
         """The link heard the tracker does not know us: register again now."""
         self.reregister.set()
@@ -127,3 +164,10 @@ class DaemonContext:
             "identity": self.instance_name,
             "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
         }
+
+
+def reach_error(exc: TunnelFailed, peer: str) -> FlashbackError:
+    """A tunnel's failure as the error a command or the UI shows."""
+    if exc.code == "fingerprint_mismatch":
+        return KeyChanged(str(exc))
+    return PeerUnreachable(f"cannot reach peer {peer!r}: {exc}")

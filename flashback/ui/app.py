@@ -224,7 +224,7 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
     @app.get("/p/<peer>/browse/")
     @app.get("/p/<peer>/browse/<path:sub>")
     async def browse(peer: str, sub: str = "") -> str:
-        route = peer_route(ctx, peer)
+        route = await peer_route(ctx, peer)
         parts = _parts(sub)
         cursor = request.args.get("cursor")
         if cursor is not None and (not cursor or len(cursor) > 1024):
@@ -251,7 +251,7 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
 
     @app.get("/p/<peer>/view/<path:sub>")
     async def view(peer: str, sub: str) -> str:
-        route = peer_route(ctx, peer)
+        route = await peer_route(ctx, peer)
         parts = _parts(sub)
         if not parts:
             raise NotFound("no file named")
@@ -280,14 +280,14 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
 
     @app.get("/p/<peer>/content/<path:sub>")
     async def content(peer: str, sub: str) -> Response:
-        route = peer_route(ctx, peer)
+        route = await peer_route(ctx, peer)
         return await proxy_file(
             http, limiter, route, _parts(sub), _request_headers(), download=False
         )
 
     @app.get("/p/<peer>/download/<path:sub>")
     async def download(peer: str, sub: str) -> Response:
-        route = peer_route(ctx, peer)
+        route = await peer_route(ctx, peer)
         return await proxy_file(
             http, limiter, route, _parts(sub), _request_headers(), download=True
         )
