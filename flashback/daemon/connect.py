@@ -91,11 +91,11 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
     if ctx.router is None:
         raise BackendUnavailable("no tracker connection", code="no_tracker")
     try:
+        if ctx.tunnels is not None and peer.fingerprint:
+            ctx.tunnels.check_pin(peer.peer_id, peer.fingerprint)  # as in DaemonContext.reach
         reached = await ctx.router.reach_stream(
             peer.peer_id, peer.host, peer.port, request.stream_host, request.stream_port
         )
-        if reached.route == "relay" and ctx.tunnels is not None and peer.fingerprint:
-            ctx.tunnels.check_pin(peer.peer_id, peer.fingerprint)
     except TunnelFailed as exc:
         raise reach_error(exc, request.peer) from exc
     return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}

@@ -114,11 +114,12 @@ class DaemonContext:
         if self.router is None:
             raise BackendUnavailable("no tracker connection", code="no_tracker")
         try:
-            reached = await self.router.reach(peer.peer_id, peer.host, peer.port)
-            if reached.route == "relay" and self.tunnels is not None and peer.fingerprint:
-                # Refuse a changed key here with its own message; the TLS check in
-                # every tunnel is still what proves the owner.
+            if self.tunnels is not None and peer.fingerprint:
+                # Trust on first use by id and by name, whatever the route: the
+                # fingerprint the tracker lists must be the one pinned (a tunnel's
+                # TLS then proves the owner holds it); refused before any dialling.
                 self.tunnels.check_pin(peer.peer_id, peer.fingerprint)
+            reached = await self.router.reach(peer.peer_id, peer.host, peer.port)
         except TunnelFailed as exc:
             raise reach_error(exc, peer.name) from exc
         except httpx.InvalidURL:  # the tracker relayed a host no URL can carry
