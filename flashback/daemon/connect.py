@@ -3,8 +3,10 @@
 Local commands (``ls``, ``get``, ``stream``, ``connect``) do not dial a peer's
 registered address themselves: they ask the daemon, which probes the direct
 route and otherwise opens a local forward through a tunnel. The answer is
-``{"peer_id", "url", "route"}``; for ``connect`` the control request stays
-open and the forward is held until the command goes away.
+``{"peer_id", "url", "route"}``; with ``stream_port`` the URL is that port on
+the host the peer's server was reached on (or a tunnel's ``OPEN stream``). For
+``connect`` the control request stays open and the forward is held until the
+command goes away.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from flashback.daemon.context import DaemonContext, reach_error
 from flashback.daemon.routes import origin
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
-from flashback.protocol.hosts import MAX_HOST_CHARS
 from flashback.protocol.messages import PeerInfo
 from flashback.protocol.tunnel import OpenTarget
 
@@ -34,7 +35,6 @@ class AmbiguousPeer(FlashbackError):
 @dataclass(frozen=True)
 class ConnectRequest:
     peer: str
-    stream_host: str | None = None
     stream_port: int | None = None
     hold: bool = False
 
@@ -46,16 +46,12 @@ def parse_connect_body(body: object) -> ConnectRequest:
     if not isinstance(peer, str) or not 1 <= len(peer) <= 128:
         raise BadRequest('"peer" must be a peer id or name')
     port = body.get("stream_port")
-    host = body.get("stream_host")
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
     ):
         raise BadRequest('"stream_port" must be a port number')
-    if host is not None and (not isinstance(host, str) or not 1 <= len(host) <= MAX_HOST_CHARS):
-        raise BadRequest('"stream_host" must be a host')
-    if (port is None) != (host is None):
-        raise BadRequest('"stream_host" and "stream_port" go together')
-    return ConnectRequest(peer, host, port, bool(body.get("hold")))
+    # a "stream_host" (the notice's, as older clients send it) is ignored: see connect_peer
+    return ConnectRequest(peer, port, bool(body.get("hold")))
 
 
 def resolve_peer_key(ctx: DaemonContext, key: str) -> PeerInfo | None:
@@ -85,7 +81,7 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
         port = request.stream_port or address.port
         own = ctx.identity.peer_id if ctx.identity else None
         return {"peer_id": own, "url": _text(origin(host, port)), "route": "direct"}
-    if request.stream_port is None or request.stream_host is None:
+    if request.stream_port is None:
         reached = await ctx.reach(peer)
         return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}
     if ctx.router is None:
@@ -93,8 +89,11 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
     try:
         if ctx.tunnels is not None and peer.fingerprint:
             ctx.tunnels.check_pin(peer.peer_id, peer.fingerprint)  # as in DaemonContext.reach
+        # A stream port is on the host the peer's server proved to be on: only the
+        # port comes from the owner's notice. Its host would let a stranger's notice
+        # point `flashback stream` at any service this machine can reach.
         reached = await ctx.router.reach_stream(
-            peer.peer_id, peer.host, peer.port, request.stream_host, request.stream_port
+            peer.peer_id, peer.host, peer.port, peer.host, request.stream_port
         )
     except TunnelFailed as exc:
         raise reach_error(exc, request.peer) from exc
