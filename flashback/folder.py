@@ -26,6 +26,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +49,7 @@ from flashback.protocol.folder import (
     decide_file,
     part_name,
 )
+from flashback.protocol.rate_floor import RateFloor
 from flashback.protocol.strict_json import loads_strict
 from flashback.terminal import printable
 from flashback.transfer import (
@@ -58,7 +60,9 @@ from flashback.transfer import (
     byte_bar,
     download,
     fetch_manifest,
+    floored,
     part_paths,
+    peer_get,
     resume_key,
     sha256_of,
 )
@@ -297,13 +301,24 @@ class FolderFetch:
         if listing.cursor is not None:
             params["cursor"] = listing.cursor
         try:
-            async with self.http.stream("GET", url, params=params) as response:
+            async with peer_get(self.http, url, params=params, error=FolderFailed) as response:
                 if response.status_code != 200:
                     raise FolderFailed(
                         f"the peer answered HTTP {response.status_code} to the listing of {path!r}"
                     )
                 body = bytearray()
-                async with body_chunks(response) as chunks:
+                floor = RateFloor()
+
+                def too_slow() -> FolderFailed:
+                    return FolderFailed(
+                        f"the peer sends the listing of {path!r} at under "
+                        f"{floor.min_bytes // 1024} KiB in {floor.window_s:.0f} s"
+                    )
+
+                async with (
+                    body_chunks(response) as raw,
+                    aclosing(floored(raw, floor, too_slow)) as chunks,
+                ):
                     async for chunk in chunks:
                         body += chunk
                         if len(body) > MAX_PAGE_BYTES:
@@ -397,7 +412,7 @@ async def is_remote_directory(http: httpx.AsyncClient, base: httpx.URL, path: st
     path = path.strip("/")
     url = at(base, "/api/files/" + path if path else "/api/files")
     try:
-        async with http.stream("GET", url, params={"limit": "1"}) as response:
+        async with peer_get(http, url, params={"limit": "1"}, error=FolderFailed) as response:
             return response.status_code == 200
     except httpx.HTTPError as exc:
         raise FolderFailed(f"the peer does not answer: {exc.__class__.__name__}") from exc

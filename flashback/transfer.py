@@ -14,6 +14,11 @@ name the bad blocks, only those are fetched again (ranges with ``If-Match``,
 so they come from the same version), and the whole is checked again; a part
 that still does not match is deleted and the download fails (CONTRACT §7).
 A transfer that breaks keeps the part for the next run.
+
+A peer must not hold a download by sending almost nothing: every response
+head must be complete within :data:`HEAD_TIMEOUT_S` (:func:`peer_get`), and
+every body -- the file, a repair range, the manifest, a folder's listing
+page -- must bring at least the :class:`~flashback.protocol.rate_floor.RateFloor`.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
@@ -70,6 +75,46 @@ def body_chunks(response: httpx.Response) -> aclosing[AsyncGenerator[bytes, None
     """The body's chunks, closed on leaving the block even when we stop early
     (httpx's iterator is an async generator; left to the GC it warns)."""
     return aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes()))
+
+
+#: a response head (status line and headers) must be complete within this, however
+#: it trickles in (httpx's read timeout restarts with every byte)
+HEAD_TIMEOUT_S: Final = 60.0
+
+
+@asynccontextmanager
+async def peer_get(
+    client: httpx.AsyncClient,
+    url: httpx.URL | str,
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
+    error: type[TransferFailed] = TransferFailed,
+) -> AsyncIterator[httpx.Response]:
+    """``client.stream("GET", ...)`` whose whole response head must arrive within
+    *head_timeout_s*; else *error*. The body is the caller's (see :func:`floored`)."""
+    extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+    request = client.build_request("GET", url, headers=headers, params=params, **extra)
+    with trio.move_on_after(head_timeout_s) as deadline:
+        response = await client.send(request, stream=True)
+    if deadline.cancelled_caught:
+        raise error(f"the peer did not send a response head within {head_timeout_s:.0f} s")
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+async def floored(
+    chunks: AsyncIterator[bytes], floor: RateFloor, too_slow: Callable[[], Exception]
+) -> AsyncGenerator[bytes, None]:
+    """*chunks*, raising ``too_slow()`` once a window brings less than the floor."""
+    async for chunk in chunks:
+        if floor.too_slow(trio.current_time(), len(chunk)):
+            raise too_slow()
+        yield chunk
 
 
 def at(base: httpx.URL, path: str) -> httpx.URL:
@@ -269,7 +314,7 @@ async def _receive(
         if offset:
             headers = {"Range": f"bytes={offset}-", "If-Range": str(saved["etag"])}
     try:
-        async with client.stream("GET", url, headers=headers) as response:
+        async with peer_get(client, url, headers=headers) as response:
             etag = response.headers.get("etag")
             digest = parse_repr_digest(response.headers.get("repr-digest"))
             if response.status_code == 416 and offset:
@@ -397,7 +442,9 @@ async def fetch_manifest(
     if manifest_url is None:
         raise TransferFailed("the peer sent no digest, so the download cannot be verified")
     try:
-        async with client.stream("GET", manifest_url, timeout=MANIFEST_TIMEOUT_S) as response:
+        async with peer_get(
+            client, manifest_url, timeout_s=MANIFEST_TIMEOUT_S, head_timeout_s=MANIFEST_TIMEOUT_S
+        ) as response:
             if response.status_code != 200:
                 raise TransferFailed(
                     f"the peer answered HTTP {response.status_code} for its digest"
@@ -468,8 +515,8 @@ async def _fetch_range(
     headers: dict[str, str],
 ) -> int:
     want = f"bytes {first}-{last}/{size}"
-    async with client.stream(
-        "GET", url, headers={**headers, "Range": f"bytes={first}-{last}"}
+    async with peer_get(
+        client, url, headers={**headers, "Range": f"bytes={first}-{last}"}
     ) as response:
         if response.status_code != 206 or response.headers.get("content-range") != want:
             raise TransferFailed(
@@ -477,7 +524,15 @@ async def _fetch_range(
                 f"(HTTP {response.status_code}); the file may have changed: run again"
             )
         offset = first
-        async with body_chunks(response) as chunks:
+        floor = RateFloor()
+
+        def too_slow() -> TransferFailed:
+            return TransferFailed(
+                f"the peer sent the range {first}-{last} to repair at under "
+                f"{floor.min_bytes // 1024} KiB in {floor.window_s:.0f} s"
+            )
+
+        async with body_chunks(response) as raw, aclosing(floored(raw, floor, too_slow)) as chunks:
             async for chunk in chunks:
                 piece = chunk[: last + 1 - offset]
                 os.pwrite(fd, piece, offset)
