@@ -23,6 +23,7 @@ page -- must bring at least the :class:`~flashback.protocol.rate_floor.RateFloor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -179,11 +180,67 @@ def part_paths(out: Path, part: Path | None = None) -> tuple[Path, Path]:
     return part, part.with_name(part.name + ".json")
 
 
-def _read_meta(meta: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Local:
+    """How a download touches OUT, its part and its record: by path, or -- with
+    *dir_fd* -- by name inside that one open directory, never through a symlink.
+
+    A folder get holds each directory open from the moment it checked it, so a
+    directory swapped for a link to elsewhere afterwards cannot send a write
+    outside OUT (the names given must then all be in that directory).
+    """
+
+    dir_fd: int | None = None
+
+    def _at(self, path: Path) -> tuple[str | Path, dict[str, Any]]:
+        if self.dir_fd is None:
+            return path, {}
+        return path.name, {"dir_fd": self.dir_fd}
+
+    def open(self, path: Path, flags: int) -> int:
+        name, where = self._at(path)
+        if self.dir_fd is not None:
+            flags |= os.O_NOFOLLOW
+        return os.open(name, flags | os.O_CLOEXEC, 0o666, **where)
+
+    def size(self, path: Path) -> int | None:
+        """The size of the regular file at *path*; None when there is none."""
+        name, where = self._at(path)
+        try:
+            info = os.stat(name, follow_symlinks=self.dir_fd is None, **where)
+        except FileNotFoundError:
+            return None
+        return info.st_size
+
+    def read_text(self, path: Path) -> str:
+        with os.fdopen(self.open(path, os.O_RDONLY), encoding="utf-8") as file:
+            return file.read()
+
+    def write_text(self, path: Path, text: str) -> None:
+        fd = self.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+
+    def unlink(self, path: Path) -> None:
+        name, where = self._at(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, **where)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        if self.dir_fd is None:
+            os.replace(src, dst)
+        else:
+            os.replace(src.name, dst.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+
+
+BY_PATH: Final = Local()
+
+
+def _read_meta(meta: Path, local: Local = BY_PATH) -> dict[str, Any]:
     """What a previous run saved; anything odd (a validator that is not a
     printable ASCII entity-tag, say) means no resume rather than a failure."""
     try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
+        data = json.loads(local.read_text(meta))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
@@ -203,25 +260,25 @@ def check_output(out: Path) -> None:
         raise ConfigError(f"directory {parent} does not exist")
 
 
-def _hash_path(path: Path, size: int, block_size: int) -> Manifest:
-    fd = os.open(path, os.O_RDONLY)
+def _hash_path(path: Path, size: int, block_size: int, local: Local = BY_PATH) -> Manifest:
+    fd = local.open(path, os.O_RDONLY)
     try:
         return hash_fd(fd, size, min_block=block_size)
     finally:
         os.close(fd)
 
 
-async def sha256_of(path: Path) -> str:
+async def sha256_of(path: Path, local: Local = BY_PATH) -> str:
     """The file's SHA-256 (hex); small files on the event loop, big ones in a thread."""
 
     def whole() -> str:
         digest = hashlib.sha256()
-        with path.open("rb") as file:
+        with os.fdopen(local.open(path, os.O_RDONLY), "rb") as file:
             while chunk := file.read(4 * CHUNK_BYTES):
                 digest.update(chunk)
         return digest.hexdigest()
 
-    if os.stat(path).st_size <= INLINE_HASH_BYTES:
+    if (local.size(path) or 0) <= INLINE_HASH_BYTES:
         await trio.lowlevel.checkpoint()
         return whole()
     return await trio.to_thread.run_sync(whole)
@@ -241,6 +298,7 @@ async def download(
     part: Path | None = None,
     progress: ProgressFn | None = None,
     resume_min_bytes: int = 0,
+    dir_fd: int | None = None,
 ) -> DownloadResult:
     """Fetch *url* into *out*, verified.
 
@@ -252,16 +310,29 @@ async def download(
     ``OUT.part``; *progress* gets the byte counts instead of a bar of its own;
     a file smaller than *resume_min_bytes* keeps no resume record (fetching
     it again costs less than writing one: a folder's many small files).
+    With *dir_fd*, *out* and *part* are names in that open directory (:class:`Local`).
     """
-    check_output(out)
+    local = Local(dir_fd)
+    if dir_fd is None:
+        check_output(out)
     part, meta = part_paths(out, part)
     key = resume_key or str(url)
     received = await _receive(
-        client, url, out, part, key, label, on_event, expected_size, progress, resume_min_bytes
+        client,
+        url,
+        out,
+        part,
+        key,
+        label,
+        on_event,
+        expected_size,
+        progress,
+        resume_min_bytes,
+        local,
     )
     size, expected_sha, etag, offset, hashed = received
     repaired, repair_bytes = 0, 0
-    actual = hashed or await sha256_of(part)
+    actual = hashed or await sha256_of(part, local)
     manifest: Manifest | None = None
     if expected_sha is None:
         manifest = await fetch_manifest(client, manifest_url, size)
@@ -270,24 +341,26 @@ async def download(
         if manifest is None:
             manifest = await fetch_manifest(client, manifest_url, size)
         if manifest.sha256 != expected_sha:
-            _discard(part, meta)
+            _discard(part, meta, local)
             raise TransferFailed("the file changed on the peer during the download; run again")
-        repaired, repair_bytes = await _repair(client, repair_url or url, part, manifest, etag)
-        actual = await sha256_of(part)
+        repaired, repair_bytes = await _repair(
+            client, repair_url or url, part, manifest, etag, local
+        )
+        actual = await sha256_of(part, local)
         if actual != expected_sha:
-            _discard(part, meta)
+            _discard(part, meta, local)
             raise TransferFailed(
                 f"the peer's bytes do not match its own digest (sha256 {expected_sha}); "
                 f"{out} was not written"
             )
-    os.replace(part, out)
-    meta.unlink(missing_ok=True)
+    local.replace(part, out)
+    local.unlink(meta)
     return DownloadResult(out, size, actual, offset, repaired, repair_bytes)
 
 
-def _discard(part: Path, meta: Path) -> None:
-    part.unlink(missing_ok=True)
-    meta.unlink(missing_ok=True)
+def _discard(part: Path, meta: Path, local: Local) -> None:
+    local.unlink(part)
+    local.unlink(meta)
 
 
 async def _receive(
@@ -301,16 +374,17 @@ async def _receive(
     expected_size: int | None,
     progress: ProgressFn | None,
     resume_min_bytes: int = 0,
+    local: Local = BY_PATH,
 ) -> tuple[int, str | None, str | None, int, str | None]:
     """The body into the part: (size, digest from Repr-Digest, ETag, resumed from,
     the part's SHA-256 when it was computed on the way in)."""
     part, meta = part_paths(out, part)
     headers: dict[str, str] = {}
     offset = 0
-    exists = part.exists()
-    saved = _read_meta(meta) if exists else {}
-    if exists and saved.get("key") == key:
-        offset = part.stat().st_size
+    had = local.size(part)
+    saved = _read_meta(meta, local) if had is not None else {}
+    if had is not None and saved.get("key") == key:
+        offset = had
         if offset:
             headers = {"Range": f"bytes={offset}-", "If-Range": str(saved["etag"])}
     try:
@@ -322,7 +396,7 @@ async def _receive(
                 if match and int(match.group(1)) == offset:
                     # Complete already; verification below decides if it is right.
                     return offset, digest, str(saved["etag"]), offset, None
-                part.unlink(missing_ok=True)  # longer than the file now: start over
+                local.unlink(part)  # longer than the file now: start over
                 return await _receive(
                     client,
                     url,
@@ -334,6 +408,7 @@ async def _receive(
                     expected_size,
                     progress,
                     resume_min_bytes,
+                    local,
                 )
             if response.status_code == 404:
                 raise NotOnPeer(f"not found on the peer: {url}")
@@ -361,17 +436,17 @@ async def _receive(
             if etag is None or not _ETAG.fullmatch(etag):
                 etag = None
             if total >= resume_min_bytes:
-                meta.write_text(json.dumps({"key": key, "etag": etag}), encoding="utf-8")
+                local.write_text(meta, json.dumps({"key": key, "etag": etag}))
             if on_event is not None:
                 on_event("download-started", {"url": str(url), "offset": offset, "size": total})
-            hashed = await _write_body(response, part, mode, offset, total, label, progress)
+            hashed = await _write_body(response, part, mode, offset, total, label, progress, local)
     except httpx.HTTPError as exc:
-        got = part.stat().st_size if part.exists() else 0
+        got = local.size(part) or 0
         raise TransferFailed(
             f"transfer failed after {got} bytes ({exc.__class__.__name__}); "
             f"the partial file {part} is kept: run the same command again to resume"
         ) from exc
-    size = part.stat().st_size
+    size = local.size(part) or 0
     if size != total:
         raise TransferFailed(
             f"size mismatch: got {size} bytes, the peer announced {total}; "
@@ -388,6 +463,7 @@ async def _write_body(
     total: int,
     label: str,
     report: ProgressFn | None,
+    local: Local = BY_PATH,
 ) -> str | None:
     """Append the body as received (a break loses nothing), never past *total*.
 
@@ -402,7 +478,8 @@ async def _write_body(
     room = total - offset
     floor = RateFloor()
     try:
-        with part.open(mode) as file:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+        with os.fdopen(local.open(part, flags), mode) as file:
             async with body_chunks(response) as chunks:
                 async for chunk in chunks:
                     if floor.too_slow(trio.current_time(), len(chunk)):
@@ -486,13 +563,16 @@ async def _repair(
     part: Path,
     manifest: Manifest,
     etag: str | None,
+    local: Local = BY_PATH,
 ) -> tuple[int, int]:
     """Fetch again only the blocks whose digest differs: (blocks, bytes fetched)."""
-    local = await trio.to_thread.run_sync(_hash_path, part, manifest.size, manifest.block_size)
-    runs = _bad_runs(local, manifest)
+    mine = await trio.to_thread.run_sync(
+        _hash_path, part, manifest.size, manifest.block_size, local
+    )
+    runs = _bad_runs(mine, manifest)
     fetched = 0
     headers = {"If-Match": etag} if etag else {}
-    fd = os.open(part, os.O_WRONLY)
+    fd = local.open(part, os.O_WRONLY)
     try:
         for first_block, count in runs:
             first = first_block * manifest.block_size
