@@ -18,6 +18,7 @@ import h11
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from flashback.config import DaemonConfig
 from flashback.daemon.context import DaemonContext
@@ -570,3 +571,54 @@ async def test_the_ui_reaches_a_peer_only_as_itself_and_through_a_tunnel_when_ne
     assert "alice-only.txt" in relayed.text and "route relay" in relayed.text
     text = await authed.get("/p/p-alice/content/alice-only.txt")
     assert text.content == b"alice's\n"
+
+
+async def test_a_huge_markdown_is_shown_as_text_not_rendered(
+    authed: httpx.AsyncClient, share: Path
+) -> None:
+    """512 KiB of ``![``: seconds of CPU per view when rendered; over the cap it is text."""
+    (share / "bomb.md").write_text("![" * (256 * 1024))
+    (share / "fine.md").write_text("# Fine\n\n" + "a line\n" * 1000)
+    bomb = await authed.get("/p/self/view/bomb.md")
+    assert bomb.status_code == 200
+    assert 'id="rendered"' not in bomb.text and 'id="not-rendered"' in bomb.text
+    assert '<pre id="text">![![' in bomb.text
+    fine = await authed.get("/p/self/view/fine.md")
+    assert "<h1>Fine</h1>" in fine.text and 'id="not-rendered"' not in fine.text
+
+
+async def test_markdown_renders_are_cached_by_etag_and_bounded_in_number() -> None:
+    from flashback.ui.rendering import MarkdownRenderer
+
+    running = peak = 0
+    release, entered = trio.Event(), trio.Semaphore(0)
+
+    def slow_render(text: str, parts: tuple[str, ...], url_for: Any) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        trio.from_thread.run_sync(entered.release)
+        trio.from_thread.run(release.wait)
+        running -= 1
+        return f"<p>{text}</p>"
+
+    renderer = MarkdownRenderer(render=slow_render, max_renders=2)
+
+    def url_for(action: str, parts: tuple[str, ...]) -> str:
+        return "/"
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(renderer.render, "peer", (f"f{i}.md",), '"v1"', "x", url_for)
+        await entered.acquire()
+        await entered.acquire()
+        await trio.testing.wait_all_tasks_blocked()
+        assert renderer.waiting == 4 and peak == 2  # four wait for a slot
+        release.set()
+    assert renderer.renders == 6 and peak == 2
+    again = await renderer.render("peer", ("f0.md",), '"v1"', "x", url_for)
+    assert again == "<p>x</p>" and renderer.renders == 6  # from the cache
+    await renderer.render("peer", ("f0.md",), '"v2"', "y", url_for)  # changed: rendered
+    await renderer.render("peer", ("f0.md",), None, "y", url_for)  # no validator: rendered
+    await renderer.render("other", ("f0.md",), '"v1"', "x", url_for)  # another peer's
+    assert renderer.renders == 9

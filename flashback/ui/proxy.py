@@ -124,10 +124,15 @@ async def fetch_listing(
     return _parse_entries(payload, parts)
 
 
-async def fetch_text(
-    http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str, ...]
-) -> tuple[str, bool]:
-    """The file's first :data:`MAX_TEXT_BYTES` as text, and whether it was cut."""
+@dataclass(frozen=True)
+class Text:
+    text: str
+    cut: bool  # the file is longer than MAX_TEXT_BYTES
+    etag: str | None  # the peer's validator (a cache key, never shown)
+
+
+async def fetch_text(http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str, ...]) -> Text:
+    """The file's first :data:`MAX_TEXT_BYTES` as text, whether it was cut, its ETag."""
     url = peer_url(route.base, "content", parts)
     headers = {"range": f"bytes=0-{MAX_TEXT_BYTES}"}
     try:
@@ -136,11 +141,12 @@ async def fetch_text(
                 raise NotFound("no such file on that peer")
             if response.status_code not in (200, 206):
                 raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
+            etag = response.headers.get("etag")
             raw = await _read_capped(response, MAX_TEXT_BYTES + 1)
     except httpx.HTTPError as exc:
         raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
     cut = len(raw) > MAX_TEXT_BYTES
-    return raw[:MAX_TEXT_BYTES].decode("utf-8", errors="replace"), cut
+    return Text(raw[:MAX_TEXT_BYTES].decode("utf-8", errors="replace"), cut, etag)
 
 
 class StreamLimiter:
