@@ -128,7 +128,9 @@ async def test_a_body_that_never_comes_is_closed_after_the_body_timeout(tmp_path
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         _serve, port = await start_serve(stack, nursery, share_with_big_file(tmp_path), env)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(b"POST /api/info HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+        await stream.send_all(
+            b"POST /api/info HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n"
+        )
         async with stream:
             await read_until_eof(stream)  # held forever without the timeout
         assert (await probe(port)).status_code == 200
@@ -144,7 +146,8 @@ async def test_keep_alive_connections_are_closed_when_idle_after_each_kind_of_an
         b"GET /api/info HTTP/1.1\r\nHost: localhost\r\n\r\n",
         b"GET /download/small.txt HTTP/1.1\r\nHost: localhost\r\n\r\n",  # a zero-copy body
         b"HEAD /download/small.txt HTTP/1.1\r\nHost: localhost\r\n\r\n",
-        b"GET /api/files HTTP/1.1\r\nHost: localhost\r\n\r\nGET /api/info HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /api/files HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /api/info HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ]
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         serve, port = await start_serve(stack, nursery, share_with_big_file(tmp_path), env)

@@ -343,3 +343,35 @@ def hostile_titles(tmp_path: Path, ui_url: str) -> list[str]:
             titles.append(driver.title)
             driver.get(f"{base}/api/peers")  # leave, so a download cannot linger
     return titles
+
+
+async def test_a_rebound_name_loads_no_listing_in_chromium(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """DNS rebinding: a page on rebind.test whose name now resolves to 127.0.0.1 asks
+    the peer server for its listing; the server refuses the name it does not serve."""
+    from flashback.peer.app import LocalInfo, ShareSettings
+    from flashback.peer.serve import serve_peer
+
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "secret-plans.txt").write_text("x\n")
+    address = await nursery.start(
+        partial(serve_peer, ShareSettings(root, info=LocalInfo(name="alice")), "127.0.0.1", 0)
+    )
+
+    def load(url: str) -> str:
+        from selenium.webdriver.common.by import By
+
+        rules = "--host-resolver-rules=MAP rebind.test 127.0.0.1"
+        with chromium(tmp_path / "profile", rules) as driver:
+            driver.get(url)
+            return str(driver.find_element(By.TAG_NAME, "body").text)
+
+    with trio.fail_after(60):
+        rebound = await trio.to_thread.run_sync(
+            load, f"http://rebind.test:{address.port}/api/files"
+        )
+        direct = await trio.to_thread.run_sync(load, f"http://127.0.0.1:{address.port}/api/files")
+    assert "secret-plans" not in rebound and "misdirected_request" in rebound
+    assert "secret-plans" in direct  # the same browser, by IP: served
