@@ -622,3 +622,36 @@ async def test_markdown_renders_are_cached_by_etag_and_bounded_in_number() -> No
     await renderer.render("peer", ("f0.md",), None, "y", url_for)  # no validator: rendered
     await renderer.render("other", ("f0.md",), '"v1"', "x", url_for)  # another peer's
     assert renderer.renders == 9
+
+
+async def test_a_peer_that_drips_a_listing_or_a_text_ends_that_view(
+    nursery: trio.Nursery,
+    ui: tuple[str, DaemonContext],
+    authed: httpx.AsyncClient,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A byte every 25 s (inside every read timeout): the view gives up at its deadline."""
+    from tests.test_transfer import serve_scripted
+
+    autojump_clock.autojump_threshold = 0.05  # real sockets in flight (trio's advice)
+    _, ctx = ui
+
+    async def answer(request: bytes, stream: trio.SocketStream) -> None:
+        if request.startswith(b"GET /api/info"):
+            body = b'{"peer_id": "slow"}'
+            await stream.send_all(hostile_http({"Content-Type": "application/json"}, body))
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(100_000):
+            await stream.send_all(b" ")
+            await trio.sleep(25)
+
+    port = await serve_scripted(nursery, answer)
+    ctx.table.peers["slow"] = PeerInfo("slow", "slowpoke", "127.0.0.1", port)
+    for route in ("/p/slow/browse/", "/p/slow/view/notes.txt"):
+        started = trio.current_time()
+        with trio.fail_after(3600):
+            response = await authed.get(route, timeout=None)
+        assert response.status_code == 502, route
+        assert "took over 60 s" in response.json()["error"]["message"]
+        assert trio.current_time() - started < 120

@@ -35,6 +35,9 @@ MAX_STREAMS: Final = 16
 PAGE_LIMIT: Final = 200
 CONNECT_TIMEOUT_S: Final = 5.0
 READ_TIMEOUT_S: Final = 30.0
+#: a whole listing page or view text, however it trickles in (the read timeout
+#: restarts with every byte)
+FETCH_DEADLINE_S: Final = 60.0
 TIMEOUT: Final = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
 #: request headers passed on to the peer (what a player and a cache send)
@@ -106,15 +109,19 @@ async def fetch_listing(
 ) -> Listing:
     params = {"limit": str(PAGE_LIMIT)} | ({"cursor": cursor} if cursor else {})
     url = peer_url(route.base, "api/files", parts).copy_merge_params(params)
-    try:
-        async with http.stream("GET", url, timeout=TIMEOUT) as response:
-            if response.status_code == 404:
-                raise NotFound("no such folder on that peer")
-            if response.status_code != 200:
-                raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
-            raw = await _read_capped(response, MAX_LISTING_BYTES + 1)
-    except httpx.HTTPError as exc:
-        raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    raw = b""
+    with trio.move_on_after(FETCH_DEADLINE_S) as deadline:
+        try:
+            async with http.stream("GET", url, timeout=TIMEOUT) as response:
+                if response.status_code == 404:
+                    raise NotFound("no such folder on that peer")
+                if response.status_code != 200:
+                    raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
+                raw = await _read_capped(response, MAX_LISTING_BYTES + 1)
+        except httpx.HTTPError as exc:
+            raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    if deadline.cancelled_caught:
+        raise PeerUnreachable(f"the peer took over {FETCH_DEADLINE_S:.0f} s to list the folder")
     if len(raw) > MAX_LISTING_BYTES:
         raise PeerUnreachable("the peer's listing is too large")
     try:
@@ -135,16 +142,20 @@ async def fetch_text(http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str
     """The file's first :data:`MAX_TEXT_BYTES` as text, whether it was cut, its ETag."""
     url = peer_url(route.base, "content", parts)
     headers = {"range": f"bytes=0-{MAX_TEXT_BYTES}"}
-    try:
-        async with http.stream("GET", url, headers=headers, timeout=TIMEOUT) as response:
-            if response.status_code == 404:
-                raise NotFound("no such file on that peer")
-            if response.status_code not in (200, 206):
-                raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
-            etag = response.headers.get("etag")
-            raw = await _read_capped(response, MAX_TEXT_BYTES + 1)
-    except httpx.HTTPError as exc:
-        raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    raw, etag = b"", None
+    with trio.move_on_after(FETCH_DEADLINE_S) as deadline:
+        try:
+            async with http.stream("GET", url, headers=headers, timeout=TIMEOUT) as response:
+                if response.status_code == 404:
+                    raise NotFound("no such file on that peer")
+                if response.status_code not in (200, 206):
+                    raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
+                etag = response.headers.get("etag")
+                raw = await _read_capped(response, MAX_TEXT_BYTES + 1)
+        except httpx.HTTPError as exc:
+            raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    if deadline.cancelled_caught:
+        raise PeerUnreachable(f"the peer took over {FETCH_DEADLINE_S:.0f} s to send the file")
     cut = len(raw) > MAX_TEXT_BYTES
     return Text(raw[:MAX_TEXT_BYTES].decode("utf-8", errors="replace"), cut, etag)
 
