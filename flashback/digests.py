@@ -24,6 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Final
 
@@ -49,6 +50,9 @@ DIGEST_BYTES: Final = 32
 MAX_UNSAVED: Final = 1024
 #: files hashing (or queued to) at once; more are not started until one ends
 MAX_INFLIGHT: Final = 64
+#: manifests just made, kept in memory too: a request whose cache lookup (in a
+#: thread) began before the hash ended must find it, not hash the file again
+MAX_RECENT: Final = 64
 
 Key = tuple[int, int, int, int, int]
 #: the table of this key's shape (an older cache's table, without ctime, is dropped)
@@ -148,6 +152,7 @@ class DigestService:
         self._inflight: dict[Key, trio.Event] = {}
         #: digests the cache could not store (disk full, say), bounded
         self._unsaved: dict[Key, Manifest] = {}
+        self._recent: OrderedDict[Key, Manifest] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._closed = False
         #: hash passes started (tests: concurrent first requests hash once)
@@ -170,6 +175,8 @@ class DigestService:
     async def _lookup(self, key: Key) -> Manifest | None:
         if key in self._unsaved:
             return self._unsaved[key]
+        if (recent := self._recent.get(key)) is not None:
+            return recent
         if self._closed:
             return None
         try:
@@ -188,6 +195,10 @@ class DigestService:
         if event is not None:
             return event
         event = trio.Event()
+        if key in self._recent:
+            # hashed while the caller's cache lookup was in its thread: not again
+            event.set()
+            return event
         own_fd = -1
         nursery = self._nursery
         if nursery is not None and len(self._inflight) < self.max_inflight:
@@ -216,6 +227,9 @@ class DigestService:
             if key_of(os.fstat(fd)) != key:
                 raise OSError("the file changed while it was hashed")
             manifest = job.manifest()
+            self._recent[key] = manifest
+            while len(self._recent) > MAX_RECENT:
+                self._recent.popitem(last=False)
             try:
                 await trio.to_thread.run_sync(self.cache.put, key, manifest)
             except sqlite3.Error as exc:  # disk full, say: serve this one from memory
