@@ -1,7 +1,9 @@
 """The digest service: cached SHA-256 manifests of shared files (CONTRACT §7).
 
-Keyed by (st_dev, st_ino, size, mtime_ns): a file rewritten in place gets a
-new mtime and so a new key. Each key is hashed at most once at a time (an
+Keyed by (st_dev, st_ino, size, mtime_ns, ctime_ns): a file rewritten in
+place gets a new key even when its mtime is put back (``touch -r``), because
+no user can set the ctime; the ETag (:func:`~flashback.protocol.conditional.make_etag`)
+carries it for the same reason. Each key is hashed at most once at a time (an
 in-flight event that later askers wait on), in a worker thread, 4 MiB per
 thread hop under a CapacityLimiter, so cancelling (shutdown) stops a hash
 between two reads and two big files cannot take every core. The hash tasks
@@ -22,6 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Final
 
@@ -47,16 +50,21 @@ DIGEST_BYTES: Final = 32
 MAX_UNSAVED: Final = 1024
 #: files hashing (or queued to) at once; more are not started until one ends
 MAX_INFLIGHT: Final = 64
+#: manifests just made, kept in memory too: a request whose cache lookup (in a
+#: thread) began before the hash ended must find it, not hash the file again
+MAX_RECENT: Final = 64
 
-Key = tuple[int, int, int, int]
+Key = tuple[int, int, int, int, int]
+#: the table of this key's shape (an older cache's table, without ctime, is dropped)
+TABLE: Final = "digests_v2"
 
 
 def key_of(info: os.stat_result) -> Key:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 class DigestCache:
-    """(dev, ino, size, mtime_ns) -> Manifest, in SQLite. Calls block: use a thread."""
+    """(dev, ino, size, mtime_ns, ctime_ns) -> Manifest, in SQLite. Calls block: use a thread."""
 
     def __init__(self, path: Path | None = None, *, max_rows: int = MAX_CACHE_ROWS) -> None:
         self._lock = threading.Lock()
@@ -73,11 +81,12 @@ class DigestCache:
         db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False)
         try:
             with db:
+                db.execute("DROP TABLE IF EXISTS digests")
                 db.execute(
-                    "CREATE TABLE IF NOT EXISTS digests ("
-                    " dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,"
+                    f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+                    " dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,"
                     " sha256 BLOB NOT NULL, block_size INTEGER NOT NULL, blocks BLOB NOT NULL,"
-                    " PRIMARY KEY (dev, ino, size, mtime_ns))"
+                    " PRIMARY KEY (dev, ino, size, mtime_ns, ctime_ns))"
                 )
         except BaseException:
             db.close()
@@ -87,8 +96,8 @@ class DigestCache:
     def get(self, key: Key) -> Manifest | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT sha256, block_size, blocks FROM digests"
-                " WHERE dev=? AND ino=? AND size=? AND mtime_ns=?",
+                f"SELECT sha256, block_size, blocks FROM {TABLE}"
+                " WHERE dev=? AND ino=? AND size=? AND mtime_ns=? AND ctime_ns=?",
                 key,
             ).fetchone()
         if row is None:
@@ -104,13 +113,13 @@ class DigestCache:
         blob = b"".join(bytes.fromhex(b) for b in manifest.blocks)
         with self._lock, self._db:
             # Other versions of the same inode are stale now.
-            self._db.execute("DELETE FROM digests WHERE dev=? AND ino=?", key[:2])
+            self._db.execute(f"DELETE FROM {TABLE} WHERE dev=? AND ino=?", key[:2])
             self._db.execute(
-                "INSERT INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (*key, bytes.fromhex(manifest.sha256), manifest.block_size, blob),
             )
             self._db.execute(
-                "DELETE FROM digests WHERE rowid <= (SELECT MAX(rowid) FROM digests) - ?",
+                f"DELETE FROM {TABLE} WHERE rowid <= (SELECT MAX(rowid) FROM {TABLE}) - ?",
                 (self._max_rows,),
             )
 
@@ -143,6 +152,7 @@ class DigestService:
         self._inflight: dict[Key, trio.Event] = {}
         #: digests the cache could not store (disk full, say), bounded
         self._unsaved: dict[Key, Manifest] = {}
+        self._recent: OrderedDict[Key, Manifest] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._closed = False
         #: hash passes started (tests: concurrent first requests hash once)
@@ -165,6 +175,8 @@ class DigestService:
     async def _lookup(self, key: Key) -> Manifest | None:
         if key in self._unsaved:
             return self._unsaved[key]
+        if (recent := self._recent.get(key)) is not None:
+            return recent
         if self._closed:
             return None
         try:
@@ -183,6 +195,10 @@ class DigestService:
         if event is not None:
             return event
         event = trio.Event()
+        if key in self._recent:
+            # hashed while the caller's cache lookup was in its thread: not again
+            event.set()
+            return event
         own_fd = -1
         nursery = self._nursery
         if nursery is not None and len(self._inflight) < self.max_inflight:
@@ -211,6 +227,9 @@ class DigestService:
             if key_of(os.fstat(fd)) != key:
                 raise OSError("the file changed while it was hashed")
             manifest = job.manifest()
+            self._recent[key] = manifest
+            while len(self._recent) > MAX_RECENT:
+                self._recent.popitem(last=False)
             try:
                 await trio.to_thread.run_sync(self.cache.put, key, manifest)
             except sqlite3.Error as exc:  # disk full, say: serve this one from memory

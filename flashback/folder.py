@@ -12,8 +12,12 @@ the listed one, which is how the next run knows it is unchanged.
 
 Nothing is written outside OUT: every path under it is built from names
 that passed :func:`~flashback.protocol.folder.check_entry` (which uses the
-server's own path rules), and every directory on the way was checked to
-be a real directory, never a symlink, before anything went into it.
+server's own path rules), and every directory is held open (a
+:class:`DirHandle`) from the moment it was made or found to be a real
+directory: it is entered by name from its parent's descriptor with
+``O_DIRECTORY | O_NOFOLLOW``, and its files are made, renamed and touched by
+name inside it (``dir_fd``), so a directory swapped for a symlink afterwards
+(by another writer in OUT) cannot send a write elsewhere.
 
 A file that fails is reported and the others go on (run again to finish);
 past MAX_FAILED_FILES failures, or when a listing cannot be followed, the
@@ -22,10 +26,13 @@ whole get stops.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 import sys
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -48,17 +55,21 @@ from flashback.protocol.folder import (
     decide_file,
     part_name,
 )
+from flashback.protocol.rate_floor import RateFloor
 from flashback.protocol.strict_json import loads_strict
 from flashback.terminal import printable
 from flashback.transfer import (
     DownloadResult,
+    Local,
     TransferFailed,
     at,
     body_chunks,
     byte_bar,
     download,
     fetch_manifest,
+    floored,
     part_paths,
+    peer_get,
     resume_key,
     sha256_of,
 )
@@ -91,16 +102,49 @@ class FolderResult:
     first_failure: str = ""
 
 
+#: how a directory of OUT is entered: never through a symlink
+DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class DirHandle:
+    """A directory of OUT, held open for the walk and for the jobs of its files
+    (and the walk of its subdirectories); closed when the last one lets go."""
+
+    def __init__(self, fd: int, path: Path, opened: set[DirHandle]) -> None:
+        self.fd, self.path, self.refs = fd, path, 1
+        self._opened = opened
+        opened.add(self)
+
+    def retain(self) -> DirHandle:
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs <= 0:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._opened.discard(self)
+
+
 @dataclass(frozen=True)
 class FileJob:
     entry: RemoteEntry
     dest: Path
     compare: bool  # same size, other mtime: compare digests before fetching
+    directory: DirHandle  # dest's directory, retained for this job
 
 
-def _lstat(path: Path) -> LocalFile | None:
+def _lstat(path: Path, dir_fd: int | None = None) -> LocalFile | None:
     try:
-        info = os.lstat(path)
+        if dir_fd is None:
+            info = os.lstat(path)
+        else:
+            info = os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
     if stat.S_ISLNK(info.st_mode):
@@ -188,6 +232,7 @@ class FolderFetch:
         self.page_entries = page_entries
         self.result = FolderResult(out)
         self.budget = WalkBudget()
+        self._opened: set[DirHandle] = set()
 
     def warn(self, message: str) -> None:
         self.progress.warn(f"flashback: warning: {message}")
@@ -212,31 +257,67 @@ class FolderFetch:
             raise _first_error(group) from None
         finally:
             self.progress.close()
+            for handle in list(self._opened):  # jobs a stop left in the channel
+                handle.close()
         return self.result
 
     # -- the walk ------------------------------------------------------------------------
 
     async def _walk(self, send: trio.MemorySendChannel[FileJob]) -> None:
         async with send:
-            stack = [PendingDir(self.top)]
+            # each pending directory with its parent's handle (None: OUT itself)
+            stack: list[tuple[PendingDir, DirHandle | None]] = [(PendingDir(self.top), None)]
             while stack:
-                pending = stack.pop()
+                pending, parent = stack.pop()
                 try:
-                    listing = DirListing(
-                        pending, self.budget, case_insensitive=bool(self.case_insensitive)
-                    )
-                except SkipDirectory as exc:
-                    self._refuse("/".join(pending.parts), str(exc))
-                    continue
-                self.result.dirs += 1
-                local_dir = self.out.joinpath(*pending.parts[len(self.top) :])
-                subdirs = await self._walk_dir(listing, local_dir, send)
-                stack.extend(reversed(subdirs))  # depth first, in name order
+                    try:
+                        listing = DirListing(
+                            pending, self.budget, case_insensitive=bool(self.case_insensitive)
+                        )
+                    except SkipDirectory as exc:
+                        self._refuse("/".join(pending.parts), str(exc))
+                        continue
+                    self.result.dirs += 1
+                    local_dir = self.out.joinpath(*pending.parts[len(self.top) :])
+                    subdirs, handle = await self._walk_dir(listing, local_dir, parent, send)
+                finally:
+                    if parent is not None:
+                        parent.release()
+                if handle is not None:
+                    # depth first, in name order; each child keeps this directory open
+                    stack.extend((child, handle.retain()) for child in reversed(subdirs))
+                    handle.release()
+
+    def _open_dir(self, local_dir: Path, parent: DirHandle | None) -> DirHandle | None:
+        """*local_dir* made if missing and held open; None when something else is there."""
+        if parent is None:  # OUT itself: the user's own path, a link to a directory is fine
+            if not self.out.is_dir():
+                os.mkdir(self.out)
+            fd = os.open(self.out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            return DirHandle(fd, self.out, self._opened)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(local_dir.name, dir_fd=parent.fd)  # empty directories too
+        try:
+            fd = os.open(local_dir.name, DIR_FLAGS, dir_fd=parent.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                return None
+            raise
+        return DirHandle(fd, local_dir, self._opened)
 
     async def _walk_dir(
-        self, listing: DirListing, local_dir: Path, send: trio.MemorySendChannel[FileJob]
-    ) -> list[PendingDir]:
+        self,
+        listing: DirListing,
+        local_dir: Path,
+        parent: DirHandle | None,
+        send: trio.MemorySendChannel[FileJob],
+    ) -> tuple[list[PendingDir], DirHandle | None]:
+        """The subdirectories to walk and this directory, held open (None: refused).
+
+        A stop (FolderFailed, cancel) leaves the handle to :meth:`run`, which
+        closes whatever is still open."""
         subdirs: list[PendingDir] = []
+        handle: DirHandle | None = None
         listing_s = 0.0  # time spent waiting for this directory's pages (not for workers)
         while not listing.done:
             started = trio.current_time()
@@ -252,22 +333,22 @@ class FolderFetch:
                 accepted, refused = listing.add_page(page)
             except SkipDirectory as exc:
                 self._refuse(listing.path, str(exc))
-                return []
+                if handle is not None:
+                    handle.release()
+                return [], None
             except BadListing as exc:
                 raise FolderFailed(str(exc)) from None
-            if listing.pages == 1:
-                found = _lstat(local_dir)
-                if found is None:
-                    os.mkdir(local_dir)  # empty directories too; only once it is walked
-                elif found.kind != "dir" and local_dir != self.out:
+            if handle is None:  # the first page: made only once it is walked
+                handle = self._open_dir(local_dir, parent)
+                if handle is None:
                     # checked when its parent was listed; something was put there since
                     self._refuse(listing.path, f"{local_dir} is in the way (not a directory)")
-                    return []
+                    return [], None
             for shown, reason in refused:
                 self._refuse(shown, reason)
             for entry in accepted:
                 dest = local_dir / entry.name
-                local = _lstat(dest)
+                local = _lstat(dest, handle.fd)
                 if entry.kind == "dir":
                     action = decide_dir(local)
                     if action is Action.CONFLICT:
@@ -282,8 +363,13 @@ class FolderFetch:
                     self._refuse(entry.path, f"{dest} is in the way (not a regular file)")
                 else:
                     self.progress.add_total(entry.size)
-                    await send.send(FileJob(entry, dest, compare=action is Action.COMPARE))
-        return subdirs
+                    job = FileJob(entry, dest, action is Action.COMPARE, handle.retain())
+                    try:
+                        await send.send(job)
+                    except BaseException:
+                        handle.release()
+                        raise
+        return subdirs, handle
 
     def _refuse(self, path: str, reason: str) -> None:
         self.result.refused += 1
@@ -297,13 +383,24 @@ class FolderFetch:
         if listing.cursor is not None:
             params["cursor"] = listing.cursor
         try:
-            async with self.http.stream("GET", url, params=params) as response:
+            async with peer_get(self.http, url, params=params, error=FolderFailed) as response:
                 if response.status_code != 200:
                     raise FolderFailed(
                         f"the peer answered HTTP {response.status_code} to the listing of {path!r}"
                     )
                 body = bytearray()
-                async with body_chunks(response) as chunks:
+                floor = RateFloor()
+
+                def too_slow() -> FolderFailed:
+                    return FolderFailed(
+                        f"the peer sends the listing of {path!r} at under "
+                        f"{floor.min_bytes // 1024} KiB in {floor.window_s:.0f} s"
+                    )
+
+                async with (
+                    body_chunks(response) as raw,
+                    aclosing(floored(raw, floor, too_slow)) as chunks,
+                ):
                     async for chunk in chunks:
                         body += chunk
                         if len(body) > MAX_PAGE_BYTES:
@@ -329,6 +426,8 @@ class FolderFetch:
                     await self._fetch_file(job)
                 except (FlashbackError, OSError) as exc:
                     self._failed(job, exc)
+                finally:
+                    job.directory.release()
 
     def _failed(self, job: FileJob, exc: Exception) -> None:
         if isinstance(exc, FlashbackError):
@@ -345,19 +444,19 @@ class FolderFetch:
             )
 
     async def _fetch_file(self, job: FileJob) -> None:
-        entry, dest = job.entry, job.dest
+        entry, dest, dir_fd = job.entry, job.dest, job.directory.fd
         digest_url = at(self.base, "/api/digest/" + entry.path)
         if job.compare:
             manifest = await fetch_manifest(self.http, digest_url, entry.size)
-            if manifest.sha256 == await sha256_of(dest):
-                self._set_mtime(dest, entry)
+            if manifest.sha256 == await sha256_of(dest, Local(dir_fd)):
+                self._set_mtime(dest, entry, dir_fd)
                 self.result.skipped += 1
                 self.progress.update(entry.size)
                 return
         part = dest.with_name(part_name(dest.name))
         for leftover in part_paths(dest, part):
-            if (found := _lstat(leftover)) is not None and found.kind == "symlink":
-                leftover.unlink()  # never write through a link someone left in OUT
+            if (found := _lstat(leftover, dir_fd)) is not None and found.kind == "symlink":
+                os.unlink(leftover.name, dir_fd=dir_fd)  # never write through a link in OUT
         fetched_before = 0
 
         def started(event: str, fields: dict[str, Any]) -> None:
@@ -378,8 +477,9 @@ class FolderFetch:
             part=part,
             progress=self.progress.update,
             resume_min_bytes=RESUME_MIN_BYTES,
+            dir_fd=dir_fd,
         )
-        self._set_mtime(dest, entry)
+        self._set_mtime(dest, entry, dir_fd)
         self.result.files += 1
         self.result.bytes += result.bytes
         self.progress.file_done()
@@ -387,9 +487,10 @@ class FolderFetch:
             self.on_complete(result)
 
     @staticmethod
-    def _set_mtime(dest: Path, entry: RemoteEntry) -> None:
+    def _set_mtime(dest: Path, entry: RemoteEntry, dir_fd: int) -> None:
         if entry.mtime_ns is not None:
-            os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            ns = (entry.mtime_ns, entry.mtime_ns)
+            os.utime(dest.name, ns=ns, dir_fd=dir_fd, follow_symlinks=False)
 
 
 async def is_remote_directory(http: httpx.AsyncClient, base: httpx.URL, path: str) -> bool:
@@ -397,7 +498,7 @@ async def is_remote_directory(http: httpx.AsyncClient, base: httpx.URL, path: st
     path = path.strip("/")
     url = at(base, "/api/files/" + path if path else "/api/files")
     try:
-        async with http.stream("GET", url, params={"limit": "1"}) as response:
+        async with peer_get(http, url, params={"limit": "1"}, error=FolderFailed) as response:
             return response.status_code == 200
     except httpx.HTTPError as exc:
         raise FolderFailed(f"the peer does not answer: {exc.__class__.__name__}") from exc

@@ -14,17 +14,23 @@ name the bad blocks, only those are fetched again (ranges with ``If-Match``,
 so they come from the same version), and the whole is checked again; a part
 that still does not match is deleted and the download fails (CONTRACT §7).
 A transfer that breaks keeps the part for the next run.
+
+A peer must not hold a download by sending almost nothing: every response
+head must be complete within :data:`HEAD_TIMEOUT_S` (:func:`peer_get`), and
+every body -- the file, a repair range, the manifest, a folder's listing
+page -- must bring at least the :class:`~flashback.protocol.rate_floor.RateFloor`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import sys
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
@@ -70,6 +76,46 @@ def body_chunks(response: httpx.Response) -> aclosing[AsyncGenerator[bytes, None
     """The body's chunks, closed on leaving the block even when we stop early
     (httpx's iterator is an async generator; left to the GC it warns)."""
     return aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes()))
+
+
+#: a response head (status line and headers) must be complete within this, however
+#: it trickles in (httpx's read timeout restarts with every byte)
+HEAD_TIMEOUT_S: Final = 60.0
+
+
+@asynccontextmanager
+async def peer_get(
+    client: httpx.AsyncClient,
+    url: httpx.URL | str,
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
+    error: type[TransferFailed] = TransferFailed,
+) -> AsyncIterator[httpx.Response]:
+    """``client.stream("GET", ...)`` whose whole response head must arrive within
+    *head_timeout_s*; else *error*. The body is the caller's (see :func:`floored`)."""
+    extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+    request = client.build_request("GET", url, headers=headers, params=params, **extra)
+    with trio.move_on_after(head_timeout_s) as deadline:
+        response = await client.send(request, stream=True)
+    if deadline.cancelled_caught:
+        raise error(f"the peer did not send a response head within {head_timeout_s:.0f} s")
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+async def floored(
+    chunks: AsyncIterator[bytes], floor: RateFloor, too_slow: Callable[[], Exception]
+) -> AsyncGenerator[bytes, None]:
+    """*chunks*, raising ``too_slow()`` once a window brings less than the floor."""
+    async for chunk in chunks:
+        if floor.too_slow(trio.current_time(), len(chunk)):
+            raise too_slow()
+        yield chunk
 
 
 def at(base: httpx.URL, path: str) -> httpx.URL:
@@ -134,11 +180,67 @@ def part_paths(out: Path, part: Path | None = None) -> tuple[Path, Path]:
     return part, part.with_name(part.name + ".json")
 
 
-def _read_meta(meta: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Local:
+    """How a download touches OUT, its part and its record: by path, or -- with
+    *dir_fd* -- by name inside that one open directory, never through a symlink.
+
+    A folder get holds each directory open from the moment it checked it, so a
+    directory swapped for a link to elsewhere afterwards cannot send a write
+    outside OUT (the names given must then all be in that directory).
+    """
+
+    dir_fd: int | None = None
+
+    def _at(self, path: Path) -> tuple[str | Path, dict[str, Any]]:
+        if self.dir_fd is None:
+            return path, {}
+        return path.name, {"dir_fd": self.dir_fd}
+
+    def open(self, path: Path, flags: int) -> int:
+        name, where = self._at(path)
+        if self.dir_fd is not None:
+            flags |= os.O_NOFOLLOW
+        return os.open(name, flags | os.O_CLOEXEC, 0o666, **where)
+
+    def size(self, path: Path) -> int | None:
+        """The size of the regular file at *path*; None when there is none."""
+        name, where = self._at(path)
+        try:
+            info = os.stat(name, follow_symlinks=self.dir_fd is None, **where)
+        except FileNotFoundError:
+            return None
+        return info.st_size
+
+    def read_text(self, path: Path) -> str:
+        with os.fdopen(self.open(path, os.O_RDONLY), encoding="utf-8") as file:
+            return file.read()
+
+    def write_text(self, path: Path, text: str) -> None:
+        fd = self.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+
+    def unlink(self, path: Path) -> None:
+        name, where = self._at(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, **where)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        if self.dir_fd is None:
+            os.replace(src, dst)
+        else:
+            os.replace(src.name, dst.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+
+
+BY_PATH: Final = Local()
+
+
+def _read_meta(meta: Path, local: Local = BY_PATH) -> dict[str, Any]:
     """What a previous run saved; anything odd (a validator that is not a
     printable ASCII entity-tag, say) means no resume rather than a failure."""
     try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
+        data = json.loads(local.read_text(meta))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
@@ -158,25 +260,25 @@ def check_output(out: Path) -> None:
         raise ConfigError(f"directory {parent} does not exist")
 
 
-def _hash_path(path: Path, size: int, block_size: int) -> Manifest:
-    fd = os.open(path, os.O_RDONLY)
+def _hash_path(path: Path, size: int, block_size: int, local: Local = BY_PATH) -> Manifest:
+    fd = local.open(path, os.O_RDONLY)
     try:
         return hash_fd(fd, size, min_block=block_size)
     finally:
         os.close(fd)
 
 
-async def sha256_of(path: Path) -> str:
+async def sha256_of(path: Path, local: Local = BY_PATH) -> str:
     """The file's SHA-256 (hex); small files on the event loop, big ones in a thread."""
 
     def whole() -> str:
         digest = hashlib.sha256()
-        with path.open("rb") as file:
+        with os.fdopen(local.open(path, os.O_RDONLY), "rb") as file:
             while chunk := file.read(4 * CHUNK_BYTES):
                 digest.update(chunk)
         return digest.hexdigest()
 
-    if os.stat(path).st_size <= INLINE_HASH_BYTES:
+    if (local.size(path) or 0) <= INLINE_HASH_BYTES:
         await trio.lowlevel.checkpoint()
         return whole()
     return await trio.to_thread.run_sync(whole)
@@ -196,6 +298,7 @@ async def download(
     part: Path | None = None,
     progress: ProgressFn | None = None,
     resume_min_bytes: int = 0,
+    dir_fd: int | None = None,
 ) -> DownloadResult:
     """Fetch *url* into *out*, verified.
 
@@ -207,16 +310,29 @@ async def download(
     ``OUT.part``; *progress* gets the byte counts instead of a bar of its own;
     a file smaller than *resume_min_bytes* keeps no resume record (fetching
     it again costs less than writing one: a folder's many small files).
+    With *dir_fd*, *out* and *part* are names in that open directory (:class:`Local`).
     """
-    check_output(out)
+    local = Local(dir_fd)
+    if dir_fd is None:
+        check_output(out)
     part, meta = part_paths(out, part)
     key = resume_key or str(url)
     received = await _receive(
-        client, url, out, part, key, label, on_event, expected_size, progress, resume_min_bytes
+        client,
+        url,
+        out,
+        part,
+        key,
+        label,
+        on_event,
+        expected_size,
+        progress,
+        resume_min_bytes,
+        local,
     )
     size, expected_sha, etag, offset, hashed = received
     repaired, repair_bytes = 0, 0
-    actual = hashed or await sha256_of(part)
+    actual = hashed or await sha256_of(part, local)
     manifest: Manifest | None = None
     if expected_sha is None:
         manifest = await fetch_manifest(client, manifest_url, size)
@@ -225,24 +341,26 @@ async def download(
         if manifest is None:
             manifest = await fetch_manifest(client, manifest_url, size)
         if manifest.sha256 != expected_sha:
-            _discard(part, meta)
+            _discard(part, meta, local)
             raise TransferFailed("the file changed on the peer during the download; run again")
-        repaired, repair_bytes = await _repair(client, repair_url or url, part, manifest, etag)
-        actual = await sha256_of(part)
+        repaired, repair_bytes = await _repair(
+            client, repair_url or url, part, manifest, etag, local
+        )
+        actual = await sha256_of(part, local)
         if actual != expected_sha:
-            _discard(part, meta)
+            _discard(part, meta, local)
             raise TransferFailed(
                 f"the peer's bytes do not match its own digest (sha256 {expected_sha}); "
                 f"{out} was not written"
             )
-    os.replace(part, out)
-    meta.unlink(missing_ok=True)
+    local.replace(part, out)
+    local.unlink(meta)
     return DownloadResult(out, size, actual, offset, repaired, repair_bytes)
 
 
-def _discard(part: Path, meta: Path) -> None:
-    part.unlink(missing_ok=True)
-    meta.unlink(missing_ok=True)
+def _discard(part: Path, meta: Path, local: Local) -> None:
+    local.unlink(part)
+    local.unlink(meta)
 
 
 async def _receive(
@@ -256,20 +374,21 @@ async def _receive(
     expected_size: int | None,
     progress: ProgressFn | None,
     resume_min_bytes: int = 0,
+    local: Local = BY_PATH,
 ) -> tuple[int, str | None, str | None, int, str | None]:
     """The body into the part: (size, digest from Repr-Digest, ETag, resumed from,
     the part's SHA-256 when it was computed on the way in)."""
     part, meta = part_paths(out, part)
     headers: dict[str, str] = {}
     offset = 0
-    exists = part.exists()
-    saved = _read_meta(meta) if exists else {}
-    if exists and saved.get("key") == key:
-        offset = part.stat().st_size
+    had = local.size(part)
+    saved = _read_meta(meta, local) if had is not None else {}
+    if had is not None and saved.get("key") == key:
+        offset = had
         if offset:
             headers = {"Range": f"bytes={offset}-", "If-Range": str(saved["etag"])}
     try:
-        async with client.stream("GET", url, headers=headers) as response:
+        async with peer_get(client, url, headers=headers) as response:
             etag = response.headers.get("etag")
             digest = parse_repr_digest(response.headers.get("repr-digest"))
             if response.status_code == 416 and offset:
@@ -277,7 +396,7 @@ async def _receive(
                 if match and int(match.group(1)) == offset:
                     # Complete already; verification below decides if it is right.
                     return offset, digest, str(saved["etag"]), offset, None
-                part.unlink(missing_ok=True)  # longer than the file now: start over
+                local.unlink(part)  # longer than the file now: start over
                 return await _receive(
                     client,
                     url,
@@ -289,6 +408,7 @@ async def _receive(
                     expected_size,
                     progress,
                     resume_min_bytes,
+                    local,
                 )
             if response.status_code == 404:
                 raise NotOnPeer(f"not found on the peer: {url}")
@@ -316,17 +436,17 @@ async def _receive(
             if etag is None or not _ETAG.fullmatch(etag):
                 etag = None
             if total >= resume_min_bytes:
-                meta.write_text(json.dumps({"key": key, "etag": etag}), encoding="utf-8")
+                local.write_text(meta, json.dumps({"key": key, "etag": etag}))
             if on_event is not None:
                 on_event("download-started", {"url": str(url), "offset": offset, "size": total})
-            hashed = await _write_body(response, part, mode, offset, total, label, progress)
+            hashed = await _write_body(response, part, mode, offset, total, label, progress, local)
     except httpx.HTTPError as exc:
-        got = part.stat().st_size if part.exists() else 0
+        got = local.size(part) or 0
         raise TransferFailed(
             f"transfer failed after {got} bytes ({exc.__class__.__name__}); "
             f"the partial file {part} is kept: run the same command again to resume"
         ) from exc
-    size = part.stat().st_size
+    size = local.size(part) or 0
     if size != total:
         raise TransferFailed(
             f"size mismatch: got {size} bytes, the peer announced {total}; "
@@ -343,6 +463,7 @@ async def _write_body(
     total: int,
     label: str,
     report: ProgressFn | None,
+    local: Local = BY_PATH,
 ) -> str | None:
     """Append the body as received (a break loses nothing), never past *total*.
 
@@ -357,7 +478,8 @@ async def _write_body(
     room = total - offset
     floor = RateFloor()
     try:
-        with part.open(mode) as file:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+        with os.fdopen(local.open(part, flags), mode) as file:
             async with body_chunks(response) as chunks:
                 async for chunk in chunks:
                     if floor.too_slow(trio.current_time(), len(chunk)):
@@ -397,7 +519,9 @@ async def fetch_manifest(
     if manifest_url is None:
         raise TransferFailed("the peer sent no digest, so the download cannot be verified")
     try:
-        async with client.stream("GET", manifest_url, timeout=MANIFEST_TIMEOUT_S) as response:
+        async with peer_get(
+            client, manifest_url, timeout_s=MANIFEST_TIMEOUT_S, head_timeout_s=MANIFEST_TIMEOUT_S
+        ) as response:
             if response.status_code != 200:
                 raise TransferFailed(
                     f"the peer answered HTTP {response.status_code} for its digest"
@@ -439,13 +563,16 @@ async def _repair(
     part: Path,
     manifest: Manifest,
     etag: str | None,
+    local: Local = BY_PATH,
 ) -> tuple[int, int]:
     """Fetch again only the blocks whose digest differs: (blocks, bytes fetched)."""
-    local = await trio.to_thread.run_sync(_hash_path, part, manifest.size, manifest.block_size)
-    runs = _bad_runs(local, manifest)
+    mine = await trio.to_thread.run_sync(
+        _hash_path, part, manifest.size, manifest.block_size, local
+    )
+    runs = _bad_runs(mine, manifest)
     fetched = 0
     headers = {"If-Match": etag} if etag else {}
-    fd = os.open(part, os.O_WRONLY)
+    fd = local.open(part, os.O_WRONLY)
     try:
         for first_block, count in runs:
             first = first_block * manifest.block_size
@@ -468,8 +595,8 @@ async def _fetch_range(
     headers: dict[str, str],
 ) -> int:
     want = f"bytes {first}-{last}/{size}"
-    async with client.stream(
-        "GET", url, headers={**headers, "Range": f"bytes={first}-{last}"}
+    async with peer_get(
+        client, url, headers={**headers, "Range": f"bytes={first}-{last}"}
     ) as response:
         if response.status_code != 206 or response.headers.get("content-range") != want:
             raise TransferFailed(
@@ -477,7 +604,15 @@ async def _fetch_range(
                 f"(HTTP {response.status_code}); the file may have changed: run again"
             )
         offset = first
-        async with body_chunks(response) as chunks:
+        floor = RateFloor()
+
+        def too_slow() -> TransferFailed:
+            return TransferFailed(
+                f"the peer sent the range {first}-{last} to repair at under "
+                f"{floor.min_bytes // 1024} KiB in {floor.window_s:.0f} s"
+            )
+
+        async with body_chunks(response) as raw, aclosing(floored(raw, floor, too_slow)) as chunks:
             async for chunk in chunks:
                 piece = chunk[: last + 1 - offset]
                 os.pwrite(fd, piece, offset)

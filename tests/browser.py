@@ -40,7 +40,7 @@ def missing_browser() -> str | None:
 
 
 @contextmanager
-def chromium(profile: Path) -> Iterator[object]:
+def chromium(profile: Path, *extra_flags: str) -> Iterator[object]:
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -48,7 +48,7 @@ def chromium(profile: Path) -> Iterator[object]:
     os.environ["SE_OFFLINE"] = "true"
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in FLAGS:
+    for flag in (*FLAGS, *extra_flags):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

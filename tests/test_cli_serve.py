@@ -130,7 +130,7 @@ async def test_sigterm_exits_in_time_even_with_a_client_that_stopped_reading(
         try:
             port = (await first_event(proc))["port"]
             stalled = await trio.open_tcp_stream("127.0.0.1", port)
-            await stalled.send_all(b"GET /download/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stalled.send_all(b"GET /download/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
             await trio.sleep(1)  # let the server fill the socket buffers and block
             proc.send_signal(signal.SIGTERM)
             started = trio.current_time()

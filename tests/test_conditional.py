@@ -18,14 +18,15 @@ from flashback.protocol.conditional import (
     sandbox_policy,
 )
 
-ETAG = make_etag(1, 2, 3)
+ETAG = make_etag(1, 2, 3, 4)
 MTIME = 1_700_000_000
 DATE = http_date(MTIME)
 
 
 def test_etag_is_strong_and_quoted() -> None:
     assert ETAG.startswith('"') and ETAG.endswith('"')
-    assert make_etag(1, 2, 4) != ETAG
+    assert make_etag(1, 2, 4, 4) != ETAG
+    assert make_etag(1, 2, 3, 5) != ETAG  # only the ctime moved (touch -r)
 
 
 def test_http_date_round_trip() -> None:

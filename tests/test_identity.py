@@ -249,3 +249,23 @@ def test_instances_of_one_name_are_bounded(tmp_path: Path) -> None:
             claim_instance(tmp_path, "many")
     with claim_instance(tmp_path, "many") as again:  # all released
         assert again.name == "many"
+
+
+def test_a_new_peer_id_under_a_pinned_name_is_refused_naming_both_until_forget(
+    tmp_path: Path,
+) -> None:
+    """ssh's rule for the name typed: an impostor registered as "alice" (new id, own key)."""
+    pins = PinStore(tmp_path)
+    pins.check("p-alice", FP_A, name="alice")
+    with pytest.raises(FingerprintMismatch) as caught:
+        pins.check("p-impostor", FP_B, name="alice")
+    error = caught.value
+    assert error.code == "fingerprint_mismatch"
+    assert FP_A in error.message and FP_B in error.message
+    assert "flashback forget alice" in error.message
+    assert pins.get("p-impostor") is None  # not pinned
+    # the same key under a new id is the same peer (it registered afresh)
+    assert pins.check("p-alice-2", FP_A, name="alice").fingerprint == FP_A
+    assert pins.check("p-bob", FP_B, name="bob").fingerprint == FP_B  # other names: unaffected
+    assert {p.peer_id for p in pins.forget("alice")} == {"p-alice", "p-alice-2"}
+    assert pins.check("p-impostor", FP_B, name="alice").fingerprint == FP_B  # trusted anew

@@ -164,3 +164,63 @@ async def test_forget_on_the_command_line(tmp_path: Path) -> None:
     again = await run_cli(["forget", "p-bob"], env=env)
     assert again.returncode == 1
     assert again.stderr.decode().count("\n") == 1 and b"no pinned fingerprint" in again.stderr
+
+
+async def test_an_impostor_under_a_pinned_name_is_refused_until_forget(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """alice is offline; a stranger registers as "alice" with its own key: ``get alice``
+    names both fingerprints and fetches nothing until ``flashback forget alice``."""
+    from tests.procs import daemon_env
+    from tests.test_daemon_system import joined, start_daemon
+
+    bob_env = daemon_env(tmp_path, "bob")
+    with trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            _, url = await start_tracker(stack, nursery, tmp_path)
+            bob = await start_daemon(stack, nursery, tmp_path, "bob", url)
+            async with AsyncExitStack() as alice_stack:
+                alice = await start_daemon(
+                    alice_stack, nursery, tmp_path, "alice", url, {"report.txt": b"real\n"}
+                )
+                await bob.wait_event(joined("alice"))
+                real_fp = next(p["fingerprint"] for p in (await listed(url)).values()
+                               if p["name"] == "alice")  # fmt: skip
+                first = await run_cli(
+                    ["get", "alice", "report.txt", "-o", str(tmp_path / "first")], env=bob_env
+                )
+                assert first.returncode == 0, first.stderr
+                seen = len(bob.events)
+                alice.signal(signal.SIGTERM)
+                assert await alice.wait_exit() == 0
+                await bob.wait_event(event_is("peer-left"), after=seen)
+
+            fake_root = make_share(tmp_path, "impostor", {"report.txt": b"forged\n"})
+            seen = len(bob.events)
+            await stack.enter_async_context(
+                start(
+                    nursery,
+                    ["daemon", "--root", str(fake_root), "--tracker", url, "--name", "alice"],
+                    env=daemon_env(tmp_path, "impostor"),
+                    name="impostor",
+                )
+            )
+            await bob.wait_event(joined("alice"), after=seen, timeout_s=30)
+            fake_fp = next(p["fingerprint"] for p in (await listed(url)).values()
+                           if p["name"] == "alice")  # fmt: skip
+            assert fake_fp != real_fp
+            out = tmp_path / "got"
+            refused = await run_cli(["get", "alice", "report.txt", "-o", str(out)], env=bob_env)
+            assert refused.returncode == 1
+            lines = refused.stderr.decode().strip().splitlines()
+            assert len(lines) == 1, lines
+            assert real_fp in lines[0] and fake_fp in lines[0] and "forget alice" in lines[0]
+            assert not out.exists()
+            listing = await run_cli(["ls", "alice"], env=bob_env)
+            assert listing.returncode == 1 and b"forged" not in listing.stdout
+
+            forgot = await run_cli(["forget", "alice"], env=bob_env)
+            assert forgot.returncode == 0, forgot.stderr
+            trusted = await run_cli(["get", "alice", "report.txt", "-o", str(out)], env=bob_env)
+            assert trusted.returncode == 0, trusted.stderr
+            assert out.read_bytes() == b"forged\n"

@@ -533,3 +533,39 @@ async def test_hashing_many_files_at_once_is_bounded(nursery: trio.Nursery, tmp_
         assert digests.passes == 1  # "b" was not started
     assert busy.status_code == 503
     assert busy.json()["error"]["code"] == "digest_unavailable"
+
+
+async def test_an_edit_with_its_mtime_put_back_is_a_new_version(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Same size, same inode, mtime restored (``touch -r``): only the ctime moved. The
+    digest and the ETag follow it, so the file still downloads, verified."""
+    root = tmp_path / "share"
+    root.mkdir()
+    target = root / "f.bin"
+    old, new = os.urandom(3 * BLOCK), os.urandom(3 * BLOCK)
+    target.write_bytes(old)
+    url, _ = await start_server(nursery, root)
+    async with httpx.AsyncClient(base_url=url) as http:
+        first = await http.get("/download/f.bin")
+        assert first.headers["repr-digest"] == sf_digest(old)
+        before = target.stat()
+        with target.open("r+b") as file:  # in place: the same inode
+            file.write(new)
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = target.stat()
+        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+            before.st_ino,
+            before.st_size,
+            before.st_mtime_ns,
+        )
+        assert after.st_ctime_ns != before.st_ctime_ns  # what the kernel moved for us
+        second = await http.get("/download/f.bin")
+        assert second.content == new
+        assert second.headers["repr-digest"] == sf_digest(new)
+        assert second.headers["etag"] != first.headers["etag"]
+        out = tmp_path / "out.bin"
+        result = await download(http, f"{url}/download/f.bin", out,
+                                manifest_url=f"{url}/api/digest/f.bin")  # fmt: skip
+    assert out.read_bytes() == new
+    assert result.sha256 == hashlib.sha256(new).hexdigest()

@@ -361,3 +361,38 @@ async def test_owners_index_md_is_never_rewritten(tmp_path: Path, nursery: trio.
     async with httpx.AsyncClient(base_url=address.url) as client:
         assert (await client.get("/content/index.md")).text == "mine\n"
     assert (tmp_path / "index.md").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:8080", True),
+        ("192.0.2.7", True),
+        ("[::1]:3912", True),
+        ("[::1]", True),
+        ("localhost:1", True),
+        ("LOCALHOST.", True),
+        ("share.example:80", True),  # a name it serves
+        ("evil.example", False),
+        ("evil.example:8080", False),
+        ("127.0.0.1.evil.example", False),
+        ("localhost.evil.example", False),
+        ("[::1]x", False),
+        ("::1", False),  # unbracketed: no Host
+        ("a:b", False),
+        (None, True),  # HTTP/1.0, no browser
+    ],
+)
+def test_host_header_rule(host: str | None, allowed: bool) -> None:
+    from flashback.protocol.hosts import host_header_allowed
+
+    assert host_header_allowed(host, frozenset({"share.example"})) is allowed
+
+
+async def test_a_rebound_name_is_refused(client: httpx.AsyncClient) -> None:
+    """DNS rebinding: a page on evil.example re-pointed at our address sends its own name."""
+    for route in ("/api/files", "/api/info", "/content/hello.txt"):
+        refused = await client.get(route, headers={"host": "evil.example:8080"})
+        assert_json_error(refused, 421, "misdirected_request")
+    assert (await client.get("/api/files", headers={"host": "localhost"})).status_code == 200
+    assert (await client.get("/content/hello.txt")).text == "hello, world\n"  # 127.0.0.1:PORT

@@ -107,7 +107,7 @@ async def test_a_file_that_shrinks_mid_body_ends_that_connection_only(
     address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
 
     stream = await trio.open_tcp_stream("127.0.0.1", address.port)
-    await stream.send_all(b"GET /download/shrinks.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    await stream.send_all(b"GET /download/shrinks.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
     received = bytearray(await stream.receive_some(65536))
     with open(victim, "r+b") as file:  # noqa: ASYNC230 -- a truncate, not a read
         file.truncate(1 * MiB)

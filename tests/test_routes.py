@@ -100,3 +100,29 @@ async def test_router_goes_direct_when_it_can_and_relays_otherwise(nursery, http
     await router.reach("p-bob", "127.0.0.1", imposter_port)
     assert len(opened) == 4
     assert router.last_route("p-alice") == "direct" and router.last_route("p-carol") is None
+
+
+async def test_a_stream_notice_names_only_a_port_never_a_host(nursery, http, tmp_path):
+    """An owner's ``file-stream-ready`` saying 127.0.0.2:PORT (any local service) is
+    fetched on the host alice's server proved to be on; only the port is taken."""
+    import io
+
+    from flashback.config import DaemonConfig
+    from flashback.daemon.connect import connect_peer, parse_connect_body
+    from flashback.daemon.context import DaemonContext
+    from flashback.daemon.hub import EventHub
+    from flashback.peer.app import LocalInfo
+    from flashback.protocol.messages import PeerInfo
+
+    alice_port = await serve_info(nursery, info("p-alice"))
+    config = DaemonConfig(root=tmp_path, tracker_url=None, name="bob")
+    ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=LocalInfo(name="bob"))
+
+    async def no_tunnel(peer_id: str, target: OpenTarget) -> int:
+        raise AssertionError("alice is reachable directly")
+
+    ctx.router = Router(http, no_tunnel)
+    ctx.table.peers["p-alice"] = PeerInfo("p-alice", "alice", "127.0.0.1", alice_port)
+    request = parse_connect_body({"peer": "alice", "stream_host": "127.0.0.2", "stream_port": 6379})
+    answer = await connect_peer(ctx, request)
+    assert answer == {"peer_id": "p-alice", "url": "http://127.0.0.1:6379", "route": "direct"}

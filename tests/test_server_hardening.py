@@ -26,7 +26,7 @@ BIG_BYTES: Final = 1 << 30  # sparse: costs no disk
 MiB: Final = 1 << 20
 
 WS_UPGRADE_PLUS_ONE_BYTE: Final = (
-    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nX"
 )
 
@@ -128,7 +128,9 @@ async def test_a_body_that_never_comes_is_closed_after_the_body_timeout(tmp_path
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         _serve, port = await start_serve(stack, nursery, share_with_big_file(tmp_path), env)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(b"POST /api/info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        await stream.send_all(
+            b"POST /api/info HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n"
+        )
         async with stream:
             await read_until_eof(stream)  # held forever without the timeout
         assert (await probe(port)).status_code == 200
@@ -141,10 +143,11 @@ async def test_keep_alive_connections_are_closed_when_idle_after_each_kind_of_an
     """An idle keep-alive connection holds a slot of the connection cap: it must go."""
     env = {"FLASHBACK_HTTP_IDLE_TIMEOUT_S": "1"}
     requests = [
-        b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /download/small.txt HTTP/1.1\r\nHost: x\r\n\r\n",  # a zero-copy body
-        b"HEAD /download/small.txt HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /api/files HTTP/1.1\r\nHost: x\r\n\r\nGET /api/info HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/info HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /download/small.txt HTTP/1.1\r\nHost: localhost\r\n\r\n",  # a zero-copy body
+        b"HEAD /download/small.txt HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /api/files HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /api/info HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ]
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         serve, port = await start_serve(stack, nursery, share_with_big_file(tmp_path), env)
@@ -197,7 +200,7 @@ async def test_clients_that_never_read_are_dropped_and_pin_little(tmp_path: Path
         streams = []
         for _ in range(clients):
             stream = await trio.open_tcp_stream("127.0.0.1", port)
-            await stream.send_all(b"GET /download/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stream.send_all(b"GET /download/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
             streams.append(stream)
         await trio.sleep(0.5)  # let every response fill its socket buffers
         peak = rss_bytes(serve) - before

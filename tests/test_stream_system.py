@@ -63,7 +63,9 @@ async def test_stream_between_two_daemons(tmp_path: Path, nursery: trio.Nursery)
                 json.dumps(
                     {
                         "key": resume_key(notice["peer_id"], "v/film.bin"),
-                        "etag": make_etag(info.st_ino, info.st_size, info.st_mtime_ns),
+                        "etag": make_etag(
+                            info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+                        ),
                     }
                 )
             )

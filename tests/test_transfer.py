@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from functools import partial
@@ -179,3 +180,101 @@ async def test_a_peer_that_drips_a_byte_per_read_timeout_is_given_up(
             await download(http, f"http://127.0.0.1:{port}/download/drip.bin", out)
     assert not out.exists()
     assert part_paths(out)[0].stat().st_size < 10  # kept, to resume from
+
+
+async def serve_scripted(nursery: trio.Nursery, answer: Any) -> int:
+    """A raw HTTP/1.1 server: ``answer(request_head, stream)`` writes each response
+    however slowly it likes; one request per connection."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            head += data
+        with contextlib.suppress(trio.BrokenResourceError):  # the client gave up: as wanted
+            await answer(head, stream)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+@pytest.mark.filterwarnings(
+    r"ignore:Async generator 'http(x|core)\._.*' was garbage collected:ResourceWarning"
+)
+async def test_a_peer_that_drips_its_response_head_is_given_up(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A byte of the status line every 25 s: each read is inside httpx's 30 s timeout,
+    the whole head never is."""
+
+    async def drip_head(_request: bytes, stream: trio.SocketStream) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n" * 1000:
+            await stream.send_all(bytes([byte]))
+            await trio.sleep(25)
+
+    port = await serve_scripted(nursery, drip_head)
+    out = tmp_path / "head.bin"
+    async with httpx.AsyncClient(timeout=30) as http:
+        with trio.fail_after(3600), pytest.raises(TransferFailed, match="response head"):
+            await download(http, f"http://127.0.0.1:{port}/download/f", out)
+    assert trio.current_time() < 600  # given up at the head deadline, not by fail_after
+    assert not out.exists()
+
+
+@pytest.mark.filterwarnings(
+    r"ignore:Async generator 'http(x|core)\._.*' was garbage collected:ResourceWarning"
+)
+async def test_a_peer_that_drips_a_repair_range_is_given_up(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The body comes whole but with one bad byte; the range that would repair it
+    comes a byte per 25 s: the floor ends it as it ends the main body."""
+    # the part is hashed in a worker thread: with a zero threshold the clock would
+    # jump to the test's own deadline while it runs
+    autojump_clock.autojump_threshold = 0.05
+    import base64
+
+    block = 4096
+    data = bytes(range(256)) * 32  # two blocks
+    bad = bytearray(data)
+    bad[5000] ^= 0xFF
+    digest = "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+    manifest = json.dumps(
+        {
+            "path": "f",
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "block_size": block,
+            "blocks": [hashlib.sha256(data[i : i + block]).hexdigest() for i in (0, block)],
+        }
+    ).encode()
+
+    def head(status: str, length: int, *extra: str) -> bytes:
+        lines = [f"HTTP/1.1 {status}", f"Content-Length: {length}", 'ETag: "v1"',
+                 f"Repr-Digest: {digest}", "Connection: close", *extra]  # fmt: skip
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    async def answer(request: bytes, stream: trio.SocketStream) -> None:
+        target = request.split(b" ", 2)[1]
+        if target.startswith(b"/api/digest/"):
+            await stream.send_all(head("200 OK", len(manifest)) + manifest)
+        elif b"\r\nrange:" in request.lower():
+            await stream.send_all(
+                head("206 Partial Content", block, f"Content-Range: bytes {block}-8191/8192")
+            )
+            for _ in range(block):
+                await stream.send_all(b"x")
+                await trio.sleep(25)
+        else:
+            await stream.send_all(head("200 OK", len(data)) + bytes(bad))
+
+    port = await serve_scripted(nursery, answer)
+    base = f"http://127.0.0.1:{port}"
+    out = tmp_path / "f.bin"
+    async with httpx.AsyncClient(timeout=30) as http:
+        with trio.fail_after(3600), pytest.raises(TransferFailed, match="to repair at under"):
+            await download(http, f"{base}/download/f", out, manifest_url=f"{base}/api/digest/f")
+    assert not out.exists()

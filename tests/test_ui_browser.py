@@ -288,3 +288,90 @@ async def test_web_ui_in_a_real_browser(tmp_path: Path, nursery: trio.Nursery) -
             carol_nursery.cancel_scope.cancel()
     for name in ("peers", "browse", "markdown", "video"):
         assert (shots / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+HOSTILE_SCRIPT = (
+    b"<script>fetch('/api/peers').then(r => r.text())"
+    b".then(t => { document.title = 'pwned ' + t.length })</script>"
+    b"<script>document.title = 'pwned'</script><p>peer's page</p>"
+)
+
+
+async def test_a_peers_content_type_list_runs_no_script_on_the_ui_origin(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A peer that answers ``image/png, text/html`` (Chromium reads the last type) or
+    plain ``text/html`` for any name: opened through the UI, its script never runs."""
+    from flashback.protocol.messages import PeerInfo
+    from tests.test_ui_http import hostile_http, serve_hostile_peer, ui_context
+
+    hostile = hostile_http(
+        {"Content-Type": "image/png, text/html", "Set-Cookie": "flashback_ui=stolen"},
+        HOSTILE_SCRIPT,
+    )
+    port = await nursery.start(
+        serve_hostile_peer,
+        {
+            "/api/info": hostile_http(
+                {"Content-Type": "application/json"}, b'{"peer_id": "evil", "name": "mallory"}'
+            ),
+            "/content/page.html": hostile_http({"Content-Type": "text/html"}, HOSTILE_SCRIPT),
+            "/content/": hostile,
+        },
+    )
+    root = tmp_path / "share"
+    root.mkdir()
+    async with httpx.AsyncClient() as probe:
+        ctx, ui_url = await ui_context(nursery, root, probe)
+        ctx.table.peers["evil"] = PeerInfo("evil", "mallory", "127.0.0.1", port)
+        with trio.fail_after(120):
+            titles = await trio.to_thread.run_sync(partial(hostile_titles, tmp_path, ui_url))
+    assert titles and not any(title.startswith("pwned") for title in titles), titles
+
+
+def hostile_titles(tmp_path: Path, ui_url: str) -> list[str]:
+    """The title of each of the hostile peer's files, opened through the UI."""
+    base = ui_url.split("/?", 1)[0]
+    titles = []
+    with chromium(tmp_path / "profile") as driver:
+        driver.get(ui_url)  # the cookie
+        assert "token" not in driver.current_url
+        for name in ("pic.png", "clip.webm", "notes.txt", "page.html", "x.html"):
+            driver.get(f"{base}/p/evil/content/{name}")
+            # both scripts would have run by the time the load ends (fetch aside:
+            # the synchronous one sets the title at once)
+            titles.append(driver.title)
+            driver.get(f"{base}/api/peers")  # leave, so a download cannot linger
+    return titles
+
+
+async def test_a_rebound_name_loads_no_listing_in_chromium(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """DNS rebinding: a page on rebind.test whose name now resolves to 127.0.0.1 asks
+    the peer server for its listing; the server refuses the name it does not serve."""
+    from flashback.peer.app import LocalInfo, ShareSettings
+    from flashback.peer.serve import serve_peer
+
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "secret-plans.txt").write_text("x\n")
+    address = await nursery.start(
+        partial(serve_peer, ShareSettings(root, info=LocalInfo(name="alice")), "127.0.0.1", 0)
+    )
+
+    def load(url: str) -> str:
+        from selenium.webdriver.common.by import By
+
+        rules = "--host-resolver-rules=MAP rebind.test 127.0.0.1"
+        with chromium(tmp_path / "profile", rules) as driver:
+            driver.get(url)
+            return str(driver.find_element(By.TAG_NAME, "body").text)
+
+    with trio.fail_after(60):
+        rebound = await trio.to_thread.run_sync(
+            load, f"http://rebind.test:{address.port}/api/files"
+        )
+        direct = await trio.to_thread.run_sync(load, f"http://127.0.0.1:{address.port}/api/files")
+    assert "secret-plans" not in rebound and "misdirected_request" in rebound
+    assert "secret-plans" in direct  # the same browser, by IP: served

@@ -18,15 +18,20 @@ import h11
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from flashback.config import DaemonConfig
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.hub import EventHub
+from flashback.daemon.routes import Router
+from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
+from flashback.protocol.messages import PeerInfo
+from flashback.protocol.tunnel import OpenTarget
 from flashback.ui.app import MAX_EVENT_STREAMS
 from flashback.ui.auth import COOKIE_NAME, check_access
-from flashback.ui.kinds import view_kind
+from flashback.ui.kinds import MEDIA_CSP, SANDBOX_CSP, Served, served_as, view_kind
 from flashback.ui.serve import serve_ui
 from tests.procs import daemon_env, event_is, run_cli, start
 
@@ -41,15 +46,45 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture
-async def ui(nursery: trio.Nursery, share: Path) -> AsyncIterator[tuple[str, DaemonContext]]:
-    (share / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(1000))
+#: the local forwards a test's router opens: (peer id, target kind) -> port
+Forwards = dict[tuple[str, str], int]
+
+
+async def ui_context(
+    nursery: trio.Nursery, share: Path, probe: httpx.AsyncClient, forwards: Forwards | None = None
+) -> tuple[DaemonContext, str]:
+    """A daemon's context with its peer server and UI on loopback and a real
+    :class:`Router` (no tracker: a relay route goes to the port *forwards* names,
+    else fails as a tunnel does): the context and the UI's tokened URL."""
     config = DaemonConfig(root=share, tracker_url=None, name="me")
     ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=LocalInfo(name="me"))
     settings = ShareSettings(share, False, ctx.local)
     ctx.address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
+
+    async def open_forward(peer_id: str, target: OpenTarget) -> int:
+        port = (forwards or {}).get((peer_id, target.kind))
+        if port is None:
+            raise TunnelFailed("refused", "no tunnel in this test")
+        return port
+
+    ctx.router = Router(probe, open_forward)
     url = await nursery.start(partial(serve_ui, ctx, 0, token=TOKEN))
-    yield url.split("/?", 1)[0], ctx
+    return ctx, url
+
+
+@pytest.fixture
+async def forwards() -> Forwards:
+    return {}
+
+
+@pytest.fixture
+async def ui(
+    nursery: trio.Nursery, share: Path, forwards: Forwards
+) -> AsyncIterator[tuple[str, DaemonContext]]:
+    (share / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(1000))
+    async with httpx.AsyncClient() as probe:
+        ctx, url = await ui_context(nursery, share, probe, forwards)
+        yield url.split("/?", 1)[0], ctx
 
 
 @pytest.fixture
@@ -140,6 +175,26 @@ def test_view_kind(name: str, kind: str) -> None:
     assert view_kind(name) == kind
 
 
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [
+        ("p.png", Served("image/png", MEDIA_CSP, attachment=False)),
+        ("v.webm", Served("video/webm", MEDIA_CSP, attachment=False)),
+        ("s.ogg", Served("audio/ogg", MEDIA_CSP, attachment=False)),
+        ("t.txt", Served("text/plain; charset=utf-8", SANDBOX_CSP, attachment=False)),
+        ("r.md", Served("text/plain; charset=utf-8", SANDBOX_CSP, attachment=False)),
+        ("i.svg", Served("application/octet-stream", SANDBOX_CSP, attachment=True)),
+        ("p.html", Served("application/octet-stream", SANDBOX_CSP, attachment=True)),
+        ("x.xhtml", Served("application/octet-stream", SANDBOX_CSP, attachment=True)),
+        ("noext", Served("application/octet-stream", SANDBOX_CSP, attachment=True)),
+    ],
+)
+def test_the_ui_serves_a_file_by_its_name_never_by_the_peers_type(
+    name: str, served: Served
+) -> None:
+    assert served_as(name) == served
+
+
 async def test_content_proxy_passes_ranges_and_sets_its_own_sandbox(
     authed: httpx.AsyncClient,
 ) -> None:
@@ -148,11 +203,15 @@ async def test_content_proxy_passes_ranges_and_sets_its_own_sandbox(
     assert part.headers["content-range"].startswith("bytes 10-19/")
     assert len(part.content) == 10
     html = await authed.get("/p/self/content/page.html")
-    assert html.headers["content-security-policy"] == "sandbox"
+    assert html.headers["content-security-policy"] == SANDBOX_CSP
+    assert html.headers["content-type"] == "application/octet-stream"
+    assert html.headers["content-disposition"].startswith("attachment;")
     assert html.headers["x-content-type-options"] == "nosniff"
     video = await authed.get("/p/self/content/clip.webm")
     assert video.headers["content-type"] == "video/webm"
-    assert "content-security-policy" not in video.headers
+    assert video.headers["content-security-policy"] == MEDIA_CSP
+    several = await authed.get("/p/self/content/big.bin", headers={"range": "bytes=0-1,5-9"})
+    assert several.status_code == 200  # whole: a multipart type would be the peer's
     download = await authed.get("/p/self/download/hello.txt")
     assert download.content == b"hello, world\n"
     assert download.headers["content-disposition"].startswith("attachment;")
@@ -418,7 +477,7 @@ async def serve_hostile_peer(
     await trio.serve_listeners(handle, listeners)
 
 
-def _http(headers: dict[str, str], body: bytes) -> bytes:
+def hostile_http(headers: dict[str, str], body: bytes) -> bytes:
     lines = [f"{k}: {v}" for k, v in {**headers, "Content-Length": str(len(body))}.items()]
     return ("HTTP/1.1 200 OK\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -426,17 +485,16 @@ def _http(headers: dict[str, str], body: bytes) -> bytes:
 async def test_a_hostile_peer_cannot_reach_the_ui_origin(
     nursery: trio.Nursery, ui: tuple[str, DaemonContext], authed: httpx.AsyncClient
 ) -> None:
-    from flashback.protocol.messages import PeerInfo as Peer
-
     _, ctx = ui
     port = await nursery.start(
         serve_hostile_peer,
         {
-            "/api/files/big": _http({"Content-Type": "application/json"}, b" " * (5 << 20)),
-            "/api/files": _http(
+            "/api/info": hostile_http({"Content-Type": "application/json"}, b'{"peer_id": "evil"}'),
+            "/api/files/big": hostile_http({"Content-Type": "application/json"}, b" " * (5 << 20)),
+            "/api/files": hostile_http(
                 {"Content-Type": "application/json"}, json.dumps(HOSTILE_LISTING).encode()
             ),
-            "/content/": _http(
+            "/content/": hostile_http(
                 {
                     "Content-Type": "text/html",
                     "Content-Security-Policy": "script-src *",
@@ -446,7 +504,7 @@ async def test_a_hostile_peer_cannot_reach_the_ui_origin(
             ),
         },
     )
-    ctx.table.peers["evil"] = Peer("evil", "mallory", "127.0.0.1", port)
+    ctx.table.peers["evil"] = PeerInfo("evil", "mallory", "127.0.0.1", port)
     page = await authed.get("/p/evil/browse/")
     assert page.status_code == 200
     assert "ok.txt" in page.text
@@ -454,8 +512,149 @@ async def test_a_hostile_peer_cannot_reach_the_ui_origin(
     for refused in ("../../etc", ".hidden", "a/b", "\x1b", "<img src=x"):
         assert refused not in page.text
     content = await authed.get("/p/evil/content/page")
-    assert content.headers["content-security-policy"] == "sandbox"
+    assert content.headers["content-security-policy"] == SANDBOX_CSP
+    assert content.headers["content-type"] == "application/octet-stream"
     assert "set-cookie" not in content.headers
     too_big = await authed.get("/p/evil/browse/big")
     assert too_big.status_code == 502
     assert too_big.json()["error"]["code"] == "peer_unreachable"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed: connecting is refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_the_ui_reaches_a_peer_only_as_itself_and_through_a_tunnel_when_needed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    ui: tuple[str, DaemonContext],
+    authed: httpx.AsyncClient,
+    forwards: Forwards,
+) -> None:
+    """The same routes as ``ls``: an address that answers for somebody else (alice's
+    server, a local service) is not the peer; a peer only a tunnel reaches is shown."""
+    _, ctx = ui
+    alice_root = tmp_path / "alice"
+    alice_root.mkdir()
+    (alice_root / "alice-only.txt").write_text("alice's\n")
+    alice_info = LocalInfo(name="alice", peer_id="p-alice")
+    alice = await nursery.start(
+        partial(serve_peer, ShareSettings(alice_root, False, alice_info), "127.0.0.1", 0)
+    )
+    service = await nursery.start(
+        serve_hostile_peer,
+        {
+            "/api/files": hostile_http(
+                {"Content-Type": "application/json"},
+                json.dumps(
+                    {"entries": [{"name": "service-secret", "type": "file", "size": 1}]}
+                ).encode(),
+            ),
+        },
+    )
+    ctx.table.peers["p-evil"] = PeerInfo("p-evil", "mallory", "127.0.0.1", alice.port)
+    ctx.table.peers["p-svc"] = PeerInfo("p-svc", "service", "127.0.0.1", service)
+    # alice is registered where nothing answers: only her tunnel reaches her
+    ctx.table.peers["p-alice"] = PeerInfo("p-alice", "alice", "127.0.0.1", closed_port())
+    forwards[("p-alice", "peer-server")] = alice.port
+
+    for impostor in ("p-evil", "p-svc"):
+        page = await authed.get(f"/p/{impostor}/browse/")
+        assert page.status_code == 502, (impostor, page.text)
+        assert page.json()["error"]["code"] == "unreachable"
+        assert "alice-only" not in page.text and "service-secret" not in page.text
+        content = await authed.get(f"/p/{impostor}/content/alice-only.txt")
+        assert content.status_code == 502
+    relayed = await authed.get("/p/p-alice/browse/")
+    assert relayed.status_code == 200, relayed.text
+    assert "alice-only.txt" in relayed.text and "route relay" in relayed.text
+    text = await authed.get("/p/p-alice/content/alice-only.txt")
+    assert text.content == b"alice's\n"
+
+
+async def test_a_huge_markdown_is_shown_as_text_not_rendered(
+    authed: httpx.AsyncClient, share: Path
+) -> None:
+    """512 KiB of ``![``: seconds of CPU per view when rendered; over the cap it is text."""
+    (share / "bomb.md").write_text("![" * (256 * 1024))
+    (share / "fine.md").write_text("# Fine\n\n" + "a line\n" * 1000)
+    bomb = await authed.get("/p/self/view/bomb.md")
+    assert bomb.status_code == 200
+    assert 'id="rendered"' not in bomb.text and 'id="not-rendered"' in bomb.text
+    assert '<pre id="text">![![' in bomb.text
+    fine = await authed.get("/p/self/view/fine.md")
+    assert "<h1>Fine</h1>" in fine.text and 'id="not-rendered"' not in fine.text
+
+
+async def test_markdown_renders_are_cached_by_etag_and_bounded_in_number() -> None:
+    from flashback.ui.rendering import MarkdownRenderer
+
+    running = peak = 0
+    release, entered = trio.Event(), trio.Semaphore(0)
+
+    def slow_render(text: str, parts: tuple[str, ...], url_for: Any) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        trio.from_thread.run_sync(entered.release)
+        trio.from_thread.run(release.wait)
+        running -= 1
+        return f"<p>{text}</p>"
+
+    renderer = MarkdownRenderer(render=slow_render, max_renders=2)
+
+    def url_for(action: str, parts: tuple[str, ...]) -> str:
+        return "/"
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(renderer.render, "peer", (f"f{i}.md",), '"v1"', "x", url_for)
+        await entered.acquire()
+        await entered.acquire()
+        await trio.testing.wait_all_tasks_blocked()
+        assert renderer.waiting == 4 and peak == 2  # four wait for a slot
+        release.set()
+    assert renderer.renders == 6 and peak == 2
+    again = await renderer.render("peer", ("f0.md",), '"v1"', "x", url_for)
+    assert again == "<p>x</p>" and renderer.renders == 6  # from the cache
+    await renderer.render("peer", ("f0.md",), '"v2"', "y", url_for)  # changed: rendered
+    await renderer.render("peer", ("f0.md",), None, "y", url_for)  # no validator: rendered
+    await renderer.render("other", ("f0.md",), '"v1"', "x", url_for)  # another peer's
+    assert renderer.renders == 9
+
+
+async def test_a_peer_that_drips_a_listing_or_a_text_ends_that_view(
+    nursery: trio.Nursery,
+    ui: tuple[str, DaemonContext],
+    authed: httpx.AsyncClient,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A byte every 25 s (inside every read timeout): the view gives up at its deadline."""
+    from tests.test_transfer import serve_scripted
+
+    autojump_clock.autojump_threshold = 0.05  # real sockets in flight (trio's advice)
+    _, ctx = ui
+
+    async def answer(request: bytes, stream: trio.SocketStream) -> None:
+        if request.startswith(b"GET /api/info"):
+            body = b'{"peer_id": "slow"}'
+            await stream.send_all(hostile_http({"Content-Type": "application/json"}, body))
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(100_000):
+            await stream.send_all(b" ")
+            await trio.sleep(25)
+
+    port = await serve_scripted(nursery, answer)
+    ctx.table.peers["slow"] = PeerInfo("slow", "slowpoke", "127.0.0.1", port)
+    for route in ("/p/slow/browse/", "/p/slow/view/notes.txt"):
+        started = trio.current_time()
+        with trio.fail_after(3600):
+            response = await authed.get(route, timeout=None)
+        assert response.status_code == 502, route
+        assert "took over 60 s" in response.json()["error"]["message"]
+        assert trio.current_time() - started < 120

@@ -614,18 +614,12 @@ async def _owner_server(env: Mapping[str, str], key: str) -> httpx.URL | None:
 async def _stream_origin(
     env: Mapping[str, str], owner: str | None, ready: Mapping[str, Any]
 ) -> httpx.URL:
-    """Where to fetch from a stream port: direct, or through a tunnel's ``OPEN stream``."""
-    if owner is not None:
-        try:
-            answer = await _post_connect(
-                env,
-                {"peer": owner, "stream_host": ready["host"], "stream_port": ready["port"]},
-            )
-            return httpx.URL(answer["url"])
-        except FlashbackError as exc:
-            if exc.code not in ("unknown_peer", "no_tracker"):
-                raise
-    return http_url(ready["host"], ready["port"])
+    """Where to fetch from a stream port: on the owner's proven host or through a
+    tunnel's ``OPEN stream`` (the daemon decides; only the notice's port is used)."""
+    if owner is None:  # our own daemon's notice (no identity yet): its own host
+        return http_url(ready["host"], ready["port"])
+    answer = await _post_connect(env, {"peer": owner, "stream_port": ready["port"]})
+    return httpx.URL(answer["url"])
 
 
 #: the daemon waits up to 15 s for the owner; leave room for that

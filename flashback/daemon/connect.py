@@ -3,8 +3,10 @@
 Local commands (``ls``, ``get``, ``stream``, ``connect``) do not dial a peer's
 registered address themselves: they ask the daemon, which probes the direct
 route and otherwise opens a local forward through a tunnel. The answer is
-``{"peer_id", "url", "route"}``; for ``connect`` the control request stays
-open and the forward is held until the command goes away.
+``{"peer_id", "url", "route"}``; with ``stream_port`` the URL is that port on
+the host the peer's server was reached on (or a tunnel's ``OPEN stream``). For
+``connect`` the control request stays open and the forward is held until the
+command goes away.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from typing import Any
 
 import trio
 
-from flashback.daemon.context import DaemonContext
+from flashback.daemon.context import DaemonContext, reach_error
 from flashback.daemon.directory import PeerDirectory, reach_known
 from flashback.daemon.routes import origin
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
 from flashback.protocol.directory import KnownPeer
-from flashback.protocol.hosts import MAX_HOST_CHARS
 from flashback.protocol.messages import PeerInfo
 from flashback.protocol.tunnel import OpenTarget
 
@@ -33,35 +34,9 @@ class AmbiguousPeer(FlashbackError):
     default_code = "ambiguous_peer"
 
 
-class KeyChanged(FlashbackError):
-    status = 403
-    default_code = "fingerprint_mismatch"
-
-
-class NotShared(FlashbackError):
-    """The owner refused our certificate (§11): one line naming it, and our fingerprint."""
-
-    status = 403
-    default_code = "forbidden"
-
-
-def not_shared_line(name: str, peer_id: str, own_fingerprint: str | None) -> str:
-    return (
-        f"peer {name} ({peer_id}) does not share with this peer; this peer's fingerprint "
-        f"is {own_fingerprint or '(none)'} -- send it to {name}'s owner (not through the "
-        f"tracker) to be allowed"
-    )
-
-
-class PeerUnreachable(FlashbackError):
-    status = 502
-    default_code = "unreachable"
-
-
 @dataclass(frozen=True)
 class ConnectRequest:
     peer: str
-    stream_host: str | None = None
     stream_port: int | None = None
     hold: bool = False
 
@@ -73,16 +48,12 @@ def parse_connect_body(body: object) -> ConnectRequest:
     if not isinstance(peer, str) or not 1 <= len(peer) <= 128:
         raise BadRequest('"peer" must be a peer id or name')
     port = body.get("stream_port")
-    host = body.get("stream_host")
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
     ):
         raise BadRequest('"stream_port" must be a port number')
-    if host is not None and (not isinstance(host, str) or not 1 <= len(host) <= MAX_HOST_CHARS):
-        raise BadRequest('"stream_host" must be a host')
-    if (port is None) != (host is None):
-        raise BadRequest('"stream_host" and "stream_port" go together')
-    return ConnectRequest(peer, host, port, bool(body.get("hold")))
+    # a "stream_host" (the notice's, as older clients send it) is ignored: see connect_peer
+    return ConnectRequest(peer, port, bool(body.get("hold")))
 
 
 def resolve_peer_key(ctx: DaemonContext, key: str) -> PeerInfo | None:
@@ -144,25 +115,22 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
         port = request.stream_port or address.port
         own = ctx.identity.peer_id if ctx.identity else None
         return {"peer_id": own, "url": _text(origin(host, port)), "route": "direct"}
+    if request.stream_port is None:
+        reached = await ctx.reach(peer)
+        return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}
     if ctx.router is None:
         raise BackendUnavailable("no tracker connection", code="no_tracker")
     try:
-        if request.stream_port is not None and request.stream_host is not None:
-            reached = await ctx.router.reach_stream(
-                peer.peer_id, peer.host, peer.port, request.stream_host, request.stream_port
-            )
-        else:
-            reached = await ctx.router.reach(peer.peer_id, peer.host, peer.port)
-        if reached.route == "relay" and ctx.tunnels is not None and peer.fingerprint:
-            # Refuse a changed key here with its own message; the TLS check in
-            # every tunnel is still what proves the owner.
-            ctx.tunnels.check_pin(peer.peer_id, peer.fingerprint)
+        if ctx.tunnels is not None and peer.fingerprint:
+            ctx.tunnels.check_pin(peer.peer_id, peer.fingerprint)  # as in DaemonContext.reach
+        # A stream port is on the host the peer's server proved to be on: only the
+        # port comes from the owner's notice. Its host would let a stranger's notice
+        # point `flashback stream` at any service this machine can reach.
+        reached = await ctx.router.reach_stream(
+            peer.peer_id, peer.host, peer.port, peer.host, request.stream_port
+        )
     except TunnelFailed as exc:
-        if exc.code == "fingerprint_mismatch":
-            raise KeyChanged(str(exc)) from exc
-        if exc.code == "forbidden":
-            raise NotShared(not_shared_line(peer.name, peer.peer_id, ctx.fingerprint)) from exc
-        raise PeerUnreachable(f"cannot reach peer {request.peer!r}: {exc}") from exc
+        raise reach_error(exc, peer.name, peer.peer_id, ctx.fingerprint) from exc
     if ctx.book is not None:  # reached: the book remembers it for a day without the tracker
         ctx.book.record_peer(peer)
     return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import trio
 
 from flashback.config import DaemonConfig
@@ -14,17 +15,51 @@ from flashback.daemon.book import PeerBook
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
 from flashback.daemon.keys import KeyPair
-from flashback.daemon.routes import Router
+from flashback.daemon.routes import Reached, Router
+from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
+from flashback.errors import BackendUnavailable, FlashbackError
 from flashback.peer.app import LocalInfo
 from flashback.protocol.lan import LanTable
-from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
+from flashback.protocol.messages import (
+    FileStreamReady,
+    Message,
+    PeerInfo,
+    StreamError,
+    StreamRequest,
+)
 from flashback.protocol.peer_table import PeerTable
 from flashback.web import BoundAddress
 
 log = logging.getLogger(__name__)
 
 OUTGOING_BUFFER = 64
+
+
+class KeyChanged(FlashbackError):
+    status = 403
+    default_code = "fingerprint_mismatch"
+
+
+class NotShared(FlashbackError):
+    """The owner refused our certificate (§11): one line naming it, and our fingerprint."""
+
+    status = 403
+    default_code = "forbidden"
+
+
+class PeerUnreachable(FlashbackError):
+    status = 502
+    default_code = "unreachable"
+
+
+def not_shared_line(name: str, peer_id: str | None, own_fingerprint: str | None) -> str:
+    who = f"{name} ({peer_id})" if peer_id else name
+    return (
+        f"peer {who} does not share with this peer; this peer's fingerprint "
+        f"is {own_fingerprint or '(none)'} -- send it to {name}'s owner (not through the "
+        f"tracker) to be allowed"
+    )
 
 
 @dataclass
@@ -96,6 +131,27 @@ class DaemonContext:
             return False
         return True
 
+    async def reach(self, peer: PeerInfo) -> Reached:
+        """The URL of *peer*'s server by the routes of §6.3: direct only if the
+        registered address proves to be that peer (``/api/info``), else a tunnel
+        whose TLS proves the owner. ``ls``, ``get`` and the UI all come here."""
+        if self.router is None:
+            raise BackendUnavailable("no tracker connection", code="no_tracker")
+        try:
+            if self.tunnels is not None and peer.fingerprint:
+                # Trust on first use by id and by name, whatever the route: the
+                # fingerprint the tracker lists must be the one pinned (a tunnel's
+                # TLS then proves the owner holds it); refused before any dialling.
+                self.tunnels.check_pin(peer.peer_id, peer.fingerprint)
+            reached = await self.router.reach(peer.peer_id, peer.host, peer.port)
+        except TunnelFailed as exc:
+            raise reach_error(exc, peer.name, peer.peer_id, self.fingerprint) from exc
+        except httpx.InvalidURL:  # the tracker relayed a host no URL can carry
+            raise PeerUnreachable(f"peer {peer.name!r} announced an unusable address") from None
+        if self.book is not None:  # reached: the book remembers it for a day without the tracker
+            self.book.record_peer(peer)
+        return reached
+
     def registration_lost(self) -> None:
         """The link heard the tracker does not know us: register again now."""
         self.reregister.set()
@@ -136,3 +192,14 @@ class DaemonContext:
             "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
             "access": self.access.status() if self.access is not None else None,
         }
+
+
+def reach_error(
+    exc: TunnelFailed, name: str, peer_id: str | None, own_fingerprint: str | None
+) -> FlashbackError:
+    """A tunnel's failure as the error a command or the UI shows."""
+    if exc.code == "fingerprint_mismatch":
+        return KeyChanged(str(exc))
+    if exc.code == "forbidden":
+        return NotShared(not_shared_line(name, peer_id, own_fingerprint))
+    return PeerUnreachable(f"cannot reach peer {name!r}: {exc}")

@@ -1,5 +1,12 @@
 """Trust on first use: the fingerprint each peer id was first seen with (CONTRACT §6.1).
 
+Users type names, not peer ids, so a name is pinned too, the way ssh pins
+the host name typed: the name a pin was made under belongs to that
+fingerprint. A *new* peer id presenting the pinned name with another
+fingerprint (an impostor registered as "alice" while alice is offline) is
+refused, naming both fingerprints, until ``flashback forget NAME``. The same
+fingerprint under a new id (the peer registered afresh) is the same peer.
+
 One ``pins.json`` per data directory, shared by the user's daemons (like
 ``~/.ssh/known_hosts``). Every change is a read-modify-write under an
 exclusive ``flock`` on ``pins.lock`` and an atomic replace, so two daemons
@@ -40,12 +47,22 @@ class FingerprintMismatch(Forbidden):
 
     default_code = "fingerprint_mismatch"
 
-    def __init__(self, peer_id: str, pinned: str, presented: str) -> None:
-        super().__init__(
-            f"peer {peer_id} presents fingerprint {presented} but is pinned to {pinned}; "
-            f"if you trust the new one (checked out of band), run: flashback forget {peer_id}"
-        )
+    def __init__(
+        self, peer_id: str, pinned: str, presented: str, *, name: str | None = None
+    ) -> None:
+        if name is None:
+            super().__init__(
+                f"peer {peer_id} presents fingerprint {presented} but is pinned to {pinned}; "
+                f"if you trust the new one (checked out of band), run: flashback forget {peer_id}"
+            )
+        else:
+            super().__init__(
+                f"peer {name!r} ({peer_id}) presents fingerprint {presented} but the name "
+                f"{name!r} is pinned to {pinned}; if you trust the new one (checked out of "
+                f"band), run: flashback forget {name}"
+            )
         self.peer_id, self.pinned, self.presented = peer_id, pinned, presented
+        self.name = name
 
 
 class PinStoreError(FlashbackError):
@@ -124,6 +141,13 @@ class PinStore:
                 if pin.fingerprint != fingerprint:
                     raise FingerprintMismatch(peer_id, pin.fingerprint, fingerprint)
                 return pin
+            if name is not None:
+                taken = next(
+                    (p for p in pins.values() if p.name == name and p.fingerprint != fingerprint),
+                    None,
+                )
+                if taken is not None:
+                    raise FingerprintMismatch(peer_id, taken.fingerprint, fingerprint, name=name)
             if len(pins) >= MAX_PINS:
                 raise PinStoreError(f"the pin store {self.path} holds {MAX_PINS} pins already")
             pin = Pin(peer_id, fingerprint, name, time.time())

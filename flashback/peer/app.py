@@ -3,13 +3,14 @@
 Routes (CONTRACT §3): ``GET /api/files[/<dir>]``, ``GET|HEAD /content/<path>``,
 ``GET|HEAD /download/<path>``, ``GET /api/info``, ``GET /api/digest/<path>`` (§7).
 Every refusal -- missing, outside the root, hidden, not a regular file -- is
-the same JSON 404.
+the same JSON 404. A request whose ``Host`` is not an IP literal,
+``localhost`` or a name the server serves is 421 (a DNS-rebinding page).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import trio
@@ -23,10 +24,16 @@ from flashback.peer.files import OpenedFile, build_file_response, open_file
 from flashback.peer.index_md import INDEX_NAME, refresh_index_md
 from flashback.peer.listing import decode_cursor, list_directory, parse_limit
 from flashback.protocol.digest import repr_digest_header
+from flashback.protocol.hosts import host_header_allowed
 from flashback.protocol.paths import UnsafePath, open_under_root, real_root
 from flashback.web import ZeroCopyHTTPConnection, install_json_errors, json_response
 
 MAX_REQUEST_BODY_BYTES = 64 * 1024
+
+
+class MisdirectedRequest(FlashbackError):
+    status = 421
+    default_code = "misdirected_request"
 
 
 class ServiceUnavailable(FlashbackError):
@@ -49,6 +56,8 @@ class ShareSettings:
     root: Path
     show_hidden: bool = False
     info: LocalInfo = field(default_factory=lambda: LocalInfo(name=""))
+    #: host names (lower case) a ``Host`` header may carry besides IP literals and localhost
+    host_names: frozenset[str] = frozenset()
 
 
 def _request_headers() -> dict[str, str]:
@@ -61,7 +70,7 @@ def _request_headers() -> dict[str, str]:
 
 def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTrio:
     """*digests* must be running (its ``run`` in a nursery) while the app serves."""
-    settings = ShareSettings(real_root(settings.root), settings.show_hidden, settings.info)
+    settings = replace(settings, root=real_root(settings.root))
     app = QuartTrio(__name__)
     app.asgi_http_class = ZeroCopyHTTPConnection  # file bodies go by sendfile
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY_BYTES
@@ -70,6 +79,11 @@ def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTri
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     install_json_errors(app)
+
+    @app.before_request
+    async def only_our_own_names() -> None:
+        if not host_header_allowed(request.headers.get("host"), settings.host_names):
+            raise MisdirectedRequest("this server does not serve that host name")
 
     def _list_blocking(raw: str, limit: int, after: str | None) -> dict[str, object]:
         try:

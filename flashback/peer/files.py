@@ -190,7 +190,7 @@ def _build_response(
     repr_digest: str | None = None,
 ) -> Response:
     size = info.st_size
-    etag = make_etag(info.st_ino, size, info.st_mtime_ns)
+    etag = make_etag(info.st_ino, size, info.st_mtime_ns, info.st_ctime_ns)
     last_modified_s = int(info.st_mtime)
     content_type = content_type_for(name)
     common = {

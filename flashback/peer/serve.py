@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import trio
 
 from flashback.config import ServeConfig
@@ -9,6 +11,7 @@ from flashback.digests import DigestService
 from flashback.events import emit
 from flashback.peer.app import LocalInfo, ShareSettings, create_peer_app
 from flashback.peer.index_md import ensure_index_md
+from flashback.protocol.hosts import WILDCARDS, is_ip_literal
 from flashback.runner import run_service
 from flashback.shutdown import Shutdown
 from flashback.web import BoundAddress, hypercorn_config, serve_quart
@@ -27,8 +30,11 @@ async def serve_peer(
 
     Reports the bound address (the OS's port when *port* is 0) once listening.
     Without a running *digests* service (the daemon shares one with its
-    stream ports), the server runs its own with an in-memory cache.
+    stream ports), the server runs its own with an in-memory cache. A bind
+    *host* that is a name is one of the names it serves (``Host``).
     """
+    if not is_ip_literal(host) and host not in WILDCARDS:
+        settings = replace(settings, host_names=settings.host_names | {host.lower()})
     await trio.to_thread.run_sync(
         lambda: ensure_index_md(settings.root, show_hidden=settings.show_hidden)
     )

@@ -10,9 +10,10 @@ from typing import Final
 from urllib.parse import quote
 
 
-def make_etag(inode: int, size: int, mtime_ns: int) -> str:
-    """A strong validator: it changes whenever the bytes can have changed."""
-    return f'"{inode:x}-{size:x}-{mtime_ns:x}"'
+def make_etag(inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """A strong validator: it changes whenever the bytes can have changed. The
+    ctime too: an edit whose mtime is put back (``touch -r``) still moves it."""
+    return f'"{inode:x}-{size:x}-{mtime_ns:x}-{ctime_ns:x}"'
 
 
 def http_date(timestamp: float) -> str:

@@ -37,3 +37,40 @@ def is_valid_host(host: str) -> bool:
     if not name:
         return False
     return all(_LABEL.match(label) for label in name.split("."))
+
+
+#: names that always mean this machine (RFC 6761 §6.3); a rebinding page cannot own them
+LOCAL_NAMES: Final = frozenset({"localhost"})
+
+
+def host_of_header(value: str) -> str | None:
+    """The host of a ``Host`` header (port and brackets removed, lower case), or None."""
+    value = value.strip()
+    if value.startswith("["):
+        host, closed, rest = value[1:].partition("]")
+        if not closed or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return host.lower()
+    host, colon, port = value.partition(":")
+    if colon and not port.isdigit():
+        return None  # (an unbracketed IPv6 literal is no Host either)
+    return host.lower()
+
+
+def host_header_allowed(value: str | None, served_names: frozenset[str] = frozenset()) -> bool:
+    """Whether a request with this ``Host`` is meant for us (DNS rebinding defence).
+
+    A page from ``evil.example`` whose name the attacker re-points at our
+    address sends ``Host: evil.example``: only IP literals, ``localhost`` and
+    the names this server is told it serves (*served_names*, lower case) pass.
+    A request without a ``Host`` (HTTP/1.0) comes from no browser: it passes.
+    """
+    if value is None or not value.strip():
+        return True
+    host = host_of_header(value)
+    if host is None:
+        return False
+    host = host.removesuffix(".")
+    if is_ip_literal(host):
+        return True
+    return host in LOCAL_NAMES or host in served_names

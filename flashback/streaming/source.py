@@ -54,7 +54,7 @@ def open_source(root: Path, raw_path: str, *, show_hidden: bool = False) -> Stre
     facts = FileFacts(
         name=PurePosixPath(relative).name,
         size=info.st_size,
-        etag=make_etag(info.st_ino, info.st_size, info.st_mtime_ns),
+        etag=make_etag(info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns),
         mtime_s=int(info.st_mtime),
     )
     return StreamSource(fd, relative, facts, info)

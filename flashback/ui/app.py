@@ -30,9 +30,9 @@ from flashback.protocol.paths import UnsafePath, split_request_path
 from flashback.ui.access import install_access_pages
 from flashback.ui.auth import COOKIE_NAME, check_access
 from flashback.ui.kinds import view_kind
-from flashback.ui.markdown import render_markdown
 from flashback.ui.proxy import StreamLimiter, fetch_listing, fetch_text, proxy_file
 from flashback.ui.reach import PeerRoute, peer_route, route_label
+from flashback.ui.rendering import MarkdownRenderer, renderable
 from flashback.ui.urls import SELF_KEY, ui_url
 from flashback.ui.view import DaemonView
 from flashback.web import StreamedBody, install_json_errors, json_response
@@ -188,6 +188,7 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
     app.url_map.strict_slashes = False
     install_json_errors(app)
     limiter = StreamLimiter()
+    markdown = MarkdownRenderer()
     streams = EventCounter()
 
     @app.before_request
@@ -235,7 +236,7 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
     @app.get("/p/<peer>/browse/")
     @app.get("/p/<peer>/browse/<path:sub>")
     async def browse(peer: str, sub: str = "") -> str:
-        route = peer_route(ctx, peer)
+        route = await peer_route(ctx, peer)
         parts = _parts(sub)
         cursor = request.args.get("cursor")
         if cursor is not None and (not cursor or len(cursor) > 1024):
@@ -262,19 +263,21 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
 
     @app.get("/p/<peer>/view/<path:sub>")
     async def view(peer: str, sub: str) -> str:
-        route = peer_route(ctx, peer)
+        route = await peer_route(ctx, peer)
         parts = _parts(sub)
         if not parts:
             raise NotFound("no file named")
         kind = view_kind(parts[-1])
         html = text = None
-        cut = False
+        cut = too_big = False
         if kind in ("markdown", "text"):
-            text, cut = await fetch_text(http, route, parts)
-            if kind == "markdown":
-                # up to 1 MiB of hostile markdown is CPU work: off the event loop
-                html = await trio.to_thread.run_sync(
-                    render_markdown, text, parts, partial(ui_url, route.key)
+            fetched = await fetch_text(http, route, parts)
+            text, cut = fetched.text, fetched.cut
+            if kind == "markdown" and (cut or not renderable(text)):
+                kind, too_big = "text", True  # rendering it could cost seconds of CPU
+            elif kind == "markdown":
+                html = await markdown.render(
+                    route.key, parts, fetched.etag, text, partial(ui_url, route.key)
                 )
         return await render_template(
             "view.html",
@@ -285,24 +288,26 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
             html=html,
             text=text,
             cut=cut,
+            too_big=too_big,
             content=ui_url(route.key, "content", parts),
             download=ui_url(route.key, "download", parts),
         )
 
     @app.get("/p/<peer>/content/<path:sub>")
     async def content(peer: str, sub: str) -> Response:
-        route = peer_route(ctx, peer)
+        route = await peer_route(ctx, peer)
         return await proxy_file(
             http, limiter, route, _parts(sub), _request_headers(), download=False
         )
 
     @app.get("/p/<peer>/download/<path:sub>")
     async def download(peer: str, sub: str) -> Response:
-        route = peer_route(ctx, peer)
+        route = await peer_route(ctx, peer)
         return await proxy_file(
             http, limiter, route, _parts(sub), _request_headers(), download=True
         )
 
     install_access_pages(app, ctx)
     app.extensions["flashback_limiter"] = limiter
+    app.extensions["flashback_markdown"] = markdown
     return app

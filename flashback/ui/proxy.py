@@ -20,9 +20,10 @@ import trio
 from quart import Response
 
 from flashback.errors import FlashbackError, NotFound, RateLimited
-from flashback.protocol.conditional import content_disposition, sandbox_policy
+from flashback.protocol.conditional import content_disposition
 from flashback.protocol.paths import is_servable_name
 from flashback.protocol.strict_json import loads_strict
+from flashback.ui.kinds import served_as
 from flashback.ui.reach import PeerRoute
 from flashback.ui.urls import peer_url
 from flashback.web import StreamedBody
@@ -34,13 +35,15 @@ MAX_STREAMS: Final = 16
 PAGE_LIMIT: Final = 200
 CONNECT_TIMEOUT_S: Final = 5.0
 READ_TIMEOUT_S: Final = 30.0
+#: a whole listing page or view text, however it trickles in (the read timeout
+#: restarts with every byte)
+FETCH_DEADLINE_S: Final = 60.0
 TIMEOUT: Final = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
 #: request headers passed on to the peer (what a player and a cache send)
 FORWARDED_REQUEST: Final = ("range", "if-range", "if-none-match", "if-modified-since")
-#: response headers passed back (no Set-Cookie, no CSP of the peer's choosing)
+#: response headers passed back (no Content-Type, Set-Cookie or CSP of the peer's choosing)
 FORWARDED_RESPONSE: Final = (
-    "content-type",
     "content-length",
     "content-range",
     "accept-ranges",
@@ -106,15 +109,19 @@ async def fetch_listing(
 ) -> Listing:
     params = {"limit": str(PAGE_LIMIT)} | ({"cursor": cursor} if cursor else {})
     url = peer_url(route.base, "api/files", parts).copy_merge_params(params)
-    try:
-        async with http.stream("GET", url, timeout=TIMEOUT) as response:
-            if response.status_code == 404:
-                raise NotFound("no such folder on that peer")
-            if response.status_code != 200:
-                raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
-            raw = await _read_capped(response, MAX_LISTING_BYTES + 1)
-    except httpx.HTTPError as exc:
-        raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    raw = b""
+    with trio.move_on_after(FETCH_DEADLINE_S) as deadline:
+        try:
+            async with http.stream("GET", url, timeout=TIMEOUT) as response:
+                if response.status_code == 404:
+                    raise NotFound("no such folder on that peer")
+                if response.status_code != 200:
+                    raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
+                raw = await _read_capped(response, MAX_LISTING_BYTES + 1)
+        except httpx.HTTPError as exc:
+            raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    if deadline.cancelled_caught:
+        raise PeerUnreachable(f"the peer took over {FETCH_DEADLINE_S:.0f} s to list the folder")
     if len(raw) > MAX_LISTING_BYTES:
         raise PeerUnreachable("the peer's listing is too large")
     try:
@@ -124,23 +131,33 @@ async def fetch_listing(
     return _parse_entries(payload, parts)
 
 
-async def fetch_text(
-    http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str, ...]
-) -> tuple[str, bool]:
-    """The file's first :data:`MAX_TEXT_BYTES` as text, and whether it was cut."""
+@dataclass(frozen=True)
+class Text:
+    text: str
+    cut: bool  # the file is longer than MAX_TEXT_BYTES
+    etag: str | None  # the peer's validator (a cache key, never shown)
+
+
+async def fetch_text(http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str, ...]) -> Text:
+    """The file's first :data:`MAX_TEXT_BYTES` as text, whether it was cut, its ETag."""
     url = peer_url(route.base, "content", parts)
     headers = {"range": f"bytes=0-{MAX_TEXT_BYTES}"}
-    try:
-        async with http.stream("GET", url, headers=headers, timeout=TIMEOUT) as response:
-            if response.status_code == 404:
-                raise NotFound("no such file on that peer")
-            if response.status_code not in (200, 206):
-                raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
-            raw = await _read_capped(response, MAX_TEXT_BYTES + 1)
-    except httpx.HTTPError as exc:
-        raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    raw, etag = b"", None
+    with trio.move_on_after(FETCH_DEADLINE_S) as deadline:
+        try:
+            async with http.stream("GET", url, headers=headers, timeout=TIMEOUT) as response:
+                if response.status_code == 404:
+                    raise NotFound("no such file on that peer")
+                if response.status_code not in (200, 206):
+                    raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
+                etag = response.headers.get("etag")
+                raw = await _read_capped(response, MAX_TEXT_BYTES + 1)
+        except httpx.HTTPError as exc:
+            raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
+    if deadline.cancelled_caught:
+        raise PeerUnreachable(f"the peer took over {FETCH_DEADLINE_S:.0f} s to send the file")
     cut = len(raw) > MAX_TEXT_BYTES
-    return raw[:MAX_TEXT_BYTES].decode("utf-8", errors="replace"), cut
+    return Text(raw[:MAX_TEXT_BYTES].decode("utf-8", errors="replace"), cut, etag)
 
 
 class StreamLimiter:
@@ -203,6 +220,10 @@ async def proxy_file(
     """Stream the peer's ``/content`` (or ``/download``) of *parts*, Range and all."""
     url = peer_url(route.base, "download" if download else "content", parts)
     headers = {k: v for k in FORWARDED_REQUEST if (v := request_headers.get(k)) is not None}
+    if "," in headers.get("range", ""):
+        # several ranges come back as multipart/byteranges, whose type (and boundary)
+        # we would have to take from the peer: a player asks for one range; send all
+        del headers["range"]
     limiter.acquire()
     try:
         upstream = await http.send(http.build_request("GET", url, headers=headers), stream=True)
@@ -222,18 +243,17 @@ async def proxy_file(
         raise PeerUnreachable(f"the peer answered HTTP {status}")
     response = Response(ProxiedBody(upstream, limiter), status=upstream.status_code)
     response.timeout = None  # a long video is not a slow response
-    for name in FORWARDED_RESPONSE:
-        value = upstream.headers.get(name)
+    for header in FORWARDED_RESPONSE:
+        value = upstream.headers.get(header)
         if value is not None:
-            response.headers[name] = value
-    content_type = upstream.headers.get("content-type", "application/octet-stream")
+            response.headers[header] = value
+    # Shown on the UI's own origin, a shared file must never run script here: the
+    # type, policy and disposition are ours, from the name, whatever the peer said.
+    name = parts[-1] if parts else "file"
+    served = served_as(name)
+    response.headers["Content-Type"] = served.content_type
     response.headers["X-Content-Type-Options"] = "nosniff"
-    # Shown on the UI's own origin, a shared HTML file must never run script here:
-    # our own policy from the type we pass on, whatever the peer said.
-    policy = sandbox_policy(content_type)
-    if policy is not None:
-        response.headers["Content-Security-Policy"] = policy
-    if download:
-        name = parts[-1] if parts else "file"
+    response.headers["Content-Security-Policy"] = served.csp
+    if download or served.attachment:
         response.headers["Content-Disposition"] = content_disposition("attachment", name)
     return response

@@ -1,9 +1,11 @@
-"""How the UI reaches a peer's server: the one place a route is chosen.
+"""How the UI reaches a peer's server: through the daemon's routes, never on its own.
 
-Today every remote peer is dialled directly at the ``peer_server`` address
-it registered with the tracker (route ``direct``); this daemon's own share
-is reached on loopback (route ``local``). When tunnels (CONTRACT §6.3) land,
-:func:`peer_route` is the function they replace.
+A remote peer is reached the way ``ls`` and ``get`` reach it (CONTRACT §6.3,
+:meth:`~flashback.ui.view.DaemonView.reach`): its registered address only if
+that address proves to be the peer, else a tunnel through the tracker. A
+registered address is a stranger's claim -- dialled as such, another peer's
+server or any local service would be shown as the peer's files. This
+daemon's own share is reached on loopback (route ``local``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ class PeerRoute:
     key: str  # SELF_KEY or the peer id
     name: str
     base: httpx.URL  # the peer server's origin
-    route: str  # "local" or "direct"
+    route: str  # "local", "direct" or "relay"
 
 
 def route_label(peer: PeerInfo) -> str:
-    """What the peer list shows in its route column."""
+    """What the peer list shows in its route column (before a route is tried)."""
     return "direct"
 
 
@@ -36,8 +38,9 @@ def _origin(host: str, port: int) -> httpx.URL:
     return httpx.URL(scheme="http", host=host, port=port, path="/")
 
 
-def peer_route(ctx: DaemonView, key: str) -> PeerRoute:
-    """The route to *key* (``self`` or an online peer's id); 404 when it is not online."""
+async def peer_route(ctx: DaemonView, key: str) -> PeerRoute:
+    """The route to *key* (``self`` or an online peer's id); 404 when it is not online,
+    the daemon's own error (502, 403, 503) when it cannot be reached as itself."""
     if key == SELF_KEY or (ctx.identity is not None and key == ctx.identity.peer_id):
         address = ctx.address
         if address is None:
@@ -47,8 +50,5 @@ def peer_route(ctx: DaemonView, key: str) -> PeerRoute:
     peer = ctx.table.peers.get(key)
     if peer is None:
         raise NotFound(f"no peer {key!r} is online", code="unknown_peer")
-    try:
-        base = _origin(peer.host, peer.port)
-    except httpx.InvalidURL:  # the tracker relayed a host no URL can carry
-        raise NotFound(f"peer {key!r} announced an unusable address", code="unknown_peer") from None
-    return PeerRoute(peer.peer_id, peer.name, base, route_label(peer))
+    reached = await ctx.reach(peer)
+    return PeerRoute(peer.peer_id, peer.name, reached.url, reached.route)

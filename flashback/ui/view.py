@@ -3,9 +3,11 @@
 The daemon serves the UI, but the UI sits below it (packages depend
 downwards only: ``ui`` <- ``daemon``), so the UI names no daemon class.
 :class:`DaemonView` lists the few things it reads: this daemon's name, id
-and server address, the tracker link's state, the online peers, and the
-local event fan-out. ``flashback.daemon.context.DaemonContext`` matches it
-structurally (mypy checks that where the daemon hands itself over).
+and server address, the tracker link's state, the online peers, the
+local event fan-out, and the daemon's one way to reach a peer's server
+(:meth:`DaemonView.reach`, the routes ``ls`` and ``get`` use too).
+``flashback.daemon.context.DaemonContext`` matches it structurally (mypy
+checks that where the daemon hands itself over).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import httpx
 import trio
 
 from flashback.protocol.messages import PeerInfo
@@ -48,6 +51,15 @@ class EventSource(Protocol):
     def unsubscribe_closed(self) -> None: ...
 
 
+class ReachedServer(Protocol):
+    @property
+    def url(self) -> httpx.URL:
+        """The peer server's origin (its registered address, or a local forward)."""
+
+    @property
+    def route(self) -> str: ...
+
+
 class DaemonView(Protocol):
     @property
     def config(self) -> NamedSettings: ...
@@ -71,3 +83,8 @@ class DaemonView(Protocol):
     @property
     def access(self) -> AccessView | None:
         """Who may connect (§11): the gate's lists and recent refusals, if any."""
+
+    async def reach(self, peer: PeerInfo) -> ReachedServer:
+        """*peer*'s server, proven to be that peer (or through a tunnel whose TLS
+        proves it); a :class:`~flashback.errors.FlashbackError` when it cannot be."""
+        ...
