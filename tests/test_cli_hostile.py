@@ -116,6 +116,19 @@ def test_a_typo_gets_a_suggestion_escaped() -> None:
     assert "did you mean" not in caught.value.message
 
 
+def test_a_name_the_tracker_lists_once_wins_over_remembered_peers_of_that_name() -> None:
+    remembered = {
+        "peer_id": "p-old",
+        "name": "alice",
+        "fingerprint": "sha256:" + "a" * 64,
+        "source": "book",
+    }
+    live = _peer("alice", "p-new") | {"source": "tracker"}
+    assert resolve_peer({"peers": [remembered, live]}, "alice").peer_id == "p-new"
+    with pytest.raises(ConfigError, match="several peers"):
+        resolve_peer({"peers": [live, _peer("alice", "p-3") | {"source": "tracker"}]}, "alice")
+
+
 def test_check_private_refuses_another_owner_and_loose_modes(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o700)

@@ -188,6 +188,12 @@ def resolve_peer(listing: dict[str, Any], key: str) -> ListedPeer:
     named = [p for p in peers if p.name == key]
     if len(named) == 1:
         return named[0]
+    # The name as the tracker lists it now wins over remembered peers of that
+    # name: the daemon's name pin then refuses an impostor, naming both keys
+    # (what ssh does for the host typed), instead of "several peers".
+    live = [p for p in named if p.source == "tracker"]
+    if len(live) == 1:
+        return live[0]
     if len(named) > 1:
         ids = ", ".join(printable(p.key) for p in named)
         raise ConfigError(f"several peers are named {key!r}; use a peer id or fingerprint ({ids})")
