@@ -20,6 +20,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -30,6 +31,7 @@ from flashback.daemon.tunnel_ends import (
     open_requester_end,
     serve_owner_end,
 )
+from flashback.http.accept import serve_listener
 from flashback.protocol.messages import Message, TunnelErrorMessage, TunnelInvite, TunnelRequest
 from flashback.protocol.tunnel import OpenTarget
 
@@ -41,6 +43,8 @@ MAX_PENDING_REQUESTS: Final = 64
 INVITE_TIMEOUT_S: Final = 10.0
 #: a local forward with no connection for this long closes
 FORWARD_IDLE_TIMEOUT_S: Final = 300.0
+#: connections one local forward carries at once (more wait in the backlog)
+MAX_FORWARD_CONNECTIONS: Final = 64
 
 Send = Callable[[Message], bool]
 Emit = Callable[..., None]
@@ -258,10 +262,8 @@ class TunnelService:
             async with listener, trio.open_nursery() as nursery:
                 task_status.started(state.port)
 
-                async def accept_loop() -> None:
-                    while True:
-                        local = await listener.accept()
-                        nursery.start_soon(self._carry, peer_id, target, local, state)
+                async def carry(local: trio.SocketStream) -> None:
+                    await self._carry(peer_id, target, local, state)
 
                 async def close_when_idle() -> None:
                     while True:
@@ -274,7 +276,15 @@ class TunnelService:
                         nursery.cancel_scope.cancel()
                         return
 
-                nursery.start_soon(accept_loop)
+                nursery.start_soon(
+                    partial(
+                        serve_listener,
+                        carry,
+                        listener,
+                        max_connections=MAX_FORWARD_CONNECTIONS,
+                        name=f"forward to {peer_id}",
+                    )
+                )
                 nursery.start_soon(close_when_idle)
         finally:
             if self._forwards.get(key) is state:
