@@ -12,10 +12,11 @@ import trio
 
 from flashback.daemon.keys import load_or_create
 from flashback.daemon.peer_tls import PeerTLS
-from flashback.daemon.reach import authorize_by_tracker
+from flashback.daemon.reach import TrackerGate
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
 from flashback.protocol.messages import TunnelErrorMessage, TunnelInvite, TunnelRequest
+from flashback.protocol.peer_table import PeerTable
 from flashback.protocol.tunnel import OpenTarget
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
 
@@ -107,7 +108,7 @@ async def pair(nursery, tmp_path):
             emit=lambda event, **fields: events.append((event, fields)),
             owner_context=tls.server_context,
             requester_context=tls.client_context,
-            authorize=authorize_by_tracker,
+            gate=TrackerGate(PeerTable()),
             resolve_target=lambda t: upper.port if t.kind == "peer-server" else None,
             check_pin=check_pin,
         )
@@ -131,8 +132,15 @@ async def test_forward_carries_each_connection_on_its_own_tunnel(pair, nursery):
             assert got == word.upper()
         while sum(1 for e, f in events if e == "tunnel-closed" and f["peer_id"] == "alice") < 2:  # noqa: ASYNC110
             await trio.sleep(0.01)
+    relay = {"route": "relay", "address": f"127.0.0.1:{switch.port}", "punched": False}
     opened = [f for e, f in events if e == "tunnel-opened"]
-    assert opened == [{"peer_id": "alice", "route": "relay"}] * 2
+    # the owner emits it too (for the requester, bob)
+    assert sorted(opened, key=lambda f: f["peer_id"]) == [
+        {"peer_id": "alice", **relay},
+        {"peer_id": "alice", **relay},
+        {"peer_id": "bob", **relay},
+        {"peer_id": "bob", **relay},
+    ]
     closed = [f for e, f in events if e == "tunnel-closed" and f["peer_id"] == "alice"]
     assert all(f["bytes_in"] > 0 and f["bytes_out"] > 0 for f in closed)
     assert pins == {"alice": switch.fingerprint}  # pinned on first use
@@ -211,3 +219,32 @@ async def test_start_forward_reuses_and_a_hold_keeps_it_open(pair, autojump_cloc
     assert closed == [("alice", target)] and bob.status()["forwards"] == 0
     with pytest.raises(TunnelFailed), bob.hold("alice", target):
         pass
+
+
+async def test_a_stranger_cannot_hold_every_owner_tunnel(pair):
+    """64 invites from mallory (who never joins) leave room for bob (fair share per peer)."""
+    switch, _events, _pins = pair
+    alice = switch.services["alice"]
+    switch.relay.table.max_sessions = 128
+    for n in range(64):
+        session = switch.relay.invite(
+            request_id=f"m{n}", client_peer="mallory", server_peer="alice"
+        )
+        alice.on_message(
+            TunnelInvite(
+                request_id=f"m{n}",
+                from_="mallory",
+                fingerprint=switch.fingerprint,
+                role="server",
+                host="127.0.0.1",
+                port=switch.port,
+                key=session.keys["server"],
+                peer_fingerprint=switch.fingerprint,
+            )
+        )
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.fail_after(10):
+        tunnel, _leftover = await switch.services["bob"].open("alice", OpenTarget("peer-server"))
+    await tunnel.aclose()
+    assert switch.declines == []
+    assert alice.status()["owner_tunnels"] <= 8 + 1

@@ -16,17 +16,19 @@ import httpx
 import trio
 
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.gate import Gate, TrackerGate
 from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.pins import FingerprintMismatch, PinStore
 from flashback.daemon.routes import PROBE_TIMEOUT_S, Router
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
 from flashback.errors import FlashbackError
-from flashback.protocol.messages import TunnelInvite
 from flashback.protocol.tunnel import OpenTarget
 from flashback.streaming.manager import StreamManager
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Gate", "TrackerGate", "local_target_port", "pin_checker", "run_routes"]
 
 CheckPin = Callable[[str, str], None]
 
@@ -40,14 +42,6 @@ def local_target_port(
         return ctx.address.port if ctx.address is not None else None
     if streams is not None and any(port.port == target.port for port in streams.open_ports):
         return target.port
-    return None
-
-
-def authorize_by_tracker(invite: TunnelInvite, fingerprint: str | None) -> str | None:
-    """``tracker`` mode (§11): the requester's certificate must be the one the
-    tracker lists for the invite's peer id -- never the tracker's word alone."""
-    if fingerprint is None or fingerprint != invite.peer_fingerprint:
-        return "forbidden"
     return None
 
 
@@ -87,7 +81,7 @@ async def run_routes(
         emit=ctx.hub.emit,
         owner_context=tls.server_context,
         requester_context=tls.client_context,
-        authorize=authorize_by_tracker,
+        gate=TrackerGate(ctx.table),
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         check_pin=check_pin,
         on_forward_closed=forward_closed,

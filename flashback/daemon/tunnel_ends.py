@@ -67,7 +67,7 @@ async def _read_plain_line(stream: trio.abc.ReceiveStream, max_bytes: int) -> by
             return line
 
 
-async def _join(host: str, port: int, key: str) -> trio.SocketStream:
+async def join_tunnel(host: str, port: int, key: str) -> trio.SocketStream:
     tcp = await trio.open_tcp_stream(host, port)
     try:
         await tcp.send_all(join_line(key))
@@ -75,6 +75,9 @@ async def _join(host: str, port: int, key: str) -> trio.SocketStream:
     except (OSError, trio.BrokenResourceError, TunnelError) as exc:
         await tcp.aclose()
         raise TunnelFailed("tracker_unreachable", f"tunnel port {host}:{port}: {exc}") from exc
+    except BaseException:  # cancelled (a direct route won, a fair share cut it)
+        await trio.aclose_forcefully(tcp)
+        raise
     if answer + b"\n" != OK_LINE:
         await tcp.aclose()
         code = answer.removeprefix(b"ERR ").decode("ascii", "replace")[:32] or "refused"
@@ -91,7 +94,7 @@ async def open_requester_end(
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
-) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
     """Join, handshake, prove the owner, open *target*; returns the stream and any
     bytes that arrived behind the owner's ``OK``.
 
@@ -99,7 +102,7 @@ async def open_requester_end(
     runs before anything is sent inside the tunnel.
     """
     with trio.fail_after(SETUP_TIMEOUT_S):
-        tcp = await _join(host, port, key)
+        tcp = await join_tunnel(host, port, key)
         return await open_over(
             tcp,
             context=context,
@@ -110,13 +113,13 @@ async def open_requester_end(
 
 
 async def open_over(
-    tcp: trio.SocketStream,
+    tcp: trio.abc.Stream,
     *,
     context: ssl.SSLContext,
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
-) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
     """The requester's TLS part on a connection already made (a tunnel or a direct dial).
 
     The caller bounds the time; the stream is closed on every failure.
@@ -161,6 +164,7 @@ async def serve_owner_end(
     authorize: Authorize,
     resolve_target: Callable[[OpenTarget], int | None],
     on_bytes: Callable[[int, int], None] | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> None:
     """Join as the owner, serve TLS, and relay the one ``OPEN``ed target until done.
 
@@ -169,9 +173,14 @@ async def serve_owner_end(
     arbitrary local port.
     """
     with trio.fail_after(SETUP_TIMEOUT_S):
-        tcp = await _join(host, port, key)
+        tcp = await join_tunnel(host, port, key)
     await serve_over(
-        tcp, context=context, authorize=authorize, resolve_target=resolve_target, on_bytes=on_bytes
+        tcp,
+        context=context,
+        authorize=authorize,
+        resolve_target=resolve_target,
+        on_bytes=on_bytes,
+        on_open=on_open,
     )
 
 
@@ -182,15 +191,19 @@ async def serve_over(
     authorize: Authorize,
     resolve_target: Callable[[OpenTarget], int | None],
     on_bytes: Callable[[int, int], None] | None = None,
+    on_open: Callable[[], None] | None = None,
+    timeout_s: float = OPEN_TIMEOUT_S,
 ) -> None:
     """The owner's TLS part on a connection already made; closes *tcp* when done.
 
     The requester's certificate is checked before its ``OPEN`` line is read:
-    a refused requester gets ``ERR <code>`` and nothing else.
+    a refused requester gets ``ERR <code>`` and nothing else. The handshake
+    and the ``OPEN`` line together get *timeout_s*; *on_open* runs once the
+    target answered and ``OK`` went out.
     """
     stream = trio.SSLStream(tcp, context, server_side=True)
     try:
-        with trio.fail_after(OPEN_TIMEOUT_S):
+        with trio.fail_after(timeout_s):
             await stream.do_handshake()
             refusal = authorize(requester_fingerprint(stream.getpeercert(binary_form=True)))
             if refusal is not None:
@@ -216,6 +229,8 @@ async def serve_over(
             return
         async with local:
             await stream.send_all(OK_LINE)
+            if on_open is not None:
+                on_open()
             await bridge(
                 stream,
                 local,
