@@ -15,7 +15,13 @@ from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.reach import TrackerGate
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
-from flashback.protocol.messages import TunnelErrorMessage, TunnelInvite, TunnelRequest
+from flashback.protocol.messages import (
+    Candidate,
+    RouteReport,
+    TunnelErrorMessage,
+    TunnelInvite,
+    TunnelRequest,
+)
 from flashback.protocol.peer_table import PeerTable
 from flashback.protocol.tunnel import OpenTarget
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
@@ -29,6 +35,9 @@ class Switch:
         self.services: dict[str, TunnelService] = {}
         self.declines: list[TunnelErrorMessage] = []
         self.up = True
+        # each daemon's direct endpoint addresses, put in the other side's invite (§10.3)
+        self.candidates: dict[str, tuple[Candidate, ...]] = {}
+        self.reports: list[tuple[str, RouteReport]] = []
 
     def sender(self, me: str):
         def send(message) -> bool:
@@ -51,8 +60,11 @@ class Switch:
                             key=session.keys[role],
                             # one identity plays both daemons here
                             peer_fingerprint=self.fingerprint,
+                            candidates=self.candidates.get(other, ()),
                         )
                     )
+            elif isinstance(message, RouteReport):
+                self.reports.append((me, message))
             elif isinstance(message, TunnelErrorMessage):
                 # an owner's decline: the tracker ends the session and forwards it
                 self.declines.append(message)

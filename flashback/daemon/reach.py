@@ -16,13 +16,16 @@ import httpx
 import trio
 
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.direct import DirectEndpoint
 from flashback.daemon.gate import Gate, TrackerGate
 from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.pins import FingerprintMismatch, PinStore
+from flashback.daemon.race import RouteRacer
 from flashback.daemon.routes import PROBE_TIMEOUT_S, Router
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
 from flashback.errors import FlashbackError
+from flashback.protocol.messages import TunnelInvite
 from flashback.protocol.tunnel import OpenTarget
 from flashback.streaming.manager import StreamManager
 
@@ -68,6 +71,9 @@ async def run_routes(
     tls: PeerTLS,
     check_pin: CheckPin,
     streams: StreamManager | None,
+    endpoint: DirectEndpoint | None = None,
+    gate: Gate | None = None,
+    reflect_before_punch: Callable[[TunnelInvite], None] = lambda _invite: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     router: Router | None = None
@@ -81,13 +87,25 @@ async def run_routes(
         emit=ctx.hub.emit,
         owner_context=tls.server_context,
         requester_context=tls.client_context,
-        gate=TrackerGate(ctx.table),
+        gate=gate or TrackerGate(ctx.table),
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         check_pin=check_pin,
         on_forward_closed=forward_closed,
     )
+    racer = RouteRacer(
+        service,
+        endpoint,
+        client_context=tls.client_context,
+        check_pin=check_pin,
+        before_punch=reflect_before_punch,
+    )
+    service.opener = racer.open
+    if endpoint is not None:
+        service.on_owner_invite = endpoint.owner_invite
+        endpoint.on_direct_authenticated = service.cancel_relay_join
+        endpoint.on_route = service.report_route
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http, trio.open_nursery() as nursery:
-        router = Router(http, service.start_forward)
+        router = Router(http, service.start_forward, book=racer.book)
         await nursery.start(service.run)
         ctx.tunnels, ctx.router = service, router
         task_status.started()

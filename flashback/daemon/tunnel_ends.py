@@ -58,7 +58,7 @@ class TunnelFailed(Exception):
         self.code = code
 
 
-async def _read_plain_line(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
+async def read_plain_line(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
     """One line, read byte by byte: what follows belongs to TLS and must stay unread."""
     reader = LineReader(max_bytes)
     while True:
@@ -71,7 +71,7 @@ async def join_tunnel(host: str, port: int, key: str) -> trio.SocketStream:
     tcp = await trio.open_tcp_stream(host, port)
     try:
         await tcp.send_all(join_line(key))
-        answer = await _read_plain_line(tcp, 64)
+        answer = await read_plain_line(tcp, 64)
     except (OSError, trio.BrokenResourceError, TunnelError) as exc:
         await tcp.aclose()
         raise TunnelFailed("tracker_unreachable", f"tunnel port {host}:{port}: {exc}") from exc

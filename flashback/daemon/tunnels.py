@@ -81,6 +81,8 @@ class Opened:
     route: Route
     address: str
     punched: bool
+    #: called once the connection is done with (an endpoint handler waits for it)
+    release: Callable[[], None] = lambda: None
 
 
 Opener = Callable[[str, OpenTarget], Awaitable[Opened]]
@@ -412,8 +414,11 @@ class TunnelService:
                     return
                 route = way.route
                 self.opened(peer_id, way.route, way.address, punched=way.punched)
-                async with way.stream:
-                    counts = await bridge(way.stream, local, leftover_to_local=way.leftover)
+                try:
+                    async with way.stream:
+                        counts = await bridge(way.stream, local, leftover_to_local=way.leftover)
+                finally:
+                    way.release()
         finally:
             state.active -= 1
             state.touch()
