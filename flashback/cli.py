@@ -68,6 +68,17 @@ def _add_daemon(sub: Subcommands) -> None:
     p.add_argument("--show-hidden", action="store_true", help="serve dot files too")
     p.add_argument("--ui-port", default=None, help="web UI port on 127.0.0.1 (default 0: any)")
     p.add_argument(
+        "--direct-port",
+        default=None,
+        help="direct endpoint port (FLASHBACK_DIRECT_PORT; default 0: the OS picks once, "
+        "then kept; off: none)",
+    )
+    p.add_argument(
+        "--direct-host",
+        default=None,
+        help="direct endpoint address (default 0.0.0.0 and ::)",
+    )
+    p.add_argument(
         "--identity",
         default=None,
         metavar="NAME",

@@ -14,7 +14,9 @@ from flashback.protocol.direct import (
     hostport,
     intro_line,
     order_candidates,
+    parse_addr_line,
     parse_intro_line,
+    reflect_line,
 )
 from flashback.protocol.messages import Candidate
 from flashback.protocol.tunnel import LineReader, TunnelError
@@ -138,3 +140,17 @@ def test_route_book_is_bounded():
 
 def test_hostport_brackets_v6():
     assert hostport("::1", 5) == "[::1]:5" and hostport("10.0.0.1", 5) == "10.0.0.1:5"
+
+
+def test_reflect_and_addr_lines():
+    assert reflect_line("tok-1") == b"FLASHBACK-REFLECT 1 tok-1\n"
+    with pytest.raises(ValueError):
+        reflect_line("a" * 300)
+    assert parse_addr_line(b"ADDR 203.0.113.5 40123") == C("203.0.113.5", 40123)
+    assert parse_addr_line(b"ADDR 2001:db8:0::1 7") == C("2001:db8::1", 7)
+    for bad in (b"ADDR example.com 1", b"ADDR 1.2.3.4 0", b"ADDR 1.2.3.4 1" + b"0" * 50, b"HI"):
+        with pytest.raises(TunnelError):
+            parse_addr_line(bad)
+    with pytest.raises(TunnelError) as info:
+        parse_addr_line(b"ERR unauthorized")
+    assert info.value.code == "unauthorized"

@@ -247,7 +247,9 @@ def format_peer(peer: dict[str, Any]) -> str:
     server = peer["peer_server"]
     name, peer_id = printable(peer["name"]), printable(peer["peer_id"])
     route = peer.get("route") if isinstance(peer.get("route"), str) else "-"
-    return printable(f"{name:<24} {peer_id:<20} {route:<6} {_display_url(server)}")
+    address = peer.get("address")
+    via = f" via {address}" if isinstance(address, str) and route != "-" else ""
+    return printable(f"{name:<24} {peer_id:<20} {route:<6} {_display_url(server)}{via}")
 
 
 def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:

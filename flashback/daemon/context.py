@@ -15,7 +15,13 @@ from flashback.daemon.keys import KeyPair
 from flashback.daemon.routes import Router
 from flashback.daemon.tunnels import TunnelService
 from flashback.peer.app import LocalInfo
-from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
+from flashback.protocol.messages import (
+    Candidate,
+    FileStreamReady,
+    Message,
+    StreamError,
+    StreamRequest,
+)
 from flashback.protocol.peer_table import PeerTable
 from flashback.web import BoundAddress
 
@@ -42,6 +48,10 @@ class DaemonContext:
     # tunnels through the tracker (§6.2) and the routes that use them (§6.3)
     tunnels: TunnelService | None = None
     router: Router | None = None
+    # the direct endpoint's port (§10.1; None: off) and the address the tracker saw it at
+    direct_port: int | None = None
+    direct: tuple[Candidate, ...] = ()
+    reflexive: Candidate | None = None
     # the web UI's URL, access token included (told only over the control socket)
     ui_url: str | None = None
     _identity_changed: trio.Event = field(default_factory=trio.Event)
@@ -125,5 +135,9 @@ class DaemonContext:
             "root": str(self.config.root),
             "fingerprint": self.fingerprint,
             "identity": self.instance_name,
+            "direct": {
+                "port": self.direct_port,
+                "reflexive": None if self.reflexive is None else self.reflexive.dump(),
+            },
             "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
         }

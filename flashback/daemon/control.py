@@ -93,7 +93,8 @@ def create_control_app(ctx: DaemonContext) -> QuartTrio:
     async def peers() -> Response:
         listing = ctx.table.snapshot()
         for peer in listing["peers"]:  # the route this daemon last used (§6.3), or null
-            peer["route"] = ctx.router.last_route(peer["peer_id"]) if ctx.router else None
+            route, address = ctx.router.last(peer["peer_id"]) if ctx.router else (None, None)
+            peer["route"], peer["address"] = route, address
         return json_response(listing)
 
     @app.get("/ui")

@@ -378,6 +378,10 @@ class DirectEndpoint:
                 changed = trio.Event()
                 now = trio.current_time()
 
+    def can_dial(self, host: str) -> bool:
+        """Whether the endpoint listens in *host*'s address family."""
+        return (socket.AF_INET6 if ":" in host else socket.AF_INET) in self._bound
+
     async def dial_from(self, candidate: Candidate) -> trio.SocketStream:
         """A TCP connection to *candidate* leaving from the endpoint's own port."""
         family = socket.AF_INET6 if ":" in candidate.host else socket.AF_INET

@@ -9,6 +9,7 @@ data directory and bound again on the next start when it is free.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -32,6 +33,19 @@ def reusable_socket(family: socket.AddressFamily) -> trio.socket.SocketType:
     return sock
 
 
+async def _free_port(family: socket.AddressFamily, host: str, port: int) -> int:
+    """*port* (0: one the OS picks) if nobody listens there -- checked by a bind without
+    ``SO_REUSEPORT``, which fails beside any listener, ours or another daemon's: two
+    endpoints must never share a port and split each other's connections."""
+    probe = trio.socket.socket(family, socket.SOCK_STREAM)
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        await probe.bind((host, port))
+        return int(probe.getsockname()[1])
+
+
 async def _bind_listeners(hosts: list[str], port: int) -> list[trio.SocketListener]:
     listeners: list[trio.SocketListener] = []
     try:
@@ -39,6 +53,7 @@ async def _bind_listeners(hosts: list[str], port: int) -> list[trio.SocketListen
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = reusable_socket(family)
             try:
+                port = await _free_port(family, host, port)
                 await sock.bind((host, port))
                 sock.listen(128)
             except OSError:
@@ -85,3 +100,61 @@ async def bind_endpoint(
         with contextlib.suppress(OSError):
             write_private(data_dir / PORT_FILE, f"{bound}\n".encode())
     return listeners, bound
+
+
+_SIOCGIFADDR: Final = 0x8915
+
+
+def _ipv4_addresses() -> list[str]:
+    import fcntl
+    import struct
+
+    out = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _index, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                answer = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
+            except OSError:
+                continue  # no IPv4 address on that interface
+            out.append(socket.inet_ntoa(answer[20:24]))
+    return out
+
+
+def _ipv6_addresses() -> list[str]:
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[3] == "00":  # scope: global
+            raw = fields[0]
+            out.append(":".join(raw[i : i + 4] for i in range(0, 32, 4)))
+    return out
+
+
+def local_candidates(host: str | None, port: int) -> list[tuple[str, int]]:
+    """Where other machines may dial the endpoint: *port* on each non-loopback local
+    address (IPv4 and global IPv6), or on *host* when bound to one address."""
+    if host and host not in ("0.0.0.0", "::"):
+        hosts = [host]
+    else:
+        try:
+            hosts = _ipv4_addresses()
+        except OSError:
+            hosts = []
+        if host != "0.0.0.0":
+            hosts += _ipv6_addresses()
+    seen: list[tuple[str, int]] = []
+    for text in hosts:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if address.is_loopback or address.is_link_local or address.is_unspecified:
+            continue
+        if (address.compressed, port) not in seen:
+            seen.append((address.compressed, port))
+    return seen[:8]

@@ -101,7 +101,12 @@ async def run_routes(
     )
     service.opener = racer.open
     if endpoint is not None:
-        service.on_owner_invite = endpoint.owner_invite
+
+        def owner_invite(invite: TunnelInvite) -> None:
+            reflect_before_punch(invite)
+            endpoint.owner_invite(invite)
+
+        service.on_owner_invite = owner_invite
         endpoint.on_direct_authenticated = service.cancel_relay_join
         endpoint.on_route = service.report_route
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http, trio.open_nursery() as nursery:

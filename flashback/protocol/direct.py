@@ -90,6 +90,40 @@ def classify_first_byte(data: bytes) -> FirstByte:
     return "close"
 
 
+# -- reflection (§10.2) ------------------------------------------------------------------
+
+REFLECT_MAGIC: Final = b"FLASHBACK-REFLECT 1 "
+ADDR_MAGIC: Final = b"ADDR "
+MAX_REFLECT_LINE_BYTES: Final = 256
+#: while linked, the endpoint's mapping is refreshed this often (NAT mappings expire)
+REFLECT_INTERVAL_S: Final = 25.0
+
+
+def reflect_line(token: str) -> bytes:
+    raw = token.encode("ascii")
+    if not raw or len(raw) + len(REFLECT_MAGIC) + 1 > MAX_REFLECT_LINE_BYTES or b" " in raw:
+        raise ValueError("a token of plain characters that fits the line")
+    return REFLECT_MAGIC + raw + b"\n"
+
+
+def parse_addr_line(line: bytes) -> Candidate:
+    """``ADDR <host> <port>`` (without its newline) as a candidate; TunnelError otherwise."""
+    if line.startswith(b"ERR "):
+        code = line[4:36].decode("ascii", "replace")
+        raise TunnelError(code or "refused", f"the tracker refused the reflection ({code})")
+    parts = line.split(b" ")
+    if len(parts) != 3 or parts[0] + b" " != ADDR_MAGIC:
+        raise TunnelError("bad_line", "expected 'ADDR <host> <port>'")
+    try:
+        host = ipaddress.ip_address(parts[1].decode("ascii")).compressed
+    except (ValueError, UnicodeDecodeError):
+        raise TunnelError("bad_line", "the reflected host is not an IP address") from None
+    port = parts[2]
+    if not (port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise TunnelError("bad_line", "the reflected port is not a port")
+    return Candidate(host, int(port))
+
+
 # -- candidates ----------------------------------------------------------------------
 
 
