@@ -123,3 +123,17 @@ async def test_get_goes_direct_and_the_relay_carries_no_file(tmp_path: Path, nur
 
                 peers = await run_cli(["peers"], env=bob_env, prefix=in_b)
                 assert "direct" in peers.stdout.decode()
+
+                # the tracker dies: the remembered direct address still works
+                tracker.process.kill()
+                await tracker.process.wait()
+                again = tmp_path / "again.bin"
+                got = await run_cli(
+                    ["get", "alice", "big.bin", "-o", str(again)], env=bob_env, prefix=in_b
+                )
+                assert got.returncode == 0, got.stderr
+                assert again.read_bytes() == body
+                plain = await bob.wait_event(
+                    event_is("tunnel-opened", route="direct", punched=False)
+                )
+                assert plain["address"] == f"{HOME_A_ADDR}:{ready['port']}"
