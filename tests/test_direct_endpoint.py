@@ -183,3 +183,57 @@ async def test_a_second_endpoint_never_shares_the_port(endpoint, tmp_path):
     with pytest.raises(OSError) as info:
         await bind_endpoint("127.0.0.1", port, tmp_path)
     assert f"127.0.0.1:{port}" in str(info.value)
+
+
+async def test_reflection_leaves_from_the_endpoint_port(endpoint, nursery):
+    """The tunnel port sees the endpoint's own port as the source (SO_REUSEPORT)."""
+    from types import SimpleNamespace
+
+    from flashback.daemon.identity import Identity
+    from flashback.daemon.reflect import Reflector
+
+    direct, port, *_ = endpoint
+    seen: list[tuple[bytes, int]] = []
+
+    async def tunnel_port(stream: trio.SocketStream) -> None:
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await stream.receive_some(1)
+        source = stream.socket.getpeername()[1]
+        seen.append((line, source))
+        await stream.send_all(b"ADDR 127.0.0.1 %d\n" % source)
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(trio.serve_listeners, tunnel_port, listeners)
+    ctx = SimpleNamespace(identity=Identity("p1", "tok-1"), tracker_connected=True, reflexive=None)
+    reflector = Reflector(ctx, direct)  # type: ignore[arg-type]
+    reflector.tunnel = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    with trio.fail_after(10):
+        answer = await reflector.reflect_once()
+    assert seen == [(b"FLASHBACK-REFLECT 1 tok-1\n", port)]
+    assert answer == Candidate("127.0.0.1", port) == ctx.reflexive
+
+
+async def test_registration_sends_the_direct_candidates():
+    import json
+
+    import httpx
+
+    from flashback.daemon.tracker_api import HTTPTrackerAPI
+
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        answer = {"peer_id": "p1", "token": "t", "heartbeat_interval": 10, "ttl": 30}
+        return httpx.Response(201, json=answer)
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="http://tracker"
+    ) as http:
+        api = HTTPTrackerAPI(http)
+        await api.register("me", "127.0.0.1", 1, identity=None, direct=[Candidate("192.0.2.2", 7)])
+        await api.register("me", "127.0.0.1", 1, identity=None)
+    assert bodies[0]["direct"] == [{"host": "192.0.2.2", "port": 7}]
+    assert "direct" not in bodies[1]

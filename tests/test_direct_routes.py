@@ -166,3 +166,25 @@ async def test_a_refused_requester_hears_forbidden(duo):
     with trio.fail_after(15), pytest.raises(TunnelFailed) as info:
         await daemons["bob"].racer.open("alice", PEER)
     assert info.value.code == "forbidden"
+
+
+async def test_a_forged_candidate_is_dialled_a_bounded_number_of_times(duo, nursery):
+    """A candidate pointing at a third party's service: it hears at most 10 dials."""
+    _switch, daemons, _events, _relay = duo
+    accepted = 0
+
+    async def third_party(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        await stream.aclose()  # it speaks no INTRO: every dial fails at once
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    victim = Candidate("127.0.0.1", listeners[0].socket.getsockname()[1])
+    await nursery.start(trio.serve_listeners, third_party, listeners)
+
+    async def use(stream, address):  # never reached: no INTRO comes back
+        raise AssertionError("a third party answered an introduction")
+
+    with trio.fail_after(10):
+        await daemons["bob"].endpoint.punch("t1-forged", (victim,), use)
+    assert 2 <= accepted <= 10

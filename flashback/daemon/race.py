@@ -222,8 +222,12 @@ class RouteRacer:
             return False
 
         async def use_handoff(handoff: Handoff) -> None:
-            if not await use(handoff.stream, handoff.address, handoff.done.set):
-                handoff.done.set()
+            kept = False
+            try:
+                kept = await use(handoff.stream, handoff.address, handoff.done.set)
+            finally:
+                if not kept:  # lost, failed or cancelled: its endpoint handler closes it
+                    handoff.done.set()
 
         endpoint = self._endpoint
         punched = trio.Event()
