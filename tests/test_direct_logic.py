@@ -13,6 +13,7 @@ from flashback.protocol.direct import (
     classify_first_byte,
     hostport,
     intro_line,
+    introduction_candidates,
     order_candidates,
     parse_addr_line,
     parse_intro_line,
@@ -154,3 +155,10 @@ def test_reflect_and_addr_lines():
     with pytest.raises(TunnelError) as info:
         parse_addr_line(b"ERR unauthorized")
     assert info.value.code == "unauthorized"
+
+
+def test_loopback_candidates_only_when_the_tracker_is_on_loopback():
+    given = [C("127.0.0.1", 5), C("::1", 6), C("192.0.2.9", 7)]
+    assert introduction_candidates(given, tunnel_host="198.51.100.1") == (C("192.0.2.9", 7),)
+    assert introduction_candidates(given, tunnel_host="tracker.example") == (C("192.0.2.9", 7),)
+    assert len(introduction_candidates(given, tunnel_host="127.0.0.1")) == 3

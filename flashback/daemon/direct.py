@@ -40,6 +40,7 @@ from flashback.protocol.direct import (
     classify_first_byte,
     hostport,
     intro_line,
+    introduction_candidates,
     parse_intro_line,
 )
 from flashback.protocol.messages import Candidate, TunnelInvite
@@ -307,16 +308,17 @@ class DirectEndpoint:
         except ValueError:
             return  # a request id we cannot put on the line: relay only
         self._owner_intros[invite.request_id] = _OwnerIntro(invite, now + INTRO_TTL_S)
-        if invite.candidates:
-            self._nursery.start_soon(self._owner_punch, invite)
+        candidates = introduction_candidates(invite.candidates, tunnel_host=invite.host)
+        if candidates:
+            self._nursery.start_soon(self._owner_punch, invite, candidates)
 
-    async def _owner_punch(self, invite: TunnelInvite) -> None:
+    async def _owner_punch(self, invite: TunnelInvite, candidates: tuple[Candidate, ...]) -> None:
         async def use(stream: trio.SocketStream, address: str) -> bool:
             deadline = trio.current_time() + HANDSHAKE_TIMEOUT_S
             await self._serve_intro(stream, invite, address, deadline)
             return False
 
-        await self.punch(invite.request_id, invite.candidates, use)
+        await self.punch(invite.request_id, candidates, use)
 
     @contextlib.asynccontextmanager
     async def expect(self, request_id: str) -> AsyncIterator[trio.MemoryReceiveChannel[Handoff]]:

@@ -37,7 +37,7 @@ from flashback.protocol.direct import (
     RouteBook,
     hostport,
     intro_line,
-    order_candidates,
+    introduction_candidates,
 )
 from flashback.protocol.messages import Candidate, TunnelInvite
 from flashback.protocol.tunnel import OpenTarget
@@ -185,7 +185,7 @@ class RouteRacer:
             intro_line(invite.request_id)
         except ValueError:
             return ()
-        return order_candidates(invite.candidates)
+        return introduction_candidates(invite.candidates, tunnel_host=invite.host)
 
     async def _race_invite(
         self,

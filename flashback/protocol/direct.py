@@ -156,6 +156,23 @@ def order_candidates(
     return tuple([*v4, *v6][:limit])
 
 
+def is_loopback_host(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def introduction_candidates(
+    candidates: Iterable[Candidate], *, tunnel_host: str
+) -> tuple[Candidate, ...]:
+    """What an introduction dials: :func:`order_candidates`, and loopback addresses
+    only when the tracker itself is reached over loopback (everyone on one machine)
+    -- a loopback candidate of a peer elsewhere would make us dial our own services."""
+    keep_loopback = is_loopback_host(tunnel_host)
+    return order_candidates(c for c in candidates if keep_loopback or not is_loopback_host(c.host))
+
+
 # -- the attempt schedule --------------------------------------------------------------
 
 
