@@ -136,7 +136,7 @@ class RouteRacer:
         address = hostport(candidate.host, candidate.port)
         try:
             with trio.fail_after(PUNCH_WINDOW_S + HANDSHAKE_TIMEOUT_S):
-                tcp = await trio.open_tcp_stream(candidate.host, candidate.port)
+                tcp = await self._dial_plain(candidate)
                 stream, leftover = await open_over(
                     tcp,
                     context=self._client_context(),
@@ -153,6 +153,16 @@ class RouteRacer:
         opened = Opened(stream, leftover, "direct", address, False)
         if not attempts.offer(f"plain {address}", opened, candidate):
             await trio.aclose_forcefully(stream)
+
+    async def _dial_plain(self, candidate: Candidate) -> trio.SocketStream:
+        """From the endpoint's port when we can (a NAT that saw this pair of ports
+        before may still let it through), else from any port."""
+        if self._endpoint is not None and self._endpoint.can_dial(candidate.host):
+            try:
+                return await self._endpoint.dial_from(candidate)
+            except OSError:
+                pass  # that 4-tuple is still in TIME_WAIT here, say
+        return await trio.open_tcp_stream(candidate.host, candidate.port)
 
     async def _introduce(
         self, peer_id: str, target: OpenTarget, attempts: _Attempts, delay_s: float
