@@ -162,3 +162,21 @@ def test_loopback_candidates_only_when_the_tracker_is_on_loopback():
     assert introduction_candidates(given, tunnel_host="198.51.100.1") == (C("192.0.2.9", 7),)
     assert introduction_candidates(given, tunnel_host="tracker.example") == (C("192.0.2.9", 7),)
     assert len(introduction_candidates(given, tunnel_host="127.0.0.1")) == 3
+
+
+def test_dial_plan_takes_candidates_learnt_in_the_window_up_to_8():
+    a, b = C("10.0.0.1", 1), C("203.0.113.9", 2)
+    plan = DialPlan([a], start=0.0)
+    assert plan.due(0.0) == [a]
+    assert plan.add([a, b], 0.5) == [b]  # a is known already
+    assert plan.due(0.5) == [b]
+    assert plan.add([C(f"10.1.0.{i}", 9) for i in range(20)], 0.6)[-1] == C("10.1.0.5", 9)
+    assert len(plan.candidates) == 8
+
+
+def test_a_relay_only_peer_is_punched_again_for_a_new_candidate():
+    book = RouteBook()
+    old, new = C("10.0.0.1", 1), C("203.0.113.9", 2)
+    book.remember_relay("bob", "198.51.100.1:3001", 100.0, tried=[old])
+    assert not book.may_punch("bob", 110.0, [old])
+    assert book.may_punch("bob", 110.0, [old, new])

@@ -188,3 +188,26 @@ async def test_a_forged_candidate_is_dialled_a_bounded_number_of_times(duo, nurs
     with trio.fail_after(10):
         await daemons["bob"].endpoint.punch("t1-forged", (victim,), use)
     assert 2 <= accepted <= 10
+
+
+async def test_a_candidate_learnt_during_the_window_is_dialled(duo):
+    """The invite lists nothing to dial (no reflexive address yet) and the relay is
+    down; the owner's address arrives in the peer table meanwhile and wins."""
+    switch, daemons, _events, _relay = duo
+    alice_endpoint = switch.candidates["alice"]
+    switch.candidates = {}
+    dead = trio.socket.socket()
+    await dead.bind(("127.0.0.1", 0))
+    switch.port = dead.getsockname()[1]  # the invites name a tunnel port nobody serves
+    dead.close()
+    learnt: list[str] = []
+
+    def table(peer_id: str) -> tuple[Candidate, ...]:
+        learnt.append(peer_id)
+        return alice_endpoint if len(learnt) > 2 else ()  # not at first: a bit later
+
+    daemons["bob"].racer._candidates_of = table
+    with trio.fail_after(10):
+        opened = await daemons["bob"].racer.open("alice", PEER)
+        assert (opened.route, opened.punched) == ("direct", True)
+        assert await _ask(opened, b"late\n") == b"LATE\n"

@@ -21,7 +21,7 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -53,6 +53,8 @@ PER_ADDRESS: Final = 32
 #: an owner keeps an introduction's INTRO connections welcome this long
 INTRO_TTL_S: Final = 10.0
 MAX_PENDING_INTROS: Final = 128
+#: how often a running introduction looks for candidates learnt meanwhile
+WATCH_S: Final = 0.1
 
 Emit = Callable[..., None]
 
@@ -125,12 +127,15 @@ class DirectEndpoint:
         resolve_target: Callable[[OpenTarget], int | None],
         emit: Emit,
         peer_of: Callable[[str | None], str | None] = lambda _fingerprint: None,
+        candidates_of: Callable[[str], tuple[Candidate, ...]] = lambda _peer_id: (),
     ) -> None:
         self._server_context = server_context
         self.gate = gate
         self._resolve_target = resolve_target
         self._emit = emit
         self._peer_of = peer_of
+        #: a peer's candidates as the tracker lists them now (the peer table)
+        self.candidates_of = candidates_of
         self.port = 0
         self._bound: dict[socket.AddressFamily, str] = {}
         self._owner_intros: dict[str, _OwnerIntro] = {}
@@ -309,8 +314,7 @@ class DirectEndpoint:
             return  # a request id we cannot put on the line: relay only
         self._owner_intros[invite.request_id] = _OwnerIntro(invite, now + INTRO_TTL_S)
         candidates = introduction_candidates(invite.candidates, tunnel_host=invite.host)
-        if candidates:
-            self._nursery.start_soon(self._owner_punch, invite, candidates)
+        self._nursery.start_soon(self._owner_punch, invite, candidates)
 
     async def _owner_punch(self, invite: TunnelInvite, candidates: tuple[Candidate, ...]) -> None:
         async def use(stream: trio.SocketStream, address: str) -> bool:
@@ -318,7 +322,12 @@ class DirectEndpoint:
             await self._serve_intro(stream, invite, address, deadline)
             return False
 
-        await self.punch(invite.request_id, candidates, use)
+        def more() -> tuple[Candidate, ...]:
+            return introduction_candidates(
+                self.candidates_of(invite.from_), tunnel_host=invite.host
+            )
+
+        await self.punch(invite.request_id, candidates, use, more)
 
     @contextlib.asynccontextmanager
     async def expect(self, request_id: str) -> AsyncIterator[trio.MemoryReceiveChannel[Handoff]]:
@@ -333,9 +342,17 @@ class DirectEndpoint:
             async for left in receive:  # never used: let their handlers close them
                 left.done.set()
 
-    async def punch(self, request_id: str, candidates: tuple[Candidate, ...], use: Use) -> None:
+    async def punch(
+        self,
+        request_id: str,
+        candidates: tuple[Candidate, ...],
+        use: Use,
+        more: Callable[[], Iterable[Candidate]] | None = None,
+    ) -> tuple[Candidate, ...]:
         """Dial every candidate from our port at once, retrying per the plan; each connection
-        exchanges INTRO lines and is then given to *use* (True: it authenticated, stop)."""
+        exchanges INTRO lines and is then given to *use* (True: it kept the stream).
+        *more* is asked every :data:`WATCH_S` for candidates learnt meanwhile (the other
+        side's fresh reflexive address). Returns every candidate the plan dialled."""
         plan = DialPlan(candidates, trio.current_time())
         line = intro_line(request_id)
         changed = trio.Event()
@@ -371,14 +388,23 @@ class DirectEndpoint:
                     await trio.aclose_forcefully(stream)
 
         async with trio.open_nursery() as nursery:
-            now = trio.current_time()
-            while (wake := plan.next_wake(now)) is not None:
+            while True:
+                now = trio.current_time()
+                if more is not None and not plan.done and now < plan.deadline:
+                    plan.add(more(), now)
                 for candidate in plan.due(now):
                     nursery.start_soon(attempt, candidate)
+                wake = plan.next_wake(now)
+                if wake is None:
+                    if more is None or plan.done or now >= plan.deadline:
+                        break
+                    wake = plan.deadline
+                if more is not None:
+                    wake = min(wake, now + WATCH_S)
                 with trio.move_on_at(max(wake, now + 0.01)):
                     await changed.wait()
                 changed = trio.Event()
-                now = trio.current_time()
+        return plan.candidates
 
     def can_dial(self, host: str) -> bool:
         """Whether the endpoint listens in *host*'s address family."""

@@ -34,7 +34,13 @@ from flashback.daemon.identity import IdentityStore, Instance, claim_instance
 from flashback.daemon.link import run_link
 from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.pins import PinStore
-from flashback.daemon.reach import TrackerGate, local_target_port, pin_checker, run_routes
+from flashback.daemon.reach import (
+    TrackerGate,
+    candidates_of,
+    local_target_port,
+    pin_checker,
+    run_routes,
+)
 from flashback.daemon.reflect import Reflector
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.stream_ports import run_stream_ports
@@ -242,6 +248,7 @@ async def start_direct_endpoint(
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         emit=ctx.hub.emit,
         peer_of=gate.peer_of,
+        candidates_of=lambda peer_id: candidates_of(ctx, peer_id),
     )
     ctx.direct_port = await nursery.start(
         endpoint.run, config.direct_host, config.direct_port, config.data_dir

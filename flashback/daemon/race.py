@@ -85,6 +85,7 @@ class RouteRacer:
         check_pin: Callable[[str, str], None],
         book: RouteBook | None = None,
         before_punch: Callable[[TunnelInvite], None] = lambda _invite: None,
+        candidates_of: Callable[[str], tuple[Candidate, ...]] = lambda _peer_id: (),
     ) -> None:
         self._service = service
         self._endpoint = endpoint
@@ -92,6 +93,7 @@ class RouteRacer:
         self._check_pin = check_pin
         self.book = book or RouteBook()
         self._before_punch = before_punch
+        self._candidates_of = candidates_of
         # the owner fingerprint each peer proved on a direct route (for plain dials)
         self._proven: dict[str, str] = {}
 
@@ -177,34 +179,46 @@ class RouteRacer:
         invited_at = trio.current_time()
         candidates = self._punchable(peer_id, invite, invited_at)
         self._before_punch(invite)
+        tried: list[Candidate] = []
         try:
-            await self._race_invite(peer_id, target, invite, candidates, attempts, invited_at)
+            await self._race_invite(
+                peer_id, target, invite, candidates, attempts, invited_at, tried
+            )
         finally:
             winner = attempts.winner
             if winner is not None:
                 self._service.report_route(invite.request_id, winner.route)
                 if winner.route == "direct":
                     self._remember_proof(peer_id, invite.fingerprint)
-                elif candidates or self.book.last(peer_id) is None:
-                    self.book.remember_relay(peer_id, winner.address, trio.current_time())
+                elif candidates is not None or self.book.last(peer_id) is None:
+                    self.book.remember_relay(
+                        peer_id, winner.address, trio.current_time(), tried=tried
+                    )
 
-    def _punchable(self, peer_id: str, invite: TunnelInvite, now: float) -> tuple[Candidate, ...]:
-        if self._endpoint is None or not self.book.may_punch(peer_id, now):
-            return ()
+    def _punchable(
+        self, peer_id: str, invite: TunnelInvite, now: float
+    ) -> tuple[Candidate, ...] | None:
+        """The invite's candidates to dial (None: no punching for this introduction)."""
+        if self._endpoint is None:
+            return None
         try:
             intro_line(invite.request_id)
         except ValueError:
-            return ()
-        return introduction_candidates(invite.candidates, tunnel_host=invite.host)
+            return None
+        candidates = introduction_candidates(invite.candidates, tunnel_host=invite.host)
+        if not self.book.may_punch(peer_id, now, candidates):
+            return None
+        return candidates
 
     async def _race_invite(
         self,
         peer_id: str,
         target: OpenTarget,
         invite: TunnelInvite,
-        candidates: tuple[Candidate, ...],
+        candidates: tuple[Candidate, ...] | None,
         attempts: _Attempts,
         invited_at: float,
+        tried: list[Candidate],
     ) -> None:
         async def use(
             stream: trio.SocketStream, address: str, release: Callable[[], None] | None = None
@@ -243,16 +257,21 @@ class RouteRacer:
         punched = trio.Event()
         async with contextlib.AsyncExitStack() as stack:
             nursery = await stack.enter_async_context(trio.open_nursery())
-            if endpoint is not None and candidates:
+            if endpoint is not None and candidates is not None:
                 handoffs = await stack.enter_async_context(endpoint.expect(invite.request_id))
 
                 async def take_handoffs() -> None:
                     async for handoff in handoffs:
                         nursery.start_soon(use_handoff, handoff)
 
+                def more() -> tuple[Candidate, ...]:
+                    return introduction_candidates(
+                        self._candidates_of(peer_id), tunnel_host=invite.host
+                    )
+
                 async def punch() -> None:
                     try:
-                        await endpoint.punch(invite.request_id, candidates, use)
+                        tried.extend(await endpoint.punch(invite.request_id, candidates, use, more))
                     finally:
                         punched.set()
 
@@ -260,7 +279,7 @@ class RouteRacer:
                 nursery.start_soon(punch)
             else:
                 punched.set()
-            await trio.sleep_until(attempts.race.relay_start(invited_at, len(candidates)))
+            await trio.sleep_until(attempts.race.relay_start(invited_at, len(candidates or ())))
             if attempts.race.should_join_relay():
                 try:
                     stream, leftover = await self._service.join_relay(invite, target)

@@ -25,7 +25,7 @@ from flashback.daemon.routes import PROBE_TIMEOUT_S, Router
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
 from flashback.errors import FlashbackError
-from flashback.protocol.messages import TunnelInvite
+from flashback.protocol.messages import Candidate, TunnelInvite
 from flashback.protocol.tunnel import OpenTarget
 from flashback.streaming.manager import StreamManager
 
@@ -46,6 +46,12 @@ def local_target_port(
     if streams is not None and any(port.port == target.port for port in streams.open_ports):
         return target.port
     return None
+
+
+def candidates_of(ctx: DaemonContext, peer_id: str) -> tuple[Candidate, ...]:
+    """A peer's direct candidates as the tracker lists them now (§10.2)."""
+    peer = ctx.table.peers.get(peer_id)
+    return peer.candidates if peer is not None else ()
 
 
 def pin_checker(pins: PinStore, ctx: DaemonContext) -> CheckPin:
@@ -98,6 +104,7 @@ async def run_routes(
         client_context=tls.client_context,
         check_pin=check_pin,
         before_punch=reflect_before_punch,
+        candidates_of=lambda peer_id: candidates_of(ctx, peer_id),
     )
     service.opener = racer.open
     if endpoint is not None:

@@ -219,6 +219,19 @@ class DialPlan:
                 out.append(candidate)
         return out
 
+    def add(self, candidates: Iterable[Candidate], now: float) -> list[Candidate]:
+        """Candidates learnt during the window (the other side's reflexive address
+        arriving in a ``peer-updated``): dialled from *now* on, the plan still at
+        most :data:`MAX_CANDIDATES` long. Returns the ones added."""
+        added = []
+        for candidate in order_candidates(candidates):
+            if candidate in self._slots or len(self._slots) >= MAX_CANDIDATES:
+                continue
+            self._slots[candidate] = _Slot(next_at=now)
+            added.append(candidate)
+        self.candidates = tuple(self._slots)
+        return added
+
     def failed(self, candidate: Candidate, now: float) -> None:
         slot = self._slots[candidate]
         slot.in_flight = False
@@ -282,6 +295,8 @@ class Remembered:
     route: Route
     address: str | None  # host:port used, for `flashback peers`
     at: float
+    #: the candidates a relay-only introduction dialled in vain
+    tried: frozenset[Candidate] = frozenset()
 
 
 @dataclass
@@ -312,18 +327,23 @@ class RouteBook:
         self._direct[peer_id] = (address, *[c for c in known if c != address])[:MAX_CANDIDATES]
         self._touch(peer_id, Remembered("direct", _hostport(address), now))
 
-    def remember_relay(self, peer_id: str, address: str | None, now: float) -> None:
-        self._touch(peer_id, Remembered("relay", address, now))
+    def remember_relay(
+        self, peer_id: str, address: str | None, now: float, *, tried: Iterable[Candidate] = ()
+    ) -> None:
+        self._touch(peer_id, Remembered("relay", address, now, frozenset(tried)))
 
     def direct_first(self, peer_id: str) -> tuple[Candidate, ...]:
         """Addresses to dial plainly before anything else (empty: none worked yet)."""
         return self._direct.get(peer_id, ())
 
-    def may_punch(self, peer_id: str, now: float) -> bool:
+    def may_punch(self, peer_id: str, now: float, candidates: Iterable[Candidate] = ()) -> bool:
         """Whether to dial an introduction's candidates: not for a peer that only the
-        relay reached less than *direct_retry_s* ago."""
+        relay reached less than *direct_retry_s* ago -- unless it has a candidate that
+        was not tried then (a reflexive address learnt since, say)."""
         entry = self._last.get(peer_id)
-        return entry is None or entry.route == "direct" or now >= entry.at + self.direct_retry_s
+        if entry is None or entry.route == "direct" or now >= entry.at + self.direct_retry_s:
+            return True
+        return any(candidate not in entry.tried for candidate in candidates)
 
     def forget_direct(self, peer_id: str, address: Candidate) -> None:
         left = tuple(c for c in self._direct.get(peer_id, ()) if c != address)
