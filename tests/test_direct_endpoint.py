@@ -237,3 +237,27 @@ async def test_registration_sends_the_direct_candidates():
         await api.register("me", "127.0.0.1", 1, identity=None)
     assert bodies[0]["direct"] == [{"host": "192.0.2.2", "port": 7}]
     assert "direct" not in bodies[1]
+
+
+async def test_one_requester_cannot_make_the_owner_dial_for_all_its_introductions(endpoint):
+    direct, *_ = endpoint
+
+    def invite(request_id: str, requester: str) -> TunnelInvite:
+        return TunnelInvite(
+            request_id=request_id,
+            from_=requester,
+            fingerprint="sha256:" + "0" * 64,
+            role="server",
+            host="127.0.0.1",
+            port=1,
+            key="k",
+            candidates=(Candidate("127.0.0.1", 9),),  # a third party's port, say
+        )
+
+    for n in range(10):
+        direct.owner_invite(invite(f"m{n}", "mallory"))
+    direct.owner_invite(invite("b1", "bob"))
+    held = dict(direct._dialling.holders())
+    assert held == {"mallory": 4, "bob": 1}
+    assert not direct._halts["b1"].is_set()
+    assert all(f"m{n}" not in direct._halts for n in range(6))  # halted, oldest first

@@ -29,7 +29,7 @@ from typing import Final
 
 import trio
 
-from flashback.daemon.endpoint_bind import bind_endpoint, reusable_socket
+from flashback.daemon.endpoint_bind import Replayed, bind_endpoint, reusable_socket
 from flashback.daemon.gate import Gate
 from flashback.daemon.tunnel_ends import TunnelFailed, read_plain_line, serve_over
 from flashback.http.accept import serve_listener
@@ -43,6 +43,7 @@ from flashback.protocol.direct import (
     introduction_candidates,
     parse_intro_line,
 )
+from flashback.protocol.fairshare import FairShare
 from flashback.protocol.messages import Candidate, TunnelInvite
 from flashback.protocol.tunnel import OpenTarget, Route, TunnelError
 
@@ -53,37 +54,13 @@ PER_ADDRESS: Final = 32
 #: an owner keeps an introduction's INTRO connections welcome this long
 INTRO_TTL_S: Final = 10.0
 MAX_PENDING_INTROS: Final = 128
+#: introductions an owner dials back at once, and per requester (a fair share)
+MAX_DIALLING: Final = 32
+DIALLING_PER_PEER: Final = 4
 #: how often a running introduction looks for candidates learnt meanwhile
 WATCH_S: Final = 0.1
 
 Emit = Callable[..., None]
-
-
-# -- a stream that gives back what was peeked ---------------------------------------------
-
-
-class _Replayed(trio.abc.HalfCloseableStream):
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self._stream, self._prefix = stream, prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 # -- introductions ----------------------------------------------------------------------
@@ -140,6 +117,8 @@ class DirectEndpoint:
         self._bound: dict[socket.AddressFamily, str] = {}
         self._owner_intros: dict[str, _OwnerIntro] = {}
         self._requester_intros: dict[str, trio.MemorySendChannel[Handoff]] = {}
+        self._dialling: FairShare[str, str] = FairShare(MAX_DIALLING, DIALLING_PER_PEER)
+        self._halts: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         #: told when a direct connection of an introduction authenticated (request id)
         self.on_direct_authenticated: Callable[[str], None] = lambda _request_id: None
@@ -187,7 +166,7 @@ class DirectEndpoint:
         kind = classify_first_byte(first)
         if kind == "tls":
             await self._serve(
-                _Replayed(stream, first),
+                Replayed(stream, first),
                 _remote(stream),
                 lambda fp: self.gate.check(fp, invite_peer=None, invite_fingerprint=None),
                 punched=False,
@@ -314,9 +293,18 @@ class DirectEndpoint:
             return  # a request id we cannot put on the line: relay only
         self._owner_intros[invite.request_id] = _OwnerIntro(invite, now + INTRO_TTL_S)
         candidates = introduction_candidates(invite.candidates, tunnel_host=invite.host)
-        self._nursery.start_soon(self._owner_punch, invite, candidates)
+        # a fair share of the dialling: a requester's introductions past its share stop
+        # dialling (the oldest first), never another requester's
+        halt = trio.Event()
+        evicted = self._dialling.admit(invite.from_, invite.request_id).evicted
+        if evicted is not None and evicted[1] in self._halts:
+            self._halts.pop(evicted[1]).set()
+        self._halts[invite.request_id] = halt
+        self._nursery.start_soon(self._owner_punch, invite, candidates, halt)
 
-    async def _owner_punch(self, invite: TunnelInvite, candidates: tuple[Candidate, ...]) -> None:
+    async def _owner_punch(
+        self, invite: TunnelInvite, candidates: tuple[Candidate, ...], halt: trio.Event
+    ) -> None:
         async def use(stream: trio.SocketStream, address: str) -> bool:
             deadline = trio.current_time() + HANDSHAKE_TIMEOUT_S
             await self._serve_intro(stream, invite, address, deadline)
@@ -327,7 +315,12 @@ class DirectEndpoint:
                 self.candidates_of(invite.from_), tunnel_host=invite.host
             )
 
-        await self.punch(invite.request_id, candidates, use, more)
+        try:
+            await self.punch(invite.request_id, candidates, use, more, halt=halt)
+        finally:
+            if self._halts.get(invite.request_id) is halt:
+                del self._halts[invite.request_id]
+                self._dialling.release(invite.request_id)
 
     @contextlib.asynccontextmanager
     async def expect(self, request_id: str) -> AsyncIterator[trio.MemoryReceiveChannel[Handoff]]:
@@ -348,11 +341,14 @@ class DirectEndpoint:
         candidates: tuple[Candidate, ...],
         use: Use,
         more: Callable[[], Iterable[Candidate]] | None = None,
+        *,
+        halt: trio.Event | None = None,
     ) -> tuple[Candidate, ...]:
         """Dial every candidate from our port at once, retrying per the plan; each connection
         exchanges INTRO lines and is then given to *use* (True: it kept the stream).
         *more* is asked every :data:`WATCH_S` for candidates learnt meanwhile (the other
-        side's fresh reflexive address). Returns every candidate the plan dialled."""
+        side's fresh reflexive address); once *halt* is set no new dial starts. Returns
+        every candidate the plan dialled."""
         plan = DialPlan(candidates, trio.current_time())
         line = intro_line(request_id)
         changed = trio.Event()
@@ -390,6 +386,8 @@ class DirectEndpoint:
         async with trio.open_nursery() as nursery:
             while True:
                 now = trio.current_time()
+                if halt is not None and halt.is_set():
+                    plan.succeeded()  # no more dials (the ones under way end on their own)
                 if more is not None and not plan.done and now < plan.deadline:
                     plan.add(more(), now)
                 for candidate in plan.due(now):

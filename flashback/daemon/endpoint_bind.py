@@ -1,4 +1,5 @@
-"""Binding the direct endpoint: the same port for listening, dialling and reflecting.
+"""Binding the direct endpoint (the same port for listening, dialling and reflecting),
+and the stream that gives back the byte it peeked at.
 
 Every socket on the endpoint's port has ``SO_REUSEADDR`` + ``SO_REUSEPORT``
 (Linux lets a dialling socket share a listener's port only when all of them
@@ -158,3 +159,32 @@ def local_candidates(host: str | None, port: int) -> list[tuple[str, int]]:
         if (address.compressed, port) not in seen:
             seen.append((address.compressed, port))
     return seen[:8]
+
+
+# -- a stream that gives back what the endpoint peeked ---------------------------------------------
+
+
+class Replayed(trio.abc.HalfCloseableStream):
+    """*stream* with *prefix* (the first byte the endpoint read to decide) put back."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self._stream, self._prefix = stream, prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
