@@ -261,3 +261,17 @@ async def test_one_requester_cannot_make_the_owner_dial_for_all_its_introduction
     assert held == {"mallory": 4, "bob": 1}
     assert not direct._halts["b1"].is_set()
     assert all(f"m{n}" not in direct._halts for n in range(6))  # halted, oldest first
+
+
+async def test_a_client_hello_without_alpn_is_closed_unserved(endpoint, tmp_path):
+    _direct, port, _owner, friend, events, _ = endpoint
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    path = friend.keys.path.with_name("client-auth.pem")
+    friend.client_context()  # writes the client-auth certificate
+    context.load_cert_chain(path, path)  # a listed certificate, but no ALPN offered
+    with trio.fail_after(10):
+        assert (await _tls(port, context, b"OPEN peer-server\nping\n"))[1] == b""
+        assert await _served(port, friend) == b"OK\nPING\n"
+    assert len([f for e, f in events if e == "tunnel-opened"]) == 1

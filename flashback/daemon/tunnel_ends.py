@@ -205,6 +205,8 @@ async def serve_over(
     try:
         with trio.fail_after(timeout_s):
             await stream.do_handshake()
+            if stream.selected_alpn_protocol() != ALPN:
+                return  # not a flashback/1 ClientHello: closed, never served
             refusal = authorize(requester_fingerprint(stream.getpeercert(binary_form=True)))
             if refusal is not None:
                 await stream.send_all(err_line(refusal))
