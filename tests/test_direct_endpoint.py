@@ -164,9 +164,7 @@ async def test_many_half_open_connections_do_not_lock_out_a_peer(endpoint):
     silent = []
     with trio.fail_after(20):
         for _ in range(1000):  # far more than the connection cap, all silent
-            silent.append(
-                await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
-            )
+            silent.append(await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2"))
         assert await _served(port, friend) == b"OK\nPING\n"
     for tcp in silent:
         await tcp.aclose()

@@ -211,3 +211,17 @@ async def test_a_candidate_learnt_during_the_window_is_dialled(duo):
         opened = await daemons["bob"].racer.open("alice", PEER)
         assert (opened.route, opened.punched) == ("direct", True)
         assert await _ask(opened, b"late\n") == b"LATE\n"
+
+
+async def test_connect_holds_a_forward_whose_connections_went_direct(duo):
+    from types import SimpleNamespace
+
+    from flashback.daemon.connect import ConnectRequest, held
+
+    _switch, daemons, _events, _relay = duo
+    bob = daemons["bob"].service
+    await bob.start_forward("alice", PEER)
+    ctx = SimpleNamespace(tunnels=bob)
+    with held(ctx, {"peer_id": "alice", "route": "direct"}, ConnectRequest("alice")):  # type: ignore[arg-type]
+        assert bob._forwards[("alice", PEER)].holds == 1
+    assert bob._forwards[("alice", PEER)].holds == 0

@@ -104,7 +104,7 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
             )
         else:
             reached = await ctx.router.reach(peer.peer_id, peer.host, peer.port)
-        if reached.route == "relay" and ctx.tunnels is not None and peer.fingerprint:
+        if reached.forwarded and ctx.tunnels is not None and peer.fingerprint:
             # Refuse a changed key here with its own message; the TLS check in
             # every tunnel is still what proves the owner.
             ctx.tunnels.check_pin(peer.peer_id, peer.fingerprint)
@@ -121,8 +121,9 @@ def _text(url: object) -> str:
 
 @contextlib.contextmanager
 def held(ctx: DaemonContext, answer: dict[str, Any], request: ConnectRequest) -> Iterator[None]:
-    """Keep a relay forward open for as long as the block runs."""
-    if answer["route"] != "relay" or ctx.tunnels is None:
+    """Keep the forward open for as long as the block runs (whatever route its
+    connections take: they race the direct endpoint and the relay)."""
+    if ctx.tunnels is None:
         yield
         return
     target = (

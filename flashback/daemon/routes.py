@@ -36,6 +36,8 @@ class Reached:
     peer_id: str
     url: httpx.URL
     route: Route
+    #: a local forward (its connections race the direct endpoint and the relay)
+    forwarded: bool = False
 
 
 def origin(host: str, port: int) -> httpx.URL:
@@ -126,7 +128,7 @@ class Router:
             self._forwards[(peer_id, target)] = forward_port
         carried = self.book.last(peer_id)
         route: Route = carried.route if carried is not None else "relay"
-        return Reached(peer_id, origin("127.0.0.1", forward_port), route)
+        return Reached(peer_id, origin("127.0.0.1", forward_port), route, forwarded=True)
 
     def forward_closed(self, peer_id: str, target: OpenTarget) -> None:
         """A forward ended (idle, or its peer left): the next reach opens a new one."""
