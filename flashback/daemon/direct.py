@@ -29,7 +29,12 @@ from typing import Final
 
 import trio
 
-from flashback.daemon.endpoint_bind import Replayed, bind_endpoint, reusable_socket
+from flashback.daemon.endpoint_bind import (
+    Replayed,
+    bind_endpoint,
+    close_when_acked,
+    reusable_socket,
+)
 from flashback.daemon.gate import Gate
 from flashback.daemon.tunnel_ends import TunnelFailed, read_plain_line, serve_over
 from flashback.http.accept import serve_listener
@@ -172,6 +177,7 @@ class DirectEndpoint:
                 punched=False,
                 request_id=None,
                 timeout_s=max(0.0, deadline - trio.current_time()),
+                raw=stream,
             )
             return
         if kind != "intro":
@@ -201,7 +207,7 @@ class DirectEndpoint:
 
     async def _serve_intro(
         self,
-        stream: trio.abc.HalfCloseableStream,
+        stream: trio.SocketStream,
         invite: TunnelInvite,
         address: str,
         deadline: float,
@@ -222,6 +228,7 @@ class DirectEndpoint:
             request_id=invite.request_id,
             peer_id=invite.from_,
             timeout_s=max(0.0, deadline - trio.current_time()),
+            raw=stream,
         )
 
     async def _serve(
@@ -234,8 +241,10 @@ class DirectEndpoint:
         request_id: str | None,
         peer_id: str | None = None,
         timeout_s: float,
+        raw: trio.SocketStream | None = None,
     ) -> None:
-        """The owner's part, with ``tunnel-opened``/``tunnel-closed`` for this route."""
+        """The owner's part, with ``tunnel-opened``/``tunnel-closed`` for this route;
+        *raw* is the TCP connection under *stream*, closed abortively once acked."""
         start = trio.current_time()
         counts = [0, 0]
         who: list[str | None] = [peer_id]
@@ -264,6 +273,7 @@ class DirectEndpoint:
             on_bytes=count,
             on_open=on_open,
             timeout_s=timeout_s,
+            before_close=partial(close_when_acked, raw) if raw is not None else None,
         )
         if counts != [0, 0]:
             self._emit(

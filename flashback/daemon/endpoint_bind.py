@@ -1,5 +1,6 @@
 """Binding the direct endpoint (the same port for listening, dialling and reflecting),
-and the stream that gives back the byte it peeked at.
+closing its connections without TIME_WAIT, and the stream that gives back the
+byte it peeked at.
 
 Every socket on the endpoint's port has ``SO_REUSEADDR`` + ``SO_REUSEPORT``
 (Linux lets a dialling socket share a listener's port only when all of them
@@ -10,9 +11,12 @@ data directory and bound again on the next start when it is free.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import socket
+import struct
+import termios
 from pathlib import Path
 from typing import Final
 
@@ -23,6 +27,8 @@ from flashback.daemon.keys import write_private
 log = logging.getLogger(__name__)
 
 PORT_FILE: Final = "direct-port"
+#: after serving, how long the owner waits for its last bytes to be acknowledged
+ACKED_WAIT_S: Final = 5.0
 
 
 def reusable_socket(family: socket.AddressFamily) -> trio.socket.SocketType:
@@ -188,3 +194,28 @@ class Replayed(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+def close_abortively(stream: trio.SocketStream) -> None:
+    """Make closing *stream* send RST, not FIN: the side that closes a TCP connection
+    first keeps its 4-tuple in TIME_WAIT for a minute, and a direct route's 4-tuple
+    (endpoint port to endpoint port, through NATs) must stay free to punch again."""
+    with contextlib.suppress(OSError):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def close_when_acked(stream: trio.SocketStream) -> None:
+    """Wait until the peer acknowledged every byte we sent (``TIOCOUTQ``, bounded by
+    :data:`ACKED_WAIT_S`), then make the close abortive: nothing is lost by the RST."""
+    with trio.move_on_after(ACKED_WAIT_S):
+        while True:
+            try:
+                unacked = struct.unpack(
+                    "i", fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                )[0]
+            except OSError:
+                return  # closed already
+            if unacked == 0:
+                close_abortively(stream)
+                return
+            await trio.sleep(0.01)

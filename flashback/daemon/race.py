@@ -28,6 +28,7 @@ from typing import Final
 import trio
 
 from flashback.daemon.direct import DirectEndpoint, Handoff
+from flashback.daemon.endpoint_bind import close_abortively
 from flashback.daemon.tunnel_ends import TunnelFailed, open_over
 from flashback.daemon.tunnels import Opened, TunnelService
 from flashback.protocol.direct import (
@@ -139,6 +140,7 @@ class RouteRacer:
         try:
             with trio.fail_after(PUNCH_WINDOW_S + HANDSHAKE_TIMEOUT_S):
                 tcp = await self._dial_plain(candidate)
+                close_abortively(tcp)
                 stream, leftover = await open_over(
                     tcp,
                     context=self._client_context(),
@@ -223,6 +225,7 @@ class RouteRacer:
         async def use(
             stream: trio.SocketStream, address: str, release: Callable[[], None] | None = None
         ) -> bool:
+            close_abortively(stream)
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT_S):
                     tls, leftover = await open_over(

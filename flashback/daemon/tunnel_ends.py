@@ -21,7 +21,7 @@ is made differs.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
@@ -193,13 +193,15 @@ async def serve_over(
     on_bytes: Callable[[int, int], None] | None = None,
     on_open: Callable[[], None] | None = None,
     timeout_s: float = OPEN_TIMEOUT_S,
+    before_close: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """The owner's TLS part on a connection already made; closes *tcp* when done.
 
     The requester's certificate is checked before its ``OPEN`` line is read:
     a refused requester gets ``ERR <code>`` and nothing else. The handshake
     and the ``OPEN`` line together get *timeout_s*; *on_open* runs once the
-    target answered and ``OK`` went out.
+    target answered and ``OK`` went out; *before_close* once the relayed
+    connection is over (the direct endpoint makes its close abortive there).
     """
     stream = trio.SSLStream(tcp, context, server_side=True)
     try:
@@ -240,6 +242,8 @@ async def serve_over(
                 local_is_server=True,
                 on_bytes=on_bytes,
             )
+        if before_close is not None:
+            await before_close()
     except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, TunnelError, OSError):
         pass  # the requester went away or spoke nonsense: this tunnel ends, nothing else
     finally:
