@@ -29,8 +29,8 @@ import trio
 
 from flashback.daemon.direct import DirectEndpoint, Handoff
 from flashback.daemon.endpoint_bind import close_abortively
-from flashback.daemon.tunnel_ends import TunnelFailed, open_over
-from flashback.daemon.tunnels import Opened, TunnelService
+from flashback.daemon.tunnel_ends import Opened, TunnelFailed, open_over
+from flashback.daemon.tunnels import TunnelService
 from flashback.protocol.direct import (
     HANDSHAKE_TIMEOUT_S,
     PUNCH_WINDOW_S,

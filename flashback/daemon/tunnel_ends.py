@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -32,6 +33,7 @@ from flashback.protocol.tunnel import (
     OK_LINE,
     LineReader,
     OpenTarget,
+    Route,
     TunnelError,
     err_line,
     join_line,
@@ -48,6 +50,19 @@ COPY_CHUNK_BYTES: Final = 256 * 1024
 #: who may connect: the requester's proven fingerprint (None: it showed none)
 #: -> None to accept, or the ``ERR`` code to refuse with (``forbidden``)
 Authorize = Callable[[str | None], str | None]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A carried connection's way to the peer: authenticated, target opened."""
+
+    stream: trio.SSLStream[trio.abc.Stream]
+    leftover: bytes
+    route: Route
+    address: str
+    punched: bool
+    #: called once the connection is done with (an endpoint handler waits for it)
+    release: Callable[[], None] = lambda: None
 
 
 class TunnelFailed(Exception):
@@ -257,6 +272,7 @@ async def bridge(
     leftover_to_local: bytes = b"",
     local_is_server: bool = False,
     on_bytes: Callable[[int, int], None] | None = None,
+    idle_after_eof_s: float | None = None,
 ) -> tuple[int, int]:
     """Copy between a TLS tunnel and a local TCP connection; returns (to local, to tunnel).
 
@@ -266,8 +282,12 @@ async def bridge(
     the requester's side the local end is a client, whose half-close only
     stops the upward copy while its answer still comes down. The tunnel's
     EOF becomes a TCP half-close and ends the bridge. A broken side ends both.
+    With *idle_after_eof_s*, once the local client sent EOF the bridge also ends
+    when nothing came down for that long (a direct route holds the only port
+    pair two endpoints have: it must not wait for the owner's keep-alive).
     """
     counts = [0, 0]
+    idle: list[trio.CancelScope | None] = [None]
 
     async def down() -> None:
         if leftover_to_local:
@@ -276,6 +296,8 @@ async def bridge(
         while data := await tunnel.receive_some(COPY_CHUNK_BYTES):
             await local.send_all(data)
             counts[0] += len(data)
+            if idle[0] is not None and idle_after_eof_s is not None:
+                idle[0].deadline = trio.current_time() + idle_after_eof_s
             if on_bytes is not None:
                 on_bytes(len(data), 0)
         await local.send_eof()
@@ -303,6 +325,14 @@ async def bridge(
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 nursery.cancel_scope.cancel()
             if local_is_server:
+                nursery.cancel_scope.cancel()
+            elif idle_after_eof_s is not None:
+                # every chunk that comes down pushes this deadline on (see down())
+                waiting = idle[0] = trio.CancelScope(
+                    deadline=trio.current_time() + idle_after_eof_s
+                )
+                with waiting:
+                    await trio.sleep_forever()
                 nursery.cancel_scope.cancel()
 
         nursery.start_soon(down_then_stop)

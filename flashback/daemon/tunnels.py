@@ -27,7 +27,6 @@ import secrets
 import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
@@ -36,6 +35,7 @@ import trio
 from flashback.daemon.gate import Gate
 from flashback.daemon.tunnel_ends import (
     SETUP_TIMEOUT_S,
+    Opened,
     TunnelFailed,
     bridge,
     join_tunnel,
@@ -64,25 +64,14 @@ MAX_PENDING_REQUESTS: Final = 64
 INVITE_TIMEOUT_S: Final = 10.0
 #: a local forward with no connection for this long closes
 FORWARD_IDLE_TIMEOUT_S: Final = 300.0
+#: a direct route ends this long after its client's EOF with nothing coming down
+DIRECT_IDLE_AFTER_EOF_S: Final = 1.0
 #: connections one local forward carries at once (more wait in the backlog)
 MAX_FORWARD_CONNECTIONS: Final = 64
 
 Send = Callable[[Message], bool]
 Emit = Callable[..., None]
 MAX_REPORTED: Final = 256
-
-
-@dataclass(frozen=True)
-class Opened:
-    """A carried connection's way to the peer: authenticated, target opened."""
-
-    stream: trio.SSLStream[trio.abc.Stream]
-    leftover: bytes
-    route: Route
-    address: str
-    punched: bool
-    #: called once the connection is done with (an endpoint handler waits for it)
-    release: Callable[[], None] = lambda: None
 
 
 Opener = Callable[[str, OpenTarget], Awaitable[Opened]]
@@ -416,7 +405,14 @@ class TunnelService:
                 self.opened(peer_id, way.route, way.address, punched=way.punched)
                 try:
                     async with way.stream:
-                        counts = await bridge(way.stream, local, leftover_to_local=way.leftover)
+                        counts = await bridge(
+                            way.stream,
+                            local,
+                            leftover_to_local=way.leftover,
+                            idle_after_eof_s=DIRECT_IDLE_AFTER_EOF_S
+                            if way.route == "direct"
+                            else None,
+                        )
                 finally:
                     way.release()
         finally:
