@@ -225,3 +225,33 @@ async def test_connect_holds_a_forward_whose_connections_went_direct(duo):
     with held(ctx, {"peer_id": "alice", "route": "direct"}, ConnectRequest("alice")):  # type: ignore[arg-type]
         assert bob._forwards[("alice", PEER)].holds == 1
     assert bob._forwards[("alice", PEER)].holds == 0
+
+
+async def test_a_direct_bridge_ends_soon_after_its_client_is_done(autojump_clock):
+    """The owner keeps its side open (keep-alive): the bridge ends 1 s after the
+    client's EOF and the last byte down, instead of holding the port pair."""
+    from trio.testing import memory_stream_pair
+
+    from flashback.daemon.tunnel_ends import bridge
+
+    a, b = trio.socket.socketpair()
+    client, local = trio.SocketStream(a), trio.SocketStream(b)
+    tunnel, owner = memory_stream_pair()
+    async with client, local, trio.open_nursery() as nursery:
+
+        async def owner_side() -> None:
+            assert await owner.receive_some(100) == b"GET\n"
+            await trio.sleep(0.5)
+            await owner.send_all(b"answer\n")  # and then nothing, never EOF
+            await trio.sleep_forever()
+
+        nursery.start_soon(owner_side)
+        await client.send_all(b"GET\n")
+        await client.send_eof()
+        start = trio.current_time()
+        with trio.fail_after(60):
+            counts = await bridge(tunnel, local, idle_after_eof_s=1.0)
+        assert counts == (7, 4)
+        assert trio.current_time() - start == pytest.approx(1.5)
+        assert await client.receive_some(100) == b"answer\n"
+        nursery.cancel_scope.cancel()
