@@ -203,7 +203,9 @@ async def test_bridge_carries_a_local_connection_and_its_half_close(world, nurse
     assert result["counts"] == (6, 6)
 
 
-async def test_the_owner_learns_the_requester_before_any_open(world, nursery, requester):
+async def test_the_owner_learns_the_requester_before_any_open(
+    world, nursery, requester
+):
     relay, port, local, context, fingerprint = world
     seen: list[str | None] = []
 
