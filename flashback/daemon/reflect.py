@@ -18,6 +18,7 @@ import trio
 
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.direct import DirectEndpoint
+from flashback.daemon.endpoint_bind import close_abortively
 from flashback.daemon.tunnel_ends import read_plain_line
 from flashback.protocol.direct import (
     MAX_REFLECT_LINE_BYTES,
@@ -40,6 +41,7 @@ class Reflector:
         self.tunnel: tuple[str, int] | None = None
         self._known = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._one_at_a_time = trio.Lock()
 
     def before_punch(self, invite: TunnelInvite) -> None:
         """An invite names the tunnel port: reflect now (and from then on)."""
@@ -69,10 +71,14 @@ class Reflector:
             with trio.fail_after(REFLECT_TIMEOUT_S):
                 infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
                 ip = str(infos[0][4][0])
-                stream = await self._endpoint.dial_from(Candidate(ip, port))
-                async with stream:
-                    await stream.send_all(reflect_line(identity.token))
-                    answer = parse_addr_line(await read_plain_line(stream, MAX_REFLECT_LINE_BYTES))
+                async with self._one_at_a_time:  # one 4-tuple: one reflection at once
+                    stream = await self._endpoint.dial_from(Candidate(ip, port))
+                    # no TIME_WAIT: the next reflection leaves from the same port
+                    close_abortively(stream)
+                    async with stream:
+                        await stream.send_all(reflect_line(identity.token))
+                        line = await read_plain_line(stream, MAX_REFLECT_LINE_BYTES)
+                answer = parse_addr_line(line)
         except (
             OSError,
             trio.TooSlowError,
