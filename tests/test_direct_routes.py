@@ -255,3 +255,37 @@ async def test_a_direct_bridge_ends_soon_after_its_client_is_done(autojump_clock
         assert trio.current_time() - start == pytest.approx(1.5)
         assert await client.receive_some(100) == b"answer\n"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stranger_answering_an_intro_does_not_decide_the_error(duo, nursery, tmp_path):
+    """A forged candidate leads to a host that speaks INTRO and TLS with its own key:
+    refused by fingerprint, and the error the user sees is the relay's, not
+    ``fingerprint_mismatch`` (which would tell them the owner's key changed)."""
+    from flashback.daemon.keys import load_or_create
+    from flashback.daemon.peer_tls import PeerTLS
+    from flashback.daemon.tunnel_ends import read_plain_line
+
+    switch, daemons, _events, _relay = duo
+    (tmp_path / "stranger").mkdir()
+    stranger = PeerTLS(load_or_create(tmp_path / "stranger"))
+
+    async def impostor(stream: trio.SocketStream) -> None:
+        line = await read_plain_line(stream, 128)
+        await stream.send_all(line + b"\n")
+        tls = trio.SSLStream(stream, stranger.server_context(), server_side=True)
+        try:
+            await tls.do_handshake()
+            await tls.receive_some(100)
+        except (trio.BrokenResourceError, OSError):
+            pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(trio.serve_listeners, impostor, listeners)
+    switch.candidates = {"alice": (Candidate("127.0.0.1", listeners[0].socket.getsockname()[1]),)}
+    dead = trio.socket.socket()
+    await dead.bind(("127.0.0.1", 0))
+    switch.port = dead.getsockname()[1]  # and the relay is down
+    dead.close()
+    with trio.fail_after(15), pytest.raises(TunnelFailed) as info:
+        await daemons["bob"].racer.open("alice", PEER)
+    assert info.value.code != "fingerprint_mismatch"

@@ -226,17 +226,26 @@ class RouteRacer:
             stream: trio.SocketStream, address: str, release: Callable[[], None] | None = None
         ) -> bool:
             close_abortively(stream)
+            proven = [False]  # the other end showed the invite's certificate
+
+            def pin(actual: str) -> None:
+                proven[0] = True
+                self._check_pin(peer_id, actual)
+
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT_S):
                     tls, leftover = await open_over(
                         stream,
                         context=self._client_context(),
                         expected_fingerprint=invite.fingerprint,
-                        check_pin=lambda actual: self._check_pin(peer_id, actual),
+                        check_pin=pin,
                         target=target,
                     )
             except TunnelFailed as exc:
-                attempts.errors.append(exc)
+                # whoever reached an INTRO connection without the owner's key is a
+                # stranger, not the owner's answer: it must not decide the error
+                if proven[0]:
+                    attempts.errors.append(exc)
                 return False
             except trio.TooSlowError:
                 return False
