@@ -61,7 +61,11 @@ async def duo(nursery, tmp_path):
             check_pin=lambda peer_id, fingerprint: None,
         )
         racer = RouteRacer(
-            service, endpoint, client_context=tls.client_context, check_pin=lambda p, f: None
+            service,
+            endpoint,
+            client_context=tls.client_context,
+            check_pin=lambda p, f: None,
+            linked=lambda: switch.up,
         )
         service.opener = racer.open
         service.on_owner_invite = endpoint.owner_invite

@@ -32,6 +32,7 @@ import trio
 from flashback.daemon.endpoint_bind import (
     Replayed,
     bind_endpoint,
+    close_abortively,
     close_when_acked,
     reusable_socket,
 )
@@ -376,6 +377,7 @@ class DirectEndpoint:
                             raise TunnelError("bad_line", "another introduction")
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, TunnelError):
                 if stream is not None:
+                    close_abortively(stream)  # no TIME_WAIT on our only port pair
                     await trio.aclose_forcefully(stream)
                 stream = None
             if stream is None:

@@ -87,6 +87,7 @@ class RouteRacer:
         book: RouteBook | None = None,
         before_punch: Callable[[TunnelInvite], None] = lambda _invite: None,
         candidates_of: Callable[[str], tuple[Candidate, ...]] = lambda _peer_id: (),
+        linked: Callable[[], bool] = lambda: True,
     ) -> None:
         self._service = service
         self._endpoint = endpoint
@@ -95,6 +96,7 @@ class RouteRacer:
         self.book = book or RouteBook()
         self._before_punch = before_punch
         self._candidates_of = candidates_of
+        self._linked = linked
         # the owner fingerprint each peer proved on a direct route (for plain dials)
         self._proven: dict[str, str] = {}
 
@@ -159,11 +161,14 @@ class RouteRacer:
             await trio.aclose_forcefully(stream)
 
     async def _dial_plain(self, candidate: Candidate) -> trio.SocketStream:
-        """From the endpoint's port when we can (a NAT that saw this pair of ports
-        before may still let it through), else from any port."""
-        if self._endpoint is not None and self._endpoint.can_dial(candidate.host):
+        """With the tracker down, from the endpoint's port when we can (a NAT that saw
+        this pair of ports before may still let it through); else from any port --
+        with the tracker up the introduction's dials use that port pair, and a plain
+        dial on it would meet the owner's INTRO dial in a simultaneous open."""
+        endpoint = self._endpoint
+        if endpoint is not None and not self._linked() and endpoint.can_dial(candidate.host):
             try:
-                return await self._endpoint.dial_from(candidate)
+                return await endpoint.dial_from(candidate)
             except OSError:
                 pass  # that 4-tuple is still in TIME_WAIT here, say
         return await trio.open_tcp_stream(candidate.host, candidate.port)

@@ -105,6 +105,7 @@ async def run_routes(
         check_pin=check_pin,
         before_punch=reflect_before_punch,
         candidates_of=lambda peer_id: candidates_of(ctx, peer_id),
+        linked=lambda: ctx.tracker_connected,
     )
     service.opener = racer.open
     if endpoint is not None:
