@@ -74,6 +74,17 @@ def _add_daemon(sub: Subcommands) -> None:
         help="announce and find peers on the local network by mDNS (FLASHBACK_LAN; default on)",
     )
     p.add_argument(
+        "--direct-port",
+        default=None,
+        help="direct endpoint port (FLASHBACK_DIRECT_PORT; default 0: the OS picks once, "
+        "then kept; off: none)",
+    )
+    p.add_argument(
+        "--direct-host",
+        default=None,
+        help="direct endpoint address (default 0.0.0.0 and ::)",
+    )
+    p.add_argument(
         "--identity",
         default=None,
         metavar="NAME",

@@ -9,6 +9,7 @@ prints as one line before exiting with status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import stat
@@ -111,6 +112,10 @@ class DaemonConfig:
     lan: bool = False
     # who may connect (§11): "tracker" (whom the tracker lists) or "allowed" (only them)
     share_with: Mode = "tracker"
+    # the direct endpoint (§10.1): None is ``off``; 0 the OS's choice, kept in data_dir
+    direct_port: int | None = 0
+    # None: 0.0.0.0 and :: where IPv6 works
+    direct_host: str | None = None
 
 
 # -- where things live ---------------------------------------------------------
@@ -339,6 +344,23 @@ def parse_tunnel_port(value: Any) -> int | None:
     return parse_port(value, what="the tunnel port (RELAY_TUNNEL_PORT)")
 
 
+def parse_direct_port(value: Any) -> int | None:
+    """The direct endpoint's port: a number, ``0`` (the OS's choice, then kept), or ``off``."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return None
+    return parse_port(value, what="--direct-port (FLASHBACK_DIRECT_PORT)")
+
+
+def parse_direct_host(value: Any) -> str | None:
+    """An IP literal to bind the direct endpoint to (None: every interface)."""
+    if value is None:
+        return None
+    try:
+        return ipaddress.ip_address(str(value)).compressed
+    except ValueError:
+        raise ConfigError(f"--direct-host must be an IP address, not {value!r}") from None
+
+
 def _count(env: Mapping[str, str], name: str, default: int, *, high: int | None = None) -> int:
     """A whole number >= 1 from *env*; above *high* is refused, naming the ceiling."""
     raw = env.get(name)
@@ -389,6 +411,10 @@ def daemon_from_sources(
         share_with=parse_share_with(
             _first(flags.get("share_with"), env.get("FLASHBACK_SHARE_WITH"), file.get("shareWith"))
         ),
+        direct_port=parse_direct_port(
+            _first(flags.get("direct_port"), env.get("FLASHBACK_DIRECT_PORT"), 0)
+        ),
+        direct_host=parse_direct_host(flags.get("direct_host")),
     )
 
 

@@ -172,6 +172,7 @@ class FakeAPI:
         identity: Identity | None,
         capabilities: dict[str, Any] | None = None,
         fingerprint: str | None = None,
+        direct: Any = (),
     ) -> Registration:
         self.register_times.append(trio.current_time())
         self.fingerprints.append(fingerprint)

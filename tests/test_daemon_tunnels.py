@@ -12,12 +12,29 @@ import trio
 
 from flashback.daemon.keys import load_or_create
 from flashback.daemon.peer_tls import PeerTLS
-from flashback.daemon.reach import authorize_by_tracker
+from flashback.daemon.reach import TrackerGate
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
-from flashback.protocol.messages import TunnelErrorMessage, TunnelInvite, TunnelRequest
+from flashback.protocol.messages import (
+    Candidate,
+    RouteReport,
+    TunnelErrorMessage,
+    TunnelInvite,
+    TunnelRequest,
+)
+from flashback.protocol.peer_table import PeerTable
 from flashback.protocol.tunnel import OpenTarget
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
+
+
+class GateOf:
+    """A gate whose answer is *decide(presented fingerprint)*, for owner-side tests."""
+
+    def __init__(self, decide) -> None:
+        self._decide = decide
+
+    def check(self, presented, *, invite_peer, invite_fingerprint):
+        return self._decide(presented)
 
 
 class Switch:
@@ -28,6 +45,9 @@ class Switch:
         self.services: dict[str, TunnelService] = {}
         self.declines: list[TunnelErrorMessage] = []
         self.up = True
+        # each daemon's direct endpoint addresses, put in the other side's invite (§10.3)
+        self.candidates: dict[str, tuple[Candidate, ...]] = {}
+        self.reports: list[tuple[str, RouteReport]] = []
 
     def sender(self, me: str):
         def send(message) -> bool:
@@ -50,8 +70,11 @@ class Switch:
                             key=session.keys[role],
                             # one identity plays both daemons here
                             peer_fingerprint=self.fingerprint,
+                            candidates=self.candidates.get(other, ()),
                         )
                     )
+            elif isinstance(message, RouteReport):
+                self.reports.append((me, message))
             elif isinstance(message, TunnelErrorMessage):
                 # an owner's decline: the tracker ends the session and forwards it
                 self.declines.append(message)
@@ -107,7 +130,7 @@ async def pair(nursery, tmp_path):
             emit=lambda event, **fields: events.append((event, fields)),
             owner_context=tls.server_context,
             requester_context=tls.client_context,
-            authorize=authorize_by_tracker,
+            gate=TrackerGate(PeerTable()),
             resolve_target=lambda t: upper.port if t.kind == "peer-server" else None,
             check_pin=check_pin,
         )
@@ -131,8 +154,15 @@ async def test_forward_carries_each_connection_on_its_own_tunnel(pair, nursery):
             assert got == word.upper()
         while sum(1 for e, f in events if e == "tunnel-closed" and f["peer_id"] == "alice") < 2:  # noqa: ASYNC110
             await trio.sleep(0.01)
+    relay = {"route": "relay", "address": f"127.0.0.1:{switch.port}", "punched": False}
     opened = [f for e, f in events if e == "tunnel-opened"]
-    assert opened == [{"peer_id": "alice", "route": "relay"}] * 2
+    # the owner emits it too (for the requester, bob)
+    assert sorted(opened, key=lambda f: f["peer_id"]) == [
+        {"peer_id": "alice", **relay},
+        {"peer_id": "alice", **relay},
+        {"peer_id": "bob", **relay},
+        {"peer_id": "bob", **relay},
+    ]
     closed = [f for e, f in events if e == "tunnel-closed" and f["peer_id"] == "alice"]
     assert all(f["bytes_in"] > 0 and f["bytes_out"] > 0 for f in closed)
     assert pins == {"alice": switch.fingerprint}  # pinned on first use
@@ -216,7 +246,7 @@ async def test_start_forward_reuses_and_a_hold_keeps_it_open(pair, autojump_cloc
 async def test_a_refusing_owner_fails_start_forward_in_words(pair):
     """§11: a refused requester learns it before any port is handed out."""
     switch, _events, _pins = pair
-    switch.services["alice"]._authorize = lambda invite, fingerprint: "forbidden"
+    switch.services["alice"].gate = GateOf(lambda fingerprint: "forbidden")
     with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
         await switch.services["bob"].start_forward("alice", OpenTarget("peer-server"))
     assert info.value.code == "forbidden"
@@ -228,7 +258,7 @@ async def test_the_first_connection_uses_the_tunnel_start_forward_opened(pair):
     switch, _events, _pins = pair
     bob = switch.services["bob"]
     asked: list[str | None] = []
-    switch.services["alice"]._authorize = lambda invite, fp: asked.append(fp)
+    switch.services["alice"].gate = GateOf(asked.append)
     with trio.fail_after(10):
         port = await bob.start_forward("alice", OpenTarget("peer-server"))
         assert len(asked) == 1  # the owner was asked once, before the port was known
@@ -252,8 +282,8 @@ async def test_a_forward_refused_later_answers_403_and_closes(pair):
         port = await bob.start_forward("alice", OpenTarget("peer-server"))
         spare = bob._forwards[("alice", OpenTarget("peer-server"))].take_spare()
         assert spare is not None
-        await trio.aclose_forcefully(spare[0])
-        switch.services["alice"]._authorize = lambda invite, fingerprint: "forbidden"
+        await trio.aclose_forcefully(spare.stream)
+        switch.services["alice"].gate = GateOf(lambda fingerprint: "forbidden")
         client = await trio.open_tcp_stream("127.0.0.1", port)
         await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         got = b""
@@ -278,8 +308,37 @@ async def test_start_forward_asks_the_owner_again_for_a_live_forward(pair):
         assert await bob.start_forward("alice", target) == port  # a spare still waits
         spare = bob._forwards[("alice", target)].take_spare()
         assert spare is not None
-        await trio.aclose_forcefully(spare[0])
-        switch.services["alice"]._authorize = lambda invite, fingerprint: "forbidden"
+        await trio.aclose_forcefully(spare.stream)
+        switch.services["alice"].gate = GateOf(lambda fingerprint: "forbidden")
         with pytest.raises(TunnelFailed) as info:
             await bob.start_forward("alice", target)
     assert info.value.code == "forbidden"
+
+
+async def test_a_stranger_cannot_hold_every_owner_tunnel(pair):
+    """64 invites from mallory (who never joins) leave room for bob (fair share per peer)."""
+    switch, _events, _pins = pair
+    alice = switch.services["alice"]
+    switch.relay.table.max_sessions = 128
+    for n in range(64):
+        session = switch.relay.invite(
+            request_id=f"m{n}", client_peer="mallory", server_peer="alice"
+        )
+        alice.on_message(
+            TunnelInvite(
+                request_id=f"m{n}",
+                from_="mallory",
+                fingerprint=switch.fingerprint,
+                role="server",
+                host="127.0.0.1",
+                port=switch.port,
+                key=session.keys["server"],
+                peer_fingerprint=switch.fingerprint,
+            )
+        )
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.fail_after(10):
+        tunnel, _leftover = await switch.services["bob"].open("alice", OpenTarget("peer-server"))
+    await tunnel.aclose()
+    assert switch.declines == []
+    assert alice.status()["owner_tunnels"] <= 8 + 1

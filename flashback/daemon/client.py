@@ -293,7 +293,9 @@ def format_peer(peer: dict[str, Any]) -> str:
     else:
         where = ", ".join(_display_candidate(c) for c in peer.get("candidates") or []) or "-"
     source = peer.get("source") if isinstance(peer.get("source"), str) else "tracker"
-    return printable(f"{name:<24} {peer_id:<20} {route:<6} {where} ({source})")
+    address = peer.get("address")
+    via = f" via {address}" if isinstance(address, str) and route != "-" else ""
+    return printable(f"{name:<24} {peer_id:<20} {route:<6} {where}{via} ({source})")
 
 
 def _display_candidate(candidate: Any) -> str:

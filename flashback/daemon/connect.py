@@ -142,8 +142,9 @@ def _text(url: object) -> str:
 
 @contextlib.contextmanager
 def held(ctx: DaemonContext, answer: dict[str, Any], request: ConnectRequest) -> Iterator[None]:
-    """Keep a relay forward open for as long as the block runs."""
-    if answer["route"] != "relay" or ctx.tunnels is None:
+    """Keep the forward open for as long as the block runs (whatever route its
+    connections take: they race the direct endpoint and the relay)."""
+    if ctx.tunnels is None:
         yield
         return
     target = (

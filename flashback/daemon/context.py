@@ -22,6 +22,7 @@ from flashback.errors import BackendUnavailable, FlashbackError
 from flashback.peer.app import LocalInfo
 from flashback.protocol.lan import LanTable
 from flashback.protocol.messages import (
+    Candidate,
     FileStreamReady,
     Message,
     PeerInfo,
@@ -82,6 +83,10 @@ class DaemonContext:
     router: Router | None = None
     # who may connect to me (§11): the gate, its lists and counters
     access: AccessControl | None = None
+    # the direct endpoint's port (§10.1; None: off) and the address the tracker saw it at
+    direct_port: int | None = None
+    direct: tuple[Candidate, ...] = ()
+    reflexive: Candidate | None = None
     # the web UI's URL, access token included (told only over the control socket)
     ui_url: str | None = None
     # who this daemon reached or accepted (§12), and who the LAN announces (None: --lan off)
@@ -189,6 +194,10 @@ class DaemonContext:
             "root": str(self.config.root),
             "fingerprint": self.fingerprint,
             "identity": self.instance_name,
+            "direct": {
+                "port": self.direct_port,
+                "reflexive": None if self.reflexive is None else self.reflexive.dump(),
+            },
             "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
             "access": self.access.status() if self.access is not None else None,
         }

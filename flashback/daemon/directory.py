@@ -63,14 +63,15 @@ class PeerDirectory:
             info = ctx.table.peers.get(row.peer_id or "") if row.source == "tracker" else None
             if info is not None:
                 entry = info.dump()
-                route = ctx.router.last_route(info.peer_id) if ctx.router else None
+                route, address = ctx.router.last(info.peer_id) if ctx.router else (None, None)
             else:
                 entry = {"peer_id": row.peer_id, "name": row.name, "peer_server": None}
                 entry["fingerprint"] = row.fingerprint
-                route = None
+                route, address = None, None
             entry["candidates"] = [c.dump() for c in row.candidates]
             entry["source"] = row.source
             entry["route"] = route  # the route this daemon last used (§6.3), or null
+            entry["address"] = address  # and the remote host:port it used
             peers.append(entry)
         return {
             "seq": ctx.table.seq,

@@ -29,13 +29,24 @@ from flashback.daemon.announce import announce_host
 from flashback.daemon.book import PeerBook
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.control import control_socket_path, create_control_app, refuse_if_running
+from flashback.daemon.direct import DirectEndpoint
+from flashback.daemon.endpoint_bind import local_candidates
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import IdentityStore, Instance, claim_instance
 from flashback.daemon.lan import run_lan
 from flashback.daemon.link import run_link
 from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.pins import PinStore
-from flashback.daemon.reach import pin_checker, run_routes
+from flashback.daemon.reach import (
+    BookedGate,
+    Gate,
+    candidates_of,
+    local_target_port,
+    peer_of,
+    pin_checker,
+    run_routes,
+)
+from flashback.daemon.reflect import Reflector
 from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.stream_ports import run_stream_ports
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, HTTPTrackerAPI, TrackerAPI
@@ -43,9 +54,11 @@ from flashback.digests import DigestCache, DigestService
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.protocol.lan import LanTable
+from flashback.protocol.messages import Candidate
 from flashback.runner import run_service
 from flashback.sdnotify import Notifier, run_watchdog, watchdog_interval_s
 from flashback.shutdown import Shutdown
+from flashback.streaming.manager import StreamManager
 from flashback.ui.serve import serve_ui
 from flashback.web import hypercorn_config, serve_quart
 
@@ -98,11 +111,11 @@ async def run_digests(
 
 
 def lan_port(ctx: DaemonContext) -> int:
-    """The port our LAN announcement carries (the SRV port).
-
-    §12 says the direct endpoint's; until the daemon runs one this is the peer
-    server's port, which only a ``--host`` other than 127.0.0.1 makes reachable.
-    """
+    """The port our LAN announcement carries (the SRV port): the direct endpoint's
+    (§12); with ``--direct-port off`` the peer server's, which only a ``--host``
+    other than 127.0.0.1 makes reachable."""
+    if ctx.direct_port is not None:
+        return ctx.direct_port
     assert ctx.address is not None
     return ctx.address.port
 
@@ -196,12 +209,15 @@ async def _run_daemon_tasks(
                 shutdown=shutdown,
             )
         )
-        if config.lan:
-            nursery.start_soon(run_lan_for, ctx, instance, shutdown)
         ctx.ui_url = await nursery.start(partial(serve_ui, ctx, config.ui_port, shutdown=shutdown))
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (CONTRACT §5).
         streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
+        tls = PeerTLS(instance.keys)
+        gate = BookedGate(ctx, access)
+        endpoint = await start_direct_endpoint(nursery, ctx, tls, gate, streams)
+        if config.lan:  # announces the endpoint's port, so only once it listens
+            nursery.start_soon(run_lan_for, ctx, instance, shutdown)
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
         # systemd's status and watchdog end at shutdown, not with the nursery's
         # deadline: left running they would hold the daemon for the whole budget
@@ -233,14 +249,21 @@ async def _run_daemon_tasks(
                     with tracker_scope:
                         async with trio.open_nursery() as tasks:
                             # tunnels and routes end with the link (shutdown closes them)
+                            reflector = Reflector(ctx, endpoint) if endpoint else None
+                            if reflector is not None:
+                                tasks.start_soon(reflector.run)
                             await tasks.start(
                                 partial(
                                     run_routes,
                                     ctx,
-                                    tls=PeerTLS(instance.keys),
-                                    gate=access,
+                                    tls=tls,
                                     check_pin=pin_checker(pins, ctx),
                                     streams=streams,
+                                    endpoint=endpoint,
+                                    gate=gate,
+                                    reflect_before_punch=(
+                                        reflector.before_punch if reflector else lambda _i: None
+                                    ),
                                 )
                             )
                             await run_tracker_tasks(ctx, api, store, shutdown)
@@ -258,6 +281,37 @@ async def _run_daemon_tasks(
         # shielded sends included); whatever is left then is cut.
         nursery.cancel_scope.deadline = shutdown.deadline
         ctx.set_connected(False)
+
+
+async def start_direct_endpoint(
+    nursery: trio.Nursery,
+    ctx: DaemonContext,
+    tls: PeerTLS,
+    gate: Gate,
+    streams: StreamManager,
+) -> DirectEndpoint | None:
+    """The direct endpoint (§10.1) unless ``--direct-port off``; announces ``direct-ready``."""
+    config = ctx.config
+    if config.direct_port is None:
+        return None
+    endpoint = DirectEndpoint(
+        server_context=tls.server_context,
+        gate=gate,
+        resolve_target=lambda target: local_target_port(ctx, streams, target),
+        emit=ctx.hub.emit,
+        peer_of=lambda fingerprint: peer_of(ctx.table, fingerprint),
+        candidates_of=lambda peer_id: candidates_of(ctx, peer_id),
+    )
+    ctx.direct_port = await nursery.start(
+        endpoint.run, config.direct_host, config.direct_port, config.data_dir
+    )
+    ctx.direct = tuple(
+        Candidate(host, port)
+        for host, port in local_candidates(config.direct_host, ctx.direct_port)
+        if endpoint.can_dial(host)
+    )
+    ctx.hub.emit("direct-ready", host=config.direct_host or "0.0.0.0", port=ctx.direct_port)
+    return endpoint
 
 
 def run_daemon(config: DaemonConfig) -> int:

@@ -11,23 +11,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
 import httpx
 import trio
 
 from flashback.daemon.context import DaemonContext
+from flashback.daemon.direct import DirectEndpoint
+from flashback.daemon.gate import Gate, TrackerGate, peer_of
 from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.pins import FingerprintMismatch, PinStore
+from flashback.daemon.race import RouteRacer
 from flashback.daemon.routes import PROBE_TIMEOUT_S, Router
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
 from flashback.errors import FlashbackError
-from flashback.protocol.messages import TunnelInvite
+from flashback.protocol.messages import Candidate, TunnelInvite
 from flashback.protocol.tunnel import OpenTarget
 from flashback.streaming.manager import StreamManager
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "BookedGate",
+    "Gate",
+    "TrackerGate",
+    "local_target_port",
+    "peer_of",
+    "pin_checker",
+    "run_routes",
+]
 
 CheckPin = Callable[[str, str], None]
 
@@ -44,60 +56,36 @@ def local_target_port(
     return None
 
 
-class Gate(Protocol):
-    """Who may connect to me (§11), asked before any ``OPEN`` line is read.
+def candidates_of(ctx: DaemonContext, peer_id: str) -> tuple[Candidate, ...]:
+    """A peer's direct candidates as the tracker lists them now (§10.2)."""
+    peer = ctx.table.peers.get(peer_id)
+    return peer.candidates if peer is not None else ()
 
-    *presented*: the fingerprint the requester proved in the TLS handshake
-    (None: it showed no certificate). With an invite (a tunnel, or a punched
-    introduction) *invite_peer* and *invite_fingerprint* are the invite's
-    ``from`` and ``peer_fingerprint``; a plain direct dial has both None.
-    Returns None to serve, else the ``ERR`` code (``forbidden``).
-    """
+
+class BookedGate:
+    """*inner*'s decision (§11); a requester it serves goes into the peer book (§12: an
+    owner keeps the requesters it accepted, so a peer served yesterday is known
+    tomorrow, with the tracker down too)."""
+
+    def __init__(self, ctx: DaemonContext, inner: Gate) -> None:
+        self._ctx = ctx
+        self._inner = inner
 
     def check(
         self, presented: str | None, *, invite_peer: str | None, invite_fingerprint: str | None
-    ) -> str | None: ...
-
-
-def authorize_by_tracker(invite: TunnelInvite, fingerprint: str | None) -> str | None:
-    """``tracker`` mode alone (§11), for tests that build a TunnelService without lists:
-    the requester's certificate must be the one the tracker lists for the invite's
-    peer id -- never the tracker's word alone."""
-    if fingerprint is None or fingerprint != invite.peer_fingerprint:
-        return "forbidden"
-    return None
-
-
-def recording_accepted(
-    ctx: DaemonContext, authorize: Callable[[TunnelInvite, str | None], str | None]
-) -> Callable[[TunnelInvite, str | None], str | None]:
-    """*authorize*, and a requester it lets in goes into the peer book (§11: an owner
-    keeps the requesters it accepted, so a peer served yesterday is known tomorrow)."""
-
-    def check(invite: TunnelInvite, fingerprint: str | None) -> str | None:
-        refused = authorize(invite, fingerprint)
-        if refused is None and fingerprint is not None and ctx.book is not None:
-            peer = ctx.table.peers.get(invite.from_)
-            ctx.book.record(
-                fingerprint,
-                name=peer.name if peer is not None else invite.from_,
-                peer_id=invite.from_,
-                candidates=invite.candidates,
-            )
-        return refused
-
-    return check
-
-
-def invite_authorizer(gate: Gate) -> Callable[[TunnelInvite, str | None], str | None]:
-    """TunnelService's hook, asking *gate* with the invite's peer id and fingerprint."""
-
-    def authorize(invite: TunnelInvite, fingerprint: str | None) -> str | None:
-        return gate.check(
-            fingerprint, invite_peer=invite.from_, invite_fingerprint=invite.peer_fingerprint
+    ) -> str | None:
+        refused = self._inner.check(
+            presented, invite_peer=invite_peer, invite_fingerprint=invite_fingerprint
         )
-
-    return authorize
+        book = self._ctx.book
+        if refused is None and presented is not None and book is not None:
+            peer_id = invite_peer or peer_of(self._ctx.table, presented)
+            peer = self._ctx.table.peers.get(peer_id) if peer_id is not None else None
+            if peer is not None:
+                book.record(
+                    presented, name=peer.name, peer_id=peer.peer_id, candidates=peer.candidates
+                )
+        return refused
 
 
 def pin_checker(pins: PinStore, ctx: DaemonContext) -> CheckPin:
@@ -121,9 +109,11 @@ async def run_routes(
     ctx: DaemonContext,
     *,
     tls: PeerTLS,
-    gate: Gate,
     check_pin: CheckPin,
     streams: StreamManager | None,
+    endpoint: DirectEndpoint | None = None,
+    gate: Gate,
+    reflect_before_punch: Callable[[TunnelInvite], None] = lambda _invite: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     router: Router | None = None
@@ -137,13 +127,32 @@ async def run_routes(
         emit=ctx.hub.emit,
         owner_context=tls.server_context,
         requester_context=tls.client_context,
-        authorize=recording_accepted(ctx, invite_authorizer(gate)),
+        gate=gate,
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         check_pin=check_pin,
         on_forward_closed=forward_closed,
     )
+    racer = RouteRacer(
+        service,
+        endpoint,
+        client_context=tls.client_context,
+        check_pin=check_pin,
+        before_punch=reflect_before_punch,
+        candidates_of=lambda peer_id: candidates_of(ctx, peer_id),
+        linked=lambda: ctx.tracker_connected,
+    )
+    service.opener = racer.open
+    if endpoint is not None:
+
+        def owner_invite(invite: TunnelInvite) -> None:
+            reflect_before_punch(invite)
+            endpoint.owner_invite(invite)
+
+        service.on_owner_invite = owner_invite
+        endpoint.on_direct_authenticated = service.cancel_relay_join
+        endpoint.on_route = service.report_route
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http, trio.open_nursery() as nursery:
-        router = Router(http, service.start_forward)
+        router = Router(http, service.start_forward, book=racer.book)
         await nursery.start(service.run)
         ctx.tunnels, ctx.router = service, router
         task_status.started()

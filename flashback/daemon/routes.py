@@ -19,6 +19,7 @@ from typing import Final
 import httpx
 import trio
 
+from flashback.protocol.direct import RouteBook, hostport
 from flashback.protocol.strict_json import loads_strict
 from flashback.protocol.tunnel import OpenTarget, Route, RouteMemory, direct_probe_accepts
 
@@ -35,6 +36,8 @@ class Reached:
     peer_id: str
     url: httpx.URL
     route: Route
+    #: a local forward (its connections race the direct endpoint and the relay)
+    forwarded: bool = False
 
 
 def origin(host: str, port: int) -> httpx.URL:
@@ -80,13 +83,17 @@ class Router:
         open_forward: OpenForward,
         *,
         memory: RouteMemory | None = None,
+        book: RouteBook | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self._http = http
         self._open_forward = open_forward
         self.memory = memory or RouteMemory()
+        # what the forwards' connections used (direct endpoint or relay, §10.3)
+        self.book = book or RouteBook()
         self._clock = clock
         self._forwards: dict[tuple[str, OpenTarget], int] = {}
+        self._probed_address: dict[str, str] = {}
 
     async def route_for(self, peer_id: str, host: str, port: int) -> Route:
         """Direct if the peer's server at host:port proves to be that peer, else relay."""
@@ -94,6 +101,7 @@ class Router:
             return "direct"
         route: Route = "direct" if await probe_direct(self._http, host, port, peer_id) else "relay"
         self.memory.remember(peer_id, route, self._clock())
+        self._probed_address[peer_id] = hostport(host, port)
         return route
 
     async def reach(self, peer_id: str, host: str, port: int) -> Reached:
@@ -112,15 +120,28 @@ class Router:
         return await self._relayed(peer_id, OpenTarget("stream", stream_port))
 
     async def _relayed(self, peer_id: str, target: OpenTarget) -> Reached:
-        # asked every time: the forward is reused, but a tunnel is opened now so that
-        # an owner that refuses us (§11) says so to this command, in words
+        """A local forward whose every connection races the direct endpoint and the
+        relay; its route is the one its connections last took (relay before any).
+
+        Asked every time: the forward is reused, but a way is opened now so that an
+        owner that refuses us (§11) says so to this command, in words."""
         forward_port = await self._open_forward(peer_id, target)
         self._forwards[(peer_id, target)] = forward_port
-        return Reached(peer_id, origin("127.0.0.1", forward_port), "relay")
+        carried = self.book.last(peer_id)
+        route: Route = carried.route if carried is not None else "relay"
+        return Reached(peer_id, origin("127.0.0.1", forward_port), route, forwarded=True)
 
     def forward_closed(self, peer_id: str, target: OpenTarget) -> None:
         """A forward ended (idle, or its peer left): the next reach opens a new one."""
         self._forwards.pop((peer_id, target), None)
 
     def last_route(self, peer_id: str) -> Route | None:
-        return self.memory.last_used(peer_id)
+        return self.last(peer_id)[0]
+
+    def last(self, peer_id: str) -> tuple[Route | None, str | None]:
+        """The route last used to reach *peer_id* and the address it used (``peers``)."""
+        probed = self.memory.last_used(peer_id)
+        carried = self.book.last(peer_id)
+        if probed == "direct" or carried is None:
+            return probed, self._probed_address.get(peer_id) if probed == "direct" else None
+        return carried.route, carried.address

@@ -78,6 +78,7 @@ async def maintain_registration(
                 ctx.address.port,
                 identity=identity,
                 fingerprint=ctx.fingerprint,
+                direct=ctx.direct,
             )
         except IdentityRejected:
             log.warning("the tracker refused our identity; registering as a new peer")

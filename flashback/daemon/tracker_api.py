@@ -13,6 +13,7 @@ and retry -- a broken or hostile tracker never ends the daemon).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from flashback.daemon.identity import Identity
+from flashback.protocol.messages import Candidate
 from flashback.protocol.strict_json import loads_strict
 
 REQUEST_TIMEOUT_S = 10.0
@@ -108,6 +110,7 @@ class TrackerAPI(Protocol):
         identity: Identity | None,
         capabilities: dict[str, Any] | None = None,
         fingerprint: str | None = None,
+        direct: Sequence[Candidate] = (),
     ) -> Registration: ...
 
     async def heartbeat(self, identity: Identity) -> float:
@@ -144,6 +147,7 @@ class HTTPTrackerAPI:
         identity: Identity | None,
         capabilities: dict[str, Any] | None = None,
         fingerprint: str | None = None,
+        direct: Sequence[Candidate] = (),
     ) -> Registration:
         body: dict[str, Any] = {
             "name": name,
@@ -152,6 +156,8 @@ class HTTPTrackerAPI:
         }
         if fingerprint is not None:
             body["fingerprint"] = fingerprint
+        if direct:  # the direct endpoint's addresses (§10.2)
+            body["direct"] = [candidate.dump() for candidate in direct]
         headers = {}
         if identity is not None:
             body["peer_id"] = identity.peer_id

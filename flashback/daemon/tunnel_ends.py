@@ -21,7 +21,8 @@ is made differs.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -32,6 +33,7 @@ from flashback.protocol.tunnel import (
     OK_LINE,
     LineReader,
     OpenTarget,
+    Route,
     TunnelError,
     err_line,
     join_line,
@@ -50,6 +52,19 @@ COPY_CHUNK_BYTES: Final = 256 * 1024
 Authorize = Callable[[str | None], str | None]
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A carried connection's way to the peer: authenticated, target opened."""
+
+    stream: trio.SSLStream[trio.abc.Stream]
+    leftover: bytes
+    route: Route
+    address: str
+    punched: bool
+    #: called once the connection is done with (an endpoint handler waits for it)
+    release: Callable[[], None] = lambda: None
+
+
 class TunnelFailed(Exception):
     """A tunnel that could not be set up; :attr:`code` is for events and one-line errors."""
 
@@ -58,7 +73,7 @@ class TunnelFailed(Exception):
         self.code = code
 
 
-async def _read_plain_line(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
+async def read_plain_line(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
     """One line, read byte by byte: what follows belongs to TLS and must stay unread."""
     reader = LineReader(max_bytes)
     while True:
@@ -67,14 +82,17 @@ async def _read_plain_line(stream: trio.abc.ReceiveStream, max_bytes: int) -> by
             return line
 
 
-async def _join(host: str, port: int, key: str) -> trio.SocketStream:
+async def join_tunnel(host: str, port: int, key: str) -> trio.SocketStream:
     tcp = await trio.open_tcp_stream(host, port)
     try:
         await tcp.send_all(join_line(key))
-        answer = await _read_plain_line(tcp, 64)
+        answer = await read_plain_line(tcp, 64)
     except (OSError, trio.BrokenResourceError, TunnelError) as exc:
         await tcp.aclose()
         raise TunnelFailed("tracker_unreachable", f"tunnel port {host}:{port}: {exc}") from exc
+    except BaseException:  # cancelled (a direct route won, a fair share cut it)
+        await trio.aclose_forcefully(tcp)
+        raise
     if answer + b"\n" != OK_LINE:
         await tcp.aclose()
         code = answer.removeprefix(b"ERR ").decode("ascii", "replace")[:32] or "refused"
@@ -91,7 +109,7 @@ async def open_requester_end(
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
-) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
     """Join, handshake, prove the owner, open *target*; returns the stream and any
     bytes that arrived behind the owner's ``OK``.
 
@@ -99,7 +117,7 @@ async def open_requester_end(
     runs before anything is sent inside the tunnel.
     """
     with trio.fail_after(SETUP_TIMEOUT_S):
-        tcp = await _join(host, port, key)
+        tcp = await join_tunnel(host, port, key)
         return await open_over(
             tcp,
             context=context,
@@ -110,13 +128,13 @@ async def open_requester_end(
 
 
 async def open_over(
-    tcp: trio.SocketStream,
+    tcp: trio.abc.Stream,
     *,
     context: ssl.SSLContext,
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
-) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
     """The requester's TLS part on a connection already made (a tunnel or a direct dial).
 
     The caller bounds the time; the stream is closed on every failure.
@@ -161,6 +179,7 @@ async def serve_owner_end(
     authorize: Authorize,
     resolve_target: Callable[[OpenTarget], int | None],
     on_bytes: Callable[[int, int], None] | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> None:
     """Join as the owner, serve TLS, and relay the one ``OPEN``ed target until done.
 
@@ -169,9 +188,14 @@ async def serve_owner_end(
     arbitrary local port.
     """
     with trio.fail_after(SETUP_TIMEOUT_S):
-        tcp = await _join(host, port, key)
+        tcp = await join_tunnel(host, port, key)
     await serve_over(
-        tcp, context=context, authorize=authorize, resolve_target=resolve_target, on_bytes=on_bytes
+        tcp,
+        context=context,
+        authorize=authorize,
+        resolve_target=resolve_target,
+        on_bytes=on_bytes,
+        on_open=on_open,
     )
 
 
@@ -182,16 +206,24 @@ async def serve_over(
     authorize: Authorize,
     resolve_target: Callable[[OpenTarget], int | None],
     on_bytes: Callable[[int, int], None] | None = None,
+    on_open: Callable[[], None] | None = None,
+    timeout_s: float = OPEN_TIMEOUT_S,
+    before_close: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """The owner's TLS part on a connection already made; closes *tcp* when done.
 
     The requester's certificate is checked before its ``OPEN`` line is read:
-    a refused requester gets ``ERR <code>`` and nothing else.
+    a refused requester gets ``ERR <code>`` and nothing else. The handshake
+    and the ``OPEN`` line together get *timeout_s*; *on_open* runs once the
+    target answered and ``OK`` went out; *before_close* once the relayed
+    connection is over (the direct endpoint makes its close abortive there).
     """
     stream = trio.SSLStream(tcp, context, server_side=True)
     try:
-        with trio.fail_after(OPEN_TIMEOUT_S):
+        with trio.fail_after(timeout_s):
             await stream.do_handshake()
+            if stream.selected_alpn_protocol() != ALPN:
+                return  # not a flashback/1 ClientHello: closed, never served
             refusal = authorize(requester_fingerprint(stream.getpeercert(binary_form=True)))
             if refusal is not None:
                 await stream.send_all(err_line(refusal))
@@ -216,6 +248,8 @@ async def serve_over(
             return
         async with local:
             await stream.send_all(OK_LINE)
+            if on_open is not None:
+                on_open()
             await bridge(
                 stream,
                 local,
@@ -223,6 +257,8 @@ async def serve_over(
                 local_is_server=True,
                 on_bytes=on_bytes,
             )
+        if before_close is not None:
+            await before_close()
     except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, TunnelError, OSError):
         pass  # the requester went away or spoke nonsense: this tunnel ends, nothing else
     finally:
@@ -236,6 +272,7 @@ async def bridge(
     leftover_to_local: bytes = b"",
     local_is_server: bool = False,
     on_bytes: Callable[[int, int], None] | None = None,
+    idle_after_eof_s: float | None = None,
 ) -> tuple[int, int]:
     """Copy between a TLS tunnel and a local TCP connection; returns (to local, to tunnel).
 
@@ -245,8 +282,12 @@ async def bridge(
     the requester's side the local end is a client, whose half-close only
     stops the upward copy while its answer still comes down. The tunnel's
     EOF becomes a TCP half-close and ends the bridge. A broken side ends both.
+    With *idle_after_eof_s*, once the local client sent EOF the bridge also ends
+    when nothing came down for that long (a direct route holds the only port
+    pair two endpoints have: it must not wait for the owner's keep-alive).
     """
     counts = [0, 0]
+    idle: list[trio.CancelScope | None] = [None]
 
     async def down() -> None:
         if leftover_to_local:
@@ -255,6 +296,8 @@ async def bridge(
         while data := await tunnel.receive_some(COPY_CHUNK_BYTES):
             await local.send_all(data)
             counts[0] += len(data)
+            if idle[0] is not None and idle_after_eof_s is not None:
+                idle[0].deadline = trio.current_time() + idle_after_eof_s
             if on_bytes is not None:
                 on_bytes(len(data), 0)
         await local.send_eof()
@@ -282,6 +325,14 @@ async def bridge(
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 nursery.cancel_scope.cancel()
             if local_is_server:
+                nursery.cancel_scope.cancel()
+            elif idle_after_eof_s is not None:
+                # every chunk that comes down pushes this deadline on (see down())
+                waiting = idle[0] = trio.CancelScope(
+                    deadline=trio.current_time() + idle_after_eof_s
+                )
+                with waiting:
+                    await trio.sleep_forever()
                 nursery.cancel_scope.cancel()
 
         nursery.start_soon(down_then_stop)

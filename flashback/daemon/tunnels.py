@@ -7,9 +7,15 @@ only through two narrow seams -- *send* (queue a frame for the link's
 writer) and :meth:`on_message` (the link hands over tunnel frames) -- so it
 is tested without a websocket.
 
-Bounds: at most :data:`MAX_OWNER_TUNNELS` owner ends at once (more invites
-are declined with ``tunnel-error busy``) and :data:`MAX_PENDING_REQUESTS`
-requests waiting for their invite; an invite nobody asked for is ignored.
+Bounds: at most :data:`MAX_OWNER_TUNNELS` owner ends at once, shared fairly
+by requester (:class:`~flashback.protocol.fairshare.FairShare`: a newcomer's
+invite cuts the oldest tunnel of the peer holding most, so one stranger
+cannot hold them all), and :data:`MAX_PENDING_REQUESTS` requests waiting for
+their invite; an invite nobody asked for is ignored.
+
+Each carried connection is opened by :attr:`TunnelService.opener` when one
+is set (the race of direct and relay routes, ``daemon/race.py``), else by a
+tunnel alone.
 """
 
 from __future__ import annotations
@@ -21,23 +27,40 @@ import json
 import logging
 import secrets
 import ssl
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from typing import Any, Final
 
 import trio
 
+from flashback.daemon.gate import Gate
 from flashback.daemon.tunnel_ends import (
+    SETUP_TIMEOUT_S,
+    Opened,
     TunnelFailed,
     bridge,
+    join_tunnel,
     open_requester_end,
-    serve_owner_end,
+    serve_over,
 )
-from flashback.protocol.messages import Message, TunnelErrorMessage, TunnelInvite, TunnelRequest
-from flashback.protocol.tunnel import OpenTarget
+from flashback.http.accept import serve_listener
+from flashback.protocol.direct import hostport
+from flashback.protocol.fairshare import FairShare
+from flashback.protocol.messages import (
+    Message,
+    RouteReport,
+    TunnelErrorMessage,
+    TunnelInvite,
+    TunnelRequest,
+)
+from flashback.protocol.tunnel import OpenTarget, Route
 
 log = logging.getLogger(__name__)
 
 MAX_OWNER_TUNNELS: Final = 64
+#: owner tunnels one requester may hold when others want some too
+OWNER_TUNNELS_PER_PEER: Final = 8
 MAX_PENDING_REQUESTS: Final = 64
 #: from tunnel-request to tunnel-invite (the tracker answers at once when it can)
 INVITE_TIMEOUT_S: Final = 10.0
@@ -50,12 +73,29 @@ SPARE_TUNNEL_TTL_S: Final = 2.0
 REFUSED_STATUS: Final = b"HTTP/1.1 403 Forbidden\r\n"
 REFUSED_READ_S: Final = 0.5
 REFUSED_READ_BYTES: Final = 64 * 1024
+#: a direct route ends this long after its client's EOF with nothing coming down
+DIRECT_IDLE_AFTER_EOF_S: Final = 1.0
+#: connections one local forward carries at once (more wait in the backlog)
+MAX_FORWARD_CONNECTIONS: Final = 64
 
 Send = Callable[[Message], bool]
 Emit = Callable[..., None]
+MAX_REPORTED: Final = 256
 
 
-Tunnel = tuple[trio.SSLStream[trio.SocketStream], bytes]
+Opener = Callable[[str, OpenTarget], Awaitable[Opened]]
+
+
+#: a way opened before its connection came (see _Forward.spare)
+Tunnel = Opened
+
+
+async def discard(way: Opened) -> None:
+    """Close a way nobody will use, and let its endpoint handler go."""
+    try:
+        await trio.aclose_forcefully(way.stream)
+    finally:
+        way.release()
 
 
 class _Forward:
@@ -102,24 +142,34 @@ class TunnelService:
         emit: Emit,
         owner_context: Callable[[], ssl.SSLContext],
         requester_context: Callable[[], ssl.SSLContext],
-        authorize: Callable[[TunnelInvite, str | None], str | None],
+        gate: Gate,
         resolve_target: Callable[[OpenTarget], int | None],
         check_pin: Callable[[str, str], None],
         max_owner_tunnels: int = MAX_OWNER_TUNNELS,
+        owner_tunnels_per_peer: int = OWNER_TUNNELS_PER_PEER,
         on_forward_closed: Callable[[str, OpenTarget], None] | None = None,
     ) -> None:
         """*check_pin(peer_id, fingerprint)* raises TunnelFailed to refuse an owner;
-        *authorize(invite, requester_fingerprint)* returns an ``ERR`` code to refuse
-        a requester (§11), None to serve it."""
+        *gate* decides on a requester's certificate (§11)."""
         self._send = send
         self._emit = emit
         self._owner_context = owner_context
         self._requester_context = requester_context
-        self._authorize = authorize
-        self._resolve_target = resolve_target
+        self.gate = gate
+        self.resolve_target = resolve_target
         self._check_pin = check_pin
         self._max_owner = max_owner_tunnels
-        self._owner_count = 0
+        self._owners: FairShare[str, int] = FairShare(
+            max(1, max_owner_tunnels), owner_tunnels_per_peer
+        )
+        self._owner_scopes: dict[int, trio.CancelScope] = {}
+        # owner ends still joining the tunnel port, by request id (a direct win cancels)
+        self._joining: dict[str, trio.CancelScope] = {}
+        self._reported: OrderedDict[str, None] = OrderedDict()
+        #: what opens each carried connection (the route race); None: a tunnel alone
+        self.opener: Opener | None = None
+        #: told of every owner invite (the direct endpoint dials the requester back)
+        self.on_owner_invite: Callable[[TunnelInvite], None] | None = None
         self._pending: dict[str, trio.MemorySendChannel[TunnelInvite | TunnelErrorMessage]] = {}
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
@@ -153,38 +203,85 @@ class TunnelService:
             waiter.send_nowait(message)
 
     def _accept_invite(self, invite: TunnelInvite) -> None:
-        if self._nursery is None or self._owner_count >= self._max_owner:
+        if self._nursery is None or self._max_owner < 1:
             self._send(
                 TunnelErrorMessage(
                     invite.request_id, "busy", "the owner has too many tunnels", to=invite.from_
                 )
             )
             return
-        self._owner_count += 1
-        self._nursery.start_soon(self._owner_end, invite)
+        tunnel_id = next(self._ids)
+        evicted = self._owners.admit(invite.from_, tunnel_id).evicted
+        if evicted is not None and evicted[1] in self._owner_scopes:
+            self._owner_scopes[evicted[1]].cancel()  # the heaviest holder's oldest
+        scope = trio.CancelScope()
+        self._owner_scopes[tunnel_id] = scope
+        if self.on_owner_invite is not None:
+            self.on_owner_invite(invite)
+        self._nursery.start_soon(self._owner_end, invite, tunnel_id, scope)
 
-    async def _owner_end(self, invite: TunnelInvite) -> None:
+    def report_route(self, request_id: str, route: Route) -> None:
+        """Tell the tracker which route an introduction took, once (§10.3 metrics)."""
+        if request_id in self._reported:
+            return
+        self._reported[request_id] = None
+        while len(self._reported) > MAX_REPORTED:
+            self._reported.popitem(last=False)
+        self._send(RouteReport(request_id, route))
+
+    def cancel_relay_join(self, request_id: str) -> None:
+        """A direct connection of this introduction authenticated: stop waiting at the
+        tunnel port (a tunnel already joined stays)."""
+        scope = self._joining.pop(request_id, None)
+        if scope is not None:
+            scope.cancel()
+
+    def opened(self, peer_id: str | None, route: Route, address: str, *, punched: bool) -> None:
+        self._emit("tunnel-opened", peer_id=peer_id, route=route, address=address, punched=punched)
+
+    async def _owner_end(
+        self, invite: TunnelInvite, tunnel_id: int, scope: trio.CancelScope
+    ) -> None:
         start = trio.current_time()
         counts = [0, 0]
+        address = hostport(invite.host, invite.port)
 
         def count(down: int, up: int) -> None:
             counts[0] += down
             counts[1] += up
 
+        def on_open() -> None:
+            self.opened(invite.from_, "relay", address, punched=False)
+            self.report_route(invite.request_id, "relay")
+
         try:
-            await serve_owner_end(
-                host=invite.host,
-                port=invite.port,
-                key=invite.key,
-                context=self._owner_context(),
-                authorize=lambda fingerprint: self._authorize(invite, fingerprint),
-                resolve_target=self._resolve_target,
-                on_bytes=count,
-            )
+            with scope:
+                tcp: trio.SocketStream | None = None
+                joining = self._joining[invite.request_id] = trio.CancelScope()
+                with joining, trio.fail_after(SETUP_TIMEOUT_S):
+                    tcp = await join_tunnel(invite.host, invite.port, invite.key)
+                self._joining.pop(invite.request_id, None)
+                if tcp is None:
+                    return  # a direct route won first
+                await serve_over(
+                    tcp,
+                    context=self._owner_context(),
+                    authorize=lambda fingerprint: self.gate.check(
+                        fingerprint,
+                        invite_peer=invite.from_,
+                        invite_fingerprint=invite.peer_fingerprint,
+                    ),
+                    resolve_target=self.resolve_target,
+                    on_bytes=count,
+                    on_open=on_open,
+                )
         except (TunnelFailed, trio.TooSlowError, OSError) as exc:
             log.info("tunnel for %s did not open: %s", invite.from_, exc)
         finally:
-            self._owner_count -= 1
+            if self._joining.get(invite.request_id) is not None:
+                self._joining.pop(invite.request_id, None)
+            self._owners.release(tunnel_id)
+            self._owner_scopes.pop(tunnel_id, None)
             if counts != [0, 0]:
                 self._emit(
                     "tunnel-closed",
@@ -199,8 +296,12 @@ class TunnelService:
 
     async def open(
         self, peer_id: str, target: OpenTarget
-    ) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+    ) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
         """A tunnel to *peer_id*'s *target*, fingerprint and pin checked; TunnelFailed otherwise."""
+        return await self.join_relay(await self.request_invite(peer_id), target)
+
+    async def request_invite(self, peer_id: str) -> TunnelInvite:
+        """Ask the tracker for an introduction to *peer_id*; its invite, or TunnelFailed."""
         if len(self._pending) >= MAX_PENDING_REQUESTS:
             raise TunnelFailed("busy", "too many tunnels being set up")
         request_id = f"t{next(self._ids)}-{secrets.token_hex(4)}"
@@ -220,14 +321,20 @@ class TunnelService:
             raise TunnelFailed(answer.code, answer.message or f"tunnel refused ({answer.code})")
         if answer.from_ != peer_id:
             raise TunnelFailed("bad_invite", "the invite names another peer")
+        return answer
+
+    async def join_relay(
+        self, invite: TunnelInvite, target: OpenTarget
+    ) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
+        """The relay route of an introduction: join the tunnel port, then TLS and OPEN."""
         try:
             return await open_requester_end(
-                host=answer.host,
-                port=answer.port,
-                key=answer.key,
+                host=invite.host,
+                port=invite.port,
+                key=invite.key,
                 context=self._requester_context(),
-                expected_fingerprint=answer.fingerprint,
-                check_pin=lambda fingerprint: self._check_pin(peer_id, fingerprint),
+                expected_fingerprint=invite.fingerprint,
+                check_pin=lambda fingerprint: self._check_pin(invite.from_, fingerprint),
                 target=target,
             )
         except trio.TooSlowError:
@@ -254,20 +361,21 @@ class TunnelService:
             return existing.port
         if self._nursery is None:
             raise TunnelFailed("stopped", "the daemon is shutting down")
-        first = await self.open(peer_id, target)
+        first = await self._open_route(peer_id, target)
         existing = self._forwards.get(key)
         if existing is not None:
             old = existing.take_spare()
             existing.set_spare(first)
             if old is not None:
-                await trio.aclose_forcefully(old[0])
+                await discard(old)
             return existing.port
         try:
             port: int = await self._nursery.start(
                 functools.partial(self.forward, peer_id, target, first=first)
             )
         except BaseException:
-            await trio.aclose_forcefully(first[0])
+            with trio.CancelScope(shield=True):
+                await discard(first)
             raise
         return port
 
@@ -318,12 +426,10 @@ class TunnelService:
                         await trio.sleep_until(state.spare_expires)
                         if state.spare is spare:
                             state.spare = None
-                            await trio.aclose_forcefully(spare[0])
+                            await discard(spare)
 
-                async def accept_loop() -> None:
-                    while True:
-                        local = await listener.accept()
-                        nursery.start_soon(self._carry, peer_id, target, local, state)
+                async def carry(local: trio.SocketStream) -> None:
+                    await self._carry(peer_id, target, local, state)
 
                 async def close_when_idle() -> None:
                     while True:
@@ -339,14 +445,22 @@ class TunnelService:
                         nursery.cancel_scope.cancel()
                         return
 
-                nursery.start_soon(accept_loop)
+                nursery.start_soon(
+                    partial(
+                        serve_listener,
+                        carry,
+                        listener,
+                        max_connections=MAX_FORWARD_CONNECTIONS,
+                        name=f"forward to {peer_id}",
+                    )
+                )
                 nursery.start_soon(close_when_idle)
                 nursery.start_soon(drop_stale_spare)
         finally:
             spare = state.take_spare()
             if spare is not None:
                 with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(spare[0])
+                    await discard(spare)
             if self._forwards.get(key) is state:
                 del self._forwards[key]
             if self._on_forward_closed is not None:
@@ -359,10 +473,11 @@ class TunnelService:
         state.touch()
         start = trio.current_time()
         counts = (0, 0)
+        route: Route = "relay"
         try:
             async with local:
                 try:
-                    tunnel, leftover = state.take_spare() or await self.open(peer_id, target)
+                    way = state.take_spare() or await self._open_route(peer_id, target)
                 except TunnelFailed as exc:
                     log.info("forward to %s: %s", peer_id, exc)
                     if exc.code in ("forbidden", "fingerprint_mismatch"):
@@ -370,9 +485,20 @@ class TunnelService:
                         if target.kind == "peer-server":
                             await _answer_refused(local, exc)
                     return
-                self._emit("tunnel-opened", peer_id=peer_id, route="relay")
-                async with tunnel:
-                    counts = await bridge(tunnel, local, leftover_to_local=leftover)
+                route = way.route
+                self.opened(peer_id, way.route, way.address, punched=way.punched)
+                try:
+                    async with way.stream:
+                        counts = await bridge(
+                            way.stream,
+                            local,
+                            leftover_to_local=way.leftover,
+                            idle_after_eof_s=DIRECT_IDLE_AFTER_EOF_S
+                            if way.route == "direct"
+                            else None,
+                        )
+                finally:
+                    way.release()
         finally:
             state.active -= 1
             state.touch()
@@ -380,15 +506,22 @@ class TunnelService:
                 self._emit(
                     "tunnel-closed",
                     peer_id=peer_id,
-                    route="relay",
+                    route=route,
                     bytes_in=counts[0],
                     bytes_out=counts[1],
                     duration_s=round(trio.current_time() - start, 3),
                 )
 
+    async def _open_route(self, peer_id: str, target: OpenTarget) -> Opened:
+        if self.opener is not None:
+            return await self.opener(peer_id, target)
+        invite = await self.request_invite(peer_id)
+        stream, leftover = await self.join_relay(invite, target)
+        return Opened(stream, leftover, "relay", hostport(invite.host, invite.port), False)
+
     def status(self) -> dict[str, Any]:
         return {
-            "owner_tunnels": self._owner_count,
+            "owner_tunnels": len(self._owners),
             "pending_requests": len(self._pending),
             "forwards": len(self._forwards),
         }

@@ -1,0 +1,1 @@
+"""The project's own server plumbing: one accept loop for every listener it owns."""
