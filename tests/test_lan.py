@@ -24,7 +24,7 @@ from flashback.daemon.context import DaemonContext
 from flashback.daemon.directory import NoDirectEndpoint, PeerDirectory
 from flashback.daemon.hub import EventHub
 from flashback.daemon.lan import LAN_RECHECK_S, LAN_TTL_S, Bridge, Notice
-from flashback.errors import ConfigError
+from flashback.errors import BackendUnavailable, ConfigError
 from flashback.peer.app import LocalInfo
 from flashback.protocol.lan import MAX_LAN_PER_ADDRESS, LanPeer, LanTable
 from flashback.protocol.messages import Candidate, PeerInfo, Snapshot
@@ -120,9 +120,13 @@ async def test_a_lan_only_peer_goes_to_the_direct_seam(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     assert ctx.lan is not None
     ctx.lan.seen(LanPeer("b", None, "bob", FP_BOB, (Candidate("192.0.2.2", 4),)))
-    for key in ("bob", FP_BOB):
-        with pytest.raises(NoDirectEndpoint, match="known from the lan only"):
+    for key in ("bob", FP_BOB):  # to the routes, which this bare context has not started
+        with pytest.raises(BackendUnavailable, match="routes are not up"):
             await connect_peer(ctx, ConnectRequest(key))
+    assert ctx.book is not None  # a book entry with no address is known, not reachable
+    ctx.book.record(FP_CAROL, name="carol", peer_id=None, candidates=())
+    with pytest.raises(NoDirectEndpoint, match="no direct address"):
+        await connect_peer(ctx, ConnectRequest("carol"))
     with pytest.raises(Exception, match="no peer 'nobody' is online"):
         await connect_peer(ctx, ConnectRequest("nobody"))
 
@@ -248,12 +252,28 @@ async def test_two_daemons_on_a_lan_with_no_tracker(tmp_path: Path, nursery: tri
             assert row["candidates"][0]["host"] == LAN_ADDRS[0]
             text = await run_cli(["peers"], env=bob_env)
             assert "(lan)" in text.stdout.decode() and "alice" in text.stdout.decode()
+            # alice shares with whom the tracker lists; with no tracker, a LAN stranger
+            # is refused (§11, §12) until she allows his fingerprint
+            bob_fp = json.loads((await run_cli(["status", "--json"], env=bob_env)).stdout)[
+                "fingerprint"
+            ]
             ls = await run_cli(["ls", "alice"], env=bob_env)
             assert ls.returncode == 1
-            assert ls.stderr.decode().splitlines() == [
-                f"flashback: peer 'alice' ({row['fingerprint']}) is known from the lan only, "
-                "and this daemon has no direct endpoint to reach it yet"
-            ]
+            [line] = ls.stderr.decode().splitlines()
+            assert "does not share with this peer" in line and bob_fp in line, line
+            alice_env = daemon_env(tmp_path, "alice")
+            allowed = await run_cli(["allow", bob_fp], env=alice_env)
+            assert allowed.returncode == 0, allowed.stderr
+            in_bob = ["ip", "netns", "exec", lan.hosts[1]]  # the forward is bob's 127.0.0.1
+            got = await run_cli(
+                ["get", "alice", "alice.txt", "-o", str(tmp_path / "got.txt")],
+                env=bob_env,
+                prefix=in_bob,
+            )
+            assert got.returncode == 0, got.stderr
+            assert (tmp_path / "got.txt").read_text() == "I am alice\n"
+            peers = json.loads((await run_cli(["peers", "--json"], env=bob_env)).stdout)
+            assert next(p for p in peers["peers"] if p["name"] == "alice")["route"] == "direct"
 
             # a clean stop says goodbye: bob's LAN list loses alice at once
             mark = len(bob.events)
@@ -261,7 +281,8 @@ async def test_two_daemons_on_a_lan_with_no_tracker(tmp_path: Path, nursery: tri
             assert await alice.wait_exit(timeout_s=5) == 0  # 1 if the deadline cut a step
             await bob.wait_event(lost("alice"), after=mark, timeout_s=5)
             listing = json.loads((await run_cli(["peers", "--json"], env=bob_env)).stdout)
-            assert [p["name"] for p in listing["peers"]] == []
+            # not on the LAN any more; remembered in bob's peer book, since he reached her
+            assert [(p["name"], p["source"]) for p in listing["peers"]] == [("alice", "book")]
 
             # a SIGKILL says nothing: her records' TTL runs out, and she answers no query
             again = await _lan_daemon(stack, nursery, tmp_path, "alice", lan.hosts[0])

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flashback.daemon.context import DaemonContext
+from flashback.daemon.context import DaemonContext, reach_error
 from flashback.daemon.routes import Reached
-from flashback.errors import FlashbackError
+from flashback.daemon.tunnel_ends import TunnelFailed
+from flashback.errors import BackendUnavailable, FlashbackError
 from flashback.protocol.directory import KnownPeer, find, merge
 from flashback.protocol.tunnel import OpenTarget
 from flashback.terminal import printable
@@ -67,7 +68,8 @@ class PeerDirectory:
             else:
                 entry = {"peer_id": row.peer_id, "name": row.name, "peer_server": None}
                 entry["fingerprint"] = row.fingerprint
-                route, address = None, None
+                key = row.peer_id or row.fingerprint  # as reach_known routes it
+                route, address = ctx.router.last(key) if ctx.router and key else (None, None)
             entry["candidates"] = [c.dump() for c in row.candidates]
             entry["source"] = row.source
             entry["route"] = route  # the route this daemon last used (§6.3), or null
@@ -81,12 +83,20 @@ class PeerDirectory:
 
 
 async def _dial_direct(ctx: DaemonContext, known: KnownPeer, target: OpenTarget) -> Reached:
-    """Dial *known*'s candidates from our direct endpoint (§10.1) with mutual TLS and
-    its fingerprint checked; the endpoint's dialer goes here."""
-    raise NoDirectEndpoint(
-        f"peer '{printable(known.name)}' ({known.fingerprint}) is known from the "
-        f"{known.source} only, and this daemon has no direct endpoint to reach it yet"
-    )
+    """Dial *known*'s candidates (its direct endpoint, §10.1) with mutual TLS and its
+    fingerprint checked, through a local forward like every other route."""
+    if known.fingerprint is None or not known.candidates:
+        raise NoDirectEndpoint(
+            f"peer '{printable(known.name)}' ({known.fingerprint}) is known from the "
+            f"{known.source} only, with no direct address to reach it by"
+        )
+    if ctx.router is None:
+        raise BackendUnavailable("the daemon's routes are not up yet")
+    key = known.peer_id or known.fingerprint
+    try:
+        return await ctx.router.reach_known(key, known.fingerprint, known.candidates, target)
+    except TunnelFailed as exc:
+        raise reach_error(exc, known.name, known.peer_id, ctx.fingerprint) from exc
 
 
 async def reach_known(

@@ -234,8 +234,13 @@ async def _run_daemon_tasks(
 
         nursery.start_soon(talk_to_systemd)
 
+        # Routes to other peers (tunnels, the direct race, forwards) run with or
+        # without a tracker: LAN and book peers are reached by the endpoint alone
+        # (§12). They end when shutdown starts, as the tracker link does.
         tracker_scope = trio.CancelScope()
         api: TrackerAPI | None = None
+        reflector = Reflector(ctx, endpoint) if endpoint else None
+        pins = PinStore.in_data_dir(config.data_dir)
         async with httpx.AsyncClient(
             base_url=config.tracker_url or "http://tracker.invalid", timeout=REQUEST_TIMEOUT_S
         ) as http:
@@ -243,32 +248,29 @@ async def _run_daemon_tasks(
                 api = HTTPTrackerAPI(http, auth_token=os.environ.get("FLASHBACK_TRACKER_TOKEN"))
                 store = instance.identity_store(config.tracker_url)
 
-                pins = PinStore.in_data_dir(config.data_dir)
-
-                async def tracker_tasks() -> None:
-                    with tracker_scope:
-                        async with trio.open_nursery() as tasks:
-                            # tunnels and routes end with the link (shutdown closes them)
-                            reflector = Reflector(ctx, endpoint) if endpoint else None
+            async def peer_tasks() -> None:
+                with tracker_scope:
+                    async with trio.open_nursery() as tasks:
+                        await tasks.start(
+                            partial(
+                                run_routes,
+                                ctx,
+                                tls=tls,
+                                check_pin=pin_checker(pins, ctx),
+                                streams=streams,
+                                endpoint=endpoint,
+                                gate=gate,
+                                reflect_before_punch=(
+                                    reflector.before_punch if reflector else lambda _i: None
+                                ),
+                            )
+                        )
+                        if api is not None:
                             if reflector is not None:
                                 tasks.start_soon(reflector.run)
-                            await tasks.start(
-                                partial(
-                                    run_routes,
-                                    ctx,
-                                    tls=tls,
-                                    check_pin=pin_checker(pins, ctx),
-                                    streams=streams,
-                                    endpoint=endpoint,
-                                    gate=gate,
-                                    reflect_before_punch=(
-                                        reflector.before_punch if reflector else lambda _i: None
-                                    ),
-                                )
-                            )
                             await run_tracker_tasks(ctx, api, store, shutdown)
 
-                nursery.start_soon(tracker_tasks)
+            nursery.start_soon(peer_tasks)
             task_status.started(ctx)
             await shutdown.wait()
             log.info("shutting down")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -99,6 +99,12 @@ class RouteRacer:
         self._linked = linked
         # the owner fingerprint each peer proved on a direct route (for plain dials)
         self._proven: dict[str, str] = {}
+
+    def know(self, peer_key: str, fingerprint: str, candidates: Iterable[Candidate]) -> None:
+        """A peer known without the tracker (LAN, peer book, §12): dial *candidates*
+        plainly, and accept only an owner that proves *fingerprint*."""
+        self._proven[peer_key] = fingerprint
+        self.book.learn_direct(peer_key, candidates)
 
     async def open(self, peer_id: str, target: OpenTarget) -> Opened:
         remembered = self.book.direct_first(peer_id)

@@ -152,7 +152,7 @@ async def run_routes(
         endpoint.on_direct_authenticated = service.cancel_relay_join
         endpoint.on_route = service.report_route
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http, trio.open_nursery() as nursery:
-        router = Router(http, service.start_forward, book=racer.book)
+        router = Router(http, service.start_forward, book=racer.book, know=racer.know)
         await nursery.start(service.run)
         ctx.tunnels, ctx.router = service, router
         task_status.started()

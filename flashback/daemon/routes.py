@@ -19,7 +19,9 @@ from typing import Final
 import httpx
 import trio
 
+from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.protocol.direct import RouteBook, hostport
+from flashback.protocol.messages import Candidate
 from flashback.protocol.strict_json import loads_strict
 from flashback.protocol.tunnel import OpenTarget, Route, RouteMemory, direct_probe_accepts
 
@@ -72,6 +74,8 @@ async def probe_direct(
 
 
 OpenForward = Callable[[str, OpenTarget], Awaitable[int]]
+#: teach the route race a peer the tracker does not list: (key, fingerprint, candidates)
+Know = Callable[[str, str, tuple[Candidate, ...]], None]
 
 
 class Router:
@@ -84,10 +88,12 @@ class Router:
         *,
         memory: RouteMemory | None = None,
         book: RouteBook | None = None,
+        know: Know | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self._http = http
         self._open_forward = open_forward
+        self._know = know
         self.memory = memory or RouteMemory()
         # what the forwards' connections used (direct endpoint or relay, §10.3)
         self.book = book or RouteBook()
@@ -118,6 +124,16 @@ class Router:
         if await self.route_for(peer_id, host, port) == "direct":
             return Reached(peer_id, origin(stream_host, stream_port), "direct")
         return await self._relayed(peer_id, OpenTarget("stream", stream_port))
+
+    async def reach_known(
+        self, peer_key: str, fingerprint: str, candidates: tuple[Candidate, ...], target: OpenTarget
+    ) -> Reached:
+        """A peer known from the LAN or the peer book only (§12): a forward whose
+        connections dial *candidates* plainly and accept only *fingerprint*."""
+        if self._know is None:
+            raise TunnelFailed("no_endpoint", "this daemon cannot dial direct endpoints")
+        self._know(peer_key, fingerprint, candidates)
+        return await self._relayed(peer_key, target)
 
     async def _relayed(self, peer_id: str, target: OpenTarget) -> Reached:
         """A local forward whose every connection races the direct endpoint and the

@@ -332,6 +332,14 @@ class RouteBook:
     ) -> None:
         self._touch(peer_id, Remembered("relay", address, now, frozenset(tried)))
 
+    def learn_direct(self, peer_id: str, candidates: Iterable[Candidate]) -> None:
+        """Addresses known without the tracker (LAN, peer book, §12), dialled plainly
+        after those that worked; no route is claimed until one does."""
+        known = self._direct.get(peer_id, ())
+        merged = (*known, *[c for c in candidates if c not in known])[:MAX_CANDIDATES]
+        if merged:
+            self._direct[peer_id] = merged
+
     def direct_first(self, peer_id: str) -> tuple[Candidate, ...]:
         """Addresses to dial plainly before anything else (empty: none worked yet)."""
         return self._direct.get(peer_id, ())
