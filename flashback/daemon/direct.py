@@ -52,6 +52,7 @@ from flashback.protocol.direct import (
 from flashback.protocol.fairshare import FairShare
 from flashback.protocol.messages import Candidate, TunnelInvite
 from flashback.protocol.tunnel import OpenTarget, Route, TunnelError
+from flashback.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,11 @@ class DirectEndpoint:
         port: int,
         data_dir: Path,
         *,
+        stop: Shutdown | trio.Event | None = None,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Serve until *stop* is set (the daemon's shutdown: its connections end
+        with it, as tunnels do), or until cancelled."""
         listeners, self.port = await bind_endpoint(host, port, data_dir)
         self._bound = {
             listener.socket.family: str(listener.socket.getsockname()[0]) for listener in listeners
@@ -157,7 +161,10 @@ class DirectEndpoint:
                 )
             task_status.started(self.port)
             try:
-                await trio.sleep_forever()
+                if stop is None:
+                    await trio.sleep_forever()
+                await stop.wait()
+                nursery.cancel_scope.cancel()
             finally:
                 self._nursery = None
 

@@ -215,7 +215,7 @@ async def _run_daemon_tasks(
         streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
         tls = PeerTLS(instance.keys)
         gate = BookedGate(ctx, access)
-        endpoint = await start_direct_endpoint(nursery, ctx, tls, gate, streams)
+        endpoint = await start_direct_endpoint(nursery, ctx, tls, gate, streams, shutdown)
         if config.lan:  # announces the endpoint's port, so only once it listens
             nursery.start_soon(run_lan_for, ctx, instance, shutdown)
         await notifier.notify({"READY": 1, "STATUS": _status_line(ctx)})
@@ -291,6 +291,7 @@ async def start_direct_endpoint(
     tls: PeerTLS,
     gate: Gate,
     streams: StreamManager,
+    shutdown: Shutdown,
 ) -> DirectEndpoint | None:
     """The direct endpoint (§10.1) unless ``--direct-port off``; announces ``direct-ready``."""
     config = ctx.config
@@ -305,7 +306,9 @@ async def start_direct_endpoint(
         candidates_of=lambda peer_id: candidates_of(ctx, peer_id),
     )
     ctx.direct_port = await nursery.start(
-        endpoint.run, config.direct_host, config.direct_port, config.data_dir
+        partial(
+            endpoint.run, config.direct_host, config.direct_port, config.data_dir, stop=shutdown
+        )
     )
     ctx.direct = tuple(
         Candidate(host, port)
