@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -233,7 +234,9 @@ def test_only_an_open_host_is_reachable_unsolicited(lab: NatLab, label: str) -> 
         assert "accepted" not in printed
 
 
-def punch(lab: NatLab, reflector: tuple[str, int], a: Home, b: Home) -> tuple[dict, dict, dict]:
+def punch(
+    reflector: tuple[str, int], a: Home, b: Home
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[str]]]:
     """Both hosts reflect, then dial each other's public mapping at once."""
     sides = [python_in(h.host, PUNCH, reflector[0], str(reflector[1])) for h in (a, b)]
     try:
@@ -272,7 +275,7 @@ def test_two_cone_hosts_get_one_connection_by_simultaneous_open(
     lab: NatLab, reflector: tuple[str, int]
 ) -> None:
     a, b = lab["cone1"], lab["cone2"]
-    learned, results, mappings = punch(lab, reflector, a, b)
+    learned, results, mappings = punch(reflector, a, b)
     # the cone NAT kept the port: the reflector saw the router's address and the host's port
     assert learned["a"]["public"] == [a.public_addr, learned["a"]["port"]], mappings
     assert learned["b"]["public"] == [b.public_addr, learned["b"]["port"]], mappings
@@ -291,7 +294,7 @@ def test_two_cone_hosts_get_one_connection_by_simultaneous_open(
 
 def test_two_symmetric_hosts_never_connect(lab: NatLab, reflector: tuple[str, int]) -> None:
     a, b = lab["symmetric1"], lab["symmetric2"]
-    learned, results, mappings = punch(lab, reflector, a, b)
+    learned, results, mappings = punch(reflector, a, b)
     for side, home in (("a", a), ("b", b)):
         host, public_port = learned[side]["public"]
         assert host == home.public_addr
