@@ -141,10 +141,13 @@ def opened(proc: Proc, peer_id: str, after: int) -> list[dict[str, Any]]:
 
 async def get_file(bob_env: dict[str, str], prefix: list[str], out: Path, timeout_s: float) -> str:
     """bob's ``flashback get alice big.bin``; the sha256 it reported (checked on disk too)."""
-    got = await run_cli(
-        ["get", "alice", "big.bin", "-o", str(out)], env=bob_env, prefix=prefix,
-        timeout_s=timeout_s,
-    )  # fmt: skip
+    try:
+        got = await run_cli(
+            ["get", "alice", "big.bin", "-o", str(out)], env=bob_env, prefix=prefix,
+            timeout_s=timeout_s,
+        )  # fmt: skip
+    except trio.TooSlowError:
+        raise AssertionError(f"bob's get did not finish within {timeout_s} s") from None
     assert got.returncode == 0, got.stderr.decode(errors="replace")
     done = jsonl(got.stdout)[-1]
     assert done["event"] == "download-complete" and done["verified"] is True, done
@@ -209,16 +212,18 @@ async def test_bob_gets_from_alice_across_the_nats(
                 after = await tracker_metrics(lab, port)
                 copied = after[BYTES_METRIC] - before[BYTES_METRIC]
 
-                bob_opened = opened(bob, alice_id, seen_bob)
-                assert bob_opened, "bob emitted no tunnel-opened for alice"
-                assert {e["route"] for e in bob_opened} == {route}, (bob_opened, lab.describe())
                 listed = await run_cli(["peers", "--json"], env=bob_env, prefix=bob_home.prefix)
                 shown = {p["name"]: p for p in json.loads(listed.stdout)["peers"]}
+                # what went wrong, if something did: alice's record as bob has it, the NATs
+                why = f"alice as bob sees her: {shown['alice']}\n{lab.describe()}"
+                bob_opened = opened(bob, alice_id, seen_bob)
+                assert bob_opened, "bob emitted no tunnel-opened for alice"
+                assert {e["route"] for e in bob_opened} == {route}, (bob_opened, why)
                 assert shown["alice"]["route"] == route
                 if route == "relay":
                     assert copied >= FILE_BYTES, copied  # every byte crossed the tracker
                 else:
-                    assert copied < RELAY_HANDSHAKE_BUDGET_BYTES, (copied, lab.describe())
+                    assert copied < RELAY_HANDSHAKE_BUDGET_BYTES, (copied, why)
 
                 # docs/INTERFACE.md §10: the endpoint, the address used, the introduction
                 alice_direct = await expect_event(alice, "direct-ready")
