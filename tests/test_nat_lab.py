@@ -75,6 +75,10 @@ while not line.endswith(b"\\n"):
     line += chunk
 probe.close()
 host, public_port = line.decode().split()
+listener = None
+if sys.argv[3:] == ["listen"]:  # as a daemon's endpoint does, on the same port
+    listener = bound(port)
+    listener.listen()
 print(json.dumps({"port": port, "public": [host, int(public_port)]}), flush=True)
 
 peer_host, peer_port = sys.stdin.readline().split()
@@ -93,8 +97,16 @@ while (left := deadline - time.monotonic()) > 0:
     s.settimeout(5)
     s.sendall(f"hello from {port}\\n".encode())
     got = s.recv(100).decode().strip()
+    accepted = 0
+    if listener is not None:
+        listener.setblocking(False)
+        try:
+            while listener.accept():
+                accepted += 1
+        except BlockingIOError:
+            pass
     print(json.dumps({"connected": True, "got": got, "local": s.getsockname(),
-                      "peer": s.getpeername()}), flush=True)
+                      "peer": s.getpeername(), "listener_accepted": accepted}), flush=True)
     break
 else:
     print(json.dumps({"connected": False, "errors": errors}), flush=True)
@@ -235,10 +247,15 @@ def test_only_an_open_host_is_reachable_unsolicited(lab: NatLab, label: str) -> 
 
 
 def punch(
-    reflector: tuple[str, int], a: Home, b: Home
+    reflector: tuple[str, int], a: Home, b: Home, *, listen: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[str]]]:
-    """Both hosts reflect, then dial each other's public mapping at once."""
-    sides = [python_in(h.host, PUNCH, reflector[0], str(reflector[1])) for h in (a, b)]
+    """Both hosts reflect, then dial each other's public mapping at once.
+
+    With *listen*, each also listens on the port it dials from, as a daemon's
+    direct endpoint does (``SO_REUSEPORT``).
+    """
+    extra = ["listen"] if listen else []
+    sides = [python_in(h.host, PUNCH, reflector[0], str(reflector[1]), *extra) for h in (a, b)]
     try:
         learned = []
         for side in sides:
@@ -271,11 +288,12 @@ def punch(
     )
 
 
+@pytest.mark.parametrize("listen", [False, True], ids=["dialing", "dialing-and-listening"])
 def test_two_cone_hosts_get_one_connection_by_simultaneous_open(
-    lab: NatLab, reflector: tuple[str, int]
+    lab: NatLab, reflector: tuple[str, int], listen: bool
 ) -> None:
     a, b = lab["cone1"], lab["cone2"]
-    learned, results, mappings = punch(reflector, a, b)
+    learned, results, mappings = punch(reflector, a, b, listen=listen)
     # the cone NAT kept the port: the reflector saw the router's address and the host's port
     assert learned["a"]["public"] == [a.public_addr, learned["a"]["port"]], mappings
     assert learned["b"]["public"] == [b.public_addr, learned["b"]["port"]], mappings
@@ -290,6 +308,8 @@ def test_two_cone_hosts_get_one_connection_by_simultaneous_open(
     assert results["b"]["got"] == f"hello from {learned['a']['port']}"
     assert results["a"]["local"] == [a.host_addr, learned["a"]["port"]]
     assert results["a"]["peer"] == [b.public_addr, learned["b"]["port"]]
+    if listen:  # the SYN met the dialing socket, not the listener on the same port
+        assert results["a"]["listener_accepted"] == results["b"]["listener_accepted"] == 0
 
 
 def test_two_symmetric_hosts_never_connect(lab: NatLab, reflector: tuple[str, int]) -> None:
