@@ -28,7 +28,9 @@ venv-locked:
 # chromium + chromium-driver (the web UI's browser tests; selenium is
 # pointed at /usr/bin/chromedriver and never downloads a browser), and
 # iproute2 + tcpdump (the tunnel tests build two homes and a relay in network
-# namespaces and capture on the relay).
+# namespaces and capture on the relay), iptables + conntrack (the NAT lab of
+# tests/nat_lab.py: home routers that masquerade and filter, and their NAT
+# tables read for diagnostics).
 # Installed with apt when missing and we are root.
 system-deps:
 	@missing=""; \
@@ -39,6 +41,8 @@ system-deps:
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v tcpdump >/dev/null 2>&1 || missing="$$missing tcpdump"; \
+	command -v iptables >/dev/null 2>&1 || missing="$$missing iptables"; \
+	command -v conntrack >/dev/null 2>&1 || missing="$$missing conntrack"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
