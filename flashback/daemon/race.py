@@ -113,11 +113,26 @@ class RouteRacer:
         with trio.CancelScope() as scope:
             attempts = _Attempts(Race(), scope)
             async with trio.open_nursery() as nursery:
+                # With the tracker down a plain dial leaves from the endpoint's port
+                # (a NAT that saw that pair may let it through) and, at once, from any
+                # port: the endpoint pair may still be closing from the last route
+                # (the owner's side of it then breaks the handshake), and an open
+                # owner takes either. The first to authenticate wins.
+                ports = (
+                    (True, False) if self._endpoint is not None and not self._linked() else (False,)
+                )
                 for candidate in plain:
                     assert fingerprint is not None
-                    nursery.start_soon(
-                        self._plain, peer_id, target, candidate, fingerprint, attempts
-                    )
+                    for from_endpoint in ports:
+                        nursery.start_soon(
+                            self._plain,
+                            peer_id,
+                            target,
+                            candidate,
+                            fingerprint,
+                            attempts,
+                            from_endpoint,
+                        )
                 nursery.start_soon(
                     self._introduce,
                     peer_id,
@@ -143,11 +158,12 @@ class RouteRacer:
         candidate: Candidate,
         fingerprint: str,
         attempts: _Attempts,
+        from_endpoint: bool,
     ) -> None:
         address = hostport(candidate.host, candidate.port)
         try:
             with trio.fail_after(PUNCH_WINDOW_S + HANDSHAKE_TIMEOUT_S):
-                tcp = await self._dial_plain(candidate)
+                tcp = await self._dial_plain(candidate, from_endpoint)
                 close_abortively(tcp)
                 stream, leftover = await open_over(
                     tcp,
@@ -166,17 +182,13 @@ class RouteRacer:
         if not attempts.offer(f"plain {address}", opened, candidate):
             await trio.aclose_forcefully(stream)
 
-    async def _dial_plain(self, candidate: Candidate) -> trio.SocketStream:
-        """With the tracker down, from the endpoint's port when we can (a NAT that saw
-        this pair of ports before may still let it through); else from any port --
-        with the tracker up the introduction's dials use that port pair, and a plain
-        dial on it would meet the owner's INTRO dial in a simultaneous open."""
+    async def _dial_plain(self, candidate: Candidate, from_endpoint: bool) -> trio.SocketStream:
+        """From the endpoint's port (only while the tracker is down: with it up, the
+        introduction's dials use that port pair, and a plain dial on it would meet
+        the owner's INTRO dial in a simultaneous open), or from any port."""
         endpoint = self._endpoint
-        if endpoint is not None and not self._linked() and endpoint.can_dial(candidate.host):
-            try:
-                return await endpoint.dial_from(candidate)
-            except OSError:
-                pass  # that 4-tuple is still in TIME_WAIT here, say
+        if from_endpoint and endpoint is not None and endpoint.can_dial(candidate.host):
+            return await endpoint.dial_from(candidate)
         return await trio.open_tcp_stream(candidate.host, candidate.port)
 
     async def _introduce(
