@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark CONTRACT §7's digests: first-response waits and hashing speed.
+"""Benchmark INTERFACE §7's digests: first-response waits and hashing speed.
 
 One run, loopback only, on a file of ``--size-mib`` (default 1024) random bytes
 in a temp dir (removed at the end):

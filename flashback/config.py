@@ -40,7 +40,7 @@ DEFAULT_WATCHER_QUEUE_MESSAGES: Final = 1024
 DEFAULT_BACKLOG_CHANGES: Final = 16_384
 DEFAULT_TUNNEL_PORT: Final = 3001
 DEFAULT_TUNNEL_MAX_SESSIONS: Final = 256
-# Abuse bounds (issue 10): peers online, their records' bytes (at most what a
+# Abuse bounds: peers online, their records' bytes (at most what a
 # daemon takes in one frame), relayed messages per link, and how long and how
 # much a link that does not read may hold back.
 DEFAULT_MAX_PEERS: Final = 10_000

@@ -1,4 +1,4 @@
-"""The digest service: cached SHA-256 manifests of shared files (CONTRACT §7).
+"""The digest service: cached SHA-256 manifests of shared files (INTERFACE §7).
 
 Keyed by (st_dev, st_ino, size, mtime_ns, ctime_ns): a file rewritten in
 place gets a new key even when its mtime is put back (``touch -r``), because

@@ -1,4 +1,4 @@
-"""Downloading a whole directory from a peer (CONTRACT §8): ``get PEER DIR``.
+"""Downloading a whole directory from a peer (INTERFACE §8): ``get PEER DIR``.
 
 One nursery holds one walker and N workers (``--jobs``). The walker pages
 through every listing, depth first, checks every entry with the pure rules

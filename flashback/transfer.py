@@ -12,7 +12,7 @@ Before the part is renamed to ``OUT`` its SHA-256 must equal the owner's
 ``/api/digest`` manifest). On a mismatch the manifest's per-block digests
 name the bad blocks, only those are fetched again (ranges with ``If-Match``,
 so they come from the same version), and the whole is checked again; a part
-that still does not match is deleted and the download fails (CONTRACT §7).
+that still does not match is deleted and the download fails (INTERFACE §7).
 A transfer that breaks keeps the part for the next run.
 
 A peer must not hold a download by sending almost nothing: every response

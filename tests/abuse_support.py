@@ -1,4 +1,4 @@
-"""Helpers for the abuse tests (issue 10): real processes attacked from outside.
+"""Helpers for the abuse tests: real processes attacked from outside.
 
 Memory is read from ``/proc/PID/status`` (VmRSS); a watcher that never
 reads is a raw socket with a tiny receive buffer that sends its upgrade and
@@ -98,7 +98,7 @@ async def silent_watcher(
 ) -> trio.socket.SocketType:
     """A websocket client that says hello and never reads a byte after the 101.
 
-    (It waits for the 101 first: data before it is issue 10 #1, another bug.)
+    (It waits for the 101 first: data before it is a different attack.)
     *source*: the loopback address it connects from.
     """
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)

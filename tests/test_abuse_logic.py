@@ -1,4 +1,4 @@
-"""Pure rules behind issue 10's bounds, with numbers: hosts, the token bucket,
+"""Pure rules behind the abuse bounds, with numbers: hosts, the token bucket,
 the tracker's peer capacity, relay room in a link's queue, URL building."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Folder ``get`` (CONTRACT §8) against a real peer server, and against an evil one.
+"""Folder ``get`` (INTERFACE §8) against a real peer server, and against an evil one.
 
 The first tests run the fetcher in-process against ``serve_peer`` on a
 loopback port (real HTTP, real files). The evil peer is a tiny HTTP server

@@ -1,4 +1,4 @@
-"""The folder rules (CONTRACT §8) on plain values: entries, skip decisions, walk bounds."""
+"""The folder rules (INTERFACE §8) on plain values: entries, skip decisions, walk bounds."""
 
 from __future__ import annotations
 

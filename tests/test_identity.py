@@ -1,4 +1,4 @@
-"""Identity instances, the key pair and the pin store (CONTRACT §6.1), on real files."""
+"""Identity instances, the key pair and the pin store (INTERFACE §6.1), on real files."""
 
 from __future__ import annotations
 

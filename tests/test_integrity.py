@@ -1,4 +1,4 @@
-"""CONTRACT §7: Repr-Digest, /api/digest, the digest cache, verified and repaired downloads.
+"""INTERFACE §7: Repr-Digest, /api/digest, the digest cache, verified and repaired downloads.
 
 Real servers on loopback: the peer server (with a small block size so files
 stay small), a byte-counting TCP proxy in front of it, and an evil h11

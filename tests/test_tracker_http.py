@@ -1,4 +1,4 @@
-"""The tracker's HTTP API against a real tracker on loopback (CONTRACT.md §2)."""
+"""The tracker's HTTP API against a real tracker on loopback (docs/INTERFACE.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Several trackers on one real Redis behave as one (CONTRACT.md §2, issue 7).
+"""Several trackers on one real Redis behave as one (docs/INTERFACE.md §2).
 
 Each test starts its own ``redis-server`` on a free loopback port with its
 own directory and no persistence, and kills it by pid. Real sockets and real

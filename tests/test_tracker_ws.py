@@ -1,4 +1,4 @@
-"""The live link (CONTRACT.md §2 items 1-5) against a real tracker on loopback."""
+"""The live link (docs/INTERFACE.md §2 items 1-5) against a real tracker on loopback."""
 
 from __future__ import annotations
 

@@ -254,7 +254,7 @@ def _answer_or_raise(response: httpx.Response) -> dict[str, Any]:
 
 async def reach_peer(env: Mapping[str, str], key: str) -> tuple[ListedPeer, httpx.URL]:
     """The peer *key* names and an origin that reaches its server, direct or by tunnel
-    (the daemon decides, CONTRACT §6.3; a LAN or book peer by its endpoint, §12)."""
+    (the daemon decides, INTERFACE §6.3; a LAN or book peer by its endpoint, §12)."""
     peer = resolve_peer(await fetch_peers(env), key)
     answer = await _post_connect(env, {"peer": peer.key})
     return peer, httpx.URL(answer["url"])

@@ -73,7 +73,7 @@ class DaemonContext:
     # what other peers are told to dial (the bound host, unless a wildcard)
     announce_host: str | None = None
     identity: Identity | None = None
-    # this instance's key pair and certificate (CONTRACT §6.1): a TLS server
+    # this instance's key pair and certificate (INTERFACE §6.1): a TLS server
     # loads keys.path with SSLContext.load_cert_chain
     keys: KeyPair | None = None
     instance_name: str | None = None

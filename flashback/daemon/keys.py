@@ -1,4 +1,4 @@
-"""The daemon's long-term key pair and self-signed certificate (CONTRACT §6.1).
+"""The daemon's long-term key pair and self-signed certificate (INTERFACE §6.1).
 
 ECDSA P-256: Python's ``ssl`` (OpenSSL 3.0 here) completes a TLS 1.3
 handshake through ``trio.SSLStream`` with it at both ends -- as it does with

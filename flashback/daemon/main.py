@@ -64,7 +64,7 @@ from flashback.web import hypercorn_config, serve_quart
 
 log = logging.getLogger(__name__)
 
-#: the digest cache file in the data directory (CONTRACT §7)
+#: the digest cache file in the data directory (INTERFACE §7)
 DIGEST_CACHE_NAME: Final = "digests.sqlite3"
 
 
@@ -211,7 +211,7 @@ async def _run_daemon_tasks(
         )
         ctx.ui_url = await nursery.start(partial(serve_ui, ctx, config.ui_port, shutdown=shutdown))
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
-        # Stream ports close as soon as shutdown is set (CONTRACT §5).
+        # Stream ports close as soon as shutdown is set (INTERFACE §5).
         streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
         tls = PeerTLS(instance.keys)
         gate = BookedGate(ctx, access)

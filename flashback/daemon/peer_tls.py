@@ -1,4 +1,4 @@
-"""Mutual TLS between two daemons with self-signed identities (CONTRACT §10.1, §11).
+"""Mutual TLS between two daemons with self-signed identities (INTERFACE §10.1, §11).
 
 Both ends of a tunnel or a direct connection present a certificate; the
 identity is the fingerprint of each daemon's self-signed certificate (§6.1),

@@ -1,4 +1,4 @@
-"""Trust on first use: the fingerprint each peer id was first seen with (CONTRACT §6.1).
+"""Trust on first use: the fingerprint each peer id was first seen with (INTERFACE §6.1).
 
 Users type names, not peer ids, so a name is pinned too, the way ssh pins
 the host name typed: the name a pin was made under belongs to that

@@ -1,4 +1,4 @@
-"""Direct first, else a tunnel (CONTRACT §6.3): how this daemon reaches a peer's server.
+"""Direct first, else a tunnel (INTERFACE §6.3): how this daemon reaches a peer's server.
 
 The direct route is used only when the peer's registered ``peer_server``
 answers ``GET /api/info`` with that peer's id within :data:`PROBE_TIMEOUT_S`

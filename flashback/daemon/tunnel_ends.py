@@ -1,4 +1,4 @@
-"""Both ends of a tunnel through the tracker (CONTRACT §6.2), over trio.SSLStream.
+"""Both ends of a tunnel through the tracker (INTERFACE §6.2), over trio.SSLStream.
 
 The tracker only pairs two outbound TCP connections and copies bytes; what
 runs inside is TLS 1.3 (ALPN ``flashback/1``) between the two daemons:

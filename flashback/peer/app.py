@@ -1,6 +1,6 @@
 """The peer server's Quart app: listings, file content, downloads, info.
 
-Routes (CONTRACT §3): ``GET /api/files[/<dir>]``, ``GET|HEAD /content/<path>``,
+Routes (INTERFACE §3): ``GET /api/files[/<dir>]``, ``GET|HEAD /content/<path>``,
 ``GET|HEAD /download/<path>``, ``GET /api/info``, ``GET /api/digest/<path>`` (§7).
 Every refusal -- missing, outside the root, hidden, not a regular file -- is
 the same JSON 404. A request whose ``Host`` is not an IP literal,

@@ -1,4 +1,4 @@
-"""File digests (CONTRACT §7): the whole-file SHA-256 and its block manifest.
+"""File digests (INTERFACE §7): the whole-file SHA-256 and its block manifest.
 
 Pure functions, no I/O beyond reading an already-open descriptor in
 :func:`hash_fd` (which runs in a worker thread): the ``Repr-Digest`` field

@@ -1,4 +1,4 @@
-"""The one rule for a certificate fingerprint (CONTRACT §6.1).
+"""The one rule for a certificate fingerprint (INTERFACE §6.1).
 
 ``sha256:`` + the lowercase hex SHA-256 of the certificate's DER bytes: 71
 characters, easy to read aloud or compare by eye, and nothing else is one.

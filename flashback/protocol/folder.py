@@ -1,4 +1,4 @@
-"""Mirroring a peer's directory (CONTRACT §8): the rules, with no I/O at all.
+"""Mirroring a peer's directory (INTERFACE §8): the rules, with no I/O at all.
 
 A folder ``get`` walks listings a peer wrote, so every name in them is
 untrusted. Three things are decided here, on plain values, so they can be

@@ -1,6 +1,6 @@
 """The tracker's websocket messages, both directions, as frozen dataclasses.
 
-One class per ``"type"`` of CONTRACT.md §2; :func:`parse` turns a decoded
+One class per ``"type"`` of docs/INTERFACE.md §2; :func:`parse` turns a decoded
 (or raw text) frame into one of them and :meth:`Message.dump` turns one back
 into a JSON-ready dict. Anything malformed raises :class:`ProtocolError`,
 which carries the ``{"type": "error", "code", "message"}`` reply to send, so
@@ -244,7 +244,7 @@ class PeerInfo:
     capabilities: dict[str, Any] = field(default_factory=dict)
     registered_at: str = ""
     last_seen: str = ""
-    # sha256:<hex> of the peer's certificate (CONTRACT §6.1); None: it sent none
+    # sha256:<hex> of the peer's certificate (INTERFACE §6.1); None: it sent none
     fingerprint: str | None = None
     # its direct endpoint as registered, and as the tracker saw it from outside (§10.2)
     direct: tuple[Candidate, ...] = ()

@@ -1,4 +1,4 @@
-"""Tunnel pairing through the tracker (CONTRACT §6.2), as pure rules.
+"""Tunnel pairing through the tracker (INTERFACE §6.2), as pure rules.
 
 The tracker pairs two *outbound* connections -- one from the requester, one
 from the owner -- by single-use keys it handed out in ``tunnel-invite``

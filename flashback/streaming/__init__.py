@@ -1,4 +1,4 @@
-"""Dedicated streaming ports (CONTRACT §4): one listener, one file, one token.
+"""Dedicated streaming ports (INTERFACE §4): one listener, one file, one token.
 
 A peer asks (through the tracker, or the local ``flashback stream``) for a
 file; the owner opens a fresh listener on its host, port 0, guarded by a

@@ -6,7 +6,7 @@ each closing its listener and reporting ``stream-closed`` with reason
 ``shutdown``. Answers go to the requester through the tracker link, or back
 to the local control API for a request this daemon made to itself.
 
-Events (stdout, CONTRACT §5) -- the token never appears in them::
+Events (stdout, INTERFACE §5) -- the token never appears in them::
 
     {"event": "file-stream-ready", "request_id", "peer_id", "host", "port",
      "path", "size", "expires_in"}          (peer_id: the requester)

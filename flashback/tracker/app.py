@@ -1,4 +1,4 @@
-"""The tracker's routes (CONTRACT.md §2) as a quart-trio app.
+"""The tracker's routes (docs/INTERFACE.md §2) as a quart-trio app.
 
 Thin on purpose: parse and check the request (:mod:`.validate`), call the
 :class:`~flashback.tracker.service.Tracker`, answer JSON. Errors of every

@@ -54,7 +54,7 @@ class TrackerMetrics:
         )
 
     def add_tunnels(self, counters: TunnelCounters, active: Callable[[], float]) -> None:
-        """The tunnel port's figures (CONTRACT §6.2): sessions active, outcomes, bytes."""
+        """The tunnel port's figures (INTERFACE §6.2): sessions active, outcomes, bytes."""
         r = self.registry
         Gauge(
             PREFIX + "tunnels_active", "Tunnel sessions pending or paired", registry=r

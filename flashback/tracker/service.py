@@ -357,7 +357,7 @@ class Tracker:
         client: tuple[str, int] | None = None,
         server: tuple[str, int] | None = None,
     ) -> None:
-        """One websocket from ``hello`` to close; protocol in CONTRACT.md §2.
+        """One websocket from ``hello`` to close; protocol in docs/INTERFACE.md §2.
 
         *host_header* is the ``Host`` of the upgrade request: by default the
         host a peer is told to dial for tunnels is the one it already reached.

@@ -1,4 +1,4 @@
-"""The tracker's tunnel port (CONTRACT §6.2): pair two joiners, then pump.
+"""The tracker's tunnel port (INTERFACE §6.2): pair two joiners, then pump.
 
 Each accepted TCP connection is one task in the listener's nursery. It has
 :data:`JOIN_TIMEOUT_S` to send ``FLASHBACK-TUNNEL 1 <key>``; the rules for

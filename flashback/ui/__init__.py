@@ -1,1 +1,1 @@
-"""The daemon's web face (CONTRACT §9): a token-guarded UI on 127.0.0.1."""
+"""The daemon's web face (INTERFACE §9): a token-guarded UI on 127.0.0.1."""

@@ -1,6 +1,6 @@
 """How the UI reaches a peer's server: through the daemon's routes, never on its own.
 
-A remote peer is reached the way ``ls`` and ``get`` reach it (CONTRACT §6.3,
+A remote peer is reached the way ``ls`` and ``get`` reach it (INTERFACE §6.3,
 :meth:`~flashback.ui.view.DaemonView.reach`): its registered address only if
 that address proves to be the peer, else a tunnel through the tracker. A
 registered address is a stranger's claim -- dialled as such, another peer's
