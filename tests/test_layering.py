@@ -1,6 +1,6 @@
 """Packages depend downwards only, and no module imports itself in a circle.
 
-The order (docs/INTERFACE.md keeps the interface; this test keeps the layers)::
+The order::
 
     protocol  <-  shared top-level modules (config, errors, web, runner, ...)
               <-  peer, streaming, tracker, ui   (siblings: never each other)
