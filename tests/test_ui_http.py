@@ -701,6 +701,9 @@ async def test_lan_and_book_peers_are_listed_by_source_and_browsed_by_their_endp
         ctx.book = PeerBook(tmp_path / BOOK_FILE, clock=lambda: 5.0)
         book_at = (Candidate("198.51.100.9", 4712),)
         ctx.book.record(FP_ALICE_TOO, name="alice", candidates=book_at)
+        # a tracker-listed id copying a fingerprint stands for nobody but itself
+        assert ctx.address is not None
+        ctx.table.peers[FP_ALICE] = PeerInfo(FP_ALICE, "mallory", "127.0.0.1", ctx.address.port)
         base = url.split("/?", 1)[0]
         async with httpx.AsyncClient(base_url=base, cookies={COOKIE_NAME: TOKEN}) as http:
             listed = (await http.get("/api/peers")).json()["peers"]

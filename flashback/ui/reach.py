@@ -52,21 +52,25 @@ async def peer_route(ctx: DaemonView, key: str) -> PeerRoute:
             raise NotFound("this daemon's server is not up yet")
         host = "127.0.0.1" if address.host in WILDCARDS else address.host
         return PeerRoute(SELF_KEY, ctx.config.name, _origin(host, address.port), "local")
-    peer = ctx.table.peers.get(key)
-    if peer is not None:
-        reached = await ctx.reach(peer)
-        return PeerRoute(peer.peer_id, peer.name, reached.url, reached.route)
+    # a fingerprint first: what the TLS will prove, so no tracker-listed id that
+    # copies a LAN or book peer's fingerprint can stand in for that peer
     known = known_by_fingerprint(ctx, key)
-    if known is None:
+    if known is not None and known.source != "tracker":
+        reached = await ctx.reach_known(known)
+        return PeerRoute(key, known.name, reached.url, reached.route)
+    peer = ctx.table.peers.get(key)
+    if peer is None and known is not None:  # a tracker peer named by its fingerprint
+        peer = ctx.table.peers.get(known.peer_id or "")
+    if peer is None:
         raise NotFound(f"no peer {key!r} is online", code="unknown_peer")
-    reached = await ctx.reach_known(known)
-    return PeerRoute(key, known.name, reached.url, reached.route)
+    reached = await ctx.reach(peer)
+    return PeerRoute(peer.peer_id, peer.name, reached.url, reached.route)
 
 
 def known_by_fingerprint(ctx: DaemonView, key: str) -> KnownPeer | None:
-    """The LAN or book row whose fingerprint is exactly *key* (never a name: two
-    peers may share one, the fingerprint tells them apart)."""
+    """The merged row whose fingerprint is exactly *key* (never a name: two peers
+    may share one, the fingerprint tells them apart)."""
     for row in ctx.known_peers():
-        if row.source != "tracker" and row.fingerprint == key:
+        if row.fingerprint == key:
             return row
     return None
