@@ -21,13 +21,15 @@ import trio
 import trio.testing
 
 from flashback.config import DaemonConfig
+from flashback.daemon.book import BOOK_FILE, PeerBook
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.hub import EventHub
 from flashback.daemon.routes import Router
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
-from flashback.protocol.messages import PeerInfo
+from flashback.protocol.lan import LanPeer, LanTable
+from flashback.protocol.messages import Candidate, PeerInfo
 from flashback.protocol.tunnel import OpenTarget
 from flashback.ui.app import MAX_EVENT_STREAMS
 from flashback.ui.auth import COOKIE_NAME, check_access
@@ -51,11 +53,17 @@ Forwards = dict[tuple[str, str], int]
 
 
 async def ui_context(
-    nursery: trio.Nursery, share: Path, probe: httpx.AsyncClient, forwards: Forwards | None = None
+    nursery: trio.Nursery,
+    share: Path,
+    probe: httpx.AsyncClient,
+    forwards: Forwards | None = None,
+    taught: list[tuple[str, str, tuple[Candidate, ...]]] | None = None,
 ) -> tuple[DaemonContext, str]:
     """A daemon's context with its peer server and UI on loopback and a real
     :class:`Router` (no tracker: a relay route goes to the port *forwards* names,
-    else fails as a tunnel does): the context and the UI's tokened URL."""
+    else fails as a tunnel does): the context and the UI's tokened URL. What the
+    router is taught of LAN or book peers (key, fingerprint, candidates) goes to
+    *taught*."""
     config = DaemonConfig(root=share, tracker_url=None, name="me")
     ctx = DaemonContext(config=config, hub=EventHub(io.StringIO()), local=LocalInfo(name="me"))
     settings = ShareSettings(share, False, ctx.local)
@@ -67,7 +75,11 @@ async def ui_context(
             raise TunnelFailed("refused", "no tunnel in this test")
         return port
 
-    ctx.router = Router(probe, open_forward)
+    def know(key: str, fingerprint: str, candidates: tuple[Candidate, ...]) -> None:
+        if taught is not None:
+            taught.append((key, fingerprint, candidates))
+
+    ctx.router = Router(probe, open_forward, know=know)
     url = await nursery.start(partial(serve_ui, ctx, 0, token=TOKEN))
     return ctx, url
 
@@ -658,3 +670,77 @@ async def test_a_peer_that_drips_a_listing_or_a_text_ends_that_view(
         assert response.status_code == 502, route
         assert "took over 60 s" in response.json()["error"]["message"]
         assert trio.current_time() - started < 120
+
+
+FP_ALICE = "sha256:" + "a" * 64
+FP_ALICE_TOO = "sha256:" + "d" * 64
+
+
+async def test_lan_and_book_peers_are_listed_by_source_and_browsed_by_their_endpoint(
+    nursery: trio.Nursery, share: Path, tmp_path: Path
+) -> None:
+    """A LAN peer and a book peer, both named alice: two rows told apart by source
+    and fingerprint, each browsed, viewed and downloaded through the daemon's
+    direct-endpoint door (its candidates taught to the routes, the forward it
+    opens reaching that peer's real server), never one for the other."""
+    shares = {}
+    for fingerprint, text in ((FP_ALICE, "from the lan\n"), (FP_ALICE_TOO, "from the book\n")):
+        root = tmp_path / fingerprint[-1]
+        (root / "music").mkdir(parents=True)
+        (root / "music" / "notes.txt").write_text(text)
+        settings = ShareSettings(root, False, LocalInfo(name="alice"))
+        shares[fingerprint] = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
+    # the router's forward for each key stands in for the TLS-checked dial of its candidates
+    forwards: Forwards = {(fp, "peer-server"): address.port for fp, address in shares.items()}
+    taught: list[tuple[str, str, tuple[Candidate, ...]]] = []
+    async with httpx.AsyncClient() as probe:
+        ctx, url = await ui_context(nursery, share, probe, forwards, taught)
+        ctx.lan = LanTable(None)
+        lan_at = (Candidate("192.0.2.7", 4711),)
+        ctx.lan.seen(LanPeer("alice._flashback._tcp.local.", None, "alice", FP_ALICE, lan_at))
+        ctx.book = PeerBook(tmp_path / BOOK_FILE, clock=lambda: 5.0)
+        book_at = (Candidate("198.51.100.9", 4712),)
+        ctx.book.record(FP_ALICE_TOO, name="alice", candidates=book_at)
+        # a tracker-listed id copying a fingerprint stands for nobody but itself
+        assert ctx.address is not None
+        ctx.table.peers[FP_ALICE] = PeerInfo(FP_ALICE, "mallory", "127.0.0.1", ctx.address.port)
+        base = url.split("/?", 1)[0]
+        async with httpx.AsyncClient(base_url=base, cookies={COOKIE_NAME: TOKEN}) as http:
+            listed = (await http.get("/api/peers")).json()["peers"]
+            rows = {row["fingerprint"]: row for row in listed}
+            assert {fp: (r["name"], r["source"]) for fp, r in rows.items()} == {
+                FP_ALICE: ("alice", "lan"),
+                FP_ALICE_TOO: ("alice", "book"),
+            }
+            assert rows[FP_ALICE]["address"] == "192.0.2.7:4711"
+            page = await http.get("/")
+            assert page.text.count('<td class="source">lan</td>') == 1
+            assert page.text.count('<td class="source">book</td>') == 1
+            for fingerprint, text, at in (
+                (FP_ALICE, "from the lan\n", lan_at),
+                (FP_ALICE_TOO, "from the book\n", book_at),
+            ):
+                browse = rows[fingerprint]["browse"]
+                assert browse == f"/p/{fingerprint.replace(':', '%3A')}/browse/"
+                folder = await http.get(f"{browse}music/")
+                assert folder.status_code == 200
+                assert "notes.txt" in folder.text
+                assert taught[-1] == (fingerprint, fingerprint, at)
+                viewed = await http.get(f"/p/{fingerprint}/view/music/notes.txt")
+                assert viewed.status_code == 200 and text.strip() in viewed.text
+                got = await http.get(f"/p/{fingerprint}/download/music/notes.txt")
+                assert got.status_code == 200 and got.content == text.encode()
+                assert got.headers["content-disposition"].startswith("attachment")
+            # a name is no key: two peers share it, only a fingerprint tells them apart
+            by_name = await http.get("/p/alice/browse/")
+            assert by_name.status_code == 404
+            assert by_name.json()["error"]["code"] == "unknown_peer"
+            # reached, the LAN peer is in the book now; a book row without an address says so
+            assert FP_ALICE in {entry.fingerprint for entry in ctx.book.entries()}
+            ctx.book.record(FP_CAROL, name="carol")
+            nowhere = await http.get(f"/p/{FP_CAROL}/browse/")
+            assert nowhere.status_code == 502
+            assert nowhere.json()["error"]["code"] == "no_direct_endpoint"
+
+
+FP_CAROL = "sha256:" + "c" * 64

@@ -20,6 +20,7 @@ from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
 from flashback.errors import BackendUnavailable, FlashbackError
 from flashback.peer.app import LocalInfo
+from flashback.protocol.directory import KnownPeer, merge
 from flashback.protocol.lan import LanTable
 from flashback.protocol.messages import (
     Candidate,
@@ -30,11 +31,20 @@ from flashback.protocol.messages import (
     StreamRequest,
 )
 from flashback.protocol.peer_table import PeerTable
+from flashback.protocol.tunnel import OpenTarget
+from flashback.terminal import printable
 from flashback.web import BoundAddress
 
 log = logging.getLogger(__name__)
 
 OUTGOING_BUFFER = 64
+
+
+class NoDirectEndpoint(FlashbackError):
+    """A LAN or book peer can only be reached directly, and it left no address to dial."""
+
+    status = 502
+    default_code = "no_direct_endpoint"
 
 
 class KeyChanged(FlashbackError):
@@ -155,6 +165,53 @@ class DaemonContext:
             raise PeerUnreachable(f"peer {peer.name!r} announced an unusable address") from None
         if self.book is not None:  # reached: the book remembers it for a day without the tracker
             self.book.record_peer(peer)
+        return reached
+
+    def known_peers(self) -> list[KnownPeer]:
+        """Tracker, LAN and book peers, one row per fingerprint (this daemon's own
+        tracker row included, as ``peers`` always listed it).
+
+        The tracker's rows count only while the link is up: with the tracker
+        away they are a stale list, and a peer we reached stays as its book row.
+        """
+        rows = merge(
+            self.table.sorted_peers() if self.tracker_connected else (),
+            self.lan.peers() if self.lan is not None else (),
+            self.book.entries() if self.book is not None else (),
+        )
+        own = self.fingerprint
+        return [row for row in rows if row.source == "tracker" or row.fingerprint != own]
+
+    async def reach_known(self, known: KnownPeer, target: OpenTarget | None = None) -> Reached:
+        """The URL of *known*'s server (or a stream port of it) by its direct
+        candidates (§10.1, §12), with mutual TLS and its fingerprint checked,
+        through a local forward like every other route.
+
+        The one door from a LAN or book peer to the routing layer; whatever
+        reaches it records it in the peer book (its fingerprint is what the TLS
+        check proved). ``ls``, ``get``, ``connect`` and the UI all come here.
+        """
+        if known.fingerprint is None or not known.candidates:
+            raise NoDirectEndpoint(
+                f"peer '{printable(known.name)}' ({known.fingerprint}) is known from the "
+                f"{known.source} only, with no direct address to reach it by"
+            )
+        if self.router is None:
+            raise BackendUnavailable("the daemon's routes are not up yet")
+        key = known.peer_id or known.fingerprint
+        try:
+            reached = await self.router.reach_known(
+                key, known.fingerprint, known.candidates, target or OpenTarget("peer-server")
+            )
+        except TunnelFailed as exc:
+            raise reach_error(exc, known.name, known.peer_id, self.fingerprint) from exc
+        if self.book is not None:
+            self.book.record(
+                known.fingerprint,
+                name=known.name,
+                peer_id=known.peer_id,
+                candidates=known.candidates,
+            )
         return reached
 
     def registration_lost(self) -> None:

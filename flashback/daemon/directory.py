@@ -16,20 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flashback.daemon.context import DaemonContext, reach_error
+from flashback.daemon.context import DaemonContext
+from flashback.daemon.context import NoDirectEndpoint as NoDirectEndpoint  # where it was
 from flashback.daemon.routes import Reached
-from flashback.daemon.tunnel_ends import TunnelFailed
-from flashback.errors import BackendUnavailable, FlashbackError
-from flashback.protocol.directory import KnownPeer, find, merge
+from flashback.protocol.directory import KnownPeer, find
 from flashback.protocol.tunnel import OpenTarget
-from flashback.terminal import printable
-
-
-class NoDirectEndpoint(FlashbackError):
-    """A LAN or book peer can only be reached directly, and nothing dials directly yet."""
-
-    status = 502
-    default_code = "no_direct_endpoint"
 
 
 class PeerDirectory:
@@ -37,20 +28,9 @@ class PeerDirectory:
         self._ctx = ctx
 
     def known(self) -> list[KnownPeer]:
-        """Tracker, LAN and book peers, one row per fingerprint (this daemon's own
-        tracker row included, as ``peers`` always listed it).
-
-        The tracker's rows count only while the link is up: with the tracker
-        away they are a stale list, and a peer we reached stays as its book row.
-        """
-        ctx = self._ctx
-        rows = merge(
-            ctx.table.sorted_peers() if ctx.tracker_connected else (),
-            ctx.lan.peers() if ctx.lan is not None else (),
-            ctx.book.entries() if ctx.book is not None else (),
-        )
-        own = ctx.fingerprint
-        return [row for row in rows if row.source == "tracker" or row.fingerprint != own]
+        """Tracker, LAN and book peers, one row per fingerprint (see
+        :meth:`~flashback.daemon.context.DaemonContext.known_peers`)."""
+        return self._ctx.known_peers()
 
     def find(self, text: str) -> list[KnownPeer]:
         return find(self.known(), text)
@@ -82,37 +62,9 @@ class PeerDirectory:
         }
 
 
-async def _dial_direct(ctx: DaemonContext, known: KnownPeer, target: OpenTarget) -> Reached:
-    """Dial *known*'s candidates (its direct endpoint, §10.1) with mutual TLS and its
-    fingerprint checked, through a local forward like every other route."""
-    if known.fingerprint is None or not known.candidates:
-        raise NoDirectEndpoint(
-            f"peer '{printable(known.name)}' ({known.fingerprint}) is known from the "
-            f"{known.source} only, with no direct address to reach it by"
-        )
-    if ctx.router is None:
-        raise BackendUnavailable("the daemon's routes are not up yet")
-    key = known.peer_id or known.fingerprint
-    try:
-        return await ctx.router.reach_known(key, known.fingerprint, known.candidates, target)
-    except TunnelFailed as exc:
-        raise reach_error(exc, known.name, known.peer_id, ctx.fingerprint) from exc
-
-
 async def reach_known(
     ctx: DaemonContext, known: KnownPeer, target: OpenTarget | None = None
 ) -> Reached:
-    """The URL of *known*'s server (or a stream port of it) by its direct candidates.
-
-    The one door from a LAN or book peer to the routing layer; whatever reaches
-    it records it in the peer book (its fingerprint is what the TLS check proved).
-    """
-    reached = await _dial_direct(ctx, known, target or OpenTarget("peer-server"))
-    if ctx.book is not None and known.fingerprint is not None:
-        ctx.book.record(
-            known.fingerprint,
-            name=known.name,
-            peer_id=known.peer_id,
-            candidates=known.candidates,
-        )
-    return reached
+    """The URL of *known*'s server (or a stream port of it) by its direct candidates:
+    :meth:`~flashback.daemon.context.DaemonContext.reach_known`, the one door."""
+    return await ctx.reach_known(known, target)

@@ -6,9 +6,11 @@ then joins, leaves and tracker-link changes); ``GET /api/peers`` the same
 list as JSON; ``GET /p/<peer>/browse/<dir>`` a folder (``?cursor=`` pages);
 ``GET /p/<peer>/view/<file>`` a file; ``GET /p/<peer>/content/<file>`` and
 ``/download/<file>`` streamed from the peer with ``Range``; ``/access`` who may
-connect (:mod:`flashback.ui.access`). ``<peer>`` is a
-peer id or ``self``. Pages carry a strict CSP: scripts and styles only from
-``/static``, no inline script, nothing from another origin.
+connect (:mod:`flashback.ui.access`). The list holds tracker, LAN and book
+peers, each with its ``source`` (§12); ``<peer>`` is ``self``, a tracker
+peer's id, or a LAN or book peer's fingerprint. Pages carry a strict CSP:
+scripts and styles only from ``/static``, no inline script, nothing from
+another origin.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from quart_trio import QuartTrio
 from werkzeug.wrappers.response import Response as WerkzeugResponse  # what redirect() builds
 
 from flashback.errors import BadRequest, Forbidden, NotFound, RateLimited
+from flashback.protocol.directory import KnownPeer
 from flashback.protocol.messages import PeerInfo, ProtocolError
 from flashback.protocol.paths import UnsafePath, split_request_path
 from flashback.ui.access import install_access_pages
@@ -57,16 +60,50 @@ HERE: Final = Path(__file__).parent
 
 
 def peer_row(peer: PeerInfo, ctx: DaemonView) -> dict[str, Any]:
+    """A tracker peer's row; its ``key`` (what its links name) is its peer id."""
     mine = ctx.identity is not None and peer.peer_id == ctx.identity.peer_id
     key = SELF_KEY if mine else peer.peer_id
     return {
+        "key": peer.peer_id,
         "peer_id": peer.peer_id,
         "name": peer.name,
+        "fingerprint": peer.fingerprint,
+        "source": "tracker",
         "address": f"{peer.host}:{peer.port}",
         "route": "local" if mine else route_label(peer),
         "self": mine,
         "browse": ui_url(key, "browse"),
     }
+
+
+def known_row(known: KnownPeer) -> dict[str, Any]:
+    """A LAN or book peer's row (§12): linked by its fingerprint, which tells apart
+    peers of one name; its address is the first candidate it was heard at."""
+    first = known.candidates[0] if known.candidates else None
+    return {
+        "key": known.key,
+        "peer_id": known.peer_id,
+        "name": known.name,
+        "fingerprint": known.fingerprint,
+        "source": known.source,
+        "address": f"{first.host}:{first.port}" if first else "-",
+        "route": "direct",
+        "self": False,
+        "browse": ui_url(known.key, "browse"),
+    }
+
+
+def peer_rows(ctx: DaemonView) -> list[dict[str, Any]]:
+    """Every peer the daemon knows of, as ``flashback peers`` lists them: tracker
+    rows while the link is up, then what only the LAN or the book knows."""
+    rows: list[dict[str, Any]] = []
+    for known in ctx.known_peers():
+        info = ctx.table.peers.get(known.peer_id or "") if known.source == "tracker" else None
+        if info is not None:
+            rows.append(peer_row(info, ctx))
+        elif known.source != "tracker":
+            rows.append(known_row(known))
+    return rows
 
 
 def snapshot(ctx: DaemonView) -> dict[str, Any]:
@@ -78,7 +115,7 @@ def snapshot(ctx: DaemonView) -> dict[str, Any]:
             "browse": ui_url(SELF_KEY, "browse"),
         },
         "tracker": {"url": ctx.config.tracker_url, "connected": ctx.tracker_connected},
-        "peers": [peer_row(p, ctx) for p in ctx.table.sorted_peers()],
+        "peers": peer_rows(ctx),
     }
 
 

@@ -5,7 +5,10 @@ A remote peer is reached the way ``ls`` and ``get`` reach it (INTERFACE §6.3,
 that address proves to be the peer, else a tunnel through the tracker. A
 registered address is a stranger's claim -- dialled as such, another peer's
 server or any local service would be shown as the peer's files. This
-daemon's own share is reached on loopback (route ``local``).
+daemon's own share is reached on loopback (route ``local``). A peer known
+only from the LAN or the peer book (§12) is named by its fingerprint and
+reached by its direct candidates (:meth:`~flashback.ui.view.DaemonView.reach_known`,
+the door ``ls`` and ``get`` use), the TLS proving that fingerprint.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from flashback.errors import NotFound
+from flashback.protocol.directory import KnownPeer
 from flashback.protocol.hosts import WILDCARDS
 from flashback.protocol.messages import PeerInfo
 from flashback.ui.urls import SELF_KEY
@@ -23,7 +27,7 @@ from flashback.ui.view import DaemonView
 
 @dataclass(frozen=True)
 class PeerRoute:
-    key: str  # SELF_KEY or the peer id
+    key: str  # SELF_KEY, the peer id, or (a LAN or book peer) its fingerprint
     name: str
     base: httpx.URL  # the peer server's origin
     route: str  # "local", "direct" or "relay"
@@ -39,16 +43,34 @@ def _origin(host: str, port: int) -> httpx.URL:
 
 
 async def peer_route(ctx: DaemonView, key: str) -> PeerRoute:
-    """The route to *key* (``self`` or an online peer's id); 404 when it is not online,
-    the daemon's own error (502, 403, 503) when it cannot be reached as itself."""
+    """The route to *key* (``self``, an online peer's id, or a LAN or book peer's
+    fingerprint); 404 when no such peer is known, the daemon's own error (502,
+    403, 503) when it cannot be reached as itself."""
     if key == SELF_KEY or (ctx.identity is not None and key == ctx.identity.peer_id):
         address = ctx.address
         if address is None:
             raise NotFound("this daemon's server is not up yet")
         host = "127.0.0.1" if address.host in WILDCARDS else address.host
         return PeerRoute(SELF_KEY, ctx.config.name, _origin(host, address.port), "local")
+    # a fingerprint first: what the TLS will prove, so no tracker-listed id that
+    # copies a LAN or book peer's fingerprint can stand in for that peer
+    known = known_by_fingerprint(ctx, key)
+    if known is not None and known.source != "tracker":
+        reached = await ctx.reach_known(known)
+        return PeerRoute(key, known.name, reached.url, reached.route)
     peer = ctx.table.peers.get(key)
+    if peer is None and known is not None:  # a tracker peer named by its fingerprint
+        peer = ctx.table.peers.get(known.peer_id or "")
     if peer is None:
         raise NotFound(f"no peer {key!r} is online", code="unknown_peer")
     reached = await ctx.reach(peer)
     return PeerRoute(peer.peer_id, peer.name, reached.url, reached.route)
+
+
+def known_by_fingerprint(ctx: DaemonView, key: str) -> KnownPeer | None:
+    """The merged row whose fingerprint is exactly *key* (never a name: two peers
+    may share one, the fingerprint tells them apart)."""
+    for row in ctx.known_peers():
+        if row.fingerprint == key:
+            return row
+    return None

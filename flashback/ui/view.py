@@ -4,8 +4,11 @@ The daemon serves the UI, but the UI sits below it (packages depend
 downwards only: ``ui`` <- ``daemon``), so the UI names no daemon class.
 :class:`DaemonView` lists the few things it reads: this daemon's name, id
 and server address, the tracker link's state, the online peers, the
-local event fan-out, and the daemon's one way to reach a peer's server
-(:meth:`DaemonView.reach`, the routes ``ls`` and ``get`` use too).
+local event fan-out, every peer it knows of (tracker, LAN, book:
+:meth:`DaemonView.known_peers`), and the daemon's one way to reach a peer's
+server (:meth:`DaemonView.reach` for a tracker peer,
+:meth:`DaemonView.reach_known` for a LAN or book peer -- the routes ``ls``
+and ``get`` use too).
 ``flashback.daemon.context.DaemonContext`` matches it structurally (mypy
 checks that where the daemon hands itself over).
 """
@@ -18,6 +21,7 @@ from typing import Any, Protocol
 import httpx
 import trio
 
+from flashback.protocol.directory import KnownPeer
 from flashback.protocol.messages import PeerInfo
 from flashback.ui.access import AccessView
 from flashback.web import BoundAddress
@@ -87,4 +91,14 @@ class DaemonView(Protocol):
     async def reach(self, peer: PeerInfo) -> ReachedServer:
         """*peer*'s server, proven to be that peer (or through a tunnel whose TLS
         proves it); a :class:`~flashback.errors.FlashbackError` when it cannot be."""
+        ...
+
+    def known_peers(self) -> list[KnownPeer]:
+        """Tracker, LAN and book peers merged, one row per fingerprint, each with its
+        ``source`` (tracker rows only while the link is up)."""
+        ...
+
+    async def reach_known(self, known: KnownPeer) -> ReachedServer:
+        """A LAN or book peer's server by its direct candidates, the TLS proving its
+        fingerprint; a :class:`~flashback.errors.FlashbackError` when it cannot be."""
         ...

@@ -1,4 +1,7 @@
 // Live peer list: server-sent events from the daemon (snapshot, then changes).
+// Rows are tracker, LAN and book peers, keyed by `key` (a tracker peer's id, else
+// its fingerprint); a tracker change can hide or reveal LAN/book rows, so the
+// whole list is fetched again then.
 // Only DOM text is written (textContent), never HTML: names come from other peers.
 "use strict";
 (function () {
@@ -17,10 +20,12 @@
 
   function render() {
     const rows = [...peers.values()].sort((a, b) =>
-      a.name === b.name ? (a.peer_id < b.peer_id ? -1 : 1) : (a.name < b.name ? -1 : 1));
+      a.name === b.name ? (a.key < b.key ? -1 : 1) : (a.name < b.name ? -1 : 1));
     body.replaceChildren(...rows.map((peer) => {
       const tr = document.createElement("tr");
-      tr.dataset.peerId = peer.peer_id;
+      tr.dataset.key = peer.key;
+      tr.dataset.peerId = peer.peer_id || "";
+      tr.dataset.source = peer.source;
       const name = cell(peer.name, "name");
       if (peer.self) {
         const you = document.createElement("span");
@@ -34,10 +39,23 @@
       link.textContent = "browse";
       const action = document.createElement("td");
       action.append(link);
-      tr.append(name, cell(peer.peer_id, "id"), cell(peer.address), cell(peer.route, "route"), action);
+      tr.append(name, cell(peer.source, "source"), cell(peer.peer_id || "-", "id"),
+        cell(peer.fingerprint || "-", "fp"), cell(peer.address), cell(peer.route, "route"), action);
       return tr;
     }));
     count.textContent = String(peers.size);
+  }
+
+  function refetch() {
+    fetch("/api/peers", { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((state) => {
+        if (state) {
+          peers = new Map(state.peers.map((p) => [p.key, p]));
+          render();
+        }
+      })
+      .catch(() => {});
   }
 
   function setTracker(connected) {
@@ -51,14 +69,21 @@
   source.onmessage = (message) => {
     const event = JSON.parse(message.data);
     if (event.event === "snapshot") {
-      peers = new Map(event.peers.map((p) => [p.peer_id, p]));
+      peers = new Map(event.peers.map((p) => [p.key, p]));
       setTracker(event.tracker.connected);
     } else if (event.event === "peer-joined" || event.event === "peer-updated") {
-      peers.set(event.peer.peer_id, event.peer);
+      for (const [key, row] of peers) {  // the tracker's row stands for its LAN/book row
+        if (row.source !== "tracker" && row.fingerprint && row.fingerprint === event.peer.fingerprint) {
+          peers.delete(key);
+        }
+      }
+      peers.set(event.peer.key, event.peer);
     } else if (event.event === "peer-left") {
-      peers.delete(event.peer_id);
+      peers.delete(event.peer_id);  // a tracker row's key is its peer id
+      refetch();  // its LAN or book row, if any, shows again
     } else if (event.event === "tracker-connected" || event.event === "tracker-disconnected") {
       setTracker(event.connected);
+      refetch();
     }
     render();
     document.body.dataset.live = "1";
