@@ -123,6 +123,7 @@ async def test_a_stream_notice_names_only_a_port_never_a_host(nursery, http, tmp
 
     ctx.router = Router(http, no_tunnel)
     ctx.table.peers["p-alice"] = PeerInfo("p-alice", "alice", "127.0.0.1", alice_port)
+    ctx.tracker_connected = True  # the table is the tracker's word only while linked
     request = parse_connect_body({"peer": "alice", "stream_host": "127.0.0.2", "stream_port": 6379})
     answer = await connect_peer(ctx, request)
     assert answer == {"peer_id": "p-alice", "url": "http://127.0.0.1:6379", "route": "direct"}

@@ -61,7 +61,9 @@ def resolve_peer_key(ctx: DaemonContext, key: str) -> PeerInfo | None:
     own = ctx.identity.peer_id if ctx.identity else None
     if key == own:
         return None
-    matches = ctx.table.find(key)
+    # with the link down the table is a stale list (as in PeerDirectory.known): a
+    # peer on it would be tried by the tracker, not by the book's candidates
+    matches = ctx.table.find(key) if ctx.tracker_connected else []
     others = [peer for peer in matches if peer.peer_id != own]
     if not others and (matches or key == ctx.config.name):
         return None

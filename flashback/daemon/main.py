@@ -176,7 +176,8 @@ async def _run_daemon_tasks(
         instance.directory,
         config.share_with,
         emit=ctx.hub.emit,
-        online=lambda: ctx.table.peers.values(),
+        # the tracker vouches only while linked: with it down its last list is stale
+        online=lambda: ctx.table.peers.values() if ctx.tracker_connected else (),
     )
     settings = ShareSettings(config.root, config.show_hidden, local)
 

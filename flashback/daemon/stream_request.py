@@ -65,11 +65,11 @@ async def _target(ctx: DaemonContext, key: str) -> str | None:
         raise
     if peer is None:
         return None
+    if not ctx.tracker_connected:  # a stream request to another peer goes by the tracker
+        raise NoTracker("no tracker connection")
     if isinstance(peer, KnownPeer):  # LAN or book only: its endpoint, not the tracker
         await reach_known(ctx, peer)
         raise NoTracker(f"peer {key!r} is not on the tracker")
-    if not ctx.tracker_connected:
-        raise NoTracker("no tracker connection")
     return peer.peer_id
 
 
