@@ -109,6 +109,9 @@ async def run_demo(base: Path) -> int:
                     found["tracker"],
                     "--name",
                     "demo",
+                    # one machine, embedded defaults: nothing to announce to the network
+                    "--lan",
+                    "off",
                 ],
                 stdout=subprocess.PIPE,
                 env=env,
