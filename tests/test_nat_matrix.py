@@ -213,13 +213,20 @@ async def test_bob_gets_from_alice_across_the_nats(
                 peers = {p["name"]: p for p in json.loads(listed.stdout)["peers"]}
                 alice_id, bob_id = peers["alice"]["peer_id"], peers["bob"]["peer_id"]
 
-                before = await tracker_metrics(lab, port)
-                seen_alice, seen_bob = len(alice.events), len(bob.events)
-                out = tmp_path / "got.bin"
-                got = await run_get(bob_env, bob_home.prefix, out, timeout_s=60)
-                assert await got_file(got, out) == expected_sha
-                after = await tracker_metrics(lab, port)
-                copied = after[BYTES_METRIC] - before[BYTES_METRIC]
+                # The race gives direct a 250 ms head start (§10.3); on a loaded two-core
+                # machine a handshake can take longer and the relay wins, fairly. Such a
+                # loss does not count as a failed punch (the dials were cut short), so
+                # the next get punches again: up to three gets, and one must go direct.
+                for attempt in range(3 if route == "direct" else 1):
+                    before = await tracker_metrics(lab, port)
+                    seen_alice, seen_bob = len(alice.events), len(bob.events)
+                    out = tmp_path / f"got-{attempt}.bin"
+                    got = await run_get(bob_env, bob_home.prefix, out, timeout_s=60)
+                    assert await got_file(got, out) == expected_sha
+                    after = await tracker_metrics(lab, port)
+                    copied = after[BYTES_METRIC] - before[BYTES_METRIC]
+                    if {e["route"] for e in opened(bob, alice_id, seen_bob)} == {route}:
+                        break
 
                 listed = await run_cli(["peers", "--json"], env=bob_env, prefix=bob_home.prefix)
                 shown = {p["name"]: p for p in json.loads(listed.stdout)["peers"]}
