@@ -57,9 +57,8 @@ from pathlib import Path
 from typing import Final
 
 import trio
-from proc_cpu import children_cpu_s, cpu_s  # bench/, this script's directory
+from timed_get import remove_output, timed_get
 
-from flashback.transfer import part_paths
 from tests.nat_lab import Home, NatLab, nat_lab, nat_lab_unavailable_reason
 from tests.procs import Proc, daemon_env, event_is, run_cli, start
 
@@ -127,11 +126,6 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def remove_output(out: Path) -> None:
-    for path in (out, *part_paths(out)):
-        path.unlink(missing_ok=True)
-
-
 # --- plain TCP: socat -------------------------------------------------------
 
 
@@ -179,27 +173,17 @@ def socat_once(alice: Home, bob: Home, source: Path, out: Path) -> tuple[float, 
 
 async def get_once(v: FlashbackSetup, out: Path) -> tuple[float, dict[str, float]]:
     """One timed ``get``; the route bob used must be the variant's."""
-    remove_output(out)
-    pids = v.pids()
-    before = {role: cpu_s(pid) for role, pid in pids.items()}
-    before["client"] = children_cpu_s()
-    t0 = time.perf_counter()
-    got = await run_cli(
-        ["get", "alice", "big.bin", "-o", str(out)],
-        env=v.bob_env,
+    elapsed, cpu = await timed_get(
+        v.name,
+        bob_env=v.bob_env,
         prefix=v.prefix,
+        pids=v.pids(),
+        roles=FLASHBACK_ROLES,
+        out=out,
         timeout_s=GET_TIMEOUT_S,
     )
-    elapsed = time.perf_counter() - t0
-    after = {role: cpu_s(pid) for role, pid in pids.items()}
-    after["client"] = children_cpu_s()
-    if got.returncode != 0:
-        raise SystemExit(f"{v.name} get failed: {got.stderr.decode(errors='replace')}")
-    done = json.loads(got.stdout.decode().strip().splitlines()[-1])
-    if done.get("event") != "download-complete" or done.get("verified") is not True:
-        raise SystemExit(f"{v.name} get did not verify: {done}")
     await check_route(v)
-    return elapsed, {role: after[role] - before[role] for role in FLASHBACK_ROLES}
+    return elapsed, cpu
 
 
 async def check_route(v: FlashbackSetup) -> None:

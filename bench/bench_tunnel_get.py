@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Final
 
 import trio
-from proc_cpu import children_cpu_s, cpu_s  # bench/, this script's directory
+from timed_get import remove_output, timed_get
 
-from flashback.transfer import part_paths
 from tests.netns import (
     RELAY_ADDR_A,
     RELAY_ADDR_B,
@@ -108,37 +107,22 @@ def make_file(path: Path, size_bytes: int) -> str:
     return digest.hexdigest()
 
 
-def remove_output(out: Path) -> None:
-    for path in (out, *part_paths(out)):
-        path.unlink(missing_ok=True)
-
-
 async def get_once(v: Variant, out: Path) -> tuple[float, dict[str, float]]:
     """One timed ``get``; the route bob used must be the variant's."""
-    remove_output(out)
-    pids = v.pids()
-    before = {role: cpu_s(pid) for role, pid in pids.items()}
-    before["client"] = children_cpu_s()
-    t0 = time.perf_counter()
-    got = await run_cli(
-        ["get", "alice", "big.bin", "-o", str(out)],
-        env=v.bob_env,
+    elapsed, cpu = await timed_get(
+        v.name,
+        bob_env=v.bob_env,
         prefix=v.prefix,
+        pids=v.pids(),
+        roles=PROCESS_ROLES,
+        out=out,
         timeout_s=GET_TIMEOUT_S,
     )
-    elapsed = time.perf_counter() - t0
-    after = {role: cpu_s(pid) for role, pid in pids.items()}
-    after["client"] = children_cpu_s()
-    if got.returncode != 0:
-        raise SystemExit(f"{v.name} get failed: {got.stderr.decode(errors='replace')}")
-    done = json.loads(got.stdout.decode().strip().splitlines()[-1])
-    if done.get("event") != "download-complete" or done.get("verified") is not True:
-        raise SystemExit(f"{v.name} get did not verify: {done}")
     peers = await run_cli(["peers", "--json"], env=v.bob_env, prefix=v.prefix)
     route = next(p.get("route") for p in json.loads(peers.stdout)["peers"] if p["name"] == "alice")
     if route != v.name:
         raise SystemExit(f"{v.name} get went by route {route!r}")
-    return elapsed, {role: after[role] - before[role] for role in PROCESS_ROLES}
+    return elapsed, cpu
 
 
 async def wait_alice_seen(bob: Proc) -> None:
