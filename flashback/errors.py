@@ -109,6 +109,13 @@ class BackendUnavailable(FlashbackError):
     default_code = "backend_unavailable"
 
 
+class PeerUnreachable(FlashbackError):
+    """A peer could not be reached or sent something that is not an answer (502 ``unreachable``)."""
+
+    status = 502
+    default_code = "unreachable"
+
+
 class ConfigError(FlashbackError):
     """Bad configuration or usage: the CLI prints one line and exits 2."""
 

@@ -529,7 +529,7 @@ async def test_a_hostile_peer_cannot_reach_the_ui_origin(
     assert "set-cookie" not in content.headers
     too_big = await authed.get("/p/evil/browse/big")
     assert too_big.status_code == 502
-    assert too_big.json()["error"]["code"] == "peer_unreachable"
+    assert too_big.json()["error"]["code"] == "unreachable"
 
 
 def closed_port() -> int:

@@ -18,7 +18,7 @@ from flashback.daemon.keys import KeyPair
 from flashback.daemon.routes import Reached, Router
 from flashback.daemon.tunnel_ends import TunnelFailed
 from flashback.daemon.tunnels import TunnelService
-from flashback.errors import BackendUnavailable, FlashbackError
+from flashback.errors import BackendUnavailable, FlashbackError, PeerUnreachable
 from flashback.peer.app import LocalInfo
 from flashback.protocol.directory import KnownPeer, merge
 from flashback.protocol.lan import LanTable
@@ -57,11 +57,6 @@ class NotShared(FlashbackError):
 
     status = 403
     default_code = "forbidden"
-
-
-class PeerUnreachable(FlashbackError):
-    status = 502
-    default_code = "unreachable"
 
 
 def not_shared_line(name: str, peer_id: str | None, own_fingerprint: str | None) -> str:

@@ -19,7 +19,7 @@ import httpx
 import trio
 from quart import Response
 
-from flashback.errors import FlashbackError, NotFound, RateLimited
+from flashback.errors import NotFound, PeerUnreachable, RateLimited
 from flashback.protocol.conditional import content_disposition
 from flashback.protocol.paths import is_servable_name
 from flashback.protocol.strict_json import loads_strict
@@ -51,11 +51,6 @@ FORWARDED_RESPONSE: Final = (
     "last-modified",
 )
 PASSED_STATUSES: Final = frozenset({200, 206, 304, 416})
-
-
-class PeerUnreachable(FlashbackError):
-    status = 502
-    default_code = "peer_unreachable"
 
 
 @dataclass(frozen=True)
