@@ -376,6 +376,7 @@ async def test_daemon_without_tracker_serves_and_second_instance_is_refused(
             second = await run_cli(["daemon", "--root", str(root)], env=env)
             assert second.returncode == 2
             assert b"already running" in second.stderr
+            assert b"FLASHBACK_STATE_DIR" in second.stderr  # says how to run a second one
             status = json.loads((await run_cli(["status", "--json"], env=env)).stdout)
             assert status["tracker"] == {"url": None, "connected": False}
             solo.signal(signal.SIGTERM)

@@ -25,7 +25,7 @@ import httpx
 import trio
 
 from flashback.config import private_existing, state_dir
-from flashback.daemon.control import control_socket_path
+from flashback.daemon.control_socket import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.events import emit
 from flashback.folder import (

@@ -18,9 +18,7 @@ web UI's URL with its token), ``GET /events``
 from __future__ import annotations
 
 import json
-import socket
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import trio
 from quart import Response, request
@@ -31,27 +29,7 @@ from flashback.daemon.connect import connect_peer, hold_lines, parse_connect_bod
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.directory import PeerDirectory
 from flashback.daemon.stream_request import parse_stream_body, request_stream
-from flashback.errors import ConfigError
 from flashback.web import StreamedBody, install_json_errors, json_response
-
-CONTROL_SOCKET: Final = "control.sock"
-
-
-def control_socket_path(state_dir: Path) -> Path:
-    return state_dir / CONTROL_SOCKET
-
-
-def refuse_if_running(path: Path) -> None:
-    """Hypercorn replaces an existing socket file: make sure no daemon owns it."""
-    if not path.exists():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return  # stale socket from a daemon that died: safe to replace
-    raise ConfigError(f"a flashback daemon is already running (socket {path})")
 
 
 class EventStream(StreamedBody):

@@ -28,7 +28,8 @@ from flashback.daemon.access import AccessControl
 from flashback.daemon.announce import announce_host
 from flashback.daemon.book import PeerBook
 from flashback.daemon.context import DaemonContext
-from flashback.daemon.control import control_socket_path, create_control_app, refuse_if_running
+from flashback.daemon.control import create_control_app
+from flashback.daemon.control_socket import control_socket_path, refuse_if_running
 from flashback.daemon.direct import DirectEndpoint
 from flashback.daemon.endpoint_bind import local_candidates
 from flashback.daemon.hub import EventHub
