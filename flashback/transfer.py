@@ -39,6 +39,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
+from flashback.client.bulk import BulkError, bulk_get
 from flashback.errors import ConfigError, FlashbackError
 from flashback.protocol.digest import (
     BadManifest,
@@ -81,6 +82,8 @@ def body_chunks(response: httpx.Response) -> aclosing[AsyncGenerator[bytes, None
 #: a response head (status line and headers) must be complete within this, however
 #: it trickles in (httpx's read timeout restarts with every byte)
 HEAD_TIMEOUT_S: Final = 60.0
+#: connect and per-read timeouts when the client sets none
+DEFAULT_TIMEOUT_S: Final = 30.0
 
 
 @asynccontextmanager
@@ -387,8 +390,19 @@ async def _receive(
         offset = had
         if offset:
             headers = {"Range": f"bytes={offset}-", "If-Range": str(saved["etag"])}
+    timeouts = client.timeout
     try:
-        async with peer_get(client, url, headers=headers) as response:
+        async with bulk_get(
+            httpx.URL(url),
+            {**headers, "Accept-Encoding": "identity"},
+            head_timeout_s=HEAD_TIMEOUT_S,
+            connect_timeout_s=timeouts.connect or DEFAULT_TIMEOUT_S,
+            read_timeout_s=timeouts.read or DEFAULT_TIMEOUT_S,
+        ) as response:
+            if response is None:
+                raise TransferFailed(
+                    f"the peer did not send a response head within {HEAD_TIMEOUT_S:.0f} s"
+                )
             etag = response.headers.get("etag")
             digest = parse_repr_digest(response.headers.get("repr-digest"))
             if response.status_code == 416 and offset:
@@ -439,11 +453,13 @@ async def _receive(
                 local.write_text(meta, json.dumps({"key": key, "etag": etag}))
             if on_event is not None:
                 on_event("download-started", {"url": str(url), "offset": offset, "size": total})
-            hashed = await _write_body(response, part, mode, offset, total, label, progress, local)
-    except httpx.HTTPError as exc:
+            hashed = await _write_body(
+                response.chunks(), part, mode, offset, total, label, progress, local
+            )
+    except BulkError as exc:
         got = local.size(part) or 0
         raise TransferFailed(
-            f"transfer failed after {got} bytes ({exc.__class__.__name__}); "
+            f"transfer failed after {got} bytes ({str(exc).partition(':')[0]}); "
             f"the partial file {part} is kept: run the same command again to resume"
         ) from exc
     size = local.size(part) or 0
@@ -456,7 +472,7 @@ async def _receive(
 
 
 async def _write_body(
-    response: httpx.Response,
+    chunks: AsyncIterator[bytes],
     part: Path,
     mode: str,
     offset: int,
@@ -467,37 +483,111 @@ async def _write_body(
 ) -> str | None:
     """Append the body as received (a break loses nothing), never past *total*.
 
-    A small file fetched whole is hashed on the way in (its SHA-256 is
-    returned), which spares reading it back; otherwise None.
+    A body fetched whole is hashed on the way in (its SHA-256 is returned),
+    which spares reading it back; a resumed one returns None. Past
+    :data:`INLINE_HASH_BYTES`, writing and hashing run in a worker thread one
+    batch behind the reader, so the disk and the digest cost no wall time.
     """
     bar = None
     if report is None:
         bar = Progress(total, offset, label)
         report = bar.update
-    hasher = hashlib.sha256() if offset == 0 and total <= INLINE_HASH_BYTES else None
-    room = total - offset
-    floor = RateFloor()
+    hasher = hashlib.sha256() if offset == 0 else None
     try:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
         with os.fdopen(local.open(part, flags), mode) as file:
-            async with body_chunks(response) as chunks:
-                async for chunk in chunks:
-                    if floor.too_slow(trio.current_time(), len(chunk)):
-                        raise TransferFailed(_too_slow(floor, part))
-                    over = len(chunk) > room
-                    if over:  # more than announced: keep what was, drop the connection
-                        chunk = chunk[:room]
-                    file.write(chunk)
-                    if hasher is not None:
-                        hasher.update(chunk)
-                    room -= len(chunk)
-                    report(len(chunk))
-                    if over:
-                        break
+            sink = _Sink(file, hasher, threaded=total - offset > INLINE_HASH_BYTES)
+            async with trio.open_nursery() as nursery:
+                if sink.threaded:
+                    nursery.start_soon(sink.drain)
+                failure = await _pump(chunks, sink, total - offset, part, report)
+                sink.close()
     finally:
         if bar is not None:
             bar.close()
+    if sink.error is not None:
+        raise sink.error
+    if failure is not None:
+        raise failure
     return hasher.hexdigest() if hasher is not None else None
+
+
+async def _pump(
+    chunks: AsyncIterator[bytes], sink: _Sink, room: int, part: Path, report: ProgressFn
+) -> Exception | None:
+    """Chunks into *sink*, never past *room* bytes; what went wrong is returned,
+    not raised, so that it leaves the sink's nursery as itself."""
+    floor = RateFloor()
+    try:
+        async for chunk in chunks:
+            if floor.too_slow(trio.current_time(), len(chunk)):
+                raise TransferFailed(_too_slow(floor, part))
+            over = len(chunk) > room
+            if over:  # more than announced: keep what was, drop the connection
+                chunk = chunk[:room]
+            await sink.put(chunk)
+            room -= len(chunk)
+            report(len(chunk))
+            if over:
+                break
+        await sink.flush()
+    except Exception as exc:  # re-raised by the caller, outside the nursery
+        with contextlib.suppress(trio.BrokenResourceError):
+            await sink.flush()  # what arrived before the break is kept for a resume
+        return exc
+    return None
+
+
+#: the worker thread writes and hashes this much per trip
+SINK_BATCH_BYTES: Final = 4 * 1024 * 1024
+
+
+class _Sink:
+    """Writes (and hashes) chunks in order: inline for a small body, else in a
+    worker thread (:meth:`drain`) at most one batch behind the reader. A write
+    error stops the worker and is kept in :attr:`error`."""
+
+    def __init__(self, file: Any, hasher: Any, *, threaded: bool) -> None:
+        self.threaded = threaded
+        self.error: OSError | None = None
+        self._file = file
+        self._hasher = hasher
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._send, self._receive = trio.open_memory_channel[list[bytes]](1)
+
+    def _write(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._file.write(chunk)
+            if self._hasher is not None:
+                self._hasher.update(chunk)
+
+    async def put(self, chunk: bytes) -> None:
+        if not self.threaded:
+            self._write([chunk])
+            return
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= SINK_BATCH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            await self._send.send(batch)
+
+    def close(self) -> None:
+        """No more batches: the worker writes what it holds and ends."""
+        self._send.close()
+
+    async def drain(self) -> None:
+        async with self._receive:
+            async for batch in self._receive:
+                try:
+                    await trio.to_thread.run_sync(self._write, batch)
+                except OSError as exc:
+                    self.error = exc
+                    return
 
 
 def _too_slow(floor: RateFloor, part: Path) -> str:

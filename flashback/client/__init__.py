@@ -1,0 +1,1 @@
+"""The client side of the peer protocol: what reads a peer's answers."""
