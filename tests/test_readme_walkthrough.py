@@ -163,7 +163,9 @@ async def test_the_already_running_refusal_reads_as_the_readme_says(
     walkthrough quotes (the README's example path stands for the user's own)."""
     text = README.read_text(encoding="utf-8")
     quoted = re.search(
-        r"^flashback: error: a flashback daemon is already running \(socket (\S+)\)$",
+        r"^flashback: error: a flashback daemon is already running \(socket (\S+)\); "
+        r"to run a second one on this machine, give it its own FLASHBACK_STATE_DIR "
+        r"and FLASHBACK_DATA_DIR$",
         text,
         re.MULTILINE,
     )
