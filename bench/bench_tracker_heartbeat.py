@@ -296,11 +296,16 @@ def bench(
             f"{server.name:10} {statistics.median(server.rps):12.0f} {min(server.rps):7.0f} "
             f"{max(server.rps):7.0f} {statistics.median(server.cpu_us):18.0f}"
         )
-    base = statistics.median(next(s for s in servers if s.name == "hypercorn").rps)
+    reference = next(s for s in servers if s.name == "hypercorn")
+    base, base_cpu = statistics.median(reference.rps), statistics.median(reference.cpu_us)
     for server in servers:
         if server.name != "hypercorn":
             ratio = statistics.median(server.rps) / base
-            print(f"ratio {server.name}/hypercorn = {ratio:.2f}x")
+            cpu_ratio = statistics.median(server.cpu_us) / base_cpu
+            print(
+                f"ratio {server.name}/hypercorn = {ratio:.2f}x requests/s, "
+                f"{cpu_ratio:.2f}x CPU per request"
+            )
     print()
     python_version = platform.python_version()
     print(f"machine: nproc {os.cpu_count()}, {platform.platform()}, Python {python_version}")

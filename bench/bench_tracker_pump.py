@@ -22,8 +22,10 @@ one warm-up run each, medians:
 The sender and receiver are those of ``bench_tunnel_pump.py`` (blocking
 ``sendall``/``recv_into`` at C speed in worker threads). Besides MB/s the table
 shows the relay's CPU per GiB and its context switches per MiB (voluntary =
-the relay slept in ``epoll_wait`` and was woken: its wakeups), from
-``/proc/PID/status`` and ``/proc/PID/stat``. Usage::
+the relay slept in ``epoll_wait`` and was woken: its wakeups; involuntary =
+preempted), from ``/proc/PID/status`` and ``/proc/PID/stat``, and how often
+the receiving client's thread was woken per MiB (each wakeup is a delivery
+the relay's sends caused: fewer, larger pushes mean fewer). Usage::
 
     PYTHONPATH=. .venv/bin/python bench/bench_tracker_pump.py [--size-mib 1024] [--runs 3]
         [--before TREE]   # also the tracker of another checkout, e.g. the commit before a fix
@@ -42,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,14 +52,17 @@ from typing import Any, Final
 
 import trio
 from bench_tunnel_pump import (
+    RECV_BUFFER_BYTES,
+    RUN_TIMEOUT_S,
     SEND_BLOCK_BYTES,
     SOCAT_BUFFER_BYTES,
     free_port,
     is_listening,
+    receive_blocking,
+    send_blocking,
     socat_version,
     start_tracker,
     stop,
-    timed_transfer,
     tunnel_pair,
 )
 from proc_cpu import cpu_s
@@ -94,6 +100,44 @@ class Sample:
     cpu_s_per_gib: float
     wakeups_per_mib: float
     preempted_per_mib: float
+    #: how often the receiving client's thread was woken per MiB
+    receiver_wakeups_per_mib: float = 0.0
+
+
+def thread_switches(tid: int) -> int:
+    """Voluntary context switches of this process's thread *tid*."""
+    with open(f"/proc/self/task/{tid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split(":")[1])
+    raise KeyError(tid)
+
+
+#: wakeups of the receiving thread in the last transfer
+last_receiver_wakeups = 0
+
+
+def receive_counting(sock: socket.socket, size_bytes: int, buffer: bytearray) -> float:
+    """bench_tunnel_pump's receiver, counting how often its thread slept and woke."""
+    global last_receiver_wakeups
+    tid = threading.get_native_id()
+    before = thread_switches(tid)
+    done = receive_blocking(sock, size_bytes, buffer)
+    last_receiver_wakeups = thread_switches(tid) - before
+    return done
+
+
+async def transfer(
+    sender: socket.socket, receiver: socket.socket, size_bytes: int, block: memoryview
+) -> float:
+    """bench_tunnel_pump.timed_transfer, with the receiver's wakeups counted."""
+    buffer = bytearray(RECV_BUFFER_BYTES)
+    with trio.fail_after(RUN_TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            start = time.perf_counter()
+            nursery.start_soon(trio.to_thread.run_sync, send_blocking, sender, size_bytes, block)
+            done = await trio.to_thread.run_sync(receive_counting, receiver, size_bytes, buffer)
+    return done - start
 
 
 @dataclass
@@ -115,6 +159,7 @@ async def measured(pid: int, size_bytes: int, transfer: Callable[[], Awaitable[f
         cpu / (size_bytes / GiB),
         (voluntary_after - voluntary) / mib,
         (involuntary_after - involuntary) / mib,
+        last_receiver_wakeups / mib,
     )
 
 
@@ -276,7 +321,7 @@ async def bench(size_bytes: int, runs: int, before: str | None) -> int:
                 pid = trackers[name].process.pid
             with sender, receiver:
                 return await measured(
-                    pid, size_bytes, lambda: timed_transfer(sender, receiver, size_bytes, block)
+                    pid, size_bytes, lambda: transfer(sender, receiver, size_bytes, block)
                 )
 
         names = [*trackers, "pump alone", "socat"]
@@ -304,19 +349,22 @@ async def bench(size_bytes: int, runs: int, before: str | None) -> int:
         print(f"before: the tracker from {before}")
     print(
         f"{'relay':12} {'median MB/s':>11} {'min':>6} {'max':>6} {'CPU s/GiB':>10} "
-        f"{'wakeups/MiB':>12} {'preempted/MiB':>14}"
+        f"{'wakeups/MiB':>12} {'preempted/MiB':>14} {'receiver wakeups/MiB':>21}"
     )
     for name, result in results.items():
         mb_s = [sample.mb_s for sample in result.samples]
         print(
             f"{name:12} {statistics.median(mb_s):11.0f} {min(mb_s):6.0f} {max(mb_s):6.0f} "
             f"{result.median('cpu_s_per_gib'):10.2f} {result.median('wakeups_per_mib'):12.1f} "
-            f"{result.median('preempted_per_mib'):14.1f}"
+            f"{result.median('preempted_per_mib'):14.1f} "
+            f"{result.median('receiver_wakeups_per_mib'):21.1f}"
         )
-    socat = results["socat"].median("mb_s")
+    socat, socat_cpu = results["socat"].median("mb_s"), results["socat"].median("cpu_s_per_gib")
     for name in results:
         if name != "socat":
-            print(f"ratio {name}/socat = {results[name].median('mb_s') / socat:.2f}x")
+            ratio = results[name].median("mb_s") / socat
+            cpu_ratio = results[name].median("cpu_s_per_gib") / socat_cpu
+            print(f"ratio {name}/socat = {ratio:.2f}x MB/s, {cpu_ratio:.2f}x CPU per GiB")
     print()
     print(
         f"machine: nproc {os.cpu_count()}, {platform.platform()}, "
@@ -347,7 +395,7 @@ async def socat_sample(size_bytes: int, block: memoryview) -> Sample:
                 return await measured(
                     process.pid,
                     size_bytes,
-                    lambda: timed_transfer(sender, receiver, size_bytes, block),
+                    lambda: transfer(sender, receiver, size_bytes, block),
                 )
         finally:
             await stop(process)
