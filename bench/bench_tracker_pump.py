@@ -270,7 +270,6 @@ async def register(port: int, name: str, fingerprint: str | None) -> tuple[str, 
 
 async def link(port: int, peer_id: str, token: str, nursery: trio.Nursery) -> Link:
     """An identified websocket link, kept open (and read) in *nursery*."""
-    opened: Link | None = None
 
     async def hold(*, task_status: trio.TaskStatus[Link]) -> None:
         async with open_websocket_url(f"ws://{HOST}:{port}/api/peers/ws") as ws:
@@ -282,7 +281,7 @@ async def link(port: int, peer_id: str, token: str, nursery: trio.Nursery) -> Li
             task_status.started(Link(ws))
             await trio.sleep_forever()
 
-    opened = await nursery.start(hold)
+    opened: Link = await nursery.start(hold)
     nursery.start_soon(opened.read_forever)
     return opened
 
