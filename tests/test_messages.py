@@ -216,6 +216,41 @@ def test_non_finite_numbers_are_not_json(frame: str) -> None:
     assert info.value.code == "invalid_json"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"peer_id": "\\ud800"}',  # an escape, in ASCII bytes
+        b'{"peer_id": "\\uDFFF"}',
+        b'{"peer_id": "\xed\xa0\x80"}',  # a surrogate's UTF-8 form (decoded with surrogatepass)
+        '{"peer_id": "\\ud800"}'.encode("utf-16-le"),  # ASCII range, but with NULs
+        '{"peer_id": "\\ud800"}'.encode("utf-32"),
+        '{"peer_id": "\\ud800"}',  # text, not bytes
+    ],
+)
+def test_lone_surrogates_are_refused_in_every_encoding(body: str | bytes) -> None:
+    with pytest.raises(m.ProtocolError) as info:
+        m.decode_object(body)
+    assert info.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"peer_id": "p\\u00e9"}', b'{"peer_id": "\\ud83d\\ude00"}', '{"a": 1}'.encode("utf-16")],
+)
+def test_escapes_and_other_encodings_still_decode(body: bytes) -> None:
+    assert isinstance(m.decode_object(body), dict)
+
+
+def test_strict_json_keeps_what_json_loads_refuses_and_accepts() -> None:
+    from flashback.protocol.strict_json import loads_strict
+
+    with pytest.raises(ValueError):
+        loads_strict("\ufeff{}")  # a BOM in text
+    assert loads_strict(b"\xef\xbb\xbf{}") == {}  # in bytes it is UTF-8's signature
+    assert loads_strict(bytearray(b'{"a": 1.5}')) == {"a": 1.5}
+    assert loads_strict(b'{"a": 1}') == json.loads(b'{"a": 1}')
+
+
 def test_peer_fingerprint_round_trips_and_bad_shapes_are_refused() -> None:
     fingerprint = "sha256:" + "ab" * 32
     peer = m.PeerInfo(

@@ -97,3 +97,34 @@ def test_watch_lines_for_humans() -> None:
         "* tracker-connected http://t"
     )
     assert format_event({"event": "something-else"}) is None
+
+
+async def test_access_line_is_built_only_when_the_access_log_writes_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Hypercorn builds a line's atoms (every header, every environment variable)
+    # before the level is looked at: without -v that was paid on every request.
+    from hypercorn.logging import Logger
+
+    from flashback.web import ACCESS_LOG, hypercorn_config
+
+    built: list[int] = []
+    real_atoms = Logger.atoms
+
+    def counting_atoms(self: Logger, *args: object) -> object:
+        built.append(1)
+        return real_atoms(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Logger, "atoms", counting_atoms)
+    scope = {"type": "http", "method": "GET", "path": "/api/info", "query_string": b"",
+             "headers": [], "http_version": "1.1", "scheme": "http",
+             "client": ("127.0.0.1", 5)}  # fmt: skip
+    response = {"status": 200, "headers": [(b"content-length", b"2")]}
+    logger = hypercorn_config("127.0.0.1", 0).log
+    monkeypatch.setattr(ACCESS_LOG, "level", logging.WARNING)
+    await logger.access(scope, response, 0.001)  # type: ignore[arg-type]
+    assert built == []
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOG.name):
+        await logger.access(scope, response, 0.001)  # type: ignore[arg-type]
+    assert built == [1]
+    assert '"GET /api/info" 200 2' in caplog.text

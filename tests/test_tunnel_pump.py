@@ -9,6 +9,7 @@ import struct
 
 import pytest
 import trio
+import trio.testing
 
 from flashback.protocol.token_bucket import TokenBucket
 from flashback.tracker.pump import SPLICE_AVAILABLE, pump
@@ -159,3 +160,39 @@ async def test_a_reset_ends_the_session(session, use_splice):
     assert isinstance(stats.error, ConnectionResetError)
     assert not stats.idle_closed
     assert await server.recv(5) == b"hello"
+
+
+class _Steps(trio.abc.Instrument):
+    """How often the pump's client-to-server task ran."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("one_direction"):
+            self.count += 1
+
+
+@pytest.mark.skipif(not SPLICE_AVAILABLE, reason="no os.splice")
+async def test_a_chunk_after_a_wait_costs_one_scheduler_pass_not_two(session):
+    # Each chunk arrives alone, so the pump waits for it (a checkpoint); a second
+    # checkpoint after copying it would only double the wakeups of a slow stream.
+    client, server, tc, ts = session
+    chunks = 50
+    steps = _Steps()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, tc, ts)
+            await client.send(b"x")  # the pump makes its pipes
+            assert await server.recv(10) == b"x"
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.add_instrument(steps)
+            for _ in range(chunks):
+                await client.send(b"y" * 1000)
+                got = 0
+                while got < 1000:
+                    got += len(await server.recv(65536))
+                await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.remove_instrument(steps)
+            nursery.cancel_scope.cancel()
+    assert chunks <= steps.count <= chunks + 2

@@ -86,7 +86,12 @@ def decode_object(text: str | bytes, *, what: str = "the message") -> dict[str, 
         raise ProtocolError("invalid_json", f"{what} is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_message", f"{what} must be a JSON object")
-    check_unicode(data, what=what)
+    # ASCII bytes with no \u escape and no NUL (so UTF-8, not UTF-16/32) cannot
+    # hold a surrogate: no need to encode the whole object again to find one
+    if not (
+        isinstance(text, bytes) and text.isascii() and b"\\u" not in text and b"\0" not in text
+    ):
+        check_unicode(data, what=what)
     return data
 
 

@@ -24,10 +24,21 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: one decoder for every call: ``json.loads`` with hooks builds a new one each time
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def loads_strict(data: str | bytes) -> Any:
     """``json.loads`` that raises ValueError on NaN, Infinity and overflowing numbers,
     and on nesting too deep for the parser (``[[[[...`` is a RecursionError there)."""
     try:
-        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # what json.loads does before it decodes
+        if isinstance(data, bytes | bytearray):
+            text = data.decode(json.detect_encoding(data), "surrogatepass")
+        elif data.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        else:
+            text = data
+        return _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None

@@ -116,11 +116,15 @@ async def _splice_one_way(
             await _copy_one_way(src, dst, book)
             return
         src_fd, dst_fd = src.fileno(), dst.fileno()
+        # A wait is a checkpoint; a chunk that needed none gets one, so a fast
+        # peer still lets other tasks run -- but not two scheduler passes per chunk.
+        waited = True
         while True:
             try:
                 n = os.splice(src_fd, write_end, CHUNK_BYTES, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(src)
+                waited = True
                 continue
             if n == 0:
                 break
@@ -130,8 +134,11 @@ async def _splice_one_way(
                     left -= os.splice(read_end, dst_fd, left, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(dst)
+                    waited = True
             await book.moved(n)
-            await trio.lowlevel.checkpoint()
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            waited = False
         _shutdown_write(dst)
     finally:
         os.close(read_end)
