@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException
 
 from flashback.errors import FlashbackError
 from flashback.httpserver import ZERO_COPY_SEND, serve_bounded
+from flashback.protocol.hosts import WILDCARDS
 from flashback.protocol.ranges import ByteRange
 from flashback.shutdown import Shutdown
 from flashback.terminal import printable
@@ -191,9 +192,19 @@ class BoundAddress:
     port: int
 
     @property
+    def listens_everywhere(self) -> bool:
+        return self.host in WILDCARDS
+
+    @property
     def url(self) -> str:
+        """A URL one can open: bound to every address (``0.0.0.0``, ``::``), no
+        machine can dial the wildcard itself, so it names this machine's loopback
+        of that family; ``host`` keeps the bind as it is."""
+        host = (
+            ("::1" if ":" in self.host else "127.0.0.1") if self.listens_everywhere else self.host
+        )
         # From parts (brackets for IPv6 come from httpx), as every URL here is.
-        return str(httpx.URL(scheme="http", host=self.host, port=self.port)).rstrip("/")
+        return str(httpx.URL(scheme="http", host=host, port=self.port)).rstrip("/")
 
 
 def parse_bind(bind: str) -> BoundAddress:
