@@ -73,6 +73,19 @@ def _code_from_http_exception(exc: HTTPException) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "error"
 
 
+def http_error_response(error: HTTPException) -> Response:
+    """A werkzeug HTTP exception (routing's 404, 405, 413) as the contract's JSON."""
+    status = error.code or 500
+    message = error.description or error.name or "error"
+    payload = {"error": {"code": _code_from_http_exception(error), "message": message}}
+    response = json_response(payload, status=status)
+    if status == 405 and error.response is None:
+        valid = getattr(error, "valid_methods", None)
+        if valid:
+            response.headers["Allow"] = ", ".join(sorted(valid))
+    return response
+
+
 def install_json_errors(app: Quart) -> None:
     """Make every error the app can produce a JSON body with the contract's shape."""
 
@@ -82,15 +95,7 @@ def install_json_errors(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        message = error.description or error.name or "error"
-        payload = {"error": {"code": _code_from_http_exception(error), "message": message}}
-        response = json_response(payload, status=status)
-        if status == 405 and error.response is None:
-            valid = getattr(error, "valid_methods", None)
-            if valid:
-                response.headers["Allow"] = ", ".join(sorted(valid))
-        return response
+        return http_error_response(error)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:

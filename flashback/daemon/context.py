@@ -167,6 +167,11 @@ class DaemonContext:
             self.book.record_peer(peer)
         return reached
 
+    def last_route(self, key: str) -> str | None:
+        """The route last used to reach *key* (a peer id, or a LAN or book peer's
+        fingerprint), as ``peers`` shows it; None if never."""
+        return self.router.last(key)[0] if self.router is not None else None
+
     def known_peers(self) -> list[KnownPeer]:
         """Tracker, LAN and book peers, one row per fingerprint (this daemon's own
         tracker row included, as ``peers`` always listed it).
