@@ -155,7 +155,7 @@ async def test_errors_are_pages_with_a_way_back_for_browsers_and_json_for_api_ca
     assert missing.status_code == 404
     assert missing.headers["content-type"].startswith("text/html")
     assert missing.headers["content-security-policy"] == PAGE_CSP
-    assert "no such folder on that peer" in missing.text
+    assert "me has no folder /photos/nope" in missing.text
     assert '<a href="/p/self/browse/photos/">up to /photos</a>' in missing.text
     assert '<a href="/p/self/browse/">the top of the share</a>' in missing.text
     assert '<a href="/">all peers</a>' in missing.text
@@ -174,6 +174,8 @@ async def test_errors_are_pages_with_a_way_back_for_browsers_and_json_for_api_ca
         assert page.status_code == 403 and page.headers["content-type"].startswith("text/html")
         assert "flashback ui" in page.text and "photos" not in page.text
         assert 'href="/access"' not in page.text and "ui.css" not in page.text
+        csp = page.headers["content-security-policy"]  # its few rules inline, by hash only
+        assert "style-src 'sha256-" in csp and "unsafe-inline" not in csp
         api = await stranger.get("/p/self/browse/")
         assert api.status_code == 403 and api.json()["error"]["code"] == "forbidden"
 

@@ -23,6 +23,8 @@ clients and an HTML page with a way back for a browser (``Accept``, see
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -91,6 +93,21 @@ HERE: Final = Path(__file__).parent
 FAVICON: Final = HERE / "static" / "favicon.svg"
 SVG_CSP: Final = "default-src 'none'"
 INDEX_PREVIEW: Final = "index.md"
+#: the one page shown without the token has no stylesheet (that is behind the token
+#: too): a few inline rules, allowed by their hash alone
+OUTSIDE_STYLE: Final = (
+    "body{margin:0;font:15px/1.5 system-ui,sans-serif;color:#1d232a;background:#fbfcfd}"
+    "header{padding:.7em 1.5em;border-bottom:1px solid #dde2e7;background:#fff}"
+    "header a{font-weight:700;color:#1d232a;text-decoration:none}"
+    "main{max-width:40em;padding:1em 1.5em}h1{font-size:1.4em;color:#a0211b}"
+    "code{background:#eef1f4;padding:.1em .3em;border-radius:.2em}.muted{color:#6b7580}"
+)
+OUTSIDE_CSP: Final = PAGE_CSP.replace(
+    "style-src 'self'",
+    "style-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(OUTSIDE_STYLE.encode()).digest()).decode()
+    + "'",
+)
 
 
 NOT_REACHED: Final = "not yet used"
@@ -464,9 +481,12 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
             message=message,
             authed=authed,
             ways=ways_back(request.path, error) if authed else [],
+            outside_style=OUTSIDE_STYLE,
         )
         response = Response(html, status=status, mimetype="text/html")
         response.headers.update(headers)
+        if not authed:
+            response.headers["Content-Security-Policy"] = OUTSIDE_CSP
         return response
 
     @app.errorhandler(FlashbackError)
