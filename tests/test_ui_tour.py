@@ -318,7 +318,7 @@ async def test_a_tour_of_every_view_at_two_widths(tmp_path: Path, nursery: trio.
     await trio.to_thread.run_sync(partial(shots.mkdir, parents=True, exist_ok=True))
     async with AsyncExitStack() as stack:
         _, tracker_url = await start_tracker(stack, nursery, tmp_path)
-        alice = await start_daemon(stack, nursery, tmp_path, "alice", tracker_url, alice_files())
+        await start_daemon(stack, nursery, tmp_path, "alice", tracker_url, alice_files())
         backups = tmp_path / "alice" / "share" / "backups"
         backups.mkdir()
         with (backups / "disk.iso").open("wb") as f:
