@@ -42,6 +42,13 @@ async def test_tracker_on_every_address_prints_a_usable_url(tmp_path: Path) -> N
             assert ready["url"] == f"http://127.0.0.1:{ready['port']}"
             async with httpx.AsyncClient(base_url=ready["url"]) as client:
                 assert (await client.get("/api/relay/status")).json()["status"] == "ok"
+                # the URL opened in a browser says what it is; API clients keep JSON
+                page = await client.get("/", headers={"accept": BROWSER_ACCEPT})
+                assert page.status_code == 200 and "Flashback relay tracker" in page.text
+                assert page.headers["content-security-policy"].startswith("default-src 'none'")
+                assert 'href="/api/peers/list"' in page.text
+                api = await client.get("/")
+                assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
             assert process.stderr is not None
