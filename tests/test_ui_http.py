@@ -713,6 +713,9 @@ async def test_lan_and_book_peers_are_listed_by_source_and_browsed_by_their_endp
                 FP_ALICE_TOO: ("alice", "book"),
             }
             assert rows[FP_ALICE]["address"] == "192.0.2.7:4711"
+            assert rows[FP_ALICE]["last_seen_human"] == "on the LAN now"
+            assert rows[FP_ALICE_TOO]["last_seen"] == "last reached 1970-01-01T00:00:05Z"
+            assert rows[FP_ALICE_TOO]["last_seen_human"] == "1 Jan 1970"
             page = await http.get("/")
             assert page.text.count('<td class="source">lan</td>') == 1
             assert page.text.count('<td class="source">book</td>') == 1

@@ -113,6 +113,26 @@ OUTSIDE_CSP: Final = PAGE_CSP.replace(
 NOT_REACHED: Final = "not yet used"
 
 
+def _seen(human: str, exact: str) -> dict[str, str]:
+    return {"last_seen_human": human, "last_seen": exact}
+
+
+def _ago(stamp: str) -> str:
+    return human_ago(stamp, datetime.now(UTC)) if stamp else "-"
+
+
+def _known_seen(known: KnownPeer, ctx: DaemonView) -> dict[str, str]:
+    """A LAN peer is heard now (its announcement lives while it does); a book peer
+    was last reached when the book says."""
+    if known.source == "lan":
+        return _seen("on the LAN now", "announced on the local network now")
+    when = ctx.last_reached(known.fingerprint) if known.fingerprint else None
+    if when is None:
+        return _seen("-", "")
+    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _seen(_ago(stamp), f"last reached {stamp}")
+
+
 def peer_row(peer: PeerInfo, ctx: DaemonView) -> dict[str, Any]:
     """A tracker peer's row; its ``key`` (what its links name) is its peer id. The
     route is the one this daemon last used to it (as ``peers`` shows it)."""
@@ -127,8 +147,13 @@ def peer_row(peer: PeerInfo, ctx: DaemonView) -> dict[str, Any]:
         "source": "tracker",
         "address": f"{peer.host}:{peer.port}",
         "route": "local" if mine else ctx.last_route(peer.peer_id) or NOT_REACHED,
-        "last_seen": peer.last_seen,
-        "last_seen_human": human_ago(peer.last_seen, datetime.now(UTC)) if peer.last_seen else "-",
+        # the daemon's copy of last_seen moves only with changes (heartbeats are none);
+        # while the link is up, being listed is the news: the tracker drops the unheard
+        **_seen(
+            "online now" if ctx.tracker_connected else _ago(peer.last_seen),
+            f"listed by the tracker, which drops a peer unheard for its TTL;"
+            f" registered {peer.registered_at or '?'}, record of {peer.last_seen or '?'}",
+        ),
         "self": mine,
         "browse": ui_url(key, "browse"),
     }
@@ -147,8 +172,7 @@ def known_row(known: KnownPeer, ctx: DaemonView) -> dict[str, Any]:
         "source": known.source,
         "address": f"{first.host}:{first.port}" if first else "-",
         "route": ctx.last_route(known.peer_id or known.key) or NOT_REACHED,
-        "last_seen": "",
-        "last_seen_human": "-",
+        **_known_seen(known, ctx),
         "self": False,
         "browse": ui_url(known.key, "browse"),
     }

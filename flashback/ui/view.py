@@ -98,6 +98,10 @@ class DaemonView(Protocol):
         """The route last used to reach *key* (``direct``/``relay``), None if never."""
         ...
 
+    def last_reached(self, fingerprint: str) -> float | None:
+        """When the peer book last recorded reaching *fingerprint* (epoch s), or None."""
+        ...
+
     def known_peers(self) -> list[KnownPeer]:
         """Tracker, LAN and book peers merged, one row per fingerprint, each with its
         ``source`` (tracker rows only while the link is up)."""
