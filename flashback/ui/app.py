@@ -377,7 +377,10 @@ def ways_back(path: str, error: FlashbackError | HTTPException) -> list[dict[str
     ways: list[dict[str, str]] = []
     segments = path.split("/")
     if len(segments) >= 4 and segments[1] == "p":
-        peer, action = segments[2], segments[3]
+        peer = segments[2]
+        action = (
+            segments[3] if segments[3] in ("browse", "view", "content", "download") else "browse"
+        )
         try:
             parts = split_request_path("/".join(segments[4:]))
         except UnsafePath:
