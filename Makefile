@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench bench-deps system-deps clean venv-locked
+.PHONY: run test lint screenshots bench bench-deps system-deps clean venv-locked
 
 LOCK := .venv.lock
 
@@ -76,6 +76,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# docs/screenshots: every view of the web UI at 1280 and 400 px, taken by the
+# browser tour (tests/test_ui_tour.py) with real content
+screenshots: $(STAMP) system-deps
+	FLASHBACK_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_ui_tour.py
 
 clean:
 	rm -rf $(VENV) $(LOCK) .pytest_cache

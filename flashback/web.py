@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from flashback.errors import FlashbackError
 from flashback.httpserver import ZERO_COPY_SEND, serve_bounded
+from flashback.protocol.hosts import WILDCARDS
 from flashback.protocol.ranges import ByteRange
 from flashback.shutdown import Shutdown
 from flashback.terminal import printable
@@ -90,6 +91,19 @@ def _code_from_http_exception(exc: HTTPException) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "error"
 
 
+def http_error_response(error: HTTPException) -> Response:
+    """A werkzeug HTTP exception (routing's 404, 405, 413) as the contract's JSON."""
+    status = error.code or 500
+    message = error.description or error.name or "error"
+    payload = {"error": {"code": _code_from_http_exception(error), "message": message}}
+    response = json_response(payload, status=status)
+    if status == 405 and error.response is None:
+        valid = getattr(error, "valid_methods", None)
+        if valid:
+            response.headers["Allow"] = ", ".join(sorted(valid))
+    return response
+
+
 def install_json_errors(app: Quart) -> None:
     """Make every error the app can produce a JSON body with the contract's shape."""
 
@@ -99,15 +113,7 @@ def install_json_errors(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        message = error.description or error.name or "error"
-        payload = {"error": {"code": _code_from_http_exception(error), "message": message}}
-        response = json_response(payload, status=status)
-        if status == 405 and error.response is None:
-            valid = getattr(error, "valid_methods", None)
-            if valid:
-                response.headers["Allow"] = ", ".join(sorted(valid))
-        return response
+        return http_error_response(error)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
@@ -209,9 +215,19 @@ class BoundAddress:
     port: int
 
     @property
+    def listens_everywhere(self) -> bool:
+        return self.host in WILDCARDS
+
+    @property
     def url(self) -> str:
+        """A URL one can open: bound to every address (``0.0.0.0``, ``::``), no
+        machine can dial the wildcard itself, so it names this machine's loopback
+        of that family; ``host`` keeps the bind as it is."""
+        host = (
+            ("::1" if ":" in self.host else "127.0.0.1") if self.listens_everywhere else self.host
+        )
         # From parts (brackets for IPv6 come from httpx), as every URL here is.
-        return str(httpx.URL(scheme="http", host=self.host, port=self.port)).rstrip("/")
+        return str(httpx.URL(scheme="http", host=host, port=self.port)).rstrip("/")
 
 
 def parse_bind(bind: str) -> BoundAddress:

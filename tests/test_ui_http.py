@@ -254,7 +254,7 @@ async def test_view_escapes_text_and_renders_markdown(
     text = (await authed.get("/p/self/view/x.txt")).text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>alert" not in text
     page = (await authed.get("/p/self/view/docs/readme.md")).text
-    assert "<h1>Docs</h1>" in page
+    assert '<h1 id="docs">Docs</h1>' in page
     assert 'href="/p/self/view/hello.txt"' in page
     assert "&lt;b&gt;raw&lt;/b&gt;" in page
 
@@ -329,7 +329,7 @@ async def test_live_events_snapshot_then_changes(ui: tuple[str, DaemonContext]) 
         ctx.hub.emit("peer-left", seq=3, peer_id="x", reason="left")
         joined = await events.next_event()
         assert joined["event"] == "peer-joined"
-        assert joined["peer"]["route"] == "direct"
+        assert joined["peer"]["route"] == "not yet used"  # no route was tried: none is claimed
         assert (await events.next_event()) == {"event": "peer-left", "peer_id": "x"}
     finally:
         events.close()
@@ -599,7 +599,7 @@ async def test_a_huge_markdown_is_shown_as_text_not_rendered(
     assert 'id="rendered"' not in bomb.text and 'id="not-rendered"' in bomb.text
     assert '<pre id="text">![![' in bomb.text
     fine = await authed.get("/p/self/view/fine.md")
-    assert "<h1>Fine</h1>" in fine.text and 'id="not-rendered"' not in fine.text
+    assert '<h1 id="fine">Fine</h1>' in fine.text and 'id="not-rendered"' not in fine.text
 
 
 async def test_markdown_renders_are_cached_by_etag_and_bounded_in_number() -> None:
@@ -713,6 +713,9 @@ async def test_lan_and_book_peers_are_listed_by_source_and_browsed_by_their_endp
                 FP_ALICE_TOO: ("alice", "book"),
             }
             assert rows[FP_ALICE]["address"] == "192.0.2.7:4711"
+            assert rows[FP_ALICE]["last_seen_human"] == "on the LAN now"
+            assert rows[FP_ALICE_TOO]["last_seen"] == "last reached 1970-01-01T00:00:05Z"
+            assert rows[FP_ALICE_TOO]["last_seen_human"] == "1 Jan 1970"
             page = await http.get("/")
             assert page.text.count('<td class="source">lan</td>') == 1
             assert page.text.count('<td class="source">book</td>') == 1
@@ -731,10 +734,10 @@ async def test_lan_and_book_peers_are_listed_by_source_and_browsed_by_their_endp
                 got = await http.get(f"/p/{fingerprint}/download/music/notes.txt")
                 assert got.status_code == 200 and got.content == text.encode()
                 assert got.headers["content-disposition"].startswith("attachment")
-            # a name is no key: two peers share it, only a fingerprint tells them apart
+            # two peers share the name: it names neither, only a fingerprint tells them apart
             by_name = await http.get("/p/alice/browse/")
-            assert by_name.status_code == 404
-            assert by_name.json()["error"]["code"] == "unknown_peer"
+            assert by_name.status_code == 409
+            assert by_name.json()["error"]["code"] == "ambiguous_peer"
             # reached, the LAN peer is in the book now; a book row without an address says so
             assert FP_ALICE in {entry.fingerprint for entry in ctx.book.entries()}
             ctx.book.record(FP_CAROL, name="carol")

@@ -17,7 +17,7 @@ def render(text: str, at: tuple[str, ...] = ("docs", "index.md")) -> str:
 
 def test_markdown_renders() -> None:
     html = render("# Title\n\nsome *emphasis*\n\n- one\n- two\n")
-    assert "<h1>Title</h1>" in html
+    assert '<h1 id="title">Title</h1>' in html
     assert "<em>emphasis</em>" in html
     assert "<li>one</li>" in html
 
@@ -96,3 +96,30 @@ def test_images_only_from_the_same_peer() -> None:
 
 def test_file_at_root() -> None:
     assert 'href="/ui/view/b.md"' in render_markdown("[b](b.md)", ("index.md",), url_for)
+
+
+def test_gfm_tables_render_as_tables() -> None:
+    html = render("| name | size |\n|---|--:|\n| a.txt | 3 |\n\n~~old~~\n")
+    assert "<table>" in html and "<th>name</th>" in html
+    assert '<td style="text-align:right">3</td>' in html
+    assert "|" not in html
+    assert "<s>old</s>" in html
+
+
+def test_headings_get_github_ids_and_links_keep_their_fragment() -> None:
+    html = render(
+        "# Section Two!\n\n## Section two\n\n## `code` & more\n\n# Download\n\n"
+        "[there](deep.md#section-two) [here](#section-two-1)\n"
+    )
+    assert '<h1 id="section-two">' in html
+    assert '<h2 id="section-two-1">' in html  # a repeat
+    assert '<h2 id="code--more">' in html
+    assert '<h1 id="download-1">' in html  # the page's own id is not a heading's
+    assert 'href="/ui/view/docs/deep.md#section-two"' in html
+    assert 'href="#section-two-1"' in html
+
+
+def test_a_hostile_heading_makes_a_plain_id() -> None:
+    html = render('# "><script>x</script>\n')
+    assert "<script>" not in html
+    assert 'id="scriptxscript"' in html

@@ -162,6 +162,19 @@ class DaemonContext:
             self.book.record_peer(peer)
         return reached
 
+    def last_route(self, key: str) -> str | None:
+        """The route last used to reach *key* (a peer id, or a LAN or book peer's
+        fingerprint), as ``peers`` shows it; None if never."""
+        return self.router.last(key)[0] if self.router is not None else None
+
+    def last_reached(self, fingerprint: str) -> float | None:
+        """When the peer book last recorded reaching *fingerprint* (epoch s), or None."""
+        if self.book is None:
+            return None
+        return next(
+            (e.last_seen for e in self.book.entries() if e.fingerprint == fingerprint), None
+        )
+
     def known_peers(self) -> list[KnownPeer]:
         """Tracker, LAN and book peers, one row per fingerprint (this daemon's own
         tracker row included, as ``peers`` always listed it).

@@ -1,7 +1,8 @@
 """The peer server's Quart app: listings, file content, downloads, info.
 
 Routes (INTERFACE §3): ``GET /api/files[/<dir>]``, ``GET|HEAD /content/<path>``,
-``GET|HEAD /download/<path>``, ``GET /api/info``, ``GET /api/digest/<path>`` (§7).
+``GET|HEAD /download/<path>``, ``GET /api/info``, ``GET /api/digest/<path>`` (§7);
+``GET /`` is a JSON 404 for API clients and a short HTML page for a browser.
 Every refusal -- missing, outside the root, hidden, not a regular file -- is
 the same JSON 404. A request whose ``Host`` is not an IP literal,
 ``localhost`` or a name the server serves is 421 (a DNS-rebinding page).
@@ -21,10 +22,12 @@ from flashback import __version__
 from flashback.digests import DigestService, DigestUnavailable
 from flashback.errors import FlashbackError, NotFound
 from flashback.peer.files import OpenedFile, build_file_response, open_file
+from flashback.peer.front import FRONT_CSP, front_page
 from flashback.peer.index_md import INDEX_NAME, refresh_index_md
 from flashback.peer.listing import decode_cursor, list_directory, parse_limit
 from flashback.protocol.digest import repr_digest_header
 from flashback.protocol.hosts import host_header_allowed
+from flashback.protocol.negotiate import prefers_html
 from flashback.protocol.paths import UnsafePath, open_under_root, real_root
 from flashback.web import ZeroCopyHTTPConnection, install_json_errors, json_response
 
@@ -157,6 +160,16 @@ def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTri
     @app.get("/download/<path:subpath>")
     async def download(subpath: str) -> Response:
         return await _serve_file(subpath, attachment=True)
+
+    @app.get("/")
+    async def front() -> Response:
+        # an API client keeps the JSON 404 of every unknown route; a browser gets a page
+        if not prefers_html(request.headers.get("accept")):
+            raise NotFound("the peer server's routes are /api/files, /content/ and /download/")
+        response = Response(front_page(settings.info.name, __version__), mimetype="text/html")
+        response.headers["Content-Security-Policy"] = FRONT_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @app.get("/api/info")
     async def info() -> Response:

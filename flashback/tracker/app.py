@@ -3,6 +3,7 @@
 Thin on purpose: parse and check the request (:mod:`.validate`), call the
 :class:`~flashback.tracker.service.Tracker`, answer JSON. Errors of every
 kind leave as the contract's JSON body through :func:`install_json_errors`.
+``GET /`` is a JSON 404 for API clients and a short HTML page for a browser.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from flashback.errors import FlashbackError, PayloadTooLarge
+from flashback import __version__
+from flashback.errors import FlashbackError, NotFound, PayloadTooLarge
+from flashback.protocol.negotiate import prefers_html
 from flashback.tracker import validate
+from flashback.tracker.front import FRONT_CSP, front_page
 from flashback.tracker.listing import LIST_PATH, PeerListCache, PeerListSender
 from flashback.tracker.metrics import CONTENT_TYPE
 from flashback.tracker.security import bearer_token
@@ -147,6 +151,16 @@ def create_app(tracker: Tracker) -> QuartTrio:
     async def leave(peer_id: str) -> Response:
         await tracker.leave(peer_id, request.headers)
         return Response(b"", status=204)
+
+    @app.get("/")
+    async def front() -> Response:
+        # an API client keeps the JSON 404 of every unknown route; a browser gets a page
+        if not prefers_html(request.headers.get("accept")):
+            raise NotFound("the tracker's routes are under /api/ (and /metrics)")
+        response = Response(front_page(__version__), mimetype="text/html")
+        response.headers["Content-Security-Policy"] = FRONT_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @app.get("/api/peers/list")
     async def peer_list() -> Response:

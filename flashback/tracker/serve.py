@@ -192,7 +192,15 @@ def run_tracker(config: TrackerConfig) -> int:
             address: TrackerAddress = await nursery.start(
                 partial(serve_tracker, config, store=store, shutdown=shutdown)
             )
-            log.info("tracker listening on %s", address.url)
+            if address.listens_everywhere:
+                log.info(
+                    "tracker listening on all addresses (%s) port %d; on this machine: %s",
+                    address.host or "*",
+                    address.port,
+                    address.url,
+                )
+            else:
+                log.info("tracker listening on %s", address.url)
             emit(
                 "tracker-ready",
                 host=address.host,

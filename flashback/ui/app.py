@@ -10,40 +10,73 @@ connect (:mod:`flashback.ui.access`). The list holds tracker, LAN and book
 peers, each with its ``source`` (§12); ``<peer>`` is ``self``, a tracker
 peer's id, or a LAN or book peer's fingerprint. Pages carry a strict CSP:
 scripts and styles only from ``/static``, no inline script, nothing from
-another origin.
+another origin; ``/favicon.ico`` is the UI's own SVG. A peer may also be
+named by its name (:func:`~flashback.ui.reach.peer_route`).
+
+A folder page sorts (``?sort=name|size|mtime&order=asc|desc``) and filters
+(``?q=``, a case-insensitive part of the name) the page of entries it shows,
+without script; it shows image thumbnails through the UI's own proxy and
+previews the folder's ``index.md``. Errors are the contract's JSON for API
+clients and an HTML page with a way back for a browser (``Accept``, see
+:mod:`flashback.protocol.negotiate`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import trio
-from quart import Response, redirect, render_template, request
+from quart import Response, redirect, render_template, request, send_file
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as WerkzeugResponse  # what redirect() builds
 
-from flashback.errors import BadRequest, Forbidden, NotFound, RateLimited
+from flashback.errors import BadRequest, FlashbackError, Forbidden, NotFound, RateLimited
 from flashback.protocol.directory import KnownPeer
 from flashback.protocol.messages import PeerInfo, ProtocolError
+from flashback.protocol.negotiate import prefers_html
 from flashback.protocol.paths import UnsafePath, split_request_path
 from flashback.ui.access import install_access_pages
 from flashback.ui.auth import COOKIE_NAME, check_access
 from flashback.ui.kinds import view_kind
-from flashback.ui.proxy import StreamLimiter, fetch_listing, fetch_text, proxy_file
-from flashback.ui.reach import PeerRoute, peer_route, route_label
+from flashback.ui.present import (
+    exact_size,
+    filter_text,
+    has_thumbnail,
+    human_ago,
+    human_date,
+    human_size,
+    icon_for,
+    matches,
+    short_fingerprint,
+    sort_spec,
+    sorted_entries,
+)
+from flashback.ui.proxy import Listing, StreamLimiter, fetch_listing, fetch_text, proxy_file
+from flashback.ui.reach import AmbiguousPeer, PeerRoute, peer_route
 from flashback.ui.rendering import MarkdownRenderer, renderable
 from flashback.ui.urls import SELF_KEY, ui_url
 from flashback.ui.view import DaemonView
-from flashback.web import StreamedBody, install_json_errors, json_response
+from flashback.web import (
+    StreamedBody,
+    error_response,
+    http_error_response,
+    install_json_errors,
+    json_response,
+)
 
 MAX_EVENT_STREAMS: Final = 8
 PAGE_CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "media-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "media-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
 LIVE_EVENTS: Final = frozenset(
@@ -57,10 +90,52 @@ LIVE_EVENTS: Final = frozenset(
     }
 )
 HERE: Final = Path(__file__).parent
+FAVICON: Final = HERE / "static" / "favicon.svg"
+SVG_CSP: Final = "default-src 'none'"
+INDEX_PREVIEW: Final = "index.md"
+#: the one page shown without the token has no stylesheet (that is behind the token
+#: too): a few inline rules, allowed by their hash alone
+OUTSIDE_STYLE: Final = (
+    "body{margin:0;font:15px/1.5 system-ui,sans-serif;color:#1d232a;background:#fbfcfd}"
+    "header{padding:.7em 1.5em;border-bottom:1px solid #dde2e7;background:#fff}"
+    "header a{font-weight:700;color:#1d232a;text-decoration:none}"
+    "main{max-width:40em;padding:1em 1.5em}h1{font-size:1.4em;color:#a0211b}"
+    "code{background:#eef1f4;padding:.1em .3em;border-radius:.2em}.muted{color:#6b7580}"
+)
+OUTSIDE_CSP: Final = PAGE_CSP.replace(
+    "style-src 'self'",
+    "style-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(OUTSIDE_STYLE.encode()).digest()).decode()
+    + "'",
+)
+
+
+NOT_REACHED: Final = "not yet used"
+
+
+def _seen(human: str, exact: str) -> dict[str, str]:
+    return {"last_seen_human": human, "last_seen": exact}
+
+
+def _ago(stamp: str) -> str:
+    return human_ago(stamp, datetime.now(UTC)) if stamp else "-"
+
+
+def _known_seen(known: KnownPeer, ctx: DaemonView) -> dict[str, str]:
+    """A LAN peer is heard now (its announcement lives while it does); a book peer
+    was last reached when the book says."""
+    if known.source == "lan":
+        return _seen("on the LAN now", "announced on the local network now")
+    when = ctx.last_reached(known.fingerprint) if known.fingerprint else None
+    if when is None:
+        return _seen("-", "")
+    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _seen(_ago(stamp), f"last reached {stamp}")
 
 
 def peer_row(peer: PeerInfo, ctx: DaemonView) -> dict[str, Any]:
-    """A tracker peer's row; its ``key`` (what its links name) is its peer id."""
+    """A tracker peer's row; its ``key`` (what its links name) is its peer id. The
+    route is the one this daemon last used to it (as ``peers`` shows it)."""
     mine = ctx.identity is not None and peer.peer_id == ctx.identity.peer_id
     key = SELF_KEY if mine else peer.peer_id
     return {
@@ -68,15 +143,23 @@ def peer_row(peer: PeerInfo, ctx: DaemonView) -> dict[str, Any]:
         "peer_id": peer.peer_id,
         "name": peer.name,
         "fingerprint": peer.fingerprint,
+        "fingerprint_short": short_fingerprint(peer.fingerprint),
         "source": "tracker",
         "address": f"{peer.host}:{peer.port}",
-        "route": "local" if mine else route_label(peer),
+        "route": "local" if mine else ctx.last_route(peer.peer_id) or NOT_REACHED,
+        # the daemon's copy of last_seen moves only with changes (heartbeats are none);
+        # while the link is up, being listed is the news: the tracker drops the unheard
+        **_seen(
+            "online now" if ctx.tracker_connected else _ago(peer.last_seen),
+            f"listed by the tracker, which drops a peer unheard for its TTL;"
+            f" registered {peer.registered_at or '?'}, record of {peer.last_seen or '?'}",
+        ),
         "self": mine,
         "browse": ui_url(key, "browse"),
     }
 
 
-def known_row(known: KnownPeer) -> dict[str, Any]:
+def known_row(known: KnownPeer, ctx: DaemonView) -> dict[str, Any]:
     """A LAN or book peer's row (§12): linked by its fingerprint, which tells apart
     peers of one name; its address is the first candidate it was heard at."""
     first = known.candidates[0] if known.candidates else None
@@ -85,9 +168,11 @@ def known_row(known: KnownPeer) -> dict[str, Any]:
         "peer_id": known.peer_id,
         "name": known.name,
         "fingerprint": known.fingerprint,
+        "fingerprint_short": short_fingerprint(known.fingerprint),
         "source": known.source,
         "address": f"{first.host}:{first.port}" if first else "-",
-        "route": "direct",
+        "route": ctx.last_route(known.peer_id or known.key) or NOT_REACHED,
+        **_known_seen(known, ctx),
         "self": False,
         "browse": ui_url(known.key, "browse"),
     }
@@ -102,7 +187,7 @@ def peer_rows(ctx: DaemonView) -> list[dict[str, Any]]:
         if info is not None:
             rows.append(peer_row(info, ctx))
         elif known.source != "tracker":
-            rows.append(known_row(known))
+            rows.append(known_row(known, ctx))
     return rows
 
 
@@ -210,6 +295,112 @@ def crumbs(route: PeerRoute, parts: tuple[str, ...], *, file: bool) -> list[dict
     return items
 
 
+SORT_COLUMNS: Final = (("name", "name"), ("size", "size"), ("mtime", "modified"))
+
+
+def folder_page(
+    route: PeerRoute,
+    parts: tuple[str, ...],
+    listing: Listing,
+    args: Mapping[str, str],
+    *,
+    cursor: str | None,
+) -> dict[str, Any]:
+    """What browse.html shows of one listing page: sorted, filtered, sizes and dates
+    for people (the exact values beside them), icons, thumbnails, the ``..`` row,
+    counts, the sort links and the paging links (which keep the sort and filter)."""
+    key, descending = sort_spec(args.get("sort"), args.get("order"))
+    needle = filter_text(args.get("q"))
+    keep = {"sort": key, "order": "desc" if descending else "asc"} if "sort" in args else {}
+    keep |= {"q": needle} if needle else {}
+    now = datetime.now(UTC)
+
+    def shown(item: Mapping[str, Any], folder: bool) -> dict[str, Any]:
+        row = dict(item)
+        row["icon"] = icon_for(item["name"], folder=folder)
+        row["date"] = human_date(item["mtime"], now) if item["mtime"] else ""
+        if folder:
+            row["url"] = ui_url(route.key, "browse", item["parts"])
+            return row
+        row["url"] = ui_url(route.key, "view", item["parts"])
+        row["download"] = ui_url(route.key, "download", item["parts"])
+        row["human_size"], row["exact_size"] = human_size(item["size"]), exact_size(item["size"])
+        if has_thumbnail(item["name"]):
+            row["thumbnail"] = ui_url(route.key, "content", item["parts"])
+        return row
+
+    def pick(items: list[dict[str, Any]], folder: bool) -> list[dict[str, Any]]:
+        chosen = [i for i in items if matches(i["name"], needle)]
+        # folders have no size: by name among themselves when sorting by size
+        by = "name" if folder and key == "size" else key
+        return [shown(i, folder) for i in sorted_entries(chosen, by, descending)]
+
+    dirs, files = pick(listing.dirs, True), pick(listing.files, False)
+    sorts = []
+    for column, label in SORT_COLUMNS:
+        flip = column == key and not descending
+        params = {"sort": column, "order": "desc" if flip else "asc"} | (
+            {"q": needle} if needle else {}
+        )
+        sorts.append(
+            {
+                "column": column,
+                "label": label,
+                "url": ui_url(route.key, "browse", parts, **params),
+                "state": ("descending" if descending else "ascending") if column == key else "none",
+            }
+        )
+    more = listing.next_cursor
+    return {
+        "listing": listing,
+        "dirs": dirs,
+        "files": files,
+        "parent": ui_url(route.key, "browse", parts[:-1]) if parts else None,
+        "counts": {
+            "dirs": len(dirs),
+            "files": len(files),
+            "bytes": human_size(sum(f["size"] for f in files)),
+            "hidden": len(listing.dirs) + len(listing.files) - len(dirs) - len(files),
+        },
+        "needle": needle,
+        "sort": {"key": key, "order": "desc" if descending else "asc", "given": "sort" in args},
+        "sorts": sorts,
+        "more": ui_url(route.key, "browse", parts, cursor=more, **keep) if more else None,
+        "first": ui_url(route.key, "browse", parts, **keep) if cursor else None,
+        "paged": bool(more or cursor),
+    }
+
+
+def ways_back(path: str, error: FlashbackError | HTTPException) -> list[dict[str, str]]:
+    """Links out of an error page: the folder above the one asked for, the peer's
+    share, the peer list; for a name several peers carry, each of them."""
+    ways: list[dict[str, str]] = []
+    segments = path.split("/")
+    if len(segments) >= 4 and segments[1] == "p":
+        peer = segments[2]
+        action = (
+            segments[3] if segments[3] in ("browse", "view", "content", "download") else "browse"
+        )
+        try:
+            parts = split_request_path("/".join(segments[4:]))
+        except UnsafePath:
+            parts = ()
+        if isinstance(error, AmbiguousPeer):
+            for key in error.keys:
+                ways.append(
+                    {"label": f"{error.name} ({key[:20]}…)", "url": ui_url(key, action, parts)}
+                )
+        elif not (isinstance(error, FlashbackError) and error.code == "unknown_peer"):
+            up = parts[:-1]
+            if parts:
+                label = "/" + "/".join(up) if up else "the top of the share"
+                ways.append({"label": f"up to {label}", "url": ui_url(peer, "browse", up)})
+            if up:
+                ways.append({"label": "the top of the share", "url": ui_url(peer, "browse")})
+    ways.append({"label": "all peers", "url": "/"})
+    return ways
+
+
 def _request_headers() -> dict[str, str]:
     return {name.lower(): value for name, value in request.headers.items()}
 
@@ -251,6 +442,8 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
         if response.mimetype == "text/html" and "Content-Security-Policy" not in response.headers:
             response.headers["Content-Security-Policy"] = PAGE_CSP
             response.headers["Cache-Control"] = "no-store"
+        elif response.mimetype == "image/svg+xml":
+            response.headers["Content-Security-Policy"] = SVG_CSP
         return response
 
     @app.get("/")
@@ -279,24 +472,65 @@ def create_ui_app(ctx: DaemonView, token: str, http: httpx.AsyncClient) -> Quart
         if cursor is not None and (not cursor or len(cursor) > 1024):
             raise BadRequest("bad cursor", code="bad_cursor")
         listing = await fetch_listing(http, route, parts, cursor)
-        for item in listing.dirs:
-            item["url"] = ui_url(route.key, "browse", item["parts"])
-        for item in listing.files:
-            item["url"] = ui_url(route.key, "view", item["parts"])
-            item["download"] = ui_url(route.key, "download", item["parts"])
-        more = (
-            ui_url(route.key, "browse", parts, cursor=listing.next_cursor)
-            if listing.next_cursor
-            else None
-        )
+        page = folder_page(route, parts, listing, request.args, cursor=cursor)
+        if cursor is None and any(f["name"] == INDEX_PREVIEW for f in listing.files):
+            page["preview"] = await preview(route, (*parts, INDEX_PREVIEW))
         return await render_template(
-            "browse.html",
-            route=route,
-            crumbs=crumbs(route, parts, file=False),
-            listing=listing,
-            more=more,
-            first=ui_url(route.key, "browse", parts) if cursor else None,
+            "browse.html", route=route, crumbs=crumbs(route, parts, file=False), **page
         )
+
+    async def preview(route: PeerRoute, parts: tuple[str, ...]) -> dict[str, str] | None:
+        """The folder's index.md rendered, or None (too big, or the peer did not send it:
+        the folder page is shown all the same)."""
+        try:
+            fetched = await fetch_text(http, route, parts)
+        except FlashbackError:
+            return None
+        if fetched.cut or not renderable(fetched.text):
+            return None
+        html = await markdown.render(
+            route.key, parts, fetched.etag, fetched.text, partial(ui_url, route.key)
+        )
+        return {"html": html, "url": ui_url(route.key, "view", parts)}
+
+    async def error_page(error: FlashbackError | HTTPException) -> Response:
+        if isinstance(error, FlashbackError):
+            status, code, message = error.status, error.code, error.message
+            headers = error.headers()
+        else:
+            status = error.code or 500
+            code, message, headers = "error", error.description or error.name, {}
+        authed = status != 403 or check_access(None, request.cookies, token).allowed
+        html = await render_template(
+            "error.html",
+            status=status,
+            code=code,
+            message=message,
+            authed=authed,
+            ways=ways_back(request.path, error) if authed else [],
+            outside_style=OUTSIDE_STYLE,
+        )
+        response = Response(html, status=status, mimetype="text/html")
+        response.headers.update(headers)
+        if not authed:
+            response.headers["Content-Security-Policy"] = OUTSIDE_CSP
+        return response
+
+    @app.errorhandler(FlashbackError)
+    async def flashback_error(error: FlashbackError) -> Response:
+        if prefers_html(request.headers.get("accept")):
+            return await error_page(error)
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        if prefers_html(request.headers.get("accept")):
+            return await error_page(error)
+        return http_error_response(error)
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return await send_file(FAVICON, mimetype="image/svg+xml")
 
     @app.get("/p/<peer>/view/<path:sub>")
     async def view(peer: str, sub: str) -> str:

@@ -11,6 +11,11 @@ links, and every URL that survives is rewritten here:
   :func:`~flashback.protocol.paths.resolve_relative` (never above the peer's
   root, never hidden) and becomes the UI's view of that file (or, with a
   trailing ``/``, the folder listing); one that would leave the root is dead;
+* a link's ``#fragment`` is kept (``deep.md#section-two`` opens that
+  heading), and every heading gets an ``id`` as GitHub makes it (lower case,
+  punctuation dropped, spaces to ``-``, ``-1``... for repeats); an id the page
+  itself uses (:data:`PAGE_IDS`) is never given to a heading;
+* GFM tables and ``~~strikethrough~~`` render (markdown-it's own rules);
 * an image may only come from the same peer (through the UI's content
   proxy): a remote or ``data:`` image has its ``src`` removed, so the page
   tells no third party it was read.
@@ -18,6 +23,8 @@ links, and every URL that survives is rewritten here:
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from typing import Final
@@ -32,7 +39,15 @@ from flashback.protocol.paths import UnsafePath, resolve_relative
 UrlFor = Callable[[str, tuple[str, ...]], str]
 
 _WEB_SCHEMES: Final = frozenset({"http", "https"})
-_MD: Final = MarkdownIt("commonmark", {"html": False})
+_MD: Final = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+#: ids of the UI's own page elements: a heading never takes one of them
+PAGE_IDS: Final = frozenset(
+    {"rendered", "download", "crumbs", "text", "image", "video", "audio", "listing", "preview",
+     "not-rendered", "filter", "counts", "parent", "peers", "live", "nav-access", "error",
+     "icons", "main", "first-page", "next-page"}
+)  # fmt: skip
+_NOT_IN_SLUG: Final = re.compile(r"[^\w\- ]", re.UNICODE)
+MAX_SLUG_CHARS: Final = 100
 
 
 def _target(raw: str, base_dir: tuple[str, ...]) -> tuple[tuple[str, ...], bool] | None:
@@ -62,7 +77,9 @@ def _rewrite_link(token: Token, base_dir: tuple[str, ...], url_for: UrlFor) -> N
         token.attrSet("class", "dead-link")
         return
     parts, is_folder = target
-    token.attrSet("href", url_for("browse" if is_folder or not parts else "view", parts))
+    url = url_for("browse" if is_folder or not parts else "view", parts)
+    fragment = urlsplit(href).fragment
+    token.attrSet("href", f"{url}#{fragment}" if fragment else url)
 
 
 def _rewrite_image(token: Token, base_dir: tuple[str, ...], url_for: UrlFor) -> None:
@@ -83,11 +100,38 @@ def _rewrite(tokens: Sequence[Token], base_dir: tuple[str, ...], url_for: UrlFor
             _rewrite(token.children, base_dir, url_for)
 
 
+def slug(text: str) -> str:
+    """GitHub's heading anchor: ``Section Two!`` -> ``section-two``."""
+    return _NOT_IN_SLUG.sub("", text.strip().lower()).replace(" ", "-")[:MAX_SLUG_CHARS]
+
+
+def _heading_ids(tokens: Sequence[Token]) -> None:
+    seen: dict[str, int] = {}
+    taken: set[str] = set(PAGE_IDS)
+    for heading, inline in itertools.pairwise(tokens):
+        if heading.type != "heading_open" or inline.type != "inline":
+            continue
+        text = "".join(
+            child.content
+            for child in inline.children or ()
+            if child.type in ("text", "code_inline")
+        )
+        base = slug(text) or "section"
+        anchor, count = base, seen.get(base, 0)
+        while anchor in taken:
+            count += 1
+            anchor = f"{base}-{count}"
+        seen[base] = count
+        taken.add(anchor)
+        heading.attrSet("id", anchor)
+
+
 def render_markdown(text: str, file_parts: tuple[str, ...], url_for: UrlFor) -> str:
     """Safe HTML for the markdown *text* of the file at *file_parts* (root-relative)."""
     base_dir = tuple(PurePosixPath(*file_parts).parent.parts) if file_parts else ()
     env: dict[str, object] = {}
     tokens = _MD.parse(text, env)
     _rewrite(tokens, base_dir, url_for)
+    _heading_ids(tokens)
     html: str = _MD.renderer.render(tokens, _MD.options, env)
     return html

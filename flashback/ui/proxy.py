@@ -109,7 +109,7 @@ async def fetch_listing(
         try:
             async with http.stream("GET", url, timeout=TIMEOUT) as response:
                 if response.status_code == 404:
-                    raise NotFound("no such folder on that peer")
+                    raise NotFound(f"{route.name} has no folder /{'/'.join(parts)}")
                 if response.status_code != 200:
                     raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
                 raw = await _read_capped(response, MAX_LISTING_BYTES + 1)
@@ -142,7 +142,7 @@ async def fetch_text(http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str
         try:
             async with http.stream("GET", url, headers=headers, timeout=TIMEOUT) as response:
                 if response.status_code == 404:
-                    raise NotFound("no such file on that peer")
+                    raise NotFound(f"{route.name} has no file /{'/'.join(parts)}")
                 if response.status_code not in (200, 206):
                     raise PeerUnreachable(f"the peer answered HTTP {response.status_code}")
                 etag = response.headers.get("etag")
@@ -234,7 +234,7 @@ async def proxy_file(
             await upstream.aclose()
         limiter.release()
         if status == 404:
-            raise NotFound("no such file on that peer")
+            raise NotFound(f"{route.name} has no file /{'/'.join(parts)}")
         raise PeerUnreachable(f"the peer answered HTTP {status}")
     response = Response(ProxiedBody(upstream, limiter), status=upstream.status_code)
     response.timeout = None  # a long video is not a slow response

@@ -9,6 +9,9 @@ daemon's own share is reached on loopback (route ``local``). A peer known
 only from the LAN or the peer book (§12) is named by its fingerprint and
 reached by its direct candidates (:meth:`~flashback.ui.view.DaemonView.reach_known`,
 the door ``ls`` and ``get`` use), the TLS proving that fingerprint.
+A peer may also be named by its name, as on the command line
+(``/p/alice/browse/``): the one online peer of that name, else 404 (none)
+or 409 (several: the page lists them by id).
 """
 
 from __future__ import annotations
@@ -17,10 +20,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from flashback.errors import NotFound
+from flashback.errors import FlashbackError, NotFound
 from flashback.protocol.directory import KnownPeer
 from flashback.protocol.hosts import WILDCARDS
-from flashback.protocol.messages import PeerInfo
 from flashback.ui.urls import SELF_KEY
 from flashback.ui.view import DaemonView
 
@@ -33,9 +35,25 @@ class PeerRoute:
     route: str  # "local", "direct" or "relay"
 
 
-def route_label(peer: PeerInfo) -> str:
-    """What the peer list shows in its route column (before a route is tried)."""
-    return "direct"
+class AmbiguousPeer(FlashbackError):
+    status = 409
+    default_code = "ambiguous_peer"
+
+    def __init__(self, name: str, keys: list[str]) -> None:
+        super().__init__(f"several peers are named {name!r}: name one by its id")
+        self.name, self.keys = name, keys
+
+
+def keys_named(ctx: DaemonView, name: str) -> list[str]:
+    """The keys of every peer named *name*: the online peers' ids (as a key names
+    them, from the same table), then LAN or book peers' fingerprints not among them."""
+    online = [p for p in ctx.table.peers.values() if p.name == name]
+    keys = [p.peer_id for p in online]
+    fingerprints = {p.fingerprint for p in online if p.fingerprint}
+    for row in ctx.known_peers():
+        if row.name == name and row.source != "tracker" and row.fingerprint not in fingerprints:
+            keys.append(row.key)
+    return keys
 
 
 def _origin(host: str, port: int) -> httpx.URL:
@@ -61,6 +79,14 @@ async def peer_route(ctx: DaemonView, key: str) -> PeerRoute:
     peer = ctx.table.peers.get(key)
     if peer is None and known is not None:  # a tracker peer named by its fingerprint
         peer = ctx.table.peers.get(known.peer_id or "")
+    if peer is None and known is None:
+        named = keys_named(ctx, key)
+        if len(named) > 1:
+            raise AmbiguousPeer(key, named)
+        if named and named[0] != key:  # one peer by that name: as if named by its key
+            return await peer_route(ctx, named[0])
+        if not named and key == ctx.config.name:  # this daemon, before it is listed
+            return await peer_route(ctx, SELF_KEY)
     if peer is None:
         raise NotFound(f"no peer {key!r} is online", code="unknown_peer")
     reached = await ctx.reach(peer)

@@ -4,9 +4,10 @@ The daemon serves the UI, but the UI sits below it (packages depend
 downwards only: ``ui`` <- ``daemon``), so the UI names no daemon class.
 :class:`DaemonView` lists the few things it reads: this daemon's name, id
 and server address, the tracker link's state, the online peers, the
-local event fan-out, every peer it knows of (tracker, LAN, book:
-:meth:`DaemonView.known_peers`), and the daemon's one way to reach a peer's
-server (:meth:`DaemonView.reach` for a tracker peer,
+local event fan-out, the route it last used to each peer, every peer it
+knows of (tracker, LAN, book: :meth:`DaemonView.known_peers`), and the
+daemon's one way to reach a peer's server (:meth:`DaemonView.reach` for a
+tracker peer,
 :meth:`DaemonView.reach_known` for a LAN or book peer -- the routes ``ls``
 and ``get`` use too).
 ``flashback.daemon.context.DaemonContext`` matches it structurally (mypy
@@ -91,6 +92,14 @@ class DaemonView(Protocol):
     async def reach(self, peer: PeerInfo) -> ReachedServer:
         """*peer*'s server, proven to be that peer (or through a tunnel whose TLS
         proves it); a :class:`~flashback.errors.FlashbackError` when it cannot be."""
+        ...
+
+    def last_route(self, key: str) -> str | None:
+        """The route last used to reach *key* (``direct``/``relay``), None if never."""
+        ...
+
+    def last_reached(self, fingerprint: str) -> float | None:
+        """When the peer book last recorded reaching *fingerprint* (epoch s), or None."""
         ...
 
     def known_peers(self) -> list[KnownPeer]:

@@ -11,9 +11,10 @@
   const live = document.getElementById("live");
   let peers = new Map();
 
-  function cell(text, cls) {
+  function cell(text, cls, title) {
     const td = document.createElement("td");
     if (cls) td.className = cls;
+    if (title) td.title = title;
     td.textContent = text;
     return td;
   }
@@ -26,7 +27,12 @@
       tr.dataset.key = peer.key;
       tr.dataset.peerId = peer.peer_id || "";
       tr.dataset.source = peer.source;
-      const name = cell(peer.name, "name");
+      const name = cell("", "name");
+      const named = document.createElement("a");
+      named.className = "peer-link";
+      named.href = peer.browse;
+      named.textContent = peer.name;
+      name.append(named);
       if (peer.self) {
         const you = document.createElement("span");
         you.className = "badge";
@@ -38,9 +44,13 @@
       link.href = peer.browse;
       link.textContent = "browse";
       const action = document.createElement("td");
+      action.className = "act";
       action.append(link);
-      tr.append(name, cell(peer.source, "source"), cell(peer.peer_id || "-", "id"),
-        cell(peer.fingerprint || "-", "fp"), cell(peer.address), cell(peer.route, "route"), action);
+      tr.append(name, cell(peer.source, "source"),
+        cell(peer.fingerprint_short, "fp", peer.fingerprint || ""),
+        cell(peer.last_seen_human, "seen", peer.last_seen),
+        cell(peer.route, "route"),
+        cell(peer.address, "addr", "peer id " + (peer.peer_id || "-")), action);
       return tr;
     }));
     count.textContent = String(peers.size);
@@ -62,6 +72,9 @@
     trackerState.textContent = connected ? "connected" : "not connected";
     trackerState.className = "badge " + (connected ? "on" : "off");
   }
+
+  // heartbeats move "last seen" without an event: read the list again now and then
+  setInterval(refetch, 15000);
 
   const source = new EventSource("/events");
   source.onopen = () => { live.textContent = "live"; };
