@@ -3,6 +3,7 @@ bridge, and LAN discovery between real daemons in network namespaces."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ import trio.testing
 
 from flashback.config import DaemonConfig, daemon_from_sources
 from flashback.daemon.book import BOOK_FILE, PeerBook, read_book
+from flashback.daemon.carried import Carried
 from flashback.daemon.connect import ConnectRequest, connect_peer
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.directory import NoDirectEndpoint, PeerDirectory
@@ -300,6 +302,73 @@ async def test_two_daemons_on_a_lan_with_no_tracker(tmp_path: Path, nursery: tri
             assert await bob.wait_exit(timeout_s=5) == 0
 
 
+_POST_STREAM = """
+import json, sys, httpx
+r = httpx.post(f"http://127.0.0.1:{sys.argv[1]}/api/stream", json={"path": "movie.bin"})
+print(r.status_code, r.json()["error"]["code"])
+"""
+
+
+async def test_stream_from_a_lan_peer_with_no_tracker(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``stream`` asks a LAN peer for its port over the direct endpoint (``POST
+    /api/stream`` through ``OPEN peer-server``), then fetches it by ``OPEN stream``."""
+    require_netns()
+    with two_hosts_on_a_lan() as lan, trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            alice = await _lan_daemon(stack, nursery, tmp_path, "alice", lan.hosts[0])
+            bob = await _lan_daemon(stack, nursery, tmp_path, "bob", lan.hosts[1])
+            await bob.wait_event(found("alice"), timeout_s=30)
+            big = tmp_path / "alice" / "share" / "movie.bin"
+            big.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+            bob_env, alice_env = daemon_env(tmp_path, "bob"), daemon_env(tmp_path, "alice")
+            bob_fp = json.loads((await run_cli(["status", "--json"], env=bob_env)).stdout)[
+                "fingerprint"
+            ]
+            allowed = await run_cli(["allow", bob_fp], env=alice_env)
+            assert allowed.returncode == 0, allowed.stderr
+            out = tmp_path / "streamed.bin"
+            in_bob = ["ip", "netns", "exec", lan.hosts[1]]  # the forward is bob's 127.0.0.1
+            streamed = await run_cli(
+                ["stream", "alice", "movie.bin", "-o", str(out)], env=bob_env, prefix=in_bob
+            )
+            assert streamed.returncode == 0, streamed.stderr
+            assert (
+                hashlib.sha256(out.read_bytes()).digest()
+                == hashlib.sha256(big.read_bytes()).digest()
+            )
+            ready = next(
+                json.loads(line)
+                for line in streamed.stdout.splitlines()
+                if b'"file-stream-ready"' in line
+            )
+            # the owner opened the port for the fingerprint bob proved, and closed it once sent
+            opened = await alice.wait_event(event_is("file-stream-ready", path="movie.bin"))
+            assert opened["peer_id"] == bob_fp and opened["port"] == ready["port"]
+            closed = await alice.wait_event(event_is("stream-closed", port=ready["port"]))
+            assert closed["reason"] == "completed" and closed["bytes_sent"] == big.stat().st_size
+            # the route answers only connections an owner end carried: a local client that
+            # proved no fingerprint (anything else on alice's 127.0.0.1) gets no port
+            server = await alice.wait_event(event_is("peer-server-ready"))
+            in_alice = ["ip", "netns", "exec", lan.hosts[0]]
+            plain = await trio.run_process(
+                [*in_alice, sys.executable, "-c", _POST_STREAM, str(server["port"])],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert plain.stdout.decode().split() == ["403", "forbidden"], plain.stderr
+            # a missing file is the owner's one-line refusal, not a timeout
+            missing = await run_cli(
+                ["stream", "alice", "nothing.bin", "-o", str(tmp_path / "x")],
+                env=bob_env,
+                prefix=in_bob,
+            )
+            assert missing.returncode == 1
+            assert len(missing.stderr.decode().strip().splitlines()) == 1, missing.stderr
+
+
 async def test_a_peer_reached_through_the_tracker_stays_in_the_book(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -332,3 +401,13 @@ async def test_a_peer_reached_through_the_tracker_stays_in_the_book(
     assert len(books) == 1
     entries = read_book(books[0]).entries()
     assert [(e.name, e.fingerprint) for e in entries] == [("alice", status["fingerprint"])]
+
+
+def test_carried_names_a_connection_only_while_it_is_carried() -> None:
+    carried = Carried()
+    with carried.carrying(("127.0.0.1", 40000), FP_BOB):
+        assert carried.who(("127.0.0.1", 40000)) == FP_BOB
+        assert carried.who(["127.0.0.1", 40000]) == FP_BOB  # an ASGI scope may hold a list
+        for other in (("127.0.0.1", 40001), ("192.0.2.9", 40000), None, "x", (1, 2), ("a",)):
+            assert carried.who(other) is None
+    assert carried.who(("127.0.0.1", 40000)) is None and len(carried) == 0

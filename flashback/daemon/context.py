@@ -12,6 +12,7 @@ import trio
 from flashback.config import DaemonConfig
 from flashback.daemon.access import AccessControl
 from flashback.daemon.book import PeerBook
+from flashback.daemon.carried import Carried
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
 from flashback.daemon.keys import KeyPair
@@ -102,6 +103,8 @@ class DaemonContext:
     # who this daemon reached or accepted (§12), and who the LAN announces (None: --lan off)
     book: PeerBook | None = None
     lan: LanTable | None = None
+    # who is on each connection our owner ends carry to the peer server (POST /api/stream)
+    carried: Carried = field(default_factory=Carried)
     _identity_changed: trio.Event = field(default_factory=trio.Event)
     # set by the link when the tracker answers hello with unknown_peer (it
     # restarted, say), so the session registers at once instead of waiting

@@ -213,7 +213,9 @@ async def _run_daemon_tasks(
         ctx.ui_url = await nursery.start(partial(serve_ui, ctx, config.ui_port, shutdown=shutdown))
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (INTERFACE §5).
-        streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
+        streams = await nursery.start(
+            partial(run_stream_ports, ctx, shutdown, digests=digests, door=settings.streams)
+        )
         tls = PeerTLS(instance.keys)
         gate = BookedGate(ctx, access)
         endpoint = await start_direct_endpoint(nursery, ctx, tls, gate, streams, shutdown)
@@ -305,6 +307,7 @@ async def start_direct_endpoint(
         emit=ctx.hub.emit,
         peer_of=lambda fingerprint: peer_of(ctx.table, fingerprint),
         candidates_of=lambda peer_id: candidates_of(ctx, peer_id),
+        carried=ctx.carried,
     )
     ctx.direct_port = await nursery.start(
         partial(

@@ -131,6 +131,7 @@ async def run_routes(
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         check_pin=check_pin,
         on_forward_closed=forward_closed,
+        carried=ctx.carried,
     )
     racer = RouteRacer(
         service,
