@@ -32,7 +32,15 @@ from flashback.protocol.lan import MAX_LAN_PER_ADDRESS, LanPeer, LanTable
 from flashback.protocol.messages import Candidate, PeerInfo, Snapshot
 from flashback.shutdown import Shutdown
 from tests.netns import LAN_ADDRS, one_host_two_addresses, require_netns, two_hosts_on_a_lan
-from tests.procs import EventPredicate, Proc, daemon_env, event_is, run_cli, start
+from tests.procs import (
+    EventPredicate,
+    Proc,
+    daemon_env,
+    event_is,
+    run_cli,
+    start,
+    wait_until_linked,
+)
 
 FP_ME = "sha256:" + "1" * 64
 FP_ALICE = "sha256:" + "a" * 64
@@ -208,7 +216,7 @@ async def test_lan_discovery_in_one_process_bounded_escaped_and_no_thread_left()
 
 
 async def _lan_daemon(
-    stack: AsyncExitStack, nursery: trio.Nursery, base: Path, name: str, host: str
+    stack: AsyncExitStack, nursery: trio.Nursery, base: Path, name: str, host: str, *extra: str
 ) -> Proc:
     root = base / name / "share"
     root.mkdir(parents=True, exist_ok=True)
@@ -216,7 +224,7 @@ async def _lan_daemon(
     return await stack.enter_async_context(
         start(
             nursery,
-            ["daemon", "--root", str(root), "--name", name, "--lan", "on"],
+            ["daemon", "--root", str(root), "--name", name, "--lan", "on", *extra],
             env=daemon_env(base, name),
             name=name,
             prefix=["ip", "netns", "exec", host],
@@ -367,6 +375,72 @@ async def test_stream_from_a_lan_peer_with_no_tracker(
             )
             assert missing.returncode == 1
             assert len(missing.stderr.decode().strip().splitlines()) == 1, missing.stderr
+
+
+async def test_a_peer_the_tracker_vouched_for_is_served_by_the_book_a_lan_stranger_not(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``tracker`` mode with the tracker gone (§11, §12): alice serves bob, whom she
+    reached while the tracker listed him (her book holds him as vouched), with no
+    ``allow`` and no pin; carol, a stranger who only announces herself on the LAN,
+    is refused."""
+    require_netns()
+    with two_hosts_on_a_lan() as lan, trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            tracker = await stack.enter_async_context(
+                start(
+                    nursery,
+                    ["tracker", "--host", "0.0.0.0", "--port", "0", "--database-url", "memory://"],
+                    env={"FLASHBACK_DATA_DIR": str(tmp_path / "tracker"), "RELAY_TUNNEL_PORT": "0"},
+                    name="tracker",
+                    prefix=["ip", "netns", "exec", lan.hosts[0]],
+                )
+            )
+            port = (await tracker.wait_event(event_is("tracker-ready")))["port"]
+            url = ["--tracker", f"http://{LAN_ADDRS[0]}:{port}"]
+            alice = await _lan_daemon(stack, nursery, tmp_path, "alice", lan.hosts[0], *url)
+            bob = await _lan_daemon(stack, nursery, tmp_path, "bob", lan.hosts[1], *url)
+            await wait_until_linked(bob, alice, "bob")
+            await wait_until_linked(alice, bob, "alice")
+            alice_env, bob_env = daemon_env(tmp_path, "alice"), daemon_env(tmp_path, "bob")
+            in_alice, in_bob = (["ip", "netns", "exec", host] for host in lan.hosts)
+            ls = await run_cli(["ls", "bob"], env=alice_env, prefix=in_alice)
+            assert ls.returncode == 0, ls.stderr  # alice reached bob: the tracker listed him
+
+            tracker.signal(signal.SIGKILL)
+            await tracker.wait_exit()
+            for proc in (alice, bob):
+                await proc.wait_event(event_is("tracker-disconnected"), timeout_s=20)
+            carol = await _lan_daemon(stack, nursery, tmp_path, "carol", lan.hosts[1])
+            await carol.wait_event(found("alice"), timeout_s=30)
+            status = json.loads((await run_cli(["status", "--json"], env=alice_env)).stdout)
+            assert status["access"]["allowed"] == [] and status["access"]["requesters"] == 0
+
+            got = await run_cli(
+                ["get", "alice", "alice.txt", "-o", str(tmp_path / "bob-got.txt")],
+                env=bob_env,
+                prefix=in_bob,
+            )
+            assert got.returncode == 0, got.stderr
+            assert (tmp_path / "bob-got.txt").read_text() == "I am alice\n"
+
+            carol_env = daemon_env(tmp_path, "carol")
+            carol_fp = json.loads((await run_cli(["status", "--json"], env=carol_env)).stdout)[
+                "fingerprint"
+            ]
+            mark = len(alice.events)
+            refused = await run_cli(
+                ["get", "alice", "alice.txt", "-o", str(tmp_path / "carol-got.txt")],
+                env=carol_env,
+                prefix=in_bob,
+            )
+            assert refused.returncode == 1
+            [line] = refused.stderr.decode().splitlines()
+            assert "does not share with this peer" in line and carol_fp in line, line
+            assert not (tmp_path / "carol-got.txt").exists()
+            await alice.wait_event(
+                event_is("access-denied", fingerprint=carol_fp, reason="forbidden"), after=mark
+            )
 
 
 async def test_a_peer_reached_through_the_tracker_stays_in_the_book(

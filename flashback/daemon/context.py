@@ -167,7 +167,7 @@ class DaemonContext:
         except httpx.InvalidURL:  # the tracker relayed a host no URL can carry
             raise PeerUnreachable(f"peer {peer.name!r} announced an unusable address") from None
         if self.book is not None:  # reached: the book remembers it for a day without the tracker
-            self.book.record_peer(peer)
+            self.book.record_peer(peer, vouched=self.tracker_connected)
         return reached
 
     def known_peers(self) -> list[KnownPeer]:

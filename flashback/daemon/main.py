@@ -178,6 +178,8 @@ async def _run_daemon_tasks(
         emit=ctx.hub.emit,
         # the tracker vouches only while linked: with it down its last list is stale
         online=lambda: ctx.table.peers.values() if ctx.tracker_connected else (),
+        # what the tracker vouched for before, kept in the book (§12), with it down too
+        booked=lambda: ctx.book.vouched() if ctx.book is not None else (),
     )
     settings = ShareSettings(config.root, config.show_hidden, local)
 
