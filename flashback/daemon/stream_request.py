@@ -89,17 +89,17 @@ async def _request_direct(
     reached = await reach_known(ctx, known)  # mutual TLS, its fingerprint proven
     name = printable(known.name)
     try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(wait_s)) as http:
-            response = await http.post(at(reached.url, "/api/stream"), json={"path": path})
-    except httpx.TimeoutException:
+        with trio.fail_after(wait_s):
+            status, raw = await _post(at(reached.url, "/api/stream"), {"path": path})
+    except (httpx.TimeoutException, trio.TooSlowError):
         raise StreamTimeout(f"no answer from {known.key!r} within {wait_s:g} s") from None
     except httpx.HTTPError as exc:
         raise PeerUnreachable(f"cannot reach peer {name!r}: {exc}") from None
     try:
-        body = loads_strict(response.content) if len(response.content) <= MAX_ANSWER_BYTES else None
+        body = loads_strict(raw) if raw is not None else None
     except ValueError:
         body = None
-    if response.status_code != 200:
+    if status != 200:
         error = body.get("error") if isinstance(body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
@@ -116,6 +116,20 @@ async def _request_direct(
     payload.pop("to", None)
     payload["from"] = known.key  # what `connect` resolves to reach the port
     return payload
+
+
+async def _post(url: httpx.URL, body: dict[str, Any]) -> tuple[int, bytes | None]:
+    """The status and body (None past MAX_ANSWER_BYTES: read no further) of one POST."""
+    async with (
+        httpx.AsyncClient(timeout=None) as http,  # the caller bounds the time
+        http.stream("POST", url, json=body) as response,
+    ):
+        raw = b""
+        async for chunk in response.aiter_bytes():
+            raw += chunk
+            if len(raw) > MAX_ANSWER_BYTES:
+                return response.status_code, None
+        return response.status_code, raw
 
 
 async def request_stream(
