@@ -45,6 +45,15 @@ TABLE: list[tuple[str, dict[str, Any], Verdict]] = [
     ("dial: accepted before (tracker down)", dict(accepted_before={BOB}), Verdict(None)),
     ("dial: denied though online", dict(online={BOB}, denied={BOB}), Verdict("denied")),
     ("dial: no certificate", dict(presented=None, online={BOB}), Verdict("no_certificate")),
+    # -- the peer book's vouched fingerprints (§12): a LAN-found peer with the tracker down
+    ("dial: vouched in the book (tracker down)", dict(booked={BOB}), Verdict(None)),
+    ("dial: another peer vouched in the book", dict(booked={CAROL}), Verdict("forbidden")),
+    ("dial: denied though vouched in the book", dict(booked={BOB}, denied={BOB}),
+     Verdict("denied")),
+    ("tracker: the book does not stand in for the invite",
+     dict(invite=("bob", EVE), booked={BOB}), Verdict("forbidden")),
+    ("allowed: dial, only vouched in the book", dict(mode="allowed", booked={BOB}),
+     Verdict("forbidden")),
     # -- allowed mode: allowed only
     ("allowed: not allowed, tracker vouches", dict(mode="allowed", invite=("bob", BOB)),
      Verdict("forbidden")),
@@ -86,6 +95,7 @@ def test_decision_table(inputs: dict[str, Any], expected: Verdict) -> None:
         pins=inputs.get("pins", {}),
         accepted_before=inputs.get("accepted_before", set(inputs.get("pins", {}).values())),
         online=inputs.get("online", set()),
+        booked=inputs.get("booked", set()),
     )
     assert verdict == expected
     assert verdict.serve == (expected.refusal is None)

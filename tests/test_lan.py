@@ -3,6 +3,7 @@ bridge, and LAN discovery between real daemons in network namespaces."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ import trio.testing
 
 from flashback.config import DaemonConfig, daemon_from_sources
 from flashback.daemon.book import BOOK_FILE, PeerBook, read_book
+from flashback.daemon.carried import Carried
 from flashback.daemon.connect import ConnectRequest, connect_peer
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.directory import NoDirectEndpoint, PeerDirectory
@@ -30,7 +32,15 @@ from flashback.protocol.lan import MAX_LAN_PER_ADDRESS, LanPeer, LanTable
 from flashback.protocol.messages import Candidate, PeerInfo, Snapshot
 from flashback.shutdown import Shutdown
 from tests.netns import LAN_ADDRS, one_host_two_addresses, require_netns, two_hosts_on_a_lan
-from tests.procs import EventPredicate, Proc, daemon_env, event_is, run_cli, start
+from tests.procs import (
+    EventPredicate,
+    Proc,
+    daemon_env,
+    event_is,
+    run_cli,
+    start,
+    wait_until_linked,
+)
 
 FP_ME = "sha256:" + "1" * 64
 FP_ALICE = "sha256:" + "a" * 64
@@ -206,7 +216,7 @@ async def test_lan_discovery_in_one_process_bounded_escaped_and_no_thread_left()
 
 
 async def _lan_daemon(
-    stack: AsyncExitStack, nursery: trio.Nursery, base: Path, name: str, host: str
+    stack: AsyncExitStack, nursery: trio.Nursery, base: Path, name: str, host: str, *extra: str
 ) -> Proc:
     root = base / name / "share"
     root.mkdir(parents=True, exist_ok=True)
@@ -214,7 +224,7 @@ async def _lan_daemon(
     return await stack.enter_async_context(
         start(
             nursery,
-            ["daemon", "--root", str(root), "--name", name, "--lan", "on"],
+            ["daemon", "--root", str(root), "--name", name, "--lan", "on", *extra],
             env=daemon_env(base, name),
             name=name,
             prefix=["ip", "netns", "exec", host],
@@ -300,6 +310,139 @@ async def test_two_daemons_on_a_lan_with_no_tracker(tmp_path: Path, nursery: tri
             assert await bob.wait_exit(timeout_s=5) == 0
 
 
+_POST_STREAM = """
+import json, sys, httpx
+r = httpx.post(f"http://127.0.0.1:{sys.argv[1]}/api/stream", json={"path": "movie.bin"})
+print(r.status_code, r.json()["error"]["code"])
+"""
+
+
+async def test_stream_from_a_lan_peer_with_no_tracker(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``stream`` asks a LAN peer for its port over the direct endpoint (``POST
+    /api/stream`` through ``OPEN peer-server``), then fetches it by ``OPEN stream``."""
+    require_netns()
+    with two_hosts_on_a_lan() as lan, trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            alice = await _lan_daemon(stack, nursery, tmp_path, "alice", lan.hosts[0])
+            bob = await _lan_daemon(stack, nursery, tmp_path, "bob", lan.hosts[1])
+            await bob.wait_event(found("alice"), timeout_s=30)
+            big = tmp_path / "alice" / "share" / "movie.bin"
+            big.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+            bob_env, alice_env = daemon_env(tmp_path, "bob"), daemon_env(tmp_path, "alice")
+            bob_fp = json.loads((await run_cli(["status", "--json"], env=bob_env)).stdout)[
+                "fingerprint"
+            ]
+            allowed = await run_cli(["allow", bob_fp], env=alice_env)
+            assert allowed.returncode == 0, allowed.stderr
+            out = tmp_path / "streamed.bin"
+            in_bob = ["ip", "netns", "exec", lan.hosts[1]]  # the forward is bob's 127.0.0.1
+            streamed = await run_cli(
+                ["stream", "alice", "movie.bin", "-o", str(out)], env=bob_env, prefix=in_bob
+            )
+            assert streamed.returncode == 0, streamed.stderr
+            assert (
+                hashlib.sha256(out.read_bytes()).digest()
+                == hashlib.sha256(big.read_bytes()).digest()
+            )
+            ready = next(
+                json.loads(line)
+                for line in streamed.stdout.splitlines()
+                if b'"file-stream-ready"' in line
+            )
+            # the owner opened the port for the fingerprint bob proved, and closed it once sent
+            opened = await alice.wait_event(event_is("file-stream-ready", path="movie.bin"))
+            assert opened["peer_id"] == bob_fp and opened["port"] == ready["port"]
+            closed = await alice.wait_event(event_is("stream-closed", port=ready["port"]))
+            assert closed["reason"] == "completed" and closed["bytes_sent"] == big.stat().st_size
+            # the route answers only connections an owner end carried: a local client that
+            # proved no fingerprint (anything else on alice's 127.0.0.1) gets no port
+            server = await alice.wait_event(event_is("peer-server-ready"))
+            in_alice = ["ip", "netns", "exec", lan.hosts[0]]
+            plain = await trio.run_process(
+                [*in_alice, sys.executable, "-c", _POST_STREAM, str(server["port"])],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert plain.stdout.decode().split() == ["403", "forbidden"], plain.stderr
+            # a missing file is the owner's one-line refusal, not a timeout
+            missing = await run_cli(
+                ["stream", "alice", "nothing.bin", "-o", str(tmp_path / "x")],
+                env=bob_env,
+                prefix=in_bob,
+            )
+            assert missing.returncode == 1
+            assert len(missing.stderr.decode().strip().splitlines()) == 1, missing.stderr
+
+
+async def test_a_peer_the_tracker_vouched_for_is_served_by_the_book_a_lan_stranger_not(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``tracker`` mode with the tracker gone (§11, §12): alice serves bob, whom she
+    reached while the tracker listed him (her book holds him as vouched), with no
+    ``allow`` and no pin; carol, a stranger who only announces herself on the LAN,
+    is refused."""
+    require_netns()
+    with two_hosts_on_a_lan() as lan, trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            tracker = await stack.enter_async_context(
+                start(
+                    nursery,
+                    ["tracker", "--host", "0.0.0.0", "--port", "0", "--database-url", "memory://"],
+                    env={"FLASHBACK_DATA_DIR": str(tmp_path / "tracker"), "RELAY_TUNNEL_PORT": "0"},
+                    name="tracker",
+                    prefix=["ip", "netns", "exec", lan.hosts[0]],
+                )
+            )
+            port = (await tracker.wait_event(event_is("tracker-ready")))["port"]
+            url = ["--tracker", f"http://{LAN_ADDRS[0]}:{port}"]
+            alice = await _lan_daemon(stack, nursery, tmp_path, "alice", lan.hosts[0], *url)
+            bob = await _lan_daemon(stack, nursery, tmp_path, "bob", lan.hosts[1], *url)
+            await wait_until_linked(bob, alice, "bob")
+            await wait_until_linked(alice, bob, "alice")
+            alice_env, bob_env = daemon_env(tmp_path, "alice"), daemon_env(tmp_path, "bob")
+            in_alice, in_bob = (["ip", "netns", "exec", host] for host in lan.hosts)
+            ls = await run_cli(["ls", "bob"], env=alice_env, prefix=in_alice)
+            assert ls.returncode == 0, ls.stderr  # alice reached bob: the tracker listed him
+
+            tracker.signal(signal.SIGKILL)
+            await tracker.wait_exit()
+            for proc in (alice, bob):
+                await proc.wait_event(event_is("tracker-disconnected"), timeout_s=20)
+            carol = await _lan_daemon(stack, nursery, tmp_path, "carol", lan.hosts[1])
+            await carol.wait_event(found("alice"), timeout_s=30)
+            status = json.loads((await run_cli(["status", "--json"], env=alice_env)).stdout)
+            assert status["access"]["allowed"] == [] and status["access"]["requesters"] == 0
+
+            got = await run_cli(
+                ["get", "alice", "alice.txt", "-o", str(tmp_path / "bob-got.txt")],
+                env=bob_env,
+                prefix=in_bob,
+            )
+            assert got.returncode == 0, got.stderr
+            assert (tmp_path / "bob-got.txt").read_text() == "I am alice\n"
+
+            carol_env = daemon_env(tmp_path, "carol")
+            carol_fp = json.loads((await run_cli(["status", "--json"], env=carol_env)).stdout)[
+                "fingerprint"
+            ]
+            mark = len(alice.events)
+            refused = await run_cli(
+                ["get", "alice", "alice.txt", "-o", str(tmp_path / "carol-got.txt")],
+                env=carol_env,
+                prefix=in_bob,
+            )
+            assert refused.returncode == 1
+            [line] = refused.stderr.decode().splitlines()
+            assert "does not share with this peer" in line and carol_fp in line, line
+            assert not (tmp_path / "carol-got.txt").exists()
+            await alice.wait_event(
+                event_is("access-denied", fingerprint=carol_fp, reason="forbidden"), after=mark
+            )
+
+
 async def test_a_peer_reached_through_the_tracker_stays_in_the_book(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -332,3 +475,13 @@ async def test_a_peer_reached_through_the_tracker_stays_in_the_book(
     assert len(books) == 1
     entries = read_book(books[0]).entries()
     assert [(e.name, e.fingerprint) for e in entries] == [("alice", status["fingerprint"])]
+
+
+def test_carried_names_a_connection_only_while_it_is_carried() -> None:
+    carried = Carried()
+    with carried.carrying(("127.0.0.1", 40000), FP_BOB):
+        assert carried.who(("127.0.0.1", 40000)) == FP_BOB
+        assert carried.who(["127.0.0.1", 40000]) == FP_BOB  # an ASGI scope may hold a list
+        for other in (("127.0.0.1", 40001), ("192.0.2.9", 40000), None, "x", (1, 2), ("a",)):
+            assert carried.who(other) is None
+    assert carried.who(("127.0.0.1", 40000)) is None and len(carried) == 0

@@ -99,6 +99,23 @@ def test_the_file_form_round_trips_and_a_damaged_one_is_refused() -> None:
         Book.loads(json.dumps(bad_candidate).encode())
 
 
+def test_the_trackers_vouching_sticks_survives_the_file_and_is_never_guessed() -> None:
+    book = Book()
+    book.record(FP_A, name="alice", peer_id="p1", now=1, vouched=True)  # the tracker listed it
+    book.record(FP_A, name="alice", now=2)  # reached again from the LAN: stays vouched
+    book.record(FP_B, name="bob", now=3)  # a LAN peer reached: not vouched
+    assert book.vouched() == {FP_A}
+    again = Book.loads(book.dumps())
+    assert again.vouched() == {FP_A} and again.entries() == book.entries()
+    old_file = json.loads(book.dumps())  # a book written before the mark: nobody vouched
+    for entry in old_file["peers"]:
+        del entry["vouched"]
+    assert Book.loads(json.dumps(old_file).encode()).vouched() == frozenset()
+    old_file["peers"][0]["vouched"] = "yes"
+    with pytest.raises(BookDamaged, match="non-boolean vouched"):
+        Book.loads(json.dumps(old_file).encode())
+
+
 def test_a_hand_grown_file_keeps_its_newest_entries() -> None:
     big = Book(capacity=10)
     for n in range(10):

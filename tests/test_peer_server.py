@@ -396,3 +396,44 @@ async def test_a_rebound_name_is_refused(client: httpx.AsyncClient) -> None:
         assert_json_error(refused, 421, "misdirected_request")
     assert (await client.get("/api/files", headers={"host": "localhost"})).status_code == 200
     assert (await client.get("/content/hello.txt")).text == "hello, world\n"  # 127.0.0.1:PORT
+
+
+async def test_post_api_stream_asks_the_door_with_the_client_address(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``POST /api/stream`` (§3, §4): JSON only, the daemon's door answers, and a
+    refusal keeps its code; without a door (``flashback serve``) it is 503."""
+    from functools import partial
+
+    from flashback.peer.app import ShareSettings, StreamDoor
+    from flashback.peer.serve import serve_peer
+    from flashback.protocol.messages import FileStreamReady, StreamError
+
+    asked: list[tuple[str, object]] = []
+
+    async def door(path: str, client: object) -> FileStreamReady | StreamError:
+        asked.append((path, client))
+        if path == "ok.bin":
+            return FileStreamReady("r1", "127.0.0.1", 4242, "tok", "ok.bin", 7, 60, to="fp")
+        return StreamError("r2", "not_found", f"no such file: {path}", to="fp")
+
+    streams = StreamDoor()
+    settings = ShareSettings(tmp_path, streams=streams)
+    address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
+    async with httpx.AsyncClient(base_url=address.url) as client:
+        assert_json_error(await client.post("/api/stream", json={"path": "ok.bin"}), 503)
+        streams.open = door
+        ok = await client.post("/api/stream", json={"path": "ok.bin"})
+        assert ok.status_code == 200
+        assert ok.json()["type"] == "file-stream-ready" and ok.json()["port"] == 4242
+        assert_json_error(await client.post("/api/stream", json={"path": "x"}), 404, "not_found")
+        for bad in (
+            client.post("/api/stream", content=b'{"path": "ok.bin"}'),  # not application/json
+            client.post("/api/stream", json={"path": 5}),
+            client.post("/api/stream", json=["ok.bin"]),
+            client.post("/api/stream", json={"path": ""}),
+        ):
+            assert_json_error(await bad, 400)
+    assert [path for path, _ in asked] == ["ok.bin", "x"]
+    client_address = asked[0][1]  # what the daemon names the requester by
+    assert isinstance(client_address, tuple | list) and client_address[0] == "127.0.0.1"

@@ -95,8 +95,12 @@ async def test_stream_between_two_daemons(tmp_path: Path, nursery: trio.Nursery)
             tracker.signal(signal.SIGTERM)
             await bob.wait_event(event_is("tracker-disconnected"))
             offline = await run_cli(["stream", "alice", "v/film.bin", "-o", "y"], env=bob_env)
+            # alice stays in bob's peer book: the request goes to her direct endpoint,
+            # not to the tracker, and her rule (§11) decides -- bob came to her loopback
+            # server, never to her endpoint, so she has no record of accepting him
             assert offline.returncode == 1
-            assert offline.stderr.decode().strip() == "flashback: no tracker connection"
+            [line] = offline.stderr.decode().strip().splitlines()
+            assert "alice" in line and "does not share with this peer" in line, line
             # a daemon streaming to itself needs no tracker
             own = await run_cli(
                 ["stream", "bob", "bob.txt", "-o", str(tmp_path / "own.txt")], env=bob_env

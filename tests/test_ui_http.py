@@ -327,10 +327,18 @@ async def test_live_events_snapshot_then_changes(ui: tuple[str, DaemonContext]) 
         ctx.hub.emit("stream-port-open", port=1)  # not for the page: filtered out
         ctx.hub.emit("peer-joined", seq=2, peer={"bad": 1})  # malformed: skipped
         ctx.hub.emit("peer-left", seq=3, peer_id="x", reason="left")
+        # a LAN change: the page fetches the merged list again (§12)
+        lan_peer = {"peer_id": None, "name": "bob", "fingerprint": "sha256:" + "b" * 64}
+        ctx.hub.emit("lan-peer-found", **lan_peer)
+        ctx.hub.emit("lan-peer-lost", **lan_peer)
+        ctx.hub.emit("tracker-connected", url=None)  # after them: the last one the page sees
         joined = await events.next_event()
         assert joined["event"] == "peer-joined"
         assert joined["peer"]["route"] == "not yet used"  # no route was tried: none is claimed
         assert (await events.next_event()) == {"event": "peer-left", "peer_id": "x"}
+        assert (await events.next_event()) == {"event": "lan-peer-found"}
+        assert (await events.next_event()) == {"event": "lan-peer-lost"}
+        assert (await events.next_event()) == {"event": "tracker-connected", "connected": True}
     finally:
         events.close()
 

@@ -241,6 +241,8 @@ def _matching_pins(pins: Iterable[RequesterPin], key: str) -> list[RequesterPin]
 
 #: what the gate reads from the running daemon: the online peers (tracker's list)
 OnlinePeers = Callable[[], Collection[PeerInfo]]
+#: and the peer book's vouched fingerprints (§12)
+Booked = Callable[[], Collection[str]]
 Emit = Callable[..., None]
 
 
@@ -254,10 +256,12 @@ class AccessControl:
         *,
         emit: Emit,
         online: OnlinePeers,
+        booked: Booked = frozenset,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self._booked = booked
         self.mode: Mode = mode
         self._emit = emit
         self._online = online
@@ -282,8 +286,16 @@ class AccessControl:
         self.refused: Counter[Reason] = Counter()
 
     @classmethod
-    def open(cls, directory: Path, mode: Mode, *, emit: Emit, online: OnlinePeers) -> AccessControl:
-        return cls(AccessStore(directory), mode, emit=emit, online=online)
+    def open(
+        cls,
+        directory: Path,
+        mode: Mode,
+        *,
+        emit: Emit,
+        online: OnlinePeers,
+        booked: Booked = frozenset,
+    ) -> AccessControl:
+        return cls(AccessStore(directory), mode, emit=emit, online=online, booked=booked)
 
     # -- the Gate ---------------------------------------------------------------
 
@@ -306,6 +318,7 @@ class AccessControl:
             pins={} if invite_peer is None else _one_pin(self._pins, invite_peer),
             accepted_before=self._pinned_fingerprints,
             online={p.fingerprint for p in peers if p.fingerprint is not None},
+            booked=self._booked() if invite_peer is None else (),
         )
         name = _name_for(peers, invite_peer, presented) or self._known_name(invite_peer, presented)
         if verdict.refusal is None:

@@ -85,26 +85,42 @@ class PeerBook:
         name: str,
         peer_id: str | None = None,
         candidates: tuple[Candidate, ...] = (),
+        vouched: bool = False,
     ) -> None:
-        """The peer with *fingerprint* was reached or accepted just now."""
+        """The peer with *fingerprint* was reached or accepted just now; *vouched*:
+        the tracker, linked, listed that fingerprint (§11: a ``tracker``-mode owner
+        serves it later with the tracker down). Never for what the LAN says."""
         try:
             self.book.record(
-                fingerprint, name=name, peer_id=peer_id, candidates=candidates, now=self._clock()
+                fingerprint,
+                name=name,
+                peer_id=peer_id,
+                candidates=candidates,
+                now=self._clock(),
+                vouched=vouched,
             )
         except ValueError as exc:  # a name or id no book may hold: remember nothing
             log.debug("not recording %s in the peer book: %s", fingerprint, exc)
             return
         self._dirty.set()
 
-    def record_peer(self, peer: PeerInfo) -> None:
-        """A tracker peer was reached: what its table row says (if it has a fingerprint)."""
+    def record_peer(self, peer: PeerInfo, *, vouched: bool) -> None:
+        """A tracker peer was reached: what its table row says (if it has a fingerprint);
+        *vouched* when that row is the linked tracker's word, not a stale list."""
         if peer.fingerprint is not None:
             self.record(
-                peer.fingerprint, name=peer.name, peer_id=peer.peer_id, candidates=peer.candidates
+                peer.fingerprint,
+                name=peer.name,
+                peer_id=peer.peer_id,
+                candidates=peer.candidates,
+                vouched=vouched,
             )
 
     def knows(self, fingerprint: str) -> bool:
         return fingerprint in self.book
+
+    def vouched(self) -> frozenset[str]:
+        return self.book.vouched()
 
     def entries(self) -> list[BookEntry]:
         return self.book.entries()

@@ -134,7 +134,7 @@ async def connect_peer(ctx: DaemonContext, request: ConnectRequest) -> dict[str,
     except TunnelFailed as exc:
         raise reach_error(exc, peer.name, peer.peer_id, ctx.fingerprint) from exc
     if ctx.book is not None:  # reached: the book remembers it for a day without the tracker
-        ctx.book.record_peer(peer)
+        ctx.book.record_peer(peer, vouched=ctx.tracker_connected)
     return {"peer_id": peer.peer_id, "url": _text(reached.url), "route": reached.route}
 
 

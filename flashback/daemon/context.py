@@ -12,6 +12,7 @@ import trio
 from flashback.config import DaemonConfig
 from flashback.daemon.access import AccessControl
 from flashback.daemon.book import PeerBook
+from flashback.daemon.carried import Carried
 from flashback.daemon.hub import EventHub
 from flashback.daemon.identity import Identity
 from flashback.daemon.keys import KeyPair
@@ -97,6 +98,8 @@ class DaemonContext:
     # who this daemon reached or accepted (§12), and who the LAN announces (None: --lan off)
     book: PeerBook | None = None
     lan: LanTable | None = None
+    # who is on each connection our owner ends carry to the peer server (POST /api/stream)
+    carried: Carried = field(default_factory=Carried)
     _identity_changed: trio.Event = field(default_factory=trio.Event)
     # set by the link when the tracker answers hello with unknown_peer (it
     # restarted, say), so the session registers at once instead of waiting
@@ -159,7 +162,7 @@ class DaemonContext:
         except httpx.InvalidURL:  # the tracker relayed a host no URL can carry
             raise PeerUnreachable(f"peer {peer.name!r} announced an unusable address") from None
         if self.book is not None:  # reached: the book remembers it for a day without the tracker
-            self.book.record_peer(peer)
+            self.book.record_peer(peer, vouched=self.tracker_connected)
         return reached
 
     def last_route(self, key: str) -> str | None:

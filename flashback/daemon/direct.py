@@ -29,6 +29,7 @@ from typing import Final
 
 import trio
 
+from flashback.daemon.carried import Carried
 from flashback.daemon.endpoint_bind import (
     Replayed,
     bind_endpoint,
@@ -112,7 +113,9 @@ class DirectEndpoint:
         emit: Emit,
         peer_of: Callable[[str | None], str | None] = lambda _fingerprint: None,
         candidates_of: Callable[[str], tuple[Candidate, ...]] = lambda _peer_id: (),
+        carried: Carried | None = None,
     ) -> None:
+        self._carried = carried
         self._server_context = server_context
         self.gate = gate
         self._resolve_target = resolve_target
@@ -282,6 +285,7 @@ class DirectEndpoint:
             on_open=on_open,
             timeout_s=timeout_s,
             before_close=partial(close_when_acked, raw) if raw is not None else None,
+            carried=self._carried,
         )
         if counts != [0, 0]:
             self._emit(

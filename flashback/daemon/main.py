@@ -179,6 +179,8 @@ async def _run_daemon_tasks(
         emit=ctx.hub.emit,
         # the tracker vouches only while linked: with it down its last list is stale
         online=lambda: ctx.table.peers.values() if ctx.tracker_connected else (),
+        # what the tracker vouched for before, kept in the book (§12), with it down too
+        booked=lambda: ctx.book.vouched() if ctx.book is not None else (),
     )
     settings = ShareSettings(config.root, config.show_hidden, local)
 
@@ -214,7 +216,9 @@ async def _run_daemon_tasks(
         ctx.ui_url = await nursery.start(partial(serve_ui, ctx, config.ui_port, shutdown=shutdown))
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (INTERFACE §5).
-        streams = await nursery.start(partial(run_stream_ports, ctx, shutdown, digests=digests))
+        streams = await nursery.start(
+            partial(run_stream_ports, ctx, shutdown, digests=digests, door=settings.streams)
+        )
         tls = PeerTLS(instance.keys)
         gate = BookedGate(ctx, access)
         endpoint = await start_direct_endpoint(nursery, ctx, tls, gate, streams, shutdown)
@@ -306,6 +310,7 @@ async def start_direct_endpoint(
         emit=ctx.hub.emit,
         peer_of=lambda fingerprint: peer_of(ctx.table, fingerprint),
         candidates_of=lambda peer_id: candidates_of(ctx, peer_id),
+        carried=ctx.carried,
     )
     ctx.direct_port = await nursery.start(
         partial(

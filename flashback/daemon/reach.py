@@ -81,9 +81,13 @@ class BookedGate:
         if refused is None and presented is not None and book is not None:
             peer_id = invite_peer or peer_of(self._ctx.table, presented)
             peer = self._ctx.table.peers.get(peer_id) if peer_id is not None else None
-            if peer is not None:
+            if peer is not None:  # the tracker lists it: vouched while the link is up
                 book.record(
-                    presented, name=peer.name, peer_id=peer.peer_id, candidates=peer.candidates
+                    presented,
+                    name=peer.name,
+                    peer_id=peer.peer_id,
+                    candidates=peer.candidates,
+                    vouched=self._ctx.tracker_connected and peer.fingerprint == presented,
                 )
         return refused
 
@@ -131,6 +135,7 @@ async def run_routes(
         resolve_target=lambda target: local_target_port(ctx, streams, target),
         check_pin=check_pin,
         on_forward_closed=forward_closed,
+        carried=ctx.carried,
     )
     racer = RouteRacer(
         service,

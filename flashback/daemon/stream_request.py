@@ -3,7 +3,10 @@
 Resolve PEER, send ``stream-request`` (over the tracker link, or straight to
 our own manager when PEER is this daemon), wait -- bounded -- for the
 ``file-stream-ready`` or ``stream-error`` the link delivers, and return the
-notice in wire shape with ``from`` set to the owner. Every failure is a
+notice in wire shape with ``from`` set to the owner. A LAN or book peer (the
+tracker down, or not listing it) is asked over its direct endpoint instead:
+``POST /api/stream`` on its peer server through ``OPEN peer-server``
+(docs/INTERFACE.md §12), so nothing waits on the tracker. Every failure is a
 :class:`~flashback.errors.FlashbackError`, so the control API answers it as
 the contract's JSON error and ``flashback stream`` exits 1 with its message.
 """
@@ -13,18 +16,38 @@ from __future__ import annotations
 import secrets
 from typing import Any, Final
 
+import httpx
 import trio
 
 from flashback.daemon.connect import resolve_any
 from flashback.daemon.context import DaemonContext
 from flashback.daemon.directory import reach_known
 from flashback.daemon.stream_ports import LOCAL_REQUESTER
-from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
+from flashback.errors import (
+    BackendUnavailable,
+    BadRequest,
+    FlashbackError,
+    NotFound,
+    PeerUnreachable,
+)
 from flashback.protocol.directory import KnownPeer
-from flashback.protocol.messages import FileStreamReady, Message, StreamError, StreamRequest
+from flashback.protocol.messages import (
+    FileStreamReady,
+    Message,
+    PeerInfo,
+    ProtocolError,
+    StreamError,
+    StreamRequest,
+    parse,
+)
+from flashback.protocol.strict_json import loads_strict
+from flashback.terminal import printable
+from flashback.transfer import at
 
 #: how long the daemon waits for the owner's answer
 STREAM_WAIT_S: Final = 15.0
+#: a file-stream-ready is a few hundred bytes; an owner's answer past this is no answer
+MAX_ANSWER_BYTES: Final = 64 * 1024
 _STATUS_FOR_CODE: Final = {"not_found": 404, "unknown_peer": 404, "busy": 503}
 
 
@@ -55,28 +78,75 @@ def parse_stream_body(body: object) -> tuple[str, str]:
     return peer, path
 
 
-async def _target(ctx: DaemonContext, key: str) -> str | None:
-    """The owner's peer id, or None when *key* names this daemon itself."""
+def _target(ctx: DaemonContext, key: str) -> PeerInfo | KnownPeer | None:
+    """The owner *key* names (None: this daemon itself)."""
     try:
-        peer = resolve_any(ctx, key)
+        return resolve_any(ctx, key)
     except NotFound:
         if not ctx.tracker_connected:  # we cannot know who is online
             raise NoTracker("no tracker connection") from None
         raise
-    if peer is None:
-        return None
-    if not ctx.tracker_connected:  # a stream request to another peer goes by the tracker
-        raise NoTracker("no tracker connection")
-    if isinstance(peer, KnownPeer):  # LAN or book only: its endpoint, not the tracker
-        await reach_known(ctx, peer)
-        raise NoTracker(f"peer {key!r} is not on the tracker")
-    return peer.peer_id
+
+
+async def _request_direct(
+    ctx: DaemonContext, known: KnownPeer, path: str, wait_s: float
+) -> dict[str, Any]:
+    """Ask a LAN or book peer over its direct endpoint: ``POST /api/stream``."""
+    reached = await reach_known(ctx, known)  # mutual TLS, its fingerprint proven
+    name = printable(known.name)
+    try:
+        with trio.fail_after(wait_s):
+            status, raw = await _post(at(reached.url, "/api/stream"), {"path": path})
+    except (httpx.TimeoutException, trio.TooSlowError):
+        raise StreamTimeout(f"no answer from {known.key!r} within {wait_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise PeerUnreachable(f"cannot reach peer {name!r}: {exc}") from None
+    try:
+        body = loads_strict(raw) if raw is not None else None
+    except ValueError:
+        body = None
+    if status != 200:
+        error = body.get("error") if isinstance(body, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        code = code if isinstance(code, str) and code.isidentifier() else "refused"
+        text = printable(message[:200]) if isinstance(message, str) else code
+        raise StreamRefused(StreamError("-", code[:32], f"peer {name!r}: {text}"))
+    try:
+        answer = parse(body) if isinstance(body, dict) else None
+    except ProtocolError:
+        answer = None
+    if not isinstance(answer, FileStreamReady):
+        raise PeerUnreachable(f"peer {name!r} answered no stream port")
+    payload = answer.dump()
+    payload.pop("to", None)
+    payload["from"] = known.key  # what `connect` resolves to reach the port
+    return payload
+
+
+async def _post(url: httpx.URL, body: dict[str, Any]) -> tuple[int, bytes | None]:
+    """The status and body (None past MAX_ANSWER_BYTES: read no further) of one POST."""
+    async with (
+        httpx.AsyncClient(timeout=None) as http,  # the caller bounds the time
+        http.stream("POST", url, json=body) as response,
+    ):
+        raw = b""
+        async for chunk in response.aiter_bytes():
+            raw += chunk
+            if len(raw) > MAX_ANSWER_BYTES:
+                return response.status_code, None
+        return response.status_code, raw
 
 
 async def request_stream(
     ctx: DaemonContext, key: str, path: str, *, wait_s: float = STREAM_WAIT_S
 ) -> dict[str, Any]:
-    target = await _target(ctx, key)
+    peer = _target(ctx, key)
+    if isinstance(peer, KnownPeer):  # LAN or book only: its endpoint, not the tracker
+        return await _request_direct(ctx, peer, path, wait_s)
+    if peer is not None and not ctx.tracker_connected:
+        raise NoTracker("no tracker connection")
+    target = peer.peer_id if peer is not None else None
     request_id = secrets.token_urlsafe(12)
     send, receive = trio.open_memory_channel[Message](1)
     ctx.stream_waiters[request_id] = send

@@ -20,6 +20,7 @@ is made differs.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Final
 
 import trio
 
+from flashback.daemon.carried import Carried
 from flashback.daemon.peer_tls import ALPN, owner_fingerprint, requester_fingerprint
 from flashback.protocol.tunnel import (
     MAX_OPEN_LINE_BYTES,
@@ -180,6 +182,7 @@ async def serve_owner_end(
     resolve_target: Callable[[OpenTarget], int | None],
     on_bytes: Callable[[int, int], None] | None = None,
     on_open: Callable[[], None] | None = None,
+    carried: Carried | None = None,
 ) -> None:
     """Join as the owner, serve TLS, and relay the one ``OPEN``ed target until done.
 
@@ -196,6 +199,7 @@ async def serve_owner_end(
         resolve_target=resolve_target,
         on_bytes=on_bytes,
         on_open=on_open,
+        carried=carried,
     )
 
 
@@ -209,6 +213,7 @@ async def serve_over(
     on_open: Callable[[], None] | None = None,
     timeout_s: float = OPEN_TIMEOUT_S,
     before_close: Callable[[], Awaitable[None]] | None = None,
+    carried: Carried | None = None,
 ) -> None:
     """The owner's TLS part on a connection already made; closes *tcp* when done.
 
@@ -217,6 +222,8 @@ async def serve_over(
     and the ``OPEN`` line together get *timeout_s*; *on_open* runs once the
     target answered and ``OK`` went out; *before_close* once the relayed
     connection is over (the direct endpoint makes its close abortive there).
+    While the relay runs, *carried* names the requester's proven fingerprint by
+    the local connection's address (``POST /api/stream`` asks it who came).
     """
     stream = trio.SSLStream(tcp, context, server_side=True)
     try:
@@ -224,7 +231,8 @@ async def serve_over(
             await stream.do_handshake()
             if stream.selected_alpn_protocol() != ALPN:
                 return  # not a flashback/1 ClientHello: closed, never served
-            refusal = authorize(requester_fingerprint(stream.getpeercert(binary_form=True)))
+            presented = requester_fingerprint(stream.getpeercert(binary_form=True))
+            refusal = authorize(presented)
             if refusal is not None:
                 await stream.send_all(err_line(refusal))
                 return
@@ -247,16 +255,20 @@ async def serve_over(
             await stream.send_all(err_line("unavailable"))
             return
         async with local:
-            await stream.send_all(OK_LINE)
-            if on_open is not None:
-                on_open()
-            await bridge(
-                stream,
-                local,
-                leftover_to_local=reader.leftover,
-                local_is_server=True,
-                on_bytes=on_bytes,
-            )
+            with contextlib.ExitStack() as naming:
+                if carried is not None and presented is not None:
+                    name = local.socket.getsockname()
+                    naming.enter_context(carried.carrying((str(name[0]), int(name[1])), presented))
+                await stream.send_all(OK_LINE)
+                if on_open is not None:
+                    on_open()
+                await bridge(
+                    stream,
+                    local,
+                    leftover_to_local=reader.leftover,
+                    local_is_server=True,
+                    on_bytes=on_bytes,
+                )
         if before_close is not None:
             await before_close()
     except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, TunnelError, OSError):

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import trio
 
+from flashback.daemon.carried import Carried
 from flashback.daemon.gate import Gate
 from flashback.daemon.tunnel_ends import (
     SETUP_TIMEOUT_S,
@@ -148,9 +149,12 @@ class TunnelService:
         max_owner_tunnels: int = MAX_OWNER_TUNNELS,
         owner_tunnels_per_peer: int = OWNER_TUNNELS_PER_PEER,
         on_forward_closed: Callable[[str, OpenTarget], None] | None = None,
+        carried: Carried | None = None,
     ) -> None:
         """*check_pin(peer_id, fingerprint)* raises TunnelFailed to refuse an owner;
-        *gate* decides on a requester's certificate (§11)."""
+        *gate* decides on a requester's certificate (§11); *carried* learns who is
+        on each connection an owner end carries (``daemon/carried.py``)."""
+        self._carried = carried
         self._send = send
         self._emit = emit
         self._owner_context = owner_context
@@ -274,6 +278,7 @@ class TunnelService:
                     resolve_target=self.resolve_target,
                     on_bytes=count,
                     on_open=on_open,
+                    carried=self._carried,
                 )
         except (TunnelFailed, trio.TooSlowError, OSError) as exc:
             log.info("tunnel for %s did not open: %s", invite.from_, exc)

@@ -1,8 +1,10 @@
 """The peer server's Quart app: listings, file content, downloads, info.
 
 Routes (INTERFACE §3): ``GET /api/files[/<dir>]``, ``GET|HEAD /content/<path>``,
-``GET|HEAD /download/<path>``, ``GET /api/info``, ``GET /api/digest/<path>`` (§7);
-``GET /`` is a JSON 404 for API clients and a short HTML page for a browser.
+``GET|HEAD /download/<path>``, ``GET /api/info``, ``GET /api/digest/<path>`` (§7),
+and ``POST /api/stream`` (§4, §12): a stream port asked for over the direct
+endpoint, answered through the daemon's :class:`StreamDoor`. ``GET /`` is a
+JSON 404 for API clients and a short HTML page for a browser.
 Every refusal -- missing, outside the root, hidden, not a regular file -- is
 the same JSON 404. A request whose ``Host`` is not an IP literal,
 ``localhost`` or a name the server serves is 421 (a DNS-rebinding page).
@@ -11,6 +13,7 @@ the same JSON 404. A request whose ``Host`` is not an IP literal,
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -20,13 +23,14 @@ from quart_trio import QuartTrio
 
 from flashback import __version__
 from flashback.digests import DigestService, DigestUnavailable
-from flashback.errors import FlashbackError, NotFound
+from flashback.errors import BackendUnavailable, BadRequest, FlashbackError, NotFound
 from flashback.peer.files import OpenedFile, build_file_response, open_file
 from flashback.peer.front import FRONT_CSP, front_page
 from flashback.peer.index_md import INDEX_NAME, refresh_index_md
 from flashback.peer.listing import decode_cursor, list_directory, parse_limit
 from flashback.protocol.digest import repr_digest_header
 from flashback.protocol.hosts import host_header_allowed
+from flashback.protocol.messages import MAX_PATH_CHARS, FileStreamReady, StreamError
 from flashback.protocol.negotiate import prefers_html
 from flashback.protocol.paths import UnsafePath, open_under_root, real_root
 from flashback.web import ZeroCopyHTTPConnection, install_json_errors, json_response
@@ -54,6 +58,21 @@ class LocalInfo:
     peer_id: str | None = None
 
 
+#: (path, the client address the connection came from) -> the owner's answer
+OpenStream = Callable[[str, tuple[str, int] | None], Awaitable[FileStreamReady | StreamError]]
+_STREAM_ERROR_STATUS = {"not_found": 404, "forbidden": 403, "busy": 503, "unavailable": 503}
+
+
+@dataclass
+class StreamDoor:
+    """How ``POST /api/stream`` asks the daemon for a stream port: *open* is set
+    once the daemon's stream ports run (503 until then). The daemon decides who
+    asked from the client address: only a connection its own direct endpoint or
+    a tunnel carried here, whose requester proved a fingerprint, is answered."""
+
+    open: OpenStream | None = None
+
+
 @dataclass(frozen=True)
 class ShareSettings:
     root: Path
@@ -61,6 +80,7 @@ class ShareSettings:
     info: LocalInfo = field(default_factory=lambda: LocalInfo(name=""))
     #: host names (lower case) a ``Host`` header may carry besides IP literals and localhost
     host_names: frozenset[str] = frozenset()
+    streams: StreamDoor = field(default_factory=StreamDoor)
 
 
 def _request_headers() -> dict[str, str]:
@@ -170,6 +190,26 @@ def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTri
         response.headers["Content-Security-Policy"] = FRONT_CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+    @app.post("/api/stream")
+    async def stream_port() -> Response:
+        # JSON only: a cross-site page cannot send it without a preflight it never passes
+        if request.mimetype != "application/json":
+            raise BadRequest('expected a JSON body {"path": str}', code="invalid_json")
+        body = await request.get_json(force=True, silent=True)
+        path = body.get("path") if isinstance(body, dict) else None
+        if not isinstance(path, str) or not 1 <= len(path) <= MAX_PATH_CHARS:
+            raise BadRequest('"path" must be a non-empty string')
+        door = settings.streams.open
+        if door is None:
+            raise BackendUnavailable("stream ports are not up yet", code="unavailable")
+        answer = await door(path, request.scope.get("client"))
+        if isinstance(answer, StreamError):
+            status = _STREAM_ERROR_STATUS.get(answer.code, 502)
+            return json_response(
+                {"error": {"code": answer.code, "message": answer.message}}, status=status
+            )
+        return json_response(answer.dump())
 
     @app.get("/api/info")
     async def info() -> Response:

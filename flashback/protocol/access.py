@@ -14,7 +14,11 @@ rule, a pure function of plain values, in this order:
    the tracker lists for the invite's peer id     -> serve, else ``forbidden``
 7. ``tracker`` mode, a plain dial (no invite): a
    fingerprint the tracker lists for some online
-   peer, or one this owner accepted before       -> serve, else ``forbidden``
+   peer, one this owner accepted before, or one
+   its peer book holds as vouched (the tracker
+   listed it when this daemon reached or served
+   that peer: §12, how a LAN-found peer passes
+   with the tracker down)                        -> serve, else ``forbidden``
 
 A served requester with an invite is pinned (``Verdict.pin``): its peer id
 keeps that fingerprint. :class:`EventThrottle` keeps the ``access-denied``
@@ -59,13 +63,15 @@ def decide(
     pins: Mapping[str, str],
     accepted_before: Collection[str],
     online: Collection[str],
+    booked: Collection[str] = (),
 ) -> Verdict:
     """The rule of the module docstring.
 
     *pins*: peer id -> the fingerprint this owner accepted it with;
     *accepted_before*: every fingerprint accepted before (the pins' values,
     as a set the caller keeps); *online*: the fingerprints the tracker lists
-    for online peers.
+    for online peers; *booked*: the peer book's vouched fingerprints. What the
+    LAN announces is in none of these: a LAN stranger passes only if allowed.
     """
     if presented is None:
         return Verdict("no_certificate")
@@ -82,7 +88,7 @@ def decide(
     if invite_peer is not None:
         vouched = invite_fingerprint is not None and presented == invite_fingerprint
         return Verdict(None, pin) if vouched else Verdict("forbidden")
-    if presented in online or presented in accepted_before:
+    if presented in online or presented in accepted_before or presented in booked:
         return Verdict(None)
     return Verdict("forbidden")
 

@@ -3,8 +3,12 @@
 Keyed by certificate fingerprint, because that is the one thing that is a
 peer with or without a tracker: a daemon that never saw a tracker has no
 peer id, and a peer id is only the tracker's word. Each entry keeps the
-last peer id and name seen with that key, its last direct candidates and
-when it was last seen (seconds, a parameter: no clock here).
+last peer id and name seen with that key, its last direct candidates,
+when it was last seen (seconds, a parameter: no clock here) and whether the
+tracker **vouched** for it: listed that fingerprint, while linked, when this
+daemon reached or served the peer. That mark is what lets an owner in
+``tracker`` mode serve the peer with the tracker down (docs/INTERFACE.md §11,
+§12); a peer known only from the LAN never gets it, however it was reached.
 
 Bounded: at most :data:`MAX_BOOK_ENTRIES`; recording one more evicts the
 least recently seen. The file form is one JSON object; :meth:`Book.loads`
@@ -48,6 +52,7 @@ class BookEntry:
     name: str
     candidates: tuple[Candidate, ...]
     last_seen: float
+    vouched: bool = False
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -56,6 +61,7 @@ class BookEntry:
             "name": self.name,
             "candidates": [c.dump() for c in self.candidates],
             "last_seen": self.last_seen,
+            "vouched": self.vouched,
         }
 
     @classmethod
@@ -66,6 +72,9 @@ class BookEntry:
         peer_id: Any = data.get("peer_id")
         name: Any = data.get("name")
         last_seen = data.get("last_seen")
+        vouched = data.get("vouched", False)  # absent in books written before the mark
+        if not isinstance(vouched, bool):
+            raise BookDamaged(f"entry {fingerprint!r:.80} has a non-boolean vouched mark")
         if not is_fingerprint(fingerprint):
             raise BookDamaged("an entry has no valid fingerprint")
         if not is_peer_name(name):
@@ -78,7 +87,7 @@ class BookEntry:
             candidates = read_candidates(data, "candidates")
         except ProtocolError as exc:
             raise BookDamaged(f"entry {fingerprint}: {exc.message}") from None
-        return cls(fingerprint, peer_id, name, candidates, float(last_seen))
+        return cls(fingerprint, peer_id, name, candidates, float(last_seen), vouched)
 
 
 def is_peer_name(value: Any) -> bool:
@@ -120,12 +129,15 @@ class Book:
         now: float,
         peer_id: str | None = None,
         candidates: tuple[Candidate, ...] = (),
+        vouched: bool = False,
     ) -> list[BookEntry]:
-        """Note that the peer with *fingerprint* was reached or accepted at *now*.
+        """Note that the peer with *fingerprint* was reached or accepted at *now*
+        (*vouched*: the tracker listed this fingerprint then).
 
         An empty *candidates* or a None *peer_id* keeps what the entry had (a
         relay reach says nothing about the endpoint; a LAN peer may have no
-        id). Returns the entries evicted to make room (least recently seen).
+        id), and a vouched entry stays vouched. Returns the entries evicted to
+        make room (least recently seen).
         """
         if not is_fingerprint(fingerprint):
             raise ValueError("not a fingerprint")
@@ -137,13 +149,18 @@ class Book:
         if old is not None:
             peer_id = peer_id if peer_id is not None else old.peer_id
             candidates = candidates or old.candidates
+            vouched = vouched or old.vouched
         self._entries[fingerprint] = BookEntry(
-            fingerprint, peer_id, name, tuple(candidates[:MAX_CANDIDATES]), now
+            fingerprint, peer_id, name, tuple(candidates[:MAX_CANDIDATES]), now, vouched
         )
         evicted: list[BookEntry] = []
         while len(self._entries) > self.capacity:
             evicted.append(self._entries.popitem(last=False)[1])
         return evicted
+
+    def vouched(self) -> frozenset[str]:
+        """The fingerprints the tracker vouched for when they were reached or served."""
+        return frozenset(e.fingerprint for e in self._entries.values() if e.vouched)
 
     def forget(self, fingerprint: str) -> BookEntry | None:
         return self._entries.pop(fingerprint, None)

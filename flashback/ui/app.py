@@ -87,6 +87,8 @@ LIVE_EVENTS: Final = frozenset(
         "tracker-connected",
         "tracker-disconnected",
         "access-denied",
+        "lan-peer-found",
+        "lan-peer-lost",
     }
 )
 HERE: Final = Path(__file__).parent
@@ -218,6 +220,10 @@ def browser_event(event: dict[str, Any], ctx: DaemonView) -> dict[str, Any] | No
     if kind == "peer-left":
         return {"event": kind, "peer_id": event.get("peer_id")}
     if kind == "access-denied":  # the access page fetches the list again (§11)
+        return {"event": kind}
+    if kind in ("lan-peer-found", "lan-peer-lost"):
+        # the page fetches the merged list again: a LAN peer may stand for, or be
+        # hidden by, a tracker or book row of the same fingerprint (§12)
         return {"event": kind}
     return {"event": kind, "connected": kind == "tracker-connected"}
 

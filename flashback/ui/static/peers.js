@@ -1,7 +1,7 @@
 // Live peer list: server-sent events from the daemon (snapshot, then changes).
 // Rows are tracker, LAN and book peers, keyed by `key` (a tracker peer's id, else
-// its fingerprint); a tracker change can hide or reveal LAN/book rows, so the
-// whole list is fetched again then.
+// its fingerprint); a tracker change can hide or reveal LAN/book rows, and a LAN
+// peer found or lost changes them, so the whole list is fetched again then.
 // Only DOM text is written (textContent), never HTML: names come from other peers.
 "use strict";
 (function () {
@@ -56,7 +56,17 @@
     count.textContent = String(peers.size);
   }
 
+  // One fetch at a time; changes meanwhile ask for one more after it (a busy LAN
+  // announcing and leaving costs one request in flight per page, not one per event).
+  let fetching = false;
+  let again = false;
+
   function refetch() {
+    if (fetching) {
+      again = true;
+      return;
+    }
+    fetching = true;
     fetch("/api/peers", { credentials: "same-origin" })
       .then((r) => (r.ok ? r.json() : null))
       .then((state) => {
@@ -65,7 +75,14 @@
           render();
         }
       })
-      .catch(() => {});
+      .catch(() => {})
+      .finally(() => {
+        fetching = false;
+        if (again) {
+          again = false;
+          refetch();
+        }
+      });
   }
 
   function setTracker(connected) {
@@ -97,6 +114,8 @@
     } else if (event.event === "tracker-connected" || event.event === "tracker-disconnected") {
       setTracker(event.connected);
       refetch();
+    } else if (event.event === "lan-peer-found" || event.event === "lan-peer-lost") {
+      refetch();  // the merged list: a LAN row may stand for or behind another source's
     }
     render();
     document.body.dataset.live = "1";
