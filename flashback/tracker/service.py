@@ -619,7 +619,12 @@ class Tracker:
             requester=(self.presence.peer(sender.peer_id, self.now()), sender.advertise_host),
         )
         if owner is not None:
-            delivered = self.hub.send(owner, to_owner)
+            # As a relayed message: a full owner keeps its link, the requester hears busy.
+            if not self.hub.relay(owner, to_owner):
+                self.tunnels.table.close(session)
+                refuse("busy", f"peer {message.to!r} is busy")
+                return
+            delivered = True
         else:
             try:
                 delivered = await self.presence.relay(message.to, to_owner)
