@@ -398,8 +398,9 @@ def test_reflect_line_is_parsed_and_answered():
 
 
 def test_source_candidate_and_holder():
+    from flashback.protocol.fairshare import share_address as source_holder
     from flashback.protocol.messages import Candidate
-    from flashback.protocol.tunnel import source_candidate, source_holder
+    from flashback.protocol.tunnel import source_candidate
 
     assert source_candidate("::ffff:198.51.100.4", 5000) == Candidate("198.51.100.4", 5000)
     assert source_candidate("2001:db8::1", 5000) == Candidate("2001:db8::1", 5000)

@@ -214,21 +214,6 @@ def dialable(candidate: Candidate) -> bool:
     return not (isinstance(address, ipaddress.IPv4Address) and address.packed == b"\xff" * 4)
 
 
-def source_holder(host: str) -> str:
-    """Whose share a connection from *host* counts against in the join phase:
-    its IPv4 address, or its IPv6 /64 (one subscriber gets a whole /64, so
-    counting single IPv6 addresses would give one attacker 2**64 shares)."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 @dataclass(frozen=True, slots=True)
 class OpenTarget:
     """What the requester asked the owner to relay to: its peer server or a stream port."""

@@ -32,6 +32,7 @@ import trio
 from flashback import __version__
 from flashback.config import TrackerConfig
 from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
+from flashback.protocol.fairshare import share_address
 from flashback.protocol.feed import (
     Forwardable,
     Listing,
@@ -169,6 +170,7 @@ class Tracker:
     async def register(
         self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
+        client = share_address(client)  # an IPv6 client counts by its /64
         wait_s = self.limiter.acquire(client, self.now()) or await self.presence.take_token(
             f"register:{client}", self.config.register_rate_per_s, self.config.register_burst
         )
