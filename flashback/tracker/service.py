@@ -69,6 +69,7 @@ from flashback.tracker.hub import (
     Connection,
     Hub,
 )
+from flashback.tracker.identities import IdentityBook
 from flashback.tracker.linkshare import LinkShare
 from flashback.tracker.metrics import TrackerMetrics
 from flashback.tracker.presence import Presence
@@ -155,6 +156,13 @@ class Tracker:
         self.links = LinkShare(
             self.hub, capacity=config.max_links, per_address=config.max_links_per_address
         )
+        self.identities = IdentityBook(
+            store,
+            self.presence.is_online,
+            capacity=config.max_identities,
+            per_address=config.max_identities_per_address,
+            online_cap=config.max_peers,
+        )
         self._snapshot_cache: tuple[int, float, str] | None = None
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
@@ -211,7 +219,10 @@ class Tracker:
             capabilities=registration.capabilities,
             first_seen=first_seen,
             last_seen=self.wall_now(),
+            address=client,
         )
+        # Out of the offline share before the write: no eviction can forget it now.
+        await self.identities.registered(peer_id, client)
         # Persist first: if the store is down we answer 503 and nothing changed.
         await self.store.put(identity)
         listing = Listing(
@@ -253,6 +264,7 @@ class Tracker:
         self.metrics.departures.inc()
         self.capacity.forget(peer_id)
         await self._touch(peer_id)
+        await self.identities.gone(peer_id)
 
     async def peer_list(self) -> dict[str, Any]:
         return await self.presence.peer_list(self.now())
@@ -329,6 +341,7 @@ class Tracker:
             self.metrics.expiries.inc()
             self.capacity.forget(peer_id)
             await self._touch(peer_id)
+            await self.identities.gone(peer_id)
 
     async def reap_forever(self) -> None:
         """The TTL's enforcer, ticking on trio's clock a few times per TTL.
