@@ -85,11 +85,17 @@ class PeerBook:
         name: str,
         peer_id: str | None = None,
         candidates: tuple[Candidate, ...] = (),
+        reached: bool = True,
     ) -> None:
-        """The peer with *fingerprint* was reached or accepted just now."""
+        """The peer with *fingerprint* was reached (else: accepted) just now."""
         try:
             self.book.record(
-                fingerprint, name=name, peer_id=peer_id, candidates=candidates, now=self._clock()
+                fingerprint,
+                name=name,
+                peer_id=peer_id,
+                candidates=candidates,
+                now=self._clock(),
+                reached=reached,
             )
         except ValueError as exc:  # a name or id no book may hold: remember nothing
             log.debug("not recording %s in the peer book: %s", fingerprint, exc)

@@ -83,7 +83,11 @@ class BookedGate:
             peer = self._ctx.table.peers.get(peer_id) if peer_id is not None else None
             if peer is not None:
                 book.record(
-                    presented, name=peer.name, peer_id=peer.peer_id, candidates=peer.candidates
+                    presented,
+                    name=peer.name,
+                    peer_id=peer.peer_id,
+                    candidates=peer.candidates,
+                    reached=False,  # it connected to us: a stranger may, many times over
                 )
         return refused
 

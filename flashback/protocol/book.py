@@ -6,11 +6,15 @@ peer id, and a peer id is only the tracker's word. Each entry keeps the
 last peer id and name seen with that key, its last direct candidates and
 when it was last seen (seconds, a parameter: no clock here).
 
-Bounded: at most :data:`MAX_BOOK_ENTRIES`; recording one more evicts the
-least recently seen. The file form is one JSON object; :meth:`Book.loads`
-refuses (with :class:`BookDamaged`) anything over :data:`MAX_BOOK_FILE_BYTES`,
-not JSON, or with a malformed entry -- the caller decides whether that is an
-error or a warning. Pure: no I/O.
+Bounded: at most :data:`MAX_BOOK_ENTRIES`. Entries are of two kinds: peers
+this daemon *reached* (its user's own doing) and peers that only connected
+to it (any key the tracker lists may). The kinds are a
+:class:`~flashback.protocol.fairshare.FairShare`: recording one more evicts
+the least recently seen of the kind that holds more, so strangers
+connecting once each cannot push out the peers we reached. The file form
+is one JSON object; :meth:`Book.loads` refuses (with :class:`BookDamaged`)
+anything over :data:`MAX_BOOK_FILE_BYTES`, not JSON, or with a malformed
+entry -- the caller decides whether that is an error or a warning. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
+from flashback.protocol.fairshare import FairShare
 from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.messages import (
     MAX_CANDIDATES,
@@ -48,6 +53,8 @@ class BookEntry:
     name: str
     candidates: tuple[Candidate, ...]
     last_seen: float
+    #: we reached it (else it only connected to us); once reached, always
+    reached: bool = True
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -56,6 +63,7 @@ class BookEntry:
             "name": self.name,
             "candidates": [c.dump() for c in self.candidates],
             "last_seen": self.last_seen,
+            "reached": self.reached,
         }
 
     @classmethod
@@ -66,6 +74,9 @@ class BookEntry:
         peer_id: Any = data.get("peer_id")
         name: Any = data.get("name")
         last_seen = data.get("last_seen")
+        reached = data.get("reached", True)  # a book from before the kinds: as reached
+        if not isinstance(reached, bool):
+            raise BookDamaged("an entry's 'reached' is not true or false")
         if not is_fingerprint(fingerprint):
             raise BookDamaged("an entry has no valid fingerprint")
         if not is_peer_name(name):
@@ -78,7 +89,7 @@ class BookEntry:
             candidates = read_candidates(data, "candidates")
         except ProtocolError as exc:
             raise BookDamaged(f"entry {fingerprint}: {exc.message}") from None
-        return cls(fingerprint, peer_id, name, candidates, float(last_seen))
+        return cls(fingerprint, peer_id, name, candidates, float(last_seen), reached)
 
 
 def is_peer_name(value: Any) -> bool:
@@ -98,6 +109,8 @@ class Book:
             raise ValueError("capacity is at least 1")
         self.capacity = capacity
         self._entries: OrderedDict[str, BookEntry] = OrderedDict()
+        # by kind (reached or not): the heavier kind's least recently seen goes
+        self._share: FairShare[bool, str] = FairShare(capacity, capacity)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -120,12 +133,15 @@ class Book:
         now: float,
         peer_id: str | None = None,
         candidates: tuple[Candidate, ...] = (),
+        reached: bool = True,
     ) -> list[BookEntry]:
-        """Note that the peer with *fingerprint* was reached or accepted at *now*.
+        """Note that the peer with *fingerprint* was reached (else: it connected to
+        us, *reached* False) at *now*.
 
         An empty *candidates* or a None *peer_id* keeps what the entry had (a
         relay reach says nothing about the endpoint; a LAN peer may have no
-        id). Returns the entries evicted to make room (least recently seen).
+        id). Returns the entries evicted to make room (the least recently seen
+        of the kind that holds more).
         """
         if not is_fingerprint(fingerprint):
             raise ValueError("not a fingerprint")
@@ -137,16 +153,23 @@ class Book:
         if old is not None:
             peer_id = peer_id if peer_id is not None else old.peer_id
             candidates = candidates or old.candidates
-        self._entries[fingerprint] = BookEntry(
-            fingerprint, peer_id, name, tuple(candidates[:MAX_CANDIDATES]), now
+            reached = reached or old.reached
+        entry = BookEntry(
+            fingerprint, peer_id, name, tuple(candidates[:MAX_CANDIDATES]), now, reached
         )
-        evicted: list[BookEntry] = []
-        while len(self._entries) > self.capacity:
-            evicted.append(self._entries.popitem(last=False)[1])
-        return evicted
+        return self._put(entry)
 
     def forget(self, fingerprint: str) -> BookEntry | None:
+        self._share.release(fingerprint)
         return self._entries.pop(fingerprint, None)
+
+    def _put(self, entry: BookEntry) -> list[BookEntry]:
+        self._entries.pop(entry.fingerprint, None)
+        self._entries[entry.fingerprint] = entry
+        pushed = self._share.admit(entry.reached, entry.fingerprint).evicted
+        if pushed is None:
+            return []
+        return [self._entries.pop(pushed[1])]
 
     def find(self, text: str) -> list[BookEntry]:
         """The entry of fingerprint *text*, else those of peer id *text*, else of name *text*
@@ -179,6 +202,5 @@ class Book:
         # the file lists entries in the order they were seen, as record() keeps them
         entries = [BookEntry.parse(item) for item in data["peers"]]
         for entry in entries[-capacity:]:  # a hand-grown file keeps its newest
-            book._entries.pop(entry.fingerprint, None)
-            book._entries[entry.fingerprint] = entry
+            book._put(entry)
         return book
