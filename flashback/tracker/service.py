@@ -620,7 +620,10 @@ class Tracker:
             return
         try:
             session = self.tunnels.invite(
-                request_id=message.request_id, client_peer=sender.peer_id, server_peer=message.to
+                request_id=message.request_id,
+                client_peer=sender.peer_id,
+                server_peer=message.to,
+                client_address=sender.address,
             )
         except TunnelError as exc:
             refuse(exc.code, exc.message)

@@ -146,14 +146,23 @@ class TunnelRelay:
     def sessions_active(self) -> int:
         return len(self.table)
 
-    def invite(self, *, request_id: str, client_peer: str, server_peer: str) -> Session:
-        """A new session with two fresh keys; TunnelError ``busy`` when full."""
+    def invite(
+        self,
+        *,
+        request_id: str,
+        client_peer: str,
+        server_peer: str,
+        client_address: str | None = None,
+    ) -> Session:
+        """A new session with two fresh keys; TunnelError ``busy`` when full.
+        *client_address*: the requester's link's share address (its paired share)."""
         try:
             session = self.table.open(
                 request_id=request_id,
                 client_peer=client_peer,
                 server_peer=server_peer,
                 now=self._clock(),
+                client_address=client_address,
             )
         except TunnelError:
             self.counters.count("busy")
