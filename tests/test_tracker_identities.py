@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+import pytest
 import trio
 
+from flashback.tracker.store import IssuedIdentity
 from tests.abuse_support import start_tracker_proc
+from tests.test_tracker_redis import (
+    _collect_coredis_garbage,  # noqa: F401  (an autouse fixture, used by import)
+    needs_redis,
+    open_instance,
+    open_redis,
+)
 
 TEST_TIMEOUT_S: Final = 60
 CAPACITY: Final = 24
@@ -105,3 +113,21 @@ async def test_a_register_leave_flood_keeps_the_identity_table_bounded_and_fair(
             assert beat.status_code == 200, beat.text
             still = await _register(flood_http[0], "online", again=online)
             assert still.status_code == 201, still.text
+
+
+@needs_redis
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_the_redis_store_forgets_an_identity(tmp_path: Path) -> None:
+    from flashback.tracker.redis.store import RedisIdentityStore
+
+    async with open_redis(tmp_path) as redis, open_instance(redis.url) as one:
+        store = one.tracker.store
+        assert isinstance(store, RedisIdentityStore)
+        await store.put(IssuedIdentity("p1", b"\x01", "n", {}, 1.0, 2.0, "192.0.2.1"))
+        kept = await store.get("p1")
+        assert kept is not None and kept.address == "192.0.2.1"
+        await store.touch("p1", 3.0)
+        await store.forget("p1")
+        await store.forget("never-issued")
+        assert await store.get("p1") is None
+        assert await store.known() == []  # shared: the other instances' to bound
