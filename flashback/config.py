@@ -49,6 +49,9 @@ DEFAULT_MAX_PEERS: Final = 10_000
 DEFAULT_MAX_PEERS_PER_ADDRESS: Final = 1_000
 DEFAULT_MAX_LINKS: Final = 20_000
 DEFAULT_MAX_LINKS_PER_ADDRESS: Final = 1_024
+# identities of peers offline, kept for when they come back (in all, per address)
+DEFAULT_MAX_IDENTITIES: Final = 50_000
+DEFAULT_MAX_IDENTITIES_PER_ADDRESS: Final = 1_000
 DEFAULT_RELAY_RATE_PER_S: Final = 20.0
 DEFAULT_RELAY_BURST: Final = 100
 DEFAULT_SEND_TIMEOUT_S: Final = 10.0
@@ -87,6 +90,8 @@ class TrackerConfig:
     max_peers_per_address: int = DEFAULT_MAX_PEERS_PER_ADDRESS
     max_links: int = DEFAULT_MAX_LINKS
     max_links_per_address: int = DEFAULT_MAX_LINKS_PER_ADDRESS
+    max_identities: int = DEFAULT_MAX_IDENTITIES
+    max_identities_per_address: int = DEFAULT_MAX_IDENTITIES_PER_ADDRESS
     max_peer_list_bytes: int = MAX_PEER_LIST_BYTES
     relay_rate_per_s: float = DEFAULT_RELAY_RATE_PER_S
     relay_burst: int = DEFAULT_RELAY_BURST
@@ -320,6 +325,10 @@ def tracker_from_sources(flags: Mapping[str, Any], env: Mapping[str, str]) -> Tr
         max_links=_count(env, "RELAY_MAX_LINKS", DEFAULT_MAX_LINKS),
         max_links_per_address=_count(
             env, "RELAY_MAX_LINKS_PER_ADDRESS", DEFAULT_MAX_LINKS_PER_ADDRESS
+        ),
+        max_identities=_count(env, "RELAY_MAX_IDENTITIES", DEFAULT_MAX_IDENTITIES),
+        max_identities_per_address=_count(
+            env, "RELAY_MAX_IDENTITIES_PER_ADDRESS", DEFAULT_MAX_IDENTITIES_PER_ADDRESS
         ),
         max_peer_list_bytes=_count(
             env, "RELAY_MAX_PEER_LIST_BYTES", MAX_PEER_LIST_BYTES, high=MAX_PEER_LIST_BYTES

@@ -11,8 +11,12 @@ module is the same accept loop and connection class with those holes closed:
   :attr:`ConnectionLimits.body_timeout_s` between two reads; every send by
   :attr:`ConnectionLimits.write_timeout_s` (a client that never reads is dropped)
   and, once shutdown is set, by its deadline (:class:`ShieldedSends`);
-* at most :attr:`ConnectionLimits.max_connections` at once; the next one gets
-  a 503 JSON error and is closed, so we never run into EMFILE;
+* at most :attr:`ConnectionLimits.max_connections` at once, so we never run
+  into EMFILE, as a fair share by client address
+  (:class:`~flashback.protocol.fairshare.FairShare`, an IPv6 /64 as one
+  address): an address past its share (a quarter) closes its own oldest
+  connection, a full server the heaviest address's oldest -- the newcomer
+  is served, so one address keeping connections open locks no one out;
 * an exhausted ``accept`` (EMFILE, ENFILE, ...) is logged once per interval;
 * a body the app sends as ASGI's ``http.response.zerocopysend`` (a file
   descriptor, offset and count) is framed by h11 and written by
@@ -77,6 +81,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, Framework
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
 
+from flashback.protocol.fairshare import FairShare, share_address
 from flashback.shutdown import Shutdown
 from flashback.zerocopy import BodyLength, SendProgress, frame_file_body, sendfile_range
 
@@ -88,21 +93,12 @@ DEFAULT_BODY_TIMEOUT_S: Final = 30.0
 DEFAULT_WRITE_TIMEOUT_S: Final = 60.0
 DEFAULT_IDLE_TIMEOUT_S: Final = 5.0
 MAX_CONNECTIONS_CEILING: Final = 16_384
+PER_ADDRESS_DIVISOR: Final = 4
 WANTED_OPEN_FILES: Final = 1_048_576
 DESCRIPTOR_RESERVE: Final = 64  # files, sockets to the tracker, the control socket
 ACCEPT_ERROR_LOG_INTERVAL_S: Final = 60.0
 ACCEPT_RETRY_S: Final = 0.1
-BUSY_REPLY_TIMEOUT_S: Final = 1.0
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-BUSY_BODY: Final = b'{"error":{"code":"busy","message":"too many connections; retry later"}}\n'
-BUSY_RESPONSE: Final = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
-    + str(len(BUSY_BODY)).encode()
-    + b"\r\n\r\n"
-    + BUSY_BODY
-)
 
 
 def raise_open_file_limit() -> None:
@@ -134,6 +130,12 @@ class ConnectionLimits:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS_CEILING
+
+    @property
+    def per_address(self) -> int:
+        """What one client address may hold: a quarter (the tracker's links per
+        address, 1024 by default, fit in a quarter of the ceiling)."""
+        return max(1, self.max_connections // PER_ADDRESS_DIVISOR)
 
     @classmethod
     def from_env(cls) -> ConnectionLimits:
@@ -424,11 +426,13 @@ class _AcceptErrorLog:
         self._next_s = now + ACCEPT_ERROR_LOG_INTERVAL_S
 
 
-async def _refuse_busy(stream: trio.SocketStream) -> None:
-    with trio.move_on_after(BUSY_REPLY_TIMEOUT_S):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(BUSY_RESPONSE)
-    await stream.aclose()
+def _client_host(stream: trio.SocketStream) -> str | None:
+    """The client's IP address; None for a Unix socket (each such client counts alone)."""
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return None
+    return str(name[0]) if isinstance(name, tuple) else None
 
 
 async def _accept_loop(
@@ -438,18 +442,21 @@ async def _accept_loop(
     limits: ConnectionLimits,
 ) -> None:
     errors = _AcceptErrorLog()
-    active = 0
+    share: FairShare[str, trio.CancelScope] = FairShare(limits.max_connections, limits.per_address)
 
     async def handle(stream: trio.SocketStream) -> None:
-        nonlocal active
-        active += 1
+        scope = trio.CancelScope()
+        host = _client_host(stream)
+        holder = share_address(host) if host is not None else f"local:{id(scope)}"
+        evicted = share.admit(holder, scope).evicted
+        if evicted is not None:
+            evicted[1].cancel()  # its connection closes; this one is served
         try:
-            if active > limits.max_connections:
-                await _refuse_busy(stream)
-            else:
+            with scope:
                 await make_connection(stream).run()
         finally:
-            active -= 1
+            share.release(scope)
+            await trio.aclose_forcefully(stream)
 
     while True:
         try:

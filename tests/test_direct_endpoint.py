@@ -283,3 +283,34 @@ async def test_a_client_hello_without_alpn_is_closed_unserved(endpoint, tmp_path
         assert (await _tls(port, context, b"OPEN peer-server\nping\n"))[1] == b""
         assert await _served(port, friend) == b"OK\nPING\n"
     assert len([f for e, f in events if e == "tunnel-opened"]) == 1
+
+
+async def test_a_flood_of_introductions_keeps_another_requesters_pending_one(endpoint):
+    """The owner's pending introductions are a fair share by requester: a flood
+    of invites (each a tunnel request through the tracker) pushes out its own
+    oldest, never bob's. On the code before, the table's oldest of all went."""
+    from flashback.daemon.direct import MAX_PENDING_INTROS
+
+    direct, port, *_ = endpoint
+
+    def invite(request_id: str, requester: str) -> TunnelInvite:
+        return TunnelInvite(
+            request_id=request_id,
+            from_=requester,
+            fingerprint="sha256:" + "0" * 64,
+            role="server",
+            host="127.0.0.1",
+            port=1,
+            key="k",
+        )
+
+    direct.owner_invite(invite("b1", "bob"))
+    for n in range(2 * MAX_PENDING_INTROS):
+        direct.owner_invite(invite(f"m{n}", "mallory"))
+    with trio.fail_after(10):
+        for request_id, welcome in (("b1", True), ("m0", False)):
+            async with await trio.open_tcp_stream("127.0.0.1", port) as tcp:
+                await tcp.send_all(intro_line(request_id))
+                first = await tcp.receive_some(len(intro_line(request_id)))
+                # a pending one is answered with its INTRO line; a forgotten one closed
+                assert (first == intro_line(request_id)) is welcome, (request_id, first)

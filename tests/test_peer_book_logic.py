@@ -55,6 +55,32 @@ def test_the_least_recently_seen_is_evicted_at_capacity() -> None:
     assert [e.fingerprint for e in book.entries()] == [fp(2), fp(0), fp(3)]
 
 
+def test_strangers_that_only_connected_to_us_cannot_push_out_the_peers_we_reached() -> None:
+    """Peers that connected to us (any tracker-listed key may) and peers we reached
+    share the book fairly: past capacity the heavier kind's oldest goes. On the code
+    before, 512 strangers each connecting once emptied the book of everyone we had
+    reached."""
+    book = Book(capacity=10)
+    for n in range(4):
+        book.record(fp(n), name=f"friend{n}", now=n)  # reached (our own action)
+    for n in range(100, 140):  # a flood of strangers that only connected to us
+        book.record(fp(n), name=f"s{n}", now=n, reached=False)
+    kept = {e.fingerprint for e in book.entries()}
+    assert {fp(n) for n in range(4)} <= kept
+    assert len(book) == 10
+    assert fp(139) in kept and fp(100) not in kept  # the flood rotates in its own part
+    # once reached, an entry counts as reached, whoever records it later
+    book.record(fp(139), name="s139", now=200)
+    book.record(fp(139), name="s139", now=201, reached=False)
+    entry = book.get(fp(139))
+    assert entry is not None and entry.reached
+    # and the kind survives the file form
+    again = Book.loads(book.dumps(), capacity=10)
+    assert [(e.fingerprint, e.reached) for e in again.entries()] == [
+        (e.fingerprint, e.reached) for e in book.entries()
+    ]
+
+
 def test_find_by_fingerprint_then_id_then_name_newest_first() -> None:
     book = Book()
     book.record(FP_A, name="alice", peer_id="p1", now=1)

@@ -92,3 +92,53 @@ def test_database_urls_are_checked_up_front() -> None:
     for bad in ("sqlite://relative", "postgres://x", ""):
         with pytest.raises(ConfigError):
             check_database_url(bad)
+
+
+async def test_a_file_from_before_addresses_opens_and_forgets(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the schema before identities had an address
+        db.execute(
+            "CREATE TABLE identities (peer_id TEXT PRIMARY KEY, token_hash BLOB NOT NULL,"
+            " name TEXT NOT NULL, capabilities TEXT NOT NULL, first_seen REAL NOT NULL,"
+            " last_seen REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO identities VALUES ('old', x'01', 'n', '{}', 1.0, 5.0)")
+    store = await SQLiteStore.open(path)
+    try:
+        await store.put(IssuedIdentity("new", b"\x02", "m", {}, 2.0, 3.0, "2001:db8::/64"))
+        assert await store.known() == [("new", "2001:db8::/64"), ("old", "")]  # oldest first
+        await store.forget("old")
+        await store.forget("never-issued")
+        assert await store.get("old") is None
+        assert await store.known() == [("new", "2001:db8::/64")]
+    finally:
+        await store.aclose()
+
+
+async def test_identities_kept_from_an_earlier_run_are_bounded_when_it_starts(
+    tmp_path: Path,
+) -> None:
+    from flashback.tracker.identities import IdentityBook
+
+    store = await SQLiteStore.open(tmp_path / "t.sqlite3")
+    try:
+        for i in range(6):
+            address = "198.51.100.1" if i < 5 else "198.51.100.2"
+            await store.put(IssuedIdentity(f"p{i}", b"\x01", "n", {}, 0.0, float(i), address))
+        book = IdentityBook(store, lambda _: False, capacity=4, per_address=3, online_cap=10)
+        await book.load()
+        # the heavy address kept its 3 newest, the other its only one
+        assert sorted(p for p, _ in await store.known()) == ["p2", "p3", "p4", "p5"]
+        # a peer online again is out of the table: never the one forgotten
+        await book.registered("p2", "198.51.100.1")
+        for i in range(6, 12):
+            await book.gone(f"q{i}")  # never registered here: nothing to count
+        await store.put(IssuedIdentity("p9", b"\x01", "n", {}, 0.0, 9.0, "198.51.100.1"))
+        await book.registered("p9", "198.51.100.1")
+        await book.gone("p9")
+        assert await store.get("p2") is not None
+        assert len(book) == 4
+    finally:
+        await store.aclose()

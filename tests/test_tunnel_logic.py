@@ -398,8 +398,9 @@ def test_reflect_line_is_parsed_and_answered():
 
 
 def test_source_candidate_and_holder():
+    from flashback.protocol.fairshare import share_address as source_holder
     from flashback.protocol.messages import Candidate
-    from flashback.protocol.tunnel import source_candidate, source_holder
+    from flashback.protocol.tunnel import source_candidate
 
     assert source_candidate("::ffff:198.51.100.4", 5000) == Candidate("198.51.100.4", 5000)
     assert source_candidate("2001:db8::1", 5000) == Candidate("2001:db8::1", 5000)
@@ -475,3 +476,35 @@ def test_unspecified_multicast_and_broadcast_candidates_are_not_dialable():
         assert not dialable(Candidate(host, 4000)), host
     for host in ("192.168.1.5", "203.0.113.7", "2001:db8::5", "10.0.0.255"):
         assert dialable(Candidate(host, 4000)), host
+
+
+def test_paired_sessions_are_capped_per_requester_address_too():
+    """Peer ids are free: 16 of them from one address (8 requesters, 8 accomplice
+    owners, 32 tunnels each) took all 256 paired sessions on the code before, and
+    every honest request was busy. The requester's address has a share as well."""
+    table = SessionTable(max_sessions=256, max_paired_per_peer=32)
+    per_address = table.max_paired_per_address
+    assert per_address < 256
+    for i in range(256):
+        try:
+            session = table.open(
+                request_id=str(i),
+                client_peer=f"m{i % 8}",
+                server_peer=f"o{i // 32}",
+                now=0.0,
+                client_address="203.0.113.9",
+            )
+        except TunnelError as exc:
+            assert exc.code == "busy"
+            continue
+        pair(table, session)
+    assert table.paired_count == per_address
+    honest = table.open(
+        request_id="h", client_peer="bob", server_peer="alice", now=0.0, client_address="192.0.2.4"
+    )
+    assert table.join(honest.keys["server"], now=1.0).paired is False
+    assert table.join(honest.keys["client"], now=1.0).paired
+    # a closed one gives the address its share back
+    table.close(table.find("0", "m0"))
+    again = {"client_peer": "m0", "server_peer": "o0", "client_address": "203.0.113.9"}
+    assert table.open(request_id="again", now=0.0, **again)

@@ -35,6 +35,7 @@ from flashback.ui.app import MAX_EVENT_STREAMS
 from flashback.ui.auth import COOKIE_NAME, check_access
 from flashback.ui.kinds import MEDIA_CSP, SANDBOX_CSP, Served, served_as, view_kind
 from flashback.ui.serve import serve_ui
+from tests.conftest import BIG_FILE_BYTES
 from tests.procs import daemon_env, event_is, run_cli, start
 
 TOKEN = "t0ken-for-tests"
@@ -437,24 +438,101 @@ async def test_flashback_ui_prints_the_daemons_url(tmp_path: Path, nursery: trio
             view.close()
 
 
-async def test_proxied_streams_are_capped_and_freed(authed: httpx.AsyncClient) -> None:
-    from flashback.ui.proxy import MAX_STREAMS
+async def _read_all(response: httpx.Response) -> int:
+    """How many body bytes came before the UI ended the response (or it was all)."""
+    got = 0
+    with contextlib.suppress(httpx.HTTPError):  # a response cut short
+        async for chunk in response.aiter_raw():
+            got += len(chunk)
+    return got
+
+
+async def test_proxied_streams_are_a_fair_share_per_peer_and_freed(
+    authed: httpx.AsyncClient,
+) -> None:
+    from flashback.ui.proxy import MAX_STREAMS, MAX_STREAMS_PER_PEER
 
     limits = httpx.Limits(max_connections=MAX_STREAMS + 4)
     async with httpx.AsyncClient(
         base_url=str(authed.base_url), cookies={COOKIE_NAME: TOKEN}, limits=limits
     ) as http:
         async with AsyncExitStack() as stack:
+            held = []
             for _ in range(MAX_STREAMS):  # big.bin is 5 MiB: each one stays open, unread
-                held = await stack.enter_async_context(
+                response = await stack.enter_async_context(
                     http.stream("GET", "/p/self/content/big.bin")
                 )
-                assert held.status_code == 200
-            refused = await http.get("/p/self/content/hello.txt")
-            assert refused.status_code == 429
-            assert refused.headers["retry-after"] == "1"
+                assert response.status_code == 200
+                held.append(response)
+            # past its share a peer's newest stream ends its own oldest, not a 429
+            assert (await http.get("/p/self/content/hello.txt")).content == b"hello, world\n"
+            assert await _read_all(held[0]) < BIG_FILE_BYTES  # the oldest were cut
+            assert await _read_all(held[MAX_STREAMS - MAX_STREAMS_PER_PEER - 1]) < BIG_FILE_BYTES
+            assert await _read_all(held[-1]) == BIG_FILE_BYTES  # the newest went on
         # the held ones closed: their slots are free again
         assert (await http.get("/p/self/content/hello.txt")).content == b"hello, world\n"
+
+
+async def serve_stalling_peer(
+    peer_id: str, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A peer server that is *peer_id* and sends every file's head and 1 KiB, then nothing."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            head += data
+        target = head.split(b" ", 2)[1].decode()
+        with contextlib.suppress(trio.BrokenResourceError):
+            if target.startswith("/api/info"):
+                body = json.dumps({"peer_id": peer_id}).encode()
+                await stream.send_all(hostile_http({"Content-Type": "application/json"}, body))
+                return
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5242880\r\n\r\n" + bytes(1024)
+            )
+            await stream.receive_some(1)  # until the UI hangs up
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_a_stalling_peer_cannot_take_every_proxied_stream(
+    nursery: trio.Nursery, ui: tuple[str, DaemonContext], authed: httpx.AsyncClient
+) -> None:
+    """One peer that drips its files (or a page that embeds many of them) holds
+    its share of the UI's stream slots; another peer's file still streams, and
+    when the slots are full the heaviest peer's oldest stream is the one cut.
+    On the code before, 16 stalled streams of one peer made every other 429."""
+    from flashback.ui.proxy import MAX_STREAMS
+
+    _, ctx = ui
+    port = await nursery.start(serve_stalling_peer, "evil")
+    ctx.table.peers["evil"] = PeerInfo("evil", "mallory", "127.0.0.1", port)
+    limits = httpx.Limits(max_connections=2 * MAX_STREAMS + 4)
+    async with (
+        httpx.AsyncClient(
+            base_url=str(authed.base_url), cookies={COOKIE_NAME: TOKEN}, limits=limits
+        ) as http,
+        AsyncExitStack() as stack,
+    ):
+        stalled = []
+        for i in range(MAX_STREAMS):
+            response = await stack.enter_async_context(
+                http.stream("GET", f"/p/evil/content/f{i}.bin")
+            )
+            assert response.status_code == 200
+            stalled.append(response)
+        honest = await http.get("/p/self/content/hello.txt")
+        assert honest.status_code == 200, honest.text
+        assert honest.content == b"hello, world\n"
+        # the stalled peer's oldest streams were cut; it holds no more than its share
+        assert await _read_all(stalled[0]) == 1024
 
 
 HOSTILE_LISTING = {

@@ -86,8 +86,9 @@ class PeerBook:
         peer_id: str | None = None,
         candidates: tuple[Candidate, ...] = (),
         vouched: bool = False,
+        reached: bool = True,
     ) -> None:
-        """The peer with *fingerprint* was reached or accepted just now; *vouched*:
+        """The peer with *fingerprint* was reached (else: accepted) just now; *vouched*:
         the tracker, linked, listed that fingerprint (§11: a ``tracker``-mode owner
         serves it later with the tracker down). Never for what the LAN says."""
         try:
@@ -98,6 +99,7 @@ class PeerBook:
                 candidates=candidates,
                 now=self._clock(),
                 vouched=vouched,
+                reached=reached,
             )
         except ValueError as exc:  # a name or id no book may hold: remember nothing
             log.debug("not recording %s in the peer book: %s", fingerprint, exc)

@@ -62,6 +62,8 @@ PER_ADDRESS: Final = 32
 #: an owner keeps an introduction's INTRO connections welcome this long
 INTRO_TTL_S: Final = 10.0
 MAX_PENDING_INTROS: Final = 128
+#: of those, what one requester may have pending (its newest drops its own oldest)
+PENDING_INTROS_PER_PEER: Final = 16
 #: introductions an owner dials back at once, and per requester (a fair share)
 MAX_DIALLING: Final = 32
 DIALLING_PER_PEER: Final = 4
@@ -126,6 +128,9 @@ class DirectEndpoint:
         self.port = 0
         self._bound: dict[socket.AddressFamily, str] = {}
         self._owner_intros: dict[str, _OwnerIntro] = {}
+        self._intro_share: FairShare[str, str] = FairShare(
+            MAX_PENDING_INTROS, PENDING_INTROS_PER_PEER
+        )
         self._requester_intros: dict[str, trio.MemorySendChannel[Handoff]] = {}
         self._dialling: FairShare[str, str] = FairShare(MAX_DIALLING, DIALLING_PER_PEER)
         self._halts: dict[str, trio.Event] = {}
@@ -307,12 +312,16 @@ class DirectEndpoint:
         now = trio.current_time()
         for request_id in [r for r, i in self._owner_intros.items() if i.expires_at <= now]:
             del self._owner_intros[request_id]
-        if len(self._owner_intros) >= MAX_PENDING_INTROS:
-            self._owner_intros.pop(next(iter(self._owner_intros)))
+            self._intro_share.release(request_id)
         try:
             intro_line(invite.request_id)
         except ValueError:
             return  # a request id we cannot put on the line: relay only
+        # a fair share by requester: a flood of invites pushes out its own oldest
+        # (or the heaviest requester's), never another requester's pending one
+        pushed = self._intro_share.admit(invite.from_ or "", invite.request_id).evicted
+        if pushed is not None:
+            self._owner_intros.pop(pushed[1], None)
         self._owner_intros[invite.request_id] = _OwnerIntro(invite, now + INTRO_TTL_S)
         candidates = introduction_candidates(invite.candidates, tunnel_host=invite.host)
         # a fair share of the dialling: a requester's introductions past its share stop

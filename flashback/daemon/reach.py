@@ -88,6 +88,7 @@ class BookedGate:
                     peer_id=peer.peer_id,
                     candidates=peer.candidates,
                     vouched=self._ctx.tracker_connected and peer.fingerprint == presented,
+                    reached=False,  # it connected to us: a stranger may, many times over
                 )
         return refused
 

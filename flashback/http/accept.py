@@ -27,7 +27,7 @@ from typing import Final, NoReturn
 
 import trio
 
-from flashback.protocol.fairshare import FairShare
+from flashback.protocol.fairshare import FairShare, share_address
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ async def serve_listener(
             exhausted = False
             conn_id = next(ids)
             if share is not None:
-                victim = share.admit(_peer_host(stream), conn_id).evicted
+                victim = share.admit(share_address(_peer_host(stream)), conn_id).evicted
                 if victim is not None and victim[1] in scopes:
                     scopes[victim[1]].cancel()
             scope = trio.CancelScope()

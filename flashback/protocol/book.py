@@ -10,11 +10,15 @@ daemon reached or served the peer. That mark is what lets an owner in
 ``tracker`` mode serve the peer with the tracker down (docs/INTERFACE.md §11,
 §12); a peer known only from the LAN never gets it, however it was reached.
 
-Bounded: at most :data:`MAX_BOOK_ENTRIES`; recording one more evicts the
-least recently seen. The file form is one JSON object; :meth:`Book.loads`
-refuses (with :class:`BookDamaged`) anything over :data:`MAX_BOOK_FILE_BYTES`,
-not JSON, or with a malformed entry -- the caller decides whether that is an
-error or a warning. Pure: no I/O.
+Bounded: at most :data:`MAX_BOOK_ENTRIES`. Entries are of two kinds: peers
+this daemon *reached* (its user's own doing) and peers that only connected
+to it (any key the tracker lists may). The kinds are a
+:class:`~flashback.protocol.fairshare.FairShare`: recording one more evicts
+the least recently seen of the kind that holds more, so strangers
+connecting once each cannot push out the peers we reached. The file form
+is one JSON object; :meth:`Book.loads` refuses (with :class:`BookDamaged`)
+anything over :data:`MAX_BOOK_FILE_BYTES`, not JSON, or with a malformed
+entry -- the caller decides whether that is an error or a warning. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
+from flashback.protocol.fairshare import FairShare
 from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.messages import (
     MAX_CANDIDATES,
@@ -53,6 +58,8 @@ class BookEntry:
     candidates: tuple[Candidate, ...]
     last_seen: float
     vouched: bool = False
+    #: we reached it (else it only connected to us); once reached, always
+    reached: bool = True
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -62,6 +69,7 @@ class BookEntry:
             "candidates": [c.dump() for c in self.candidates],
             "last_seen": self.last_seen,
             "vouched": self.vouched,
+            "reached": self.reached,
         }
 
     @classmethod
@@ -75,6 +83,9 @@ class BookEntry:
         vouched = data.get("vouched", False)  # absent in books written before the mark
         if not isinstance(vouched, bool):
             raise BookDamaged(f"entry {fingerprint!r:.80} has a non-boolean vouched mark")
+        reached = data.get("reached", True)  # a book from before the kinds: as reached
+        if not isinstance(reached, bool):
+            raise BookDamaged("an entry's 'reached' is not true or false")
         if not is_fingerprint(fingerprint):
             raise BookDamaged("an entry has no valid fingerprint")
         if not is_peer_name(name):
@@ -87,7 +98,15 @@ class BookEntry:
             candidates = read_candidates(data, "candidates")
         except ProtocolError as exc:
             raise BookDamaged(f"entry {fingerprint}: {exc.message}") from None
-        return cls(fingerprint, peer_id, name, candidates, float(last_seen), vouched)
+        return cls(
+            fingerprint,
+            peer_id,
+            name,
+            candidates,
+            float(last_seen),
+            vouched=vouched,
+            reached=reached,
+        )
 
 
 def is_peer_name(value: Any) -> bool:
@@ -107,6 +126,8 @@ class Book:
             raise ValueError("capacity is at least 1")
         self.capacity = capacity
         self._entries: OrderedDict[str, BookEntry] = OrderedDict()
+        # by kind (reached or not): the heavier kind's least recently seen goes
+        self._share: FairShare[bool, str] = FairShare(capacity, capacity)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -130,14 +151,16 @@ class Book:
         peer_id: str | None = None,
         candidates: tuple[Candidate, ...] = (),
         vouched: bool = False,
+        reached: bool = True,
     ) -> list[BookEntry]:
-        """Note that the peer with *fingerprint* was reached or accepted at *now*
-        (*vouched*: the tracker listed this fingerprint then).
+        """Note that the peer with *fingerprint* was reached (else: it connected to
+        us, *reached* False) at *now*; *vouched*: the tracker listed this
+        fingerprint then.
 
         An empty *candidates* or a None *peer_id* keeps what the entry had (a
         relay reach says nothing about the endpoint; a LAN peer may have no
         id), and a vouched entry stays vouched. Returns the entries evicted to
-        make room (least recently seen).
+        make room (the least recently seen of the kind that holds more).
         """
         if not is_fingerprint(fingerprint):
             raise ValueError("not a fingerprint")
@@ -150,20 +173,33 @@ class Book:
             peer_id = peer_id if peer_id is not None else old.peer_id
             candidates = candidates or old.candidates
             vouched = vouched or old.vouched
-        self._entries[fingerprint] = BookEntry(
-            fingerprint, peer_id, name, tuple(candidates[:MAX_CANDIDATES]), now, vouched
+            reached = reached or old.reached
+        entry = BookEntry(
+            fingerprint,
+            peer_id,
+            name,
+            tuple(candidates[:MAX_CANDIDATES]),
+            now,
+            vouched=vouched,
+            reached=reached,
         )
-        evicted: list[BookEntry] = []
-        while len(self._entries) > self.capacity:
-            evicted.append(self._entries.popitem(last=False)[1])
-        return evicted
+        return self._put(entry)
 
     def vouched(self) -> frozenset[str]:
         """The fingerprints the tracker vouched for when they were reached or served."""
         return frozenset(e.fingerprint for e in self._entries.values() if e.vouched)
 
     def forget(self, fingerprint: str) -> BookEntry | None:
+        self._share.release(fingerprint)
         return self._entries.pop(fingerprint, None)
+
+    def _put(self, entry: BookEntry) -> list[BookEntry]:
+        self._entries.pop(entry.fingerprint, None)
+        self._entries[entry.fingerprint] = entry
+        pushed = self._share.admit(entry.reached, entry.fingerprint).evicted
+        if pushed is None:
+            return []
+        return [self._entries.pop(pushed[1])]
 
     def find(self, text: str) -> list[BookEntry]:
         """The entry of fingerprint *text*, else those of peer id *text*, else of name *text*
@@ -196,6 +232,5 @@ class Book:
         # the file lists entries in the order they were seen, as record() keeps them
         entries = [BookEntry.parse(item) for item in data["peers"]]
         for entry in entries[-capacity:]:  # a hand-grown file keeps its newest
-            book._entries.pop(entry.fingerprint, None)
-            book._entries[entry.fingerprint] = entry
+            book._put(entry)
         return book

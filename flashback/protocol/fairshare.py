@@ -16,10 +16,14 @@ and :class:`FairShare` keeps two bounds:
 Callers that must refuse rather than evict (a table of things that cannot be
 taken back) ask :meth:`would_evict` first. Pure: no clock, no I/O; order of
 arrival is the only notion of age, so the tests use plain numbers.
+
+A holder that is a network address is named by :func:`share_address`, the
+one rule for which addresses count as one.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
@@ -27,6 +31,26 @@ from typing import Generic, TypeVar
 
 H = TypeVar("H", bound=Hashable)
 K = TypeVar("K", bound=Hashable)
+
+
+def share_address(host: str) -> str:
+    """The address whose share a client at *host* counts against.
+
+    IPv4 as it is; IPv6 by its /64 (one subscriber is given a whole /64, so
+    counting single IPv6 addresses would give one attacker 2**64 shares; a
+    zone is dropped); an IPv4-mapped IPv6 address (a dual-stack listener's
+    view of an IPv4 client) as that IPv4 address. Anything that is no IP
+    address (a Unix socket, "unknown") is counted as given.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 @dataclass(frozen=True, slots=True)

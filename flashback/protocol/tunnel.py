@@ -51,12 +51,17 @@ DEFAULT_MAX_SESSIONS: Final = 256
 MAX_PENDING_PER_PEER: Final = 16
 #: paired sessions one peer id may be a side of (a daemon serves 64 owner tunnels)
 MAX_PAIRED_PER_PEER: Final = 32
+#: paired sessions the requesters of one address (share_address) may hold, as a
+#: divisor of the table: peer ids are free, an address is not
+PAIRED_ADDRESS_DIVISOR: Final = 4
 KEY_BYTES: Final = 32
 MAX_OPEN_LINE_BYTES: Final = 64
 
 OK_LINE: Final = b"OK\n"
 
 Role = Literal["client", "server"]
+#: how an address is named among the holders of paired shares (never a peer id's form)
+_ADDRESS: Final = "address "
 
 
 class TunnelError(Exception):
@@ -214,21 +219,6 @@ def dialable(candidate: Candidate) -> bool:
     return not (isinstance(address, ipaddress.IPv4Address) and address.packed == b"\xff" * 4)
 
 
-def source_holder(host: str) -> str:
-    """Whose share a connection from *host* counts against in the join phase:
-    its IPv4 address, or its IPv6 /64 (one subscriber gets a whole /64, so
-    counting single IPv6 addresses would give one attacker 2**64 shares)."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 @dataclass(frozen=True, slots=True)
 class OpenTarget:
     """What the requester asked the owner to relay to: its peer server or a stream port."""
@@ -269,6 +259,13 @@ class Session:
     keys: dict[Role, str]
     issued_at: float
     joined: set[Role] = field(default_factory=set)
+    #: the requester's address as its share is counted (None: not known)
+    client_address: str | None = None
+
+    def holders(self) -> set[str]:
+        """Whose paired share this session counts in: both peer ids, the requester's address."""
+        sides = {self.client_peer, self.server_peer}
+        return sides if self.client_address is None else sides | {_ADDRESS + self.client_address}
 
     @property
     def expires_at(self) -> float:
@@ -302,7 +299,9 @@ class SessionTable:
       the newcomer's request;
     - a peer id may be a side of at most *max_paired_per_peer* paired
       sessions (so a tunnel kept alive by a byte every few seconds holds a
-      share, not the table); past it, its requests and pairings are ``busy``.
+      share, not the table), and the requesters of one address of at most
+      :attr:`max_paired_per_address` (a quarter: peer ids are free); past
+      either, its requests and pairings are ``busy``.
 
     Only when every session is paired is a request refused ``busy``. A used
     key is remembered until it would have expired so a second joiner learns
@@ -319,6 +318,7 @@ class SessionTable:
     ) -> None:
         self.max_sessions = max_sessions
         self.max_paired_per_peer = max_paired_per_peer
+        self.max_paired_per_address = max(1, max_sessions // PAIRED_ADDRESS_DIVISOR)
         self._make_key = make_key
         self._sessions: dict[int, Session] = {}
         self._by_key: dict[str, tuple[Session, Role]] = {}
@@ -341,10 +341,22 @@ class SessionTable:
     def paired_of(self, peer_id: str) -> int:
         return self._paired_by.get(peer_id, 0)
 
+    def _full(self, holder: str) -> bool:
+        cap = self.max_paired_per_address if holder.startswith(_ADDRESS) else None
+        return self._paired_by.get(holder, 0) >= (cap or self.max_paired_per_peer)
+
     def pending_of(self, peer_id: str) -> int:
         return self._pending.count(peer_id)
 
-    def open(self, *, request_id: str, client_peer: str, server_peer: str, now: float) -> Session:
+    def open(
+        self,
+        *,
+        request_id: str,
+        client_peer: str,
+        server_peer: str,
+        now: float,
+        client_address: str | None = None,
+    ) -> Session:
         """A new pending session; the one it pushed out (if any) is in :attr:`evicted`
         for the caller to wake its waiting side. TunnelError ``busy``: no room."""
         self.expire(now)
@@ -352,13 +364,24 @@ class SessionTable:
         for side in (client_peer, server_peer):
             if self.paired_of(side) >= self.max_paired_per_peer:
                 raise TunnelError("busy", f"peer {side!r} has {self.max_paired_per_peer} tunnels")
+        if client_address is not None and self._full(_ADDRESS + client_address):
+            cap = self.max_paired_per_address
+            raise TunnelError("busy", f"the requesters of your address have {cap} tunnels")
         # pending sessions may use what paired ones leave of the table
         room = self.max_sessions - self._paired
         if room < 1:
             raise TunnelError("busy", f"the tracker has {self.max_sessions} tunnels already")
         self._pending.capacity = room
         keys: dict[Role, str] = {"client": self._make_key(), "server": self._make_key()}
-        session = Session(self._next_id, request_id, client_peer, server_peer, keys, now)
+        session = Session(
+            self._next_id,
+            request_id,
+            client_peer,
+            server_peer,
+            keys,
+            now,
+            client_address=client_address,
+        )
         self._next_id += 1
         admitted = self._pending.admit(client_peer, session.session_id)
         if admitted.evicted is not None:
@@ -380,19 +403,18 @@ class SessionTable:
         if now >= session.expires_at:
             self.close(session, code="expired")
             raise TunnelError("expired", "this key has expired")
-        if len(session.joined) == 1 and role not in session.joined:
-            # the second side: the session becomes paired, within each side's share
-            sides = (session.client_peer, session.server_peer)
-            if any(self.paired_of(side) >= self.max_paired_per_peer for side in sides):
-                self.close(session, code="busy")
-                raise TunnelError("busy", "a side of this tunnel has its share of tunnels")
+        second = len(session.joined) == 1 and role not in session.joined
+        # the second side: the session becomes paired, within each holder's share
+        if second and any(self._full(holder) for holder in session.holders()):
+            self.close(session, code="busy")
+            raise TunnelError("busy", "a side of this tunnel has its share of tunnels")
         del self._by_key[key]
         self._dead[key] = (session.expires_at, "used")
         session.joined.add(role)
         if session.paired:
             self._pending.release(session.session_id)
             self._paired += 1
-            for side in {session.client_peer, session.server_peer}:
+            for side in session.holders():
                 self._paired_by[side] = self._paired_by.get(side, 0) + 1
         return Joined(session, role, session.paired)
 
@@ -404,7 +426,7 @@ class SessionTable:
         self._pending.release(session.session_id)
         if session.paired:
             self._paired -= 1
-            for side in {session.client_peer, session.server_peer}:
+            for side in session.holders():
                 left = self._paired_by.get(side, 0) - 1
                 if left > 0:
                     self._paired_by[side] = left

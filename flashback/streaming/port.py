@@ -23,7 +23,7 @@ import trio
 
 from flashback.digests import DigestService
 from flashback.protocol.digest import repr_digest_header
-from flashback.protocol.fairshare import FairShare
+from flashback.protocol.fairshare import FairShare, share_address
 from flashback.streaming.lifetime import PortLifetime
 from flashback.streaming.responses import Plan, plan_response, target_has_token
 from flashback.streaming.source import StreamSource
@@ -152,7 +152,7 @@ class StreamPort:
                     continue
                 raise
             scope = trio.CancelScope()
-            victim = self._pending.admit(str(address[0]), scope).evicted
+            victim = self._pending.admit(share_address(str(address[0])), scope).evicted
             if victim is not None:
                 victim[1].cancel()
             nursery.start_soon(self._handle, trio.SocketStream(conn), scope)

@@ -19,6 +19,7 @@ from typing import Final
 
 import trio
 
+from flashback.protocol.fairshare import share_address
 from flashback.protocol.messages import Message
 from flashback.protocol.token_bucket import TokenBucket
 
@@ -43,9 +44,9 @@ class Connection:
     ) -> None:
         self.peer_id = peer_id
         # the TCP ends (the ASGI scope's client and server): its share of the
-        # send budget is its client address's (sendshare.py)
+        # send budget and of the links is its client address's (an IPv6 /64)
         self.client, self.server = client, server
-        self.address = client[0] if client is not None else None
+        self.address = share_address(client[0]) if client is not None else None
         # the host this link's peer dials for tunnels (from its own Host header)
         self.advertise_host = advertise_host
         self.send_channel, self.receive_channel = trio.open_memory_channel[str](queue_messages)

@@ -30,6 +30,7 @@ import trio
 
 from flashback.errors import FlashbackError
 from flashback.protocol.byteshare import ByteShare
+from flashback.protocol.fairshare import share_address
 from flashback.tracker.abort import Address, SocketAborter
 from flashback.web import JSON_MIMETYPE, encode_json
 
@@ -111,7 +112,7 @@ class PeerListSender:
             await send({"type": "http.response.body", "body": payload})
             return
         client = _address(scope.get("client"))
-        holder = client[0] if client else "unknown"
+        holder = share_address(client[0]) if client else "unknown"
         response = _Response(body, client, _address(scope.get("server")))
         if not self._admit(holder, response, len(body)):
             payload = encode_json(

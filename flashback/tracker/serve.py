@@ -124,6 +124,7 @@ async def serve_tracker_instance(
             )
             nursery.cancel_scope.cancel()  # the reaper and the stopper go with it
 
+        await tracker.identities.load()
         await nursery.start(tracker.follow)
         nursery.start_soon(tracker.reap_forever)
         if tracker.tunnels is not None and config.tunnel_port is not None:

@@ -32,6 +32,7 @@ import trio
 from flashback import __version__
 from flashback.config import TrackerConfig
 from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
+from flashback.protocol.fairshare import share_address
 from flashback.protocol.feed import (
     Forwardable,
     Listing,
@@ -68,6 +69,7 @@ from flashback.tracker.hub import (
     Connection,
     Hub,
 )
+from flashback.tracker.identities import IdentityBook
 from flashback.tracker.linkshare import LinkShare
 from flashback.tracker.metrics import TrackerMetrics
 from flashback.tracker.presence import Presence
@@ -154,6 +156,13 @@ class Tracker:
         self.links = LinkShare(
             self.hub, capacity=config.max_links, per_address=config.max_links_per_address
         )
+        self.identities = IdentityBook(
+            store,
+            self.presence.is_online,
+            capacity=config.max_identities,
+            per_address=config.max_identities_per_address,
+            online_cap=config.max_peers,
+        )
         self._snapshot_cache: tuple[int, float, str] | None = None
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
@@ -169,6 +178,7 @@ class Tracker:
     async def register(
         self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
+        client = share_address(client)  # an IPv6 client counts by its /64
         wait_s = self.limiter.acquire(client, self.now()) or await self.presence.take_token(
             f"register:{client}", self.config.register_rate_per_s, self.config.register_burst
         )
@@ -209,7 +219,10 @@ class Tracker:
             capabilities=registration.capabilities,
             first_seen=first_seen,
             last_seen=self.wall_now(),
+            address=client,
         )
+        # Out of the offline share before the write: no eviction can forget it now.
+        await self.identities.registered(peer_id, client)
         # Persist first: if the store is down we answer 503 and nothing changed.
         await self.store.put(identity)
         listing = Listing(
@@ -251,6 +264,7 @@ class Tracker:
         self.metrics.departures.inc()
         self.capacity.forget(peer_id)
         await self._touch(peer_id)
+        await self.identities.gone(peer_id)
 
     async def peer_list(self) -> dict[str, Any]:
         return await self.presence.peer_list(self.now())
@@ -327,6 +341,7 @@ class Tracker:
             self.metrics.expiries.inc()
             self.capacity.forget(peer_id)
             await self._touch(peer_id)
+            await self.identities.gone(peer_id)
 
     async def reap_forever(self) -> None:
         """The TTL's enforcer, ticking on trio's clock a few times per TTL.
@@ -605,7 +620,10 @@ class Tracker:
             return
         try:
             session = self.tunnels.invite(
-                request_id=message.request_id, client_peer=sender.peer_id, server_peer=message.to
+                request_id=message.request_id,
+                client_peer=sender.peer_id,
+                server_peer=message.to,
+                client_address=sender.address,
             )
         except TunnelError as exc:
             refuse(exc.code, exc.message)
@@ -619,7 +637,12 @@ class Tracker:
             requester=(self.presence.peer(sender.peer_id, self.now()), sender.advertise_host),
         )
         if owner is not None:
-            delivered = self.hub.send(owner, to_owner)
+            # As a relayed message: a full owner keeps its link, the requester hears busy.
+            if not self.hub.relay(owner, to_owner):
+                self.tunnels.table.close(session)
+                refuse("busy", f"peer {message.to!r} is busy")
+                return
+            delivered = True
         else:
             try:
                 delivered = await self.presence.relay(message.to, to_owner)

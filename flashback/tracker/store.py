@@ -14,6 +14,7 @@ within a few seconds instead of hanging a request.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -45,6 +46,8 @@ class IssuedIdentity:
     capabilities: dict[str, Any]
     first_seen: float
     last_seen: float
+    #: the share address it registered from (whose share it counts in offline)
+    address: str = ""
 
 
 class IdentityStore(Protocol):
@@ -54,6 +57,13 @@ class IdentityStore(Protocol):
         """Insert or replace the identity with this ``peer_id``."""
 
     async def touch(self, peer_id: str, last_seen: float) -> None: ...
+
+    async def forget(self, peer_id: str) -> None:
+        """Drop the identity (its peer registers anew); unknown ids are fine."""
+
+    async def known(self) -> list[tuple[str, str]]:
+        """Every identity kept from an earlier run as (peer_id, address), least
+        recently seen first; a store shared with other instances returns none."""
 
     async def load_seq(self) -> int:
         """The highest ``seq`` saved by an earlier run, 0 if none."""
@@ -79,9 +89,14 @@ class MemoryStore:
     async def touch(self, peer_id: str, last_seen: float) -> None:
         old = self._identities.get(peer_id)
         if old is not None:
-            self._identities[peer_id] = IssuedIdentity(
-                old.peer_id, old.token_hash, old.name, old.capabilities, old.first_seen, last_seen
-            )
+            self._identities[peer_id] = dataclasses.replace(old, last_seen=last_seen)
+
+    async def forget(self, peer_id: str) -> None:
+        self._identities.pop(peer_id, None)
+
+    async def known(self) -> list[tuple[str, str]]:
+        ordered = sorted(self._identities.values(), key=lambda identity: identity.last_seen)
+        return [(identity.peer_id, identity.address) for identity in ordered]
 
     async def load_seq(self) -> int:
         return self._seq
@@ -100,7 +115,8 @@ CREATE TABLE IF NOT EXISTS identities (
     name         TEXT NOT NULL,
     capabilities TEXT NOT NULL,
     first_seen   REAL NOT NULL,
-    last_seen    REAL NOT NULL
+    last_seen    REAL NOT NULL,
+    address      TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -131,6 +147,11 @@ class SQLiteStore:
                 first = " ".join(str(problems[0]).split())  # one line, whatever SQLite says
                 raise sqlite3.DatabaseError(f"integrity check failed: {first}")
             connection.executescript(_SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(identities)")}
+            if "address" not in columns:  # a file from before identities had one
+                connection.execute(
+                    "ALTER TABLE identities ADD COLUMN address TEXT NOT NULL DEFAULT ''"
+                )
             return connection
 
         try:
@@ -160,13 +181,15 @@ class SQLiteStore:
     async def get(self, peer_id: str) -> IssuedIdentity | None:
         def query(db: sqlite3.Connection) -> IssuedIdentity | None:
             row = db.execute(
-                "SELECT peer_id, token_hash, name, capabilities, first_seen, last_seen"
+                "SELECT peer_id, token_hash, name, capabilities, first_seen, last_seen, address"
                 " FROM identities WHERE peer_id = ?",
                 (peer_id,),
             ).fetchone()
             if row is None:
                 return None
-            return IssuedIdentity(row[0], bytes(row[1]), row[2], json.loads(row[3]), row[4], row[5])
+            return IssuedIdentity(
+                row[0], bytes(row[1]), row[2], json.loads(row[3]), row[4], row[5], row[6]
+            )
 
         return await self._run(query)
 
@@ -174,7 +197,9 @@ class SQLiteStore:
         capabilities = json.dumps(identity.capabilities, separators=(",", ":"))
         await self._run(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO identities"
+                " (peer_id, token_hash, name, capabilities, first_seen, last_seen, address)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     identity.peer_id,
                     identity.token_hash,
@@ -182,6 +207,7 @@ class SQLiteStore:
                     capabilities,
                     identity.first_seen,
                     identity.last_seen,
+                    identity.address,
                 ),
             )
         )
@@ -192,6 +218,18 @@ class SQLiteStore:
                 "UPDATE identities SET last_seen = ? WHERE peer_id = ?", (last_seen, peer_id)
             )
         )
+
+    async def forget(self, peer_id: str) -> None:
+        await self._run(
+            lambda db: db.execute("DELETE FROM identities WHERE peer_id = ?", (peer_id,))
+        )
+
+    async def known(self) -> list[tuple[str, str]]:
+        def query(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = db.execute("SELECT peer_id, address FROM identities ORDER BY last_seen, rowid")
+            return [(str(row[0]), str(row[1])) for row in rows]
+
+        return await self._run(query)
 
     async def load_seq(self) -> int:
         def query(db: sqlite3.Connection) -> int:

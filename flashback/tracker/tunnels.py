@@ -14,7 +14,7 @@ tracker (:attr:`TunnelRelay.reflector`) as the peer's reflexive address.
 Strangers are bounded too: at most :data:`MAX_UNJOINED_CONNECTIONS`
 connections may be in the join phase (before a valid join or REFLECT line
 was answered) at once, shared fairly by source address
-(:func:`~flashback.protocol.tunnel.source_holder`: an IPv4 address or an
+(:func:`~flashback.protocol.fairshare.share_address`: an IPv4 address or an
 IPv6 /64) with :class:`~flashback.protocol.fairshare.FairShare`: one source
 holds at most :data:`MAX_UNJOINED_PER_SOURCE`, and when the phase is full the
 heaviest source's *oldest* connection is closed to make room -- never the
@@ -33,7 +33,7 @@ from typing import Final, Literal
 
 import trio
 
-from flashback.protocol.fairshare import FairShare
+from flashback.protocol.fairshare import FairShare, share_address
 from flashback.protocol.messages import Candidate
 from flashback.protocol.token_bucket import TokenBucket
 from flashback.protocol.tunnel import (
@@ -52,7 +52,6 @@ from flashback.protocol.tunnel import (
     err_line,
     parse_first_line,
     source_candidate,
-    source_holder,
 )
 from flashback.tracker.pump import SPLICE_AVAILABLE, PumpStats, pump
 
@@ -147,14 +146,23 @@ class TunnelRelay:
     def sessions_active(self) -> int:
         return len(self.table)
 
-    def invite(self, *, request_id: str, client_peer: str, server_peer: str) -> Session:
-        """A new session with two fresh keys; TunnelError ``busy`` when full."""
+    def invite(
+        self,
+        *,
+        request_id: str,
+        client_peer: str,
+        server_peer: str,
+        client_address: str | None = None,
+    ) -> Session:
+        """A new session with two fresh keys; TunnelError ``busy`` when full.
+        *client_address*: the requester's link's share address (its paired share)."""
         try:
             session = self.table.open(
                 request_id=request_id,
                 client_peer=client_peer,
                 server_peer=server_peer,
                 now=self._clock(),
+                client_address=client_address,
             )
         except TunnelError:
             self.counters.count("busy")
@@ -205,7 +213,7 @@ class TunnelRelay:
         """
         source = _peer_address(sock)
         connection_id = next(self._connection_ids)
-        admitted = self._unjoined.admit(source_holder(source[0]), connection_id)
+        admitted = self._unjoined.admit(share_address(source[0]), connection_id)
         if admitted.evicted is not None:
             self.counters.count("busy")
             self._unjoined_scopes.pop(admitted.evicted[1]).cancel()

@@ -5,8 +5,12 @@ Everything a peer sends is hostile. A listing is read up to
 is at most :data:`MAX_TEXT_BYTES` (asked for with ``Range`` and cut anyway);
 content and downloads stream through in chunks, never buffered, with
 ``Range`` passed on so the browser's player can seek. At most
-:data:`MAX_STREAMS` streams run at once (429 beyond), and a peer that stalls
-longer than :data:`READ_TIMEOUT_S` ends that one stream.
+:data:`MAX_STREAMS` streams run at once, a fair share per peer
+(:data:`MAX_STREAMS_PER_PEER`, :class:`~flashback.protocol.fairshare.FairShare`):
+a peer's newest stream past its share ends its own oldest, and when all are
+taken the heaviest peer's oldest ends -- so a peer that drips its files
+cannot hold every slot. A peer that stalls longer than
+:data:`READ_TIMEOUT_S` ends that one stream.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from quart import Response
 
 from flashback.errors import NotFound, PeerUnreachable, RateLimited
 from flashback.protocol.conditional import content_disposition
+from flashback.protocol.fairshare import FairShare
 from flashback.protocol.paths import is_servable_name
 from flashback.protocol.strict_json import loads_strict
 from flashback.ui.kinds import served_as
@@ -32,6 +37,7 @@ MAX_LISTING_BYTES: Final = 4 * 1024 * 1024
 MAX_TEXT_BYTES: Final = 1024 * 1024
 MAX_CURSOR_CHARS: Final = 1024
 MAX_STREAMS: Final = 16
+MAX_STREAMS_PER_PEER: Final = 8
 PAGE_LIMIT: Final = 200
 CONNECT_TIMEOUT_S: Final = 5.0
 READ_TIMEOUT_S: Final = 30.0
@@ -155,34 +161,56 @@ async def fetch_text(http: httpx.AsyncClient, route: PeerRoute, parts: tuple[str
     return Text(raw[:MAX_TEXT_BYTES].decode("utf-8", errors="replace"), cut, etag)
 
 
+class StreamSlot:
+    """One proxied stream's place in the :class:`StreamLimiter`; evicting it ends the stream."""
+
+    def __init__(self) -> None:
+        self.evicted = False
+        self._scope: trio.CancelScope | None = None
+
+    def evict(self) -> None:
+        self.evicted = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def running(self) -> trio.CancelScope:
+        """The scope of the stream's next step (the request, one chunk): eviction
+        cancels it (a step begun after the eviction is cancelled at once)."""
+        self._scope = trio.CancelScope()
+        if self.evicted:
+            self._scope.cancel()
+        return self._scope
+
+
 class StreamLimiter:
-    """At most *limit* proxied streams at once; a new one beyond that is refused, not queued."""
+    """At most *limit* proxied streams at once, *per_peer* of them per peer; the
+    stream that makes room for a newcomer is ended (the rule of FairShare)."""
 
-    def __init__(self, limit: int = MAX_STREAMS) -> None:
-        self._slots = trio.Semaphore(limit)
+    def __init__(self, limit: int = MAX_STREAMS, per_peer: int = MAX_STREAMS_PER_PEER) -> None:
+        self._share: FairShare[str, StreamSlot] = FairShare(limit, per_peer)
 
-    def acquire(self) -> None:
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            raise RateLimited(
-                "too many files are streaming through the UI at once", retry_after_s=1
-            ) from None
+    def acquire(self, peer: str) -> StreamSlot:
+        slot = StreamSlot()
+        evicted = self._share.admit(peer, slot).evicted
+        if evicted is not None:
+            evicted[1].evict()
+        return slot
 
-    def release(self) -> None:
-        self._slots.release()
+    def release(self, slot: StreamSlot) -> None:
+        self._share.release(slot)
 
     @property
     def in_use(self) -> int:
-        return MAX_STREAMS - self._slots.value
+        return len(self._share)
 
 
 class ProxiedBody(StreamedBody):
     """The peer's body, chunk by chunk; closes the upstream response and frees the slot."""
 
-    def __init__(self, upstream: httpx.Response, limiter: StreamLimiter) -> None:
+    def __init__(self, upstream: httpx.Response, limiter: StreamLimiter, slot: StreamSlot) -> None:
         self._upstream = upstream
         self._limiter: StreamLimiter | None = limiter
+        self._slot = slot
         # httpx implements aiter_raw as an async generator but declares an
         # AsyncIterator; we need aclose() so the generator never outlives us.
         self._chunks = cast("AsyncGenerator[bytes, None]", upstream.aiter_raw())
@@ -192,15 +220,20 @@ class ProxiedBody(StreamedBody):
             await self._chunks.aclose()
             await self._upstream.aclose()
         if self._limiter is not None:
-            self._limiter.release()
+            self._limiter.release(self._slot)
             self._limiter = None
 
     async def __anext__(self) -> bytes:
-        try:
-            return await self._chunks.__anext__()
-        except httpx.HTTPError:
-            # the peer went away mid-file: end this response, nothing else
-            raise StopAsyncIteration from None
+        chunk: bytes | None = None
+        with self._slot.running():
+            try:
+                chunk = await self._chunks.__anext__()
+            except httpx.HTTPError:
+                # the peer went away mid-file: end this response, nothing else
+                raise StopAsyncIteration from None
+        if chunk is None:  # evicted to make room for another stream: it ends here
+            raise StopAsyncIteration
+        return chunk
 
 
 async def proxy_file(
@@ -219,24 +252,30 @@ async def proxy_file(
         # several ranges come back as multipart/byteranges, whose type (and boundary)
         # we would have to take from the peer: a player asks for one range; send all
         del headers["range"]
-    limiter.acquire()
+    slot = limiter.acquire(route.key)
+    upstream: httpx.Response | None = None
     try:
-        upstream = await http.send(http.build_request("GET", url, headers=headers), stream=True)
+        with slot.running():
+            request = http.build_request("GET", url, headers=headers)
+            upstream = await http.send(request, stream=True)
     except httpx.HTTPError as exc:
-        limiter.release()
+        limiter.release(slot)
         raise PeerUnreachable(f"the peer does not answer ({exc.__class__.__name__})") from exc
     except BaseException:
-        limiter.release()
+        limiter.release(slot)
         raise
+    if upstream is None:  # evicted before the peer answered
+        limiter.release(slot)
+        raise RateLimited("too many files are streaming through the UI at once", retry_after_s=1)
     if upstream.status_code not in PASSED_STATUSES:
         status = upstream.status_code
         with trio.CancelScope(shield=True):
             await upstream.aclose()
-        limiter.release()
+        limiter.release(slot)
         if status == 404:
             raise NotFound(f"{route.name} has no file /{'/'.join(parts)}")
         raise PeerUnreachable(f"the peer answered HTTP {status}")
-    response = Response(ProxiedBody(upstream, limiter), status=upstream.status_code)
+    response = Response(ProxiedBody(upstream, limiter, slot), status=upstream.status_code)
     response.timeout = None  # a long video is not a slow response
     for header in FORWARDED_RESPONSE:
         value = upstream.headers.get(header)

@@ -172,6 +172,13 @@ class FeedFollower:
         self._progress = trio.Event()
 
     async def _deliver_relayed(self, sink: FeedSink, entries: Sequence[StreamEntry]) -> None:
+        # What we read leaves the stream and its senders' shares (scripts.py).
+        read: list[str | int | float] = [self.connection.instance_id]
+        for entry in entries:
+            fields = {as_text(k): as_text(v) for k, v in entry.field_values.items()}
+            read += [as_text(entry.identifier), fields.get("s", "")]
+        if entries:
+            await self.connection.call(self.connection.scripts.relay_read(args=read))
         for entry in entries:
             self._relay_last_id = as_text(entry.identifier)
             fields = {as_text(k): as_text(v) for k, v in entry.field_values.items()}

@@ -45,6 +45,8 @@ MAX_LISTING_RACES: Final = 4
 STORED_LISTING_MOVED: Final = -2
 INSTANCE_TTL_S: Final = 5  # a SIGKILLed tracker stops receiving relays within this
 RELAY_BACKLOG_MESSAGES: Final = 1000
+#: of those, what one sender (a peer id) may have waiting: its newest drops its own oldest
+RELAY_BACKLOG_PER_SENDER: Final = 100
 EXPIRE_BATCH: Final = 500
 
 
@@ -247,5 +249,14 @@ class RedisPresence:
             return 0.0
 
     async def relay(self, to: str, message: Message) -> bool:
-        args: list[str | int | float] = [to, message.encode(), RELAY_BACKLOG_MESSAGES]
+        # the relayed message names its sender (the tracker set "from"); a bounce
+        # the tracker made itself counts as the tracker's
+        sender = getattr(message, "from_", None) or ""
+        args: list[str | int | float] = [
+            to,
+            message.encode(),
+            RELAY_BACKLOG_MESSAGES,
+            RELAY_BACKLOG_PER_SENDER,
+            f"peer:{sender}",
+        ]
         return as_int(await self.connection.call(self.connection.scripts.relay(args=args))) == 1

@@ -15,7 +15,11 @@ Keys (all under ``flashback:``)::
     last_seen    hash  peer_id -> wall seconds, recorded on leave/expiry
     instance:<id>  "1" with a few seconds' TTL: that tracker is alive
     link:<peer>    instance id holding the peer's websocket, with the peer TTL
-    relay:<id>     stream of relayed messages for that tracker
+    relay:<id>     stream of relayed messages for that tracker, waiting to be
+                   read (the reader deletes what it read): a fair share by
+                   sender, as FairShare's rule (the heaviest sender's oldest goes)
+    relay:<id>:held    hash  sender -> its entries waiting in relay:<id>
+    relay:<id>:of:<s>  list  sender s's waiting entry ids, oldest first
     budget:<name>  hash {t: tokens, at: when}: a token bucket shared by every
                    instance (relay:<peer_id>, register:<address>); expires once full
 
@@ -177,13 +181,86 @@ end
 return 1
 """
 
-# ARGV: to peer_id, message text, backlog. 1 handed over, 0 nobody holds that link.
+# The relay stream's fair share (flashback.protocol.fairshare's rule, in Lua):
+# a sender past its share drops its own oldest waiting entry; a full stream
+# drops the heaviest sender's oldest (most entries; a tie: the oldest entry).
+_RELAY_LIB: Final = """
+local function id_older(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local function forget_entry(key, sender, id)
+  local ids = key .. ':of:' .. sender
+  if redis.call('LINDEX', ids, 0) == id then
+    redis.call('LPOP', ids)
+  elseif redis.call('LREM', ids, 1, id) == 0 then
+    return  -- not counted (its list expired): nothing to give back
+  end
+  if redis.call('HINCRBY', key .. ':held', sender, -1) <= 0 then
+    redis.call('HDEL', key .. ':held', sender)
+  end
+end
+local function drop_oldest_of(key, sender)
+  local id = redis.call('LINDEX', key .. ':of:' .. sender, 0)
+  if not id then
+    redis.call('HDEL', key .. ':held', sender)
+    return
+  end
+  forget_entry(key, sender, id)
+  redis.call('XDEL', key, id)
+end
+local function heaviest(key)
+  local flat = redis.call('HGETALL', key .. ':held')
+  local best, best_n, best_head = nil, -1, nil
+  for i = 1, #flat, 2 do
+    local n = tonumber(flat[i + 1])
+    local head = redis.call('LINDEX', key .. ':of:' .. flat[i], 0)
+    if head and (n > best_n or (n == best_n and id_older(head, best_head))) then
+      best, best_n, best_head = flat[i], n, head
+    end
+  end
+  return best
+end
+"""
+
+# ARGV: to peer_id, message text, capacity, per-sender share, sender.
+# 1 handed over, 0 nobody holds that link.
 _RELAY: Final = """
 local instance = redis.call('GET', '@P@link:' .. ARGV[1])
 if not instance or redis.call('EXISTS', '@P@instance:' .. instance) == 0 then return 0 end
 local key = '@P@relay:' .. instance
-redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[1], 'm', ARGV[2])
+local capacity, share, sender = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+if tonumber(redis.call('HGET', key .. ':held', sender) or '0') >= share then
+  drop_oldest_of(key, sender)
+end
+for _ = 1, 8 do  -- (entries no longer counted are trimmed below)
+  if redis.call('XLEN', key) < capacity then break end
+  local victim = heaviest(key)
+  if not victim then break end
+  drop_oldest_of(key, victim)
+end
+if redis.call('XLEN', key) >= capacity then
+  redis.call('XTRIM', key, 'MAXLEN', capacity - 1)
+end
+local id = redis.call('XADD', key, '*', 't', ARGV[1], 'm', ARGV[2], 's', sender)
+redis.call('RPUSH', key .. ':of:' .. sender, id)
+redis.call('HINCRBY', key .. ':held', sender, 1)
 redis.call('EXPIRE', key, @RELAY_TTL@)
+redis.call('EXPIRE', key .. ':held', @RELAY_TTL@)
+redis.call('EXPIRE', key .. ':of:' .. sender, @RELAY_TTL@)
+return 1
+"""
+
+# ARGV: instance id, then (entry id, sender) pairs it has read: out of the stream
+# and of their senders' shares.
+_RELAY_READ: Final = """
+local key = '@P@relay:' .. ARGV[1]
+for i = 2, #ARGV - 1, 2 do
+  forget_entry(key, ARGV[i + 1], ARGV[i])
+  redis.call('XDEL', key, ARGV[i])
+end
 return 1
 """
 
@@ -218,7 +295,7 @@ return {current_seq(KEYS[1], ARGV[1]), redis.call('HGETALL', KEYS[2]),
 
 
 def _source(body: str) -> str:
-    source = _LUA_LIB + body
+    source = _LUA_LIB + _RELAY_LIB + body
     return source.replace("@P@", PREFIX).replace("@RELAY_TTL@", str(RELAY_STREAM_TTL_S))
 
 
@@ -233,6 +310,7 @@ class Scripts:
     heartbeat: Script[str]
     keepalive: Script[str]
     relay: Script[str]
+    relay_read: Script[str]
     take_token: Script[str]
     state: Script[str]
 
@@ -246,6 +324,7 @@ class Scripts:
             heartbeat=client.register_script(_source(_HEARTBEAT)),
             keepalive=client.register_script(_source(_KEEPALIVE)),
             relay=client.register_script(_source(_RELAY)),
+            relay_read=client.register_script(_source(_RELAY_READ)),
             take_token=client.register_script(_source(_TAKE_TOKEN)),
             state=client.register_script(_source(_STATE)),
         )

@@ -173,7 +173,13 @@ class RedisIdentityStore:
             return None
         data = json.loads(raw)
         return IssuedIdentity(
-            peer_id, bytes.fromhex(data["t"]), data["n"], data["c"], data["f"], data["l"]
+            peer_id,
+            bytes.fromhex(data["t"]),
+            data["n"],
+            data["c"],
+            data["f"],
+            data["l"],
+            data.get("a", ""),
         )
 
     async def put(self, identity: IssuedIdentity) -> None:
@@ -183,6 +189,7 @@ class RedisIdentityStore:
             "c": identity.capabilities,
             "f": identity.first_seen,
             "l": identity.last_seen,
+            "a": identity.address,
         }
         raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         client = self._connection.client
@@ -191,6 +198,14 @@ class RedisIdentityStore:
     async def touch(self, peer_id: str, last_seen: float) -> None:
         client = self._connection.client
         await self._connection.call(client.hset(K_LAST_SEEN, {peer_id: repr(last_seen)}))
+
+    async def forget(self, peer_id: str) -> None:
+        client = self._connection.client
+        await self._connection.call(client.hdel(K_IDENTITIES, [peer_id]))
+        await self._connection.call(client.hdel(K_LAST_SEEN, [peer_id]))
+
+    async def known(self) -> list[tuple[str, str]]:
+        return []  # shared: the other instances' peers are theirs to bound
 
     async def load_seq(self) -> int:
         return 0
