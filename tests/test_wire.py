@@ -8,11 +8,13 @@ included) and the error a peer gets back for each kind of fault.
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, assert_type
 
 import pytest
 
 from flashback.protocol import messages as m
+from flashback.protocol import wire as wire_codec
 
 FP_A = "sha256:" + "a" * 64
 FP_B = "sha256:" + "b" * 64
@@ -447,3 +449,55 @@ def test_secrets_stay_out_of_reprs() -> None:
     assert "secret" not in repr(m.Hello(last_seq=1, peer_id="p", token="secret"))
     invite = m.TunnelInvite("r", "p", FP_A, "client", "h", 1, "the-key")
     assert "the-key" not in repr(invite) and "'r'" in repr(invite)
+
+
+# -- the codec on a record of its own ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Toy:
+    name: str = field(metadata=wire_codec.text(8))
+    from_: str | None = field(default=None, metadata=wire_codec.text(8, omit_none=True))
+    low: int = field(default=0, metadata=wire_codec.integer(1, 9, within="box"))
+    high: int | None = field(default=None, metadata=wire_codec.integer(optional=True, within="box"))
+    local: str = "not on the wire"
+
+
+def test_the_codec_writes_fields_in_order_nested_and_left_off() -> None:
+    toy = _Toy("a", "b", 2, None, local="kept")
+    assert wire_codec.dump_fields(toy) == {
+        "name": "a",
+        "from": "b",
+        "box": {"low": 2, "high": None},
+    }
+    assert list(wire_codec.dump_fields(_Toy("a", low=1))) == ["name", "box"]
+    assert _Toy(**wire_codec.read_fields(_Toy, wire_codec.dump_fields(toy))) == _Toy("a", "b", 2)
+
+
+def test_the_codec_reports_the_first_bad_field_in_declaration_order() -> None:
+    with pytest.raises(m.ProtocolError, match="'name'"):
+        wire_codec.read_fields(_Toy, {"name": "", "box": {"low": 0}})
+    with pytest.raises(m.ProtocolError, match="'box' must be an object"):
+        wire_codec.read_fields(_Toy, {"name": "a", "box": 1})
+    with pytest.raises(m.ProtocolError, match="'low' must be an integer between 1 and 9"):
+        wire_codec.read_fields(_Toy, {"name": "a", "box": {"low": 10, "high": -1}})
+    assert wire_codec.read_fields(_Toy, {"name": "a", "from": None, "box": {"low": 1}}) == {
+        "name": "a",
+        "from_": None,
+        "low": 1,
+        "high": None,
+    }
+
+
+def test_the_readers_return_their_own_types() -> None:
+    """``assert_type`` is checked by mypy: a reader returning ``Any`` fails it."""
+    data: dict[str, Any] = {"s": "x", "i": 3, "n": 1.5, "o": {}, "f": FP_A, "c": "client"}
+    assert assert_type(wire_codec.read_str(data, "s", max_chars=1), str) == "x"
+    assert assert_type(wire_codec.read_int(data, "i", low=1, high=3), int) == 3
+    assert assert_type(wire_codec.read_number(data, "n"), float | int) == 1.5
+    assert assert_type(wire_codec.read_object(data, "o"), dict[str, Any]) == {}
+    assert assert_type(wire_codec.read_fingerprint(data, "f"), str | None) == FP_A
+    assert assert_type(wire_codec.read_required_fingerprint(data, "f"), str) == FP_A
+    assert assert_type(wire_codec.read_choice(data, "c", ("client",)), str) == "client"
+    assert assert_type(wire_codec.read_note(data, "absent"), str) == ""
+    assert assert_type(m.read_candidates(data, "absent"), tuple[m.Candidate, ...]) == ()
