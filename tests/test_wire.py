@@ -69,6 +69,26 @@ INVITE_WIRE: dict[str, Any] = {
     "key": "k",
 }
 
+
+def _refusals(cls: type[m.StreamError | m.TunnelErrorMessage]) -> list[tuple[m.Message, Any]]:
+    """A refusal as the tracker sends it (neither side), as a peer does, as it is forwarded."""
+    head = {"type": cls.TYPE, "request_id": "r1"}
+    return [
+        (
+            cls("r1", "unknown_peer", "offline"),
+            {**head, "code": "unknown_peer", "message": "offline"},
+        ),
+        (
+            cls("r1", "refused", "no", to="p1"),
+            {**head, "to": "p1", "code": "refused", "message": "no"},
+        ),
+        (
+            cls("r1", "refused", "", from_="p2"),
+            {**head, "from": "p2", "code": "refused", "message": ""},
+        ),
+    ]
+
+
 #: (message, its wire form): each type with its optional fields unset and set
 WIRE: list[tuple[m.Message, dict[str, Any]]] = [
     (m.Hello(), {"type": "hello", "last_seq": None}),
@@ -129,30 +149,7 @@ WIRE: list[tuple[m.Message, dict[str, Any]]] = [
             "expires_in": 1.5,
         },
     ),
-    (
-        m.StreamError("r1", "unknown_peer", "offline"),
-        {"type": "stream-error", "request_id": "r1", "code": "unknown_peer", "message": "offline"},
-    ),
-    (
-        m.StreamError("r1", "not_found", "gone", to="p1"),
-        {
-            "type": "stream-error",
-            "request_id": "r1",
-            "to": "p1",
-            "code": "not_found",
-            "message": "gone",
-        },
-    ),
-    (
-        m.StreamError("r1", "not_found", "", from_="p2"),
-        {
-            "type": "stream-error",
-            "request_id": "r1",
-            "from": "p2",
-            "code": "not_found",
-            "message": "",
-        },
-    ),
+    *_refusals(m.StreamError),
     (m.TunnelRequest("r2", "p2"), {"type": "tunnel-request", "request_id": "r2", "to": "p2"}),
     (
         m.TunnelInvite("r2", "p1", FP_A, "client", "198.51.100.1", 3001, "k"),
@@ -167,30 +164,7 @@ WIRE: list[tuple[m.Message, dict[str, Any]]] = [
         {"type": "route-report", "request_id": "r2", "route": "direct"},
     ),
     (m.RouteReport("r2", "relay"), {"type": "route-report", "request_id": "r2", "route": "relay"}),
-    (
-        m.TunnelErrorMessage("r2", "refused", "no"),
-        {"type": "tunnel-error", "request_id": "r2", "code": "refused", "message": "no"},
-    ),
-    (
-        m.TunnelErrorMessage("r2", "refused", "no", to="p1"),
-        {
-            "type": "tunnel-error",
-            "request_id": "r2",
-            "to": "p1",
-            "code": "refused",
-            "message": "no",
-        },
-    ),
-    (
-        m.TunnelErrorMessage("r2", "refused", "no", from_="p2"),
-        {
-            "type": "tunnel-error",
-            "request_id": "r2",
-            "from": "p2",
-            "code": "refused",
-            "message": "no",
-        },
-    ),
+    *_refusals(m.TunnelErrorMessage),
     (
         m.ErrorMessage("invalid_json", "bad"),
         {"type": "error", "code": "invalid_json", "message": "bad"},
