@@ -1,12 +1,16 @@
 """The tracker's websocket messages, both directions, as frozen dataclasses.
 
-One class per ``"type"`` of docs/INTERFACE.md §2; :func:`parse` turns a decoded
-(or raw text) frame into one of them and :meth:`Message.dump` turns one back
-into a JSON-ready dict. Anything malformed raises :class:`ProtocolError`,
-which carries the ``{"type": "error", "code", "message"}`` reply to send, so
-the server answers bad input without a ``try`` around every field (the
-wsproto ``event_hint`` idea). The peer daemon uses this same module as a
-client. Pure: imports neither trio nor quart.
+One class per ``"type"`` of docs/INTERFACE.md §2. Each declares its wire
+fields once, in wire order, with the reader of each in its field metadata
+(``port: int = field(metadata=PORT)``); the codec in
+:mod:`flashback.protocol.wire` derives :meth:`Message.dump` and the parsing
+from those declarations, so adding a field is adding one line. :func:`parse`
+turns a decoded (or raw text) frame into its message. Anything malformed
+raises :class:`ProtocolError`, which carries the ``{"type": "error", "code",
+"message"}`` reply to send, so the server answers bad input without a
+``try`` around every field (the wsproto ``event_hint`` idea). The peer
+daemon uses this same module as a client. Pure: imports neither trio nor
+quart.
 
 Wire summary (tracker = T, peer/watcher = P)::
 
@@ -29,21 +33,45 @@ Wire summary (tracker = T, peer/watcher = P)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Any, ClassVar, Final, Literal
 
-from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.hosts import MAX_HOST_CHARS, is_ip_literal
-from flashback.protocol.strict_json import loads_strict
+
+# The codec owns the frames' base, the error frame, its bounds and the error
+# every reader raises; these ``X as X`` imports name them here too, so that
+# users of the frames need this module only.
+from flashback.protocol.wire import MAX_CODE_CHARS as MAX_CODE_CHARS
+from flashback.protocol.wire import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
+from flashback.protocol.wire import ErrorMessage as ErrorMessage
+from flashback.protocol.wire import Message as Message
+from flashback.protocol.wire import ProtocolError as ProtocolError
+from flashback.protocol.wire import (
+    check_unicode,
+    decode_object,
+    dump_each,
+    dump_fields,
+    dump_or_none,
+    integer,
+    invalid,
+    note,
+    one_of,
+    read_fields,
+    read_fingerprint,
+    read_int,
+    read_number,
+    read_object,
+    read_required_fingerprint,
+    read_str,
+    text,
+    wire,
+)
 
 MAX_ID_CHARS: Final = 128
 MAX_TOKEN_CHARS: Final = 512
 MAX_PATH_CHARS: Final = 4096
 MAX_NAME_CHARS: Final = 64
-MAX_CODE_CHARS: Final = 64
-MAX_MESSAGE_CHARS: Final = 1024
 #: direct candidates a peer may register (§10.2): its addresses, not a port scan
 MAX_CANDIDATES: Final = 8
 #: The largest frame a daemon accepts, and so the largest snapshot a tracker
@@ -55,137 +83,13 @@ SNAPSHOT_OVERHEAD_BYTES: Final = 64
 MAX_PEER_LIST_BYTES: Final = MAX_SNAPSHOT_BYTES - SNAPSHOT_OVERHEAD_BYTES
 
 LeaveReason = Literal["left", "expired"]
+Role = Literal["client", "server"]
+Route = Literal["direct", "relay"]
 
-
-class ProtocolError(Exception):
-    """A frame we cannot accept; :attr:`reply` is what to answer with."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def reply(self) -> ErrorMessage:
-        return ErrorMessage(code=self.code, message=self.message)
-
-
-# -- field readers: each raises ProtocolError with a message naming the field ---
-# (the one place fields are checked: tracker/validate.py reads HTTP bodies with these)
-
-
-def invalid(key: str, what: str) -> ProtocolError:
-    return ProtocolError("invalid_field", f"{key!r} must be {what}")
-
-
-def decode_object(text: str | bytes, *, what: str = "the message") -> dict[str, Any]:
-    """Strict JSON text that must be an object UTF-8 can carry (*what* names it in errors)."""
-    try:
-        data = loads_strict(text)
-    except ValueError:
-        raise ProtocolError("invalid_json", f"{what} is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("invalid_message", f"{what} must be a JSON object")
-    # ASCII bytes with no \u escape and no NUL (so UTF-8, not UTF-16/32) cannot
-    # hold a surrogate: no need to encode the whole object again to find one
-    if not (
-        isinstance(text, bytes) and text.isascii() and b"\\u" not in text and b"\0" not in text
-    ):
-        check_unicode(data, what=what)
-    return data
-
-
-def check_unicode(data: Mapping[str, Any], *, what: str = "the message") -> None:
-    """Lone surrogates (from "\\ud800" escapes) cannot be sent on as UTF-8."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ProtocolError("invalid_json", f"{what} has a lone surrogate escape") from None
-
-
-def read_str(
-    data: Mapping[str, Any],
-    key: str,
-    *,
-    max_chars: int,
-    optional: bool = False,
-    label: str | None = None,
-) -> Any:
-    value = data.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
-        raise invalid(label or key, f"a string of 1-{max_chars} characters")
-    return value
-
-
-def read_int(
-    data: Mapping[str, Any],
-    key: str,
-    *,
-    low: int = 0,
-    high: int | None = None,
-    optional: bool = False,
-    label: str | None = None,
-) -> Any:
-    value = data.get(key)
-    if value is None and optional:
-        return None
-    label = label or key
-    # bool is an int subclass; True is not a port number.
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise invalid(label, f"an integer >= {low}")
-    if high is not None and value > high:
-        raise invalid(label, f"an integer between {low} and {high}")
-    return value
-
-
-def read_number(data: Mapping[str, Any], key: str) -> float | int:
-    value = data.get(key)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
-        raise invalid(key, "a number >= 0")
-    return value
-
-
-def read_object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key)
-    if not isinstance(value, dict):
-        raise invalid(key, "an object")
-    return value
-
-
-def read_required_fingerprint(data: Mapping[str, Any]) -> str:
-    value = read_fingerprint(data)
-    if value is None:
-        raise invalid("fingerprint", "'sha256:' and 64 lowercase hex digits")
-    return value
-
-
-def read_fingerprint(data: Mapping[str, Any], key: str = "fingerprint") -> str | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not is_fingerprint(value):
-        raise invalid(key, "'sha256:' and 64 lowercase hex digits")
-    return str(value)
-
-
-def _one_direction(data: Mapping[str, Any], *, required: bool) -> tuple[str | None, str | None]:
-    to = read_str(data, "to", max_chars=MAX_ID_CHARS, optional=True)
-    from_ = read_str(data, "from", max_chars=MAX_ID_CHARS, optional=True)
-    if to is not None and from_ is not None:
-        raise ProtocolError("invalid_field", "give either 'to' or 'from', not both")
-    if required and to is None and from_ is None:
-        raise ProtocolError("invalid_field", "'to' is required")
-    return to, from_
-
-
-def _direction(to: str | None, from_: str | None) -> dict[str, str]:
-    if to is not None:
-        return {"to": to}
-    if from_ is not None:
-        return {"from": from_}
-    return {}
+#: a peer id that may be absent, and is then left off the wire: ``to``/``from``,
+#: a watcher's hello
+OPTIONAL_ID: Final = text(MAX_ID_CHARS, omit_none=True)
+PORT: Final = integer(1, 65535)
 
 
 # -- direct candidates (§10.2) -------------------------------------------------------
@@ -235,6 +139,9 @@ def read_candidate(data: Mapping[str, Any], key: str) -> Candidate | None:
     return None if value is None else Candidate.parse(value, label=key)
 
 
+CANDIDATES: Final = wire(read_candidates, dump_each)
+
+
 # -- the peer record shared by snapshot, list and feed --------------------------
 
 
@@ -242,31 +149,21 @@ def read_candidate(data: Mapping[str, Any], key: str) -> Candidate | None:
 class PeerInfo:
     """One online peer as everybody sees it (never with its token)."""
 
-    peer_id: str
-    name: str
-    host: str
-    port: int
-    capabilities: dict[str, Any] = field(default_factory=dict)
-    registered_at: str = ""
-    last_seen: str = ""
+    peer_id: str = field(metadata=text(MAX_ID_CHARS))
+    name: str = field(metadata=text(MAX_NAME_CHARS))
+    host: str = field(metadata=text(MAX_HOST_CHARS, within="peer_server"))
+    port: int = field(metadata=integer(1, 65535, within="peer_server"))
+    capabilities: dict[str, Any] = field(default_factory=dict, metadata=wire(read_object))
+    registered_at: str = field(default="", metadata=text(64))
+    last_seen: str = field(default="", metadata=text(64))
     # sha256:<hex> of the peer's certificate (INTERFACE §6.1); None: it sent none
-    fingerprint: str | None = None
+    fingerprint: str | None = field(default=None, metadata=wire(read_fingerprint))
     # its direct endpoint as registered, and as the tracker saw it from outside (§10.2)
-    direct: tuple[Candidate, ...] = ()
-    reflexive: Candidate | None = None
+    direct: tuple[Candidate, ...] = field(default=(), metadata=CANDIDATES)
+    reflexive: Candidate | None = field(default=None, metadata=wire(read_candidate, dump_or_none))
 
     def dump(self) -> dict[str, Any]:
-        return {
-            "peer_id": self.peer_id,
-            "name": self.name,
-            "peer_server": {"host": self.host, "port": self.port},
-            "capabilities": self.capabilities,
-            "registered_at": self.registered_at,
-            "last_seen": self.last_seen,
-            "fingerprint": self.fingerprint,
-            "direct": [c.dump() for c in self.direct],
-            "reflexive": None if self.reflexive is None else self.reflexive.dump(),
-        }
+        return dump_fields(self)
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
@@ -279,39 +176,24 @@ class PeerInfo:
     def parse(cls, data: Any) -> PeerInfo:
         if not isinstance(data, dict):
             raise invalid("peer", "an object")
-        server = read_object(data, "peer_server")
-        return cls(
-            peer_id=read_str(data, "peer_id", max_chars=MAX_ID_CHARS),
-            name=read_str(data, "name", max_chars=MAX_NAME_CHARS),
-            host=read_str(server, "host", max_chars=MAX_HOST_CHARS),
-            port=read_int(server, "port", low=1, high=65535),
-            capabilities=read_object(data, "capabilities"),
-            registered_at=read_str(data, "registered_at", max_chars=64),
-            last_seen=read_str(data, "last_seen", max_chars=64),
-            fingerprint=read_fingerprint(data),
-            direct=read_candidates(data, "direct"),
-            reflexive=read_candidate(data, "reflexive"),
-        )
+        return cls(**read_fields(cls, data))
 
 
-# -- messages ---------------------------------------------------------------------
+def read_peer(data: Mapping[str, Any], key: str) -> PeerInfo:
+    return PeerInfo.parse(data.get(key))
 
 
-class Message:
-    """Base of every frame; subclasses set ``TYPE`` and implement dump/_from."""
+def read_peers(data: Mapping[str, Any], key: str) -> tuple[PeerInfo, ...]:
+    peers = data.get(key)
+    if not isinstance(peers, list):
+        raise invalid(key, "a list")
+    return tuple(PeerInfo.parse(p) for p in peers)
 
-    TYPE: ClassVar[str]
 
-    def dump(self) -> dict[str, Any]:
-        raise NotImplementedError
+PEER: Final = wire(read_peer, PeerInfo.dump)
 
-    def encode(self) -> str:
-        """Compact JSON text, the form that goes on the wire."""
-        return json.dumps(self.dump(), ensure_ascii=False, separators=(",", ":"))
 
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> Message:
-        raise NotImplementedError
+# -- messages: each declares its wire fields in wire order (see wire.py) ------------
 
 
 @dataclass(frozen=True)
@@ -319,203 +201,102 @@ class Hello(Message):
     """First client frame: an identified peer (peer_id + token) or a watcher."""
 
     TYPE: ClassVar[str] = "hello"
-    last_seq: int | None = None
-    peer_id: str | None = None
-    token: str | None = None
-
-    def dump(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.TYPE}
-        if self.peer_id is not None:
-            out["peer_id"] = self.peer_id
-            out["token"] = self.token
-        out["last_seq"] = self.last_seq
-        return out
-
-    def __repr__(self) -> str:  # never print a token into a log
-        return f"Hello(peer_id={self.peer_id!r}, last_seq={self.last_seq!r})"
+    peer_id: str | None = field(default=None, metadata=OPTIONAL_ID)
+    token: str | None = field(  # a credential: never in a repr, so never in a log
+        default=None, repr=False, metadata=text(MAX_TOKEN_CHARS, omit_none=True)
+    )
+    last_seq: int | None = field(default=None, metadata=integer(optional=True))
 
     @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> Hello:
-        peer_id = read_str(data, "peer_id", max_chars=MAX_ID_CHARS, optional=True)
-        token = read_str(data, "token", max_chars=MAX_TOKEN_CHARS, optional=True)
-        if (peer_id is None) != (token is None):
+    def check(cls, values: dict[str, Any]) -> None:
+        if (values["peer_id"] is None) != (values["token"] is None):
             raise ProtocolError("invalid_field", "'peer_id' and 'token' go together")
-        return cls(last_seq=read_int(data, "last_seq", optional=True), peer_id=peer_id, token=token)
 
 
 @dataclass(frozen=True)
 class Snapshot(Message):
     TYPE: ClassVar[str] = "snapshot"
-    seq: int
-    peers: tuple[PeerInfo, ...] = ()
-
-    def dump(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "seq": self.seq, "peers": [p.dump() for p in self.peers]}
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> Snapshot:
-        peers = data.get("peers")
-        if not isinstance(peers, list):
-            raise invalid("peers", "a list")
-        return cls(seq=read_int(data, "seq"), peers=tuple(PeerInfo.parse(p) for p in peers))
+    seq: int = field(metadata=integer())
+    peers: tuple[PeerInfo, ...] = field(default=(), metadata=wire(read_peers, dump_each))
 
 
 @dataclass(frozen=True)
 class PeerJoined(Message):
     TYPE: ClassVar[str] = "peer-joined"
-    seq: int
-    peer: PeerInfo
-
-    def dump(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "seq": self.seq, "peer": self.peer.dump()}
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> PeerJoined:
-        return cls(seq=read_int(data, "seq"), peer=PeerInfo.parse(data.get("peer")))
+    seq: int = field(metadata=integer())
+    peer: PeerInfo = field(metadata=PEER)
 
 
 @dataclass(frozen=True)
 class PeerUpdated(Message):
     TYPE: ClassVar[str] = "peer-updated"
-    seq: int
-    peer: PeerInfo
-
-    def dump(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "seq": self.seq, "peer": self.peer.dump()}
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> PeerUpdated:
-        return cls(seq=read_int(data, "seq"), peer=PeerInfo.parse(data.get("peer")))
+    seq: int = field(metadata=integer())
+    peer: PeerInfo = field(metadata=PEER)
 
 
 @dataclass(frozen=True)
 class PeerLeft(Message):
     TYPE: ClassVar[str] = "peer-left"
-    seq: int
-    peer_id: str
-    reason: LeaveReason
+    seq: int = field(metadata=integer())
+    peer_id: str = field(metadata=text(MAX_ID_CHARS))
+    reason: LeaveReason = field(metadata=one_of(LeaveReason))
 
-    def dump(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "seq": self.seq, "peer_id": self.peer_id, "reason": self.reason}
+
+class _Routed(Message):
+    """A frame with ``to`` (a peer sends it) or ``from`` (the tracker forwards it), not both.
+
+    Its ``to``/``from_`` fields are keyword-only, so they can stand where the
+    wire has them without taking a place among the positional arguments.
+    """
+
+    TO_REQUIRED: ClassVar[bool] = True
 
     @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> PeerLeft:
-        reason = data.get("reason")
-        if reason not in ("left", "expired"):
-            raise invalid("reason", "'left' or 'expired'")
-        return cls(
-            seq=read_int(data, "seq"),
-            peer_id=read_str(data, "peer_id", max_chars=MAX_ID_CHARS),
-            reason=reason,
-        )
+    def check(cls, values: dict[str, Any]) -> None:
+        if values["to"] is not None and values["from_"] is not None:
+            raise ProtocolError("invalid_field", "give either 'to' or 'from', not both")
+        if cls.TO_REQUIRED and values["to"] is None and values["from_"] is None:
+            raise ProtocolError("invalid_field", "'to' is required")
 
 
 @dataclass(frozen=True)
-class StreamRequest(Message):
+class StreamRequest(_Routed):
     """``to`` when a requester sends it, ``from`` when the tracker forwards it."""
 
     TYPE: ClassVar[str] = "stream-request"
-    request_id: str
-    path: str
-    to: str | None = None
-    from_: str | None = None
-
-    def dump(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            "request_id": self.request_id,
-            **_direction(self.to, self.from_),
-            "path": self.path,
-        }
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> StreamRequest:
-        to, from_ = _one_direction(data, required=True)
-        return cls(
-            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            path=read_str(data, "path", max_chars=MAX_PATH_CHARS),
-            to=to,
-            from_=from_,
-        )
+    request_id: str = field(metadata=text(MAX_ID_CHARS))
+    to: str | None = field(default=None, kw_only=True, metadata=OPTIONAL_ID)
+    from_: str | None = field(default=None, kw_only=True, metadata=OPTIONAL_ID)
+    path: str = field(metadata=text(MAX_PATH_CHARS))
 
 
 @dataclass(frozen=True)
-class FileStreamReady(Message):
+class FileStreamReady(_Routed):
     """The owner's answer: where and with which token to fetch the file."""
 
     TYPE: ClassVar[str] = "file-stream-ready"
-    request_id: str
-    host: str
-    port: int
-    token: str
-    path: str
-    size: int
-    expires_in: float | int
-    to: str | None = None
-    from_: str | None = None
-
-    def dump(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            "request_id": self.request_id,
-            **_direction(self.to, self.from_),
-            "host": self.host,
-            "port": self.port,
-            "token": self.token,
-            "path": self.path,
-            "size": self.size,
-            "expires_in": self.expires_in,
-        }
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> FileStreamReady:
-        to, from_ = _one_direction(data, required=True)
-        return cls(
-            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            host=read_str(data, "host", max_chars=MAX_HOST_CHARS),
-            port=read_int(data, "port", low=1, high=65535),
-            token=read_str(data, "token", max_chars=MAX_TOKEN_CHARS),
-            path=read_str(data, "path", max_chars=MAX_PATH_CHARS),
-            size=read_int(data, "size"),
-            expires_in=read_number(data, "expires_in"),
-            to=to,
-            from_=from_,
-        )
+    request_id: str = field(metadata=text(MAX_ID_CHARS))
+    to: str | None = field(default=None, kw_only=True, metadata=OPTIONAL_ID)
+    from_: str | None = field(default=None, kw_only=True, metadata=OPTIONAL_ID)
+    host: str = field(metadata=text(MAX_HOST_CHARS))
+    port: int = field(metadata=PORT)
+    token: str = field(metadata=text(MAX_TOKEN_CHARS))
+    path: str = field(metadata=text(MAX_PATH_CHARS))
+    size: int = field(metadata=integer())
+    expires_in: float | int = field(metadata=wire(read_number))
 
 
 @dataclass(frozen=True)
-class _Refusal(Message):
+class _Refusal(_Routed):
     """The shape of a refusal: ``to`` when a peer sends it, ``from`` when the tracker
     forwards it, neither when the tracker answers itself."""
 
-    request_id: str
-    code: str
-    message: str
-    to: str | None = None
-    from_: str | None = None
-
-    def dump(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            "request_id": self.request_id,
-            **_direction(self.to, self.from_),
-            "code": self.code,
-            "message": self.message,
-        }
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> Self:
-        to, from_ = _one_direction(data, required=False)
-        message = data.get("message", "")
-        if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
-            raise invalid("message", f"a string of at most {MAX_MESSAGE_CHARS} characters")
-        return cls(
-            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            code=read_str(data, "code", max_chars=MAX_CODE_CHARS),
-            message=message,
-            to=to,
-            from_=from_,
-        )
+    TO_REQUIRED: ClassVar[bool] = False
+    request_id: str = field(metadata=text(MAX_ID_CHARS))
+    to: str | None = field(default=None, kw_only=True, metadata=OPTIONAL_ID)
+    from_: str | None = field(default=None, kw_only=True, metadata=OPTIONAL_ID)
+    code: str = field(metadata=text(MAX_CODE_CHARS))
+    message: str = field(metadata=note(MAX_MESSAGE_CHARS))
 
 
 @dataclass(frozen=True)
@@ -530,18 +311,8 @@ class TunnelRequest(Message):
     """A requester asks the tracker to pair it with *to* through the tunnel port (§6.2)."""
 
     TYPE: ClassVar[str] = "tunnel-request"
-    request_id: str
-    to: str
-
-    def dump(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "request_id": self.request_id, "to": self.to}
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> TunnelRequest:
-        return cls(
-            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            to=read_str(data, "to", max_chars=MAX_ID_CHARS),
-        )
+    request_id: str = field(metadata=text(MAX_ID_CHARS))
+    to: str = field(metadata=text(MAX_ID_CHARS))
 
 
 @dataclass(frozen=True)
@@ -556,53 +327,17 @@ class TunnelInvite(Message):
     """
 
     TYPE: ClassVar[str] = "tunnel-invite"
-    request_id: str
-    from_: str
-    fingerprint: str
-    role: Literal["client", "server"]
-    host: str
-    port: int
-    key: str
-    candidates: tuple[Candidate, ...] = ()
-    peer_fingerprint: str | None = None
-
-    def dump(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            "request_id": self.request_id,
-            "from": self.from_,
-            "fingerprint": self.fingerprint,
-            "role": self.role,
-            "host": self.host,
-            "port": self.port,
-            "key": self.key,
-            "candidates": [c.dump() for c in self.candidates],
-            "peer_fingerprint": self.peer_fingerprint,
-        }
-
-    def __repr__(self) -> str:  # a key is a credential: never in a log
-        return (
-            f"TunnelInvite(request_id={self.request_id!r}, from_={self.from_!r}, "
-            f"role={self.role!r})"
-        )
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> TunnelInvite:
-        role = data.get("role")
-        if role not in ("client", "server"):
-            raise invalid("role", "'client' or 'server'")
-        return cls(
-            request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS),
-            from_=read_str(data, "from", max_chars=MAX_ID_CHARS),
-            fingerprint=read_required_fingerprint(data),
-            role=role,
-            host=read_str(data, "host", max_chars=MAX_HOST_CHARS),
-            port=read_int(data, "port", low=1, high=65535),
-            key=read_str(data, "key", max_chars=MAX_TOKEN_CHARS),
-            # an introduction may list both sides' addresses plus each reflexive one
-            candidates=read_candidates(data, "candidates"),
-            peer_fingerprint=read_fingerprint(data, "peer_fingerprint"),
-        )
+    request_id: str = field(metadata=text(MAX_ID_CHARS))
+    from_: str = field(metadata=text(MAX_ID_CHARS))
+    fingerprint: str = field(metadata=wire(read_required_fingerprint))
+    role: Role = field(metadata=one_of(Role))
+    host: str = field(metadata=text(MAX_HOST_CHARS))
+    port: int = field(metadata=PORT)
+    # a credential: never in a repr, so never in a log
+    key: str = field(repr=False, metadata=text(MAX_TOKEN_CHARS))
+    # an introduction may list both sides' addresses plus each reflexive one
+    candidates: tuple[Candidate, ...] = field(default=(), metadata=CANDIDATES)
+    peer_fingerprint: str | None = field(default=None, metadata=wire(read_fingerprint))
 
 
 @dataclass(frozen=True)
@@ -610,18 +345,8 @@ class RouteReport(Message):
     """Each side of an introduction tells the tracker which route won (§10.3 metrics)."""
 
     TYPE: ClassVar[str] = "route-report"
-    request_id: str
-    route: Literal["direct", "relay"]
-
-    def dump(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "request_id": self.request_id, "route": self.route}
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> RouteReport:
-        route = data.get("route")
-        if route not in ("direct", "relay"):
-            raise invalid("route", "'direct' or 'relay'")
-        return cls(request_id=read_str(data, "request_id", max_chars=MAX_ID_CHARS), route=route)
+    request_id: str = field(metadata=text(MAX_ID_CHARS))
+    route: Route = field(metadata=one_of(Route))
 
 
 @dataclass(frozen=True)
@@ -629,23 +354,6 @@ class TunnelErrorMessage(_Refusal):
     """A refused tunnel: by the tracker, or an owner's decline (forwarded)."""
 
     TYPE: ClassVar[str] = "tunnel-error"
-
-
-@dataclass(frozen=True)
-class ErrorMessage(Message):
-    TYPE: ClassVar[str] = "error"
-    code: str
-    message: str
-
-    def dump(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "code": self.code, "message": self.message}
-
-    @classmethod
-    def _from(cls, data: Mapping[str, Any]) -> ErrorMessage:
-        message = data.get("message", "")
-        if not isinstance(message, str):
-            raise invalid("message", "a string")
-        return cls(code=read_str(data, "code", max_chars=MAX_CODE_CHARS), message=message)
 
 
 Change = PeerJoined | PeerUpdated | PeerLeft
@@ -683,4 +391,4 @@ def parse(data: Mapping[str, Any] | str | bytes) -> Message:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}"[:MAX_MESSAGE_CHARS])
-    return cls._from(data)
+    return cls.from_dict(data)

@@ -1,7 +1,7 @@
 """Request bodies of the tracker's HTTP API, checked before anything changes.
 
 The field rules are the wire protocol's own readers
-(:mod:`flashback.protocol.messages`: ``read_str``, ``read_int``,
+(:mod:`flashback.protocol.wire`: ``read_str``, ``read_int``,
 ``read_fingerprint``...), so a name, host, port or fingerprint means the same
 in a registration as in a PEER on the feed. This module only adds what a
 registration alone asks (a printable name, a real host, the capabilities
@@ -21,19 +21,16 @@ from typing import Any, Final
 
 from flashback.errors import BadRequest, InvalidField
 from flashback.protocol.hosts import MAX_HOST_CHARS, is_valid_host
-from flashback.protocol.messages import (
-    MAX_ID_CHARS,
-    MAX_NAME_CHARS,
-    Candidate,
+from flashback.protocol.messages import MAX_ID_CHARS, MAX_NAME_CHARS, Candidate, read_candidates
+from flashback.protocol.tunnel import dialable
+from flashback.protocol.wire import (
     ProtocolError,
     decode_object,
-    read_candidates,
     read_fingerprint,
     read_int,
     read_object,
     read_str,
 )
-from flashback.protocol.tunnel import dialable
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_CAPABILITIES_BYTES: Final = 4 * 1024
@@ -72,7 +69,7 @@ def json_object(body: bytes) -> dict[str, Any]:
 
 def peer_id_field(data: dict[str, Any]) -> str:
     with _http_errors():
-        return str(read_str(data, "peer_id", max_chars=MAX_ID_CHARS))
+        return read_str(data, "peer_id", max_chars=MAX_ID_CHARS)
 
 
 def registration(body: bytes) -> RegisterBody:
@@ -85,7 +82,7 @@ def registration(body: bytes) -> RegisterBody:
         host = read_str(server, "host", max_chars=MAX_HOST_CHARS, label="peer_server.host")
         port = read_int(server, "port", low=1, high=65535, label="peer_server.port")
         capabilities = read_object(data, "capabilities") if "capabilities" in data else {}
-        peer_id = read_str(data, "peer_id", max_chars=MAX_ID_CHARS, optional=True)
+        peer_id = None if data.get("peer_id") is None else peer_id_field(data)
         fingerprint = read_fingerprint(data)
         direct = read_candidates(data, "direct")
     if not name.isprintable():
