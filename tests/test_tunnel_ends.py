@@ -185,7 +185,7 @@ async def test_bridge_carries_a_local_connection_and_its_half_close(world, nurse
         forward_port = listeners[0].socket.getsockname()[1]
         result = {}
 
-        async def forward_one():
+        async def forward_one() -> None:
             local_conn = await listeners[0].accept()
             async with local_conn, tunnel:
                 result["counts"] = await bridge(tunnel, local_conn)

@@ -160,7 +160,7 @@ async def test_a_peer_that_never_reads_stalls_only_its_own_session(relay_port):
     with trio.fail_after(20):
         _s, flooder, _sleeper = await joined_pair(relay, port)
 
-        async def flood():
+        async def flood() -> None:
             with trio.move_on_after(1):
                 while True:
                     await flooder.send_all(b"z" * 65536)

@@ -67,14 +67,14 @@ async def test_bytes_cross_both_ways_unchanged_with_half_close(session, use_spli
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
 
-            async def run_pump():
+            async def run_pump() -> None:
                 got["stats"] = await pump(tc, ts, use_splice=use_splice)
 
-            async def server_side():
+            async def server_side() -> None:
                 got["up"] = await drain(server)  # EOF arrives: the half-close was forwarded
                 await send_all_then_half_close(server, down)  # and it can still answer
 
-            async def client_side():
+            async def client_side() -> None:
                 await send_all_then_half_close(client, up)
                 got["down"] = await drain(client)
 
@@ -103,7 +103,7 @@ async def test_activity_pushes_the_idle_deadline(session, use_splice, autojump_c
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
 
-        async def chatter():
+        async def chatter() -> None:
             for _ in range(3):
                 await trio.sleep(100.0)
                 await client.send(b"x")
@@ -122,7 +122,7 @@ async def test_rate_limit_per_session(session, use_splice, autojump_clock):
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
 
-        async def run_pump():
+        async def run_pump() -> None:
             got["stats"] = await pump(
                 tc,
                 ts,
@@ -130,7 +130,7 @@ async def test_rate_limit_per_session(session, use_splice, autojump_clock):
                 bucket=TokenBucket(rate_per_s=100_000.0, burst=100_000.0),
             )
 
-        async def receive():
+        async def receive() -> None:
             got["up"] = await drain(server)
             server.shutdown(trio.socket.SHUT_WR)
 
@@ -150,7 +150,7 @@ async def test_a_reset_ends_the_session(session, use_splice):
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
 
-            async def reset_soon():
+            async def reset_soon() -> None:
                 await client.send(b"hello")
                 await trio.sleep(0.05)
                 client.close()
