@@ -98,7 +98,8 @@ def make_big_dir(path: Path, entries: int) -> None:
 
 def proc_tree(pid: int) -> list[int]:
     """*pid* and its descendants (via /proc/PID/task/TID/children)."""
-    found, todo = [], [pid]
+    found: list[int] = []
+    todo = [pid]
     while todo and len(found) < 256:
         current = todo.pop()
         found.append(current)

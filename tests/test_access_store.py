@@ -57,7 +57,9 @@ class World:
             wall_clock=lambda: self.now,
         )
 
-    def ask(self, presented: str | None, peer_id: str | None = None, listed: str | None = None):
+    def ask(
+        self, presented: str | None, peer_id: str | None = None, listed: str | None = None
+    ) -> str | None:
         return self.gate.check(presented, invite_peer=peer_id, invite_fingerprint=listed)
 
 

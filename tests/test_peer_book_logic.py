@@ -111,7 +111,7 @@ def test_a_hand_grown_file_keeps_its_newest_entries() -> None:
 
 
 def props(**values: str | bytes) -> dict[bytes, bytes | None]:
-    base: dict[str, str | bytes] = {"id": "", "name": "alice", "fp": FP_A} | values
+    base: dict[str, str | bytes] = {"id": "", "name": "alice", "fp": FP_A, **values}
     return {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in base.items()}
 
 
@@ -126,8 +126,8 @@ def announce(
         "x._flashback._tcp.local.",
         properties,
         addresses,
-        port,
-        text_bytes=size,  # type: ignore[arg-type]
+        port,  # type: ignore[arg-type]  # a stranger may send any type
+        text_bytes=size,
     )
 
 

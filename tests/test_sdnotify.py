@@ -154,7 +154,9 @@ def abstract_listener() -> Iterator[tuple[socket.socket, dict[str, str]]]:
 def listener(
     request: pytest.FixtureRequest,
 ) -> tuple[socket.socket, dict[str, str]]:
-    return request.getfixturevalue(f"{request.param}_listener")
+    pair: tuple[socket.socket, dict[str, str]]
+    pair = request.getfixturevalue(f"{request.param}_listener")
+    return pair
 
 
 def _pending(sock: socket.socket) -> list[bytes]:

@@ -82,6 +82,7 @@ async def test_websocket_upgrade_plus_one_byte_ends_only_that_connection(tmp_pat
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         tracker, tracker_url = await start_tracker(stack, nursery, tmp_path)
         tracker_port = httpx.URL(tracker_url).port
+        assert tracker_port is not None
         daemon = await start_daemon(stack, nursery, tmp_path, "alice", tracker_url)
         daemon_port = int(
             next(e for e in daemon.events if e["event"] == "peer-server-ready")["port"]
