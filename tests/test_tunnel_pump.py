@@ -6,10 +6,13 @@ import hashlib
 import os
 import socket as stdlib_socket
 import struct
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from trio.socket import SocketType
 
 from flashback.protocol.token_bucket import TokenBucket
 from flashback.tracker.pump import SPLICE_AVAILABLE, pump
@@ -48,8 +51,11 @@ async def send_all_then_half_close(sock: trio.socket.SocketType, data: bytes) ->
     sock.shutdown(trio.socket.SHUT_WR)
 
 
+Ends = tuple[SocketType, SocketType, SocketType, SocketType]
+
+
 @pytest.fixture
-async def session():
+async def session() -> AsyncIterator[Ends]:
     """(client end, server end, the two sockets the tracker holds)."""
     client, tracker_c = await tcp_pair()
     server, tracker_s = await tcp_pair()
@@ -59,11 +65,13 @@ async def session():
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_bytes_cross_both_ways_unchanged_with_half_close(session, use_splice):
+async def test_bytes_cross_both_ways_unchanged_with_half_close(
+    session: Ends, use_splice: bool
+) -> None:
     client, server, tc, ts = session
     up = os.urandom(3 * 1024 * 1024 + 17)
     down = os.urandom(5 * 1024 * 1024 + 3)
-    got: dict[str, bytes] = {}
+    got: dict[str, Any] = {}
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
 
@@ -89,7 +97,9 @@ async def test_bytes_cross_both_ways_unchanged_with_half_close(session, use_spli
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_idle_session_ends_after_exactly_the_timeout(session, use_splice, autojump_clock):
+async def test_idle_session_ends_after_exactly_the_timeout(
+    session: Ends, use_splice: bool, autojump_clock: trio.testing.MockClock
+) -> None:
     _client, _server, tc, ts = session
     start = trio.current_time()
     stats = await pump(tc, ts, idle_timeout_s=120.0, use_splice=use_splice)
@@ -98,7 +108,9 @@ async def test_idle_session_ends_after_exactly_the_timeout(session, use_splice, 
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_activity_pushes_the_idle_deadline(session, use_splice, autojump_clock):
+async def test_activity_pushes_the_idle_deadline(
+    session: Ends, use_splice: bool, autojump_clock: trio.testing.MockClock
+) -> None:
     client, _server, tc, ts = session
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -115,10 +127,12 @@ async def test_activity_pushes_the_idle_deadline(session, use_splice, autojump_c
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_rate_limit_per_session(session, use_splice, autojump_clock):
+async def test_rate_limit_per_session(
+    session: Ends, use_splice: bool, autojump_clock: trio.testing.MockClock
+) -> None:
     client, server, tc, ts = session
     payload = b"r" * 400_000
-    got = {}
+    got: dict[str, Any] = {}
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
 
@@ -143,7 +157,7 @@ async def test_rate_limit_per_session(session, use_splice, autojump_clock):
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_a_reset_ends_the_session(session, use_splice):
+async def test_a_reset_ends_the_session(session: Ends, use_splice: bool) -> None:
     client, server, tc, ts = session
     # SO_LINGER 0 makes close() send RST instead of FIN
     client.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -174,7 +188,7 @@ class _Steps(trio.abc.Instrument):
 
 
 @pytest.mark.skipif(not SPLICE_AVAILABLE, reason="no os.splice")
-async def test_a_chunk_after_a_wait_costs_one_scheduler_pass_not_two(session):
+async def test_a_chunk_after_a_wait_costs_one_scheduler_pass_not_two(session: Ends) -> None:
     # Each chunk arrives alone, so the pump waits for it (a checkpoint); a second
     # checkpoint after copying it would only double the wakeups of a slow stream.
     client, server, tc, ts = session
