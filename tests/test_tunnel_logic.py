@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 
@@ -12,6 +14,7 @@ from flashback.protocol.tunnel import (
     LineReader,
     OpenTarget,
     RouteMemory,
+    Session,
     SessionTable,
     TunnelError,
     direct_probe_accepts,
@@ -23,7 +26,7 @@ from flashback.protocol.tunnel import (
 )
 
 
-def counting_keys():
+def counting_keys() -> Callable[[], str]:
     counter = itertools.count()
     return lambda: new_key(lambda n: next(counter).to_bytes(n, "big"))
 
@@ -42,7 +45,7 @@ def test_keys_are_43_chars_of_urlsafe_base64_and_random() -> None:
     "text",
     ["", "a" * 42, "a" * 44, "+" * 43, "a" * 42 + "=", "A" * 42 + "B"],  # last: non-canonical bits
 )
-def test_invalid_keys(text):
+def test_invalid_keys(text: str) -> None:
     assert not is_valid_key(text)
 
 
@@ -66,7 +69,7 @@ def test_join_line_round_trip_and_fits_the_limit() -> None:
         b"\xff" * 20,
     ],
 )
-def test_bad_join_lines(line):
+def test_bad_join_lines(line: bytes) -> None:
     with pytest.raises(TunnelError) as info:
         parse_join_line(line)
     assert info.value.line == b"ERR bad_line\n"
@@ -158,7 +161,7 @@ def test_expire_drops_unpaired_sessions_only() -> None:
     assert later.value.code == "unknown"
 
 
-def pair(table: SessionTable, session, now: float = 0.0) -> None:
+def pair(table: SessionTable, session: Session, now: float = 0.0) -> None:
     table.join(session.keys["server"], now=now)
     table.join(session.keys["client"], now=now)
 
@@ -228,7 +231,7 @@ def test_paired_sessions_are_capped_per_peer() -> None:
         table2.join(s2.keys["client"], now=0.0)
     assert late.value.code == "busy" and len(table2) == 1
     assert table.open(request_id="h", client_peer="bob", server_peer="alice", now=0.0)
-    table.close(table.find("0", "m"))  # a closed one gives its share back
+    table.close(cast(Session, table.find("0", "m")))  # a closed one gives its share back
     assert table.paired_of("m") == 3
     assert table.open(request_id="6", client_peer="m", server_peer="alice", now=0.0)
 
@@ -267,7 +270,7 @@ def test_closing_a_session_kills_its_unused_key() -> None:
         ("[]:1", None, None),
     ],
 )
-def test_advertise_host(header, configured, expected):
+def test_advertise_host(header: str | None, configured: str | None, expected: str | None) -> None:
     from flashback.protocol.tunnel import advertise_host
 
     assert advertise_host(header, configured) == expected
@@ -322,7 +325,8 @@ def test_tunnel_messages_round_trip() -> None:
     assert parse(TunnelRequest("r1", "peer-a").encode()) == TunnelRequest("r1", "peer-a")
     decline = TunnelErrorMessage("r1", "refused", "no", to="peer-b")
     assert parse(decline.encode()) == decline
-    assert parse({"type": "tunnel-error", "request_id": "r", "code": "busy"}).to is None
+    busy = parse({"type": "tunnel-error", "request_id": "r", "code": "busy"})
+    assert isinstance(busy, TunnelErrorMessage) and busy.to is None
 
 
 @pytest.mark.parametrize(
@@ -353,7 +357,7 @@ def test_tunnel_messages_round_trip() -> None:
         {"type": "tunnel-error", "request_id": "r", "code": "c", "to": "a", "from": "b"},
     ],
 )
-def test_bad_tunnel_messages_are_protocol_errors(frame):
+def test_bad_tunnel_messages_are_protocol_errors(frame: dict[str, Any]) -> None:
     from flashback.protocol.messages import ProtocolError, parse
 
     with pytest.raises(ProtocolError):
@@ -424,7 +428,9 @@ def test_source_candidate_and_holder() -> None:
         (None, "", None),
     ],
 )
-def test_a_cluster_owner_dials_what_the_server_names(configured, bind, expected):
+def test_a_cluster_owner_dials_what_the_server_names(
+    configured: str | None, bind: str, expected: str | None
+) -> None:
     from flashback.protocol.tunnel import cluster_tunnel_host
 
     assert cluster_tunnel_host(configured, bind) == expected
