@@ -215,7 +215,7 @@ class Servers:
     ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as err:
-            proc = subprocess.Popen(argv, stderr=err, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+            proc = subprocess.Popen(argv, stderr=err, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]  # **kw are Popen's keyword arguments
         return proc, log
 
     def _listening(

@@ -50,7 +50,7 @@ class World:
     def open(self, mode: str = "tracker") -> AccessControl:
         return AccessControl(
             AccessStore(self.directory),
-            mode,  # type: ignore[arg-type]
+            mode,  # type: ignore[arg-type]  # the test's mode string, as a config would give it
             emit=lambda event, **fields: self.events.append({"event": event, **fields}),
             online=lambda: self.online,
             clock=lambda: self.now,

@@ -218,7 +218,7 @@ async def test_reflection_leaves_from_the_endpoint_port(
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     await nursery.start(trio.serve_listeners, tunnel_port, listeners)
     ctx = SimpleNamespace(identity=Identity("p1", "tok-1"), tracker_connected=True, reflexive=None)
-    reflector = Reflector(ctx, direct)  # type: ignore[arg-type]
+    reflector = Reflector(ctx, direct)  # type: ignore[arg-type]  # a stand-in context with the fields Reflector reads
     reflector.tunnel = ("127.0.0.1", listeners[0].socket.getsockname()[1])
     answers: list[Candidate | None] = []
 

@@ -237,7 +237,7 @@ async def test_connect_holds_a_forward_whose_connections_went_direct(duo: Duo) -
     bob = daemons["bob"].service
     await bob.start_forward("alice", PEER)
     ctx = SimpleNamespace(tunnels=bob)
-    with held(ctx, {"peer_id": "alice", "route": "direct"}, ConnectRequest("alice")):  # type: ignore[arg-type]
+    with held(ctx, {"peer_id": "alice", "route": "direct"}, ConnectRequest("alice")):  # type: ignore[arg-type]  # a stand-in context: only `tunnels` is read
         assert bob._forwards[("alice", PEER)].holds == 1
     assert bob._forwards[("alice", PEER)].holds == 0
 

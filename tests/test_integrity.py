@@ -217,11 +217,11 @@ async def test_stream_port_carries_the_digest(nursery: trio.Nursery, tmp_path: P
     _, receive = trio.open_memory_channel[StreamRequest](0)
     await nursery.start(manager.run, receive, lambda answer: None)
     ready = await manager.handle(StreamRequest("r1", "f.bin", from_="bob"))
-    url = f"http://127.0.0.1:{ready.port}/{ready.token}"  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{ready.port}/{ready.token}"  # type: ignore[union-attr]  # handle answered a StreamReady
     async with httpx.AsyncClient() as http:
         head = await http.head(url)
         ranged = await http.get(url, headers={"Range": "bytes=0-9"})
-        stranger = await http.head(f"http://127.0.0.1:{ready.port}/wrong")  # type: ignore[union-attr]
+        stranger = await http.head(f"http://127.0.0.1:{ready.port}/wrong")  # type: ignore[union-attr]  # handle answered a StreamReady
     assert head.headers["repr-digest"] == sf_digest(data)
     assert ranged.status_code == 206 and ranged.headers["repr-digest"] == sf_digest(data)
     assert stranger.status_code == 403 and "repr-digest" not in stranger.headers

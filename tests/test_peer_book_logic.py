@@ -172,7 +172,7 @@ def test_a_good_announcement_becomes_a_lan_peer() -> None:
 )
 def test_hostile_announcements_are_ignored(kwargs: dict[str, object], reason: str) -> None:
     with pytest.raises(Ignored, match=reason):
-        announce(**kwargs)  # type: ignore[arg-type]
+        announce(**kwargs)  # type: ignore[arg-type]  # hostile values of any type, on purpose
 
 
 def test_our_txt_and_label_pass_our_own_checks() -> None:

@@ -119,7 +119,7 @@ async def test_access_line_is_built_only_when_the_access_log_writes_it(
 
     def counting_atoms(self: Logger, *args: object) -> object:
         built.append(1)
-        return real_atoms(self, *args)  # type: ignore[arg-type]
+        return real_atoms(self, *args)  # type: ignore[arg-type]  # hypercorn's own arguments, passed through
 
     monkeypatch.setattr(Logger, "atoms", counting_atoms)
     scope = {"type": "http", "method": "GET", "path": "/api/info", "query_string": b"",
@@ -128,9 +128,9 @@ async def test_access_line_is_built_only_when_the_access_log_writes_it(
     response = {"status": 200, "headers": [(b"content-length", b"2")]}
     logger = hypercorn_config("127.0.0.1", 0).log
     monkeypatch.setattr(ACCESS_LOG, "level", logging.WARNING)
-    await logger.access(scope, response, 0.001)  # type: ignore[arg-type]
+    await logger.access(scope, response, 0.001)  # type: ignore[arg-type]  # plain dicts for hypercorn's ASGI scope types
     assert built == []
     with caplog.at_level(logging.INFO, logger=ACCESS_LOG.name):
-        await logger.access(scope, response, 0.001)  # type: ignore[arg-type]
+        await logger.access(scope, response, 0.001)  # type: ignore[arg-type]  # plain dicts for hypercorn's ASGI scope types
     assert built == [1]
     assert '"GET /api/info" 200 2' in caplog.text

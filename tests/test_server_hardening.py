@@ -50,7 +50,7 @@ async def start_serve(
     stack: AsyncExitStack, nursery: trio.Nursery, root: Path, env: dict[str, str], **kw: object
 ) -> tuple[Proc, int]:
     proc = await stack.enter_async_context(
-        start(nursery, ["serve", "--root", str(root)], env=env, name="serve", **kw)  # type: ignore[arg-type]
+        start(nursery, ["serve", "--root", str(root)], env=env, name="serve", **kw)  # type: ignore[arg-type]  # **kw are start()'s keyword arguments
     )
     ready = await proc.wait_event(event_is("peer-server-ready"))
     return proc, int(ready["port"])
