@@ -98,7 +98,8 @@ def make_big_dir(path: Path, entries: int) -> None:
 
 def proc_tree(pid: int) -> list[int]:
     """*pid* and its descendants (via /proc/PID/task/TID/children)."""
-    found, todo = [], [pid]
+    found: list[int] = []
+    todo = [pid]
     while todo and len(found) < 256:
         current = todo.pop()
         found.append(current)
@@ -214,7 +215,7 @@ class Servers:
     ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as err:
-            proc = subprocess.Popen(argv, stderr=err, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+            proc = subprocess.Popen(argv, stderr=err, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]  # **kw are Popen's keyword arguments
         return proc, log
 
     def _listening(

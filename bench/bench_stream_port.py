@@ -31,7 +31,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import trio
 
@@ -73,7 +73,7 @@ http {{
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
-        return probe.getsockname()[1]
+        return cast(int, probe.getsockname()[1])
 
 
 def make_file(path: Path, size_bytes: int) -> None:

@@ -224,8 +224,8 @@ def run_wrk(
     errors = re.search(r"Socket errors: (.*)", out)
     if bad or errors:
         raise RuntimeError(f"{server.name}: wrk saw failures:\n{out}")
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]  # wrk always prints this line
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]  # wrk always prints this line
     return rps, cpu / total * 1e6
 
 

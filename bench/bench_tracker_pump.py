@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import trio
 from bench_tunnel_pump import (
@@ -145,7 +145,7 @@ class Results:
     samples: list[Sample] = field(default_factory=list)
 
     def median(self, name: str) -> float:
-        return statistics.median(getattr(sample, name) for sample in self.samples)
+        return statistics.median(cast(float, getattr(sample, name)) for sample in self.samples)
 
 
 async def measured(pid: int, size_bytes: int, transfer: Callable[[], Awaitable[float]]) -> Sample:

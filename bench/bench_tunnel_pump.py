@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 import trio
 
@@ -170,7 +170,7 @@ def fd_count(pid: int) -> int:
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
-        return probe.getsockname()[1]
+        return cast(int, probe.getsockname()[1])
 
 
 def is_listening(port: int) -> bool:

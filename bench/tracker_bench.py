@@ -72,7 +72,7 @@ async def _serve_baseline_http() -> None:
 
     config = hypercorn_config(HOST, 0, backlog=LISTEN_BACKLOG)
     async with trio.open_nursery() as nursery:
-        address = await nursery.start(serve_quart, app, config)  # type: ignore[arg-type]
+        address = await nursery.start(serve_quart, app, config)
         _ready(address.port)
 
 
@@ -169,6 +169,7 @@ async def stop_server(server: Server) -> None:
     if server.process.returncode is None:
         server.process.kill()
         await server.process.wait()
+    assert server.process.stdout is not None
     await server.process.stdout.aclose()
 
 
@@ -397,7 +398,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def run(duration_s: float, watcher_counts: list[int], rounds: int) -> dict[str, Any]:
-    from flashback.tracker.serve import raise_open_file_limit
+    from flashback.httpserver import raise_open_file_limit
 
     raise_open_file_limit()
     results: dict[str, Any] = {}
@@ -455,7 +456,7 @@ def main() -> None:
         trio.run(_serve_baseline_http)
         return
     if args.serve == "baseline-ws":
-        from flashback.tracker.serve import raise_open_file_limit
+        from flashback.httpserver import raise_open_file_limit
 
         raise_open_file_limit()
         trio.run(_serve_baseline_ws)

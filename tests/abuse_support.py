@@ -13,7 +13,7 @@ import os
 import socket
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httpx
 import trio
@@ -53,7 +53,7 @@ async def probe(url: str) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
         response = await http.get(url + "/api/relay/status")
     assert response.status_code == 200, response.text
-    return response.json()
+    return cast(dict[str, Any], response.json())
 
 
 def big_registration(index: int, *, big: bool = True) -> dict[str, Any]:

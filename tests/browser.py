@@ -12,7 +12,10 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from selenium.webdriver.chrome.webdriver import WebDriver
 
 CHROMIUM: Final = "/usr/bin/chromium"
 CHROMEDRIVER: Final = "/usr/bin/chromedriver"
@@ -40,7 +43,7 @@ def missing_browser() -> str | None:
 
 
 @contextmanager
-def chromium(profile: Path, *extra_flags: str) -> Iterator[object]:
+def chromium(profile: Path, *extra_flags: str) -> Iterator[WebDriver]:
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service

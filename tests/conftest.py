@@ -14,6 +14,7 @@ import trio
 
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
+from flashback.web import BoundAddress
 
 BIG_FILE_BYTES = 5 * 1024 * 1024 + 123  # more than a few 1 MiB chunks, odd tail
 
@@ -52,7 +53,7 @@ def share(tmp_path: Path) -> Path:
 @pytest.fixture
 async def peer_url(nursery: trio.Nursery, share: Path) -> str:
     settings = ShareSettings(share, show_hidden=False, info=LocalInfo(name="test-peer"))
-    address = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
+    address: BoundAddress = await nursery.start(partial(serve_peer, settings, "127.0.0.1", 0))
     return address.url
 
 

@@ -92,7 +92,7 @@ async def main(honest: str, stranger: str) -> dict[str, Any]:
         try:
             for info in _hostile(stranger):
                 await trio.to_thread.run_sync(
-                    lambda info=info: zc.register_service(info, cooperating_responders=True)
+                    lambda info=info: zc.register_service(info, cooperating_responders=True)  # type: ignore[misc]  # binds the loop variable
                 )
             with trio.fail_after(20):
                 while not settled():

@@ -131,7 +131,7 @@ def test_urls_are_built_from_parts() -> None:
     assert isinstance(http_url("h", 1), httpx.URL)
 
 
-def test_charging_bytes_holds_the_rate():
+def test_charging_bytes_holds_the_rate() -> None:
     bucket = TokenBucket(rate_per_s=1000.0, burst=500.0)
     assert bucket.charge(0.0, 500) == 0.0  # the burst passes at once
     assert bucket.charge(0.0, 1000) == pytest.approx(1.0)

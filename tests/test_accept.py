@@ -9,7 +9,7 @@ import trio
 
 from flashback.http.accept import serve_listener
 from flashback.protocol.tunnel import OpenTarget
-from tests.test_daemon_tunnels import pair  # noqa: F401 - the fixture
+from tests.test_daemon_tunnels import Pair, pair  # noqa: F401 - the fixture
 
 
 def _flaky_accept(monkeypatch: pytest.MonkeyPatch, errors: list[int]) -> list[int]:
@@ -39,7 +39,11 @@ async def _echo_once(port: int, word: bytes) -> bytes:
     return got
 
 
-async def test_an_accept_error_no_longer_stops_a_forward(pair, nursery, monkeypatch):  # noqa: F811
+async def test_an_accept_error_no_longer_stops_a_forward(
+    pair: Pair,  # noqa: F811
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     switch, _events, _pins = pair
     raised = _flaky_accept(monkeypatch, [errno.EMFILE, errno.ENFILE])
     with trio.fail_after(15):
@@ -50,7 +54,7 @@ async def test_an_accept_error_no_longer_stops_a_forward(pair, nursery, monkeypa
     assert raised == [errno.EMFILE, errno.ENFILE]
 
 
-async def test_a_failing_handler_ends_its_connection_only(nursery):
+async def test_a_failing_handler_ends_its_connection_only(nursery: trio.Nursery) -> None:
     calls = 0
 
     async def handler(stream: trio.SocketStream) -> None:
@@ -72,7 +76,7 @@ async def test_a_failing_handler_ends_its_connection_only(nursery):
         assert await _echo_once(port, b"") == b"ok"
 
 
-async def test_the_cap_waits_without_a_share(nursery):
+async def test_the_cap_waits_without_a_share(nursery: trio.Nursery) -> None:
     gate = trio.Event()
     running = 0
 
@@ -96,7 +100,9 @@ async def test_the_cap_waits_without_a_share(nursery):
         await client.aclose()
 
 
-async def test_a_full_share_cuts_the_heaviest_address_not_the_newcomer(nursery):
+async def test_a_full_share_cuts_the_heaviest_address_not_the_newcomer(
+    nursery: trio.Nursery,
+) -> None:
     held: list[int] = []
     cut: list[int] = []
     count = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -72,7 +73,7 @@ async def test_allow_deny_forget_and_status(tmp_path: Path, nursery: trio.Nurser
 
 
 def test_share_with_flag_env_file_and_bad_values(tmp_path: Path) -> None:
-    def mode(flags: dict, env: dict, file: dict) -> str:
+    def mode(flags: dict[str, Any], env: dict[str, str], file: dict[str, Any]) -> str:
         return daemon_from_sources({"root": str(tmp_path), **flags}, env, file).share_with
 
     assert mode({}, {}, {}) == "tracker"

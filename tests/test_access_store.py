@@ -50,14 +50,16 @@ class World:
     def open(self, mode: str = "tracker") -> AccessControl:
         return AccessControl(
             AccessStore(self.directory),
-            mode,  # type: ignore[arg-type]
+            mode,  # type: ignore[arg-type]  # the test's mode string, as a config would give it
             emit=lambda event, **fields: self.events.append({"event": event, **fields}),
             online=lambda: self.online,
             clock=lambda: self.now,
             wall_clock=lambda: self.now,
         )
 
-    def ask(self, presented: str | None, peer_id: str | None = None, listed: str | None = None):
+    def ask(
+        self, presented: str | None, peer_id: str | None = None, listed: str | None = None
+    ) -> str | None:
         return self.gate.check(presented, invite_peer=peer_id, invite_fingerprint=listed)
 
 

@@ -65,7 +65,7 @@ class Homes:
                      **(env or {})},
                 name="tracker",
                 prefix=Topology.exec_prefix(self.topo.relay),
-                **({"program": program} if program else {}),
+                **({"program": program} if program else {}),  # type: ignore[arg-type]  # only `program`
             )
         )  # fmt: skip
         self.port = (await proc.wait_event(event_is("tracker-ready")))["port"]
@@ -127,7 +127,9 @@ def denied(fingerprint: str, reason: str) -> Callable[[dict[str, Any]], bool]:
     )
 
 
-async def test_allowed_mode_allow_deny_and_a_changed_key(tmp_path: Path, nursery) -> None:
+async def test_allowed_mode_allow_deny_and_a_changed_key(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     with two_homes_and_a_relay() as topo, trio.fail_after(240):
         homes = Homes(tmp_path, nursery, topo)
         async with AsyncExitStack() as stack:
@@ -204,7 +206,7 @@ async def test_allowed_mode_allow_deny_and_a_changed_key(tmp_path: Path, nursery
 
 
 async def test_a_lying_tracker_cannot_vouch_for_anyone_in_allowed_mode(
-    tmp_path: Path, nursery
+    tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     """The tracker lists, for bob, the key of a friend alice allowed: alice still sees
     bob's own certificate and refuses it; the tracker's word opens nothing."""

@@ -136,7 +136,7 @@ async def disconnected(proc: Proc) -> None:
 
 @pytest.mark.parametrize("mode", ["tracker", "allowed"])
 async def test_tracker_down_serves_only_requesters_accepted_before(
-    tmp_path: Path, nursery, mode: str
+    tmp_path: Path, nursery: trio.Nursery, mode: str
 ) -> None:
     with two_homes_and_a_relay() as topo, trio.fail_after(90):
         route_between_homes(topo)

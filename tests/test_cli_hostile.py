@@ -159,6 +159,7 @@ def test_peer_lines_escape_what_a_hostile_tracker_sends() -> None:
         format_event({"event": "peer-joined", "peer": peer}),
         format_event({"event": "peer-left", "peer_id": "\x1b", "reason": "\r"}),
     ):
+        assert line is not None
         assert not any(c in line for c in RAW_CONTROLS), line
     assert format_peer(peer).startswith("ev\\x1b[2Jil\\x07\\x0d\\u202e")
 
@@ -276,6 +277,7 @@ async def test_local_commands_refuse_a_daemon_of_another_uid(tmp_path: Path) -> 
     finally:
         process.kill()
         await process.wait()
+        assert process.stdout is not None
         await process.stdout.aclose()
         sock.close()
 

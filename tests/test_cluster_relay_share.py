@@ -12,7 +12,7 @@ waiting was lost to the flood. Now the flood drops its own oldest.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import pytest
 import trio
@@ -60,10 +60,11 @@ async def test_a_flood_through_the_relay_stream_drops_its_own_oldest_never_other
                 assert await presence.relay("target", _request(f"m{i}", "mallory"))
             entries = await client.xrange(relay_key(GHOST))
             waiting = [parse(entry.field_values["m"]) for entry in entries]
-            ids = [m.request_id for m in waiting if isinstance(m, StreamRequest)]
+            requests = [m for m in waiting if isinstance(m, StreamRequest)]
+            ids = [m.request_id for m in requests]
             assert "honest" in ids  # the flood did not push it out
             assert len(waiting) <= RELAY_BACKLOG_MESSAGES
-            assert sum(1 for m in waiting if m.from_ == "mallory") == RELAY_BACKLOG_PER_SENDER
+            assert sum(1 for m in requests if m.from_ == "mallory") == RELAY_BACKLOG_PER_SENDER
             # the flood kept its newest, within its share
             assert f"m{3 * RELAY_BACKLOG_MESSAGES - 1}" in ids
             assert "m0" not in ids
@@ -84,7 +85,9 @@ async def test_a_full_relay_stream_drops_the_heaviest_senders_oldest(tmp_path: P
                     assert await presence.relay("target", _request(f"{s}.{i}", f"s{s}"))
             assert await presence.relay("target", _request("new", "newcomer"))
             entries = await client.xrange(relay_key(GHOST))
-            ids = [parse(entry.field_values["m"]).request_id for entry in entries]
+            ids = [
+                cast(StreamRequest, parse(entry.field_values["m"])).request_id for entry in entries
+            ]
             assert len(ids) == RELAY_BACKLOG_MESSAGES
             assert "new" in ids  # the newcomer is never the one dropped
             assert "0.0" not in ids  # a tie: the sender whose oldest is oldest paid

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from flashback import config
 from flashback.config import (
     config_file_path,
     daemon_from_sources,
@@ -163,7 +162,7 @@ def test_each_setting_falls_through_on_its_own(roots: dict[str, Path]) -> None:
 def test_daemon_defaults(
     roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(config.socket, "gethostname", lambda: "this-host")
+    monkeypatch.setattr("flashback.config.socket.gethostname", lambda: "this-host")
     env = {"FLASHBACK_ROOT": str(roots["env"]), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
     cfg = daemon_from_sources({}, env, {})
     assert cfg.tracker_url is None

@@ -7,6 +7,10 @@ cover the daemon's rules; the system tests cover the real link.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 import trio
 
@@ -14,26 +18,29 @@ from flashback.daemon.keys import load_or_create
 from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.reach import TrackerGate
 from flashback.daemon.tunnel_ends import TunnelFailed
-from flashback.daemon.tunnels import TunnelService
+from flashback.daemon.tunnels import Send, TunnelService
 from flashback.protocol.messages import (
     Candidate,
+    Message,
     RouteReport,
     TunnelErrorMessage,
     TunnelInvite,
     TunnelRequest,
 )
 from flashback.protocol.peer_table import PeerTable
-from flashback.protocol.tunnel import OpenTarget
+from flashback.protocol.tunnel import OpenTarget, Role
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
 
 
 class GateOf:
     """A gate whose answer is *decide(presented fingerprint)*, for owner-side tests."""
 
-    def __init__(self, decide) -> None:
+    def __init__(self, decide: Callable[[str | None], str | None]) -> None:
         self._decide = decide
 
-    def check(self, presented, *, invite_peer, invite_fingerprint):
+    def check(
+        self, presented: str | None, *, invite_peer: str | None, invite_fingerprint: str | None
+    ) -> str | None:
         return self._decide(presented)
 
 
@@ -49,8 +56,8 @@ class Switch:
         self.candidates: dict[str, tuple[Candidate, ...]] = {}
         self.reports: list[tuple[str, RouteReport]] = []
 
-    def sender(self, me: str):
-        def send(message) -> bool:
+    def sender(self, me: str) -> Send:
+        def send(message: Message) -> bool:
             if not self.up:
                 return False
             if isinstance(message, TunnelRequest):
@@ -58,6 +65,7 @@ class Switch:
                     request_id=message.request_id, client_peer=me, server_peer=message.to
                 )
                 # the requester hears first, so an owner's decline must reach it at the port
+                role: Role
                 for role, peer, other in (("client", me, message.to), ("server", message.to, me)):
                     self.services[peer].on_message(
                         TunnelInvite(
@@ -78,6 +86,7 @@ class Switch:
             elif isinstance(message, TunnelErrorMessage):
                 # an owner's decline: the tracker ends the session and forwards it
                 self.declines.append(message)
+                assert message.to is not None
                 self.relay.decline(
                     request_id=message.request_id, client_peer=message.to, server_peer=me
                 )
@@ -95,8 +104,8 @@ class Upper:
     def __init__(self) -> None:
         self.port = 0
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
-        async def handle(stream):
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def handle(stream: trio.SocketStream) -> None:
             async with stream:
                 data = b""
                 while not data.endswith(b"\n") and (chunk := await stream.receive_some(1024)):
@@ -109,15 +118,18 @@ class Upper:
         await trio.serve_listeners(handle, listeners)
 
 
+Pair = tuple[Switch, list[tuple[str, dict[str, Any]]], dict[str, str]]
+
+
 @pytest.fixture
-async def pair(nursery, tmp_path):
+async def pair(nursery: trio.Nursery, tmp_path: Path) -> Pair:
     relay = TunnelRelay(max_sessions=16)
     port = await nursery.start(serve_tunnel_port, relay, "127.0.0.1", 0)
     upper = Upper()
     await nursery.start(upper.run)
     tls = PeerTLS(load_or_create(tmp_path))
     switch = Switch(relay, port, tls.keys.fingerprint)
-    events: list[tuple[str, dict]] = []
+    events: list[tuple[str, dict[str, Any]]] = []
     pins: dict[str, str] = {}
 
     def check_pin(peer_id: str, fingerprint: str) -> None:
@@ -139,7 +151,9 @@ async def pair(nursery, tmp_path):
     return switch, events, pins
 
 
-async def test_forward_carries_each_connection_on_its_own_tunnel(pair, nursery):
+async def test_forward_carries_each_connection_on_its_own_tunnel(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
     switch, events, pins = pair
     bob = switch.services["bob"]
     with trio.fail_after(15):
@@ -168,7 +182,7 @@ async def test_forward_carries_each_connection_on_its_own_tunnel(pair, nursery):
     assert pins == {"alice": switch.fingerprint}  # pinned on first use
 
 
-async def test_a_changed_owner_key_is_refused_by_the_pin(pair):
+async def test_a_changed_owner_key_is_refused_by_the_pin(pair: Pair) -> None:
     switch, _events, pins = pair
     pins["alice"] = "sha256:" + "1" * 64  # what bob saw last time
     with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
@@ -176,7 +190,7 @@ async def test_a_changed_owner_key_is_refused_by_the_pin(pair):
     assert info.value.code == "fingerprint_mismatch"
 
 
-async def test_owner_declines_when_full(pair):
+async def test_owner_declines_when_full(pair: Pair) -> None:
     switch, _events, _pins = pair
     alice = switch.services["alice"]
     alice._max_owner = 0
@@ -186,7 +200,7 @@ async def test_owner_declines_when_full(pair):
     assert info.value.code == "refused"  # heard at the tunnel port, at once
 
 
-async def test_no_link_is_a_clear_failure(pair):
+async def test_no_link_is_a_clear_failure(pair: Pair) -> None:
     switch, _events, _pins = pair
     switch.up = False
     with pytest.raises(TunnelFailed) as info:
@@ -194,11 +208,13 @@ async def test_no_link_is_a_clear_failure(pair):
     assert info.value.code == "tracker_unreachable"
 
 
-async def test_unasked_invites_are_ignored_and_silence_times_out(pair, autojump_clock):
+async def test_unasked_invites_are_ignored_and_silence_times_out(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
     switch, _events, _pins = pair
     bob = switch.services["bob"]
     bob.on_message(TunnelErrorMessage("nobody-asked", "busy", ""))  # no crash, no effect
-    switch.sender = None
+    switch.sender = None  # type: ignore[method-assign, assignment]  # deliberately unusable
     bob._send = lambda message: True  # the tracker swallows the request
     start = trio.current_time()
     with pytest.raises(TunnelFailed) as info:
@@ -208,7 +224,7 @@ async def test_unasked_invites_are_ignored_and_silence_times_out(pair, autojump_
     assert bob.status()["pending_requests"] == 0
 
 
-async def test_forward_closes_when_idle(pair, autojump_clock):
+async def test_forward_closes_when_idle(pair: Pair, autojump_clock: trio.testing.MockClock) -> None:
     switch, _events, _pins = pair
     bob = switch.services["bob"]
     start = trio.current_time()
@@ -223,7 +239,9 @@ async def test_forward_closes_when_idle(pair, autojump_clock):
         await trio.open_tcp_stream("127.0.0.1", port)
 
 
-async def test_start_forward_reuses_and_a_hold_keeps_it_open(pair, autojump_clock):
+async def test_start_forward_reuses_and_a_hold_keeps_it_open(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
     switch, _events, _pins = pair
     bob = switch.services["bob"]
     closed: list[tuple[str, OpenTarget]] = []
@@ -243,7 +261,7 @@ async def test_start_forward_reuses_and_a_hold_keeps_it_open(pair, autojump_cloc
         pass
 
 
-async def test_a_refusing_owner_fails_start_forward_in_words(pair):
+async def test_a_refusing_owner_fails_start_forward_in_words(pair: Pair) -> None:
     """§11: a refused requester learns it before any port is handed out."""
     switch, _events, _pins = pair
     switch.services["alice"].gate = GateOf(lambda fingerprint: "forbidden")
@@ -254,7 +272,7 @@ async def test_a_refusing_owner_fails_start_forward_in_words(pair):
     assert switch.services["bob"].status()["forwards"] == 0
 
 
-async def test_the_first_connection_uses_the_tunnel_start_forward_opened(pair):
+async def test_the_first_connection_uses_the_tunnel_start_forward_opened(pair: Pair) -> None:
     switch, _events, _pins = pair
     bob = switch.services["bob"]
     asked: list[str | None] = []
@@ -271,7 +289,7 @@ async def test_the_first_connection_uses_the_tunnel_start_forward_opened(pair):
     assert got == b"ONE\n" and len(asked) == 1  # carried on that same tunnel
 
 
-async def test_a_forward_refused_later_answers_403_and_closes(pair):
+async def test_a_forward_refused_later_answers_403_and_closes(pair: Pair) -> None:
     """Denied while a forward lives: its next connection reads why, and the forward
     closes so that the next command asks again (and fails in words)."""
     switch, _events, _pins = pair
@@ -298,7 +316,7 @@ async def test_a_forward_refused_later_answers_403_and_closes(pair):
     assert bob.status()["forwards"] == 0
 
 
-async def test_start_forward_asks_the_owner_again_for_a_live_forward(pair):
+async def test_start_forward_asks_the_owner_again_for_a_live_forward(pair: Pair) -> None:
     """A forward opened while allowed does not hide a deny from the next command."""
     switch, _events, _pins = pair
     bob = switch.services["bob"]
@@ -315,7 +333,7 @@ async def test_start_forward_asks_the_owner_again_for_a_live_forward(pair):
     assert info.value.code == "forbidden"
 
 
-async def test_a_stranger_cannot_hold_every_owner_tunnel(pair):
+async def test_a_stranger_cannot_hold_every_owner_tunnel(pair: Pair) -> None:
     """64 invites from mallory (who never joins) leave room for bob (fair share per peer)."""
     switch, _events, _pins = pair
     alice = switch.services["alice"]

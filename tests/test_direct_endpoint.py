@@ -7,6 +7,8 @@ strangers are raw sockets and TLS clients with and without certificates.
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,18 +23,21 @@ from flashback.protocol.peer_table import PeerTable
 from tests.test_daemon_tunnels import Upper
 
 
-def identity(path):
+def identity(path: Path) -> PeerTLS:
     path.mkdir(exist_ok=True)
     return PeerTLS(load_or_create(path))
 
 
+Endpoint = tuple[DirectEndpoint, int, PeerTLS, PeerTLS, list[tuple[str, dict[str, Any]]], Path]
+
+
 @pytest.fixture
-async def endpoint(nursery, tmp_path):
+async def endpoint(nursery: trio.Nursery, tmp_path: Path) -> Endpoint:
     upper = Upper()
     await nursery.start(upper.run)
     owner = identity(tmp_path / "owner")
     table = PeerTable()
-    events: list[tuple[str, dict]] = []
+    events: list[tuple[str, dict[str, Any]]] = []
     gate = TrackerGate(table)
     direct = DirectEndpoint(
         server_context=owner.server_context,
@@ -50,7 +55,7 @@ async def endpoint(nursery, tmp_path):
     return direct, port, owner, friend, events, tmp_path
 
 
-async def _read_all(stream) -> bytes:
+async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
     got = b""
     try:
         while chunk := await stream.receive_some(4096):
@@ -75,7 +80,7 @@ async def _served(port: int, friend: PeerTLS) -> bytes:
     return (await _tls(port, friend.client_context(), b"OPEN peer-server\nping\n"))[1]
 
 
-async def test_a_listed_peer_is_served_by_a_plain_dial(endpoint):
+async def test_a_listed_peer_is_served_by_a_plain_dial(endpoint: Endpoint) -> None:
     _direct, port, owner, friend, events, _ = endpoint
     with trio.fail_after(10):
         fingerprint, got = await _tls(port, friend.client_context(), b"OPEN peer-server\nping\n")
@@ -86,7 +91,7 @@ async def test_a_listed_peer_is_served_by_a_plain_dial(endpoint):
     assert opened[0]["punched"] is False
 
 
-async def test_garbage_is_closed_and_never_reaches_the_peer_server(endpoint):
+async def test_garbage_is_closed_and_never_reaches_the_peer_server(endpoint: Endpoint) -> None:
     _direct, port, _owner, friend, _events, _ = endpoint
     with trio.fail_after(10):
         for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" * 100, b"FLASHBACK-NOPE\n"):
@@ -97,7 +102,7 @@ async def test_garbage_is_closed_and_never_reaches_the_peer_server(endpoint):
         assert await _served(port, friend) == b"OK\nPING\n"
 
 
-async def test_no_certificate_and_an_unknown_certificate_are_forbidden(endpoint):
+async def test_no_certificate_and_an_unknown_certificate_are_forbidden(endpoint: Endpoint) -> None:
     _direct, port, _owner, friend, events, tmp_path = endpoint
     stranger = identity(tmp_path / "stranger")
     with trio.fail_after(10):
@@ -111,7 +116,7 @@ async def test_no_certificate_and_an_unknown_certificate_are_forbidden(endpoint)
     assert [f["peer_id"] for e, f in events if e == "tunnel-opened"] == ["friend"]
 
 
-async def test_an_intro_for_no_pending_introduction_is_closed_at_once(endpoint):
+async def test_an_intro_for_no_pending_introduction_is_closed_at_once(endpoint: Endpoint) -> None:
     _direct, port, _owner, friend, _events, _ = endpoint
     with trio.fail_after(10):
         async with await trio.open_tcp_stream("127.0.0.1", port) as tcp:
@@ -120,7 +125,9 @@ async def test_an_intro_for_no_pending_introduction_is_closed_at_once(endpoint):
         assert await _served(port, friend) == b"OK\nPING\n"
 
 
-async def test_a_pending_introduction_answers_intro_and_checks_the_invite(endpoint):
+async def test_a_pending_introduction_answers_intro_and_checks_the_invite(
+    endpoint: Endpoint,
+) -> None:
     direct, port, _owner, friend, _events, tmp_path = endpoint
     stranger = identity(tmp_path / "stranger")
     invite = TunnelInvite(
@@ -148,7 +155,9 @@ async def test_a_pending_introduction_answers_intro_and_checks_the_invite(endpoi
             await trio.aclose_forcefully(stream)
 
 
-async def test_silence_and_a_slow_handshake_are_closed_within_5_s(endpoint, autojump_clock):
+async def test_silence_and_a_slow_handshake_are_closed_within_5_s(
+    endpoint: Endpoint, autojump_clock: trio.testing.MockClock
+) -> None:
     _direct, port, _owner, _friend, _events, _ = endpoint
     for first in (b"", b"\x16\x03\x01"):  # nothing at all; a ClientHello that never ends
         tcp = await trio.open_tcp_stream("127.0.0.1", port)
@@ -159,9 +168,9 @@ async def test_silence_and_a_slow_handshake_are_closed_within_5_s(endpoint, auto
         await tcp.aclose()
 
 
-async def test_many_half_open_connections_do_not_lock_out_a_peer(endpoint):
+async def test_many_half_open_connections_do_not_lock_out_a_peer(endpoint: Endpoint) -> None:
     _direct, port, _owner, friend, _events, _ = endpoint
-    silent = []
+    silent: list[trio.SocketStream] = []
     with trio.fail_after(20):
         for _ in range(1000):  # far more than the connection cap, all silent
             silent.append(await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2"))
@@ -170,13 +179,13 @@ async def test_many_half_open_connections_do_not_lock_out_a_peer(endpoint):
         await tcp.aclose()
 
 
-async def test_candidate_only_on_the_bound_family(endpoint):
+async def test_candidate_only_on_the_bound_family(endpoint: Endpoint) -> None:
     direct, *_ = endpoint
     assert direct.can_dial("127.0.0.1") and not direct.can_dial("::1")
     assert Candidate("127.0.0.1", 1).host == "127.0.0.1"
 
 
-async def test_a_second_endpoint_never_shares_the_port(endpoint, tmp_path):
+async def test_a_second_endpoint_never_shares_the_port(endpoint: Endpoint, tmp_path: Path) -> None:
     _direct, port, *_ = endpoint
     from flashback.daemon.endpoint_bind import bind_endpoint
 
@@ -185,7 +194,9 @@ async def test_a_second_endpoint_never_shares_the_port(endpoint, tmp_path):
     assert f"127.0.0.1:{port}" in str(info.value)
 
 
-async def test_reflection_leaves_from_the_endpoint_port(endpoint, nursery):
+async def test_reflection_leaves_from_the_endpoint_port(
+    endpoint: Endpoint, nursery: trio.Nursery
+) -> None:
     """The tunnel port sees the endpoint's own port as the source (SO_REUSEPORT)."""
     from types import SimpleNamespace
 
@@ -207,9 +218,9 @@ async def test_reflection_leaves_from_the_endpoint_port(endpoint, nursery):
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     await nursery.start(trio.serve_listeners, tunnel_port, listeners)
     ctx = SimpleNamespace(identity=Identity("p1", "tok-1"), tracker_connected=True, reflexive=None)
-    reflector = Reflector(ctx, direct)  # type: ignore[arg-type]
+    reflector = Reflector(ctx, direct)  # type: ignore[arg-type]  # a stand-in context with the fields Reflector reads
     reflector.tunnel = ("127.0.0.1", listeners[0].socket.getsockname()[1])
-    answers = []
+    answers: list[Candidate | None] = []
 
     async def reflect() -> None:
         answers.append(await reflector.reflect_once())
@@ -223,14 +234,14 @@ async def test_reflection_leaves_from_the_endpoint_port(endpoint, nursery):
     assert ctx.reflexive == Candidate("127.0.0.1", port)
 
 
-async def test_registration_sends_the_direct_candidates():
+async def test_registration_sends_the_direct_candidates() -> None:
     import json
 
     import httpx
 
     from flashback.daemon.tracker_api import HTTPTrackerAPI
 
-    bodies: list[dict] = []
+    bodies: list[dict[str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         bodies.append(json.loads(request.content))
@@ -247,7 +258,9 @@ async def test_registration_sends_the_direct_candidates():
     assert "direct" not in bodies[1]
 
 
-async def test_one_requester_cannot_make_the_owner_dial_for_all_its_introductions(endpoint):
+async def test_one_requester_cannot_make_the_owner_dial_for_all_its_introductions(
+    endpoint: Endpoint,
+) -> None:
     direct, *_ = endpoint
 
     def invite(request_id: str, requester: str) -> TunnelInvite:
@@ -271,7 +284,9 @@ async def test_one_requester_cannot_make_the_owner_dial_for_all_its_introduction
     assert all(f"m{n}" not in direct._halts for n in range(6))  # halted, oldest first
 
 
-async def test_a_client_hello_without_alpn_is_closed_unserved(endpoint, tmp_path):
+async def test_a_client_hello_without_alpn_is_closed_unserved(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
     _direct, port, _owner, friend, events, _ = endpoint
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -285,7 +300,9 @@ async def test_a_client_hello_without_alpn_is_closed_unserved(endpoint, tmp_path
     assert len([f for e, f in events if e == "tunnel-opened"]) == 1
 
 
-async def test_a_flood_of_introductions_keeps_another_requesters_pending_one(endpoint):
+async def test_a_flood_of_introductions_keeps_another_requesters_pending_one(
+    endpoint: Endpoint,
+) -> None:
     """The owner's pending introductions are a fair share by requester: a flood
     of invites (each a tunnel request through the tracker) pushes out its own
     oldest, never bob's. On the code before, the table's oldest of all went."""

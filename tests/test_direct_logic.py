@@ -25,7 +25,7 @@ from flashback.protocol.tunnel import LineReader, TunnelError
 C = Candidate
 
 
-def test_intro_line_round_trips_and_is_bounded():
+def test_intro_line_round_trips_and_is_bounded() -> None:
     line = intro_line("t1-abcd")
     assert line == b"FLASHBACK-INTRO 1 t1-abcd\n"
     assert parse_intro_line(line[:-1]) == "t1-abcd"
@@ -41,14 +41,14 @@ def test_intro_line_round_trips_and_is_bounded():
         reader.receive_data(INTRO_MAGIC + b"a" * 200)
 
 
-def test_first_byte_decides():
+def test_first_byte_decides() -> None:
     assert classify_first_byte(b"\x16\x03\x01") == "tls"
     assert classify_first_byte(b"F") == "intro"
     assert classify_first_byte(b"GET / HTTP/1.1") == "close"
     assert classify_first_byte(b"") == "close"
 
 
-def test_candidate_order_dedupes_v4_first_and_caps():
+def test_candidate_order_dedupes_v4_first_and_caps() -> None:
     got = order_candidates(
         [
             C("2001:db8::1", 5000),
@@ -67,7 +67,7 @@ def test_candidate_order_dedupes_v4_first_and_caps():
     assert {c.port for c in order_candidates(many)} <= {c.port for c in many}
 
 
-def test_dial_plan_all_at_once_then_retries_until_the_window_ends():
+def test_dial_plan_all_at_once_then_retries_until_the_window_ends() -> None:
     a, b = C("10.0.0.1", 1), C("10.0.0.2", 2)
     plan = DialPlan([a, b], start=100.0, window_s=3.0, interval_s=0.3)
     assert plan.due(100.0) == [a, b]
@@ -81,7 +81,7 @@ def test_dial_plan_all_at_once_then_retries_until_the_window_ends():
     assert plan.next_wake(103.2) is None
 
 
-def test_a_forged_candidate_is_dialled_a_bounded_number_of_times():
+def test_a_forged_candidate_is_dialled_a_bounded_number_of_times() -> None:
     victim = C("192.0.2.80", 80)
     plan = DialPlan([victim], start=0.0, window_s=1000.0, interval_s=0.01)
     now, dials = 0.0, 0
@@ -93,7 +93,7 @@ def test_a_forged_candidate_is_dialled_a_bounded_number_of_times():
     assert dials == MAX_ATTEMPTS_PER_CANDIDATE == plan.attempts(victim)
 
 
-def test_dial_plan_stops_when_one_succeeds():
+def test_dial_plan_stops_when_one_succeeds() -> None:
     a, b = C("10.0.0.1", 1), C("10.0.0.2", 2)
     plan = DialPlan([a, b], start=0.0)
     plan.due(0.0)
@@ -102,7 +102,7 @@ def test_dial_plan_stops_when_one_succeeds():
     assert plan.due(1.0) == [] and plan.next_wake(1.0) is None
 
 
-def test_race_relay_waits_250_ms_unless_nothing_to_dial_and_first_wins():
+def test_race_relay_waits_250_ms_unless_nothing_to_dial_and_first_wins() -> None:
     race = Race()
     assert race.relay_start(10.0, direct_candidates=2) == pytest.approx(10.25)
     assert race.relay_start(10.0, direct_candidates=0) == 10.0
@@ -113,7 +113,7 @@ def test_race_relay_waits_250_ms_unless_nothing_to_dial_and_first_wins():
     assert race.claim("direct 10.0.0.1:1")  # the winner stays the winner
 
 
-def test_route_book_direct_first_and_relay_retry_every_60_s():
+def test_route_book_direct_first_and_relay_retry_every_60_s() -> None:
     book = RouteBook()
     a, b = C("10.0.0.1", 1), C("10.0.0.2", 2)
     assert book.direct_first("alice") == () and book.may_punch("alice", 0.0)
@@ -131,7 +131,7 @@ def test_route_book_direct_first_and_relay_retry_every_60_s():
     assert book.may_punch("alice", 100.0)  # direct peers are always tried
 
 
-def test_route_book_is_bounded():
+def test_route_book_is_bounded() -> None:
     book = RouteBook(max_peers=2)
     for i, peer in enumerate(("a", "b", "c")):
         book.remember_direct(peer, C("10.0.0.1", i + 1), float(i))
@@ -139,11 +139,11 @@ def test_route_book_is_bounded():
     assert book.direct_first("c") == (C("10.0.0.1", 3),)
 
 
-def test_hostport_brackets_v6():
+def test_hostport_brackets_v6() -> None:
     assert hostport("::1", 5) == "[::1]:5" and hostport("10.0.0.1", 5) == "10.0.0.1:5"
 
 
-def test_reflect_and_addr_lines():
+def test_reflect_and_addr_lines() -> None:
     assert reflect_line("tok-1") == b"FLASHBACK-REFLECT 1 tok-1\n"
     with pytest.raises(ValueError):
         reflect_line("a" * 300)
@@ -157,14 +157,14 @@ def test_reflect_and_addr_lines():
     assert info.value.code == "unauthorized"
 
 
-def test_loopback_candidates_only_when_the_tracker_is_on_loopback():
+def test_loopback_candidates_only_when_the_tracker_is_on_loopback() -> None:
     given = [C("127.0.0.1", 5), C("::1", 6), C("192.0.2.9", 7)]
     assert introduction_candidates(given, tunnel_host="198.51.100.1") == (C("192.0.2.9", 7),)
     assert introduction_candidates(given, tunnel_host="tracker.example") == (C("192.0.2.9", 7),)
     assert len(introduction_candidates(given, tunnel_host="127.0.0.1")) == 3
 
 
-def test_dial_plan_takes_candidates_learnt_in_the_window_up_to_8():
+def test_dial_plan_takes_candidates_learnt_in_the_window_up_to_8() -> None:
     a, b = C("10.0.0.1", 1), C("203.0.113.9", 2)
     plan = DialPlan([a], start=0.0)
     assert plan.due(0.0) == [a]
@@ -174,7 +174,7 @@ def test_dial_plan_takes_candidates_learnt_in_the_window_up_to_8():
     assert len(plan.candidates) == 8
 
 
-def test_a_relay_only_peer_is_punched_again_for_a_new_candidate():
+def test_a_relay_only_peer_is_punched_again_for_a_new_candidate() -> None:
     book = RouteBook()
     old, new = C("10.0.0.1", 1), C("203.0.113.9", 2)
     book.remember_relay("bob", "198.51.100.1:3001", 100.0, tried=[old])

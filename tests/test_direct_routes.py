@@ -7,6 +7,9 @@ with client certificates, OPEN, the race against the relay join.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import trio
 
@@ -15,7 +18,7 @@ from flashback.daemon.keys import load_or_create
 from flashback.daemon.peer_tls import PeerTLS
 from flashback.daemon.race import RouteRacer
 from flashback.daemon.reach import TrackerGate
-from flashback.daemon.tunnel_ends import TunnelFailed
+from flashback.daemon.tunnel_ends import Opened, TunnelFailed
 from flashback.daemon.tunnels import TunnelService
 from flashback.protocol.messages import Candidate
 from flashback.protocol.peer_table import PeerTable
@@ -27,19 +30,22 @@ PEER = OpenTarget("peer-server")
 
 
 class Daemon:
-    def __init__(self, service: TunnelService, endpoint: DirectEndpoint, racer: RouteRacer):
+    def __init__(self, service: TunnelService, endpoint: DirectEndpoint, racer: RouteRacer) -> None:
         self.service, self.endpoint, self.racer = service, endpoint, racer
 
 
+Duo = tuple[Switch, dict[str, Daemon], list[tuple[str, str, dict[str, Any]]], TunnelRelay]
+
+
 @pytest.fixture
-async def duo(nursery, tmp_path):
+async def duo(nursery: trio.Nursery, tmp_path: Path) -> Duo:
     relay = TunnelRelay(max_sessions=16)
     port = await nursery.start(serve_tunnel_port, relay, "127.0.0.1", 0)
     upper = Upper()
     await nursery.start(upper.run)
     tls = PeerTLS(load_or_create(tmp_path))
     switch = Switch(relay, port, tls.keys.fingerprint)
-    events: list[tuple[str, dict]] = []
+    events: list[tuple[str, str, dict[str, Any]]] = []
     daemons: dict[str, Daemon] = {}
     for name in ("alice", "bob"):
         gate = TrackerGate(PeerTable())
@@ -78,7 +84,7 @@ async def duo(nursery, tmp_path):
     return switch, daemons, events, relay
 
 
-async def _ask(opened, word: bytes) -> bytes:
+async def _ask(opened: Opened, word: bytes) -> bytes:
     async with opened.stream:
         await opened.stream.send_all(word)
         got = opened.leftover
@@ -88,7 +94,7 @@ async def _ask(opened, word: bytes) -> bytes:
     return got
 
 
-async def test_the_introduction_wins_direct_and_the_relay_copies_nothing(duo):
+async def test_the_introduction_wins_direct_and_the_relay_copies_nothing(duo: Duo) -> None:
     switch, daemons, events, relay = duo
     with trio.fail_after(10):
         opened = await daemons["bob"].racer.open("alice", PEER)
@@ -105,7 +111,7 @@ async def test_the_introduction_wins_direct_and_the_relay_copies_nothing(duo):
     assert owner_opened[0]["punched"] is True
 
 
-async def test_every_forwarded_connection_races(duo, nursery):
+async def test_every_forwarded_connection_races(duo: Duo, nursery: trio.Nursery) -> None:
     _switch, daemons, events, relay = duo
     with trio.fail_after(10):
         port = await nursery.start(daemons["bob"].service.forward, "alice", PEER)
@@ -123,7 +129,7 @@ async def test_every_forwarded_connection_races(duo, nursery):
     assert relay.counters.bytes_copied == 0
 
 
-async def test_remembered_direct_works_with_the_tracker_down(duo):
+async def test_remembered_direct_works_with_the_tracker_down(duo: Duo) -> None:
     switch, daemons, _events, relay = duo
     bob = daemons["bob"].racer
     with trio.fail_after(10):
@@ -135,7 +141,7 @@ async def test_remembered_direct_works_with_the_tracker_down(duo):
     assert relay.counters.bytes_copied == 0
 
 
-async def test_no_direct_path_falls_back_to_the_relay(duo):
+async def test_no_direct_path_falls_back_to_the_relay(duo: Duo) -> None:
     switch, daemons, _events, relay = duo
     # candidates that lead nowhere: a closed port on loopback
     dead = trio.socket.socket()
@@ -158,11 +164,13 @@ async def test_no_direct_path_falls_back_to_the_relay(duo):
     assert not bob.book.may_punch("alice", trio.current_time())
 
 
-async def test_a_refused_requester_hears_forbidden(duo):
+async def test_a_refused_requester_hears_forbidden(duo: Duo) -> None:
     _switch, daemons, _events, _relay = duo
 
     class Deny:
-        def check(self, presented, *, invite_peer, invite_fingerprint):
+        def check(
+            self, presented: str | None, *, invite_peer: str | None, invite_fingerprint: str | None
+        ) -> str | None:
             return "forbidden"
 
     daemons["alice"].endpoint.gate = Deny()
@@ -172,7 +180,9 @@ async def test_a_refused_requester_hears_forbidden(duo):
     assert info.value.code == "forbidden"
 
 
-async def test_a_forged_candidate_is_dialled_a_bounded_number_of_times(duo, nursery):
+async def test_a_forged_candidate_is_dialled_a_bounded_number_of_times(
+    duo: Duo, nursery: trio.Nursery
+) -> None:
     """A candidate pointing at a third party's service: it hears at most 10 dials."""
     _switch, daemons, _events, _relay = duo
     accepted = 0
@@ -186,7 +196,8 @@ async def test_a_forged_candidate_is_dialled_a_bounded_number_of_times(duo, nurs
     victim = Candidate("127.0.0.1", listeners[0].socket.getsockname()[1])
     await nursery.start(trio.serve_listeners, third_party, listeners)
 
-    async def use(stream, address):  # never reached: no INTRO comes back
+    async def use(stream: trio.SocketStream, address: str) -> bool:
+        # never reached: no INTRO comes back
         raise AssertionError("a third party answered an introduction")
 
     with trio.fail_after(10):
@@ -194,7 +205,7 @@ async def test_a_forged_candidate_is_dialled_a_bounded_number_of_times(duo, nurs
     assert 2 <= accepted <= 10
 
 
-async def test_a_candidate_learnt_during_the_window_is_dialled(duo):
+async def test_a_candidate_learnt_during_the_window_is_dialled(duo: Duo) -> None:
     """The invite lists nothing to dial (no reflexive address yet) and the relay is
     down; the owner's address arrives in the peer table meanwhile and wins."""
     switch, daemons, _events, _relay = duo
@@ -217,7 +228,7 @@ async def test_a_candidate_learnt_during_the_window_is_dialled(duo):
         assert await _ask(opened, b"late\n") == b"LATE\n"
 
 
-async def test_connect_holds_a_forward_whose_connections_went_direct(duo):
+async def test_connect_holds_a_forward_whose_connections_went_direct(duo: Duo) -> None:
     from types import SimpleNamespace
 
     from flashback.daemon.connect import ConnectRequest, held
@@ -226,12 +237,14 @@ async def test_connect_holds_a_forward_whose_connections_went_direct(duo):
     bob = daemons["bob"].service
     await bob.start_forward("alice", PEER)
     ctx = SimpleNamespace(tunnels=bob)
-    with held(ctx, {"peer_id": "alice", "route": "direct"}, ConnectRequest("alice")):  # type: ignore[arg-type]
+    with held(ctx, {"peer_id": "alice", "route": "direct"}, ConnectRequest("alice")):  # type: ignore[arg-type]  # a stand-in context: only `tunnels` is read
         assert bob._forwards[("alice", PEER)].holds == 1
     assert bob._forwards[("alice", PEER)].holds == 0
 
 
-async def test_a_direct_bridge_ends_soon_after_its_client_is_done(autojump_clock):
+async def test_a_direct_bridge_ends_soon_after_its_client_is_done(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """The owner keeps its side open (keep-alive): the bridge ends 1 s after the
     client's EOF and the last byte down, instead of holding the port pair."""
     from trio.testing import memory_stream_pair
@@ -261,7 +274,9 @@ async def test_a_direct_bridge_ends_soon_after_its_client_is_done(autojump_clock
         nursery.cancel_scope.cancel()
 
 
-async def test_a_stranger_answering_an_intro_does_not_decide_the_error(duo, nursery, tmp_path):
+async def test_a_stranger_answering_an_intro_does_not_decide_the_error(
+    duo: Duo, nursery: trio.Nursery, tmp_path: Path
+) -> None:
     """A forged candidate leads to a host that speaks INTRO and TLS with its own key:
     refused by fingerprint, and the error the user sees is the relay's, not
     ``fingerprint_mismatch`` (which would tell them the owner's key changed)."""

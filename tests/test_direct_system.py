@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -46,7 +47,7 @@ def tunnel_bytes(metrics: str) -> float:
     )
 
 
-def jsonl(stdout: bytes) -> list[dict]:
+def jsonl(stdout: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
 
 
@@ -59,7 +60,9 @@ def route_between_homes(topo: Topology) -> None:
         subprocess.run(args, check=True, capture_output=True)
 
 
-async def test_get_goes_direct_and_the_relay_carries_no_file(tmp_path: Path, nursery) -> None:
+async def test_get_goes_direct_and_the_relay_carries_no_file(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     body = os.urandom(3 * 1024 * 1024)
     (tmp_path / "alice" / "share").mkdir(parents=True)
     (tmp_path / "alice" / "share" / "big.bin").write_bytes(body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -36,11 +37,11 @@ FILES = {
 }
 
 
-def events(stdout: bytes) -> list[dict]:
+def events(stdout: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
 
 
-async def test_a_folder_comes_through_the_relay(tmp_path: Path, nursery) -> None:
+async def test_a_folder_comes_through_the_relay(tmp_path: Path, nursery: trio.Nursery) -> None:
     share = tmp_path / "alice" / "share"
     for rel, data in FILES.items():
         (share / rel).parent.mkdir(parents=True, exist_ok=True)

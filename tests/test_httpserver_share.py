@@ -11,7 +11,7 @@ address's oldest connection closes to make room; the newcomer is served.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httpx
 import trio
@@ -46,7 +46,7 @@ async def test_one_address_holding_every_connection_does_not_lock_out_another(
 ) -> None:
     limits = ConnectionLimits(idle_timeout_s=60.0, max_connections=CAP)
     binds = await nursery.start(
-        partial(serve_bounded, _app, hypercorn_config("127.0.0.1", 0), limits=limits)
+        partial(serve_bounded, cast(Any, _app), hypercorn_config("127.0.0.1", 0), limits=limits)
     )
     port = int(binds[0].rsplit(":", 1)[1])
     with trio.fail_after(TEST_TIMEOUT_S):

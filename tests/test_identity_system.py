@@ -7,7 +7,7 @@ import shutil
 import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import trio
@@ -46,7 +46,7 @@ async def start_twin(
 async def status_of(base: Path, who: str) -> dict[str, Any]:
     result = await run_cli(["status", "--json"], env=shared_data_env(base, who))
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return cast(dict[str, Any], json.loads(result.stdout))
 
 
 async def listed(url: str) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
 import httpx
@@ -217,11 +217,11 @@ async def test_stream_port_carries_the_digest(nursery: trio.Nursery, tmp_path: P
     _, receive = trio.open_memory_channel[StreamRequest](0)
     await nursery.start(manager.run, receive, lambda answer: None)
     ready = await manager.handle(StreamRequest("r1", "f.bin", from_="bob"))
-    url = f"http://127.0.0.1:{ready.port}/{ready.token}"  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{ready.port}/{ready.token}"  # type: ignore[union-attr]  # handle answered a StreamReady
     async with httpx.AsyncClient() as http:
         head = await http.head(url)
         ranged = await http.get(url, headers={"Range": "bytes=0-9"})
-        stranger = await http.head(f"http://127.0.0.1:{ready.port}/wrong")  # type: ignore[union-attr]
+        stranger = await http.head(f"http://127.0.0.1:{ready.port}/wrong")  # type: ignore[union-attr]  # handle answered a StreamReady
     assert head.headers["repr-digest"] == sf_digest(data)
     assert ranged.status_code == 206 and ranged.headers["repr-digest"] == sf_digest(data)
     assert stranger.status_code == 403 and "repr-digest" not in stranger.headers
@@ -320,6 +320,7 @@ async def test_corrupted_part_is_repaired_fetching_only_bad_blocks(
     (root / "f.bin").write_bytes(data)
     url, _ = await start_server(nursery, root)
     port = httpx.URL(url).port
+    assert port is not None
     proxy = await nursery.start(Proxy(port).run)
     base = f"http://127.0.0.1:{proxy.port}"
     async with httpx.AsyncClient() as http:
@@ -418,7 +419,9 @@ async def test_resume_survives_the_owner_moving_to_another_port(
 ) -> None:
     data = (share / "big.bin").read_bytes()
     first_url, digests = await start_server(nursery, share)
-    proxy = await nursery.start(Proxy(httpx.URL(first_url).port, cut_after=1_000_000).run)
+    proxy = await nursery.start(
+        Proxy(cast(int, httpx.URL(first_url).port), cut_after=1_000_000).run
+    )
     out = tmp_path / "big.bin"
     key = json.dumps(["flashback-file", "owner-id", "big.bin"])
     async with httpx.AsyncClient() as http:
@@ -453,7 +456,7 @@ async def test_shutdown_stops_a_hash_and_releases_waiters(tmp_path: Path) -> Non
                 service = DigestService(min_block=BLOCK, read_bytes=1)
                 service_scope = trio.CancelScope()
 
-                async def run_service(task_status: trio.TaskStatus[None]) -> None:
+                async def run_service(task_status: trio.TaskStatus[DigestService]) -> None:
                     with service_scope:
                         await service.run(task_status=task_status)
 

@@ -98,6 +98,7 @@ def test_peers_merge_tracker_lan_and_book_one_row_per_fingerprint(tmp_path: Path
     alice = PeerInfo("p-alice", "alice", "127.0.0.1", 1, fingerprint=FP_ALICE)
     ctx.table.apply(Snapshot(seq=3, peers=(alice,)))
     ctx.tracker_connected = True
+    assert ctx.lan is not None
     ctx.lan.seen(LanPeer("a", None, "alice-lan", FP_ALICE, (Candidate("192.0.2.1", 4),)))
     ctx.lan.seen(LanPeer("b", None, "bob", FP_BOB, (Candidate("192.0.2.2", 4),)))
     ctx.lan.seen(LanPeer("me", None, "me", FP_ME, (Candidate("192.0.2.3", 4),)))

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from flashback.protocol import messages as m
+from flashback.protocol import wire
 
 PEER = m.PeerInfo(
     peer_id="p1",
@@ -229,7 +230,7 @@ def test_non_finite_numbers_are_not_json(frame: str) -> None:
 )
 def test_lone_surrogates_are_refused_in_every_encoding(body: str | bytes) -> None:
     with pytest.raises(m.ProtocolError) as info:
-        m.decode_object(body)
+        wire.decode_object(body)
     assert info.value.code == "invalid_json"
 
 
@@ -238,7 +239,7 @@ def test_lone_surrogates_are_refused_in_every_encoding(body: str | bytes) -> Non
     [b'{"peer_id": "p\\u00e9"}', b'{"peer_id": "\\ud83d\\ude00"}', '{"a": 1}'.encode("utf-16")],
 )
 def test_escapes_and_other_encodings_still_decode(body: bytes) -> None:
-    assert isinstance(m.decode_object(body), dict)
+    assert isinstance(wire.decode_object(body), dict)
 
 
 def test_strict_json_keeps_what_json_loads_refuses_and_accepts() -> None:

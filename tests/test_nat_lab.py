@@ -142,7 +142,7 @@ while True:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NatLab]:
     require_nat_lab()
-    with nat_lab(HOMES) as built:  # type: ignore[arg-type]
+    with nat_lab(HOMES) as built:  # type: ignore[arg-type]  # plain strings for the NAT kinds
         yield built
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, check=True).stdout
     assert built.internet.encode() not in names  # removed again

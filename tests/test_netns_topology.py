@@ -59,7 +59,7 @@ def run_in(namespace: str, code: str, *args: str) -> str:
 
 
 @pytest.mark.parametrize("listener_side", ["relay", "home_a"])
-def test_homes_reach_the_relay_but_not_each_other(listener_side):
+def test_homes_reach_the_relay_but_not_each_other(listener_side: str) -> None:
     with two_homes_and_a_relay() as topo:
         namespace = getattr(topo, listener_side)
         server = subprocess.Popen(
@@ -79,6 +79,7 @@ def test_homes_reach_the_relay_but_not_each_other(listener_side):
         finally:
             server.kill()
             server.wait()
+            assert server.stdout is not None
             server.stdout.close()
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, check=True).stdout
     assert topo.relay.encode() not in names and topo.home_a.encode() not in names

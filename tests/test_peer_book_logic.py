@@ -154,7 +154,7 @@ def test_a_hand_grown_file_keeps_its_newest_entries() -> None:
 
 
 def props(**values: str | bytes) -> dict[bytes, bytes | None]:
-    base: dict[str, str | bytes] = {"id": "", "name": "alice", "fp": FP_A} | values
+    base: dict[str, str | bytes] = {"id": "", "name": "alice", "fp": FP_A, **values}
     return {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in base.items()}
 
 
@@ -169,8 +169,8 @@ def announce(
         "x._flashback._tcp.local.",
         properties,
         addresses,
-        port,
-        text_bytes=size,  # type: ignore[arg-type]
+        port,  # type: ignore[arg-type]  # a stranger may send any type
+        text_bytes=size,
     )
 
 
@@ -215,7 +215,7 @@ def test_a_good_announcement_becomes_a_lan_peer() -> None:
 )
 def test_hostile_announcements_are_ignored(kwargs: dict[str, object], reason: str) -> None:
     with pytest.raises(Ignored, match=reason):
-        announce(**kwargs)  # type: ignore[arg-type]
+        announce(**kwargs)  # type: ignore[arg-type]  # hostile values of any type, on purpose
 
 
 def test_our_txt_and_label_pass_our_own_checks() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from flashback.protocol.messages import Candidate, PeerJoined, PeerLeft, PeerUpdated
 from flashback.protocol.registry import MIN_BACKLOG_CHANGES, Registry, clock_seq, rfc3339_millis
@@ -58,7 +58,7 @@ def test_a_linked_peer_never_expires_and_its_ttl_restarts_at_detach() -> None:
     assert registry.expire(200) == []  # one link still open
     registry.detach("a", 200)
     assert registry.expire(209) == []
-    assert [c.peer_id for c in registry.expire(210)] == ["a"]
+    assert [cast(PeerLeft, c).peer_id for c in registry.expire(210)] == ["a"]
 
 
 def test_changes_since_is_the_log_of_its_changes() -> None:
@@ -119,6 +119,7 @@ def test_direct_is_registered_and_a_reflection_is_a_change_only_when_it_moved() 
         assert registry.reflect("a", Candidate("203.0.113.7", 40000), tick * 25) == []
     assert join(registry, "a", 300, direct=direct) == []  # the re-registration keeps it
     [moved] = registry.reflect("a", Candidate("203.0.113.7", 40001), 301)
+    assert isinstance(moved, PeerUpdated)
     assert moved.peer.reflexive == Candidate("203.0.113.7", 40001)
     [updated] = join(registry, "a", 302, direct=(Candidate("192.168.1.5", 4001),))
     assert updated.peer.reflexive is None and registry.seq == 4

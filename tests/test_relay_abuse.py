@@ -132,7 +132,7 @@ async def test_one_peer_cannot_take_every_stream_port(
             assert list(answers.values()).count("file-stream-ready") == 16
             for i in range(12):
                 closed = await victim.wait_event(
-                    lambda e, rid=f"r{i}": (
+                    lambda e, rid=f"r{i}": (  # type: ignore[misc]  # binds the loop variable
                         e.get("event") == "stream-closed" and e["request_id"] == rid
                     )
                 )

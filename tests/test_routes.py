@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -13,7 +16,9 @@ from flashback.daemon.routes import Router, probe_direct
 from flashback.protocol.tunnel import OpenTarget
 
 
-async def serve_info(nursery, body: bytes, *, delay_s: float = 0.0, status: int = 200) -> int:
+async def serve_info(
+    nursery: trio.Nursery, body: bytes, *, delay_s: float = 0.0, status: int = 200
+) -> int:
     """A tiny HTTP/1.1 server answering every request with *body* (raw, so tests may lie)."""
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -29,7 +34,7 @@ async def serve_info(nursery, body: bytes, *, delay_s: float = 0.0, status: int 
             await stream.send_all(head.encode() + body)
 
     listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    return listeners[0].socket.getsockname()[1]
+    return cast(int, listeners[0].socket.getsockname()[1])
 
 
 def info(peer_id: str) -> bytes:
@@ -37,12 +42,14 @@ def info(peer_id: str) -> bytes:
 
 
 @pytest.fixture
-async def http():
+async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient() as client:
         yield client
 
 
-async def test_probe_accepts_only_the_named_peer(nursery, http):
+async def test_probe_accepts_only_the_named_peer(
+    nursery: trio.Nursery, http: httpx.AsyncClient
+) -> None:
     port = await serve_info(nursery, info("p-alice"))
     assert await probe_direct(http, "127.0.0.1", port, "p-alice")
     assert not await probe_direct(http, "127.0.0.1", port, "p-bob")
@@ -52,19 +59,23 @@ async def test_probe_accepts_only_the_named_peer(nursery, http):
     ("body", "status"),
     [(b"not json", 200), (b"[]", 200), (info("p-alice"), 404), (b'{"peer_id": NaN}', 200)],
 )
-async def test_probe_refuses_odd_answers(nursery, http, body, status):
+async def test_probe_refuses_odd_answers(
+    nursery: trio.Nursery, http: httpx.AsyncClient, body: bytes, status: int
+) -> None:
     port = await serve_info(nursery, body, status=status)
     assert not await probe_direct(http, "127.0.0.1", port, "p-alice")
 
 
-async def test_probe_gives_up_after_half_a_second(nursery, http, autojump_clock):
+async def test_probe_gives_up_after_half_a_second(
+    nursery: trio.Nursery, http: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
     port = await serve_info(nursery, info("p-alice"), delay_s=5.0)
     start = trio.current_time()
     assert not await probe_direct(http, "127.0.0.1", port, "p-alice")
     assert trio.current_time() - start == pytest.approx(0.5, abs=0.01)
 
 
-async def test_nothing_listening_is_not_direct(http):
+async def test_nothing_listening_is_not_direct(http: httpx.AsyncClient) -> None:
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -72,7 +83,9 @@ async def test_nothing_listening_is_not_direct(http):
     assert not await probe_direct(http, "127.0.0.1", port, "p-alice")
 
 
-async def test_router_goes_direct_when_it_can_and_relays_otherwise(nursery, http):
+async def test_router_goes_direct_when_it_can_and_relays_otherwise(
+    nursery: trio.Nursery, http: httpx.AsyncClient
+) -> None:
     alice_port = await serve_info(nursery, info("p-alice"))
     imposter_port = await serve_info(nursery, info("p-somebody-else"))
     opened: list[tuple[str, OpenTarget]] = []
@@ -102,7 +115,9 @@ async def test_router_goes_direct_when_it_can_and_relays_otherwise(nursery, http
     assert router.last_route("p-alice") == "direct" and router.last_route("p-carol") is None
 
 
-async def test_a_stream_notice_names_only_a_port_never_a_host(nursery, http, tmp_path):
+async def test_a_stream_notice_names_only_a_port_never_a_host(
+    nursery: trio.Nursery, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
     """An owner's ``file-stream-ready`` saying 127.0.0.2:PORT (any local service) is
     fetched on the host alice's server proved to be on; only the port is taken."""
     import io

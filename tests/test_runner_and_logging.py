@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
@@ -15,10 +16,11 @@ import trio.lowlevel
 from flashback.daemon.client import format_event
 from flashback.errors import ConfigError
 from flashback.runner import run_service
+from flashback.shutdown import Shutdown
 
 
 def test_crashing_service_exits_1_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    async def main(shutdown: trio.Event) -> None:
+    async def main(shutdown: Shutdown) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.sleep_forever)
             raise RuntimeError("boom")
@@ -29,7 +31,7 @@ def test_crashing_service_exits_1_with_a_log_line(caplog: pytest.LogCaptureFixtu
 
 
 def test_config_error_inside_the_service_is_raised_bare() -> None:
-    async def main(shutdown: trio.Event) -> None:
+    async def main(shutdown: Shutdown) -> None:
         async with trio.open_nursery():
             raise ConfigError("bad root")
 
@@ -38,7 +40,7 @@ def test_config_error_inside_the_service_is_raised_bare() -> None:
 
 
 def test_service_returning_is_exit_0() -> None:
-    async def main(shutdown: trio.Event) -> None:
+    async def main(shutdown: Shutdown) -> None:
         await trio.lowlevel.checkpoint()
 
     assert run_service(main) == 0
@@ -88,8 +90,12 @@ def test_journald_lines_carry_priority_and_no_timestamp(tmp_path: Path) -> None:
 
 def test_watch_lines_for_humans() -> None:
     peer = {"peer_id": "p1", "name": "alice", "peer_server": {"host": "127.0.0.1", "port": 5}}
-    assert format_event({"event": "peer-joined", "seq": 1, "peer": peer}).startswith("+ alice")
-    assert "http://127.0.0.1:5" in format_event({"event": "peer-updated", "seq": 2, "peer": peer})
+    assert cast(str, format_event({"event": "peer-joined", "seq": 1, "peer": peer})).startswith(
+        "+ alice"
+    )
+    assert "http://127.0.0.1:5" in cast(
+        str, format_event({"event": "peer-updated", "seq": 2, "peer": peer})
+    )
     assert format_event({"event": "peer-left", "seq": 3, "peer_id": "p1", "reason": "expired"}) == (
         "- p1 (expired)"
     )
@@ -113,7 +119,7 @@ async def test_access_line_is_built_only_when_the_access_log_writes_it(
 
     def counting_atoms(self: Logger, *args: object) -> object:
         built.append(1)
-        return real_atoms(self, *args)  # type: ignore[arg-type]
+        return real_atoms(self, *args)  # type: ignore[arg-type]  # hypercorn's own arguments, passed through
 
     monkeypatch.setattr(Logger, "atoms", counting_atoms)
     scope = {"type": "http", "method": "GET", "path": "/api/info", "query_string": b"",
@@ -122,9 +128,9 @@ async def test_access_line_is_built_only_when_the_access_log_writes_it(
     response = {"status": 200, "headers": [(b"content-length", b"2")]}
     logger = hypercorn_config("127.0.0.1", 0).log
     monkeypatch.setattr(ACCESS_LOG, "level", logging.WARNING)
-    await logger.access(scope, response, 0.001)  # type: ignore[arg-type]
+    await logger.access(scope, response, 0.001)  # type: ignore[arg-type]  # plain dicts for hypercorn's ASGI scope types
     assert built == []
     with caplog.at_level(logging.INFO, logger=ACCESS_LOG.name):
-        await logger.access(scope, response, 0.001)  # type: ignore[arg-type]
+        await logger.access(scope, response, 0.001)  # type: ignore[arg-type]  # plain dicts for hypercorn's ASGI scope types
     assert built == [1]
     assert '"GET /api/info" 200 2' in caplog.text

@@ -70,7 +70,7 @@ def test_format_keeps_utf8_and_equals_signs_in_values() -> None:
 )
 def test_format_rejects_invalid_fields(fields: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        format_notification(fields)  # type: ignore[arg-type]
+        format_notification(fields)  # type: ignore[arg-type]  # invalid fields, on purpose
 
 
 # -- environment -----------------------------------------------------------------
@@ -154,7 +154,9 @@ def abstract_listener() -> Iterator[tuple[socket.socket, dict[str, str]]]:
 def listener(
     request: pytest.FixtureRequest,
 ) -> tuple[socket.socket, dict[str, str]]:
-    return request.getfixturevalue(f"{request.param}_listener")
+    pair: tuple[socket.socket, dict[str, str]]
+    pair = request.getfixturevalue(f"{request.param}_listener")
+    return pair
 
 
 def _pending(sock: socket.socket) -> list[bytes]:

@@ -50,7 +50,7 @@ async def start_serve(
     stack: AsyncExitStack, nursery: trio.Nursery, root: Path, env: dict[str, str], **kw: object
 ) -> tuple[Proc, int]:
     proc = await stack.enter_async_context(
-        start(nursery, ["serve", "--root", str(root)], env=env, name="serve", **kw)  # type: ignore[arg-type]
+        start(nursery, ["serve", "--root", str(root)], env=env, name="serve", **kw)  # type: ignore[arg-type]  # **kw are start()'s keyword arguments
     )
     ready = await proc.wait_event(event_is("peer-server-ready"))
     return proc, int(ready["port"])
@@ -82,6 +82,7 @@ async def test_websocket_upgrade_plus_one_byte_ends_only_that_connection(tmp_pat
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         tracker, tracker_url = await start_tracker(stack, nursery, tmp_path)
         tracker_port = httpx.URL(tracker_url).port
+        assert tracker_port is not None
         daemon = await start_daemon(stack, nursery, tmp_path, "alice", tracker_url)
         daemon_port = int(
             next(e for e in daemon.events if e["event"] == "peer-server-ready")["port"]

@@ -70,7 +70,7 @@ async def test_remote_requests_and_answers_go_through_the_tracker_queue(
         shutdown.set()  # daemon shutdown closes every port
         while manager.open_ports:  # noqa: ASYNC110
             await trio.sleep(0.01)
-        assert '"reason": "shutdown"' in ctx.hub._stdout.getvalue()  # type: ignore[union-attr]
+        assert '"reason": "shutdown"' in ctx.hub._stdout.getvalue()  # type: ignore[union-attr]  # the hub writes to the test's StringIO
 
 
 async def test_requester_waits_for_the_owner_answer(share: Path) -> None:

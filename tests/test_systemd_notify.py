@@ -35,7 +35,7 @@ class NotifyListener:
 
     def fields(self) -> list[tuple[str, str]]:
         return [
-            tuple(line.split("=", 1))  # type: ignore[misc]
+            tuple(line.split("=", 1))  # type: ignore[misc]  # NAME=value: two parts
             for message in self.messages
             for line in message.splitlines()
         ]

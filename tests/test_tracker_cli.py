@@ -44,6 +44,7 @@ async def test_tracker_process_announces_its_port_and_exits_0_on_sigterm(tmp_pat
                 try:
                     await receive(ws)
                 except ConnectionClosed as closed:
+                    assert closed.reason is not None
                     assert closed.reason.code == 1001
                 else:
                     raise AssertionError("the link stayed open")

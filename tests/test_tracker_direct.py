@@ -394,7 +394,7 @@ async def test_512_silent_connections_from_one_address_do_not_stop_honest_pairin
                     await sock.bind((source, 0))
                     await sock.connect(("127.0.0.1", port))
                     stream = trio.SocketStream(sock)
-                    await stream.send_all(join_line(session.keys[role]))  # type: ignore[index]
+                    await stream.send_all(join_line(session.keys[role]))  # type: ignore[index]  # the loop's literal roles
                     ends.append(stream)
                 for stream in ends:
                     assert await stream.receive_some(3) == b"OK\n"

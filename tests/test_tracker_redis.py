@@ -408,6 +408,7 @@ async def test_redis_restart_503_then_instances_recover_without_restarting(
                 # The instance notices, reloads, and asks its watchers to reconnect.
                 with pytest.raises(ConnectionClosed) as closed:
                     await receive(watcher)
+                assert closed.value.reason is not None
                 assert closed.value.reason.code == 1013
 
                 again = await register(client2, "after")

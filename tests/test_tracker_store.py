@@ -10,7 +10,13 @@ import trio
 
 from flashback.errors import ConfigError
 from flashback.tracker.serve import serve_tracker
-from flashback.tracker.store import IssuedIdentity, SQLiteStore, check_database_url, open_store
+from flashback.tracker.store import (
+    IdentityStore,
+    IssuedIdentity,
+    SQLiteStore,
+    check_database_url,
+    open_store,
+)
 from tests.tracker_support import (
     assert_json_error,
     bearer,
@@ -67,7 +73,7 @@ async def test_a_returning_peer_keeps_its_id_after_a_restart(tmp_path: Path) -> 
 async def test_sqlite_store_round_trip_keeps_only_the_hash(tmp_path: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT_S):
         path = tmp_path / "t.sqlite3"
-        store = await SQLiteStore.open(path)
+        store: IdentityStore = await SQLiteStore.open(path)
         identity = IssuedIdentity("p1", b"\x01" * 32, "n", {"a": [1]}, 10.0, 20.0)
         await store.put(identity)
         await store.touch("p1", 30.0)

@@ -146,6 +146,7 @@ async def test_hello_with_a_wrong_token_is_refused_with_1008() -> None:
                     try:
                         await receive(ws)
                     except ConnectionClosed as closed:
+                        assert closed.reason is not None
                         assert closed.reason.code == 1008
                     else:
                         raise AssertionError("the link stayed open")
@@ -280,6 +281,7 @@ async def test_a_slow_watcher_is_closed_without_stalling_the_others() -> None:
                     while True:
                         last = (await receive(slow)).get("seq", last)
                 except ConnectionClosed as closed:
+                    assert closed.reason is not None
                     assert closed.reason.code == 1013
                 assert last is not None and last < start_seq + changes
             # ...and resumes from where it was, missing nothing.
@@ -301,6 +303,7 @@ async def test_shutdown_closes_links_with_1001() -> None:
                 try:
                     await receive(ws)
                 except ConnectionClosed as closed:
+                    assert closed.reason is not None
                     assert closed.reason.code == 1001
                 else:
                     raise AssertionError("the link stayed open")
@@ -314,6 +317,7 @@ async def test_a_link_without_hello_is_closed() -> None:
                 try:
                     await receive(ws)
                 except ConnectionClosed as closed:
+                    assert closed.reason is not None
                     assert closed.reason.code == 1008
                 else:
                     raise AssertionError("the link stayed open")

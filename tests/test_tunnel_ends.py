@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import trio
 
 from flashback.daemon.keys import load_or_create
 from flashback.daemon.peer_tls import PeerTLS, plain_client_context
 from flashback.daemon.tunnel_ends import (
+    Authorize,
     TunnelFailed,
     bridge,
     open_requester_end,
     serve_owner_end,
 )
-from flashback.protocol.tunnel import OpenTarget
+from flashback.protocol.tunnel import OpenTarget, Session
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
 
 
@@ -33,15 +38,18 @@ class LocalServer:
                 data += chunk
             await stream.send_all(data.upper())
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started()
         await trio.serve_listeners(self.handle, listeners)
 
 
+World = tuple[TunnelRelay, int, LocalServer, ssl.SSLContext, str]
+
+
 @pytest.fixture
-async def world(nursery, tmp_path):
+async def world(nursery: trio.Nursery, tmp_path: Path) -> World:
     relay = TunnelRelay(max_sessions=8)
     tunnel_port = await nursery.start(serve_tunnel_port, relay, "127.0.0.1", 0)
     local = LocalServer()
@@ -52,7 +60,7 @@ async def world(nursery, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def requester(tmp_path_factory):
+def requester(tmp_path_factory: pytest.TempPathFactory) -> PeerTLS:
     """The requester's identity; its client certificate is what owners see (§10.1)."""
     keys = load_or_create(tmp_path_factory.mktemp("requester"))
     return PeerTLS(keys)
@@ -66,7 +74,14 @@ def no_pin_check(_fingerprint: str) -> None:
     return None
 
 
-async def start_owner(nursery, relay, port, context, resolve, authorize=accept_anyone):
+async def start_owner(
+    nursery: trio.Nursery,
+    relay: TunnelRelay,
+    port: int,
+    context: ssl.SSLContext,
+    resolve: Callable[[OpenTarget], int | None],
+    authorize: Authorize = accept_anyone,
+) -> Session:
     session = relay.invite(request_id="r", client_peer="bob", server_peer="alice")
     nursery.start_soon(
         lambda: serve_owner_end(
@@ -88,13 +103,19 @@ _REQUESTERS: dict[str, PeerTLS] = {}
 
 
 @pytest.fixture(autouse=True)
-def _requester_identity(requester):
+def _requester_identity(requester: PeerTLS) -> None:
     _REQUESTERS["default"] = requester
 
 
 async def join_as_requester(
-    port, *, key, fingerprint, check_pin=no_pin_check, target=PEER_SERVER, context=None
-):
+    port: int,
+    *,
+    key: str,
+    fingerprint: str,
+    check_pin: Callable[[str], None] = no_pin_check,
+    target: OpenTarget = PEER_SERVER,
+    context: ssl.SSLContext | None = None,
+) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
     """The requester's end on the test relay, with the defaults most tests want."""
     return await open_requester_end(
         host="127.0.0.1",
@@ -107,7 +128,9 @@ async def join_as_requester(
     )
 
 
-async def test_requester_reaches_the_owners_local_listener(world, nursery):
+async def test_requester_reaches_the_owners_local_listener(
+    world: World, nursery: trio.Nursery
+) -> None:
     relay, port, local, context, fingerprint = world
     session = await start_owner(nursery, relay, port, context, lambda t: local.port)
     with trio.fail_after(10):
@@ -125,7 +148,9 @@ async def test_requester_reaches_the_owners_local_listener(world, nursery):
     assert relay.counters.bytes_copied > len(got)  # TLS records, not the plain bytes
 
 
-async def test_a_wrong_fingerprint_is_refused_before_anything_is_sent(world, nursery):
+async def test_a_wrong_fingerprint_is_refused_before_anything_is_sent(
+    world: World, nursery: trio.Nursery
+) -> None:
     relay, port, local, context, _fingerprint = world
     session = await start_owner(nursery, relay, port, context, lambda t: local.port)
     with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
@@ -135,7 +160,7 @@ async def test_a_wrong_fingerprint_is_refused_before_anything_is_sent(world, nur
     assert local.connections == 0  # no OPEN ever reached the owner
 
 
-async def test_a_pin_that_refuses_stops_the_tunnel(world, nursery):
+async def test_a_pin_that_refuses_stops_the_tunnel(world: World, nursery: trio.Nursery) -> None:
     relay, port, local, context, fingerprint = world
     session = await start_owner(nursery, relay, port, context, lambda t: local.port)
 
@@ -150,9 +175,9 @@ async def test_a_pin_that_refuses_stops_the_tunnel(world, nursery):
     assert local.connections == 0
 
 
-async def test_owner_refuses_ports_it_did_not_open(world, nursery):
+async def test_owner_refuses_ports_it_did_not_open(world: World, nursery: trio.Nursery) -> None:
     relay, port, local, context, fingerprint = world
-    allowed = {("peer-server", None): local.port}
+    allowed: dict[tuple[str, int | None], int] = {("peer-server", None): local.port}
     session = await start_owner(
         nursery, relay, port, context, lambda t: allowed.get((t.kind, t.port))
     )
@@ -167,14 +192,16 @@ async def test_owner_refuses_ports_it_did_not_open(world, nursery):
     assert local.connections == 0
 
 
-async def test_a_used_key_fails_with_the_trackers_code(world):
+async def test_a_used_key_fails_with_the_trackers_code(world: World) -> None:
     _relay, port, _local, _context, fingerprint = world
     with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
         await join_as_requester(port, key="A" * 43, fingerprint=fingerprint)
     assert info.value.code == "unknown"
 
 
-async def test_bridge_carries_a_local_connection_and_its_half_close(world, nursery):
+async def test_bridge_carries_a_local_connection_and_its_half_close(
+    world: World, nursery: trio.Nursery
+) -> None:
     relay, port, local, context, fingerprint = world
     session = await start_owner(nursery, relay, port, context, lambda t: local.port)
     with trio.fail_after(10):
@@ -183,9 +210,9 @@ async def test_bridge_carries_a_local_connection_and_its_half_close(world, nurse
         )
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         forward_port = listeners[0].socket.getsockname()[1]
-        result = {}
+        result: dict[str, tuple[int, int]] = {}
 
-        async def forward_one():
+        async def forward_one() -> None:
             local_conn = await listeners[0].accept()
             async with local_conn, tunnel:
                 result["counts"] = await bridge(tunnel, local_conn)
@@ -203,7 +230,9 @@ async def test_bridge_carries_a_local_connection_and_its_half_close(world, nurse
     assert result["counts"] == (6, 6)
 
 
-async def test_the_owner_learns_the_requester_before_any_open(world, nursery, requester):
+async def test_the_owner_learns_the_requester_before_any_open(
+    world: World, nursery: trio.Nursery, requester: PeerTLS
+) -> None:
     relay, port, local, context, fingerprint = world
     seen: list[str | None] = []
 
@@ -220,7 +249,9 @@ async def test_the_owner_learns_the_requester_before_any_open(world, nursery, re
     assert local.connections == 0
 
 
-async def test_a_requester_without_a_certificate_is_seen_as_none(world, nursery):
+async def test_a_requester_without_a_certificate_is_seen_as_none(
+    world: World, nursery: trio.Nursery
+) -> None:
     relay, port, local, context, fingerprint = world
     seen: list[str | None] = []
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 
@@ -12,6 +14,7 @@ from flashback.protocol.tunnel import (
     LineReader,
     OpenTarget,
     RouteMemory,
+    Session,
     SessionTable,
     TunnelError,
     direct_probe_accepts,
@@ -23,7 +26,7 @@ from flashback.protocol.tunnel import (
 )
 
 
-def counting_keys():
+def counting_keys() -> Callable[[], str]:
     counter = itertools.count()
     return lambda: new_key(lambda n: next(counter).to_bytes(n, "big"))
 
@@ -31,7 +34,7 @@ def counting_keys():
 # -- keys and lines -------------------------------------------------------------
 
 
-def test_keys_are_43_chars_of_urlsafe_base64_and_random():
+def test_keys_are_43_chars_of_urlsafe_base64_and_random() -> None:
     a, b = new_key(), new_key()
     assert a != b
     assert len(a) == 43 and is_valid_key(a)
@@ -42,11 +45,11 @@ def test_keys_are_43_chars_of_urlsafe_base64_and_random():
     "text",
     ["", "a" * 42, "a" * 44, "+" * 43, "a" * 42 + "=", "A" * 42 + "B"],  # last: non-canonical bits
 )
-def test_invalid_keys(text):
+def test_invalid_keys(text: str) -> None:
     assert not is_valid_key(text)
 
 
-def test_join_line_round_trip_and_fits_the_limit():
+def test_join_line_round_trip_and_fits_the_limit() -> None:
     key = new_key()
     line = join_line(key)
     assert len(line) <= MAX_JOIN_LINE_BYTES
@@ -66,13 +69,13 @@ def test_join_line_round_trip_and_fits_the_limit():
         b"\xff" * 20,
     ],
 )
-def test_bad_join_lines(line):
+def test_bad_join_lines(line: bytes) -> None:
     with pytest.raises(TunnelError) as info:
         parse_join_line(line)
     assert info.value.line == b"ERR bad_line\n"
 
 
-def test_oversized_line_is_refused_before_its_newline():
+def test_oversized_line_is_refused_before_its_newline() -> None:
     reader = LineReader(MAX_JOIN_LINE_BYTES)
     assert reader.receive_data(b"x" * 127) is None
     with pytest.raises(TunnelError) as info:
@@ -82,13 +85,13 @@ def test_oversized_line_is_refused_before_its_newline():
         LineReader(8).receive_data(b"123456789\n")
 
 
-def test_eof_before_newline():
+def test_eof_before_newline() -> None:
     with pytest.raises(TunnelError) as info:
         LineReader(8).receive_data(b"")
     assert info.value.code == "bad_line"
 
 
-def test_open_lines():
+def test_open_lines() -> None:
     assert parse_open_line(b"OPEN peer-server") == OpenTarget("peer-server")
     assert parse_open_line(b"OPEN stream 40123") == OpenTarget("stream", 40123)
     assert OpenTarget("stream", 7).line() == b"OPEN stream 7\n"
@@ -109,7 +112,7 @@ def test_open_lines():
 # -- the session table -----------------------------------------------------------
 
 
-def test_pairing_needs_both_keys_each_once():
+def test_pairing_needs_both_keys_each_once() -> None:
     table = SessionTable(make_key=counting_keys())
     s = table.open(request_id="r1", client_peer="bob", server_peer="alice", now=100.0)
     assert s.keys["client"] != s.keys["server"]
@@ -123,13 +126,13 @@ def test_pairing_needs_both_keys_each_once():
     assert table.paired_count == 1
 
 
-def test_unknown_key():
+def test_unknown_key() -> None:
     with pytest.raises(TunnelError) as info:
         SessionTable().join(new_key(), now=0.0)
     assert info.value.code == "unknown"
 
 
-def test_key_lives_exactly_30_seconds():
+def test_key_lives_exactly_30_seconds() -> None:
     table = SessionTable()
     s = table.open(request_id="r", client_peer="b", server_peer="a", now=10.0)
     assert KEY_TTL_S == 30.0
@@ -140,7 +143,7 @@ def test_key_lives_exactly_30_seconds():
     assert len(table) == 0  # the half-joined session went with it
 
 
-def test_expire_drops_unpaired_sessions_only():
+def test_expire_drops_unpaired_sessions_only() -> None:
     table = SessionTable()
     pending = table.open(request_id="p", client_peer="b", server_peer="a", now=0.0)
     paired = table.open(request_id="q", client_peer="b", server_peer="a", now=0.0)
@@ -158,12 +161,12 @@ def test_expire_drops_unpaired_sessions_only():
     assert later.value.code == "unknown"
 
 
-def pair(table: SessionTable, session, now: float = 0.0) -> None:
+def pair(table: SessionTable, session: Session, now: float = 0.0) -> None:
     table.join(session.keys["server"], now=now)
     table.join(session.keys["client"], now=now)
 
 
-def test_table_is_bounded_and_busy_only_when_every_session_is_paired():
+def test_table_is_bounded_and_busy_only_when_every_session_is_paired() -> None:
     table = SessionTable(max_sessions=2)
     a = table.open(request_id="1", client_peer="b", server_peer="a", now=0.0)
     pair(table, a)
@@ -181,7 +184,7 @@ def test_table_is_bounded_and_busy_only_when_every_session_is_paired():
     assert len(table) == 1
 
 
-def test_one_requester_cannot_take_the_pending_sessions():
+def test_one_requester_cannot_take_the_pending_sessions() -> None:
     """1,000 requests from one peer, then honest ones: they get sessions (the
     flood took 255 of 256, and honest requesters heard ``busy``)."""
     table = SessionTable(max_sessions=256, max_pending_per_peer=16)
@@ -208,7 +211,7 @@ def test_one_requester_cannot_take_the_pending_sessions():
     assert all(table.find("h", s.client_peer) is s for s in honest)
 
 
-def test_paired_sessions_are_capped_per_peer():
+def test_paired_sessions_are_capped_per_peer() -> None:
     """A byte every 10 s keeps a paired session alive: one peer holds its share only."""
     table = SessionTable(max_sessions=256, max_paired_per_peer=4)
     for i in range(4):
@@ -228,12 +231,12 @@ def test_paired_sessions_are_capped_per_peer():
         table2.join(s2.keys["client"], now=0.0)
     assert late.value.code == "busy" and len(table2) == 1
     assert table.open(request_id="h", client_peer="bob", server_peer="alice", now=0.0)
-    table.close(table.find("0", "m"))  # a closed one gives its share back
+    table.close(cast(Session, table.find("0", "m")))  # a closed one gives its share back
     assert table.paired_of("m") == 3
     assert table.open(request_id="6", client_peer="m", server_peer="alice", now=0.0)
 
 
-def test_a_declined_session_tells_late_joiners_why():
+def test_a_declined_session_tells_late_joiners_why() -> None:
     table = SessionTable()
     s = table.open(request_id="r", client_peer="bob", server_peer="alice", now=0.0)
     assert table.find("r", "bob") is s and table.find("r", "eve") is None
@@ -243,7 +246,7 @@ def test_a_declined_session_tells_late_joiners_why():
     assert info.value.line == b"ERR refused\n"
 
 
-def test_closing_a_session_kills_its_unused_key():
+def test_closing_a_session_kills_its_unused_key() -> None:
     table = SessionTable()
     s = table.open(request_id="r", client_peer="b", server_peer="a", now=0.0)
     table.join(s.keys["server"], now=1.0)
@@ -267,7 +270,7 @@ def test_closing_a_session_kills_its_unused_key():
         ("[]:1", None, None),
     ],
 )
-def test_advertise_host(header, configured, expected):
+def test_advertise_host(header: str | None, configured: str | None, expected: str | None) -> None:
     from flashback.protocol.tunnel import advertise_host
 
     assert advertise_host(header, configured) == expected
@@ -276,7 +279,7 @@ def test_advertise_host(header, configured, expected):
 # -- routes --------------------------------------------------------
 
 
-def test_route_memory_expires_but_keeps_the_last_used():
+def test_route_memory_expires_but_keeps_the_last_used() -> None:
     routes = RouteMemory(ttl_s=60.0)
     assert routes.recall("a", 0.0) is None
     routes.remember("a", "relay", now=0.0)
@@ -287,7 +290,7 @@ def test_route_memory_expires_but_keeps_the_last_used():
     assert routes.last_used("a") is None
 
 
-def test_direct_probe_must_name_the_peer():
+def test_direct_probe_must_name_the_peer() -> None:
     assert direct_probe_accepts({"peer_id": "p1", "name": "alice"}, "p1")
     assert not direct_probe_accepts({"peer_id": "p2"}, "p1")
     assert not direct_probe_accepts(["p1"], "p1")
@@ -297,7 +300,7 @@ def test_direct_probe_must_name_the_peer():
 # -- the websocket messages of §6.2 -------------------------------------------------
 
 
-def test_tunnel_messages_round_trip():
+def test_tunnel_messages_round_trip() -> None:
     from flashback.protocol.messages import (
         TunnelErrorMessage,
         TunnelInvite,
@@ -322,7 +325,8 @@ def test_tunnel_messages_round_trip():
     assert parse(TunnelRequest("r1", "peer-a").encode()) == TunnelRequest("r1", "peer-a")
     decline = TunnelErrorMessage("r1", "refused", "no", to="peer-b")
     assert parse(decline.encode()) == decline
-    assert parse({"type": "tunnel-error", "request_id": "r", "code": "busy"}).to is None
+    busy = parse({"type": "tunnel-error", "request_id": "r", "code": "busy"})
+    assert isinstance(busy, TunnelErrorMessage) and busy.to is None
 
 
 @pytest.mark.parametrize(
@@ -353,7 +357,7 @@ def test_tunnel_messages_round_trip():
         {"type": "tunnel-error", "request_id": "r", "code": "c", "to": "a", "from": "b"},
     ],
 )
-def test_bad_tunnel_messages_are_protocol_errors(frame):
+def test_bad_tunnel_messages_are_protocol_errors(frame: dict[str, Any]) -> None:
     from flashback.protocol.messages import ProtocolError, parse
 
     with pytest.raises(ProtocolError):
@@ -363,7 +367,7 @@ def test_bad_tunnel_messages_are_protocol_errors(frame):
 # -- reflection (§10.2) and where cluster owners dial ---------------------------------
 
 
-def test_reflect_line_is_parsed_and_answered():
+def test_reflect_line_is_parsed_and_answered() -> None:
     from flashback.protocol.messages import Candidate
     from flashback.protocol.tunnel import (
         Reflect,
@@ -397,7 +401,7 @@ def test_reflect_line_is_parsed_and_answered():
             parse_addr_line(bad)
 
 
-def test_source_candidate_and_holder():
+def test_source_candidate_and_holder() -> None:
     from flashback.protocol.fairshare import share_address as source_holder
     from flashback.protocol.messages import Candidate
     from flashback.protocol.tunnel import source_candidate
@@ -425,7 +429,9 @@ def test_source_candidate_and_holder():
         (None, "", None),
     ],
 )
-def test_a_cluster_owner_dials_what_the_server_names(configured, bind, expected):
+def test_a_cluster_owner_dials_what_the_server_names(
+    configured: str | None, bind: str, expected: str | None
+) -> None:
     from flashback.protocol.tunnel import cluster_tunnel_host
 
     assert cluster_tunnel_host(configured, bind) == expected
@@ -434,7 +440,7 @@ def test_a_cluster_owner_dials_what_the_server_names(configured, bind, expected)
 # -- introductions (§10.3 metrics) --------------------------------------------------
 
 
-def test_introductions_count_once_and_only_from_a_side():
+def test_introductions_count_once_and_only_from_a_side() -> None:
     from flashback.protocol.introductions import Counted, IntroductionTable
 
     table = IntroductionTable(window_s=300.0)
@@ -453,7 +459,7 @@ def test_introductions_count_once_and_only_from_a_side():
     assert len(table) == 1  # the old ones expired
 
 
-def test_introductions_are_a_fair_share_per_requester():
+def test_introductions_are_a_fair_share_per_requester() -> None:
     from flashback.protocol.introductions import Counted, IntroductionTable
 
     table = IntroductionTable(capacity=8, per_requester=4)
@@ -468,7 +474,7 @@ def test_introductions_are_a_fair_share_per_requester():
     assert table.report("h", "honest0", "relay", now=1.0).introduction  # never the newcomer
 
 
-def test_unspecified_multicast_and_broadcast_candidates_are_not_dialable():
+def test_unspecified_multicast_and_broadcast_candidates_are_not_dialable() -> None:
     from flashback.protocol.messages import Candidate
     from flashback.protocol.tunnel import dialable
 
@@ -478,7 +484,7 @@ def test_unspecified_multicast_and_broadcast_candidates_are_not_dialable():
         assert dialable(Candidate(host, 4000)), host
 
 
-def test_paired_sessions_are_capped_per_requester_address_too():
+def test_paired_sessions_are_capped_per_requester_address_too() -> None:
     """Peer ids are free: 16 of them from one address (8 requesters, 8 accomplice
     owners, 32 tunnels each) took all 256 paired sessions on the code before, and
     every honest request was busy. The requester's address has a share as well."""
@@ -505,6 +511,8 @@ def test_paired_sessions_are_capped_per_requester_address_too():
     assert table.join(honest.keys["server"], now=1.0).paired is False
     assert table.join(honest.keys["client"], now=1.0).paired
     # a closed one gives the address its share back
-    table.close(table.find("0", "m0"))
+    found = table.find("0", "m0")
+    assert found is not None
+    table.close(found)
     again = {"client_peer": "m0", "server_peer": "o0", "client_address": "203.0.113.9"}
     assert table.open(request_id="again", now=0.0, **again)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 import trio
 
-from flashback.protocol.tunnel import join_line, new_key
+from flashback.protocol.tunnel import Session, join_line, new_key
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
 
 _open_clients: list[trio.SocketStream] = []
+RelayPort = tuple[TunnelRelay, int]
 
 
 @pytest.fixture
-async def relay_port(nursery):
+async def relay_port(nursery: trio.Nursery) -> AsyncIterator[RelayPort]:
     relay = TunnelRelay(max_sessions=4, max_unjoined=8)
     port = await nursery.start(serve_tunnel_port, relay, "127.0.0.1", 0)
     yield relay, port
@@ -44,7 +47,9 @@ async def read_to_eof(stream: trio.SocketStream) -> bytes:
     return data
 
 
-async def joined_pair(relay: TunnelRelay, port: int):
+async def joined_pair(
+    relay: TunnelRelay, port: int
+) -> tuple[Session, trio.SocketStream, trio.SocketStream]:
     session = relay.invite(request_id="r", client_peer="bob", server_peer="alice")
     owner = await connect(port)
     await owner.send_all(join_line(session.keys["server"]))
@@ -55,7 +60,7 @@ async def joined_pair(relay: TunnelRelay, port: int):
     return session, requester, owner
 
 
-async def test_two_joiners_are_paired_and_bytes_cross(relay_port):
+async def test_two_joiners_are_paired_and_bytes_cross(relay_port: RelayPort) -> None:
     relay, port = relay_port
     with trio.fail_after(10):
         _session, requester, owner = await joined_pair(relay, port)
@@ -80,7 +85,9 @@ async def test_two_joiners_are_paired_and_bytes_cross(relay_port):
         (b"FLASHBACK-TUNNEL 1 " + b"A" * 43 + b"\n", b"ERR unknown\n"),
     ],
 )
-async def test_bad_joins_get_err_and_are_closed(relay_port, sent, answer):
+async def test_bad_joins_get_err_and_are_closed(
+    relay_port: RelayPort, sent: bytes, answer: bytes
+) -> None:
     _relay, port = relay_port
     with trio.fail_after(10):
         stream = await connect(port)
@@ -88,7 +95,7 @@ async def test_bad_joins_get_err_and_are_closed(relay_port, sent, answer):
         assert await read_to_eof(stream) == answer
 
 
-async def test_a_third_joiner_with_a_used_key_is_refused(relay_port):
+async def test_a_third_joiner_with_a_used_key_is_refused(relay_port: RelayPort) -> None:
     relay, port = relay_port
     with trio.fail_after(10):
         session, _requester, _owner = await joined_pair(relay, port)
@@ -97,7 +104,9 @@ async def test_a_third_joiner_with_a_used_key_is_refused(relay_port):
         assert await read_to_eof(third) == b"ERR used\n"
 
 
-async def test_silent_connection_gets_err_after_five_seconds(relay_port, autojump_clock):
+async def test_silent_connection_gets_err_after_five_seconds(
+    relay_port: RelayPort, autojump_clock: trio.testing.MockClock
+) -> None:
     _relay, port = relay_port
     stream = await connect(port)
     start = trio.current_time()
@@ -105,7 +114,9 @@ async def test_silent_connection_gets_err_after_five_seconds(relay_port, autojum
     assert trio.current_time() - start == pytest.approx(5.0)
 
 
-async def test_half_joined_session_expires_with_its_key(relay_port, autojump_clock):
+async def test_half_joined_session_expires_with_its_key(
+    relay_port: RelayPort, autojump_clock: trio.testing.MockClock
+) -> None:
     relay, port = relay_port
     session = relay.invite(request_id="r", client_peer="bob", server_peer="alice")
     owner = await connect(port)
@@ -117,7 +128,9 @@ async def test_half_joined_session_expires_with_its_key(relay_port, autojump_clo
     assert await read_to_eof(late) == b"ERR used\n"
 
 
-async def test_the_session_table_is_bounded_and_an_evicted_waiter_hears_busy(relay_port):
+async def test_the_session_table_is_bounded_and_an_evicted_waiter_hears_busy(
+    relay_port: RelayPort,
+) -> None:
     relay, port = relay_port
     with trio.fail_after(10):
         first = relay.invite(request_id="0", client_peer="b", server_peer="a")
@@ -135,7 +148,9 @@ async def test_the_session_table_is_bounded_and_an_evicted_waiter_hears_busy(rel
     assert relay.counters.sessions_by_outcome["busy"] == 1
 
 
-async def test_unjoined_strangers_are_capped_and_the_oldest_makes_room(relay_port):
+async def test_unjoined_strangers_are_capped_and_the_oldest_makes_room(
+    relay_port: RelayPort,
+) -> None:
     relay, port = relay_port
     with trio.fail_after(10):
         idle = [await connect(port) for _ in range(8)]
@@ -155,12 +170,12 @@ async def test_unjoined_strangers_are_capped_and_the_oldest_makes_room(relay_por
         assert relay.unjoined <= 8
 
 
-async def test_a_peer_that_never_reads_stalls_only_its_own_session(relay_port):
+async def test_a_peer_that_never_reads_stalls_only_its_own_session(relay_port: RelayPort) -> None:
     relay, port = relay_port
     with trio.fail_after(20):
         _s, flooder, _sleeper = await joined_pair(relay, port)
 
-        async def flood():
+        async def flood() -> None:
             with trio.move_on_after(1):
                 while True:
                     await flooder.send_all(b"z" * 65536)
@@ -177,8 +192,8 @@ async def test_a_peer_that_never_reads_stalls_only_its_own_session(relay_port):
 
 
 async def test_a_session_the_kernel_refuses_big_pipes_copies_and_is_counted(
-    relay_port, monkeypatch
-):
+    relay_port: RelayPort, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Past fs.pipe-user-pages-soft the kernel leaves pipes at 8 KiB; the pump then
     copies through a buffer, and /metrics says how often that happened."""
     from flashback.tracker import pump

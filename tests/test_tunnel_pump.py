@@ -6,10 +6,13 @@ import hashlib
 import os
 import socket as stdlib_socket
 import struct
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from trio.socket import SocketType
 
 from flashback.protocol.token_bucket import TokenBucket
 from flashback.tracker.pump import SPLICE_AVAILABLE, pump
@@ -48,8 +51,11 @@ async def send_all_then_half_close(sock: trio.socket.SocketType, data: bytes) ->
     sock.shutdown(trio.socket.SHUT_WR)
 
 
+Ends = tuple[SocketType, SocketType, SocketType, SocketType]
+
+
 @pytest.fixture
-async def session():
+async def session() -> AsyncIterator[Ends]:
     """(client end, server end, the two sockets the tracker holds)."""
     client, tracker_c = await tcp_pair()
     server, tracker_s = await tcp_pair()
@@ -59,22 +65,24 @@ async def session():
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_bytes_cross_both_ways_unchanged_with_half_close(session, use_splice):
+async def test_bytes_cross_both_ways_unchanged_with_half_close(
+    session: Ends, use_splice: bool
+) -> None:
     client, server, tc, ts = session
     up = os.urandom(3 * 1024 * 1024 + 17)
     down = os.urandom(5 * 1024 * 1024 + 3)
-    got: dict[str, bytes] = {}
+    got: dict[str, Any] = {}
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
 
-            async def run_pump():
+            async def run_pump() -> None:
                 got["stats"] = await pump(tc, ts, use_splice=use_splice)
 
-            async def server_side():
+            async def server_side() -> None:
                 got["up"] = await drain(server)  # EOF arrives: the half-close was forwarded
                 await send_all_then_half_close(server, down)  # and it can still answer
 
-            async def client_side():
+            async def client_side() -> None:
                 await send_all_then_half_close(client, up)
                 got["down"] = await drain(client)
 
@@ -89,7 +97,9 @@ async def test_bytes_cross_both_ways_unchanged_with_half_close(session, use_spli
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_idle_session_ends_after_exactly_the_timeout(session, use_splice, autojump_clock):
+async def test_idle_session_ends_after_exactly_the_timeout(
+    session: Ends, use_splice: bool, autojump_clock: trio.testing.MockClock
+) -> None:
     _client, _server, tc, ts = session
     start = trio.current_time()
     stats = await pump(tc, ts, idle_timeout_s=120.0, use_splice=use_splice)
@@ -98,12 +108,14 @@ async def test_idle_session_ends_after_exactly_the_timeout(session, use_splice, 
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_activity_pushes_the_idle_deadline(session, use_splice, autojump_clock):
+async def test_activity_pushes_the_idle_deadline(
+    session: Ends, use_splice: bool, autojump_clock: trio.testing.MockClock
+) -> None:
     client, _server, tc, ts = session
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
 
-        async def chatter():
+        async def chatter() -> None:
             for _ in range(3):
                 await trio.sleep(100.0)
                 await client.send(b"x")
@@ -115,14 +127,16 @@ async def test_activity_pushes_the_idle_deadline(session, use_splice, autojump_c
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_rate_limit_per_session(session, use_splice, autojump_clock):
+async def test_rate_limit_per_session(
+    session: Ends, use_splice: bool, autojump_clock: trio.testing.MockClock
+) -> None:
     client, server, tc, ts = session
     payload = b"r" * 400_000
-    got = {}
+    got: dict[str, Any] = {}
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
 
-        async def run_pump():
+        async def run_pump() -> None:
             got["stats"] = await pump(
                 tc,
                 ts,
@@ -130,7 +144,7 @@ async def test_rate_limit_per_session(session, use_splice, autojump_clock):
                 bucket=TokenBucket(rate_per_s=100_000.0, burst=100_000.0),
             )
 
-        async def receive():
+        async def receive() -> None:
             got["up"] = await drain(server)
             server.shutdown(trio.socket.SHUT_WR)
 
@@ -143,14 +157,14 @@ async def test_rate_limit_per_session(session, use_splice, autojump_clock):
 
 
 @pytest.mark.parametrize("use_splice", MODES)
-async def test_a_reset_ends_the_session(session, use_splice):
+async def test_a_reset_ends_the_session(session: Ends, use_splice: bool) -> None:
     client, server, tc, ts = session
     # SO_LINGER 0 makes close() send RST instead of FIN
     client.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0))
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
 
-            async def reset_soon():
+            async def reset_soon() -> None:
                 await client.send(b"hello")
                 await trio.sleep(0.05)
                 client.close()
@@ -174,7 +188,7 @@ class _Steps(trio.abc.Instrument):
 
 
 @pytest.mark.skipif(not SPLICE_AVAILABLE, reason="no os.splice")
-async def test_a_chunk_after_a_wait_costs_one_scheduler_pass_not_two(session):
+async def test_a_chunk_after_a_wait_costs_one_scheduler_pass_not_two(session: Ends) -> None:
     # Each chunk arrives alone, so the pump waits for it (a checkpoint); a second
     # checkpoint after copying it would only double the wakeups of a slow stream.
     client, server, tc, ts = session

@@ -16,7 +16,9 @@ import shutil
 import signal
 import subprocess
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -29,7 +31,7 @@ from tests.netns import (
     netns_unavailable_reason,
     two_homes_and_a_relay,
 )
-from tests.procs import daemon_env, event_is, run_cli, start, start_daemon, wait_until_linked
+from tests.procs import Proc, daemon_env, event_is, run_cli, start, start_daemon, wait_until_linked
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,11 +50,13 @@ def make_share(root: Path) -> bytes:
     return body
 
 
-def jsonl(stdout: bytes) -> list[dict]:
+def jsonl(stdout: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
 
 
-async def test_bob_reaches_alice_only_through_the_relay(tmp_path: Path, nursery) -> None:
+async def test_bob_reaches_alice_only_through_the_relay(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     body = make_share(tmp_path / "alice" / "share")
     (tmp_path / "bob" / "share").mkdir(parents=True)
     with two_homes_and_a_relay() as topo, trio.fail_after(180):
@@ -84,7 +88,9 @@ async def test_bob_reaches_alice_only_through_the_relay(tmp_path: Path, nursery)
                 assert alice_ready["host"] == "127.0.0.1"  # localhost-only, as by default
                 await wait_until_linked(alice, bob, "alice")
 
-                async def bob_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+                async def bob_cli(
+                    *args: str, timeout_s: float = 60
+                ) -> subprocess.CompletedProcess[bytes]:
                     return await run_cli(list(args), env=bob_env, prefix=in_b, timeout_s=timeout_s)
 
                 # a direct connection from home B to home A is impossible
@@ -183,7 +189,7 @@ async def test_bob_reaches_alice_only_through_the_relay(tmp_path: Path, nursery)
 
 
 async def test_a_tracker_that_dies_ends_its_tunnels_and_get_resumes(
-    tmp_path: Path, nursery
+    tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     """Kill the relay mid-transfer: one clear line, the .part stays; once the tracker
     is back (same port, same database) the next get resumes through a new tunnel."""
@@ -260,7 +266,11 @@ async def test_a_tracker_that_dies_ends_its_tunnels_and_get_resumes(
                     assert not again_out.exists()
 
 
-async def _started(context, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _started(
+    context: AbstractAsyncContextManager[Proc],
+    *,
+    task_status: trio.TaskStatus[Proc] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Run an async context manager (a process) as a nursery task, handing out its value."""
     async with context as value:
         task_status.started(value)

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -40,7 +40,7 @@ EVE = "sha256:" + "e" * 64
 class UI:
     def __init__(self, base: str, ctx: DaemonContext, access: AccessControl) -> None:
         self.base, self.ctx, self.access = base, ctx, access
-        self.port = httpx.URL(base).port
+        self.port = cast(int, httpx.URL(base).port)
 
     def knock(self, fingerprint: str, peer_id: str = "bob-id") -> str | None:
         return self.access.check(fingerprint, invite_peer=peer_id, invite_fingerprint=fingerprint)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
 import httpx
@@ -285,7 +285,7 @@ class SSEClient:
                 client.status = event.status_code
         return client
 
-    async def _next(self) -> h11.Event:
+    async def _next(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         while True:
             event = self.http.next_event()
             if event is h11.NEED_DATA:
@@ -300,7 +300,7 @@ class SSEClient:
             self.buffer += bytes(event.data)
         frame, self.buffer = self.buffer.split(b"\n\n", 1)
         assert frame.startswith(b"data: ")
-        return json.loads(frame[len(b"data: ") :])
+        return cast(dict[str, Any], json.loads(frame[len(b"data: ") :]))
 
     def close(self) -> None:
         self.sock.close()

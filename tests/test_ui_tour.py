@@ -331,7 +331,7 @@ async def test_a_tour_of_every_view_at_two_widths(tmp_path: Path, nursery: trio.
         ui_url = (await bob.wait_event(event_is("ui-ready")))["url"]
         for name in ("alice", "carol"):
             await bob.wait_event(
-                lambda e, n=name: e.get("event") == "peer-joined" and e["peer"]["name"] == n
+                lambda e, n=name: e.get("event") == "peer-joined" and e["peer"]["name"] == n  # type: ignore[misc]  # binds the loop variable
             )
         async with httpx.AsyncClient() as http:
             listed = (await http.get(f"{tracker_url}/api/peers/list")).json()["peers"]

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httpx
 import trio
@@ -106,7 +106,7 @@ async def receive(
     ws: WebSocketConnection, *, timeout_s: float = RECEIVE_TIMEOUT_S
 ) -> dict[str, Any]:
     with trio.fail_after(timeout_s):
-        return json.loads(await ws.get_message())
+        return cast(dict[str, Any], json.loads(await ws.get_message()))
 
 
 async def hello(
@@ -133,7 +133,7 @@ def registration(name: str = "laptop", port: int = 8000, **extra: Any) -> dict[s
 async def register(client: httpx.AsyncClient, name: str = "laptop", **extra: Any) -> dict[str, Any]:
     response = await client.post("/api/peers/register", json=registration(name, **extra))
     assert response.status_code == 201, response.text
-    return response.json()
+    return cast(dict[str, Any], response.json())
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
-def loads_strict(data: str | bytes) -> Any:
+def loads_strict(data: str | bytes | bytearray) -> Any:
     """``json.loads`` that raises ValueError on NaN, Infinity and overflowing numbers,
     and on nesting too deep for the parser (``[[[[...`` is a RecursionError there)."""
     try:
