@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from flashback import __version__
-from flashback.errors import ConfigError, FlashbackError
+from flashback.errors import ConfigError, FlashbackError, Interrupted
 from flashback.terminal import printable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +112,10 @@ PINS_EPILOG: Final = (
     "$XDG_DATA_HOME/flashback. No daemon is needed."
 )
 JSON_HELP: Final = "print one JSON object instead of text"
+EVENTS_HELP: Final = (
+    "print one JSON event per line (the default when stdout is not a terminal; "
+    "at a terminal: one summary line)"
+)
 OUT_HELP: Final = (
     "file (or, for a directory, directory) to write "
     "(default: the last part of PATH, in the current directory)"
@@ -160,7 +165,7 @@ def _add_local_commands(sub: Subcommands) -> None:
         metavar="N",
         help=f"files fetched at once for a directory (default {DEFAULT_JOBS}, at most {MAX_JOBS})",
     )
-    p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
+    p.add_argument("--json", action="store_true", help=EVENTS_HELP)
     p.set_defaults(run=_run_get)
     p = add("connect", "open a local URL that reaches a peer (direct or by tunnel)")
     p.add_argument("peer", metavar="PEER", help="peer id or name")
@@ -170,7 +175,7 @@ def _add_local_commands(sub: Subcommands) -> None:
     p.add_argument("peer", metavar="PEER", help="peer id or name")
     p.add_argument("path", metavar="PATH", help="file in the peer's share, e.g. docs/a.pdf")
     p.add_argument("-o", "--output", metavar="OUT", default=None, help=OUT_HELP)
-    p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
+    p.add_argument("--json", action="store_true", help=EVENTS_HELP)
     p.set_defaults(run=_run_stream)
     p = sub.add_parser(
         "forget",
@@ -197,9 +202,15 @@ def _run_daemon(args: argparse.Namespace) -> int:
 
 
 def _run_local(main: Callable[[], Any]) -> int:
+    import signal
+
     import trio
 
-    return int(trio.run(main) or 0)
+    code = int(trio.run(main) or 0)
+    # Done and reported: a Ctrl-C from now on may not turn that into 130 (or a
+    # death by SIGINT while Python shuts down).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 def _run_status(args: argparse.Namespace) -> int:
@@ -248,11 +259,15 @@ def _run_ls(args: argparse.Namespace) -> int:
 def _run_get(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flashback.daemon import client
+    from flashback.cli_render import wants_json
+    from flashback.daemon import fetch
 
     out = Path(args.output) if args.output else None
+    as_json = wants_json(args.json)
     return _run_local(
-        lambda: client.get_file(os.environ, args.peer, args.path, out, jobs=args.jobs)
+        lambda: fetch.get_file(
+            os.environ, args.peer, args.path, out, as_json=as_json, jobs=args.jobs
+        )
     )
 
 
@@ -265,10 +280,14 @@ def _run_connect(args: argparse.Namespace) -> int:
 def _run_stream(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flashback.daemon import client
+    from flashback.cli_render import wants_json
+    from flashback.daemon import fetch
 
     out = Path(args.output) if args.output else None
-    return _run_local(lambda: client.stream_file(os.environ, args.peer, args.path, out))
+    as_json = wants_json(args.json)
+    return _run_local(
+        lambda: fetch.stream_file(os.environ, args.peer, args.path, out, as_json=as_json)
+    )
 
 
 def _run_forget(args: argparse.Namespace) -> int:
@@ -388,26 +407,45 @@ def _add_syslog_level(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        setup_logging(args.verbose)
         return int(args.run(args))
     except ConfigError as exc:
         print(printable(f"flashback: error: {exc.message}"), file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(printable(f"flashback: {exc.message}"), file=sys.stderr)
+        return EXIT_INTERRUPTED
     except FlashbackError as exc:
         print(printable(f"flashback: {exc.message}"), file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return _interrupted()
+    except BaseExceptionGroup as group:  # trio's KeyboardInterrupt, wrapped by a nursery
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        return _interrupted()
     except Exception as exc:  # a local command met something unexpected: one line, no traceback
         import httpx
 
         if not isinstance(exc, httpx.HTTPError | OSError | ValueError):
             raise
-        print(printable(f"flashback: {exc.__class__.__name__}: {exc}"), file=sys.stderr)
+        print(printable(f"flashback: {_describe(exc)}"), file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _interrupted() -> int:
+    print("flashback: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _describe(exc: Exception) -> str:
+    """``cannot write /proc/x.part: No such file or directory`` rather than a repr."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"cannot use {exc.filename}: {exc.strerror}"
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 if __name__ == "__main__":

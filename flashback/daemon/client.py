@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -27,27 +27,13 @@ import trio
 from flashback.config import private_existing, state_dir
 from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
-from flashback.events import emit
-from flashback.folder import (
-    DEFAULT_JOBS,
-    FolderFailed,
-    FolderFetch,
-    FolderProgress,
-    is_remote_directory,
-)
 from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
-from flashback.protocol.paths import is_servable_name
 from flashback.protocol.strict_json import loads_strict
 from flashback.terminal import printable
 from flashback.transfer import (
-    DownloadResult,
-    NotOnPeer,
     at,
-    check_output,
-    download,
-    resume_key,
 )
 
 TIMEOUT_S = 10.0
@@ -221,7 +207,7 @@ def http_url(host: str, port: int, path: str = "/") -> httpx.URL:
     return httpx.URL(scheme="http", host=host, port=port, path=quote(path, safe="/"))
 
 
-async def _post_control(
+async def post_control(
     env: Mapping[str, str], route: str, body: dict[str, Any], *, timeout_s: float
 ) -> dict[str, Any]:
     """POST *body* to the daemon's control API; its JSON error becomes our one line."""
@@ -234,8 +220,8 @@ async def _post_control(
     return _answer_or_raise(response)
 
 
-async def _post_connect(env: Mapping[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    return await _post_control(env, "/connect", body, timeout_s=CONNECT_TIMEOUT_S)
+async def post_connect(env: Mapping[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return await post_control(env, "/connect", body, timeout_s=CONNECT_TIMEOUT_S)
 
 
 def _answer_or_raise(response: httpx.Response) -> dict[str, Any]:
@@ -256,7 +242,7 @@ async def reach_peer(env: Mapping[str, str], key: str) -> tuple[ListedPeer, http
     """The peer *key* names and an origin that reaches its server, direct or by tunnel
     (the daemon decides, INTERFACE §6.3; a LAN or book peer by its endpoint, §12)."""
     peer = resolve_peer(await fetch_peers(env), key)
-    answer = await _post_connect(env, {"peer": peer.key})
+    answer = await post_connect(env, {"peer": peer.key})
     return peer, httpx.URL(answer["url"])
 
 
@@ -373,7 +359,15 @@ async def list_peer_dir(env: Mapping[str, str], key: str, path: str) -> dict[str
                 params = {"limit": str(LIST_PAGE_ENTRIES)}
                 if paging.cursor is not None:
                     params["cursor"] = paging.cursor
-                paging.add(await _fetch_page(http, url, params, key, path))
+                try:
+                    paging.add(await _fetch_page(http, url, params, key, path))
+                except FlashbackError as exc:
+                    if exc.code == "not_found" and await _is_file(http, base, path):
+                        raise ConfigError(
+                            f"{path!r} is a file on peer {key!r}, not a directory: "
+                            "fetch it with flashback get"
+                        ) from None
+                    raise
     if deadline.cancelled_caught:
         raise FlashbackError(
             f"peer '{printable(key)}' took over {LIST_DEADLINE_S:.0f} s to list {path!r}"
@@ -417,6 +411,15 @@ async def _fetch_page(
 
 
 _DONE: Final = object()
+
+
+async def _is_file(http: httpx.AsyncClient, base: httpx.URL, path: str) -> bool:
+    """Does the peer serve *path* as a file? (A HEAD of its download answers 200.)"""
+    try:
+        response = await http.head(at(base, "/download/" + path.strip("/")))
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
 
 
 def _error_message(body: bytes, key: str) -> str:
@@ -500,184 +503,6 @@ def print_listing(listing: dict[str, Any], *, as_json: bool) -> None:
         print(printable(f"{size:>12}  {entry.get('mtime', '')}  {name}"))
 
 
-def default_output(path: str) -> Path:
-    name = PurePosixPath(path).name
-    if not name or name in (".", ".."):
-        raise ConfigError(f"cannot name an output file after {path!r}; pass -o OUT")
-    return Path(name)
-
-
-def _print_event(event: str, fields: dict[str, Any]) -> None:
-    emit(event, **fields)
-
-
-def _complete(result: DownloadResult) -> None:
-    emit(
-        "download-complete",
-        path=str(result.path),
-        bytes=result.bytes,
-        sha256=result.sha256,
-        verified=True,
-        repaired_blocks=result.repaired_blocks,
-    )
-
-
-async def get_file(
-    env: Mapping[str, str], key: str, path: str, out: Path | None, *, jobs: int = DEFAULT_JOBS
-) -> int:
-    """``get PEER PATH``: one file as always; a directory (§8) when PATH is one.
-
-    The file's download is tried first, exactly as before folders existed;
-    only its 404 (or an OUT that is a directory already, as after a first
-    folder get) makes us ask whether PATH is a directory.
-    """
-    if not path.strip("/"):
-        peer, base = await reach_peer(env, key)
-        return await _get_folder(base, peer, path, out or _root_output(peer), jobs)
-    target = out or default_output(path)
-    if target.is_dir():
-        peer, base = await reach_peer(env, key)
-        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
-            is_dir = await is_remote_directory(http, base, path)
-        if not is_dir:
-            check_output(target)  # the file get's own refusal: exit 2
-        return await _get_folder(base, peer, path, target, jobs)
-    check_output(target)
-    peer, base = await reach_peer(env, key)
-    url = at(base, "/download/" + path.strip("/"))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        try:
-            result = await download(
-                http,
-                url,
-                target,
-                label=target.name,
-                on_event=_print_event,
-                resume_key=resume_key(peer.key, path),
-                manifest_url=at(base, "/api/digest/" + path.strip("/")),
-            )
-        except NotOnPeer:
-            if not await is_remote_directory(http, base, path):
-                raise
-            result = None
-    if result is None:
-        return await _get_folder(base, peer, path, target, jobs)
-    _complete(result)
-    return 0
-
-
-def _root_output(peer: ListedPeer) -> Path:
-    """A whole share goes into a directory named after its peer, if that is a plain name."""
-    if is_servable_name(peer.name) and "/" not in peer.name:
-        return Path(peer.name)
-    raise ConfigError(f"cannot name a directory after peer '{printable(peer.name)}'; pass -o OUT")
-
-
-async def _get_folder(base: httpx.URL, peer: ListedPeer, path: str, out: Path, jobs: int) -> int:
-    """``get PEER DIR``: the whole tree, N files at a time, then ``folder-complete``."""
-    if not out.parent.is_dir():
-        raise ConfigError(f"directory {out.parent} does not exist")
-    limits = httpx.Limits(max_connections=jobs + 1, max_keepalive_connections=jobs + 1)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits) as http:
-        fetch = FolderFetch(
-            http,
-            base,
-            path.strip("/"),
-            out,
-            owner=peer.key,
-            jobs=jobs,
-            on_complete=_complete,
-            progress=FolderProgress(out.name),
-        )
-        result = await fetch.run()
-    if result.failed:
-        raise FolderFailed(
-            f"{result.failed} of {result.failed + result.files} files failed "
-            f"(first: {result.first_failure}); run the same command again to fetch them"
-        )
-    emit(
-        "folder-complete",
-        path=str(out),
-        files=result.files,
-        bytes=result.bytes,
-        skipped=result.skipped,
-        refused=result.refused,
-    )
-    return 0
-
-
-async def _owner_server(env: Mapping[str, str], key: str) -> httpx.URL | None:
-    """An origin for the owner's peer server (for its digest and repairs), if any."""
-    try:
-        _peer, base = await reach_peer(env, key)
-        return base
-    except FlashbackError:
-        pass
-    status = await fetch_status(env)  # a stream from this daemon itself, no tracker
-    if key in (status.get("name"), status.get("peer_id")):
-        return http_url(str(status["host"]), int(status["port"]))
-    return None
-
-
-async def _stream_origin(
-    env: Mapping[str, str], owner: str | None, ready: Mapping[str, Any]
-) -> httpx.URL:
-    """Where to fetch from a stream port: on the owner's proven host or through a
-    tunnel's ``OPEN stream`` (the daemon decides; only the notice's port is used)."""
-    if owner is None:  # our own daemon's notice (no identity yet): its own host
-        return http_url(ready["host"], ready["port"])
-    answer = await _post_connect(env, {"peer": owner, "stream_port": ready["port"]})
-    return httpx.URL(answer["url"])
-
-
-#: the daemon waits up to 15 s for the owner; leave room for that
-STREAM_REQUEST_TIMEOUT_S = 25.0
-
-
-async def request_stream_port(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
-    """Ask the local daemon for a dedicated port on *key*: the ready notice."""
-    body = {"peer": key, "path": path}
-    return await _post_control(env, "/stream", body, timeout_s=STREAM_REQUEST_TIMEOUT_S)
-
-
-async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
-    out = out or default_output(path)
-    check_output(out)  # before a port is opened for nothing
-    ready = await request_stream_port(env, key, path)
-    emit(
-        "file-stream-ready",
-        request_id=ready["request_id"],
-        peer_id=ready.get("from"),
-        host=ready["host"],
-        port=ready["port"],
-        token=ready["token"],
-        path=ready["path"],
-        size=ready["size"],
-        expires_in=ready["expires_in"],
-    )
-    url = at(await _stream_origin(env, ready.get("from"), ready), "/" + ready["token"])
-    owner = await _owner_server(env, key)
-    manifest_url = repair_url = None
-    if owner is not None:
-        manifest_url = at(owner, "/api/digest/" + ready["path"].strip("/"))
-        # The stream port closes once the file is sent: repairs go to the peer server.
-        repair_url = at(owner, "/download/" + ready["path"].strip("/"))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        result = await download(
-            http,
-            url,
-            out,
-            label=out.name,
-            on_event=_print_event,
-            resume_key=resume_key(ready.get("from") or key, ready["path"]),
-            manifest_url=manifest_url,
-            repair_url=repair_url,
-            expected_size=ready["size"],
-        )
-    _complete(result)
-    return 0
-
-
 async def connect(env: Mapping[str, str], key: str, *, as_json: bool) -> int:
     """``flashback connect``: print the ``peer-url`` line and hold the forward until
     Ctrl-C or SIGTERM (exit 0) or until the daemon goes away (exit 1)."""
@@ -745,7 +570,7 @@ async def change_access(env: Mapping[str, str], action: str, key: str) -> dict[s
     if action not in ACCESS_ACTIONS:
         raise ConfigError(f"unknown access action {action!r}")
     try:
-        return await _post_control(env, f"/access/{action}", {"peer": key}, timeout_s=TIMEOUT_S)
+        return await post_control(env, f"/access/{action}", {"peer": key}, timeout_s=TIMEOUT_S)
     except DaemonUnavailable:
         raise
     except FlashbackError as exc:
