@@ -214,10 +214,16 @@ def _run_local(main: Callable[[], Any]) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from flashback.daemon import client
+    import json
+
+    from flashback.daemon import client, peer_lines
 
     async def main() -> int:
-        client.print_status(await client.fetch_status(os.environ), as_json=args.json)
+        status = await client.fetch_status(os.environ)
+        if args.json:
+            print(json.dumps(status))
+        else:
+            peer_lines.print_status(status)
         return 0
 
     return _run_local(main)
@@ -234,13 +240,18 @@ def _run_ui(args: argparse.Namespace) -> int:
 
 
 def _run_peers(args: argparse.Namespace) -> int:
-    from flashback.daemon import client
+    import json
+
+    from flashback.daemon import client, peer_lines
 
     async def main() -> int:
         if args.watch:
             return await client.watch_peers(os.environ, as_json=args.json)
-        client.print_peers(await client.fetch_peers(os.environ), as_json=args.json)
-        return 0
+        listing = await client.fetch_peers(os.environ)
+        if args.json:
+            print(json.dumps(listing))
+            return 0
+        return peer_lines.print_peers(listing)
 
     return _run_local(main)
 
@@ -292,7 +303,7 @@ def _run_stream(args: argparse.Namespace) -> int:
 
 def _run_forget(args: argparse.Namespace) -> int:
     from flashback.config import data_dir
-    from flashback.daemon import client
+    from flashback.daemon import client, peer_lines
     from flashback.daemon.pins import PinStore
 
     removed = PinStore.in_data_dir(data_dir(os.environ)).forget(args.peer)
@@ -311,18 +322,18 @@ def _run_forget(args: argparse.Namespace) -> int:
     if shown:
         print("forgot the pin of " + "; ".join(shown))
     if requesters:
-        print("forgot the requester " + "; ".join(client.describe_entry(p) for p in requesters))
+        print("forgot the requester " + "; ".join(peer_lines.describe_entry(p) for p in requesters))
     return EXIT_OK
 
 
 def _run_access(args: argparse.Namespace) -> int:
-    from flashback.daemon import client
+    from flashback.daemon import client, peer_lines
 
     async def main() -> int:
         answer = await client.change_access(os.environ, args.action, args.peer)
         entry = answer.get("allowed" if args.action == "allow" else "denied") or {}
         verb = "allowed" if args.action == "allow" else "denied"
-        print(f"{verb} {client.describe_entry(entry)}")
+        print(f"{verb} {peer_lines.describe_entry(entry)}")
         return 0
 
     return _run_local(main)

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from flashback.daemon.client import format_event
+from flashback.daemon.peer_lines import format_event
 from flashback.errors import ConfigError
 from flashback.runner import run_service
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
-from flashback.transfer import resume_key
 from flashback.protocol.conditional import make_etag
+from flashback.transfer import resume_key
 from tests.procs import daemon_env, event_is, run_cli
 from tests.test_daemon_system import joined, start_daemon, start_tracker
 

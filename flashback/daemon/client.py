@@ -25,6 +25,7 @@ import httpx
 import trio
 
 from flashback.config import private_existing, state_dir
+from flashback.daemon import peer_lines
 from flashback.daemon.control import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
 from flashback.protocol.fingerprint import is_fingerprint
@@ -181,8 +182,19 @@ def resolve_peer(listing: dict[str, Any], key: str) -> ListedPeer:
     if len(live) == 1:
         return live[0]
     if len(named) > 1:
-        ids = ", ".join(printable(p.key) for p in named)
-        raise ConfigError(f"several peers are named {key!r}; use a peer id or fingerprint ({ids})")
+        ids = ", ".join(
+            f"{label} {printable(p.key)}"
+            for p, label in zip(named, peer_lines.labels(vars(p) for p in named), strict=True)
+        )
+        raise ConfigError(f"several peers are named {key!r}; use a peer id or fingerprint: {ids}")
+    tracker = listing.get("tracker") or {}
+    if tracker.get("url") and not tracker.get("connected"):
+        state = peer_lines.tracker_state(tracker)
+        raise FlashbackError(
+            f"no peer '{printable(key)}' known: no tracker connection ({state}), "
+            f"and no LAN or remembered peer of that name{_suggestion(key, peers)}",
+            code="no_tracker",
+        )
     raise FlashbackError(
         f"no peer '{printable(key)}' is online{_suggestion(key, peers)}", code="unknown_peer"
     )
@@ -246,76 +258,6 @@ async def reach_peer(env: Mapping[str, str], key: str) -> tuple[ListedPeer, http
     return peer, httpx.URL(answer["url"])
 
 
-def _display_url(server: Mapping[str, Any]) -> str:
-    try:
-        return str(http_url(str(server["host"]), int(server["port"])))
-    except (FlashbackError, httpx.InvalidURL, ValueError, TypeError):
-        return "(invalid address)"
-
-
-def print_status(status: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(status))
-        return
-    tracker = status["tracker"]
-    link = "connected" if tracker["connected"] else "not connected"
-    print(printable(f"name:     {status['name']}"))
-    print(printable(f"peer id:  {status['peer_id'] or '(not registered)'}"))
-    print(printable(f"serving:  {status.get('root', '')} on {status['url']}"))
-    print(printable(f"tracker:  {tracker['url'] or '(none)'} ({link})"))
-    print(printable(f"identity: {status.get('identity') or '(none)'}"))
-    print(printable(f"fingerprint: {status.get('fingerprint') or '(none)'}"))
-    print_access(status.get("access"))
-
-
-def format_peer(peer: dict[str, Any]) -> str:
-    """One line: name, peer id (or fingerprint), route, address, source."""
-    server = peer.get("peer_server")
-    name = printable(peer["name"])
-    peer_id = printable(peer.get("peer_id") or peer.get("fingerprint") or "-")
-    route = peer.get("route") if isinstance(peer.get("route"), str) else "-"
-    if isinstance(server, dict):
-        where = _display_url(server)
-    else:
-        where = ", ".join(_display_candidate(c) for c in peer.get("candidates") or []) or "-"
-    source = peer.get("source") if isinstance(peer.get("source"), str) else "tracker"
-    address = peer.get("address")
-    via = f" via {address}" if isinstance(address, str) and route != "-" else ""
-    return printable(f"{name:<24} {peer_id:<20} {route:<6} {where}{via} ({source})")
-
-
-def _display_candidate(candidate: Any) -> str:
-    try:
-        return f"{http_url(str(candidate['host']), int(candidate['port'])).netloc.decode()}"
-    except (FlashbackError, httpx.InvalidURL, ValueError, TypeError, KeyError):
-        return "(invalid address)"
-
-
-def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(listing))
-        return
-    if not listing["peers"]:
-        tracker = listing.get("tracker") or {}
-        down = tracker.get("url") and not tracker.get("connected")
-        print("no peers known (the tracker is not connected)" if down else "no peers online")
-    for peer in listing["peers"]:
-        print(format_peer(peer))
-
-
-def format_event(event: dict[str, Any]) -> str | None:
-    kind = event.get("event")
-    if kind == "peer-joined":
-        return "+ " + format_peer(event["peer"])
-    if kind == "peer-updated":
-        return "~ " + format_peer(event["peer"])
-    if kind == "peer-left":
-        return printable(f"- {event['peer_id']} ({event['reason']})")
-    if kind in ("tracker-connected", "tracker-disconnected"):
-        return printable(f"* {kind} {event.get('url') or ''}".rstrip())
-    return None
-
-
 WATCHED_EVENTS = frozenset(
     {"peer-joined", "peer-updated", "peer-left", "tracker-connected", "tracker-disconnected"}
 )
@@ -336,9 +278,9 @@ async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
                     event = json.loads(line)
                     if event.get("event") == "peers-snapshot":
                         if not as_json:
-                            print_peers(event, as_json=False)
+                            peer_lines.print_peers(event)
                     elif event.get("event") in WATCHED_EVENTS:
-                        text = json.dumps(event) if as_json else format_event(event)
+                        text = json.dumps(event) if as_json else peer_lines.format_event(event)
                         if text:
                             print(text, flush=True)
         except (httpx.RemoteProtocolError, httpx.ReadError):
@@ -600,21 +542,3 @@ async def forget_requester(env: Mapping[str, str], key: str) -> list[dict[str, A
         return removed
     forgotten = answer.get("forgotten")
     return forgotten if isinstance(forgotten, list) else []
-
-
-def describe_entry(entry: Mapping[str, Any]) -> str:
-    name, peer_id = entry.get("name"), entry.get("peer_id")
-    who = " ".join(str(part) for part in (name, f"({peer_id})" if peer_id else None) if part)
-    return printable(f"{who + ' ' if who else ''}{entry.get('fingerprint')}")
-
-
-def print_access(access: Mapping[str, Any] | None) -> None:
-    """The ``status`` lines for §11: the mode, then the allowed and denied peers."""
-    if not isinstance(access, Mapping):
-        return
-    print(printable(f"share with: {access.get('share_with')}"))
-    for title in ("allowed", "denied"):
-        entries = access.get(title) or []
-        print(f"{title}:{'' if entries else ' (none)'}")
-        for entry in entries:
-            print("  " + describe_entry(entry))
