@@ -84,7 +84,12 @@ class PtySession:
 
 @asynccontextmanager
 async def at_terminal(
-    args: Sequence[str], *, env: dict[str, str], columns: int = 120
+    args: Sequence[str],
+    *,
+    env: dict[str, str],
+    columns: int = 120,
+    program: Sequence[str] = FLASHBACK,
+    cwd: str | None = None,
 ) -> AsyncIterator[PtySession]:
     """Run ``flashback ARGS`` with a pty as its terminal (stdin, stdout, stderr).
 
@@ -93,7 +98,8 @@ async def at_terminal(
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     try:
         process = await trio.lowlevel.open_process(
-            [*FLASHBACK, *args],
+            [*program, *args],
+            cwd=cwd,
             stdin=slave,
             stdout=slave,
             stderr=slave,

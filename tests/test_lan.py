@@ -256,7 +256,8 @@ async def test_two_daemons_on_a_lan_with_no_tracker(tmp_path: Path, nursery: tri
             assert row["source"] == "lan" and row["peer_id"] is None
             assert row["candidates"][0]["host"] == LAN_ADDRS[0]
             text = await run_cli(["peers"], env=bob_env)
-            assert "(lan)" in text.stdout.decode() and "alice" in text.stdout.decode()
+            row = next(r for r in text.stdout.decode().splitlines() if r.startswith("alice "))
+            assert row.endswith(" lan"), row
             # alice shares with whom the tracker lists; with no tracker, a LAN stranger
             # is refused (§11, §12) until she allows his fingerprint
             bob_fp = json.loads((await run_cli(["status", "--json"], env=bob_env)).stdout)[
