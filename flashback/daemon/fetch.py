@@ -63,7 +63,7 @@ def check_share_path(path: str) -> None:
         )
 
 
-class _Outcome:
+class Outcome:
     """What a transfer got to before a Ctrl-C: its output, and whether it was reported."""
 
     def __init__(self) -> None:
@@ -87,9 +87,9 @@ class _Outcome:
         return "interrupted before the download began"
 
 
-async def until_interrupted(work: Callable[[_Outcome], Awaitable[None]]) -> int:
+async def until_interrupted(work: Callable[[Outcome], Awaitable[None]]) -> int:
     """Run *work*; SIGINT cancels it (no KeyboardInterrupt inside the transfer)."""
-    outcome = _Outcome()
+    outcome = Outcome()
     interrupted = False
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         try:
@@ -117,7 +117,7 @@ async def until_interrupted(work: Callable[[_Outcome], Awaitable[None]]) -> int:
     raise FlashbackError("the transfer stopped without a result")  # pragma: no cover
 
 
-def _complete(report: Report, outcome: _Outcome, result: DownloadResult) -> None:
+def _complete(report: Report, outcome: Outcome, result: DownloadResult) -> None:
     report.file_done(
         {
             "path": str(result.path),
@@ -150,7 +150,7 @@ async def get_file(
     check_share_path(path)
     report = Report(as_json=as_json, peer=key)
 
-    async def work(outcome: _Outcome) -> None:
+    async def work(outcome: Outcome) -> None:
         if not path.strip("/"):
             peer, base = await reach_peer(env, key)
             await _get_folder(base, peer, path, out or _root_output(peer), jobs, report, outcome)
@@ -208,7 +208,7 @@ async def _get_folder(
     out: Path,
     jobs: int,
     report: Report,
-    outcome: _Outcome,
+    outcome: Outcome,
 ) -> None:
     """``get PEER DIR``: the whole tree, N files at a time, then ``folder-complete``."""
     if not out.parent.is_dir():
@@ -316,7 +316,7 @@ async def stream_file(
     check_share_path(path)
     report = Report(as_json=as_json, peer=key)
 
-    async def work(outcome: _Outcome) -> None:
+    async def work(outcome: Outcome) -> None:
         target = out or default_output(path)
         if target.is_dir():
             target = target / default_output(path)
