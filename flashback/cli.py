@@ -7,7 +7,6 @@ configuration errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from flashback import __version__
 from flashback.errors import ConfigError, FlashbackError, Interrupted
+from flashback.logs import setup_logging
 from flashback.terminal import printable
 
 EXIT_OK = 0
@@ -372,49 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS:
         add(sub)
     return parser
-
-
-def setup_logging(verbose: bool) -> None:
-    """Human logs on stderr; under journald no timestamp (it adds its own)."""
-    if os.environ.get("JOURNAL_STREAM"):
-        fmt = "<%(syslog_level)s>%(name)s: %(message)s"
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_EscapingFormatter(fmt))
-    handler.addFilter(_add_syslog_level)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # One line per HTTP request would drown what matters.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("flashback.access").setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-class _EscapingFormatter(logging.Formatter):
-    """Log messages quote peers (names, paths, errors): no control character reaches stderr.
-
-    Only the message is escaped; a traceback appended after it keeps its lines.
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(record.message)
-        return super().formatMessage(record)
-
-
-_SYSLOG_LEVELS = {
-    logging.CRITICAL: 2,
-    logging.ERROR: 3,
-    logging.WARNING: 4,
-    logging.INFO: 6,
-    logging.DEBUG: 7,
-}
-
-
-def _add_syslog_level(record: logging.LogRecord) -> bool:
-    """sd-daemon(3) prefixes: journald maps ``<N>`` to the priority of the line."""
-    record.syslog_level = _SYSLOG_LEVELS.get(record.levelno, 6)
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
