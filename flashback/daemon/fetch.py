@@ -156,8 +156,9 @@ async def get_file(
             await _get_folder(base, peer, path, out or _root_output(peer), jobs, report, outcome)
             return
         target = out or default_output(path)
+        reached = None
         if target.is_dir():
-            peer, base = await reach_peer(env, key)
+            reached = peer, base = await reach_peer(env, key)
             async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
                 is_dir = await is_remote_directory(http, base, path)
             if is_dir:
@@ -165,7 +166,7 @@ async def get_file(
                 return
             target = target / default_output(path)
         check_output(target)
-        peer, base = await reach_peer(env, key)
+        peer, base = reached or await reach_peer(env, key)
         report.peer = peer.name
         outcome.file = target
         url = at(base, "/download/" + path.strip("/"))
