@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import sys
 
-from flashback.cli import main
+try:
+    from flashback.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python still imports: no traceback
+    print("flashback: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

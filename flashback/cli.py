@@ -7,19 +7,20 @@ configuration errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from flashback import __version__
-from flashback.errors import ConfigError, FlashbackError
+from flashback.errors import ConfigError, FlashbackError, Interrupted
+from flashback.logs import setup_logging
 from flashback.terminal import printable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +112,10 @@ PINS_EPILOG: Final = (
     "$XDG_DATA_HOME/flashback. No daemon is needed."
 )
 JSON_HELP: Final = "print one JSON object instead of text"
+EVENTS_HELP: Final = (
+    "print one JSON event per line (the default when stdout is not a terminal; "
+    "at a terminal: one summary line)"
+)
 OUT_HELP: Final = (
     "file (or, for a directory, directory) to write "
     "(default: the last part of PATH, in the current directory)"
@@ -160,7 +165,7 @@ def _add_local_commands(sub: Subcommands) -> None:
         metavar="N",
         help=f"files fetched at once for a directory (default {DEFAULT_JOBS}, at most {MAX_JOBS})",
     )
-    p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
+    p.add_argument("--json", action="store_true", help=EVENTS_HELP)
     p.set_defaults(run=_run_get)
     p = add("connect", "open a local URL that reaches a peer (direct or by tunnel)")
     p.add_argument("peer", metavar="PEER", help="peer id or name")
@@ -170,7 +175,7 @@ def _add_local_commands(sub: Subcommands) -> None:
     p.add_argument("peer", metavar="PEER", help="peer id or name")
     p.add_argument("path", metavar="PATH", help="file in the peer's share, e.g. docs/a.pdf")
     p.add_argument("-o", "--output", metavar="OUT", default=None, help=OUT_HELP)
-    p.add_argument("--json", action="store_true", help="accepted; events are always JSON")
+    p.add_argument("--json", action="store_true", help=EVENTS_HELP)
     p.set_defaults(run=_run_stream)
     p = sub.add_parser(
         "forget",
@@ -197,16 +202,28 @@ def _run_daemon(args: argparse.Namespace) -> int:
 
 
 def _run_local(main: Callable[[], Any]) -> int:
+    import signal
+
     import trio
 
-    return int(trio.run(main) or 0)
+    code = int(trio.run(main) or 0)
+    # Done and reported: a Ctrl-C from now on may not turn that into 130 (or a
+    # death by SIGINT while Python shuts down).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from flashback.daemon import client
+    import json
+
+    from flashback.daemon import client, peer_lines
 
     async def main() -> int:
-        client.print_status(await client.fetch_status(os.environ), as_json=args.json)
+        status = await client.fetch_status(os.environ)
+        if args.json:
+            print(json.dumps(status))
+        else:
+            peer_lines.print_status(status)
         return 0
 
     return _run_local(main)
@@ -223,13 +240,18 @@ def _run_ui(args: argparse.Namespace) -> int:
 
 
 def _run_peers(args: argparse.Namespace) -> int:
-    from flashback.daemon import client
+    import json
+
+    from flashback.daemon import client, peer_lines
 
     async def main() -> int:
         if args.watch:
             return await client.watch_peers(os.environ, as_json=args.json)
-        client.print_peers(await client.fetch_peers(os.environ), as_json=args.json)
-        return 0
+        listing = await client.fetch_peers(os.environ)
+        if args.json:
+            print(json.dumps(listing))
+            return 0
+        return peer_lines.print_peers(listing)
 
     return _run_local(main)
 
@@ -248,11 +270,15 @@ def _run_ls(args: argparse.Namespace) -> int:
 def _run_get(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flashback.daemon import client
+    from flashback.cli_render import wants_json
+    from flashback.daemon import fetch
 
     out = Path(args.output) if args.output else None
+    as_json = wants_json(args.json)
     return _run_local(
-        lambda: client.get_file(os.environ, args.peer, args.path, out, jobs=args.jobs)
+        lambda: fetch.get_file(
+            os.environ, args.peer, args.path, out, as_json=as_json, jobs=args.jobs
+        )
     )
 
 
@@ -265,15 +291,19 @@ def _run_connect(args: argparse.Namespace) -> int:
 def _run_stream(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flashback.daemon import client
+    from flashback.cli_render import wants_json
+    from flashback.daemon import fetch
 
     out = Path(args.output) if args.output else None
-    return _run_local(lambda: client.stream_file(os.environ, args.peer, args.path, out))
+    as_json = wants_json(args.json)
+    return _run_local(
+        lambda: fetch.stream_file(os.environ, args.peer, args.path, out, as_json=as_json)
+    )
 
 
 def _run_forget(args: argparse.Namespace) -> int:
     from flashback.config import data_dir
-    from flashback.daemon import client
+    from flashback.daemon import client, peer_lines
     from flashback.daemon.pins import PinStore
 
     removed = PinStore.in_data_dir(data_dir(os.environ)).forget(args.peer)
@@ -292,18 +322,18 @@ def _run_forget(args: argparse.Namespace) -> int:
     if shown:
         print("forgot the pin of " + "; ".join(shown))
     if requesters:
-        print("forgot the requester " + "; ".join(client.describe_entry(p) for p in requesters))
+        print("forgot the requester " + "; ".join(peer_lines.describe_entry(p) for p in requesters))
     return EXIT_OK
 
 
 def _run_access(args: argparse.Namespace) -> int:
-    from flashback.daemon import client
+    from flashback.daemon import client, peer_lines
 
     async def main() -> int:
         answer = await client.change_access(os.environ, args.action, args.peer)
         entry = answer.get("allowed" if args.action == "allow" else "denied") or {}
         verb = "allowed" if args.action == "allow" else "denied"
-        print(f"{verb} {client.describe_entry(entry)}")
+        print(f"{verb} {peer_lines.describe_entry(entry)}")
         return 0
 
     return _run_local(main)
@@ -344,70 +374,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: bool) -> None:
-    """Human logs on stderr; under journald no timestamp (it adds its own)."""
-    if os.environ.get("JOURNAL_STREAM"):
-        fmt = "<%(syslog_level)s>%(name)s: %(message)s"
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_EscapingFormatter(fmt))
-    handler.addFilter(_add_syslog_level)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # One line per HTTP request would drown what matters.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("flashback.access").setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-class _EscapingFormatter(logging.Formatter):
-    """Log messages quote peers (names, paths, errors): no control character reaches stderr.
-
-    Only the message is escaped; a traceback appended after it keeps its lines.
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(record.message)
-        return super().formatMessage(record)
-
-
-_SYSLOG_LEVELS = {
-    logging.CRITICAL: 2,
-    logging.ERROR: 3,
-    logging.WARNING: 4,
-    logging.INFO: 6,
-    logging.DEBUG: 7,
-}
-
-
-def _add_syslog_level(record: logging.LogRecord) -> bool:
-    """sd-daemon(3) prefixes: journald maps ``<N>`` to the priority of the line."""
-    record.syslog_level = _SYSLOG_LEVELS.get(record.levelno, 6)
-    return True
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        setup_logging(args.verbose)
         return int(args.run(args))
     except ConfigError as exc:
         print(printable(f"flashback: error: {exc.message}"), file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(printable(f"flashback: {exc.message}"), file=sys.stderr)
+        return EXIT_INTERRUPTED
     except FlashbackError as exc:
         print(printable(f"flashback: {exc.message}"), file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return _interrupted()
+    except BaseExceptionGroup as group:  # trio's KeyboardInterrupt, wrapped by a nursery
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        return _interrupted()
     except Exception as exc:  # a local command met something unexpected: one line, no traceback
         import httpx
 
         if not isinstance(exc, httpx.HTTPError | OSError | ValueError):
             raise
-        print(printable(f"flashback: {exc.__class__.__name__}: {exc}"), file=sys.stderr)
+        print(printable(f"flashback: {_describe(exc)}"), file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _interrupted() -> int:
+    print("flashback: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _describe(exc: Exception) -> str:
+    """``cannot write /proc/x.part: No such file or directory`` rather than a repr."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"cannot use {exc.filename}: {exc.strerror}"
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Starts a relay tracker (SQLite) and one peer daemon sharing ``demo-share/``,
 as two real ``flashback`` processes, relays their event lines to stdout and
-prints where each listens and how to talk to them. Ctrl-C stops both
-(SIGTERM each, then wait).
+prints where each listens and how to talk to them. Ctrl-C stops both, the
+daemon first so that it unregisters, then the tracker (SIGTERM each, then wait).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ async def run_demo(base: Path) -> int:
                 [*FLASHBACK, "tracker", "--host", "127.0.0.1", "--port", "0", "--tunnel-port", "0"],
                 stdout=subprocess.PIPE,
                 env=env,
+                start_new_session=True,
             )
             processes.append(tracker)
             nursery.start_soon(relay, tracker, "tracker", tracker_event)
@@ -115,11 +116,14 @@ async def run_demo(base: Path) -> int:
                 ],
                 stdout=subprocess.PIPE,
                 env=env,
+                start_new_session=True,
             )
             processes.append(daemon)
             nursery.start_soon(relay, daemon, "daemon", daemon_event)
-            # The children run in their own sessions, so Ctrl-C reaches only
-            # us: stop the daemon first (it unregisters), then the tracker.
+            # The children run in their own sessions (a terminal's Ctrl-C goes
+            # to the whole foreground process group, ``make`` and all), so it
+            # reaches only us: stop the daemon first (it unregisters), then the
+            # tracker.
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     break

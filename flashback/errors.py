@@ -15,7 +15,8 @@ is a :class:`FlashbackError` carrying a snake_case ``code`` and an HTTP
     ├── InvalidField        422
     ├── RateLimited         429  (carries retry_after_s)
     ├── BackendUnavailable  503
-    └── ConfigError         exit 2 on the command line
+    ├── ConfigError         exit 2 on the command line
+    └── Interrupted         exit 130 on the command line (Ctrl-C, with what is kept)
 """
 
 from __future__ import annotations
@@ -121,3 +122,9 @@ class ConfigError(FlashbackError):
 
     status = 400
     default_code = "bad_configuration"
+
+
+class Interrupted(FlashbackError):
+    """Ctrl-C during a command: the CLI prints its one line and exits 130."""
+
+    default_code = "interrupted"

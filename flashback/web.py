@@ -248,7 +248,7 @@ def hypercorn_config(host: str, port: int, *, backlog: int = 100) -> HypercornCo
     else:
         bind_host = f"[{host}]" if ":" in host else host
         config.bind = [f"{bind_host}:{port}"]
-    # One line per request; shown with -v (cli.setup_logging sets the level).
+    # One line per request; shown with -v (logs.setup_logging sets the level).
     # The path only (%(U)s): a query string may carry a token.
     config.accesslog = ACCESS_LOG
     config.access_log_format = ACCESS_LOG_FORMAT

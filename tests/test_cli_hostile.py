@@ -26,10 +26,9 @@ from flashback.daemon.client import (
     MAX_LIST_ENTRIES,
     MAX_LIST_PAGES,
     ListingPaging,
-    format_event,
-    format_peer,
     resolve_peer,
 )
+from flashback.daemon.peer_lines import format_event, format_peer
 from flashback.errors import ConfigError, FlashbackError
 from flashback.terminal import printable
 from tests.abuse_support import register_fake_peer, start_tracker_proc
@@ -373,7 +372,7 @@ def test_log_messages_are_escaped_but_tracebacks_keep_their_lines(
 ) -> None:
     import logging
 
-    from flashback.cli import setup_logging
+    from flashback.logs import setup_logging
 
     setup_logging(verbose=False)
     try:

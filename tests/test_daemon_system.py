@@ -87,7 +87,13 @@ async def test_daemons_see_each_other_join_and_leave(tmp_path: Path, nursery: tr
             status = await run_cli(["status", "--json"], env=daemon_env(tmp_path, "alice"))
             assert status.returncode == 0, status.stderr
             info = json.loads(status.stdout)
-            assert info["name"] == "alice" and info["tracker"] == {"url": url, "connected": True}
+            assert info["name"] == "alice"
+            assert info["tracker"] == {
+                "url": url,
+                "connected": True,
+                "reason": None,
+                "ever_connected": True,
+            }
             assert info["url"] == f"http://127.0.0.1:{info['port']}"
 
             watch = await stack.enter_async_context(
@@ -378,7 +384,12 @@ async def test_daemon_without_tracker_serves_and_second_instance_is_refused(
             assert b"already running" in second.stderr
             assert b"FLASHBACK_STATE_DIR" in second.stderr  # says how to run a second one
             status = json.loads((await run_cli(["status", "--json"], env=env)).stdout)
-            assert status["tracker"] == {"url": None, "connected": False}
+            assert status["tracker"] == {
+                "url": None,
+                "connected": False,
+                "reason": None,
+                "ever_connected": False,
+            }
             solo.signal(signal.SIGTERM)
             assert await solo.wait_exit(timeout_s=5) == 0
 

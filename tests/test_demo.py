@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import trio
 
+from tests.pty_session import at_terminal
+
 
 async def test_demo_starts_tracker_and_daemon_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     with trio.fail_after(60):
@@ -43,3 +45,18 @@ async def test_demo_starts_tracker_and_daemon_and_stops_on_ctrl_c(tmp_path: Path
                 await process.wait()
             if process.stdout is not None:
                 await process.stdout.aclose()
+
+
+async def test_ctrl_c_at_the_terminal_stops_the_daemon_first_so_it_unregisters(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C reaches the whole foreground process group (``make run``
+    and what it started): the daemon must still unregister before the tracker stops."""
+    demo = [sys.executable, "-m", "flashback.demo"]
+    with trio.fail_after(90):
+        async with at_terminal([], env={}, program=demo, cwd=str(tmp_path)) as session:
+            await session.wait_for('[daemon] {"event": "peer-joined"')
+            session.ctrl_c()
+    text = "\n".join(session.lines())
+    assert session.returncode == 0, text
+    assert "unregistered from the tracker" in text and "could not unregister" not in text, text

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from flashback.daemon.client import format_event
+from flashback.daemon.peer_lines import format_event
 from flashback.errors import ConfigError
 from flashback.runner import run_service
 from flashback.shutdown import Shutdown
@@ -89,12 +89,16 @@ def test_journald_lines_carry_priority_and_no_timestamp(tmp_path: Path) -> None:
 
 
 def test_watch_lines_for_humans() -> None:
-    peer = {"peer_id": "p1", "name": "alice", "peer_server": {"host": "127.0.0.1", "port": 5}}
+    peer = {"peer_id": "p1", "name": "alice", "peer_server": {"host": "192.0.2.7", "port": 5}}
     assert cast(str, format_event({"event": "peer-joined", "seq": 1, "peer": peer})).startswith(
         "+ alice"
     )
-    assert "http://127.0.0.1:5" in cast(
-        str, format_event({"event": "peer-updated", "seq": 2, "peer": peer})
+    updated = cast(str, format_event({"event": "peer-updated", "seq": 2, "peer": peer}))
+    assert " 192.0.2.7:5 " in updated
+    # a peer's own loopback means nothing on another machine: not shown as an address
+    local = peer | {"peer_server": {"host": "127.0.0.1", "port": 5}}
+    assert "127.0.0.1" not in cast(
+        str, format_event({"event": "peer-updated", "seq": 2, "peer": local})
     )
     assert format_event({"event": "peer-left", "seq": 3, "peer_id": "p1", "reason": "expired"}) == (
         "- p1 (expired)"

@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -25,29 +25,16 @@ import httpx
 import trio
 
 from flashback.config import private_existing, state_dir
+from flashback.daemon import peer_lines
 from flashback.daemon.control_socket import control_socket_path
 from flashback.errors import ConfigError, FlashbackError
-from flashback.events import emit
-from flashback.folder import (
-    DEFAULT_JOBS,
-    FolderFailed,
-    FolderFetch,
-    FolderProgress,
-    is_remote_directory,
-)
 from flashback.protocol.fingerprint import is_fingerprint
 from flashback.protocol.hosts import is_valid_host
 from flashback.protocol.messages import PeerInfo
-from flashback.protocol.paths import is_servable_name
 from flashback.protocol.strict_json import loads_strict
 from flashback.terminal import printable
 from flashback.transfer import (
-    DownloadResult,
-    NotOnPeer,
     at,
-    check_output,
-    download,
-    resume_key,
 )
 
 TIMEOUT_S = 10.0
@@ -195,8 +182,19 @@ def resolve_peer(listing: dict[str, Any], key: str) -> ListedPeer:
     if len(live) == 1:
         return live[0]
     if len(named) > 1:
-        ids = ", ".join(printable(p.key) for p in named)
-        raise ConfigError(f"several peers are named {key!r}; use a peer id or fingerprint ({ids})")
+        ids = ", ".join(
+            f"{label} {printable(p.key)}"
+            for p, label in zip(named, peer_lines.labels(vars(p) for p in named), strict=True)
+        )
+        raise ConfigError(f"several peers are named {key!r}; use a peer id or fingerprint: {ids}")
+    tracker = listing.get("tracker") or {}
+    if tracker.get("url") and not tracker.get("connected"):
+        state = peer_lines.tracker_state(tracker)
+        raise FlashbackError(
+            f"no peer '{printable(key)}' known: no tracker connection ({state}), "
+            f"and no LAN or remembered peer of that name{_suggestion(key, peers)}",
+            code="no_tracker",
+        )
     raise FlashbackError(
         f"no peer '{printable(key)}' is online{_suggestion(key, peers)}", code="unknown_peer"
     )
@@ -221,7 +219,7 @@ def http_url(host: str, port: int, path: str = "/") -> httpx.URL:
     return httpx.URL(scheme="http", host=host, port=port, path=quote(path, safe="/"))
 
 
-async def _post_control(
+async def post_control(
     env: Mapping[str, str], route: str, body: dict[str, Any], *, timeout_s: float
 ) -> dict[str, Any]:
     """POST *body* to the daemon's control API; its JSON error becomes our one line."""
@@ -234,8 +232,8 @@ async def _post_control(
     return _answer_or_raise(response)
 
 
-async def _post_connect(env: Mapping[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    return await _post_control(env, "/connect", body, timeout_s=CONNECT_TIMEOUT_S)
+async def post_connect(env: Mapping[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return await post_control(env, "/connect", body, timeout_s=CONNECT_TIMEOUT_S)
 
 
 def _answer_or_raise(response: httpx.Response) -> dict[str, Any]:
@@ -256,78 +254,8 @@ async def reach_peer(env: Mapping[str, str], key: str) -> tuple[ListedPeer, http
     """The peer *key* names and an origin that reaches its server, direct or by tunnel
     (the daemon decides, INTERFACE §6.3; a LAN or book peer by its endpoint, §12)."""
     peer = resolve_peer(await fetch_peers(env), key)
-    answer = await _post_connect(env, {"peer": peer.key})
+    answer = await post_connect(env, {"peer": peer.key})
     return peer, httpx.URL(answer["url"])
-
-
-def _display_url(server: Mapping[str, Any]) -> str:
-    try:
-        return str(http_url(str(server["host"]), int(server["port"])))
-    except (FlashbackError, httpx.InvalidURL, ValueError, TypeError):
-        return "(invalid address)"
-
-
-def print_status(status: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(status))
-        return
-    tracker = status["tracker"]
-    link = "connected" if tracker["connected"] else "not connected"
-    print(printable(f"name:     {status['name']}"))
-    print(printable(f"peer id:  {status['peer_id'] or '(not registered)'}"))
-    print(printable(f"serving:  {status.get('root', '')} on {status['url']}"))
-    print(printable(f"tracker:  {tracker['url'] or '(none)'} ({link})"))
-    print(printable(f"identity: {status.get('identity') or '(none)'}"))
-    print(printable(f"fingerprint: {status.get('fingerprint') or '(none)'}"))
-    print_access(status.get("access"))
-
-
-def format_peer(peer: dict[str, Any]) -> str:
-    """One line: name, peer id (or fingerprint), route, address, source."""
-    server = peer.get("peer_server")
-    name = printable(peer["name"])
-    peer_id = printable(peer.get("peer_id") or peer.get("fingerprint") or "-")
-    route = peer.get("route") if isinstance(peer.get("route"), str) else "-"
-    if isinstance(server, dict):
-        where = _display_url(server)
-    else:
-        where = ", ".join(_display_candidate(c) for c in peer.get("candidates") or []) or "-"
-    source = peer.get("source") if isinstance(peer.get("source"), str) else "tracker"
-    address = peer.get("address")
-    via = f" via {address}" if isinstance(address, str) and route != "-" else ""
-    return printable(f"{name:<24} {peer_id:<20} {route:<6} {where}{via} ({source})")
-
-
-def _display_candidate(candidate: Any) -> str:
-    try:
-        return f"{http_url(str(candidate['host']), int(candidate['port'])).netloc.decode()}"
-    except (FlashbackError, httpx.InvalidURL, ValueError, TypeError, KeyError):
-        return "(invalid address)"
-
-
-def print_peers(listing: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(listing))
-        return
-    if not listing["peers"]:
-        tracker = listing.get("tracker") or {}
-        down = tracker.get("url") and not tracker.get("connected")
-        print("no peers known (the tracker is not connected)" if down else "no peers online")
-    for peer in listing["peers"]:
-        print(format_peer(peer))
-
-
-def format_event(event: dict[str, Any]) -> str | None:
-    kind = event.get("event")
-    if kind == "peer-joined":
-        return "+ " + format_peer(event["peer"])
-    if kind == "peer-updated":
-        return "~ " + format_peer(event["peer"])
-    if kind == "peer-left":
-        return printable(f"- {event['peer_id']} ({event['reason']})")
-    if kind in ("tracker-connected", "tracker-disconnected"):
-        return printable(f"* {kind} {event.get('url') or ''}".rstrip())
-    return None
 
 
 WATCHED_EVENTS = frozenset(
@@ -350,9 +278,9 @@ async def watch_peers(env: Mapping[str, str], *, as_json: bool) -> int:
                     event = json.loads(line)
                     if event.get("event") == "peers-snapshot":
                         if not as_json:
-                            print_peers(event, as_json=False)
+                            peer_lines.print_peers(event)
                     elif event.get("event") in WATCHED_EVENTS:
-                        text = json.dumps(event) if as_json else format_event(event)
+                        text = json.dumps(event) if as_json else peer_lines.format_event(event)
                         if text:
                             print(text, flush=True)
         except (httpx.RemoteProtocolError, httpx.ReadError):
@@ -373,7 +301,15 @@ async def list_peer_dir(env: Mapping[str, str], key: str, path: str) -> dict[str
                 params = {"limit": str(LIST_PAGE_ENTRIES)}
                 if paging.cursor is not None:
                     params["cursor"] = paging.cursor
-                paging.add(await _fetch_page(http, url, params, key, path))
+                try:
+                    paging.add(await _fetch_page(http, url, params, key, path))
+                except FlashbackError as exc:
+                    if exc.code == "not_found" and await _is_file(http, base, path):
+                        raise ConfigError(
+                            f"{path!r} is a file on peer {key!r}, not a directory: "
+                            "fetch it with flashback get"
+                        ) from None
+                    raise
     if deadline.cancelled_caught:
         raise FlashbackError(
             f"peer '{printable(key)}' took over {LIST_DEADLINE_S:.0f} s to list {path!r}"
@@ -417,6 +353,15 @@ async def _fetch_page(
 
 
 _DONE: Final = object()
+
+
+async def _is_file(http: httpx.AsyncClient, base: httpx.URL, path: str) -> bool:
+    """Does the peer serve *path* as a file? (A HEAD of its download answers 200.)"""
+    try:
+        response = await http.head(at(base, "/download/" + path.strip("/")))
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
 
 
 def _error_message(body: bytes, key: str) -> str:
@@ -500,184 +445,6 @@ def print_listing(listing: dict[str, Any], *, as_json: bool) -> None:
         print(printable(f"{size:>12}  {entry.get('mtime', '')}  {name}"))
 
 
-def default_output(path: str) -> Path:
-    name = PurePosixPath(path).name
-    if not name or name in (".", ".."):
-        raise ConfigError(f"cannot name an output file after {path!r}; pass -o OUT")
-    return Path(name)
-
-
-def _print_event(event: str, fields: dict[str, Any]) -> None:
-    emit(event, **fields)
-
-
-def _complete(result: DownloadResult) -> None:
-    emit(
-        "download-complete",
-        path=str(result.path),
-        bytes=result.bytes,
-        sha256=result.sha256,
-        verified=True,
-        repaired_blocks=result.repaired_blocks,
-    )
-
-
-async def get_file(
-    env: Mapping[str, str], key: str, path: str, out: Path | None, *, jobs: int = DEFAULT_JOBS
-) -> int:
-    """``get PEER PATH``: one file as always; a directory (§8) when PATH is one.
-
-    The file's download is tried first, exactly as before folders existed;
-    only its 404 (or an OUT that is a directory already, as after a first
-    folder get) makes us ask whether PATH is a directory.
-    """
-    if not path.strip("/"):
-        peer, base = await reach_peer(env, key)
-        return await _get_folder(base, peer, path, out or _root_output(peer), jobs)
-    target = out or default_output(path)
-    if target.is_dir():
-        peer, base = await reach_peer(env, key)
-        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
-            is_dir = await is_remote_directory(http, base, path)
-        if not is_dir:
-            check_output(target)  # the file get's own refusal: exit 2
-        return await _get_folder(base, peer, path, target, jobs)
-    check_output(target)
-    peer, base = await reach_peer(env, key)
-    url = at(base, "/download/" + path.strip("/"))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        try:
-            result = await download(
-                http,
-                url,
-                target,
-                label=target.name,
-                on_event=_print_event,
-                resume_key=resume_key(peer.key, path),
-                manifest_url=at(base, "/api/digest/" + path.strip("/")),
-            )
-        except NotOnPeer:
-            if not await is_remote_directory(http, base, path):
-                raise
-            result = None
-    if result is None:
-        return await _get_folder(base, peer, path, target, jobs)
-    _complete(result)
-    return 0
-
-
-def _root_output(peer: ListedPeer) -> Path:
-    """A whole share goes into a directory named after its peer, if that is a plain name."""
-    if is_servable_name(peer.name) and "/" not in peer.name:
-        return Path(peer.name)
-    raise ConfigError(f"cannot name a directory after peer '{printable(peer.name)}'; pass -o OUT")
-
-
-async def _get_folder(base: httpx.URL, peer: ListedPeer, path: str, out: Path, jobs: int) -> int:
-    """``get PEER DIR``: the whole tree, N files at a time, then ``folder-complete``."""
-    if not out.parent.is_dir():
-        raise ConfigError(f"directory {out.parent} does not exist")
-    limits = httpx.Limits(max_connections=jobs + 1, max_keepalive_connections=jobs + 1)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits) as http:
-        fetch = FolderFetch(
-            http,
-            base,
-            path.strip("/"),
-            out,
-            owner=peer.key,
-            jobs=jobs,
-            on_complete=_complete,
-            progress=FolderProgress(out.name),
-        )
-        result = await fetch.run()
-    if result.failed:
-        raise FolderFailed(
-            f"{result.failed} of {result.failed + result.files} files failed "
-            f"(first: {result.first_failure}); run the same command again to fetch them"
-        )
-    emit(
-        "folder-complete",
-        path=str(out),
-        files=result.files,
-        bytes=result.bytes,
-        skipped=result.skipped,
-        refused=result.refused,
-    )
-    return 0
-
-
-async def _owner_server(env: Mapping[str, str], key: str) -> httpx.URL | None:
-    """An origin for the owner's peer server (for its digest and repairs), if any."""
-    try:
-        _peer, base = await reach_peer(env, key)
-        return base
-    except FlashbackError:
-        pass
-    status = await fetch_status(env)  # a stream from this daemon itself, no tracker
-    if key in (status.get("name"), status.get("peer_id")):
-        return http_url(str(status["host"]), int(status["port"]))
-    return None
-
-
-async def _stream_origin(
-    env: Mapping[str, str], owner: str | None, ready: Mapping[str, Any]
-) -> httpx.URL:
-    """Where to fetch from a stream port: on the owner's proven host or through a
-    tunnel's ``OPEN stream`` (the daemon decides; only the notice's port is used)."""
-    if owner is None:  # our own daemon's notice (no identity yet): its own host
-        return http_url(ready["host"], ready["port"])
-    answer = await _post_connect(env, {"peer": owner, "stream_port": ready["port"]})
-    return httpx.URL(answer["url"])
-
-
-#: the daemon waits up to 15 s for the owner; leave room for that
-STREAM_REQUEST_TIMEOUT_S = 25.0
-
-
-async def request_stream_port(env: Mapping[str, str], key: str, path: str) -> dict[str, Any]:
-    """Ask the local daemon for a dedicated port on *key*: the ready notice."""
-    body = {"peer": key, "path": path}
-    return await _post_control(env, "/stream", body, timeout_s=STREAM_REQUEST_TIMEOUT_S)
-
-
-async def stream_file(env: Mapping[str, str], key: str, path: str, out: Path | None) -> int:
-    out = out or default_output(path)
-    check_output(out)  # before a port is opened for nothing
-    ready = await request_stream_port(env, key, path)
-    emit(
-        "file-stream-ready",
-        request_id=ready["request_id"],
-        peer_id=ready.get("from"),
-        host=ready["host"],
-        port=ready["port"],
-        token=ready["token"],
-        path=ready["path"],
-        size=ready["size"],
-        expires_in=ready["expires_in"],
-    )
-    url = at(await _stream_origin(env, ready.get("from"), ready), "/" + ready["token"])
-    owner = await _owner_server(env, key)
-    manifest_url = repair_url = None
-    if owner is not None:
-        manifest_url = at(owner, "/api/digest/" + ready["path"].strip("/"))
-        # The stream port closes once the file is sent: repairs go to the peer server.
-        repair_url = at(owner, "/download/" + ready["path"].strip("/"))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        result = await download(
-            http,
-            url,
-            out,
-            label=out.name,
-            on_event=_print_event,
-            resume_key=resume_key(ready.get("from") or key, ready["path"]),
-            manifest_url=manifest_url,
-            repair_url=repair_url,
-            expected_size=ready["size"],
-        )
-    _complete(result)
-    return 0
-
-
 async def connect(env: Mapping[str, str], key: str, *, as_json: bool) -> int:
     """``flashback connect``: print the ``peer-url`` line and hold the forward until
     Ctrl-C or SIGTERM (exit 0) or until the daemon goes away (exit 1)."""
@@ -745,7 +512,7 @@ async def change_access(env: Mapping[str, str], action: str, key: str) -> dict[s
     if action not in ACCESS_ACTIONS:
         raise ConfigError(f"unknown access action {action!r}")
     try:
-        return await _post_control(env, f"/access/{action}", {"peer": key}, timeout_s=TIMEOUT_S)
+        return await post_control(env, f"/access/{action}", {"peer": key}, timeout_s=TIMEOUT_S)
     except DaemonUnavailable:
         raise
     except FlashbackError as exc:
@@ -775,21 +542,3 @@ async def forget_requester(env: Mapping[str, str], key: str) -> list[dict[str, A
         return removed
     forgotten = answer.get("forgotten")
     return forgotten if isinstance(forgotten, list) else []
-
-
-def describe_entry(entry: Mapping[str, Any]) -> str:
-    name, peer_id = entry.get("name"), entry.get("peer_id")
-    who = " ".join(str(part) for part in (name, f"({peer_id})" if peer_id else None) if part)
-    return printable(f"{who + ' ' if who else ''}{entry.get('fingerprint')}")
-
-
-def print_access(access: Mapping[str, Any] | None) -> None:
-    """The ``status`` lines for §11: the mode, then the allowed and denied peers."""
-    if not isinstance(access, Mapping):
-        return
-    print(printable(f"share with: {access.get('share_with')}"))
-    for title in ("allowed", "denied"):
-        entries = access.get(title) or []
-        print(f"{title}:{'' if entries else ' (none)'}")
-        for entry in entries:
-            print("  " + describe_entry(entry))

@@ -84,6 +84,10 @@ class DaemonContext:
     keys: KeyPair | None = None
     instance_name: str | None = None
     tracker_connected: bool = False
+    # why the tracker is not connected (the last failure, for status and peers),
+    # and whether it ever was since start
+    tracker_reason: str | None = None
+    tracker_ever_connected: bool = False
     # tunnels through the tracker (§6.2) and the routes that use them (§6.3)
     tunnels: TunnelService | None = None
     router: Router | None = None
@@ -248,8 +252,24 @@ class DaemonContext:
         if connected == self.tracker_connected:
             return
         self.tracker_connected = connected
+        if connected:
+            self.tracker_ever_connected = True
+            self.tracker_reason = None
         url = self.config.tracker_url
         self.hub.emit("tracker-connected" if connected else "tracker-disconnected", url=url)
+
+    def tracker_failed(self, reason: str) -> None:
+        """The link or the registration failed: what ``status`` and ``peers`` tell."""
+        self.tracker_reason = reason
+
+    def tracker_status(self) -> dict[str, Any]:
+        """``{"url", "connected"}``, plus ``reason`` and ``ever_connected`` (INTERFACE §5)."""
+        return {
+            "url": self.config.tracker_url,
+            "connected": self.tracker_connected,
+            "reason": None if self.tracker_connected else self.tracker_reason,
+            "ever_connected": self.tracker_ever_connected or self.tracker_connected,
+        }
 
     def status(self) -> dict[str, Any]:
         address = self.address
@@ -266,7 +286,7 @@ class DaemonContext:
                 "port": self.direct_port,
                 "reflexive": None if self.reflexive is None else self.reflexive.dump(),
             },
-            "tracker": {"url": self.config.tracker_url, "connected": self.tracker_connected},
+            "tracker": self.tracker_status(),
             "access": self.access.status() if self.access is not None else None,
         }
 

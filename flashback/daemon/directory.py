@@ -58,7 +58,7 @@ class PeerDirectory:
         return {
             "seq": ctx.table.seq,
             "peers": peers,
-            "tracker": {"url": ctx.config.tracker_url, "connected": ctx.tracker_connected},
+            "tracker": ctx.tracker_status(),
         }
 
 

@@ -215,9 +215,7 @@ def claim_instance(data_dir: Path, daemon_name: str, explicit: str | None = None
             name = base if number == 1 else f"{base}-{number}"
             instance = _open_instance(data_dir, name)
             if instance is not None:
-                if number > 1:
-                    log.info("identity %r is in use; this daemon is %r", base, name)
-                return instance
+                return instance  # the daemon says which one it took if not the first
     except OSError as exc:
         raise ConfigError(f"cannot use the identities in {data_dir}: {exc}") from exc
     raise ConfigError(

@@ -189,6 +189,7 @@ async def run_link(
             resync = True
         except* LinkRejected as group:
             log.warning("tracker refused our link: %s", group.exceptions[0])
+            ctx.tracker_failed(f"the tracker refused the link: {group.exceptions[0]}")
         except* (
             OSError,
             HandshakeError,
@@ -198,6 +199,8 @@ async def run_link(
             json.JSONDecodeError,
         ) as group:
             log.info("tracker link lost: %s", group.exceptions[0].__class__.__name__)
+            first = group.exceptions[0]
+            ctx.tracker_failed(f"link lost: {str(first) or first.__class__.__name__}"[:300])
         finally:
             ctx.set_connected(False)
         if ctx.identity is not identity:

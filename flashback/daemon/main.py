@@ -52,6 +52,7 @@ from flashback.daemon.session import maintain_registration, unregister
 from flashback.daemon.stream_ports import run_stream_ports
 from flashback.daemon.tracker_api import REQUEST_TIMEOUT_S, HTTPTrackerAPI, TrackerAPI
 from flashback.digests import DigestCache, DigestService
+from flashback.errors import FlashbackError
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
 from flashback.protocol.lan import LanTable
@@ -153,6 +154,16 @@ async def daemon_main(
     )
     with instance:
         log.info("identity %r, fingerprint %s", instance.name, instance.fingerprint)
+        if instance.name != config.name and config.identity is None:
+            log.warning(
+                "another daemon here uses identity %r: this one is identity %r, with its "
+                "own key (fingerprint %s); peers list both as %r, told apart by fingerprint "
+                "(give this one another --name to avoid that)",
+                config.name,
+                instance.name,
+                instance.fingerprint[:19],
+                config.name,
+            )
         await _run_daemon_tasks(config, shutdown, socket_path, hub, instance, task_status)
 
 
@@ -202,9 +213,6 @@ async def _run_daemon_tasks(
         ctx.announce_host = await trio.to_thread.run_sync(
             announce_host, ctx.address.host, config.tracker_url
         )
-        ctx.hub.emit(
-            "peer-server-ready", host=ctx.address.host, port=ctx.address.port, url=ctx.address.url
-        )
         await nursery.start(
             partial(
                 serve_quart,
@@ -213,7 +221,12 @@ async def _run_daemon_tasks(
                 shutdown=shutdown,
             )
         )
-        ctx.ui_url = await nursery.start(partial(serve_ui, ctx, config.ui_port, shutdown=shutdown))
+        ctx.ui_url = await _start_ui(nursery, ctx, config.ui_port, shutdown)
+        # Ready once every port a user names is bound: a taken --ui-port is one
+        # line and exit 1, never a "ready" that lies a moment before the exit.
+        ctx.hub.emit(
+            "peer-server-ready", host=ctx.address.host, port=ctx.address.port, url=ctx.address.url
+        )
         ctx.hub.emit("ui-ready", url=ctx.ui_url)
         # Stream ports close as soon as shutdown is set (INTERFACE §5).
         streams = await nursery.start(
@@ -289,6 +302,31 @@ async def _run_daemon_tasks(
         # shielded sends included); whatever is left then is cut.
         nursery.cancel_scope.deadline = shutdown.deadline
         ctx.set_connected(False)
+
+
+async def _start_ui(
+    nursery: trio.Nursery, ctx: DaemonContext, port: int, shutdown: Shutdown
+) -> str:
+    """The web UI's tokened URL once it listens; a port it cannot bind is one line."""
+    try:
+        url: str = await nursery.start(partial(serve_ui, ctx, port, shutdown=shutdown))
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _only_os_error(exc)
+        if error is None:
+            raise
+        reason = error.strerror or str(error)
+        raise FlashbackError(
+            f"cannot open the web UI on port {port} (--ui-port): {reason.rpartition(': ')[2]}",
+            code="ui_port",
+        ) from None
+    return url
+
+
+def _only_os_error(exc: BaseException) -> OSError | None:
+    """The OSError *exc* is, or that its nested groups hold alone; else None."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
 
 
 async def start_direct_endpoint(

@@ -91,6 +91,7 @@ async def maintain_registration(
             if isinstance(exc, RetryLater) and exc.retry_after_s is not None:
                 delay = max(delay, exc.retry_after_s)
             log.warning("registration failed: %s; retrying in %.1f s", exc, delay)
+            ctx.tracker_failed(str(exc))
             await trio.sleep(delay)
             continue
         backoff.reset()

@@ -119,6 +119,38 @@ class TrackerAPI(Protocol):
     async def leave(self, identity: Identity) -> None: ...
 
 
+def unreachable_reason(exc: httpx.HTTPError) -> str:
+    """Why a request to the tracker got no answer, in words (``connection refused``)."""
+    text = str(exc) or exc.__class__.__name__
+    lowered = text.lower()
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    if isinstance(exc, httpx.ConnectError):
+        if "refused" in lowered or "all attempts to connect" in lowered:
+            return "connection refused (is the tracker running at that address?)"
+        if "name" in lowered and ("resolution" in lowered or "not known" in lowered):
+            return "its host name does not resolve"
+    return f"{exc.__class__.__name__}: {text}"
+
+
+def refusal_reason(status: int, message: str, *, token_sent: bool) -> str:
+    """A registration the URL refused, said so that the fix is plain.
+
+    401 names ``FLASHBACK_TRACKER_TOKEN``; 404 or 405 on the register route
+    means the URL is some other server (a peer server, a web site), and what
+    that server's error page says is not repeated."""
+    if status == 401:
+        if token_sent:
+            return "the tracker refused the token in FLASHBACK_TRACKER_TOKEN (HTTP 401)"
+        return "the tracker wants a token: set FLASHBACK_TRACKER_TOKEN (HTTP 401)"
+    if status in (404, 405):
+        return (
+            f"not a flashback tracker (HTTP {status} for POST /api/peers/register): "
+            "check --tracker / FLASHBACK_TRACKER_URL"
+        )
+    return f"registration refused (HTTP {status}): {message[:200]}"
+
+
 class HTTPTrackerAPI:
     """Thin wrapper over an :class:`httpx.AsyncClient` pointed at the tracker."""
 
@@ -130,7 +162,7 @@ class HTTPTrackerAPI:
         try:
             response = await self.client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise RetryLater(f"tracker unreachable: {exc.__class__.__name__}: {exc}") from exc
+            raise RetryLater(f"tracker unreachable: {unreachable_reason(exc)}") from exc
         if response.status_code >= 500 or response.status_code == 429:
             raise RetryLater(
                 f"tracker answered {response.status_code}: {_error_text(response)}",
@@ -169,7 +201,11 @@ class HTTPTrackerAPI:
             raise IdentityRejected(_error_text(response))
         if response.status_code not in (200, 201):
             raise RegistrationRefused(
-                f"registration refused ({response.status_code}): {_error_text(response)}"
+                refusal_reason(
+                    response.status_code,
+                    _error_text(response),
+                    token_sent="Authorization" in headers,
+                )
             )
         data = _json_object(response)
         peer_id, token = data.get("peer_id"), data.get("token")
