@@ -1,4 +1,4 @@
-"""Both ends of a tunnel through the tracker (INTERFACE §6.2), over trio.SSLStream.
+"""Both ends of a tunnel through the tracker (INTERFACE §6.2), over TLS (``bulk_tls``).
 
 The tracker only pairs two outbound TCP connections and copies bytes; what
 runs inside is TLS 1.3 (ALPN ``flashback/1``) between the two daemons:
@@ -27,6 +27,7 @@ from typing import Final
 
 import trio
 
+from flashback.daemon.bulk_tls import BulkTLSStream
 from flashback.daemon.peer_tls import ALPN, owner_fingerprint, requester_fingerprint
 from flashback.protocol.tunnel import (
     MAX_OPEN_LINE_BYTES,
@@ -56,7 +57,7 @@ Authorize = Callable[[str | None], str | None]
 class Opened:
     """A carried connection's way to the peer: authenticated, target opened."""
 
-    stream: trio.SSLStream[trio.abc.Stream]
+    stream: BulkTLSStream
     leftover: bytes
     route: Route
     address: str
@@ -109,7 +110,7 @@ async def open_requester_end(
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
-) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
+) -> tuple[BulkTLSStream, bytes]:
     """Join, handshake, prove the owner, open *target*; returns the stream and any
     bytes that arrived behind the owner's ``OK``.
 
@@ -134,12 +135,12 @@ async def open_over(
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
-) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
+) -> tuple[BulkTLSStream, bytes]:
     """The requester's TLS part on a connection already made (a tunnel or a direct dial).
 
     The caller bounds the time; the stream is closed on every failure.
     """
-    stream = trio.SSLStream(tcp, context, server_hostname=None)
+    stream = BulkTLSStream(tcp, context, server_hostname=None)
     try:
         await stream.do_handshake()
         actual = owner_fingerprint(stream.getpeercert(binary_form=True))
@@ -218,7 +219,7 @@ async def serve_over(
     target answered and ``OK`` went out; *before_close* once the relayed
     connection is over (the direct endpoint makes its close abortive there).
     """
-    stream = trio.SSLStream(tcp, context, server_side=True)
+    stream = BulkTLSStream(tcp, context, server_side=True)
     try:
         with trio.fail_after(timeout_s):
             await stream.do_handshake()
