@@ -467,14 +467,14 @@ async def _write_body(
 ) -> str | None:
     """Append the body as received (a break loses nothing), never past *total*.
 
-    A small file fetched whole is hashed on the way in (its SHA-256 is
-    returned), which spares reading it back; otherwise None.
+    A file fetched whole (from byte 0) is hashed on the way in (its SHA-256 is
+    returned), which spares reading it back afterwards; a resumed one: None.
     """
     bar = None
     if report is None:
         bar = Progress(total, offset, label)
         report = bar.update
-    hasher = hashlib.sha256() if offset == 0 and total <= INLINE_HASH_BYTES else None
+    hasher = hashlib.sha256() if offset == 0 else None
     room = total - offset
     floor = RateFloor()
     try:
