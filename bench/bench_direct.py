@@ -270,8 +270,13 @@ def check_measured_pids(v: FlashbackSetup) -> None:
         raise SystemExit(f"{v.name}: not the Python processes: {comm}")
 
 
-async def first_byte_once(v: FlashbackSetup, nursery: trio.Nursery) -> tuple[float, float]:
-    """A fresh ``connect``: seconds to its ``peer-url``, then curl's time to the first byte."""
+async def first_byte_once(v: FlashbackSetup, nursery: trio.Nursery) -> tuple[float, float, float]:
+    """A fresh ``connect``: seconds to its ``peer-url``, then curl's time to the first
+    byte; first, the seconds of a ``peers --json`` (the CLI's floor: the process
+    starting and one request to the daemon, no route opened)."""
+    t0 = time.perf_counter()
+    await run_cli(["peers", "--json"], env=v.bob_env, prefix=v.prefix)
+    floor = time.perf_counter() - t0
     t0 = time.perf_counter()
     async with start(
         nursery, ["connect", "alice", "--json"], env=v.bob_env, name=f"{v.name}-connect",
@@ -288,7 +293,7 @@ async def first_byte_once(v: FlashbackSetup, nursery: trio.Nursery) -> tuple[flo
         )  # fmt: skip
         connect.signal(signal.SIGINT)
         await connect.wait_exit(timeout_s=10)
-    return to_url, float(curl.stdout.decode())
+    return floor, to_url, float(curl.stdout.decode())
 
 
 # --- the run -----------------------------------------------------------------
@@ -307,7 +312,7 @@ async def bench(args: argparse.Namespace, lab: NatLab, work: Path) -> None:
     print(f"alice: open home {alice.host_addr}; bob: cone home {bob.host_addr} "
           f"behind {bob.public_addr}; tracker {lab.tracker_addr}")  # fmt: skip
     results: dict[str, Result] = {}
-    ttfb: dict[str, list[tuple[float, float]]] = {}
+    ttfb: dict[str, list[tuple[float, float, float]]] = {}
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         setups: dict[str, FlashbackSetup] = {}
         trees = [("", None)] + ([("@base", args.base_tree)] if args.base_tree else [])
@@ -365,7 +370,9 @@ async def bench(args: argparse.Namespace, lab: NatLab, work: Path) -> None:
 
 
 def report(
-    args: argparse.Namespace, results: dict[str, Result], ttfb: dict[str, list[tuple[float, float]]]
+    args: argparse.Namespace,
+    results: dict[str, Result],
+    ttfb: dict[str, list[tuple[float, float, float]]],
 ) -> None:
     size = args.size_mib * MiB
     medians: dict[str, float] = {}
@@ -399,14 +406,17 @@ def report(
             print(f"{name:11} {cells}  total {sum(per.values()):5.2f}")
     if ttfb and args.ttfb_runs:
         print(f"\n`flashback connect alice` to the first byte, median of {args.ttfb_runs} "
-              "(to peer-url + curl time_starttransfer through it)")  # fmt: skip
+              "(to peer-url + curl time_starttransfer through it; `peers --json` alone:\n"
+              "the CLI's own floor, a process start and one request to the daemon)")  # fmt: skip
         firsts, through = {}, {}
         for name, samples in ttfb.items():
-            to_url = statistics.median(s[0] for s in samples)
-            through[name] = statistics.median(s[1] for s in samples)
-            firsts[name] = statistics.median(s[0] + s[1] for s in samples)
+            floor = statistics.median(s[0] for s in samples)
+            to_url = statistics.median(s[1] for s in samples)
+            through[name] = statistics.median(s[2] for s in samples)
+            firsts[name] = statistics.median(s[1] + s[2] for s in samples)
             print(f"{name:11} {firsts[name] * 1000:7.1f} ms  (peer-url {to_url * 1000:6.1f} ms"
-                  f" + first byte {through[name] * 1000:6.1f} ms)")  # fmt: skip
+                  f" + first byte {through[name] * 1000:6.1f} ms;"
+                  f" peers --json {floor * 1000:6.1f} ms)")  # fmt: skip
         if "direct" in firsts and "relay" in firsts:
             verdict = "met" if firsts["direct"] <= firsts["relay"] else "missed"
             print(f"direct first byte <= relay first byte: {verdict}")
