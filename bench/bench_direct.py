@@ -33,7 +33,12 @@ Needs root, ``ip``, ``iptables``, ``conntrack``, ``socat`` (``make
 bench-deps``) and ``curl``. Usage::
 
     PYTHONPATH=. .venv/bin/python bench/bench_direct.py [--size-mib 1024] [--runs 3]
-        [--variants direct,relay,socat] [--ttfb-runs 5]
+        [--variants direct,relay,socat] [--ttfb-runs 5] [--py-spy PATH] [--base-tree DIR]
+
+``--base-tree DIR`` also runs direct and relay from another source tree (e.g.
+``git archive main | tar -x -C DIR``) as ``direct@base`` and ``relay@base``,
+interleaved with the others, so a change is measured against what it changes
+under the same load.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from pathlib import Path
 from typing import Final
 
 import trio
+from py_spy import profile_get
 from timed_get import remove_output, timed_get
 
 from tests.nat_lab import Home, NatLab, nat_lab, nat_lab_unavailable_reason
@@ -93,13 +99,18 @@ class Result:
 
 @dataclass
 class FlashbackSetup:
-    name: str  # "direct" or "relay": also the route bob must report
+    name: str  # "direct" or "relay", "@base" added for --base-tree's
     tracker: Proc
     alice: Proc
     bob: Proc
     bob_env: dict[str, str]
     prefix: list[str]
     result: Result
+
+    @property
+    def route(self) -> str:
+        """The route bob must report."""
+        return self.name.removesuffix("@base")
 
     def pids(self) -> dict[str, int]:
         return {
@@ -189,7 +200,7 @@ async def get_once(v: FlashbackSetup, out: Path) -> tuple[float, dict[str, float
 async def check_route(v: FlashbackSetup) -> None:
     peers = await run_cli(["peers", "--json"], env=v.bob_env, prefix=v.prefix)
     route = next(p.get("route") for p in json.loads(peers.stdout)["peers"] if p["name"] == "alice")
-    if route != v.name:
+    if route != v.route:
         raise SystemExit(f"{v.name}: bob's get went by route {route!r}")
 
 
@@ -203,13 +214,17 @@ async def start_setup(
     alice: Home,
     bob: Home,
     alice_extra: Sequence[str] = (),
+    tree: str | None = None,
 ) -> FlashbackSetup:
+    """One tracker and two daemons; *tree*: run them (and bob's clients) from that
+    source tree instead of this one."""
+    code = {"PYTHONPATH": tree} if tree else {}
     tracker = await stack.enter_async_context(
         start(
             nursery,
             ["tracker", "--host", "0.0.0.0", "--port", "0", "--tunnel-port", "0",
              "--database-url", "memory://"],
-            env={"FLASHBACK_DATA_DIR": str(base / "tracker")},
+            env={"FLASHBACK_DATA_DIR": str(base / "tracker"), **code},
             name=f"{name}-tracker",
             prefix=lab.internet_prefix,
         )
@@ -221,12 +236,12 @@ async def start_setup(
         start(
             nursery,
             ["daemon", "--root", str(share), "--name", "alice", *alice_extra, "--tracker", url],
-            env=daemon_env(base, "alice"),
+            env={**daemon_env(base, "alice"), **code},
             name=f"{name}-alice",
             prefix=alice.prefix,
         )
     )
-    bob_env = daemon_env(base, "bob")
+    bob_env = {**daemon_env(base, "bob"), **code}
     bob_proc = await stack.enter_async_context(
         start(
             nursery,
@@ -255,8 +270,13 @@ def check_measured_pids(v: FlashbackSetup) -> None:
         raise SystemExit(f"{v.name}: not the Python processes: {comm}")
 
 
-async def first_byte_once(v: FlashbackSetup, nursery: trio.Nursery) -> tuple[float, float]:
-    """A fresh ``connect``: seconds to its ``peer-url``, then curl's time to the first byte."""
+async def first_byte_once(v: FlashbackSetup, nursery: trio.Nursery) -> tuple[float, float, float]:
+    """A fresh ``connect``: seconds to its ``peer-url``, then curl's time to the first
+    byte; first, the seconds of a ``peers --json`` (the CLI's floor: the process
+    starting and one request to the daemon, no route opened)."""
+    t0 = time.perf_counter()
+    await run_cli(["peers", "--json"], env=v.bob_env, prefix=v.prefix)
+    floor = time.perf_counter() - t0
     t0 = time.perf_counter()
     async with start(
         nursery, ["connect", "alice", "--json"], env=v.bob_env, name=f"{v.name}-connect",
@@ -264,7 +284,7 @@ async def first_byte_once(v: FlashbackSetup, nursery: trio.Nursery) -> tuple[flo
     ) as connect:  # fmt: skip
         event = await connect.wait_event(event_is("peer-url"), timeout_s=READY_TIMEOUT_S)
         to_url = time.perf_counter() - t0
-        if event.get("route") != v.name:
+        if event.get("route") != v.route:
             raise SystemExit(f"{v.name}: connect reported route {event.get('route')!r}")
         curl = await trio.run_process(
             [*v.prefix, "curl", "-sf", "-o", "/dev/null", "-r", "0-0", "-w",
@@ -273,7 +293,7 @@ async def first_byte_once(v: FlashbackSetup, nursery: trio.Nursery) -> tuple[flo
         )  # fmt: skip
         connect.signal(signal.SIGINT)
         await connect.wait_exit(timeout_s=10)
-    return to_url, float(curl.stdout.decode())
+    return floor, to_url, float(curl.stdout.decode())
 
 
 # --- the run -----------------------------------------------------------------
@@ -292,16 +312,19 @@ async def bench(args: argparse.Namespace, lab: NatLab, work: Path) -> None:
     print(f"alice: open home {alice.host_addr}; bob: cone home {bob.host_addr} "
           f"behind {bob.public_addr}; tracker {lab.tracker_addr}")  # fmt: skip
     results: dict[str, Result] = {}
-    ttfb: dict[str, list[tuple[float, float]]] = {}
+    ttfb: dict[str, list[tuple[float, float, float]]] = {}
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         setups: dict[str, FlashbackSetup] = {}
-        for name in ("direct", "relay"):
-            if name in variants:
-                extra = ("--direct-port", "off") if name == "relay" else ()
-                setups[name] = await start_setup(
-                    stack, nursery, name, work / name, share, lab, alice, bob, extra
-                )
-                results[name] = setups[name].result
+        trees = [("", None)] + ([("@base", args.base_tree)] if args.base_tree else [])
+        for suffix, tree in trees:
+            for route in ("direct", "relay"):
+                if route in variants:
+                    name = route + suffix
+                    extra = ("--direct-port", "off") if route == "relay" else ()
+                    setups[name] = await start_setup(
+                        stack, nursery, name, work / name, share, lab, alice, bob, extra, tree
+                    )
+                    results[name] = setups[name].result
         if "socat" in variants:
             results["socat"] = Result("socat", SOCAT_ROLES)
 
@@ -315,7 +338,7 @@ async def bench(args: argparse.Namespace, lab: NatLab, work: Path) -> None:
             elapsed, _ = await one(name, out)
             if await trio.to_thread.run_sync(file_sha256, out) != expected:
                 raise SystemExit(f"{name}: sha256 of the output differs")
-            print(f"warm-up {name:6} {elapsed:6.1f} s  sha256 ok")
+            print(f"warm-up {name:11} {elapsed:6.1f} s  sha256 ok")
             remove_output(out)
         names = list(results)
         for run in range(args.runs):
@@ -328,6 +351,18 @@ async def bench(args: argparse.Namespace, lab: NatLab, work: Path) -> None:
                 remove_output(out)
                 line.append(f"{name} {size / elapsed / 1e6:6.0f} MB/s ({elapsed:5.1f} s)")
             print(f"run {run + 1}: " + "   ".join(line))
+        if args.py_spy:
+            for name, setup in setups.items():
+                await profile_get(
+                    name,
+                    py_spy=args.py_spy,
+                    bob_env=setup.bob_env,
+                    prefix=setup.prefix,
+                    pids=setup.pids(),
+                    out=work / f"{name}-out.bin",
+                    work=work,
+                    timeout_s=GET_TIMEOUT_S,
+                )
         for name, setup in setups.items():
             ttfb[name] = [await first_byte_once(setup, nursery) for _ in range(args.ttfb_runs)]
             await check_route(setup)
@@ -335,7 +370,9 @@ async def bench(args: argparse.Namespace, lab: NatLab, work: Path) -> None:
 
 
 def report(
-    args: argparse.Namespace, results: dict[str, Result], ttfb: dict[str, list[tuple[float, float]]]
+    args: argparse.Namespace,
+    results: dict[str, Result],
+    ttfb: dict[str, list[tuple[float, float, float]]],
 ) -> None:
     size = args.size_mib * MiB
     medians: dict[str, float] = {}
@@ -343,11 +380,11 @@ def report(
         print(f"\n{args.size_mib} MiB across the NAT lab (open home -> cone home), "
               f"{args.runs} interleaved runs each (MB = 10^6 bytes, wall time of the "
               "receiving process)")  # fmt: skip
-        print(f"{'variant':8} {'median MB/s':>11} {'min':>6} {'max':>6} {'median s':>9}")
+        print(f"{'variant':11} {'median MB/s':>11} {'min':>6} {'max':>6} {'median s':>9}")
         for name, r in results.items():
             rates = [size / t / 1e6 for t in r.times_s]
             medians[name] = statistics.median(rates)
-            print(f"{name:8} {medians[name]:11.0f} {min(rates):6.0f} {max(rates):6.0f} "
+            print(f"{name:11} {medians[name]:11.0f} {min(rates):6.0f} {max(rates):6.0f} "
                   f"{statistics.median(r.times_s):9.1f}")  # fmt: skip
         if "direct" in medians and "relay" in medians:
             print(f"ratio direct/relay = {medians['direct'] / medians['relay']:.2f}x "
@@ -355,21 +392,31 @@ def report(
         if "direct" in medians and "socat" in medians:
             print(f"ratio direct/socat = {medians['direct'] / medians['socat']:.2f}x "
                   f"(goal >= {GOAL_DIRECT_OVER_SOCAT}x)")  # fmt: skip
+        if "direct@base" in medians and "relay@base" in medians:
+            print(f"ratio direct@base/relay@base = "
+                  f"{medians['direct@base'] / medians['relay@base']:.2f}x")  # fmt: skip
+        for route in ("direct", "relay"):
+            if route in medians and f"{route}@base" in medians:
+                print(f"ratio {route}/{route}@base = "
+                      f"{medians[route] / medians[route + '@base']:.2f}x")  # fmt: skip
         print("\nCPU s per GiB moved (user+sys, median over the timed runs)")
         for name, r in results.items():
             per = {role: statistics.median(r.cpu[role]) * GiB / size for role in r.roles}
             cells = "  ".join(f"{role} {per[role]:5.2f}" for role in r.roles)
-            print(f"{name:8} {cells}  total {sum(per.values()):5.2f}")
-    if ttfb:
+            print(f"{name:11} {cells}  total {sum(per.values()):5.2f}")
+    if ttfb and args.ttfb_runs:
         print(f"\n`flashback connect alice` to the first byte, median of {args.ttfb_runs} "
-              "(to peer-url + curl time_starttransfer through it)")  # fmt: skip
+              "(to peer-url + curl time_starttransfer through it; `peers --json` alone:\n"
+              "the CLI's own floor, a process start and one request to the daemon)")  # fmt: skip
         firsts, through = {}, {}
         for name, samples in ttfb.items():
-            to_url = statistics.median(s[0] for s in samples)
-            through[name] = statistics.median(s[1] for s in samples)
-            firsts[name] = statistics.median(s[0] + s[1] for s in samples)
-            print(f"{name:8} {firsts[name] * 1000:7.1f} ms  (peer-url {to_url * 1000:6.1f} ms"
-                  f" + first byte {through[name] * 1000:6.1f} ms)")  # fmt: skip
+            floor = statistics.median(s[0] for s in samples)
+            to_url = statistics.median(s[1] for s in samples)
+            through[name] = statistics.median(s[2] for s in samples)
+            firsts[name] = statistics.median(s[1] + s[2] for s in samples)
+            print(f"{name:11} {firsts[name] * 1000:7.1f} ms  (peer-url {to_url * 1000:6.1f} ms"
+                  f" + first byte {through[name] * 1000:6.1f} ms;"
+                  f" peers --json {floor * 1000:6.1f} ms)")  # fmt: skip
         if "direct" in firsts and "relay" in firsts:
             verdict = "met" if firsts["direct"] <= firsts["relay"] else "missed"
             print(f"direct first byte <= relay first byte: {verdict}")
@@ -390,6 +437,14 @@ def main() -> int:
         "--variants",
         default=",".join(VARIANTS),
         help="comma-separated, from direct, relay, socat (default: all three)",
+    )
+    parser.add_argument(
+        "--base-tree",
+        metavar="DIR",
+        help="also run direct and relay from this source tree (PYTHONPATH), interleaved",
+    )
+    parser.add_argument(
+        "--py-spy", metavar="PATH", help="after the runs, one profiled get per variant with py-spy"
     )
     args = parser.parse_args()
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]

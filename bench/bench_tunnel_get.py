@@ -36,9 +36,7 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +47,7 @@ from pathlib import Path
 from typing import Final
 
 import trio
+from py_spy import profile_get
 from timed_get import remove_output, timed_get
 
 from tests.netns import (
@@ -225,64 +224,19 @@ async def bench(args: argparse.Namespace, topo: Topology, work: Path) -> None:
             remove_output(work / "direct-out.bin")
         if args.py_spy:
             for v in (relay, direct):
-                await profile_once(v, work / f"{v.name}-out.bin", args.py_spy, work)
+                await profile_get(
+                    v.name,
+                    py_spy=args.py_spy,
+                    bob_env=v.bob_env,
+                    prefix=v.prefix,
+                    pids=v.pids(),
+                    out=work / f"{v.name}-out.bin",
+                    work=work,
+                    timeout_s=GET_TIMEOUT_S,
+                )
         if not args.runs:
             return
     report(args, relay, direct)
-
-
-PROFILE_TOP: Final = 12
-
-
-def summarize_raw(path: Path) -> list[tuple[float, str]]:
-    """Self time per leaf function (share of samples) from py-spy's raw (collapsed) output."""
-    counts: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack:
-            continue
-        leaf = stack.rsplit(";", 1)[-1]
-        counts[leaf] = counts.get(leaf, 0) + int(n)
-        total += int(n)
-    ranked = sorted(((c / total, leaf) for leaf, c in counts.items()), reverse=True)
-    return ranked[:PROFILE_TOP]
-
-
-async def profile_once(v: Variant, out: Path, py_spy: str, work: Path) -> None:
-    """One more get with py-spy sampling tracker, both daemons and the client."""
-    remove_output(out)
-    files = {role: work / f"{v.name}-{role}.txt" for role in PROCESS_ROLES}
-    recorders = []
-    for role, pid in v.pids().items():
-        recorders.append(await trio.lowlevel.open_process(
-            [py_spy, "record", "--nonblocking", "--format", "raw", "-o", str(files[role]),
-             "--pid", str(pid)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))  # fmt: skip
-    await trio.sleep(1.0)  # py-spy needs a moment to attach
-    record = [py_spy, "record", "--nonblocking", "--format", "raw", "-o"]
-    record += [str(files["client"]), "--"]
-    got = await run_cli(
-        ["get", "alice", "big.bin", "-o", str(out)],
-        env=v.bob_env,
-        prefix=[*v.prefix, *record],
-        timeout_s=GET_TIMEOUT_S,
-    )
-    for recorder in recorders:
-        recorder.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
-    for recorder in recorders:
-        await recorder.wait()
-    remove_output(out)
-    if got.returncode != 0:
-        raise SystemExit(f"profiled {v.name} get failed: {got.stderr.decode(errors='replace')}")
-    for role in PROCESS_ROLES:
-        if not files[role].exists():
-            print(f"py-spy {v.name} {role}: no samples")
-            continue
-        print(f"py-spy {v.name} {role}: top self time (share of this process's samples)")
-        for share, leaf in summarize_raw(files[role]):
-            print(f"  {share * 100:5.1f} %  {leaf}")
 
 
 def report(args: argparse.Namespace, relay: Variant, direct: Variant) -> None:

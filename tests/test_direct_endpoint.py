@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from flashback.daemon.direct import DirectEndpoint
 from flashback.daemon.keys import load_or_create
@@ -234,6 +235,57 @@ async def test_reflection_leaves_from_the_endpoint_port(
     assert ctx.reflexive == Candidate("127.0.0.1", port)
 
 
+async def test_the_endpoint_reflects_at_start_from_the_registration_answer(
+    endpoint: Endpoint, nursery: trio.Nursery
+) -> None:
+    """§10.2: at start, not only after a first invite. The registration answer named
+    the tunnel port; the link is not up yet; no invite came: the reflection goes out
+    from the endpoint's own port all the same, and its address is kept."""
+    from types import SimpleNamespace
+
+    from flashback.daemon.identity import Identity
+    from flashback.daemon.reflect import Reflector
+
+    direct, port, *_ = endpoint
+    seen: list[tuple[bytes, int]] = []
+    reflected = trio.Event()
+
+    async def tunnel_port(stream: trio.SocketStream) -> None:
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await stream.receive_some(1)
+        source = stream.socket.getpeername()[1]
+        seen.append((line, source))
+        await stream.send_all(b"ADDR 198.51.100.4 %d\n" % source)
+        await stream.aclose()
+        reflected.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(trio.serve_listeners, tunnel_port, listeners)
+    ctx = SimpleNamespace(
+        identity=Identity("p1", "tok-1"),
+        tracker_connected=False,
+        reflexive=None,
+        tracker_tunnel=("127.0.0.1", listeners[0].socket.getsockname()[1]),
+    )
+    reflector = Reflector(ctx, direct)  # type: ignore[arg-type]
+    nursery.start_soon(reflector.run)
+    with trio.fail_after(10):
+        await reflected.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the reflector read the ADDR line
+    assert seen == [(b"FLASHBACK-REFLECT 1 tok-1\n", port)]
+    assert ctx.reflexive == Candidate("198.51.100.4", port)
+
+
+def test_the_tunnel_port_of_the_registration_answer_is_on_the_tracker_urls_host() -> None:
+    from flashback.daemon.session import _tracker_tunnel
+
+    assert _tracker_tunnel("http://203.0.113.1:8080", 9000) == ("203.0.113.1", 9000)
+    assert _tracker_tunnel("http://[2001:db8::1]:8080/", 9000) == ("2001:db8::1", 9000)
+    assert _tracker_tunnel("http://tracker.example", None) is None  # not told: wait for an invite
+    assert _tracker_tunnel(None, 9000) is None
+
+
 async def test_registration_sends_the_direct_candidates() -> None:
     import json
 
@@ -256,6 +308,30 @@ async def test_registration_sends_the_direct_candidates() -> None:
         await api.register("me", "127.0.0.1", 1, identity=None)
     assert bodies[0]["direct"] == [{"host": "192.0.2.2", "port": 7}]
     assert "direct" not in bodies[1]
+
+
+async def test_the_registration_answer_may_name_the_tunnel_port() -> None:
+    import httpx
+
+    from flashback.daemon.tracker_api import HTTPTrackerAPI
+
+    answers = iter([9000, None, "9000", 0, True])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = {"peer_id": "p1", "token": "t", "heartbeat_interval": 10, "ttl": 30}
+        port = next(answers)
+        if port is not None:
+            answer["tunnel_port"] = port
+        return httpx.Response(201, json=answer)
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="http://tracker"
+    ) as http:
+        api = HTTPTrackerAPI(http)
+        told = [
+            (await api.register("me", "127.0.0.1", 1, identity=None)).tunnel_port for _ in range(5)
+        ]
+    assert told == [9000, None, None, None, None]  # an older tracker, or nonsense: not told
 
 
 async def test_one_requester_cannot_make_the_owner_dial_for_all_its_introductions(

@@ -47,6 +47,16 @@ def tunnel_port(running: RunningTracker) -> int:
     return port
 
 
+async def test_the_registration_answer_names_the_tunnel_port() -> None:
+    """So a daemon reflects at start, before its first invite (§10.2)."""
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with tunnel_tracker() as running, open_client(running) as client:
+            peer = await register(client, "alice", direct=[LAN_A])
+            assert peer["tunnel_port"] == tunnel_port(running)
+        async with open_tracker() as running, open_client(running) as client:
+            assert "tunnel_port" not in await register(client, "bob")  # no tunnel port
+
+
 async def reflect(
     port: int, token: str, *, source: tuple[str, int] = ("127.0.0.1", 0)
 ) -> tuple[bytes, tuple[str, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from flashback import transfer
 from flashback.errors import ConfigError
 from flashback.protocol.rate_floor import RateFloor
 from flashback.transfer import TransferFailed, check_output, download, part_paths
@@ -31,6 +33,25 @@ async def test_fresh_download(peer_url: str, share: Path, tmp_path: Path) -> Non
     assert out.read_bytes() == data
     assert result.sha256 == hashlib.sha256(data).hexdigest() and result.resumed_from == 0
     assert not any(p.exists() for p in part_paths(out))
+
+
+async def test_a_fresh_download_is_hashed_on_the_way_in(
+    peer_url: str, share: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However big, a file fetched whole from byte 0 is verified by the hash of what
+    came in: reading it back from disk afterwards only added time to every get."""
+    data = os.urandom(3 * 1024 * 1024)  # above the size hashed on the event loop
+    (share / "large.bin").write_bytes(data)
+
+    async def no_read_back(*_args: object) -> str:
+        raise AssertionError("the part was read back to hash it")
+
+    monkeypatch.setattr(transfer, "sha256_of", no_read_back)
+    out = tmp_path / "large.bin"
+    async with httpx.AsyncClient() as http:
+        result = await download(http, f"{peer_url}/download/large.bin", out)
+    assert out.read_bytes() == data
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
 
 
 async def test_resume_asks_only_for_the_rest(peer_url: str, share: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from flashback.daemon.bulk_tls import BulkTLSStream
 from flashback.daemon.keys import load_or_create
 from flashback.daemon.peer_tls import PeerTLS, plain_client_context
 from flashback.daemon.tunnel_ends import (
@@ -115,7 +116,7 @@ async def join_as_requester(
     check_pin: Callable[[str], None] = no_pin_check,
     target: OpenTarget = PEER_SERVER,
     context: ssl.SSLContext | None = None,
-) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
+) -> tuple[BulkTLSStream, bytes]:
     """The requester's end on the test relay, with the defaults most tests want."""
     return await open_requester_end(
         host="127.0.0.1",

@@ -97,6 +97,9 @@ class DaemonContext:
     direct_port: int | None = None
     direct: tuple[Candidate, ...] = ()
     reflexive: Candidate | None = None
+    # the tracker's tunnel port as its registration answer named it (host: the
+    # tracker URL's), so the endpoint reflects at start, before any invite
+    tracker_tunnel: tuple[str, int] | None = None
     # the web UI's URL, access token included (told only over the control socket)
     ui_url: str | None = None
     # who this daemon reached or accepted (§12), and who the LAN announces (None: --lan off)

@@ -3,15 +3,17 @@
 From the direct endpoint's own port (``SO_REUSEPORT``) the daemon sends
 ``FLASHBACK-REFLECT 1 <token>`` to the tracker's tunnel port and keeps the
 ``ADDR`` it hears; the tracker records it as this peer's ``reflexive``
-candidate. It does so as soon as it knows the tunnel port (the invites name
-it), every :data:`REFLECT_INTERVAL_S` while linked (so the NAT keeps the
-mapping), and right before it punches.
+candidate. It does so as soon as it knows the tunnel port (the registration
+answer names it, on the tracker URL's host; an invite names it too and is
+followed from then on), every :data:`REFLECT_INTERVAL_S` while linked (so the
+NAT keeps the mapping), and right before it punches.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
@@ -54,13 +56,30 @@ class Reflector:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
+                await self._wait_tunnel()
+                # at start: registered (the token works) even if the link is not up yet
+                await self.reflect_once()
                 while True:
-                    await self._known.wait()
+                    await trio.sleep(REFLECT_INTERVAL_S)
                     if self._ctx.tracker_connected:
                         await self.reflect_once()
-                    await trio.sleep(REFLECT_INTERVAL_S)
             finally:
                 self._nursery = None
+
+    async def _wait_tunnel(self) -> None:
+        """Until the registration answer or an invite named the tunnel port."""
+        while self.tunnel is None:
+            if self._ctx.tracker_tunnel is not None and self._ctx.identity is not None:
+                self.tunnel = self._ctx.tracker_tunnel
+                return
+            async with trio.open_nursery() as waiting:
+
+                async def until(event: Callable[[], Awaitable[object]]) -> None:
+                    await event()
+                    waiting.cancel_scope.cancel()
+
+                waiting.start_soon(until, self._known.wait)
+                waiting.start_soon(until, self._ctx.wait_identity_change)
 
     async def reflect_once(self) -> Candidate | None:
         identity = self._ctx.identity

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from typing import Final, NoReturn
+from urllib.parse import urlsplit
 
 import trio
 
@@ -59,6 +60,12 @@ async def heartbeat_loop(
         next_at += interval_s
 
 
+def _tracker_tunnel(tracker_url: str | None, port: int | None) -> tuple[str, int] | None:
+    """The tunnel port the registration answer named, on the tracker URL's host."""
+    host = urlsplit(tracker_url).hostname if tracker_url else None
+    return (host, port) if host and port is not None else None
+
+
 async def maintain_registration(
     ctx: DaemonContext,
     api: TrackerAPI,
@@ -97,6 +104,7 @@ async def maintain_registration(
         backoff.reset()
         identity = registration.identity
         store.save(identity)
+        ctx.tracker_tunnel = _tracker_tunnel(ctx.config.tracker_url, registration.tunnel_port)
         ctx.set_identity(identity)
         log.info("registered with %s as %s", ctx.config.tracker_url, identity.peer_id)
         ctx.reregister = trio.Event()

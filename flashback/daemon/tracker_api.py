@@ -57,6 +57,15 @@ class Registration:
     identity: Identity
     heartbeat_interval_s: float
     ttl_s: float
+    #: the tracker's tunnel port, on the tracker URL's host (None: not told)
+    tunnel_port: int | None = None
+
+
+def _port_or_none(value: object) -> int | None:
+    """An optional port in the tracker's answer; anything but 1-65535 is no port."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return value
+    return None
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
@@ -215,6 +224,7 @@ class HTTPTrackerAPI:
             identity=Identity(peer_id, token),
             heartbeat_interval_s=_seconds(data, "heartbeat_interval"),
             ttl_s=_seconds(data, "ttl"),
+            tunnel_port=_port_or_none(data.get("tunnel_port")),
         )
 
     async def heartbeat(self, identity: Identity) -> float:

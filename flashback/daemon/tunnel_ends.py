@@ -1,4 +1,4 @@
-"""Both ends of a tunnel through the tracker (INTERFACE §6.2), over trio.SSLStream.
+"""Both ends of a tunnel through the tracker (INTERFACE §6.2), over TLS (``bulk_tls``).
 
 The tracker only pairs two outbound TCP connections and copies bytes; what
 runs inside is TLS 1.3 (ALPN ``flashback/1``) between the two daemons:
@@ -28,6 +28,7 @@ from typing import Final
 
 import trio
 
+from flashback.daemon.bulk_tls import BulkTLSStream
 from flashback.daemon.carried import Carried
 from flashback.daemon.peer_tls import ALPN, owner_fingerprint, requester_fingerprint
 from flashback.protocol.tunnel import (
@@ -58,7 +59,7 @@ Authorize = Callable[[str | None], str | None]
 class Opened:
     """A carried connection's way to the peer: authenticated, target opened."""
 
-    stream: trio.SSLStream[trio.abc.Stream]
+    stream: BulkTLSStream
     leftover: bytes
     route: Route
     address: str
@@ -111,7 +112,7 @@ async def open_requester_end(
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
-) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
+) -> tuple[BulkTLSStream, bytes]:
     """Join, handshake, prove the owner, open *target*; returns the stream and any
     bytes that arrived behind the owner's ``OK``.
 
@@ -136,12 +137,12 @@ async def open_over(
     expected_fingerprint: str,
     check_pin: Callable[[str], None],
     target: OpenTarget,
-) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
+) -> tuple[BulkTLSStream, bytes]:
     """The requester's TLS part on a connection already made (a tunnel or a direct dial).
 
     The caller bounds the time; the stream is closed on every failure.
     """
-    stream = trio.SSLStream(tcp, context, server_hostname=None)
+    stream = BulkTLSStream(tcp, context, server_hostname=None)
     try:
         await stream.do_handshake()
         actual = owner_fingerprint(stream.getpeercert(binary_form=True))
@@ -225,7 +226,7 @@ async def serve_over(
     While the relay runs, *carried* names the requester's proven fingerprint by
     the local connection's address (``POST /api/stream`` asks it who came).
     """
-    stream = trio.SSLStream(tcp, context, server_side=True)
+    stream = BulkTLSStream(tcp, context, server_side=True)
     try:
         with trio.fail_after(timeout_s):
             await stream.do_handshake()

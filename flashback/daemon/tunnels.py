@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import trio
 
+from flashback.daemon.bulk_tls import BulkTLSStream
 from flashback.daemon.carried import Carried
 from flashback.daemon.gate import Gate
 from flashback.daemon.tunnel_ends import (
@@ -299,9 +300,7 @@ class TunnelService:
 
     # -- as requester ------------------------------------------------------------
 
-    async def open(
-        self, peer_id: str, target: OpenTarget
-    ) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
+    async def open(self, peer_id: str, target: OpenTarget) -> tuple[BulkTLSStream, bytes]:
         """A tunnel to *peer_id*'s *target*, fingerprint and pin checked; TunnelFailed otherwise."""
         return await self.join_relay(await self.request_invite(peer_id), target)
 
@@ -330,7 +329,7 @@ class TunnelService:
 
     async def join_relay(
         self, invite: TunnelInvite, target: OpenTarget
-    ) -> tuple[trio.SSLStream[trio.abc.Stream], bytes]:
+    ) -> tuple[BulkTLSStream, bytes]:
         """The relay route of an introduction: join the tunnel port, then TLS and OPEN."""
         try:
             return await open_requester_end(

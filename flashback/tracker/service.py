@@ -239,12 +239,16 @@ class Tracker:
         self.publish(changes)
         self.capacity.admit(peer_id, size, client)
         self.metrics.registrations.inc()
-        return {
+        answer = {
             "peer_id": peer_id,
             "token": token,
             "heartbeat_interval": _seconds(self.config.heartbeat_interval_s),
             "ttl": _seconds(self.config.peer_ttl_s),
         }
+        if self.tunnel_port is not None:
+            # where to send REFLECT from the start, not only after a first invite (§10.2)
+            answer["tunnel_port"] = self.tunnel_port
+        return answer
 
     async def heartbeat(self, peer_id: str, headers: HeaderLookup) -> dict[str, Any]:
         token = self._require_token(headers)
