@@ -40,6 +40,7 @@ import httpx
 import trio
 
 from flashback.client.bulk import BulkError, bulk_get
+from flashback.client.sink import write_body
 from flashback.errors import ConfigError, FlashbackError
 from flashback.protocol.digest import (
     BadManifest,
@@ -453,9 +454,10 @@ async def _receive(
                 local.write_text(meta, json.dumps({"key": key, "etag": etag}))
             if on_event is not None:
                 on_event("download-started", {"url": str(url), "offset": offset, "size": total})
-            hashed = await _write_body(
-                response.chunks(), part, mode, offset, total, label, progress, local
-            )
+            async with aclosing(response.chunks()) as chunks:  # closed when we stop early
+                hashed = await _write_body(
+                    chunks, part, mode, offset, total, label, progress, local
+                )
     except BulkError as exc:
         got = local.size(part) or 0
         raise TransferFailed(
@@ -484,9 +486,7 @@ async def _write_body(
     """Append the body as received (a break loses nothing), never past *total*.
 
     A body fetched whole is hashed on the way in (its SHA-256 is returned),
-    which spares reading it back; a resumed one returns None. Past
-    :data:`INLINE_HASH_BYTES`, writing and hashing run in a worker thread one
-    batch behind the reader, so the disk and the digest cost no wall time.
+    which spares reading it back; a resumed one returns None.
     """
     bar = None
     if report is None:
@@ -496,98 +496,18 @@ async def _write_body(
     try:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
         with os.fdopen(local.open(part, flags), mode) as file:
-            sink = _Sink(file, hasher, threaded=total - offset > INLINE_HASH_BYTES)
-            async with trio.open_nursery() as nursery:
-                if sink.threaded:
-                    nursery.start_soon(sink.drain)
-                failure = await _pump(chunks, sink, total - offset, part, report)
-                sink.close()
+            await write_body(
+                chunks,
+                file,
+                hasher,
+                room=total - offset,
+                report=report,
+                too_slow=lambda floor: TransferFailed(_too_slow(floor, part)),
+            )
     finally:
         if bar is not None:
             bar.close()
-    if sink.error is not None:
-        raise sink.error
-    if failure is not None:
-        raise failure
     return hasher.hexdigest() if hasher is not None else None
-
-
-async def _pump(
-    chunks: AsyncIterator[bytes], sink: _Sink, room: int, part: Path, report: ProgressFn
-) -> Exception | None:
-    """Chunks into *sink*, never past *room* bytes; what went wrong is returned,
-    not raised, so that it leaves the sink's nursery as itself."""
-    floor = RateFloor()
-    try:
-        async for chunk in chunks:
-            if floor.too_slow(trio.current_time(), len(chunk)):
-                raise TransferFailed(_too_slow(floor, part))
-            over = len(chunk) > room
-            if over:  # more than announced: keep what was, drop the connection
-                chunk = chunk[:room]
-            await sink.put(chunk)
-            room -= len(chunk)
-            report(len(chunk))
-            if over:
-                break
-        await sink.flush()
-    except Exception as exc:  # re-raised by the caller, outside the nursery
-        with contextlib.suppress(trio.BrokenResourceError):
-            await sink.flush()  # what arrived before the break is kept for a resume
-        return exc
-    return None
-
-
-#: the worker thread writes and hashes this much per trip
-SINK_BATCH_BYTES: Final = 4 * 1024 * 1024
-
-
-class _Sink:
-    """Writes (and hashes) chunks in order: inline for a small body, else in a
-    worker thread (:meth:`drain`) at most one batch behind the reader. A write
-    error stops the worker and is kept in :attr:`error`."""
-
-    def __init__(self, file: Any, hasher: Any, *, threaded: bool) -> None:
-        self.threaded = threaded
-        self.error: OSError | None = None
-        self._file = file
-        self._hasher = hasher
-        self._batch: list[bytes] = []
-        self._batch_bytes = 0
-        self._send, self._receive = trio.open_memory_channel[list[bytes]](1)
-
-    def _write(self, batch: list[bytes]) -> None:
-        for chunk in batch:
-            self._file.write(chunk)
-            if self._hasher is not None:
-                self._hasher.update(chunk)
-
-    async def put(self, chunk: bytes) -> None:
-        if not self.threaded:
-            self._write([chunk])
-            return
-        self._batch.append(chunk)
-        self._batch_bytes += len(chunk)
-        if self._batch_bytes >= SINK_BATCH_BYTES:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if self._batch:
-            batch, self._batch, self._batch_bytes = self._batch, [], 0
-            await self._send.send(batch)
-
-    def close(self) -> None:
-        """No more batches: the worker writes what it holds and ends."""
-        self._send.close()
-
-    async def drain(self) -> None:
-        async with self._receive:
-            async for batch in self._receive:
-                try:
-                    await trio.to_thread.run_sync(self._write, batch)
-                except OSError as exc:
-                    self.error = exc
-                    return
 
 
 def _too_slow(floor: RateFloor, part: Path) -> str:

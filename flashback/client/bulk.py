@@ -10,7 +10,7 @@ uses is a peer server or a local forward on this machine.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Final, cast
 
@@ -45,7 +45,7 @@ class BulkResponse:
         self._connection = connection
         self._read_timeout_s = read_timeout_s
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body's pieces as they arrive; each receive must bring something in time."""
         while True:
             event = await _next_event(self._stream, self._connection, self._read_timeout_s)
