@@ -2,7 +2,8 @@
 
 Plain HTTP/1.1 on a trio socket, not Quart: the port serves one file to one
 requester, and the body goes out with ``os.sendfile`` straight from the page
-cache, which no ASGI server can do. h11 keeps the protocol honest (framing,
+cache. Accepting is :func:`flashback.http.accept.serve_listener`'s, as for
+every listener. h11 keeps the protocol honest (framing,
 keep-alive, HEAD, malformed requests); :func:`send_with_data_passthrough`
 lets it frame a body whose bytes it never sees.
 
@@ -14,14 +15,15 @@ client that comes afterwards is refused by the kernel.
 
 from __future__ import annotations
 
-import errno
 import logging
+from functools import partial
 from typing import Final
 
 import h11
 import trio
 
 from flashback.digests import DigestService
+from flashback.http.accept import serve_listener
 from flashback.protocol.digest import repr_digest_header
 from flashback.protocol.fairshare import FairShare, share_address
 from flashback.streaming.lifetime import PortLifetime
@@ -57,9 +59,6 @@ IDLE_TIMEOUT_S: Final = 10.0
 #: request body we read and drop (GET and HEAD need none); more closes the connection
 MAX_BODY_BYTES: Final = 64 * 1024
 RECEIVE_BYTES: Final = 16 * 1024
-#: accept() errors that mean "out of resources now", not "listener broken"
-_ACCEPT_CAPACITY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_RETRY_S: Final = 0.1
 _CLIENT_GONE = (
     OSError,
     trio.BrokenResourceError,
@@ -120,7 +119,19 @@ class StreamPort:
     async def serve(self) -> str:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._accept_loop, nursery)
+                # The fair share of pending connections is ours (_handle); the
+                # loop's cap is only a backstop, past every connection the share
+                # and MAX_CONNECTIONS allow, so a newcomer is always accepted
+                # (and may evict a stranger).
+                nursery.start_soon(
+                    partial(
+                        serve_listener,
+                        self._handle,
+                        trio.SocketListener(self._sock),
+                        max_connections=2 * (MAX_PENDING_CONNECTIONS + MAX_CONNECTIONS),
+                        name=f"stream port {self.port}",
+                    )
+                )
                 reason = await self._wait_done()
                 nursery.cancel_scope.cancel()
             return reason
@@ -139,28 +150,18 @@ class StreamPort:
             with trio.move_on_at(self.lifetime.wake_at()):
                 await changed.wait()
 
-    async def _accept_loop(self, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                conn, address = await self._sock.accept()
-            except OSError as exc:
-                if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
-                    log.warning("stream port %d: accept: %s; retrying", self.port, exc)
-                    await trio.sleep(_ACCEPT_RETRY_S)
-                    continue
-                if exc.errno == errno.ECONNABORTED:
-                    continue
-                raise
-            scope = trio.CancelScope()
-            victim = self._pending.admit(share_address(str(address[0])), scope).evicted
-            if victim is not None:
-                victim[1].cancel()
-            nursery.start_soon(self._handle, trio.SocketStream(conn), scope)
-
-    async def _handle(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _handle(self, stream: trio.SocketStream) -> None:
         """One connection. It counts against MAX_CONNECTIONS only once it has
         shown the token; before that it is pending, must speak within
         FIRST_REQUEST_TIMEOUT_S, and may be evicted by newer strangers."""
+        scope = trio.CancelScope()
+        try:
+            source = str(stream.socket.getpeername()[0])
+        except OSError:
+            return  # gone already
+        victim = self._pending.admit(share_address(source), scope).evicted
+        if victim is not None:
+            victim[1].cancel()
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         admitted = False
         timeout_s = min(FIRST_REQUEST_TIMEOUT_S, self._idle_timeout_s)

@@ -29,10 +29,12 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, Literal
 
 import trio
 
+from flashback.http.accept import serve_listener
 from flashback.protocol.fairshare import FairShare, share_address
 from flashback.protocol.messages import Candidate
 from flashback.protocol.token_bucket import TokenBucket
@@ -390,6 +392,14 @@ async def serve_tunnel_port(
         raise OSError(exc.errno, f"tunnel port {where}: {reason}") from None
     bound = listeners[0].socket.getsockname()[1]
     log.info("tunnel port listening on %s:%d", host, bound)
+    # The relay shares out the join phase itself; the loop's cap only keeps
+    # the descriptors in hand: every joining side plus both sides of each session.
+    cap = relay.max_unjoined + 2 * relay.table.max_sessions
     async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            await nursery.start(
+                partial(
+                    serve_listener, relay.handle, listener, max_connections=cap, name="tunnel port"
+                )
+            )
         task_status.started(bound)
-        await trio.serve_listeners(relay.handle, listeners, handler_nursery=nursery)
