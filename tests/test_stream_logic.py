@@ -138,6 +138,31 @@ def test_plan_unsatisfiable_is_416_with_json() -> None:
     assert json.loads(p.body)["error"]["code"] == "range_not_satisfiable"
 
 
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [
+        ("GET", {"if_none_match": FACTS.etag}, 304),
+        ("HEAD", {"if_none_match": f"W/{FACTS.etag}"}, 304),  # weak comparison (RFC 9110)
+        ("GET", {"if_none_match": '"other"'}, 200),
+        ("GET", {"if_modified_since": "Tue, 14 Nov 2023 22:13:20 GMT"}, 304),  # = mtime
+        ("GET", {"if_match": '"other"'}, 412),
+        ("GET", {"if_match": FACTS.etag, "range": "bytes=0-9"}, 206),
+        ("GET", {"if_unmodified_since": "Mon, 13 Nov 2023 00:00:00 GMT"}, 412),
+    ],
+)
+def test_plan_preconditions_as_on_the_peer_server(
+    method: str, headers: dict[str, str], status: int
+) -> None:
+    p = plan(method, **headers)
+    assert p.status == status and p.authorized
+    if status == 304:
+        assert p.file_range is None and p.body == b"" and not p.carries_file
+        assert header(p, "ETag") == FACTS.etag and header(p, "Content-Length") is None
+    if status == 412:
+        assert json.loads(p.body)["error"]["code"] == "precondition_failed"
+        assert p.file_range is None
+
+
 def test_plan_if_range_mismatch_sends_everything() -> None:
     assert plan(range="bytes=10-", if_range='"old"').status == 200
     assert plan(range="bytes=10-", if_range=FACTS.etag).status == 206

@@ -141,6 +141,28 @@ async def test_head_then_ranges_206_416_then_resume_completes(
         assert refused(answer.port)
 
 
+async def test_conditional_requests_get_304_and_412_then_the_port_still_serves(
+    nursery: trio.Nursery, share: Path
+) -> None:
+    data = (share / "big.bin").read_bytes()
+    with trio.fail_after(TIMEOUT_S):
+        manager, events = await start_manager(nursery, share)
+        answer = await ready(manager, "big.bin")
+        async with httpx.AsyncClient(timeout=5) as http:
+            etag = (await http.head(url_of(answer))).headers["etag"]
+            same = await http.get(url_of(answer), headers={"If-None-Match": etag})
+            assert same.status_code == 304 and same.content == b""
+            assert same.headers["etag"] == etag
+            moved = await http.get(url_of(answer), headers={"If-Match": '"other"'})
+            assert moved.status_code == 412
+            assert moved.json()["error"]["code"] == "precondition_failed"
+            assert not events.closed() and manager.open_ports  # neither counts as a download
+            whole = await http.get(url_of(answer), headers={"If-Match": etag})
+            assert whole.status_code == 200 and whole.content == data
+        (closed,) = await events.wait_closed()
+        assert closed["reason"] == "completed"
+
+
 async def test_broken_download_resumes_inside_the_window(
     nursery: trio.Nursery, share: Path
 ) -> None:

@@ -11,7 +11,10 @@ Order of checks, and why:
 2. the segment is not the token -> 403, compared in constant time; the port
    is neither spent nor kept alive by it;
 3. a method other than GET/HEAD -> 405 with ``Allow``;
-4. Range (RFC 9110 §14, honoured only if ``If-Range`` still matches the
+4. preconditions, as on the peer server's file routes: ``If-Match`` /
+   ``If-Unmodified-Since`` failing -> 412, ``If-None-Match`` /
+   ``If-Modified-Since`` matching -> 304;
+5. Range (RFC 9110 §14, honoured only if ``If-Range`` still matches the
    strong ETag): one range -> 206, none satisfiable -> 416 with
    ``Content-Range: bytes */SIZE`` and a JSON body. Several disjoint ranges
    -> the header is ignored and the whole file is sent (200), which §14.2
@@ -29,8 +32,10 @@ from http import HTTPStatus
 from typing import Final
 
 from flashback.protocol.conditional import (
+    Precondition,
     content_disposition,
     content_type_for,
+    evaluate_preconditions,
     http_date,
     if_range_allows,
 )
@@ -124,6 +129,22 @@ def plan_response(
         ("Last-Modified", http_date(facts.mtime_s)),
         ("Cache-Control", "no-store"),
     )
+    # The peer server's precondition rule (RFC 9110 §13.2.2), the same function.
+    outcome = evaluate_preconditions(
+        method,
+        etag=facts.etag,
+        last_modified_s=facts.mtime_s,
+        if_match=headers.get("if-match"),
+        if_unmodified_since=headers.get("if-unmodified-since"),
+        if_none_match=headers.get("if-none-match"),
+        if_modified_since=headers.get("if-modified-since"),
+    )
+    if outcome is Precondition.FAILED:
+        message = "the file does not match the request's preconditions"
+        plan = _error(412, "precondition_failed", message, method, common)
+        return Plan(plan.status, plan.headers, plan.body, authorized=True)
+    if outcome is Precondition.NOT_MODIFIED:
+        return Plan(304, common, authorized=True)
     parsed = None
     if if_range_allows(headers.get("if-range"), etag=facts.etag, last_modified_s=facts.mtime_s):
         parsed = parse_range(headers.get("range"), size)
