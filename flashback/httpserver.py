@@ -81,6 +81,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, Framework
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
 
+from flashback.logs import is_protocol_error
 from flashback.protocol.fairshare import FairShare, share_address
 from flashback.shutdown import Shutdown
 from flashback.zerocopy import BodyLength, SendProgress, frame_file_body, sendfile_range
@@ -250,7 +251,7 @@ class _BoundedConnection(TCPServer):
         except trio.Cancelled:
             raise
         except Exception as exc:  # one connection's bug ends that connection only
-            if _is_protocol_error(exc):
+            if is_protocol_error(exc):
                 log.debug("connection ended: h11 error state (a malformed client)")
             else:
                 log.warning("connection ended by an error: %r", exc)
@@ -374,35 +375,6 @@ class _BoundedConnection(TCPServer):
                 raise
             await self.stream.aclose()
             await self.protocol.handle(Closed())
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-def _is_protocol_error(exc: BaseException | None) -> bool:
-    """An h11 state error (and the cancellations it caused), nothing else."""
-    leaves = _leaves(exc) if exc is not None else []
-    protocol = [leaf for leaf in leaves if isinstance(leaf, h11.LocalProtocolError)]
-    others = [
-        leaf for leaf in leaves if not isinstance(leaf, h11.LocalProtocolError | trio.Cancelled)
-    ]
-    return bool(protocol) and not others
-
-
-def _shorten_protocol_errors(record: logging.LogRecord) -> bool:
-    """The upstream bug above logs ~50 traceback lines per hostile packet: make it one line."""
-    if record.exc_info and _is_protocol_error(record.exc_info[1]):
-        record.msg = "connection in an h11 error state (a malformed client): ended"
-        record.args = None
-        record.exc_info = None
-        record.levelno, record.levelname = logging.INFO, "INFO"
-    return True
-
-
-logging.getLogger("hypercorn.error").addFilter(_shorten_protocol_errors)
 
 
 class _AcceptErrorLog:

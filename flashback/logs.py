@@ -6,6 +6,9 @@ import logging
 import os
 import sys
 
+import h11
+import trio
+
 from flashback.terminal import printable
 
 
@@ -24,6 +27,9 @@ def setup_logging(verbose: bool) -> None:
     # One line per HTTP request would drown what matters.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("flashback.access").setLevel(logging.INFO if verbose else logging.WARNING)
+    hypercorn_errors = logging.getLogger("hypercorn.error")
+    if shorten_protocol_errors not in hypercorn_errors.filters:
+        hypercorn_errors.addFilter(shorten_protocol_errors)
 
 
 class _EscapingFormatter(logging.Formatter):
@@ -49,4 +55,31 @@ _SYSLOG_LEVELS = {
 def _add_syslog_level(record: logging.LogRecord) -> bool:
     """sd-daemon(3) prefixes: journald maps ``<N>`` to the priority of the line."""
     record.syslog_level = _SYSLOG_LEVELS.get(record.levelno, 6)
+    return True
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def is_protocol_error(exc: BaseException | None) -> bool:
+    """An h11 state error (and the cancellations it caused), nothing else."""
+    leaves = _leaves(exc) if exc is not None else []
+    protocol = [leaf for leaf in leaves if isinstance(leaf, h11.LocalProtocolError)]
+    others = [
+        leaf for leaf in leaves if not isinstance(leaf, h11.LocalProtocolError | trio.Cancelled)
+    ]
+    return bool(protocol) and not others
+
+
+def shorten_protocol_errors(record: logging.LogRecord) -> bool:
+    """Hypercorn 0.18 logs ~50 traceback lines per hostile packet after a websocket
+    upgrade (see :mod:`flashback.httpserver`): make it one line."""
+    if record.exc_info and is_protocol_error(record.exc_info[1]):
+        record.msg = "connection in an h11 error state (a malformed client): ended"
+        record.args = None
+        record.exc_info = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
     return True

@@ -34,7 +34,6 @@ from flashback.httpserver import ZERO_COPY_SEND, serve_bounded
 from flashback.protocol.hosts import WILDCARDS
 from flashback.protocol.ranges import ByteRange
 from flashback.shutdown import Shutdown
-from flashback.terminal import printable
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +41,8 @@ JSON_MIMETYPE: Final = "application/json"
 ACCESS_LOG_FORMAT: Final = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss'
 
 
-def _escape_access_record(record: logging.LogRecord) -> bool:
-    # a request line is a stranger's bytes: the same rule as every other output
-    record.msg = printable(record.getMessage())
-    record.args = None
-    return True
-
-
+#: escaped like every other line by :func:`flashback.logs.setup_logging`'s formatter
 ACCESS_LOG: Final = logging.getLogger("flashback.access")
-ACCESS_LOG.addFilter(_escape_access_record)
 
 
 class QuietAccessLogger(HypercornLogger):
