@@ -73,7 +73,7 @@ async def test_a_deeply_nested_error_body_still_reads_as_an_error(nursery: trio.
     async with httpx.AsyncClient(base_url=url) as client:
         with pytest.raises(RegistrationRefused) as refused:
             await HTTPTrackerAPI(client).register("me", "127.0.0.1", 1, identity=None)
-    assert "registration refused (403): HTTP 403" in str(refused.value)
+    assert "registration refused (HTTP 403): HTTP 403" in str(refused.value)
 
 
 async def test_the_contracts_answer_is_a_registration(nursery: trio.Nursery) -> None:

@@ -190,7 +190,7 @@ def read_peers(data: Mapping[str, Any], key: str) -> tuple[PeerInfo, ...]:
     return tuple(PeerInfo.parse(p) for p in peers)
 
 
-PEER: Final = wire(read_peer, PeerInfo.dump)
+PEER: Final = wire(read_peer, lambda peer: peer.dump())  # looked up at call time, as the others
 
 
 # -- messages: each declares its wire fields in wire order (see wire.py) ------------
