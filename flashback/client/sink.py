@@ -1,8 +1,8 @@
 """A body into its part file: in order, never past its size, hashed on the way in.
 
-Past :data:`INLINE_BYTES` the writes and the digest run in a worker thread one
-batch behind the reader (``hashlib`` and ``write`` release the GIL), so on two
-cores the disk and the SHA-256 cost a download no wall time.
+Past :data:`INLINE_BYTES` the writes and the digest run in two worker threads
+beside each other, one batch behind the reader (``hashlib`` and ``write``
+release the GIL), so the disk and the SHA-256 cost a download little wall time.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ async def write_body(
     sink = _Sink(file, hasher, threaded=room > INLINE_BYTES)
     async with trio.open_nursery() as nursery:
         if sink.threaded:
-            nursery.start_soon(sink.drain)
+            sink.start(nursery)
         failure = await _pump(chunks, sink, room, report, too_slow)
         sink.close()
     if sink.error is not None:
@@ -72,14 +72,17 @@ async def _pump(
     return None
 
 
-#: the worker thread writes and hashes this much per trip
+#: each worker thread takes this much per trip
 SINK_BATCH_BYTES: Final = 4 * 1024 * 1024
 
 
 class _Sink:
-    """Writes (and hashes) chunks in order: inline for a small body, else in a
-    worker thread (:meth:`drain`) at most one batch behind the reader. A write
-    error stops the worker and is kept in :attr:`error`."""
+    """Writes (and hashes) chunks in order: inline for a small body, else in two
+    worker threads (:meth:`drain_writes`, :meth:`drain_hashes`), each at most one
+    batch behind the reader and running beside the other -- a write and a
+    SHA-256 of the same bytes cost about the same, so one thread doing both was
+    the slow end of a download. A write error stops the writer and is kept in
+    :attr:`error`."""
 
     def __init__(self, file: Any, hasher: Any, *, threaded: bool) -> None:
         self.threaded = threaded
@@ -88,17 +91,27 @@ class _Sink:
         self._hasher = hasher
         self._batch: list[bytes] = []
         self._batch_bytes = 0
-        self._send, self._receive = trio.open_memory_channel[list[bytes]](1)
+        self._to_writer, self._writes = trio.open_memory_channel[list[bytes]](1)
+        self._to_hasher, self._hashes = trio.open_memory_channel[list[bytes]](1)
 
     def _write(self, batch: list[bytes]) -> None:
         for chunk in batch:
             self._file.write(chunk)
-            if self._hasher is not None:
-                self._hasher.update(chunk)
+
+    def _hash(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._hasher.update(chunk)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self.drain_writes)
+        if self._hasher is not None:
+            nursery.start_soon(self.drain_hashes)
 
     async def put(self, chunk: bytes) -> None:
         if not self.threaded:
             self._write([chunk])
+            if self._hasher is not None:
+                self._hash([chunk])
             return
         self._batch.append(chunk)
         self._batch_bytes += len(chunk)
@@ -108,17 +121,25 @@ class _Sink:
     async def flush(self) -> None:
         if self._batch:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
-            await self._send.send(batch)
+            await self._to_writer.send(batch)
+            if self._hasher is not None:
+                await self._to_hasher.send(batch)
 
     def close(self) -> None:
-        """No more batches: the worker writes what it holds and ends."""
-        self._send.close()
+        """No more batches: the workers finish what they hold and end."""
+        self._to_writer.close()
+        self._to_hasher.close()
 
-    async def drain(self) -> None:
-        async with self._receive:
-            async for batch in self._receive:
+    async def drain_writes(self) -> None:
+        async with self._writes:
+            async for batch in self._writes:
                 try:
                     await trio.to_thread.run_sync(self._write, batch)
                 except OSError as exc:
                     self.error = exc
                     return
+
+    async def drain_hashes(self) -> None:
+        async with self._hashes:
+            async for batch in self._hashes:
+                await trio.to_thread.run_sync(self._hash, batch)
