@@ -391,7 +391,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return _interrupted()
+    except BrokenPipeError:
+        return _reader_gone()
     except BaseExceptionGroup as group:  # trio's KeyboardInterrupt, wrapped by a nursery
+        if (
+            group.subgroup(BrokenPipeError) is not None
+            and group.subgroup(KeyboardInterrupt) is None
+        ):
+            return _reader_gone()
         if group.subgroup(KeyboardInterrupt) is None:
             raise
         return _interrupted()
@@ -402,6 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(printable(f"flashback: {_describe(exc)}"), file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _reader_gone() -> int:
+    """stdout's reader left (``flashback peers | grep -q alice``): nothing is left to
+    say to it, and no traceback; stdout goes to /dev/null so the exit's flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor (embedded, captured): nothing to flush
+    return EXIT_FAILURE
 
 
 def _interrupted() -> int:

@@ -26,3 +26,29 @@ def test_status_without_a_daemon_imports_no_server_library(tmp_path: Path) -> No
     )
     assert done.stdout.split() == ["1", "-"], done.stdout + done.stderr
     assert "no flashback daemon is running" in done.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """``flashback peers | grep -q alice``: grep exits at the first match, the next
+    write meets a closed pipe; before, that printed 'flashback: BrokenPipeError'."""
+    probe = (
+        "import sys\n"
+        "import flashback.cli as cli\n"
+        "def run(args):\n"
+        "    for _ in range(100000):\n"
+        "        print('alice  sha256:0123  direct  192.0.2.7:4000')\n"
+        "    return 0\n"
+        "cli._run_status = run\n"
+        "sys.exit(cli.main(['status']))\n"
+    )
+    reader = subprocess.Popen(
+        ["head", "-c", "10"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    assert reader.stdin is not None
+    writer = subprocess.run(
+        [sys.executable, "-c", probe], stdout=reader.stdin, stderr=subprocess.PIPE, timeout=60
+    )
+    reader.stdin.close()
+    assert reader.wait(timeout=10) == 0
+    assert writer.stderr == b"", writer.stderr.decode()
+    assert writer.returncode == 1
