@@ -10,6 +10,7 @@ is a :class:`FlashbackError` carrying a snake_case ``code`` and an HTTP
     ├── Forbidden           403
     ├── NotFound            404  (not_found, unknown_peer)
     ├── MethodNotAllowed    405
+    ├── PreconditionFailed  412
     ├── PayloadTooLarge     413
     ├── RangeNotSatisfiable 416
     ├── InvalidField        422
@@ -21,7 +22,16 @@ is a :class:`FlashbackError` carrying a snake_case ``code`` and an HTTP
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
+
+from flashback.protocol.file_plan import FilePlan
+
+
+def encode_json(payload: Any) -> bytes:
+    """The one JSON body encoding of every server (and the heartbeat fast path)."""
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text + "\n").encode()
 
 
 class FlashbackError(Exception):
@@ -37,6 +47,10 @@ class FlashbackError(Exception):
 
     def to_json(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def body(self) -> bytes:
+        """:meth:`to_json` encoded: the bytes of every JSON error answer, whoever sends it."""
+        return encode_json(self.to_json())
 
     def headers(self) -> dict[str, str]:
         """Extra response headers this error needs (Retry-After, Content-Range...)."""
@@ -69,6 +83,16 @@ class NotFound(FlashbackError):
 class MethodNotAllowed(FlashbackError):
     status = 405
     default_code = "method_not_allowed"
+
+
+class PreconditionFailed(FlashbackError):
+    status = 412
+    default_code = "precondition_failed"
+
+    def __init__(
+        self, message: str = "the file does not match the request's preconditions"
+    ) -> None:
+        super().__init__(message)
 
 
 class PayloadTooLarge(FlashbackError):
@@ -128,3 +152,12 @@ class Interrupted(FlashbackError):
     """Ctrl-C during a command: the CLI prints its one line and exits 130."""
 
     default_code = "interrupted"
+
+
+def file_plan_error(plan: FilePlan, size: int) -> FlashbackError | None:
+    """The error a file plan answers with (412, 416), or None when it sends the file."""
+    if plan.status == 412:
+        return PreconditionFailed()
+    if plan.status == 416:
+        return RangeNotSatisfiable(size)
+    return None

@@ -9,7 +9,6 @@ routing (404, 405, 413), or a bug (500, logged, no traceback sent).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from quart.wrappers.response import ResponseBody
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
-from flashback.errors import FlashbackError
+from flashback.errors import FlashbackError, encode_json
 from flashback.httpserver import ZERO_COPY_SEND, serve_bounded
 from flashback.protocol.hosts import WILDCARDS
 from flashback.protocol.ranges import ByteRange
@@ -68,12 +67,6 @@ def error_response(error: FlashbackError) -> Response:
     return response
 
 
-def encode_json(payload: Any) -> bytes:
-    """The one JSON body encoding of both servers (and the heartbeat fast path)."""
-    text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (text + "\n").encode()
-
-
 def json_response(payload: Any, *, status: int = 200) -> Response:
     return Response(encode_json(payload), status=status, mimetype=JSON_MIMETYPE)
 
@@ -87,7 +80,7 @@ def http_error_response(error: HTTPException) -> Response:
     """A werkzeug HTTP exception (routing's 404, 405, 413) as the contract's JSON."""
     status = error.code or 500
     message = error.description or error.name or "error"
-    payload = {"error": {"code": _code_from_http_exception(error), "message": message}}
+    payload = FlashbackError(message, code=_code_from_http_exception(error)).to_json()
     response = json_response(payload, status=status)
     if status == 405 and error.response is None:
         valid = getattr(error, "valid_methods", None)
@@ -110,8 +103,8 @@ def install_json_errors(app: Quart) -> None:
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
         log.exception("unhandled error while answering a request")
-        payload = {"error": {"code": "internal_error", "message": "internal server error"}}
-        return json_response(payload, status=500)
+        internal = FlashbackError("internal server error", code="internal_error")
+        return json_response(internal.to_json(), status=500)
 
 
 class StreamedBody(ResponseBody):

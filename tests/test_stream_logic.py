@@ -256,3 +256,19 @@ def test_parse_stream_body() -> None:
     for bad in (None, [], {"peer": "alice"}, {"peer": "", "path": "x"}, {"peer": 1, "path": "x"}):
         with pytest.raises(BadRequest):
             parse_stream_body(bad)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"if_match": '"other"'}, {"range": "bytes=1000-"}, {"if_none_match": FACTS.etag}],
+)
+def test_plan_names_each_header_once(headers: dict[str, str]) -> None:
+    names = [name.lower() for name, _ in plan(**headers).headers]
+    assert len(names) == len(set(names)), names
+
+
+def test_plan_head_ignores_range() -> None:
+    """RFC 9110 §14.2: Range is defined for GET only (the peer server's rule too)."""
+    p = plan("HEAD", range="bytes=0-9")
+    assert p.status == 200 and header(p, "Content-Length") == "1000"
+    assert plan("HEAD", range="bytes=1000-").status == 200

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import secrets
 import ssl
@@ -46,6 +45,7 @@ from flashback.daemon.tunnel_ends import (
     open_requester_end,
     serve_over,
 )
+from flashback.errors import FlashbackError
 from flashback.http.accept import serve_listener
 from flashback.protocol.direct import hostport
 from flashback.protocol.fairshare import FairShare
@@ -533,7 +533,7 @@ class TunnelService:
 
 async def _answer_refused(local: trio.SocketStream, exc: TunnelFailed) -> None:
     """Tell a local HTTP client why, as the peer server would (403 and a JSON error)."""
-    body = json.dumps({"error": {"code": exc.code, "message": str(exc)}}).encode()
+    body = FlashbackError(str(exc), code=exc.code).body()
     head = (
         REFUSED_STATUS
         + b"Content-Type: application/json\r\nConnection: close\r\n"

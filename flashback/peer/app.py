@@ -206,9 +206,8 @@ def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTri
         answer = await door(path, request.scope.get("client"))
         if isinstance(answer, StreamError):
             status = _STREAM_ERROR_STATUS.get(answer.code, 502)
-            return json_response(
-                {"error": {"code": answer.code, "message": answer.message}}, status=status
-            )
+            refusal = FlashbackError(answer.message, code=answer.code)
+            return json_response(refusal.to_json(), status=status)
         return json_response(answer.dump())
 
     @app.get("/api/info")

@@ -3,7 +3,8 @@
 Quart's own ``send_file`` is not used: it ignores Range unless asked, reads
 8 KiB at a time through two thread hops, and werkzeug's range handling is
 wrong on suffix ranges, ends past EOF and multiple ranges. Here the HTTP
-decisions are the pure functions of :mod:`flashback.protocol`, and the body
+decisions are :func:`flashback.protocol.file_plan.plan_file` (the stream
+ports' too), and the body
 is :class:`FileBody`, which ``os.pread``s 2 MiB per worker-thread hop so a
 download of any size streams in constant memory at disk speed.
 """
@@ -20,20 +21,12 @@ from typing import Final
 import trio
 from quart import Response
 
-from flashback.errors import FlashbackError, NotFound, RangeNotSatisfiable
-from flashback.protocol.conditional import (
-    Precondition,
-    content_disposition,
-    content_type_for,
-    evaluate_preconditions,
-    http_date,
-    if_range_allows,
-    make_etag,
-    sandbox_policy,
-)
+from flashback.errors import NotFound, file_plan_error
+from flashback.protocol.conditional import content_disposition, make_etag, sandbox_policy
+from flashback.protocol.file_plan import FileFacts, plan_file
 from flashback.protocol.paths import UnsafePath, open_under_root
-from flashback.protocol.ranges import ByteRange, Unsatisfiable, parse_range, plan_multipart
-from flashback.web import FileRangesBody
+from flashback.protocol.ranges import ByteRange
+from flashback.web import FileRangesBody, error_response
 
 # Chunks grow with what the client has taken ("slow start"): a client that
 # never reads pins one first chunk (450 stalled clients ~110 MB), one that
@@ -42,11 +35,6 @@ from flashback.web import FileRangesBody
 # 2 MiB ~1,150 MB/s on the same machine and file).
 FIRST_CHUNK_BYTES: Final = 256 * 1024
 CHUNK_SIZE_BYTES: Final = 2 * 1024 * 1024
-
-
-class PreconditionFailed(FlashbackError):
-    status = 412
-    default_code = "precondition_failed"
 
 
 Segment = bytes | ByteRange
@@ -189,73 +177,42 @@ def _build_response(
     inline_csp: bool,
     repr_digest: str | None = None,
 ) -> Response:
-    size = info.st_size
-    etag = make_etag(info.st_ino, size, info.st_mtime_ns, info.st_ctime_ns)
-    last_modified_s = int(info.st_mtime)
-    content_type = content_type_for(name)
-    common = {
-        "ETag": etag,
-        "Last-Modified": http_date(last_modified_s),
-        "Accept-Ranges": "bytes",
-        "X-Content-Type-Options": "nosniff",
-    }
-    if attachment:
-        common["Content-Disposition"] = content_disposition("attachment", name)
-    elif inline_csp and (policy := sandbox_policy(content_type)) is not None:
-        # Files from other peers are untrusted: an HTML file must not run script.
-        common["Content-Security-Policy"] = policy
-
-    outcome = evaluate_preconditions(
-        method,
-        etag=etag,
-        last_modified_s=last_modified_s,
-        if_match=headers.get("if-match"),
-        if_unmodified_since=headers.get("if-unmodified-since"),
-        if_none_match=headers.get("if-none-match"),
-        if_modified_since=headers.get("if-modified-since"),
+    facts = FileFacts(
+        name=name,
+        size=info.st_size,
+        etag=make_etag(info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns),
+        mtime_s=int(info.st_mtime),
     )
-    if outcome is Precondition.FAILED:
-        raise PreconditionFailed("the file does not match the request's preconditions")
-    if outcome is Precondition.NOT_MODIFIED:
+    extra = [("X-Content-Type-Options", "nosniff")]
+    if attachment:
+        extra.append(("Content-Disposition", content_disposition("attachment", name)))
+    elif inline_csp and (policy := sandbox_policy(facts.content_type)) is not None:
+        # Files from other peers are untrusted: an HTML file must not run script.
+        extra.append(("Content-Security-Policy", policy))
+    plan = plan_file(
+        method,
+        headers,
+        facts,
+        extra=extra,
+        repr_digest=repr_digest,
+        boundary=secrets.token_hex(16),
+    )
+    error = file_plan_error(plan, facts.size)
+    if error is not None:
         os.close(fd)
-        response = Response(b"", status=304)
-        response.headers.update(common)
-        response.headers.pop("Content-Length", None)
+        response = error_response(error)
+        response.headers.update(dict(plan.headers))
         return response
-
-    ranges = None
-    if method == "GET" and if_range_allows(
-        headers.get("if-range"), etag=etag, last_modified_s=last_modified_s
-    ):
-        ranges = parse_range(headers.get("range"), size)
-    if isinstance(ranges, Unsatisfiable):
-        raise RangeNotSatisfiable(size)
-
-    segments: list[Segment]
-    if ranges is None:
-        status, length, media_type = 200, size, content_type
-        segments = [ByteRange(0, size - 1)] if size else []
-    elif len(ranges) == 1:
-        status, length, media_type = 206, ranges[0].length, content_type
-        common["Content-Range"] = ranges[0].content_range(size)
-        segments = [ranges[0]]
-    else:
-        plan = plan_multipart(ranges, size, content_type, secrets.token_hex(16))
-        status, length, media_type = 206, plan.content_length, plan.media_type
-        segments = [item for head, r in plan.parts for item in (head, r)]
-        segments.append(plan.closing)
-
-    if method == "HEAD":
-        os.close(fd)
-        response = Response(b"", status=status)
-    else:
-        response = Response(FileBody(fd, segments), status=status)
+    if method == "GET" and plan.status != 304:
+        response = Response(FileBody(fd, plan.pieces), status=plan.status)
         # Quart would otherwise cut a slow multi-GB download after 60 s.
         response.timeout = None
-    response.headers.update(common)
-    if repr_digest is not None:
-        # RFC 9530: the digest of the whole representation, on 206 too.
-        response.headers["Repr-Digest"] = repr_digest
-    response.headers["Content-Type"] = media_type
-    response.headers["Content-Length"] = str(length)
+    else:
+        os.close(fd)
+        response = Response(b"", status=plan.status)
+    if plan.status == 304:
+        # no body, so none of the body's headers (Quart sets a default type)
+        response.headers.pop("Content-Type", None)
+        response.headers.pop("Content-Length", None)
+    response.headers.update(dict(plan.headers))
     return response

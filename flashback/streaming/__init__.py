@@ -11,6 +11,7 @@ to resume. Modules, from the wire inward::
     port       one listener: h11 connections, lifetime, stream-closed report
     (the body goes by flashback.zerocopy: os.sendfile, shared with the peer server)
     responses  sans-IO: request line + headers -> status, headers, byte range
+               (the file part is flashback.protocol.file_plan, as on the peer server)
     lifetime   sans-IO: when a port has completed or expired (time is a parameter)
     source     safe path resolution + opening the one regular file
 

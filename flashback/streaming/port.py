@@ -23,6 +23,7 @@ import h11
 import trio
 
 from flashback.digests import DigestService
+from flashback.errors import BadRequest
 from flashback.http.accept import serve_listener
 from flashback.protocol.digest import repr_digest_header
 from flashback.protocol.fairshare import FairShare, share_address
@@ -238,7 +239,7 @@ class StreamPort:
             return  # a response is already under way: just close
         status = exc.error_status_hint
         code = "request_header_fields_too_large" if status == 431 else "bad_request"
-        body = (f'{{"error":{{"code":"{code}","message":"malformed HTTP request"}}}}\n').encode()
+        body = BadRequest("malformed HTTP request", code=code).body()
         response = h11.Response(
             status_code=status,
             headers=[

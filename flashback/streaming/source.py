@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 
 from flashback.errors import NotFound
 from flashback.protocol.conditional import make_etag
+from flashback.protocol.file_plan import FileFacts
 from flashback.protocol.paths import UnsafePath, open_under_root
-from flashback.streaming.responses import FileFacts
 
 NOT_FOUND_MESSAGE = "no such file"
 

@@ -15,7 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from flashback import __version__
-from flashback.errors import FlashbackError, NotFound, PayloadTooLarge
+from flashback.errors import FlashbackError, NotFound, PayloadTooLarge, encode_json
 from flashback.protocol.negotiate import prefers_html
 from flashback.tracker import validate
 from flashback.tracker.front import FRONT_CSP, front_page
@@ -23,7 +23,7 @@ from flashback.tracker.listing import LIST_PATH, PeerListCache, PeerListSender
 from flashback.tracker.metrics import CONTENT_TYPE
 from flashback.tracker.security import bearer_token
 from flashback.tracker.service import Tracker
-from flashback.web import JSON_MIMETYPE, encode_json, install_json_errors, json_response
+from flashback.web import JSON_MIMETYPE, install_json_errors, json_response
 
 
 def _too_large() -> PayloadTooLarge:

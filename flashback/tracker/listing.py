@@ -28,11 +28,11 @@ from typing import Any, Final
 
 import trio
 
-from flashback.errors import FlashbackError
+from flashback.errors import FlashbackError, encode_json
 from flashback.protocol.byteshare import ByteShare
 from flashback.protocol.fairshare import share_address
 from flashback.tracker.abort import Address, SocketAborter
-from flashback.web import JSON_MIMETYPE, encode_json
+from flashback.web import JSON_MIMETYPE
 
 LIST_PATH: Final = "/api/peers/list"
 CHUNK_BYTES: Final = 64 * 1024
@@ -107,7 +107,7 @@ class PeerListSender:
         try:
             body = await self.cache.get()
         except FlashbackError as error:
-            payload = encode_json(error.to_json())
+            payload = error.body()
             await _start(send, error.status, len(payload), error.headers())
             await send({"type": "http.response.body", "body": payload})
             return
@@ -115,9 +115,7 @@ class PeerListSender:
         holder = share_address(client[0]) if client else "unknown"
         response = _Response(body, client, _address(scope.get("server")))
         if not self._admit(holder, response, len(body)):
-            payload = encode_json(
-                {"error": {"code": "tracker_busy", "message": "too many lists in flight"}}
-            )
+            payload = FlashbackError("too many lists in flight", code="tracker_busy").body()
             await _start(send, 503, len(payload), {"Retry-After": "1"})
             await send({"type": "http.response.body", "body": payload})
             return
