@@ -32,6 +32,7 @@ import trio
 from flashback import __version__
 from flashback.config import TrackerConfig
 from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
+from flashback.protocol import pairing
 from flashback.protocol.fairshare import share_address
 from flashback.protocol.feed import (
     Forwardable,
@@ -59,7 +60,7 @@ from flashback.protocol.messages import (
     parse,
 )
 from flashback.protocol.token_bucket import TokenBucket
-from flashback.protocol.tunnel import TunnelError, advertise_host, cluster_tunnel_host
+from flashback.protocol.tunnel import TunnelError, advertise_host
 from flashback.tracker import direct
 from flashback.tracker.capacity import PeerCapacity, record_bytes
 from flashback.tracker.hub import (
@@ -594,33 +595,35 @@ class Tracker:
         ``RELAY_TUNNEL_ADVERTISE`` (or this instance's own bind address).
         """
 
-        def refuse(code: str, text: str) -> None:
-            self.hub.send(sender, TunnelErrorMessage(message.request_id, code, text))
+        def refuse(why: pairing.Refusal) -> None:
+            self.hub.send(sender, TunnelErrorMessage(message.request_id, why.code, why.text))
 
-        if sender.peer_id is None:
-            refuse("forbidden", "only an identified peer may open tunnels")
-            return
-        if self.tunnels is None or self.tunnel_port is None:
-            refuse("disabled", "this tracker has no tunnel port")
-            return
         owner_info = self.presence.peer(message.to, self.now())
-        if owner_info is None:
-            refuse("unknown_peer", not_online_text(message.to))
+        refused = pairing.request_refusal(
+            requester=sender.peer_id,
+            tunnels_enabled=self.tunnels is not None and self.tunnel_port is not None,
+            owner=message.to,
+            owner_online=owner_info is not None,
+            owner_fingerprint=None if owner_info is None else owner_info.fingerprint,
+        )
+        if refused is not None:
+            refuse(refused)
             return
-        if owner_info.fingerprint is None:
-            refuse("no_fingerprint", f"peer {message.to!r} has no key to prove itself with")
-            return
+        assert sender.peer_id is not None and self.tunnels is not None
+        assert self.tunnel_port is not None and owner_info is not None
         if not await self._spend_relay_budget(sender):  # a request costs what a message does
-            refuse("rate_limited", "too many tunnel requests")
+            refuse(pairing.Refusal("rate_limited", "too many tunnel requests"))
             return
         owner = self.hub.link_for(message.to)
-        # An owner linked elsewhere dials an address the server names, never
-        # one from the requester's Host header (TURN, RFC 8656).
-        owner_host = cluster_tunnel_host(self.config.tunnel_advertise, self.config.host)
-        if owner is not None:
-            owner_host = owner.advertise_host
-        if sender.advertise_host is None or owner_host is None:
-            refuse("disabled", direct.no_tunnel_host_text(remote_owner=owner is None))
+        hosts = pairing.pairing_hosts(
+            requester_host=sender.advertise_host,
+            owner_linked_here=owner is not None,
+            owner_link_host=None if owner is None else owner.advertise_host,
+            advertise=self.config.tunnel_advertise,
+            bind_host=self.config.host,
+        )
+        if isinstance(hosts, pairing.Refusal):
+            refuse(hosts)
             return
         try:
             session = self.tunnels.invite(
@@ -630,32 +633,33 @@ class Tracker:
                 client_address=sender.address,
             )
         except TunnelError as exc:
-            refuse(exc.code, exc.message)
+            refuse(pairing.Refusal(exc.code, exc.message))
             return
 
         to_owner, to_requester = direct.introduction_invites(
             message.request_id,
             session,
             self.tunnel_port,
-            owner=(owner_info, owner_host),
-            requester=(self.presence.peer(sender.peer_id, self.now()), sender.advertise_host),
+            owner=(owner_info, hosts.owner),
+            requester=(self.presence.peer(sender.peer_id, self.now()), hosts.requester),
         )
         if owner is not None:
-            # As a relayed message: a full owner keeps its link, the requester hears busy.
-            if not self.hub.relay(owner, to_owner):
-                self.tunnels.table.close(session)
-                refuse("busy", f"peer {message.to!r} is busy")
-                return
-            delivered = True
+            invited = self.hub.relay(owner, to_owner)
         else:
             try:
-                delivered = await self.presence.relay(message.to, to_owner)
+                invited = await self.presence.relay(message.to, to_owner)
             except BackendUnavailable as exc:
                 log.info("cannot invite %s: %s", message.to, exc.message)
-                delivered = False
-        if not delivered or not self.hub.send(sender, to_requester):
+                invited = False
+        refused = pairing.delivery_refusal(
+            message.to,
+            owner_linked_here=owner is not None,
+            owner_invited=invited,
+            requester_invited=invited and self.hub.send(sender, to_requester),
+        )
+        if refused is not None:
             self.tunnels.table.close(session)
-            refuse("unknown_peer", f"peer {message.to!r} cannot be reached now")
+            refuse(refused)
             return
         self.introductions.introduced(message.request_id, sender.peer_id, message.to)
 
