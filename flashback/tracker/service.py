@@ -32,16 +32,8 @@ import trio
 from flashback import __version__
 from flashback.config import TrackerConfig
 from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
-from flashback.protocol import pairing
 from flashback.protocol.fairshare import share_address
-from flashback.protocol.feed import (
-    Forwardable,
-    Listing,
-    forwarded,
-    not_online_text,
-    refusal,
-    route_relay,
-)
+from flashback.protocol.feed import Listing
 from flashback.protocol.messages import (
     Change,
     ErrorMessage,
@@ -55,12 +47,10 @@ from flashback.protocol.messages import (
     StreamError,
     StreamRequest,
     TunnelErrorMessage,
-    TunnelInvite,
     TunnelRequest,
     parse,
 )
-from flashback.protocol.token_bucket import TokenBucket
-from flashback.protocol.tunnel import TunnelError, advertise_host
+from flashback.protocol.tunnel import advertise_host
 from flashback.tracker import direct
 from flashback.tracker.capacity import PeerCapacity, record_bytes
 from flashback.tracker.hub import (
@@ -74,6 +64,7 @@ from flashback.tracker.identities import IdentityBook
 from flashback.tracker.linkshare import LinkShare
 from flashback.tracker.metrics import TrackerMetrics
 from flashback.tracker.presence import Presence
+from flashback.tracker.relay import Relay
 from flashback.tracker.security import (
     HeaderLookup,
     RateLimiter,
@@ -134,7 +125,6 @@ class Tracker:
         self.limiter = RateLimiter(config.register_rate_per_s, config.register_burst)
         # the pairing half of tunnels; the port itself is served by serve.py
         self.tunnels: TunnelRelay | None = None
-        self.tunnel_port: int | None = None
         if config.tunnel_port is not None:
             self.tunnels = TunnelRelay(
                 max_sessions=config.tunnel_max_sessions,
@@ -143,7 +133,6 @@ class Tracker:
             )
             self.metrics.add_tunnels(self.tunnels.counters, lambda: self.tunnels_active)
             self.tunnels.reflector = direct.reflector(presence, self.publish, clock, self.metrics)
-        self.introductions = direct.Introductions(self.metrics.registry, clock)
         self.capacity = PeerCapacity(
             config.max_peers,
             config.max_peer_list_bytes,
@@ -164,12 +153,30 @@ class Tracker:
             per_address=config.max_identities_per_address,
             online_cap=config.max_peers,
         )
+        self.relay = Relay(
+            config,
+            self.hub,
+            presence,
+            self.metrics,
+            tunnels=self.tunnels,
+            introductions=direct.Introductions(self.metrics.registry, clock),
+            clock=clock,
+        )
         self._snapshot_cache: tuple[int, float, str] | None = None
         self.started_at = clock()
         self.hello_timeout_s = HELLO_TIMEOUT_S
 
     def now(self) -> float:
         return self.clock()
+
+    @property
+    def tunnel_port(self) -> int | None:
+        """The tunnel port once it listens; set by serve.py, named in answers and invites."""
+        return self.relay.tunnel_port
+
+    @tunnel_port.setter
+    def tunnel_port(self, port: int | None) -> None:
+        self.relay.tunnel_port = port
 
     def wall_now(self) -> float:
         return self.now() + self.wall_offset_s
@@ -313,29 +320,7 @@ class Tracker:
 
     async def deliver_relayed(self, to: str, message: Message) -> None:
         """A message another instance relayed for *to*: deliver it, or bounce it."""
-        if isinstance(message, TunnelErrorMessage) and not self._relayed_decline(to, message):
-            return  # only the owner invited to a session of ours may decline it
-        link = self.hub.link_for(to)
-        route = route_relay(
-            online=self.presence.is_online(to), linked_here=link is not None, relayed=True
-        )
-        # As a local relay: a full target keeps its link, the sender hears busy.
-        code, why = "unknown_peer", not_online_text(to)
-        if route == "deliver" and link is not None:
-            if self.hub.relay(link, message):
-                return
-            code, why = "busy", f"peer {to!r} is busy"
-        if not isinstance(message, StreamRequest | FileStreamReady | TunnelInvite):
-            return
-        sender = message.from_
-        bounce = refusal(message.request_id, message, code, why)
-        if sender is None or bounce is None:
-            return
-        local = self.hub.link_for(sender)
-        if local is not None:
-            self.hub.send(local, bounce)
-        else:
-            await self.presence.relay(sender, bounce)
+        await self.relay.deliver_relayed(to, message)
 
     # -- liveness ----------------------------------------------------------------
 
@@ -410,7 +395,7 @@ class Tracker:
                 client=client,
                 server=server,
             )
-            connection.relay_budget = self._relay_budget_for(hello.peer_id)
+            connection.relay_budget = self.relay.budget_for(hello.peer_id)
             # No checkpoint from here to hub.add: the replay and the live feed
             # meet exactly at the current seq, with nothing lost or repeated.
             first = self.presence.first_messages(hello.last_seq, self.now())
@@ -436,16 +421,6 @@ class Tracker:
         if connection.close_code is not None:
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await ws.close(connection.close_code, connection.close_reason)
-
-    def _relay_budget_for(self, peer_id: str | None) -> TokenBucket | None:
-        """One relay budget per peer, shared by all its links here: a second
-        link is not a second allowance. (Anonymous links may not relay.)"""
-        if peer_id is None:
-            return None
-        linked = self.hub.link_for(peer_id)
-        if linked is not None and linked.relay_budget is not None:
-            return linked.relay_budget
-        return TokenBucket(self.config.relay_rate_per_s, self.config.relay_burst)
 
     async def _receive_hello(self, ws: WebsocketLike) -> Hello:
         while True:
@@ -518,187 +493,18 @@ class Tracker:
                 self.hub.send(connection, exc.reply)
                 continue
             if isinstance(message, StreamRequest | FileStreamReady | StreamError):
-                await self._relay(connection, message)
+                await self.relay.relay(connection, message)
             elif isinstance(message, TunnelRequest):
-                await self._tunnel_request(connection, message)
+                await self.relay.tunnel_request(connection, message)
             elif isinstance(message, TunnelErrorMessage):
-                await self._tunnel_decline(connection, message)
+                await self.relay.tunnel_decline(connection, message)
             elif isinstance(message, RouteReport):
-                self.introductions.report(connection.peer_id, message)
+                self.relay.introductions.report(connection.peer_id, message)
             else:
                 reply = ErrorMessage(
                     "unexpected_message", f"a client may not send {message.TYPE!r} here"
                 )
                 self.hub.send(connection, reply)
-
-    async def _relay(
-        self, sender: Connection, message: StreamRequest | FileStreamReady | StreamError
-    ) -> None:
-        """Forward with ``from`` in place of ``to``; the tracker never looks inside."""
-        if sender.peer_id is None:
-            reply = ErrorMessage("forbidden", "only an identified peer may relay streams")
-            self.hub.send(sender, reply)
-            return
-        if message.to is None:
-            self.hub.send(sender, ErrorMessage("invalid_field", "'to' is required"))
-            return
-        if not await self._spend_relay_budget(sender):
-            self._refuse_relay(sender, message, "rate_limited", "too many relayed messages")
-            return
-        target = self.hub.link_for(message.to)
-        route = route_relay(
-            online=self.presence.is_online(message.to),
-            linked_here=target is not None,
-            relayed=False,
-        )
-        out = forwarded(message, sender.peer_id)
-        if route == "deliver" and target is not None:
-            if self.hub.relay(target, out):
-                self.metrics.relayed.inc()
-            else:  # the target is busy: the sender hears it, the target keeps its link
-                self._refuse_relay(sender, message, "busy", f"peer {message.to!r} is busy")
-            return
-        try:
-            if await self.presence.relay(message.to, out):
-                self.metrics.relayed.inc()
-                return
-        except BackendUnavailable as exc:
-            log.info("cannot relay to %s: %s", message.to, exc.message)
-        self._refuse_relay(sender, message, "unknown_peer", not_online_text(message.to))
-
-    async def _spend_relay_budget(self, sender: Connection) -> bool:
-        """One relayed message or tunnel request out of the sender's relay budget: its
-        links' bucket here, and the cluster-wide bucket of its peer id (one per cluster,
-        not one per instance)."""
-        budget = sender.relay_budget
-        config = self.config
-        if (budget is None or budget.take(self.now())) and not await self.presence.take_token(
-            f"relay:{sender.peer_id}", config.relay_rate_per_s, config.relay_burst
-        ):
-            return True
-        self.metrics.rate_limited.inc()
-        return False
-
-    def _refuse_relay(self, sender: Connection, message: Forwardable, code: str, why: str) -> None:
-        bounce = refusal(message.request_id, message, code, why)
-        if bounce is not None:
-            self.hub.send(sender, bounce)
-
-    # -- tunnels (§6.2) -------------------------------------------------------------
-
-    async def _tunnel_request(self, sender: Connection, message: TunnelRequest) -> None:
-        """Pair *sender* with the owner *to*: two single-use keys, one invite each.
-
-        The session lives on this instance, so both invites name this tunnel
-        port. An owner linked to another instance of a Redis cluster gets its
-        invite through the cluster's relay, and dials this instance at
-        ``RELAY_TUNNEL_ADVERTISE`` (or this instance's own bind address).
-        """
-
-        def refuse(why: pairing.Refusal) -> None:
-            self.hub.send(sender, TunnelErrorMessage(message.request_id, why.code, why.text))
-
-        owner_info = self.presence.peer(message.to, self.now())
-        refused = pairing.request_refusal(
-            requester=sender.peer_id,
-            tunnels_enabled=self.tunnels is not None and self.tunnel_port is not None,
-            owner=message.to,
-            owner_online=owner_info is not None,
-            owner_fingerprint=None if owner_info is None else owner_info.fingerprint,
-        )
-        if refused is not None:
-            refuse(refused)
-            return
-        assert sender.peer_id is not None and self.tunnels is not None
-        assert self.tunnel_port is not None and owner_info is not None
-        if not await self._spend_relay_budget(sender):  # a request costs what a message does
-            refuse(pairing.Refusal("rate_limited", "too many tunnel requests"))
-            return
-        owner = self.hub.link_for(message.to)
-        hosts = pairing.pairing_hosts(
-            requester_host=sender.advertise_host,
-            owner_linked_here=owner is not None,
-            owner_link_host=None if owner is None else owner.advertise_host,
-            advertise=self.config.tunnel_advertise,
-            bind_host=self.config.host,
-        )
-        if isinstance(hosts, pairing.Refusal):
-            refuse(hosts)
-            return
-        try:
-            session = self.tunnels.invite(
-                request_id=message.request_id,
-                client_peer=sender.peer_id,
-                server_peer=message.to,
-                client_address=sender.address,
-            )
-        except TunnelError as exc:
-            refuse(pairing.Refusal(exc.code, exc.message))
-            return
-
-        to_owner, to_requester = direct.introduction_invites(
-            message.request_id,
-            session,
-            self.tunnel_port,
-            owner=(owner_info, hosts.owner),
-            requester=(self.presence.peer(sender.peer_id, self.now()), hosts.requester),
-        )
-        if owner is not None:
-            invited = self.hub.relay(owner, to_owner)
-        else:
-            try:
-                invited = await self.presence.relay(message.to, to_owner)
-            except BackendUnavailable as exc:
-                log.info("cannot invite %s: %s", message.to, exc.message)
-                invited = False
-        refused = pairing.delivery_refusal(
-            message.to,
-            owner_linked_here=owner is not None,
-            owner_invited=invited,
-            requester_invited=invited and self.hub.send(sender, to_requester),
-        )
-        if refused is not None:
-            self.tunnels.table.close(session)
-            refuse(refused)
-            return
-        self.introductions.introduced(message.request_id, sender.peer_id, message.to)
-
-    async def _tunnel_decline(self, sender: Connection, message: TunnelErrorMessage) -> None:
-        """An owner said no: end the session and tell the requester, from the owner.
-
-        The session lives on the requester's instance. Declined here, it ends
-        here; otherwise the decline crosses the cluster's relay (bounded by the
-        owner's relay budget) and that instance checks it against its session
-        (:meth:`_relayed_decline`) before the requester hears of it.
-        """
-        if sender.peer_id is None or message.to is None or self.tunnels is None:
-            return
-        out = forwarded(message, sender.peer_id)
-        if self.tunnels.decline(
-            request_id=message.request_id, client_peer=message.to, server_peer=sender.peer_id
-        ):
-            requester = self.hub.link_for(message.to)
-            if requester is not None:
-                self.hub.send(requester, out)
-            return
-        if self.hub.link_for(message.to) is not None:
-            return  # linked here but no such session: nothing to forward
-        if not await self._spend_relay_budget(sender):
-            return
-        try:
-            await self.presence.relay(message.to, out)
-        except BackendUnavailable as exc:
-            log.info("cannot forward a decline to %s: %s", message.to, exc.message)
-
-    def _relayed_decline(self, to: str, message: TunnelErrorMessage) -> bool:
-        """A decline another instance relayed: True if it ends a session of ours."""
-        return (
-            self.tunnels is not None
-            and message.from_ is not None
-            and self.tunnels.decline(
-                request_id=message.request_id, client_peer=to, server_peer=message.from_
-            )
-        )
 
     # -- internals -----------------------------------------------------------------
 
