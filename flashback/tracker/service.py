@@ -2,8 +2,9 @@
 
 :class:`Tracker` is handed a finished presence backend (who is online,
 ``seq`` and the feed: in this process, or shared through Redis; see
-:mod:`.presence`) and identity store; it owns the hub, the rate limiter and
-the metrics, and it is the only one that publishes to the hub: the changes a
+:mod:`.presence`) and identity store; it owns the hub and the metrics
+(registration and auth: :mod:`.registration`; relay and tunnels:
+:mod:`.relay`), and it is the only one that publishes to the hub: the changes a
 backend call returns, and (as the backend's :class:`~.presence.FeedSink`)
 whatever a shared feed delivers. The Quart app only turns
 requests into calls here and results into JSON; the reaper and every
@@ -19,21 +20,15 @@ Who may do what:
 
 from __future__ import annotations
 
-import hmac
 import logging
-import math
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import trio
 
 from flashback import __version__
 from flashback.config import TrackerConfig
-from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
-from flashback.protocol.fairshare import share_address
-from flashback.protocol.feed import Listing
+from flashback.errors import BackendUnavailable
 from flashback.protocol.messages import (
     Change,
     ErrorMessage,
@@ -52,7 +47,7 @@ from flashback.protocol.messages import (
 )
 from flashback.protocol.tunnel import advertise_host
 from flashback.tracker import direct
-from flashback.tracker.capacity import PeerCapacity, record_bytes
+from flashback.tracker.capacity import PeerCapacity
 from flashback.tracker.hub import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -64,18 +59,11 @@ from flashback.tracker.identities import IdentityBook
 from flashback.tracker.linkshare import LinkShare
 from flashback.tracker.metrics import TrackerMetrics
 from flashback.tracker.presence import Presence
+from flashback.tracker.registration import Registration
 from flashback.tracker.relay import Relay
-from flashback.tracker.security import (
-    HeaderLookup,
-    RateLimiter,
-    hash_token,
-    new_peer_id,
-    new_token,
-    require_bearer,
-    token_matches,
-)
+from flashback.tracker.security import HeaderLookup
 from flashback.tracker.sendshare import SendBudget
-from flashback.tracker.store import IdentityStore, IssuedIdentity
+from flashback.tracker.store import IdentityStore
 from flashback.tracker.tunnels import TunnelRelay
 from flashback.tracker.validate import RegisterBody
 
@@ -83,8 +71,6 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S: Final = 10.0
 CLOSE_TIMEOUT_S: Final = 2.0
-MAX_REAP_INTERVAL_S: Final = 1.0
-MIN_REAP_INTERVAL_S: Final = 0.01
 SNAPSHOT_CACHE_S: Final = 1.0  # a burst of hellos shares one encoding
 
 
@@ -95,11 +81,6 @@ class WebsocketLike(Protocol):
     async def receive(self) -> str | bytes: ...
     async def send(self, data: str) -> None: ...
     async def close(self, code: int, reason: str = "") -> None: ...
-
-
-def _seconds(value: float) -> int | float:
-    """The contract's ints; a fractional setting (tests) stays exact."""
-    return int(value) if value == int(value) else value
 
 
 class Tracker:
@@ -115,14 +96,12 @@ class Tracker:
         self.store = store
         self.presence = presence
         self.clock = clock
-        self.wall_offset_s = time.time() - clock()
         self.metrics = TrackerMetrics(
             peers_online=lambda: self.presence.online_count(),
             connections=lambda: len(self.hub),
             seq=lambda: self.presence.seq,
         )
         self.hub = Hub(on_evict=self.metrics.evictions.inc)
-        self.limiter = RateLimiter(config.register_rate_per_s, config.register_burst)
         # the pairing half of tunnels; the port itself is served by serve.py
         self.tunnels: TunnelRelay | None = None
         if config.tunnel_port is not None:
@@ -153,6 +132,16 @@ class Tracker:
             per_address=config.max_identities_per_address,
             online_cap=config.max_peers,
         )
+        self.registration = Registration(
+            config,
+            store,
+            presence,
+            self.metrics,
+            capacity=self.capacity,
+            identities=self.identities,
+            publish=self.publish,
+            clock=clock,
+        )
         self.relay = Relay(
             config,
             self.hub,
@@ -177,106 +166,20 @@ class Tracker:
     @tunnel_port.setter
     def tunnel_port(self, port: int | None) -> None:
         self.relay.tunnel_port = port
-
-    def wall_now(self) -> float:
-        return self.now() + self.wall_offset_s
+        self.registration.tunnel_port = port
 
     # -- HTTP --------------------------------------------------------------------
 
     async def register(
         self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
-        client = share_address(client)  # an IPv6 client counts by its /64
-        wait_s = self.limiter.acquire(client, self.now()) or await self.presence.take_token(
-            f"register:{client}", self.config.register_rate_per_s, self.config.register_burst
-        )
-        if wait_s > 0:
-            self.metrics.rate_limited.inc()
-            raise RateLimited("too many registrations; slow down", retry_after_s=math.ceil(wait_s))
-        if registration.peer_id is None:
-            self._check_admission(headers)
-            peer_id, token = new_peer_id(), new_token()
-            first_seen = self.wall_now()
-        else:
-            peer_id = registration.peer_id
-            token = self._require_token(headers)
-            known = await self._token_hash(peer_id)
-            # An id we never issued is refused like a wrong token (401): either
-            # way the client cannot prove it, and registers anew without one.
-            token_hash, first_seen = known if known is not None else (None, 0.0)
-            if not token_matches(token, token_hash):
-                self.metrics.rejected.inc()
-                raise Unauthorized("unknown peer_id or wrong token; register without peer_id")
-        size = record_bytes(
-            peer_id,
-            registration.name,
-            registration.host,
-            registration.port,
-            registration.capabilities,
-            registration.fingerprint,
-            registration.direct,
-        )
-        refusal = self.capacity.refusal(peer_id, size, self.presence.online_count(), client)
-        if refusal is not None:
-            self.metrics.rejected.inc()
-            raise BackendUnavailable(refusal, code="tracker_full")
-        identity = IssuedIdentity(
-            peer_id=peer_id,
-            token_hash=hash_token(token),
-            name=registration.name,
-            capabilities=registration.capabilities,
-            first_seen=first_seen,
-            last_seen=self.wall_now(),
-            address=client,
-        )
-        # Out of the offline share before the write: no eviction can forget it now.
-        await self.identities.registered(peer_id, client)
-        # Persist first: if the store is down we answer 503 and nothing changed.
-        await self.store.put(identity)
-        listing = Listing(
-            registration.name,
-            registration.host,
-            registration.port,
-            registration.capabilities,
-            registration.fingerprint,
-            registration.direct,
-        )
-        changes = await self.presence.register(
-            peer_id, listing, token_hash=identity.token_hash, now=self.now()
-        )
-        self.publish(changes)
-        self.capacity.admit(peer_id, size, client)
-        self.metrics.registrations.inc()
-        answer = {
-            "peer_id": peer_id,
-            "token": token,
-            "heartbeat_interval": _seconds(self.config.heartbeat_interval_s),
-            "ttl": _seconds(self.config.peer_ttl_s),
-        }
-        if self.tunnel_port is not None:
-            # where to send REFLECT from the start, not only after a first invite (§10.2)
-            answer["tunnel_port"] = self.tunnel_port
-        return answer
+        return await self.registration.register(registration, headers, client)
 
     async def heartbeat(self, peer_id: str, headers: HeaderLookup) -> dict[str, Any]:
-        token = self._require_token(headers)
-        with self._counting_rejections():
-            await self.presence.heartbeat(peer_id, token, self.now())
-        self.metrics.heartbeats.inc()
-        return {
-            "ttl": _seconds(self.config.peer_ttl_s),
-            "heartbeat_interval": _seconds(self.config.heartbeat_interval_s),
-        }
+        return await self.registration.heartbeat(peer_id, headers)
 
     async def leave(self, peer_id: str, headers: HeaderLookup) -> None:
-        token = self._require_token(headers)
-        with self._counting_rejections():
-            changes = await self.presence.leave(peer_id, token, self.now())
-        self.publish(changes)
-        self.metrics.departures.inc()
-        self.capacity.forget(peer_id)
-        await self._touch(peer_id)
-        await self.identities.gone(peer_id)
+        await self.registration.leave(peer_id, headers)
 
     async def peer_list(self) -> dict[str, Any]:
         return await self.presence.peer_list(self.now())
@@ -325,32 +228,11 @@ class Tracker:
     # -- liveness ----------------------------------------------------------------
 
     async def reap(self) -> None:
-        expired = await self.presence.expire(self.now())
-        self.publish(expired.changes)
-        for peer_id in expired.peer_ids:
-            self.metrics.expiries.inc()
-            self.capacity.forget(peer_id)
-            await self._touch(peer_id)
-            await self.identities.gone(peer_id)
+        await self.registration.reap()
 
     async def reap_forever(self) -> None:
-        """The TTL's enforcer, ticking on trio's clock a few times per TTL.
-
-        A shared store out of reach skips a tick (the tracker keeps serving
-        what it can); it is logged once per outage, not once per tick.
-        """
-        interval_s = max(MIN_REAP_INTERVAL_S, min(MAX_REAP_INTERVAL_S, self.config.peer_ttl_s / 4))
-        failing = False
-        while True:
-            await trio.sleep(interval_s)
-            try:
-                await self.reap()
-            except BackendUnavailable as exc:
-                if not failing:
-                    log.warning("cannot expire peers: %s", exc.message)
-                failing = True
-            else:
-                failing = False
+        """The TTL's enforcer (:meth:`.registration.Registration.reap_forever`)."""
+        await self.registration.reap_forever()
 
     # -- the websocket link --------------------------------------------------------
 
@@ -505,42 +387,3 @@ class Tracker:
                     "unexpected_message", f"a client may not send {message.TYPE!r} here"
                 )
                 self.hub.send(connection, reply)
-
-    # -- internals -----------------------------------------------------------------
-
-    @contextmanager
-    def _counting_rejections(self) -> Iterator[None]:
-        try:
-            yield
-        except Unauthorized:
-            self.metrics.rejected.inc()
-            raise
-
-    def _check_admission(self, headers: HeaderLookup) -> None:
-        expected = self.config.auth_token
-        if expected is None:
-            return
-        token = self._require_token(headers)
-        if not hmac.compare_digest(token.encode(errors="replace"), expected.encode()):
-            self.metrics.rejected.inc()
-            raise Unauthorized("registration needs the relay's auth token")
-
-    def _require_token(self, headers: HeaderLookup) -> str:
-        try:
-            return require_bearer(headers)
-        except Unauthorized:
-            self.metrics.rejected.inc()
-            raise
-
-    async def _token_hash(self, peer_id: str) -> tuple[bytes, float] | None:
-        identity = await self.store.get(peer_id)
-        if identity is None:
-            return None
-        return identity.token_hash, identity.first_seen
-
-    async def _touch(self, peer_id: str) -> None:
-        """Remember when a peer was last seen; a failing store only costs a log line."""
-        try:
-            await self.store.touch(peer_id, self.wall_now())
-        except BackendUnavailable as exc:
-            log.warning("could not record last_seen of %s: %s", peer_id, exc.message)
