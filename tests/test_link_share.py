@@ -27,8 +27,8 @@ async def test_links_past_an_address_share_or_a_full_table_close_the_heaviest_ol
     with trio.fail_after(20):
         async with open_tracker(tracker_config()) as running, AsyncExitStack() as stack:
             tracker = running.tracker
-            tracker.links = LinkShare(tracker.hub, capacity=5, per_address=3)
-            share = tracker.links.share
+            tracker.link_loops.links = LinkShare(tracker.hub, capacity=5, per_address=3)
+            share = tracker.link_loops.links.share
             host, port = running.address.host, running.address.port
 
             async def link(source: str) -> trio.socket.SocketType:

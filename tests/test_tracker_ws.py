@@ -312,7 +312,7 @@ async def test_shutdown_closes_links_with_1001() -> None:
 async def test_a_link_without_hello_is_closed() -> None:
     with trio.fail_after(TEST_TIMEOUT_S):
         async with open_tracker() as running:
-            running.tracker.hello_timeout_s = 0.2
+            running.tracker.link_loops.hello_timeout_s = 0.2
             async with open_link(running.ws_url) as ws:
                 try:
                     await receive(ws)

@@ -79,15 +79,6 @@ def reflector(
     return reflect
 
 
-def no_tunnel_host_text(*, remote_owner: bool) -> str:
-    if remote_owner:
-        return (
-            "the owner is linked to another tracker instance and this one has no address "
-            "to give it: set RELAY_TUNNEL_ADVERTISE (or bind the tracker to one address)"
-        )
-    return "no address to offer for the tunnel port"
-
-
 Side = tuple[PeerInfo | None, str]
 """A side of an introduction: its record as the feed knows it, and the host it dials."""
 

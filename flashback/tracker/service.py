@@ -2,12 +2,21 @@
 
 :class:`Tracker` is handed a finished presence backend (who is online,
 ``seq`` and the feed: in this process, or shared through Redis; see
-:mod:`.presence`) and identity store; it owns the hub, the rate limiter and
-the metrics, and it is the only one that publishes to the hub: the changes a
-backend call returns, and (as the backend's :class:`~.presence.FeedSink`)
-whatever a shared feed delivers. The Quart app only turns
-requests into calls here and results into JSON; the reaper and every
-websocket link run as tasks of the nursery that serves the app.
+:mod:`.presence`) and identity store. It builds the instance's shared parts
+(the hub, the metrics, the capacity of the peer list, the identity book,
+the tunnel relay) once, and the three services over them, each with one job:
+
+- :class:`~.registration.Registration`: register, heartbeat, leave, expiry,
+  and every token check of those calls;
+- :class:`~.links.LinkLoops`: the websocket links, from ``hello`` to close;
+- :class:`~.relay.Relay`: relayed messages and tunnel pairing (the decision
+  in :mod:`flashback.protocol.pairing`).
+
+It is the only one that publishes to the hub: the changes a service
+returns, and (as the backend's :class:`~.presence.FeedSink`) whatever a
+shared feed delivers. The Quart app only turns requests into calls here and
+results into JSON; the reaper and every websocket link run as tasks of the
+nursery that serves the app.
 
 Who may do what:
 
@@ -19,95 +28,29 @@ Who may do what:
 
 from __future__ import annotations
 
-import hmac
-import logging
-import math
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
 from flashback import __version__
 from flashback.config import TrackerConfig
-from flashback.errors import BackendUnavailable, RateLimited, Unauthorized
-from flashback.protocol.fairshare import share_address
-from flashback.protocol.feed import (
-    Forwardable,
-    Listing,
-    forwarded,
-    not_online_text,
-    refusal,
-    route_relay,
-)
-from flashback.protocol.messages import (
-    Change,
-    ErrorMessage,
-    FileStreamReady,
-    Hello,
-    Message,
-    PeerLeft,
-    ProtocolError,
-    RouteReport,
-    Snapshot,
-    StreamError,
-    StreamRequest,
-    TunnelErrorMessage,
-    TunnelInvite,
-    TunnelRequest,
-    parse,
-)
-from flashback.protocol.token_bucket import TokenBucket
-from flashback.protocol.tunnel import TunnelError, advertise_host, cluster_tunnel_host
+from flashback.protocol.messages import Change, ErrorMessage, Message, PeerLeft
 from flashback.tracker import direct
-from flashback.tracker.capacity import PeerCapacity, record_bytes
-from flashback.tracker.hub import (
-    CLOSE_GOING_AWAY,
-    CLOSE_POLICY,
-    CLOSE_TRY_AGAIN_LATER,
-    Connection,
-    Hub,
-)
+from flashback.tracker.capacity import PeerCapacity
+from flashback.tracker.hub import CLOSE_TRY_AGAIN_LATER, Hub
 from flashback.tracker.identities import IdentityBook
-from flashback.tracker.linkshare import LinkShare
+from flashback.tracker.links import LinkLoops, WebsocketLike
 from flashback.tracker.metrics import TrackerMetrics
 from flashback.tracker.presence import Presence
-from flashback.tracker.security import (
-    HeaderLookup,
-    RateLimiter,
-    hash_token,
-    new_peer_id,
-    new_token,
-    require_bearer,
-    token_matches,
-)
-from flashback.tracker.sendshare import SendBudget
-from flashback.tracker.store import IdentityStore, IssuedIdentity
+from flashback.tracker.registration import Registration
+from flashback.tracker.relay import Relay
+from flashback.tracker.security import HeaderLookup
+from flashback.tracker.store import IdentityStore
 from flashback.tracker.tunnels import TunnelRelay
 from flashback.tracker.validate import RegisterBody
 
-log = logging.getLogger(__name__)
-
-HELLO_TIMEOUT_S: Final = 10.0
-CLOSE_TIMEOUT_S: Final = 2.0
-MAX_REAP_INTERVAL_S: Final = 1.0
-MIN_REAP_INTERVAL_S: Final = 0.01
-SNAPSHOT_CACHE_S: Final = 1.0  # a burst of hellos shares one encoding
-
-
-class WebsocketLike(Protocol):
-    """What a link needs from Quart's websocket object (and a test double)."""
-
-    async def accept(self) -> None: ...
-    async def receive(self) -> str | bytes: ...
-    async def send(self, data: str) -> None: ...
-    async def close(self, code: int, reason: str = "") -> None: ...
-
-
-def _seconds(value: float) -> int | float:
-    """The contract's ints; a fractional setting (tests) stays exact."""
-    return int(value) if value == int(value) else value
+__all__ = ["Tracker", "WebsocketLike"]
 
 
 class Tracker:
@@ -123,17 +66,14 @@ class Tracker:
         self.store = store
         self.presence = presence
         self.clock = clock
-        self.wall_offset_s = time.time() - clock()
         self.metrics = TrackerMetrics(
             peers_online=lambda: self.presence.online_count(),
             connections=lambda: len(self.hub),
             seq=lambda: self.presence.seq,
         )
         self.hub = Hub(on_evict=self.metrics.evictions.inc)
-        self.limiter = RateLimiter(config.register_rate_per_s, config.register_burst)
         # the pairing half of tunnels; the port itself is served by serve.py
         self.tunnels: TunnelRelay | None = None
-        self.tunnel_port: int | None = None
         if config.tunnel_port is not None:
             self.tunnels = TunnelRelay(
                 max_sessions=config.tunnel_max_sessions,
@@ -142,19 +82,11 @@ class Tracker:
             )
             self.metrics.add_tunnels(self.tunnels.counters, lambda: self.tunnels_active)
             self.tunnels.reflector = direct.reflector(presence, self.publish, clock, self.metrics)
-        self.introductions = direct.Introductions(self.metrics.registry, clock)
         self.capacity = PeerCapacity(
             config.max_peers,
             config.max_peer_list_bytes,
             self.presence.is_online,
             per_address=config.max_peers_per_address,
-        )
-        # frames queued in ws.send calls that have not returned, per address
-        self.send_budget = SendBudget(
-            config.max_send_bytes, wait_s=2 * config.send_timeout_s, hub=self.hub
-        )
-        self.links = LinkShare(
-            self.hub, capacity=config.max_links, per_address=config.max_links_per_address
         )
         self.identities = IdentityBook(
             store,
@@ -163,112 +95,55 @@ class Tracker:
             per_address=config.max_identities_per_address,
             online_cap=config.max_peers,
         )
-        self._snapshot_cache: tuple[int, float, str] | None = None
+        self.registration = Registration(
+            config,
+            store,
+            presence,
+            self.metrics,
+            capacity=self.capacity,
+            identities=self.identities,
+            publish=self.publish,
+            clock=clock,
+        )
+        self.relay = Relay(
+            config,
+            self.hub,
+            presence,
+            self.metrics,
+            tunnels=self.tunnels,
+            introductions=direct.Introductions(self.metrics.registry, clock),
+            clock=clock,
+        )
+        self.link_loops = LinkLoops(
+            config, self.hub, presence, self.metrics, relay=self.relay, clock=clock
+        )
         self.started_at = clock()
-        self.hello_timeout_s = HELLO_TIMEOUT_S
 
     def now(self) -> float:
         return self.clock()
 
-    def wall_now(self) -> float:
-        return self.now() + self.wall_offset_s
+    @property
+    def tunnel_port(self) -> int | None:
+        """The tunnel port once it listens; set by serve.py, named in answers and invites."""
+        return self.relay.tunnel_port
+
+    @tunnel_port.setter
+    def tunnel_port(self, port: int | None) -> None:
+        self.relay.tunnel_port = port
+        self.registration.tunnel_port = port
 
     # -- HTTP --------------------------------------------------------------------
 
     async def register(
         self, registration: RegisterBody, headers: HeaderLookup, client: str
     ) -> dict[str, Any]:
-        client = share_address(client)  # an IPv6 client counts by its /64
-        wait_s = self.limiter.acquire(client, self.now()) or await self.presence.take_token(
-            f"register:{client}", self.config.register_rate_per_s, self.config.register_burst
-        )
-        if wait_s > 0:
-            self.metrics.rate_limited.inc()
-            raise RateLimited("too many registrations; slow down", retry_after_s=math.ceil(wait_s))
-        if registration.peer_id is None:
-            self._check_admission(headers)
-            peer_id, token = new_peer_id(), new_token()
-            first_seen = self.wall_now()
-        else:
-            peer_id = registration.peer_id
-            token = self._require_token(headers)
-            known = await self._token_hash(peer_id)
-            # An id we never issued is refused like a wrong token (401): either
-            # way the client cannot prove it, and registers anew without one.
-            token_hash, first_seen = known if known is not None else (None, 0.0)
-            if not token_matches(token, token_hash):
-                self.metrics.rejected.inc()
-                raise Unauthorized("unknown peer_id or wrong token; register without peer_id")
-        size = record_bytes(
-            peer_id,
-            registration.name,
-            registration.host,
-            registration.port,
-            registration.capabilities,
-            registration.fingerprint,
-            registration.direct,
-        )
-        refusal = self.capacity.refusal(peer_id, size, self.presence.online_count(), client)
-        if refusal is not None:
-            self.metrics.rejected.inc()
-            raise BackendUnavailable(refusal, code="tracker_full")
-        identity = IssuedIdentity(
-            peer_id=peer_id,
-            token_hash=hash_token(token),
-            name=registration.name,
-            capabilities=registration.capabilities,
-            first_seen=first_seen,
-            last_seen=self.wall_now(),
-            address=client,
-        )
-        # Out of the offline share before the write: no eviction can forget it now.
-        await self.identities.registered(peer_id, client)
-        # Persist first: if the store is down we answer 503 and nothing changed.
-        await self.store.put(identity)
-        listing = Listing(
-            registration.name,
-            registration.host,
-            registration.port,
-            registration.capabilities,
-            registration.fingerprint,
-            registration.direct,
-        )
-        changes = await self.presence.register(
-            peer_id, listing, token_hash=identity.token_hash, now=self.now()
-        )
-        self.publish(changes)
-        self.capacity.admit(peer_id, size, client)
-        self.metrics.registrations.inc()
-        answer = {
-            "peer_id": peer_id,
-            "token": token,
-            "heartbeat_interval": _seconds(self.config.heartbeat_interval_s),
-            "ttl": _seconds(self.config.peer_ttl_s),
-        }
-        if self.tunnel_port is not None:
-            # where to send REFLECT from the start, not only after a first invite (§10.2)
-            answer["tunnel_port"] = self.tunnel_port
-        return answer
+        return await self.registration.register(registration, headers, client)
 
     async def heartbeat(self, peer_id: str, headers: HeaderLookup) -> dict[str, Any]:
-        token = self._require_token(headers)
-        with self._counting_rejections():
-            await self.presence.heartbeat(peer_id, token, self.now())
-        self.metrics.heartbeats.inc()
-        return {
-            "ttl": _seconds(self.config.peer_ttl_s),
-            "heartbeat_interval": _seconds(self.config.heartbeat_interval_s),
-        }
+        return await self.registration.heartbeat(peer_id, headers)
 
     async def leave(self, peer_id: str, headers: HeaderLookup) -> None:
-        token = self._require_token(headers)
-        with self._counting_rejections():
-            changes = await self.presence.leave(peer_id, token, self.now())
-        self.publish(changes)
-        self.metrics.departures.inc()
-        self.capacity.forget(peer_id)
-        await self._touch(peer_id)
-        await self.identities.gone(peer_id)
+        await self.registration.leave(peer_id, headers)
 
     async def peer_list(self) -> dict[str, Any]:
         return await self.presence.peer_list(self.now())
@@ -312,61 +187,16 @@ class Tracker:
 
     async def deliver_relayed(self, to: str, message: Message) -> None:
         """A message another instance relayed for *to*: deliver it, or bounce it."""
-        if isinstance(message, TunnelErrorMessage) and not self._relayed_decline(to, message):
-            return  # only the owner invited to a session of ours may decline it
-        link = self.hub.link_for(to)
-        route = route_relay(
-            online=self.presence.is_online(to), linked_here=link is not None, relayed=True
-        )
-        # As a local relay: a full target keeps its link, the sender hears busy.
-        code, why = "unknown_peer", not_online_text(to)
-        if route == "deliver" and link is not None:
-            if self.hub.relay(link, message):
-                return
-            code, why = "busy", f"peer {to!r} is busy"
-        if not isinstance(message, StreamRequest | FileStreamReady | TunnelInvite):
-            return
-        sender = message.from_
-        bounce = refusal(message.request_id, message, code, why)
-        if sender is None or bounce is None:
-            return
-        local = self.hub.link_for(sender)
-        if local is not None:
-            self.hub.send(local, bounce)
-        else:
-            await self.presence.relay(sender, bounce)
+        await self.relay.deliver_relayed(to, message)
 
-    # -- liveness ----------------------------------------------------------------
+    # -- liveness and links ----------------------------------------------------------
 
     async def reap(self) -> None:
-        expired = await self.presence.expire(self.now())
-        self.publish(expired.changes)
-        for peer_id in expired.peer_ids:
-            self.metrics.expiries.inc()
-            self.capacity.forget(peer_id)
-            await self._touch(peer_id)
-            await self.identities.gone(peer_id)
+        await self.registration.reap()
 
     async def reap_forever(self) -> None:
-        """The TTL's enforcer, ticking on trio's clock a few times per TTL.
-
-        A shared store out of reach skips a tick (the tracker keeps serving
-        what it can); it is logged once per outage, not once per tick.
-        """
-        interval_s = max(MIN_REAP_INTERVAL_S, min(MAX_REAP_INTERVAL_S, self.config.peer_ttl_s / 4))
-        failing = False
-        while True:
-            await trio.sleep(interval_s)
-            try:
-                await self.reap()
-            except BackendUnavailable as exc:
-                if not failing:
-                    log.warning("cannot expire peers: %s", exc.message)
-                failing = True
-            else:
-                failing = False
-
-    # -- the websocket link --------------------------------------------------------
+        """The TTL's enforcer (:meth:`.registration.Registration.reap_forever`)."""
+        await self.registration.reap_forever()
 
     async def serve_link(
         self,
@@ -376,361 +206,5 @@ class Tracker:
         client: tuple[str, int] | None = None,
         server: tuple[str, int] | None = None,
     ) -> None:
-        """One websocket from ``hello`` to close; protocol in docs/INTERFACE.md §2.
-
-        *host_header* is the ``Host`` of the upgrade request: by default the
-        host a peer is told to dial for tunnels is the one it already reached.
-        *client* and *server* are its TCP ends (its share of the send budget).
-        """
-        if self.hub.closing:
-            await ws.close(CLOSE_GOING_AWAY, "tracker shutting down")
-            return
-        await ws.accept()
-        hello: Hello | None = None
-        with trio.move_on_after(self.hello_timeout_s):
-            hello = await self._receive_hello(ws)
-        if hello is None:
-            await ws.close(CLOSE_POLICY, "expected a hello")
-            return
-        try:
-            if hello.peer_id is not None:
-                refusal = await self.presence.check_link(hello.peer_id, hello.token)
-                if refusal is not None:
-                    if refusal.code == "unauthorized":
-                        self.metrics.rejected.inc()
-                    await ws.send(refusal.encode())
-                    await ws.close(CLOSE_POLICY, refusal.code)
-                    return
-            await self.presence.catch_up(hello.last_seq)
-            connection = Connection(
-                hello.peer_id,
-                self.config.watcher_queue_messages,
-                advertise_host=advertise_host(host_header, self.config.tunnel_advertise),
-                client=client,
-                server=server,
-            )
-            connection.relay_budget = self._relay_budget_for(hello.peer_id)
-            # No checkpoint from here to hub.add: the replay and the live feed
-            # meet exactly at the current seq, with nothing lost or repeated.
-            first = self.presence.first_messages(hello.last_seq, self.now())
-        except BackendUnavailable as exc:
-            # The client's reconnect backoff is the retry; a 1013 says "later".
-            await ws.send(ErrorMessage(exc.code, exc.message).encode())
-            await ws.close(CLOSE_TRY_AGAIN_LATER, exc.code)
-            return
-        self.hub.add(connection)
-        self.links.admit(connection)
-        try:
-            if connection.peer_id is not None:
-                await self.presence.attach(connection.peer_id)
-            with connection.cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._send_loop, ws, connection, first)
-                    await self._receive_loop(ws, connection)
-        finally:
-            self.hub.remove(connection)
-            self.links.release(connection)
-            if connection.peer_id is not None:
-                self.presence.detach(connection.peer_id, self.now())
-        if connection.close_code is not None:
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await ws.close(connection.close_code, connection.close_reason)
-
-    def _relay_budget_for(self, peer_id: str | None) -> TokenBucket | None:
-        """One relay budget per peer, shared by all its links here: a second
-        link is not a second allowance. (Anonymous links may not relay.)"""
-        if peer_id is None:
-            return None
-        linked = self.hub.link_for(peer_id)
-        if linked is not None and linked.relay_budget is not None:
-            return linked.relay_budget
-        return TokenBucket(self.config.relay_rate_per_s, self.config.relay_burst)
-
-    async def _receive_hello(self, ws: WebsocketLike) -> Hello:
-        while True:
-            frame = await ws.receive()
-            try:
-                message = parse(frame)
-            except ProtocolError as exc:
-                await ws.send(exc.reply.encode())
-                continue
-            if isinstance(message, Hello):
-                return message
-            reply = ErrorMessage("hello_required", "the first message must be a hello")
-            await ws.send(reply.encode())
-
-    async def _send_loop(
-        self, ws: WebsocketLike, connection: Connection, first: list[Message]
-    ) -> None:
-        for message in first:
-            await self._send_bounded(ws, connection, self._encode(message))
-        async for text in connection.receive_channel:
-            await self._send_bounded(ws, connection, text)
-
-    async def _send_bounded(self, ws: WebsocketLike, connection: Connection, text: str) -> None:
-        """One frame, with a deadline and out of the send budget (sendshare.py).
-
-        A link that does not read is evicted after ``send_timeout_s`` rather
-        than holding its frame forever; when the frames in flight fill
-        ``max_send_bytes``, the heaviest address's longest-blocked link goes
-        to make room, and this frame waits for it.
-        """
-        if not await self.send_budget.acquire(connection, len(text)):
-            log.info("no room in the send budget; closing a link (peer %s)", connection.peer_id)
-            connection.end(CLOSE_TRY_AGAIN_LATER, "tracker busy; reconnect later")
-            self.hub.evict(connection)
-            await trio.lowlevel.checkpoint()  # raises Cancelled: the link is over
-            return
-        try:
-            with trio.move_on_after(self.config.send_timeout_s) as deadline:
-                await ws.send(text)
-        finally:
-            self.send_budget.release(connection)
-        if deadline.cancelled_caught:
-            log.info(
-                "a link did not read for %.0f s (peer %s)",
-                self.config.send_timeout_s,
-                connection.peer_id,
-            )
-            self.hub.evict(connection)
-            connection.end(CLOSE_TRY_AGAIN_LATER, "too slow; reconnect with last_seq")
-            await trio.lowlevel.checkpoint()
-
-    def _encode(self, message: Message) -> str:
-        """Encode; a snapshot is encoded once per seq and second, however many ask."""
-        if not isinstance(message, Snapshot):
-            return message.encode()
-        cached = self._snapshot_cache
-        now = self.now()
-        if cached is not None and cached[0] == message.seq and now - cached[1] < SNAPSHOT_CACHE_S:
-            return cached[2]
-        text = message.encode()
-        self._snapshot_cache = (message.seq, now, text)
-        return text
-
-    async def _receive_loop(self, ws: WebsocketLike, connection: Connection) -> None:
-        while True:
-            frame = await ws.receive()
-            try:
-                message = parse(frame)
-            except ProtocolError as exc:
-                self.hub.send(connection, exc.reply)
-                continue
-            if isinstance(message, StreamRequest | FileStreamReady | StreamError):
-                await self._relay(connection, message)
-            elif isinstance(message, TunnelRequest):
-                await self._tunnel_request(connection, message)
-            elif isinstance(message, TunnelErrorMessage):
-                await self._tunnel_decline(connection, message)
-            elif isinstance(message, RouteReport):
-                self.introductions.report(connection.peer_id, message)
-            else:
-                reply = ErrorMessage(
-                    "unexpected_message", f"a client may not send {message.TYPE!r} here"
-                )
-                self.hub.send(connection, reply)
-
-    async def _relay(
-        self, sender: Connection, message: StreamRequest | FileStreamReady | StreamError
-    ) -> None:
-        """Forward with ``from`` in place of ``to``; the tracker never looks inside."""
-        if sender.peer_id is None:
-            reply = ErrorMessage("forbidden", "only an identified peer may relay streams")
-            self.hub.send(sender, reply)
-            return
-        if message.to is None:
-            self.hub.send(sender, ErrorMessage("invalid_field", "'to' is required"))
-            return
-        if not await self._spend_relay_budget(sender):
-            self._refuse_relay(sender, message, "rate_limited", "too many relayed messages")
-            return
-        target = self.hub.link_for(message.to)
-        route = route_relay(
-            online=self.presence.is_online(message.to),
-            linked_here=target is not None,
-            relayed=False,
-        )
-        out = forwarded(message, sender.peer_id)
-        if route == "deliver" and target is not None:
-            if self.hub.relay(target, out):
-                self.metrics.relayed.inc()
-            else:  # the target is busy: the sender hears it, the target keeps its link
-                self._refuse_relay(sender, message, "busy", f"peer {message.to!r} is busy")
-            return
-        try:
-            if await self.presence.relay(message.to, out):
-                self.metrics.relayed.inc()
-                return
-        except BackendUnavailable as exc:
-            log.info("cannot relay to %s: %s", message.to, exc.message)
-        self._refuse_relay(sender, message, "unknown_peer", not_online_text(message.to))
-
-    async def _spend_relay_budget(self, sender: Connection) -> bool:
-        """One relayed message or tunnel request out of the sender's relay budget: its
-        links' bucket here, and the cluster-wide bucket of its peer id (one per cluster,
-        not one per instance)."""
-        budget = sender.relay_budget
-        config = self.config
-        if (budget is None or budget.take(self.now())) and not await self.presence.take_token(
-            f"relay:{sender.peer_id}", config.relay_rate_per_s, config.relay_burst
-        ):
-            return True
-        self.metrics.rate_limited.inc()
-        return False
-
-    def _refuse_relay(self, sender: Connection, message: Forwardable, code: str, why: str) -> None:
-        bounce = refusal(message.request_id, message, code, why)
-        if bounce is not None:
-            self.hub.send(sender, bounce)
-
-    # -- tunnels (§6.2) -------------------------------------------------------------
-
-    async def _tunnel_request(self, sender: Connection, message: TunnelRequest) -> None:
-        """Pair *sender* with the owner *to*: two single-use keys, one invite each.
-
-        The session lives on this instance, so both invites name this tunnel
-        port. An owner linked to another instance of a Redis cluster gets its
-        invite through the cluster's relay, and dials this instance at
-        ``RELAY_TUNNEL_ADVERTISE`` (or this instance's own bind address).
-        """
-
-        def refuse(code: str, text: str) -> None:
-            self.hub.send(sender, TunnelErrorMessage(message.request_id, code, text))
-
-        if sender.peer_id is None:
-            refuse("forbidden", "only an identified peer may open tunnels")
-            return
-        if self.tunnels is None or self.tunnel_port is None:
-            refuse("disabled", "this tracker has no tunnel port")
-            return
-        owner_info = self.presence.peer(message.to, self.now())
-        if owner_info is None:
-            refuse("unknown_peer", not_online_text(message.to))
-            return
-        if owner_info.fingerprint is None:
-            refuse("no_fingerprint", f"peer {message.to!r} has no key to prove itself with")
-            return
-        if not await self._spend_relay_budget(sender):  # a request costs what a message does
-            refuse("rate_limited", "too many tunnel requests")
-            return
-        owner = self.hub.link_for(message.to)
-        # An owner linked elsewhere dials an address the server names, never
-        # one from the requester's Host header (TURN, RFC 8656).
-        owner_host = cluster_tunnel_host(self.config.tunnel_advertise, self.config.host)
-        if owner is not None:
-            owner_host = owner.advertise_host
-        if sender.advertise_host is None or owner_host is None:
-            refuse("disabled", direct.no_tunnel_host_text(remote_owner=owner is None))
-            return
-        try:
-            session = self.tunnels.invite(
-                request_id=message.request_id,
-                client_peer=sender.peer_id,
-                server_peer=message.to,
-                client_address=sender.address,
-            )
-        except TunnelError as exc:
-            refuse(exc.code, exc.message)
-            return
-
-        to_owner, to_requester = direct.introduction_invites(
-            message.request_id,
-            session,
-            self.tunnel_port,
-            owner=(owner_info, owner_host),
-            requester=(self.presence.peer(sender.peer_id, self.now()), sender.advertise_host),
-        )
-        if owner is not None:
-            # As a relayed message: a full owner keeps its link, the requester hears busy.
-            if not self.hub.relay(owner, to_owner):
-                self.tunnels.table.close(session)
-                refuse("busy", f"peer {message.to!r} is busy")
-                return
-            delivered = True
-        else:
-            try:
-                delivered = await self.presence.relay(message.to, to_owner)
-            except BackendUnavailable as exc:
-                log.info("cannot invite %s: %s", message.to, exc.message)
-                delivered = False
-        if not delivered or not self.hub.send(sender, to_requester):
-            self.tunnels.table.close(session)
-            refuse("unknown_peer", f"peer {message.to!r} cannot be reached now")
-            return
-        self.introductions.introduced(message.request_id, sender.peer_id, message.to)
-
-    async def _tunnel_decline(self, sender: Connection, message: TunnelErrorMessage) -> None:
-        """An owner said no: end the session and tell the requester, from the owner.
-
-        The session lives on the requester's instance. Declined here, it ends
-        here; otherwise the decline crosses the cluster's relay (bounded by the
-        owner's relay budget) and that instance checks it against its session
-        (:meth:`_relayed_decline`) before the requester hears of it.
-        """
-        if sender.peer_id is None or message.to is None or self.tunnels is None:
-            return
-        out = forwarded(message, sender.peer_id)
-        if self.tunnels.decline(
-            request_id=message.request_id, client_peer=message.to, server_peer=sender.peer_id
-        ):
-            requester = self.hub.link_for(message.to)
-            if requester is not None:
-                self.hub.send(requester, out)
-            return
-        if self.hub.link_for(message.to) is not None:
-            return  # linked here but no such session: nothing to forward
-        if not await self._spend_relay_budget(sender):
-            return
-        try:
-            await self.presence.relay(message.to, out)
-        except BackendUnavailable as exc:
-            log.info("cannot forward a decline to %s: %s", message.to, exc.message)
-
-    def _relayed_decline(self, to: str, message: TunnelErrorMessage) -> bool:
-        """A decline another instance relayed: True if it ends a session of ours."""
-        return (
-            self.tunnels is not None
-            and message.from_ is not None
-            and self.tunnels.decline(
-                request_id=message.request_id, client_peer=to, server_peer=message.from_
-            )
-        )
-
-    # -- internals -----------------------------------------------------------------
-
-    @contextmanager
-    def _counting_rejections(self) -> Iterator[None]:
-        try:
-            yield
-        except Unauthorized:
-            self.metrics.rejected.inc()
-            raise
-
-    def _check_admission(self, headers: HeaderLookup) -> None:
-        expected = self.config.auth_token
-        if expected is None:
-            return
-        token = self._require_token(headers)
-        if not hmac.compare_digest(token.encode(errors="replace"), expected.encode()):
-            self.metrics.rejected.inc()
-            raise Unauthorized("registration needs the relay's auth token")
-
-    def _require_token(self, headers: HeaderLookup) -> str:
-        try:
-            return require_bearer(headers)
-        except Unauthorized:
-            self.metrics.rejected.inc()
-            raise
-
-    async def _token_hash(self, peer_id: str) -> tuple[bytes, float] | None:
-        identity = await self.store.get(peer_id)
-        if identity is None:
-            return None
-        return identity.token_hash, identity.first_seen
-
-    async def _touch(self, peer_id: str) -> None:
-        """Remember when a peer was last seen; a failing store only costs a log line."""
-        try:
-            await self.store.touch(peer_id, self.wall_now())
-        except BackendUnavailable as exc:
-            log.warning("could not record last_seen of %s: %s", peer_id, exc.message)
+        """One websocket from ``hello`` to close (:meth:`.links.LinkLoops.serve_link`)."""
+        await self.link_loops.serve_link(ws, host_header=host_header, client=client, server=server)
