@@ -230,8 +230,9 @@ async def test_a_tracker_that_dies_ends_its_tunnels_and_get_resumes(
             ) as get:  # fmt: skip
                 await get.wait_event(event_is("download-started"), timeout_s=60)
                 part = out.with_name(out.name + ".part")
-                while not part.exists() or part.stat().st_size < 1024 * 1024:
-                    await trio.sleep(0.05)  # polled: a MiB on disk, about 5 still to come
+                # another process writes the part: no event to wait on but its size
+                while not part.exists() or part.stat().st_size < 1024 * 1024:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # a MiB on disk, about 5 still to come
                 tracker.signal(signal.SIGKILL)
                 await tracker.wait_exit()
                 assert await get.wait_exit(timeout_s=60) == 1
