@@ -34,7 +34,7 @@ os.environ["FLASHBACK_LAN"] = "off"
 # delivering, and a read timeout fires that no real run could hit. The tests
 # with this clock run real sockets and threads, so they get a threshold above
 # zero. Virtual time stays exact (the clock's rate is 0): only real time waits.
-AUTOJUMP_THRESHOLD_S = 0.05
+AUTOJUMP_THRESHOLD_S = 0.01
 
 
 @pytest.fixture
