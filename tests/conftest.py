@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from trio.testing import MockClock
 
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
@@ -24,6 +25,22 @@ os.environ.setdefault("RELAY_TUNNEL_PORT", "0")
 # ...and no daemon a test starts sends mDNS on this machine's real networks:
 # the LAN tests turn it on inside network namespaces of their own.
 os.environ["FLASHBACK_LAN"] = "off"
+
+
+# How long every task must have been blocked, in real seconds, before the
+# autojump clock jumps. pytest-trio's own ``autojump_clock`` uses 0, and trio's
+# docs warn against that with real I/O: the clock would jump to the next
+# deadline while a loopback peer, a worker thread or another process is still
+# delivering, and a read timeout fires that no real run could hit. The tests
+# with this clock run real sockets and threads, so they get a threshold above
+# zero. Virtual time stays exact (the clock's rate is 0): only real time waits.
+AUTOJUMP_THRESHOLD_S = 0.01
+
+
+@pytest.fixture
+def autojump_clock() -> MockClock:
+    """pytest-trio's fixture of that name, with a threshold safe for real I/O."""
+    return MockClock(autojump_threshold=AUTOJUMP_THRESHOLD_S)
 
 
 @pytest.fixture

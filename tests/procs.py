@@ -29,6 +29,7 @@ class Proc:
         self.events: list[dict[str, Any]] = []
         self.stderr = bytearray()
         self._changed = trio.Event()
+        self._stdout_ended = False
 
     async def _read_stdout(self) -> None:
         assert self.process.stdout is not None
@@ -44,6 +45,7 @@ class Proc:
                         self.events.append({"event": "<text>", "text": line.decode()})
             self._changed.set()
             self._changed = trio.Event()
+        self._stdout_ended = True  # every line it will ever print is in self.events
         self._changed.set()
 
     async def _read_stderr(self) -> None:
@@ -62,13 +64,12 @@ class Proc:
                     if predicate(event):
                         return event
                 seen = len(self.events)
-                if self.process.returncode is not None and seen == len(self.events):
-                    await trio.sleep(0.05)
-                    if seen == len(self.events):
-                        raise AssertionError(
-                            f"{self.name} exited ({self.process.returncode}) without the event; "
-                            f"stderr: {self.stderr.decode(errors='replace')[-2000:]}"
-                        )
+                if self._stdout_ended:
+                    raise AssertionError(
+                        f"{self.name} closed its stdout (exit status "
+                        f"{self.process.returncode}) without the event; "
+                        f"stderr: {self.stderr.decode(errors='replace')[-2000:]}"
+                    )
                 await self._changed.wait()
 
     def signal(self, signum: int = signal.SIGTERM) -> None:

@@ -131,7 +131,10 @@ async def test_sigterm_exits_in_time_even_with_a_client_that_stopped_reading(
             port = (await first_event(proc))["port"]
             stalled = await trio.open_tcp_stream("127.0.0.1", port)
             await stalled.send_all(b"GET /download/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            await trio.sleep(1)  # let the server fill the socket buffers and block
+            # the answer has begun, and 256 MiB never fits the socket buffers: from
+            # here the server is in a send the client never drains
+            head = await stalled.receive_some(65536)
+            assert head.startswith(b"HTTP/1.1 200 "), head[:80]
             proc.send_signal(signal.SIGTERM)
             started = trio.current_time()
             with trio.fail_after(10):

@@ -71,6 +71,11 @@ async def start_daemon(
     return proc
 
 
+async def watchers(env: dict[str, str]) -> int:
+    """How many ``peers --watch`` the daemon has subscribed now (``status --json``)."""
+    return int(json.loads((await run_cli(["status", "--json"], env=env)).stdout)["watchers"])
+
+
 def joined(name: str) -> Any:
     return lambda e: e.get("event") == "peer-joined" and e["peer"]["name"] == name
 
@@ -84,7 +89,8 @@ async def test_daemons_see_each_other_join_and_leave(tmp_path: Path, nursery: tr
             await alice.wait_event(joined("bob"))
             await bob.wait_event(joined("alice"))
 
-            status = await run_cli(["status", "--json"], env=daemon_env(tmp_path, "alice"))
+            alice_env = daemon_env(tmp_path, "alice")
+            status = await run_cli(["status", "--json"], env=alice_env)
             assert status.returncode == 0, status.stderr
             info = json.loads(status.stdout)
             assert info["name"] == "alice"
@@ -104,7 +110,11 @@ async def test_daemons_see_each_other_join_and_leave(tmp_path: Path, nursery: tr
                     name="watch",
                 )
             )
-            await trio.sleep(0.5)  # let the watcher subscribe before carol appears
+            # carol must join after the watcher subscribed, or she is only in the
+            # snapshot it skips: the daemon counts its live subscribers
+            assert info["watchers"] == 0
+            while await watchers(alice_env) != 1:  # noqa: ASYNC110 -- another process, polled
+                await trio.sleep(0.05)
             carol = await start_daemon(stack, nursery, tmp_path, "carol", url)
             joined_event = await watch.wait_event(joined("carol"))
             carol_id = joined_event["peer"]["peer_id"]

@@ -246,7 +246,13 @@ async def test_start_forward_reuses_and_a_hold_keeps_it_open(
     switch, _events, _pins = pair
     bob = switch.services["bob"]
     closed: list[tuple[str, OpenTarget]] = []
-    bob._on_forward_closed = lambda peer_id, target: closed.append((peer_id, target))
+    was_closed = trio.Event()
+
+    def on_closed(peer_id: str, target: OpenTarget) -> None:
+        closed.append((peer_id, target))
+        was_closed.set()
+
+    bob._on_forward_closed = on_closed
     target = OpenTarget("peer-server")
     port = await bob.start_forward("alice", target)
     assert await bob.start_forward("alice", target) == port
@@ -254,9 +260,8 @@ async def test_start_forward_reuses_and_a_hold_keeps_it_open(
         await trio.sleep(3600)  # far past the idle timeout: held, so still open
         assert bob.status()["forwards"] == 1 and closed == []
     start = trio.current_time()
-    while not closed:  # noqa: ASYNC110 - the forward's own task closes it
-        await trio.sleep(1)
-    assert trio.current_time() - start == pytest.approx(300.0, abs=1.0)
+    await was_closed.wait()  # the forward's own task closes it
+    assert trio.current_time() - start == pytest.approx(300.0)
     assert closed == [("alice", target)] and bob.status()["forwards"] == 0
     with pytest.raises(TunnelFailed), bob.hold("alice", target):
         pass

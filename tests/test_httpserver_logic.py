@@ -18,6 +18,7 @@ from flashback.httpserver import (
 async def test_exhausted_accept_is_logged_once_per_interval(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    autojump_clock.autojump_threshold = 0  # no I/O and no thread: nothing is in flight
     errors = _AcceptErrorLog()
     with caplog.at_level(logging.ERROR, logger="flashback.httpserver"):
         for _ in range(50):  # five seconds of retries every 0.1 s

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import resource
+import socket
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Final
@@ -211,7 +212,9 @@ async def test_clients_that_never_read_are_dropped_and_pin_little(tmp_path: Path
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"GET /download/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
             streams.append(stream)
-        await trio.sleep(0.5)  # let every response fill its socket buffers
+        for stream in streams:  # every answer has begun (peeked: nothing is drained)
+            head = await stream.socket.recv(13, socket.MSG_PEEK)
+            assert head == b"HTTP/1.1 200 ", head
         peak = rss_bytes(serve) - before
         assert peak < 128 * MiB, f"RSS grew {peak / MiB:.0f} MiB"
         connected = open_descriptors(serve)

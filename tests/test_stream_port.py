@@ -29,17 +29,20 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self._more = trio.Event()
 
     def __call__(self, event: str, **fields: Any) -> None:
         assert "token" not in fields  # never in the owner's logs
         self.events.append({"event": event, **fields})
+        self._more.set()
+        self._more = trio.Event()
 
     def closed(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == "stream-closed"]
 
     async def wait_closed(self, count: int = 1) -> list[dict[str, Any]]:
-        while len(self.closed()) < count:  # noqa: ASYNC110 -- a plain list, polled
-            await trio.sleep(0.01)
+        while len(self.closed()) < count:
+            await self._more.wait()
         return self.closed()
 
 
@@ -179,8 +182,11 @@ async def test_broken_download_resumes_inside_the_window(
                 got += await stream.receive_some(64 * 1024)
         # the client went away mid-file (what it got includes the head)
         body = got.partition(b"\r\n\r\n")[2]
-        await trio.sleep(0.1)
+        (port,) = manager.open_ports
+        while port.lifetime.active or not port.bytes_sent:  # noqa: ASYNC110 -- polled
+            await trio.sleep(0.01)  # until the port has counted the broken response
         assert not events.closed(), "a broken download must not spend the port"
+        assert manager.open_ports == {port}
         async with httpx.AsyncClient(timeout=5) as http:
             rest = await http.get(url_of(answer), headers={"Range": f"bytes={len(body)}-"})
         got = body
@@ -395,7 +401,8 @@ async def test_cancelling_the_manager_closes_every_port(share: Path) -> None:
             # one of them mid-transfer: a client that reads nothing
             stream = await trio.open_tcp_stream("127.0.0.1", second.port)
             await stream.send_all(f"GET /{second.token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            await trio.sleep(0.1)
+            head = await stream.receive_some(65536)  # under way: 5 MiB never fits the buffers
+            assert head.startswith(b"HTTP/1.1 200 "), head[:80]
             nursery.cancel_scope.cancel()
         await stream.aclose()
         assert [e["reason"] for e in events.closed()] == ["shutdown", "shutdown"]

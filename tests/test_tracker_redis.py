@@ -139,6 +139,8 @@ async def open_instances(url: str, count: int, **overrides: Any) -> AsyncIterato
 
 
 async def receive_nothing(ws: Any, within_s: float) -> None:
+    """Proves a negative: no message in *within_s*. Nothing can signal "nothing
+    more comes", so this is a short window, never a wait for something."""
     with trio.move_on_after(within_s):
         message = await ws.get_message()
         raise AssertionError(f"unexpected message {message}")
@@ -287,7 +289,9 @@ async def test_a_linked_peer_stays_while_its_link_is_open(tmp_path: Path) -> Non
             async with open_link(two.ws_url) as link:
                 await hello(link, peer=peer)
                 await receive(link)
-                await trio.sleep(1.5)  # three TTLs without a heartbeat
+                # proves a negative (the link alone keeps it): three real TTLs pass
+                # with no heartbeat; the other instance's sweeps would have dropped it
+                await trio.sleep(1.5)
                 listed = (await client.get("/api/peers/list")).json()
                 assert [p["peer_id"] for p in listed["peers"]] == [peer["peer_id"]]
             with trio.fail_after(5):

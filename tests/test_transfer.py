@@ -253,9 +253,6 @@ async def test_a_peer_that_drips_a_repair_range_is_given_up(
 ) -> None:
     """The body comes whole but with one bad byte; the range that would repair it
     comes a byte per 25 s: the floor ends it as it ends the main body."""
-    # the part is hashed in a worker thread: with a zero threshold the clock would
-    # jump to the test's own deadline while it runs
-    autojump_clock.autojump_threshold = 0.05
     import base64
 
     block = 4096

@@ -82,18 +82,26 @@ async def start_owner(
     context: ssl.SSLContext,
     resolve: Callable[[OpenTarget], int | None],
     authorize: Authorize = accept_anyone,
+    ended: trio.Event | None = None,
 ) -> Session:
+    """The owner's end on the test relay; *ended* is set once that end is over."""
     session = relay.invite(request_id="r", client_peer="bob", server_peer="alice")
-    nursery.start_soon(
-        lambda: serve_owner_end(
-            host="127.0.0.1",
-            port=port,
-            key=session.keys["server"],
-            context=context,
-            authorize=authorize,
-            resolve_target=resolve,
-        )
-    )
+
+    async def owner() -> None:
+        try:
+            await serve_owner_end(
+                host="127.0.0.1",
+                port=port,
+                key=session.keys["server"],
+                context=context,
+                authorize=authorize,
+                resolve_target=resolve,
+            )
+        finally:
+            if ended is not None:
+                ended.set()
+
+    nursery.start_soon(owner)
     return session
 
 
@@ -153,17 +161,20 @@ async def test_a_wrong_fingerprint_is_refused_before_anything_is_sent(
     world: World, nursery: trio.Nursery
 ) -> None:
     relay, port, local, context, _fingerprint = world
-    session = await start_owner(nursery, relay, port, context, lambda t: local.port)
+    ended = trio.Event()
+    session = await start_owner(nursery, relay, port, context, lambda t: local.port, ended=ended)
     with trio.fail_after(10), pytest.raises(TunnelFailed) as info:
         await join_as_requester(port, key=session.keys["client"], fingerprint="sha256:" + "0" * 64)
     assert info.value.code == "fingerprint_mismatch"
-    await trio.sleep(0.1)
+    with trio.fail_after(10):
+        await ended.wait()  # the owner's end is over: an OPEN would have come by now
     assert local.connections == 0  # no OPEN ever reached the owner
 
 
 async def test_a_pin_that_refuses_stops_the_tunnel(world: World, nursery: trio.Nursery) -> None:
     relay, port, local, context, fingerprint = world
-    session = await start_owner(nursery, relay, port, context, lambda t: local.port)
+    ended = trio.Event()
+    session = await start_owner(nursery, relay, port, context, lambda t: local.port, ended=ended)
 
     def refuse(actual: str) -> None:
         raise TunnelFailed("fingerprint_mismatch", f"pinned something else, got {actual}")
@@ -172,7 +183,8 @@ async def test_a_pin_that_refuses_stops_the_tunnel(world: World, nursery: trio.N
         await join_as_requester(
             port, key=session.keys["client"], fingerprint=fingerprint, check_pin=refuse
         )
-    await trio.sleep(0.1)
+    with trio.fail_after(10):
+        await ended.wait()  # the owner's end is over: an OPEN would have come by now
     assert local.connections == 0
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
 from flashback.protocol.tunnel import Session, join_line, new_key
 from flashback.tracker.tunnels import TunnelRelay, serve_tunnel_port
@@ -176,17 +177,20 @@ async def test_a_peer_that_never_reads_stalls_only_its_own_session(relay_port: R
         _s, flooder, _sleeper = await joined_pair(relay, port)
 
         async def flood() -> None:
-            with trio.move_on_after(1):
-                while True:
-                    await flooder.send_all(b"z" * 65536)
+            while True:
+                await flooder.send_all(b"z" * 65536)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flood)
-            await trio.sleep(0.5)
+            # the relay is in this process: every task blocked means the flood has
+            # filled the buffers on its way and now waits on a reader that never reads
+            await trio.testing.wait_all_tasks_blocked()
+            assert relay.sessions_active == 1
             # meanwhile another session works end to end
             _s2, requester, owner = await joined_pair(relay, port)
             await requester.send_all(b"ping")
             assert await owner.receive_some(4) == b"ping"
+            nursery.cancel_scope.cancel()  # the flood was still stalled until here
         # the flooder's bytes stopped at kernel buffers (no reader): bounded, not MBs in Python
         assert relay.counters.bytes_copied < 64 * 1024 * 1024
 

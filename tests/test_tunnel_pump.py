@@ -164,12 +164,13 @@ async def test_a_reset_ends_the_session(session: Ends, use_splice: bool) -> None
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
 
-            async def reset_soon() -> None:
+            async def reset_after_hello() -> None:
                 await client.send(b"hello")
-                await trio.sleep(0.05)
+                # the pump carried it (peeked: the final assert reads it again)
+                assert await server.recv(5, stdlib_socket.MSG_PEEK) == b"hello"
                 client.close()
 
-            nursery.start_soon(reset_soon)
+            nursery.start_soon(reset_after_hello)
             stats = await pump(tc, ts, use_splice=use_splice)
     assert isinstance(stats.error, ConnectionResetError)
     assert not stats.idle_closed

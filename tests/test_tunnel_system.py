@@ -110,9 +110,14 @@ async def test_bob_reaches_alice_only_through_the_relay(
                     dump = await trio.lowlevel.open_process(
                         [*in_relay, "tcpdump", "-i", "any", "-U", "-s", "0", "-w", str(capture),
                          "tcp", "port", str(tunnel_port)],
-                        stderr=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
                     )  # fmt: skip
-                    await trio.sleep(1.0)  # tcpdump needs a moment before it captures
+                    assert dump.stderr is not None
+                    said = b""
+                    while b"listening on" not in said:  # its line once it captures
+                        chunk = await dump.stderr.receive_some(4096)
+                        assert chunk, f"tcpdump ended: {said!r}"
+                        said += chunk
 
                 listing = await bob_cli("ls", "alice", "--json")
                 assert listing.returncode == 0, listing.stderr
@@ -224,13 +229,15 @@ async def test_a_tracker_that_dies_ends_its_tunnels_and_get_resumes(
                 prefix=in_b,
             ) as get:  # fmt: skip
                 await get.wait_event(event_is("download-started"), timeout_s=60)
-                await trio.sleep(1.5)  # about 1.5 MB through the 1 MB/s tunnel
+                part = out.with_name(out.name + ".part")
+                # another process writes the part: no event to wait on but its size
+                while not part.exists() or part.stat().st_size < 1024 * 1024:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # a MiB on disk, about 5 still to come
                 tracker.signal(signal.SIGKILL)
                 await tracker.wait_exit()
                 assert await get.wait_exit(timeout_s=60) == 1
             lines = get.stderr.decode().strip().splitlines()
             assert len(lines) == 1 and "resume" in lines[0], lines
-            part = out.with_name(out.name + ".part")
             kept = part.stat().st_size
             assert 0 < kept < len(body) and not out.exists()
 

@@ -734,7 +734,6 @@ async def test_a_peer_that_drips_a_listing_or_a_text_ends_that_view(
     """A byte every 25 s (inside every read timeout): the view gives up at its deadline."""
     from tests.test_transfer import serve_scripted
 
-    autojump_clock.autojump_threshold = 0.05  # real sockets in flight (trio's advice)
     _, ctx = ui
 
     async def answer(request: bytes, stream: trio.SocketStream) -> None:

@@ -291,6 +291,7 @@ class DaemonContext:
             },
             "tracker": self.tracker_status(),
             "access": self.access.status() if self.access is not None else None,
+            "watchers": self.hub.subscribers,
         }
 
 

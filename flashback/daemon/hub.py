@@ -42,6 +42,11 @@ class EventHub:
         self._subscribers.add(send)
         return receive
 
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers are live now (``status --json`` says it as ``watchers``)."""
+        return len(self._subscribers)
+
     def unsubscribe_closed(self) -> None:
         """Forget channels whose receiver went away."""
         for channel in list(self._subscribers):
