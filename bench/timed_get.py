@@ -13,7 +13,7 @@ from pathlib import Path
 
 from proc_cpu import children_cpu_s, cpu_s  # bench/, the scripts' directory
 
-from flashback.transfer import part_paths
+from flashback.client.local import part_paths
 from tests.procs import run_cli
 
 

@@ -40,6 +40,8 @@ from typing import Any, Final
 import httpx
 import trio
 
+from flashback.client.local import Local, part_paths, sha256_of
+from flashback.client.progress import byte_bar
 from flashback.errors import ConfigError, FlashbackError
 from flashback.protocol.folder import (
     PAGE_ENTRIES,
@@ -60,18 +62,14 @@ from flashback.protocol.strict_json import loads_strict
 from flashback.terminal import printable
 from flashback.transfer import (
     DownloadResult,
-    Local,
     TransferFailed,
     at,
     body_chunks,
-    byte_bar,
     download,
     fetch_manifest,
     floored,
-    part_paths,
     peer_get,
     resume_key,
-    sha256_of,
 )
 
 DEFAULT_JOBS: Final = 4

@@ -23,12 +23,10 @@ page -- must bring at least the :class:`~flashback.protocol.rate_floor.RateFloor
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -40,19 +38,19 @@ import httpx
 import trio
 
 from flashback.client.bulk import BulkError, bulk_get
+from flashback.client.local import BY_PATH, Local, check_output, hash_path, part_paths, sha256_of
+from flashback.client.progress import Progress, ProgressFn
 from flashback.client.sink import write_body
-from flashback.errors import ConfigError, FlashbackError
+from flashback.errors import FlashbackError
 from flashback.protocol.digest import (
     BadManifest,
     Manifest,
-    hash_fd,
     parse_manifest,
     parse_repr_digest,
 )
 from flashback.protocol.rate_floor import RateFloor
 from flashback.protocol.strict_json import loads_strict
 
-CHUNK_BYTES: Final = 1024 * 1024
 # at most 19 digits: a position past 2**63 is no file, and int() of 5,000 digits raises
 _CONTENT_RANGE = re.compile(r"^bytes (\d{1,19})-(\d{1,19})/(\d{1,19})$", re.ASCII)
 _UNSATISFIED = re.compile(r"^bytes \*/(\d{1,19})$", re.ASCII)
@@ -66,12 +64,6 @@ class TransferFailed(FlashbackError):
 
 class NotOnPeer(TransferFailed):
     """The peer answered 404: no such file (it may be a directory, §8)."""
-
-
-#: a file up to this size is hashed on the event loop: a thread hop costs more
-INLINE_HASH_BYTES: Final = 1024 * 1024
-#: called with each chunk's byte count (a folder's one bar, instead of a bar per file)
-ProgressFn = Callable[[int], None]
 
 
 def body_chunks(response: httpx.Response) -> aclosing[AsyncGenerator[bytes, None]]:
@@ -145,101 +137,6 @@ class DownloadResult:
     repair_bytes: int = 0
 
 
-def byte_bar(label: str, *, total: int, initial: int = 0, enabled: bool | None = None) -> Any:
-    """A tqdm bar of bytes on stderr; None when stderr is no terminal (or not *enabled*)."""
-    if not (enabled if enabled is not None else sys.stderr.isatty()):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=label,
-        file=sys.stderr,
-        leave=False,
-    )
-
-
-class Progress:
-    """A progress bar on stderr when it is a terminal (tqdm), silent otherwise."""
-
-    def __init__(self, total: int, initial: int, label: str) -> None:
-        self._bar: Any = byte_bar(label, total=total, initial=initial)
-
-    def update(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def part_paths(out: Path, part: Path | None = None) -> tuple[Path, Path]:
-    """The partial file (``OUT.part`` unless *part* names another) and its record."""
-    part = part or out.with_name(out.name + ".part")
-    return part, part.with_name(part.name + ".json")
-
-
-@dataclass(frozen=True)
-class Local:
-    """How a download touches OUT, its part and its record: by path, or -- with
-    *dir_fd* -- by name inside that one open directory, never through a symlink.
-
-    A folder get holds each directory open from the moment it checked it, so a
-    directory swapped for a link to elsewhere afterwards cannot send a write
-    outside OUT (the names given must then all be in that directory).
-    """
-
-    dir_fd: int | None = None
-
-    def _at(self, path: Path) -> tuple[str | Path, dict[str, Any]]:
-        if self.dir_fd is None:
-            return path, {}
-        return path.name, {"dir_fd": self.dir_fd}
-
-    def open(self, path: Path, flags: int) -> int:
-        name, where = self._at(path)
-        if self.dir_fd is not None:
-            flags |= os.O_NOFOLLOW
-        return os.open(name, flags | os.O_CLOEXEC, 0o666, **where)
-
-    def size(self, path: Path) -> int | None:
-        """The size of the regular file at *path*; None when there is none."""
-        name, where = self._at(path)
-        try:
-            info = os.stat(name, follow_symlinks=self.dir_fd is None, **where)
-        except FileNotFoundError:
-            return None
-        return info.st_size
-
-    def read_text(self, path: Path) -> str:
-        with os.fdopen(self.open(path, os.O_RDONLY), encoding="utf-8") as file:
-            return file.read()
-
-    def write_text(self, path: Path, text: str) -> None:
-        fd = self.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-
-    def unlink(self, path: Path) -> None:
-        name, where = self._at(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, **where)
-
-    def replace(self, src: Path, dst: Path) -> None:
-        if self.dir_fd is None:
-            os.replace(src, dst)
-        else:
-            os.replace(src.name, dst.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-
-
-BY_PATH: Final = Local()
-
-
 def _read_meta(meta: Path, local: Local = BY_PATH) -> dict[str, Any]:
     """What a previous run saved; anything odd (a validator that is not a
     printable ASCII entity-tag, say) means no resume rather than a failure."""
@@ -253,39 +150,6 @@ def _read_meta(meta: Path, local: Local = BY_PATH) -> dict[str, Any]:
     if not isinstance(etag, str) or not _ETAG.fullmatch(etag):
         return {}
     return data
-
-
-def check_output(out: Path) -> None:
-    """Refuse an output we cannot write before fetching a byte (like curl)."""
-    if out.is_dir():
-        raise ConfigError(f"{out} is a directory; give a file name with -o")
-    parent = out.parent
-    if not parent.is_dir():
-        raise ConfigError(f"directory {parent} does not exist")
-
-
-def _hash_path(path: Path, size: int, block_size: int, local: Local = BY_PATH) -> Manifest:
-    fd = local.open(path, os.O_RDONLY)
-    try:
-        return hash_fd(fd, size, min_block=block_size)
-    finally:
-        os.close(fd)
-
-
-async def sha256_of(path: Path, local: Local = BY_PATH) -> str:
-    """The file's SHA-256 (hex); small files on the event loop, big ones in a thread."""
-
-    def whole() -> str:
-        digest = hashlib.sha256()
-        with os.fdopen(local.open(path, os.O_RDONLY), "rb") as file:
-            while chunk := file.read(4 * CHUNK_BYTES):
-                digest.update(chunk)
-        return digest.hexdigest()
-
-    if (local.size(path) or 0) <= INLINE_HASH_BYTES:
-        await trio.lowlevel.checkpoint()
-        return whole()
-    return await trio.to_thread.run_sync(whole)
 
 
 async def download(
@@ -576,9 +440,7 @@ async def _repair(
     local: Local = BY_PATH,
 ) -> tuple[int, int]:
     """Fetch again only the blocks whose digest differs: (blocks, bytes fetched)."""
-    mine = await trio.to_thread.run_sync(
-        _hash_path, part, manifest.size, manifest.block_size, local
-    )
+    mine = await trio.to_thread.run_sync(hash_path, part, manifest.size, manifest.block_size, local)
     runs = _bad_runs(mine, manifest)
     fetched = 0
     headers = {"If-Match": etag} if etag else {}

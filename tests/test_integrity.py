@@ -21,6 +21,7 @@ import httpx
 import pytest
 import trio
 
+from flashback.client.local import part_paths
 from flashback.digests import DigestCache, DigestService
 from flashback.peer.app import LocalInfo, ShareSettings
 from flashback.peer.serve import serve_peer
@@ -34,7 +35,7 @@ from flashback.protocol.digest import (
 )
 from flashback.protocol.messages import StreamRequest
 from flashback.streaming.manager import StreamManager, StreamSettings
-from flashback.transfer import TransferFailed, download, part_paths
+from flashback.transfer import TransferFailed, download
 
 BLOCK = 4096  # the servers' minimum block size in these tests (1 MiB in production)
 

@@ -16,9 +16,10 @@ import trio
 import trio.testing
 
 from flashback import transfer
+from flashback.client.local import check_output, part_paths
 from flashback.errors import ConfigError
 from flashback.protocol.rate_floor import RateFloor
-from flashback.transfer import TransferFailed, check_output, download, part_paths
+from flashback.transfer import TransferFailed, download
 
 
 def events_into(log: list[tuple[str, dict[str, Any]]]) -> Any:

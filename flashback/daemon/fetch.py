@@ -16,6 +16,7 @@ import httpx
 import trio
 
 from flashback.cli_render import Report
+from flashback.client.local import check_output, part_paths
 from flashback.daemon.client import (
     TIMEOUT_S,
     ListedPeer,
@@ -37,15 +38,7 @@ from flashback.folder import (
 )
 from flashback.protocol.paths import is_servable_name
 from flashback.terminal import printable
-from flashback.transfer import (
-    DownloadResult,
-    NotOnPeer,
-    at,
-    check_output,
-    download,
-    part_paths,
-    resume_key,
-)
+from flashback.transfer import DownloadResult, NotOnPeer, at, download, resume_key
 
 
 def default_output(path: str) -> Path:
