@@ -30,6 +30,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import quote
@@ -185,7 +186,8 @@ async def download(
         check_output(out)
     part, meta = part_paths(out, part)
     key = resume_key or str(url)
-    received = await _receive(
+    receive = partial(
+        _receive,
         client,
         url,
         out,
@@ -198,6 +200,10 @@ async def download(
         resume_min_bytes,
         local,
     )
+    # None: the part was longer than the file and is gone; once more, from byte 0
+    received = await receive() or await receive()
+    if received is None:
+        raise TransferFailed("the peer refused a download from byte 0 as out of range")
     size, expected_sha, etag, offset, hashed = received
     repaired, repair_bytes = 0, 0
     actual = hashed or await sha256_of(part, local)
@@ -243,9 +249,10 @@ async def _receive(
     progress: ProgressFn | None,
     resume_min_bytes: int = 0,
     local: Local = BY_PATH,
-) -> tuple[int, str | None, str | None, int, str | None]:
+) -> tuple[int, str | None, str | None, int, str | None] | None:
     """The body into the part: (size, digest from Repr-Digest, ETag, resumed from,
-    the part's SHA-256 when it was computed on the way in)."""
+    the part's SHA-256 when it was computed on the way in); None when a saved
+    part was longer than the file (it is deleted: ask again from byte 0)."""
     part, meta = part_paths(out, part)
     headers: dict[str, str] = {}
     offset = 0
@@ -275,20 +282,8 @@ async def _receive(
                 if match and int(match.group(1)) == offset:
                     # Complete already; verification below decides if it is right.
                     return offset, digest, str(saved["etag"]), offset, None
-                local.unlink(part)  # longer than the file now: start over
-                return await _receive(
-                    client,
-                    url,
-                    out,
-                    part,
-                    key,
-                    label,
-                    on_event,
-                    expected_size,
-                    progress,
-                    resume_min_bytes,
-                    local,
-                )
+                local.unlink(part)  # longer than the file now: the caller starts over
+                return None
             if response.status_code == 404:
                 raise NotOnPeer(f"not found on the peer: {url}")
             if response.status_code == 206:
