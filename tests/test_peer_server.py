@@ -434,6 +434,10 @@ async def test_post_api_stream_asks_the_door_with_the_client_address(
             client.post("/api/stream", json={"path": ""}),
         ):
             assert_json_error(await bad, 400)
+        garbage = await client.post(
+            "/api/stream", content=b"garbage", headers={"Content-Type": "application/json"}
+        )
+        assert_json_error(garbage, 400, "invalid_json")  # said as what it is
     assert [path for path, _ in asked] == ["ok.bin", "x"]
     client_address = asked[0][1]  # what the daemon names the requester by
     assert isinstance(client_address, tuple | list) and client_address[0] == "127.0.0.1"

@@ -197,6 +197,8 @@ def create_peer_app(settings: ShareSettings, digests: DigestService) -> QuartTri
         if request.mimetype != "application/json":
             raise BadRequest('expected a JSON body {"path": str}', code="invalid_json")
         body = await request.get_json(force=True, silent=True)
+        if body is None:
+            raise BadRequest("the body is not JSON", code="invalid_json")
         path = body.get("path") if isinstance(body, dict) else None
         if not isinstance(path, str) or not 1 <= len(path) <= MAX_PATH_CHARS:
             raise BadRequest('"path" must be a non-empty string')
